@@ -1,0 +1,134 @@
+"""`/v1/sessions`: recorded proxy sessions and their statements (read-only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
+
+from broker.api.auth import require_caller
+from broker.store import Store
+from broker.store.records import SessionInfo, StatementInfo
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], dependencies=[Depends(require_caller)])
+
+
+class SessionOut(BaseModel):
+    """A proxy session. Credentials (gateway token, upstream login) are never included."""
+
+    id: str
+    token_id: str | None = Field(description="Id of the gateway token used (not the token)")
+    principal: str
+    groups: list[str]
+    resource: str
+    role: str
+    client_addr: str | None
+    application_name: str | None
+    intent: str | None = Field(description="What the agent said it is doing, if it said")
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    active: bool
+    statement_count: int = Field(
+        description="Statements recorded so far; once ended, the count the proxy reported"
+    )
+    bytes_in: int = Field(description="Bytes from client to server, reported at session end")
+    bytes_out: int = Field(description="Bytes from server to client, reported at session end")
+
+    @classmethod
+    def of(cls, s: SessionInfo) -> SessionOut:
+        return cls(
+            id=s.id,
+            token_id=s.token_id,
+            principal=s.principal,
+            groups=list(s.groups),
+            resource=s.resource,
+            role=s.role,
+            client_addr=s.client_addr,
+            application_name=s.application_name,
+            intent=s.intent,
+            started_at=s.started_at,
+            ended_at=s.ended_at,
+            end_reason=s.end_reason,
+            active=s.active,
+            statement_count=s.statements,
+            bytes_in=s.bytes_in,
+            bytes_out=s.bytes_out,
+        )
+
+
+class StatementOut(BaseModel):
+    """A statement the proxy saw, with the policy decision taken on it."""
+
+    seq: int
+    sql: str
+    fingerprint: str | None
+    decision: str = Field(description="allow, block or review")
+    rule: str | None
+    reason: str | None
+    shadow_decision: str | None = Field(
+        description="In observe mode, what the agent-safe policy would have decided"
+    )
+    started_at: datetime
+    duration_ms: float | None
+    rows: int | None
+    masked_values: int
+    error_sqlstate: str | None
+
+    @classmethod
+    def of(cls, s: StatementInfo) -> StatementOut:
+        return cls(
+            seq=s.seq,
+            sql=s.sql,
+            fingerprint=s.fingerprint,
+            decision=s.decision,
+            rule=s.rule,
+            reason=s.reason,
+            shadow_decision=s.shadow_decision,
+            started_at=s.started_at,
+            duration_ms=s.duration_ms,
+            rows=s.rows,
+            masked_values=s.masked_values,
+            error_sqlstate=s.error_sqlstate,
+        )
+
+
+class SessionDetailOut(SessionOut):
+    statements: list[StatementOut] = Field(description="The session's statements, in order")
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+StoreDep = Annotated[Store, Depends(_store)]
+
+
+@router.get("", response_model=list[SessionOut], summary="List sessions, newest first")
+async def list_sessions(
+    store: StoreDep,
+    active: Annotated[bool, Query(description="Only sessions still open")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[
+        datetime | None, Query(description="Only sessions started before this time (paging)")
+    ] = None,
+) -> list[SessionOut]:
+    sessions = await store.list_sessions(active_only=active, limit=limit, started_before=before)
+    return [SessionOut.of(s) for s in sessions]
+
+
+@router.get(
+    "/{session_id}",
+    response_model=SessionDetailOut,
+    summary="One session with its statements",
+    responses={404: {"description": "No such session"}},
+)
+async def get_session(session_id: str, store: StoreDep) -> SessionDetailOut:
+    detail = await store.get_session(session_id)
+    if detail is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="session not found")
+    base = SessionOut.of(detail.session).model_dump()
+    return SessionDetailOut(**base, statements=[StatementOut.of(s) for s in detail.statements])

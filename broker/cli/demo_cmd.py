@@ -1,0 +1,211 @@
+"""`jitgate demo`: a complete local deployment in the foreground, with no prior setup.
+
+Starts an embedded PostgreSQL seeded with the `demo` database, the broker store (SQLite),
+the API, and the proxy; mints a gateway token for a demo agent; writes the info JSON once
+everything answers; and on Ctrl-C stops all of it.
+
+Until dynamic credentials land, the proxy logs in upstream as `demo_rw`, a credential only
+the proxy holds: the agent authenticates with its gateway token, never with that password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+DEMO_AGENT = "agent:demo-agent"
+DEMO_APPROVER = "user:demo-dba"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+def demo(
+    info_file: Annotated[Path, typer.Option(help="Where to write the info JSON")] = Path(".jitgate/demo.json"),
+    data_dir: Annotated[Path, typer.Option(help="State of the demo (database files, store)")] = Path(".jitgate/demo"),
+    policy: Annotated[str, typer.Option(help="Policy preset (agent-safe, observe, read-only) or YAML file")] = "agent-safe",
+    proxy_port: Annotated[int, typer.Option(help="Proxy port; 0 picks a free one")] = 6432,
+    api_port: Annotated[int, typer.Option(help="API port; 0 picks a free one")] = 8080,
+) -> None:
+    """Start the whole stack locally (Ctrl-C stops everything)."""
+    from broker.logging import configure_logging
+    from proxy.server import install_uvloop
+
+    configure_logging("warning")
+    install_uvloop()
+    console = Console(stderr=True)
+    try:
+        asyncio.run(run_demo(info_file, data_dir, policy, proxy_port, api_port, console))
+    except KeyboardInterrupt:
+        pass
+
+
+def _port_or_free(port: int) -> int:
+    """The requested port if it is free, else one the kernel picks (a demo should not fail)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DemoInfo:
+    proxy_host: str
+    proxy_port: int
+    agent_dsn: str
+    api_url: str
+    approver_token: str
+    upstream_admin_dsn: str
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.__dict__, fh, indent=2)
+        tmp.replace(path)
+
+
+async def run_demo(
+    info_file: Path, data_dir: Path, policy: str, proxy_port: int, api_port: int, console: Console
+) -> None:
+    import uvicorn
+
+    from broker.api.app import create_app
+    from broker.config import ApiSettings, ProxySettings, ResourceSettings, Settings, UpstreamSettings, hash_api_token
+    from broker.demo.seed import DEMO_DB, seed_demo
+    from broker.demo.upstream import start_upstream
+    from broker.recorder import Recorder
+    from broker.store import Store
+    from proxy.server import ProxyServer
+    from proxy.wiring import build_context
+
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    cleanups: list[Any] = []
+    try:
+        with console.status("starting embedded PostgreSQL"):
+            upstream = await asyncio.to_thread(start_upstream, data_dir / "upstream")
+            cleanups.append(lambda: asyncio.to_thread(upstream.stop))
+            roles = await seed_demo(upstream)
+
+        approver_token = secrets.token_urlsafe(32)
+        settings = Settings(
+            data_dir=data_dir,
+            proxy=ProxySettings(listen_port=_port_or_free(proxy_port)),
+            api=ApiSettings(port=_port_or_free(api_port), tokens=[hash_api_token(approver_token)]),
+            resources={
+                DEMO_DB: ResourceSettings(
+                    upstream=UpstreamSettings(
+                        host=upstream.host,
+                        port=upstream.port,
+                        dbname=DEMO_DB,
+                        sslmode="disable",
+                        username=roles.rw_user,
+                        password=roles.rw_password,
+                    ),
+                    policy=policy,
+                    description="Synthetic customers and orders with PII",
+                )
+            },
+        )
+        store = await Store.open(settings.store_url.get_secret_value())
+        cleanups.append(store.close)
+        recorder = Recorder(store)
+        recorder.start()
+        cleanups.append(recorder.aclose)
+
+        issued = await store.issue_token(
+            DEMO_AGENT, ["ai-agents"], DEMO_DB, "readwrite", timedelta(hours=8), reusable=True
+        )
+
+        api = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings, store),
+                host=settings.api.host,
+                port=settings.api.port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        api.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        api_task = asyncio.create_task(api.serve())
+
+        async def stop_api() -> None:
+            api.should_exit = True
+            await api_task
+
+        cleanups.append(stop_api)
+
+        server = ProxyServer(
+            build_context(settings, store, recorder), host=settings.proxy.listen_host, port=settings.proxy.listen_port
+        )
+        await server.start()
+        cleanups.append(server.close)
+        while not api.started:
+            if api_task.done():
+                api_task.result()
+                raise RuntimeError("the API did not start")
+            await asyncio.sleep(0.02)
+
+        host = settings.proxy.listen_host
+        info = DemoInfo(
+            proxy_host=host,
+            proxy_port=server.port,
+            agent_dsn=f"postgresql://demo-agent:{quote(issued.token, safe='')}@{host}:{server.port}/{DEMO_DB}",
+            api_url=f"http://{settings.api.host}:{settings.api.port}",
+            approver_token=approver_token,
+            upstream_admin_dsn=upstream.dsn(DEMO_DB),
+        )
+        info.write(info_file)
+        _welcome(console, info, info_file, policy)
+        await stop.wait()
+        console.print("stopping…")
+    finally:
+        for cleanup in reversed(cleanups):
+            with contextlib.suppress(Exception):
+                await cleanup()
+
+
+def _welcome(console: Console, info: DemoInfo, info_file: Path, policy: str) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row("proxy", f"{info.proxy_host}:{info.proxy_port}  (policy: {policy})")
+    table.add_row("api", f"{info.api_url}  (OpenAPI: {info.api_url}/docs)")
+    table.add_row("info file", str(info_file))
+    console.print(Panel(table, title="jitgate demo is running", expand=False))
+    console.print("Try, in another terminal:")
+    console.print(
+        f"  export DSN=$(python3 -c 'import json; print(json.load(open(\"{info_file}\"))[\"agent_dsn\"])')",
+        markup=False,
+    )
+    for sql, what in (
+        ("select full_name, email, card_number from customers limit 3", "masked"),
+        ("select pg_read_file('/etc/passwd')", "blocked"),
+        ("delete from customers", "needs approval"),
+    ):
+        console.print(f'  psql "$DSN" -c "{sql}"    # {what}', markup=False)
+    console.print("Ctrl-C stops everything.")

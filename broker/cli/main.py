@@ -1,0 +1,24 @@
+"""`jitgate`: the command line, and the composition root that starts the services.
+
+Each command family lives in its own module exposing ``register(app)``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from broker.cli import demo_cmd, policy_cmd, proxy_cmd, tokens_cmd
+
+app = typer.Typer(
+    name="jitgate",
+    help="Just-in-time access gateway for AI coding agents (PostgreSQL wire proxy + broker).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+for module in (demo_cmd, proxy_cmd, policy_cmd, tokens_cmd):
+    module.register(app)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

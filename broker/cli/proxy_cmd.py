@@ -1,0 +1,109 @@
+"""`jitgate proxy`: run the PostgreSQL gateway (and optionally the API) from a config file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from broker.config import Settings, load_settings
+from broker.exceptions import ConfigError, StoreError
+from broker.logging import configure_logging
+
+
+def register(app: typer.Typer) -> None:
+    app.command("proxy")(proxy)
+
+
+def proxy(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Config file (default: $JITGATE_CONFIG)")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Processes sharing the listen port (SO_REUSEPORT)", min=1, max=64)
+    ] = 1,
+    port: Annotated[int | None, typer.Option(help="Override proxy.listen_port")] = None,
+) -> None:
+    """Run the gateway: authenticate agents, apply policy and masking, relay to the upstream."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    if port is not None:
+        settings.proxy.listen_port = port
+    configure_logging(settings.log_level, json=settings.log_json)
+    if workers == 1:
+        _run_worker(settings, reuse_port=False)
+        return
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                _run_worker(settings, reuse_port=True)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        os.waitpid(child, 0)
+
+
+def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
+    from proxy.server import install_uvloop
+
+    install_uvloop()
+    try:
+        asyncio.run(serve(settings, reuse_port=reuse_port))
+    except StoreError as exc:
+        typer.echo(f"store unavailable: {exc}", err=True)
+        sys.exit(3)
+    except KeyboardInterrupt:
+        pass
+
+
+async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.Event | None = None) -> None:
+    """Open the store, start the proxy and serve until SIGINT/SIGTERM."""
+    from broker.recorder import Recorder
+    from broker.store import Store
+    from proxy.server import ProxyServer
+    from proxy.wiring import build_context
+
+    store = await Store.open(settings.store_url.get_secret_value())
+    recorder = Recorder(store)
+    recorder.start()
+    server = ProxyServer(
+        build_context(settings, store, recorder),
+        host=settings.proxy.listen_host,
+        port=settings.proxy.listen_port,
+        reuse_port=reuse_port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        typer.echo(f"jitgate proxy listening on {settings.proxy.listen_host}:{server.port}", err=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await server.close()
+        await recorder.aclose()
+        await store.close()

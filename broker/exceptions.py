@@ -1,0 +1,84 @@
+"""Exceptions raised by the broker.
+
+The tree::
+
+    JitgateError                    base of everything jitgate raises on purpose
+    ├── ConfigError                 invalid or unreadable configuration
+    ├── StoreError                  the store failed (unreachable, migration, constraint)
+    │   ├── StoreUnavailable        connection-level failure: retry later, fail closed now
+    │   └── StoreIntegrityError     a write broke a constraint: retrying will not help
+    ├── AuthError                   a credential was refused (wire: SQLSTATE 28P01)
+    │   ├── InvalidToken            malformed, unknown, revoked, used, or for another resource
+    │   └── ExpiredToken            well-formed and known, but past its expiry
+    └── RecorderClosed              a record arrived after the recorder was closed
+
+Packages with their own families (`broker.policy`, `broker.masking`) define them in their own
+`exceptions.py`, deriving from `JitgateError`.
+
+`AuthError.reason` is a short machine label (`"malformed"`, `"unknown"`, `"revoked"`,
+`"wrong_resource"`, `"used"`, `"expired"`) for metrics and audit; `str(error)` is a sentence
+that is safe to log but should not be sent to a client verbatim: a client only learns that its
+credential was refused.
+"""
+
+from __future__ import annotations
+
+
+class JitgateError(Exception):
+    """Base class of the errors jitgate raises on purpose."""
+
+
+class ConfigError(JitgateError):
+    """The configuration could not be loaded.
+
+    `errors` holds `(dotted.key.path, message)` pairs; `str()` is one line per error,
+    preceded by a line naming the source file.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        errors: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.source = source
+        self.errors = list(errors or [])
+        lines = [message]
+        lines.extend(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.errors)
+        super().__init__("\n".join(lines))
+
+
+class StoreError(JitgateError):
+    """The store failed to answer or to write."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached; the caller should fail closed and may retry later."""
+
+
+class StoreIntegrityError(StoreError):
+    """A write violated a constraint (unknown session, duplicate key); retrying is useless."""
+
+
+class AuthError(JitgateError):
+    """A credential was refused."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class InvalidToken(AuthError):
+    """The gateway token is malformed, unknown, revoked, already used, or for another resource."""
+
+
+class ExpiredToken(AuthError):
+    """The gateway token is past its expiry."""
+
+    def __init__(self, message: str = "gateway token expired", *, reason: str = "expired") -> None:
+        super().__init__(message, reason=reason)
+
+
+class RecorderClosed(JitgateError):
+    """A statement was handed to a recorder that is closed."""

@@ -1,0 +1,125 @@
+"""MaskingConfig: what to mask for one resource, and its compiled column-name rules.
+
+Defaults (what a resource gets with ``masking: {}``):
+
+- `columns`: `DEFAULT_COLUMN_PATTERNS` below; shell-style globs (``*``, ``?``, ``[...]``)
+  matched case-insensitively against the whole column name as the result names it (an
+  alias counts: ``select email as e`` is *not* caught by name, only by content).
+- `extra_columns`: added to `columns` (so a resource can extend the defaults without
+  repeating them); `ignore_columns`: never masked by name (content detectors still run),
+  e.g. ``email_verified``.
+- `detectors`: every detector but ``assignment`` (see `broker.masking.detectors`).
+- `deterministic_columns`: globs of columns whose values become HMAC pseudonyms instead of
+  stars; needs `hmac_key`. They need not also be listed in `columns`.
+- `max_value_bytes`: 1 MiB. A value longer than this that the cheap pre-check flags is not
+  scanned span by span; it is masked whole (``[masked:too-large]``) instead. Fail closed.
+- `enabled`: True. False makes the masker plan nothing (results pass untouched).
+
+Precedence: `ignore_columns` > `deterministic_columns` > `columns` + `extra_columns`.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from broker.masking.detectors import DEFAULT_DETECTORS, DETECTORS
+
+DEFAULT_COLUMN_PATTERNS: tuple[str, ...] = (
+    # contact details
+    "email", "e_mail", "*email*", "*e_mail*",
+    "phone", "*phone*", "mobile", "mobile_number", "fax",
+    # government identifiers
+    "ssn", "*_ssn", "social_security*",
+    # credentials
+    "password*", "*_password", "passwd", "*passwd*", "*secret*", "*token*",
+    "api_key", "apikey", "*api_key*", "*apikey*", "access_key", "*_access_key",
+    "private_key", "*private_key*", "credential*",
+    # payment
+    "card_number", "*card_number*", "cc_number", "credit_card*", "pan", "cvv", "cvc",
+    "iban", "*_iban",
+)  # fmt: skip
+
+MIN_HMAC_KEY_CHARS = 16
+
+
+class MaskingConfig(BaseModel):
+    """Masking settings of one resource (``resources.<name>.masking`` in the YAML)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    # Sequence so that callers may pass lists; stored as tuples (the model is frozen).
+    columns: Sequence[str] = DEFAULT_COLUMN_PATTERNS
+    extra_columns: Sequence[str] = ()
+    ignore_columns: Sequence[str] = ()
+    detectors: Sequence[str] = DEFAULT_DETECTORS
+    deterministic_columns: Sequence[str] = ()
+    hmac_key: SecretStr | None = None
+    max_value_bytes: int = Field(default=1 << 20, ge=1)
+
+    @field_validator(
+        "columns", "extra_columns", "ignore_columns", "deterministic_columns", mode="after"
+    )
+    @classmethod
+    def _patterns_not_blank(cls, patterns: Sequence[str]) -> tuple[str, ...]:
+        for p in patterns:
+            if not p.strip():
+                raise ValueError("column patterns must not be empty")
+        return tuple(patterns)
+
+    @field_validator("detectors", mode="after")
+    @classmethod
+    def _known_detectors(cls, names: Sequence[str]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown detector(s) {unknown}; known: {sorted(DETECTORS)}")
+        return tuple(names)
+
+    @model_validator(mode="after")
+    def _key_for_pseudonyms(self) -> MaskingConfig:
+        if self.deterministic_columns:
+            # A random per-process key would silently break joins across proxy processes.
+            if self.hmac_key is None:
+                raise ValueError("deterministic_columns needs hmac_key")
+            if len(self.hmac_key.get_secret_value()) < MIN_HMAC_KEY_CHARS:
+                raise ValueError(f"hmac_key must be at least {MIN_HMAC_KEY_CHARS} characters")
+        return self
+
+
+class ColumnRule(enum.Enum):
+    KEEP = "keep"  # not matched by name: content detectors only
+    MASK = "mask"  # matched by name: masked whole
+    PSEUDONYM = "pseudonym"  # matched by deterministic_columns
+
+
+def compile_globs(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    """One case-insensitive regex matching a whole name against any of the globs."""
+    parts = [fnmatch.translate(p) for p in patterns]
+    if not parts:
+        return None
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
+class NameRules:
+    """The column-name half of a MaskingConfig, compiled once."""
+
+    __slots__ = ("_ignore", "_mask", "_pseudonym")
+
+    def __init__(self, config: MaskingConfig) -> None:
+        self._ignore = compile_globs(config.ignore_columns)
+        self._pseudonym = compile_globs(config.deterministic_columns)
+        self._mask = compile_globs((*config.columns, *config.extra_columns))
+
+    def rule(self, name: str) -> ColumnRule:
+        if self._ignore is not None and self._ignore.match(name):
+            return ColumnRule.KEEP
+        if self._pseudonym is not None and self._pseudonym.match(name):
+            return ColumnRule.PSEUDONYM
+        if self._mask is not None and self._mask.match(name):
+            return ColumnRule.MASK
+        return ColumnRule.KEEP

@@ -1,0 +1,71 @@
+"""Masker: the per-resource entry point that turns column descriptions into plans.
+
+The proxy calls `plan_rows` once per RowDescription (or Describe) and then the plan's
+`mask_values` for every DataRow; `plan_copy` once per CopyOutResponse and then the plan's
+`mask_copy_data` for every CopyData. A None plan means "nothing in this result can need
+masking": the proxy then forwards those rows without looking at them, which is what keeps
+``pgbench -S`` (one int4 column) at wire speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from broker.masking.config import MaskingConfig, NameRules
+from broker.masking.copyout import CopyPlan, build_copy_plan
+from broker.masking.detectors import DETECTORS
+from broker.masking.exceptions import MaskingRefused
+from broker.masking.rows import RowPlan, build_row_plan
+from broker.masking.scanner import Scanner
+from broker.masking.types import BINARY_FORMAT, TEXT_FORMAT, ColumnInfo, CopyInfoLike
+
+_PLAN_CACHE_SIZE = 512
+
+
+class Masker:
+    """Masking for one resource; immutable once built, shared by all its sessions."""
+
+    __slots__ = ("config", "_rules", "_scanner", "_key", "_plans")
+
+    def __init__(self, config: MaskingConfig | None = None) -> None:
+        self.config = config = config if config is not None else MaskingConfig()
+        self._rules = NameRules(config)
+        self._scanner = Scanner(
+            [d for name, d in DETECTORS.items() if name in config.detectors],
+            max_value_bytes=config.max_value_bytes,
+        )
+        key = config.hmac_key
+        self._key = key.get_secret_value().encode("utf-8") if key is not None else None
+        # Keyed by the column tuple: the same statement shape comes back all the time.
+        self._plans: dict[tuple[ColumnInfo, ...], RowPlan | None] = {}
+
+    def plan_rows(self, columns: Sequence[ColumnInfo]) -> RowPlan | None:
+        """The plan for DataRows described by `columns`; None when none can need masking."""
+        if not self.config.enabled:
+            return None
+        key = tuple(columns)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        plan = build_row_plan(key, rules=self._rules, scanner=self._scanner, hmac_key=self._key)
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def plan_copy(self, columns: Sequence[ColumnInfo], copy_info: CopyInfoLike) -> CopyPlan | None:
+        """The plan for one COPY's CopyData; None when it needs none (COPY FROM, nothing to
+        mask). Raises MaskingRefused when the COPY cannot be masked safely."""
+        if not self.config.enabled or copy_info.direction != "to_stdout":
+            return None
+        if not columns:
+            raise MaskingRefused("COPY TO STDOUT column names are unknown, so it cannot be masked")
+        if copy_info.columns and len(copy_info.columns) != len(columns):
+            raise MaskingRefused("COPY column list and described columns differ")
+        fmt = BINARY_FORMAT if copy_info.format == "binary" else TEXT_FORMAT
+        cols = [ColumnInfo(c.name, c.type_oid, fmt) for c in columns]
+        plan = build_row_plan(cols, rules=self._rules, scanner=self._scanner, hmac_key=self._key)
+        if plan is None:
+            return None
+        return build_copy_plan(plan, copy_info)

@@ -1,0 +1,74 @@
+"""Prometheus metrics, in a registry of jitgate's own (served by the API at /metrics).
+
+Who increments what:
+- `Recorder.record_statement`: STATEMENTS, MASKED_VALUES, STATEMENT_SECONDS;
+- `Recorder.start_session` / `end_session`: SESSIONS_ACTIVE;
+- the proxy: PROXY_BYTES (per direction) and AUTH_FAILURES (label: `AuthError.reason`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+SESSIONS_ACTIVE = Gauge(
+    "jitgate_sessions_active", "Proxy sessions currently open", registry=REGISTRY
+)
+STATEMENTS = Counter(
+    "jitgate_statements_total",
+    "Statements seen by the proxy, by the decision enforced",
+    ["decision"],
+    registry=REGISTRY,
+)
+MASKED_VALUES = Counter(
+    "jitgate_masked_values_total",
+    "Result values masked before reaching a client",
+    registry=REGISTRY,
+)
+PROXY_BYTES = Counter(
+    "jitgate_proxy_bytes_total",
+    "Bytes relayed by the proxy; direction is client_to_server or server_to_client",
+    ["direction"],
+    registry=REGISTRY,
+)
+STATEMENT_SECONDS = Histogram(
+    "jitgate_statement_seconds",
+    "Time from a statement's arrival to its completion, as the proxy saw it",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+AUTH_FAILURES = Counter(
+    "jitgate_auth_failures_total",
+    "Refused gateway credentials, by reason (malformed, unknown, expired, ...)",
+    ["reason"],
+    registry=REGISTRY,
+)
+RECORDER_PENDING = Gauge(
+    "jitgate_recorder_pending",
+    "Statement records waiting to be written to the store",
+    registry=REGISTRY,
+)
+RECORDER_DROPPED = Counter(
+    "jitgate_recorder_dropped_total",
+    "Statement records lost: refused by the store as invalid, or over the hard buffer limit",
+    ["cause"],
+    registry=REGISTRY,
+)
+RECORDER_FLUSH_FAILURES = Counter(
+    "jitgate_recorder_flush_failures_total",
+    "Failed attempts to write a batch of statement records (each is retried)",
+    registry=REGISTRY,
+)
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""Migration scripts, written by hand to match broker/store/models.py."""

@@ -1,0 +1,76 @@
+"""The SQL inside PL/pgSQL code (DO blocks, CREATE FUNCTION ... LANGUAGE plpgsql).
+
+A DO block or a new function is reviewed anyway; looking inside only lets the policy go
+further and *block* one that calls, say, ``pg_read_file`` or ``lo_import``. This is
+best-effort by nature: SQL built at run time (``EXECUTE 'sel' || 'ect ...'``) cannot be seen,
+which is why such code needs a human in the first place.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pglast import parser as pg
+
+__all__ = ["plpgsql_sql"]
+
+_PARSE_DEFAULT = 0
+_PARSE_EXPR = 2
+_ASSIGN_MODES = (3, 4, 5)
+_STRING_LITERAL = re.compile(r"\s*'((?:[^']|'')*)'\s*", re.DOTALL)
+
+
+def plpgsql_sql(body: str) -> list[str] | None:
+    """SQL statements embedded in a PL/pgSQL body, or None if the body does not compile."""
+    tag = "jitgate"
+    while f"${tag}$" in body:
+        tag += "_"
+    wrapper = (
+        f"CREATE FUNCTION jitgate_inline() RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$"
+    )
+    try:
+        tree = json.loads(pg.parse_plpgsql_json(wrapper))
+    except (pg.ParseError, ValueError, RecursionError):
+        return None
+    found: list[str] = []
+    _collect(tree, found)
+    return found
+
+
+def _collect(node: Any, found: list[str]) -> None:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        expr = item.get("PLpgSQL_expr")
+        if isinstance(expr, dict):
+            found.extend(_as_statements(expr))
+            continue
+        dynamic = item.get("PLpgSQL_stmt_dynexecute")
+        if isinstance(dynamic, dict):
+            # EXECUTE 'literal SQL': the literal is the statement that will run.
+            query = dynamic.get("query", {}).get("PLpgSQL_expr", {}).get("query", "")
+            literal = _STRING_LITERAL.fullmatch(query)
+            if literal:
+                found.append(literal.group(1).replace("''", "'"))
+        stack.extend(item.values())
+
+
+def _as_statements(expr: dict[str, Any]) -> list[str]:
+    query = str(expr.get("query", ""))
+    mode = expr.get("parseMode", _PARSE_DEFAULT)
+    if mode == _PARSE_DEFAULT:
+        return [query]
+    if mode in _ASSIGN_MODES:
+        # "target := expression" (or "="): only the expression can call anything.
+        for operator in (":=", "="):
+            if operator in query:
+                query = query.split(operator, 1)[1]
+                break
+    return [f"SELECT {query}"]

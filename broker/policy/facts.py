@@ -1,0 +1,573 @@
+"""What a statement does, read from its parse tree.
+
+`extract(sql)` parses with pglast (libpg_query: PostgreSQL's own parser) and walks the tree
+of every statement in the string. It decides nothing; it reports facts that rules match on:
+
+- the statement's *subjects*: the statement itself, plus every write it hides (a
+  data-modifying CTE, the statement under ``EXPLAIN ANALYZE``, under ``PREPARE``, inside
+  ``COPY (...) TO``, inside a function body or DO block, inside a SQL string given to
+  ``query_to_xml``), plus the settings that ``set_config(...)`` calls change. Each subject
+  has a kind and tags (`kinds`), a WHERE state for UPDATE/DELETE, and the setting name for
+  SET;
+- the functions called anywhere in the tree (as written: ``pg_read_file``,
+  ``pg_catalog.pg_read_file``), in subqueries, defaults, casts, CTEs, arguments, ORDER BY,
+  function bodies ...;
+- the tables touched anywhere (CTE names excluded);
+- SQL-level ``EXECUTE`` / ``DEALLOCATE`` names, the ``PREPARE`` name and inner statement,
+  and COPY's data format (`model.CopyInfo`);
+- `Facts.literal_sensitive`: whether any of this depended on a literal's value (a constant
+  WHERE, a set_config name, a COPY option, a function body). See `normalize` for why.
+
+The tree comes from libpg_query's JSON output rather than `pglast.parse_sql`: building
+pglast's Python node objects costs several times the parse itself, and this runs for every
+statement shape the proxy has not seen yet. In that JSON a node is ``{"TypeName": {fields}}``
+except where a field's C type names the node type (``relation`` is a bare RangeVar,
+``CallStmt.funccall`` a bare FuncCall); the walker handles both.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pglast import parse_sql
+from pglast import parser as pg
+from pglast.stream import RawStream
+from pglast.visitors import maybe_double_quote_name
+
+from .bodies import plpgsql_sql
+from .consts import UNKNOWN, Reader, parse_bool
+from .kinds import statement_kind, tags_for
+from .model import CopyInfo
+
+__all__ = ["Facts", "StatementFacts", "Subject", "extract"]
+
+Node = dict[str, Any]
+WhereState = Literal["present", "missing", "always_true"]
+
+TRUSTED_LANGUAGES = frozenset({"sql", "plpgsql"})
+# Functions that run SQL handed to them as a string: the policy must read that string.
+DYNAMIC_SQL_FUNCTIONS = frozenset(
+    {"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat", "ts_rewrite"}
+)
+# Settings that change how the server splits a query into tokens. If the server read quotes
+# differently from the gateway's parser, text the gateway saw as a literal could run as SQL.
+LEXER_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One thing a statement does, as rules see it."""
+
+    kind: str
+    tags: frozenset[str]
+    where: WhereState | None = None  # UPDATE / DELETE only
+    setting: str | None = None  # SET / RESET / set_config: the setting's name, lower case
+    language: str | None = None  # CREATE FUNCTION / DO
+
+
+@dataclass(slots=True)
+class StatementFacts:
+    """The facts of one statement of a (possibly multi-statement) string."""
+
+    kind: str
+    subjects: list[Subject] = field(default_factory=list)
+    functions: dict[str, None] = field(default_factory=dict)  # dotted names, in order
+    tables: dict[str, None] = field(default_factory=dict)
+    executes: list[str] = field(default_factory=list)
+    deallocates: list[str | None] = field(default_factory=list)
+    prepare: tuple[str, StatementFacts] | None = None
+    copy: CopyInfo | None = None
+
+
+@dataclass(slots=True)
+class Facts:
+    """Everything `extract` learned about a statement string."""
+
+    statements: list[StatementFacts]
+    error: str | None = None  # the parser's message when the text does not parse
+    literal_sensitive: bool = False
+
+
+def extract(sql: str) -> Facts:
+    """Parse `sql` and report what each of its statements does. Never raises."""
+    return _Extractor(sql).run()
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+_DEEP_LIMIT = 20000
+_deep_lock = threading.Lock()
+
+
+def _parse_json(sql: str) -> Any:
+    text = pg.parse_sql_json(sql)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        # Long left-deep chains (a || b || c ...) nest deeper than Python's default limit
+        # allows the JSON decoder; raise it briefly rather than refuse valid SQL.
+        with _deep_lock:
+            old = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(old, _DEEP_LIMIT))
+            try:
+                return json.loads(text)
+            finally:
+                sys.setrecursionlimit(old)
+
+
+class _Extractor:
+    """Shared state of one `extract` call, including statements found in nested SQL."""
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
+        self.sensitive = False
+        self.reader = Reader(self.read_literal)
+        self._utf8: bytes | None = None
+        self._depth = 0
+
+    def read_literal(self) -> None:
+        self.sensitive = True
+
+    def run(self) -> Facts:
+        try:
+            tree = _parse_json(self.sql)
+        except pg.ParseError as exc:
+            return Facts([], error=str(exc), literal_sensitive=True)
+        except RecursionError:
+            return Facts([], error="statement nested too deeply to check", literal_sensitive=True)
+        statements = []
+        for raw in tree.get("stmts", []):
+            builder = _Statement(self, raw)
+            builder.top(raw["stmt"])
+            statements.append(builder.finish())
+        return Facts(statements, literal_sensitive=self.sensitive)
+
+    def nested(self, sql: str) -> list[StatementFacts] | None:
+        """Facts of SQL found inside a literal (a function body, query_to_xml's argument)."""
+        self.sensitive = True
+        if self._depth > 8:  # a literal inside a literal inside ...: stop looking
+            return None
+        try:
+            tree = _parse_json(sql)
+        except (pg.ParseError, RecursionError):
+            return None
+        self._depth += 1
+        try:
+            out = []
+            for raw in tree.get("stmts", []):
+                builder = _Statement(self, raw)
+                builder.top(raw["stmt"])
+                out.append(builder.finish())
+            return out
+        finally:
+            self._depth -= 1
+
+    def statement_text(self, raw: Node) -> str:
+        """The source text of one RawStmt (libpg_query locations are UTF-8 byte offsets)."""
+        if self._utf8 is None:
+            self._utf8 = self.sql.encode("utf-8")
+        start = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len", 0) or len(self._utf8) - start
+        return self._utf8[start : start + length].decode("utf-8", "replace")
+
+
+# -- one statement ------------------------------------------------------------------------
+
+
+class _Statement:
+    """Walks one statement's tree, collecting its facts."""
+
+    def __init__(self, extractor: _Extractor, raw: Node) -> None:
+        self.ex = extractor
+        self.raw = raw
+        self.facts = StatementFacts(kind="")
+        self.ctes: set[str] = set()
+
+    def finish(self) -> StatementFacts:
+        facts = self.facts
+        if self.ctes:
+            facts.tables = {t: None for t in facts.tables if t not in self.ctes}
+        return facts
+
+    def add(self, kind: str, **extra: Any) -> None:
+        self.facts.subjects.append(Subject(kind, tags_for(kind), **extra))
+
+    # The statement itself ------------------------------------------------------------
+
+    def top(self, node: Node) -> None:
+        ((name, f),) = node.items()
+        kind = statement_kind(name, f)
+        if not self.facts.kind:
+            self.facts.kind = kind
+        handler = _TOP_HANDLERS.get(name)
+        if handler is not None:
+            handler(self, f, kind)
+            return
+        self.add(kind)
+        self.walk(f)
+
+    def _dml(self, f: Node, kind: str) -> None:
+        self.facts.subjects.append(self.dml_subject(kind, f))
+        self.walk(f)
+
+    def dml_subject(self, kind: str, f: Node) -> Subject:
+        where: WhereState | None = None
+        if kind in ("update", "delete"):
+            clause = f.get("whereClause")
+            if clause is None:
+                where = "missing"
+            elif self.ex.reader.truth(clause) is True:
+                where = "always_true"
+            else:
+                where = "present"
+        return Subject(kind, tags_for(kind), where=where)
+
+    def _explain(self, f: Node, kind: str) -> None:
+        self.add(kind)
+        query = f.get("query", {})
+        if self._explain_analyze(f.get("options", [])):
+            self.top(query)  # it runs: judge it as the statement itself
+        else:
+            self.walk(query, executing=False)
+
+    def _explain_analyze(self, options: list[Node]) -> bool:
+        analyze = False
+        for option in options:
+            d = option.get("DefElem", {})
+            if d.get("defname") == "analyze":
+                analyze = self._option_flag(d)
+        return analyze
+
+    def _option_flag(self, d: Node) -> bool:
+        """A boolean option: bare (true), or with a literal argument (on/off/1/0/...)."""
+        arg = d.get("arg")
+        if arg is None:
+            return True
+        value = self._literal(arg)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            return value != 0
+        parsed = parse_bool(str(value)) if isinstance(value, str) else None
+        return True if parsed is None else parsed  # unreadable: assume the riskier reading
+
+    def _prepare(self, f: Node, kind: str) -> None:
+        self.add(kind)
+        inner = _Statement(self.ex, self.raw)
+        inner.top(f.get("query", {}))
+        inner_facts = inner.finish()
+        self.facts.prepare = (str(f.get("name", "")), inner_facts)
+        # PREPARE takes the decision of what it prepares.
+        self.facts.subjects.extend(inner_facts.subjects)
+        self.facts.functions.update(inner_facts.functions)
+        self.facts.tables.update(inner_facts.tables)
+
+    def _execute(self, f: Node, kind: str) -> None:
+        self.add(kind)
+        self.facts.executes.append(str(f.get("name", "")))
+        self.walk(f.get("params", []))
+
+    def _deallocate(self, f: Node, kind: str) -> None:
+        self.add(kind)
+        self.facts.deallocates.append(None if f.get("isall") else str(f.get("name", "")))
+
+    def _copy(self, f: Node, kind: str) -> None:
+        self.ex.read_literal()  # options are literals, and CopyInfo carries them
+        is_from = bool(f.get("is_from"))
+        kind = "copy_from" if is_from else "copy_to"
+        self.facts.kind = kind if self.facts.kind == "copy" else self.facts.kind
+        tags = tags_for(kind)
+        if f.get("is_program") or f.get("filename") is not None:
+            tags = tags | {"server_side"}
+        self.facts.subjects.append(Subject(kind, tags))
+        self.facts.copy = self._copy_info(f)
+        self.walk(f)
+
+    def _set(self, f: Node, kind: str) -> None:
+        self.facts.subjects.append(self._set_subject(f, kind))
+
+    def _set_subject(self, f: Node, kind: str) -> Subject:
+        setting = str(f.get("name") or "all").lower()
+        tags = tags_for(kind)
+        if setting in LEXER_SETTINGS and f.get("kind", "VAR_SET_VALUE") == "VAR_SET_VALUE":
+            args = f.get("args", [])
+            value = self._literal(args[0]) if len(args) == 1 else UNKNOWN
+            if _unsafe_lexer_value(setting, value):
+                tags = tags | {"unsafe_lexer_setting"}
+        return Subject(kind, tags, setting=setting)
+
+    def _alter_with_set(self, f: Node, kind: str) -> None:
+        # ALTER DATABASE/ROLE/SYSTEM ... SET x: the setting applies to later sessions.
+        self.add(kind)
+        setstmt = f.get("setstmt")
+        if isinstance(setstmt, dict) and setstmt.get("name"):
+            set_kind = statement_kind("VariableSetStmt", setstmt)
+            self.facts.subjects.append(self._set_subject(setstmt, set_kind))
+
+    def _create_function(self, f: Node, kind: str) -> None:
+        language: str | None = None
+        bodies: list[str] = []
+        for option in f.get("options", []):
+            d = option.get("DefElem", {})
+            if d.get("defname") == "language":
+                value = self._literal(d.get("arg", {}))
+                language = value.strip().lower() if isinstance(value, str) else None
+            elif d.get("defname") == "as":
+                bodies = [v for v in self._literals(d.get("arg")) if isinstance(v, str)]
+        if language is None and "sql_body" in f:
+            language = "sql"
+        self._code(kind, language, bodies)
+        self.walk(f)
+
+    def _do(self, f: Node, kind: str) -> None:
+        language = "plpgsql"
+        bodies: list[str] = []
+        for option in f.get("args", []):
+            d = option.get("DefElem", {})
+            value = self._literal(d.get("arg", {}))
+            if d.get("defname") == "language" and isinstance(value, str):
+                language = value.strip().lower()
+            elif d.get("defname") == "as" and isinstance(value, str):
+                bodies = [value]
+        self._code(kind, language, bodies)
+
+    def _code(self, kind: str, language: str | None, bodies: list[str]) -> None:
+        """Code the server will run later: judge the SQL inside it as if it ran now."""
+        tags = tags_for(kind)
+        if language not in TRUSTED_LANGUAGES:
+            tags = tags | {"untrusted_language"}
+        self.facts.subjects.append(Subject(kind, tags, language=language))
+        for body in bodies:
+            if language == "sql":
+                self._merge(self.ex.nested(body))
+            elif language == "plpgsql":
+                self.ex.read_literal()
+                for sql in plpgsql_sql(body) or ():
+                    self._merge(self.ex.nested(sql))
+
+    def _call(self, f: Node, kind: str) -> None:
+        self.add(kind)
+        call = f.get("funccall")
+        if isinstance(call, dict):
+            self.walk({"FuncCall": call})
+
+    def _merge(self, statements: list[StatementFacts] | None) -> None:
+        for inner in statements or ():
+            self.facts.subjects.extend(inner.subjects)
+            self.facts.functions.update(inner.functions)
+            self.facts.tables.update(inner.tables)
+            self.facts.executes.extend(inner.executes)
+
+    # Walking the tree ---------------------------------------------------------------
+
+    def walk(self, root: Any, *, executing: bool = True) -> None:
+        """Visit every node under `root`. `executing` is False under plain EXPLAIN, whose
+        statement is planned but not run: writes there are not subjects, but functions are
+        still collected (the planner may evaluate them, and it costs nothing to be strict)."""
+        stack: list[Any] = [root]
+        facts = self.facts
+        while stack:
+            item = stack.pop()
+            if isinstance(item, list):
+                stack.extend(reversed(item))
+                continue
+            if not isinstance(item, dict):
+                continue
+            if len(item) == 1:
+                ((name, f),) = item.items()
+                if isinstance(f, dict) and name[:1].isupper():
+                    if name == "FuncCall":
+                        self._function(f)
+                    elif name == "RangeVar":
+                        self._relation(f)
+                    elif name in _DML_NODES:
+                        if executing:
+                            facts.subjects.append(self.dml_subject(statement_kind(name, f), f))
+                    elif name == "CommonTableExpr":
+                        self.ctes.add(str(f.get("ctename", "")))
+                    elif name == "ExecuteStmt":
+                        if executing:
+                            facts.executes.append(str(f.get("name", "")))
+                    elif name == "A_Const":
+                        continue
+                    stack.extend(v for v in reversed(f.values()) if isinstance(v, (dict, list)))
+                    continue
+            if "relname" in item:  # a RangeVar in a field typed RangeVar*
+                self._relation(item)
+            stack.extend(v for v in reversed(item.values()) if isinstance(v, (dict, list)))
+
+    def _relation(self, f: Node) -> None:
+        parts = [f.get("catalogname"), f.get("schemaname"), f.get("relname")]
+        self.facts.tables[".".join(p for p in parts if p)] = None
+
+    def _function(self, f: Node) -> None:
+        names = [n["String"].get("sval", "") for n in f.get("funcname", []) if "String" in n]
+        if not names:
+            return
+        self.facts.functions[".".join(names)] = None
+        base = names[-1]
+        if base == "set_config":
+            self._set_config(f)
+        elif base in DYNAMIC_SQL_FUNCTIONS:
+            self._dynamic_sql(f)
+
+    def _set_config(self, f: Node) -> None:
+        positional, named = _arguments(f)
+        name_node = named.get("setting_name", positional[0] if positional else None)
+        value_node = named.get("new_value", positional[1] if len(positional) > 1 else None)
+        name = self._literal(name_node) if name_node is not None else UNKNOWN
+        if not isinstance(name, str):
+            tags = tags_for("set") | {"dynamic_setting"}
+            self.facts.subjects.append(Subject("set", tags))
+            return
+        setting = name.strip().lower()
+        tags = tags_for("set")
+        if setting in LEXER_SETTINGS:
+            value = self._literal(value_node) if value_node is not None else UNKNOWN
+            if _unsafe_lexer_value(setting, value):
+                tags = tags | {"unsafe_lexer_setting"}
+        self.facts.subjects.append(Subject("set", tags, setting=setting))
+
+    def _dynamic_sql(self, f: Node) -> None:
+        self.add("dynamic_sql")
+        positional, named = _arguments(f)
+        for node in [*positional, *named.values()]:
+            value = self._literal(node)
+            if isinstance(value, str) and value.strip():
+                self._merge(self.ex.nested(value))
+
+    # Literals -------------------------------------------------------------------------
+
+    def _literal(self, node: Any) -> object:
+        """The value of a literal-ish node (A_Const, bare String/Integer/Boolean, casts)."""
+        if not isinstance(node, dict) or len(node) != 1:
+            return UNKNOWN
+        ((name, f),) = node.items()
+        if name in ("String", "Integer", "Boolean", "Float"):
+            self.ex.read_literal()
+            key = {"String": "sval", "Integer": "ival", "Boolean": "boolval", "Float": "fval"}
+            default = {"String": "", "Integer": 0, "Boolean": False, "Float": "0"}[name]
+            return f.get(key[name], default)
+        return self.ex.reader.value(node)
+
+    def _literals(self, arg: Any) -> list[object]:
+        if isinstance(arg, list):
+            return [self._literal(item) for item in arg]
+        if isinstance(arg, dict) and "List" in arg:
+            return [self._literal(item) for item in arg["List"].get("items", [])]
+        return [self._literal(arg)]
+
+    def _copy_info(self, f: Node) -> CopyInfo:
+        options: dict[str, object] = {}
+        for option in f.get("options", []):
+            d = option.get("DefElem", {})
+            name = str(d.get("defname", ""))
+            options[name] = True if "arg" not in d else self._literal(d["arg"])
+        fmt = str(options.get("format", "text")).lower()
+        if fmt not in ("text", "csv", "binary"):
+            fmt = "text"
+        csv = fmt == "csv"
+        quote = _text_option(options, "quote", '"')
+        header_value = options.get("header", False)
+        if isinstance(header_value, str):
+            header = header_value.lower() == "match" or bool(parse_bool(header_value))
+        else:
+            header = bool(header_value)
+        direction: Literal["to_stdout", "from_stdin", "file", "program"]
+        if f.get("is_program"):
+            direction = "program"
+        elif f.get("filename") is not None:
+            direction = "file"
+        else:
+            direction = "from_stdin" if f.get("is_from") else "to_stdout"
+        relation = f.get("relation")
+        return CopyInfo(
+            direction=direction,
+            format=fmt,  # type: ignore[arg-type]
+            delimiter=_text_option(options, "delimiter", "," if csv else "\t"),
+            null=_text_option(options, "null", "" if csv else "\\N"),
+            quote=quote,
+            escape=_text_option(options, "escape", quote if csv else "\\"),
+            header=header,
+            relation=_quoted_relation(relation) if isinstance(relation, dict) else None,
+            columns=tuple(
+                str(c["String"].get("sval", "")) for c in f.get("attlist", []) if "String" in c
+            ),
+            query=self._deparse_copy_query() if "query" in f else None,
+        )
+
+    def _deparse_copy_query(self) -> str | None:
+        try:
+            (stmt,) = parse_sql(self.ex.statement_text(self.raw))
+            return str(RawStream()(stmt.stmt.query))
+        except Exception:  # noqa: BLE001 - a deparse failure only loses the probe
+            return None
+
+
+def _text_option(options: dict[str, object], name: str, default: str) -> str:
+    value = options.get(name)
+    return value if isinstance(value, str) else default
+
+
+def _quoted_relation(f: Node) -> str:
+    parts = [f.get("catalogname"), f.get("schemaname"), f.get("relname")]
+    return ".".join(maybe_double_quote_name(str(p)) for p in parts if p)
+
+
+def _arguments(f: Node) -> tuple[list[Any], dict[str, Any]]:
+    """A call's arguments: positional ones, and ``name => value`` ones by name."""
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    for arg in f.get("args", []):
+        if isinstance(arg, dict) and "NamedArgExpr" in arg:
+            n = arg["NamedArgExpr"]
+            named[str(n.get("name", "")).lower()] = n.get("arg")
+        else:
+            positional.append(arg)
+    return positional, named
+
+
+_ENCODING_JUNK = re.compile(r"[^a-z0-9]")
+
+
+def _unsafe_lexer_value(setting: str, value: object) -> bool:
+    """Would this value make the server tokenize differently from the gateway?"""
+    if setting == "standard_conforming_strings":
+        if isinstance(value, bool):
+            return not value
+        if isinstance(value, int):
+            return value == 0
+        return not (isinstance(value, str) and parse_bool(value) is True)
+    if setting == "client_encoding":
+        # The proxy decodes UTF-8; PostgreSQL ignores case and punctuation in the name.
+        if not isinstance(value, str):
+            return True
+        return _ENCODING_JUNK.sub("", value.lower()) not in ("utf8", "unicode")
+    return False
+
+
+_DML_NODES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+_TOP_HANDLERS = {
+    "InsertStmt": _Statement._dml,
+    "UpdateStmt": _Statement._dml,
+    "DeleteStmt": _Statement._dml,
+    "MergeStmt": _Statement._dml,
+    "ExplainStmt": _Statement._explain,
+    "PrepareStmt": _Statement._prepare,
+    "ExecuteStmt": _Statement._execute,
+    "DeallocateStmt": _Statement._deallocate,
+    "CopyStmt": _Statement._copy,
+    "VariableSetStmt": _Statement._set,
+    "AlterDatabaseSetStmt": _Statement._alter_with_set,
+    "AlterRoleSetStmt": _Statement._alter_with_set,
+    "AlterSystemStmt": _Statement._alter_with_set,
+    "CreateFunctionStmt": _Statement._create_function,
+    "DoStmt": _Statement._do,
+    "CallStmt": _Statement._call,
+}

@@ -1,0 +1,159 @@
+"""From facts to a verdict: apply one policy (a preset plus operator rules) to a statement.
+
+For every subject of every statement (see `facts`), the deciding rule is found in this order:
+
+1. the preset's *guards* (its block rules); if one matches, the first operator rule with
+   ``override: true`` that also matches stands in for it, otherwise the guard decides;
+2. the operator's rules, first match wins (the engine orders them from the most specific
+   scope to the least: resource and group, resource, group, file);
+3. the preset's ordinary rules, first match wins;
+4. the preset's fallback: review.
+
+A statement takes the strictest decision of its subjects, and a string of statements the
+strictest of its statements (block > review > allow); the rule and reason reported are those
+of the first subject or statement with that decision. Text the parser rejects is blocked
+(rule ``<preset>/unparseable``) and no operator rule can change that; an empty string is
+allowed (rule ``empty``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .facts import Facts, StatementFacts, Subject
+from .model import CopyInfo, Decision, Verdict
+from .presets import Preset
+from .rules import Rule, render_reason
+
+__all__ = ["Policy", "judge"]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A preset and the operator rules that apply in one scope, ready to judge."""
+
+    preset: Preset
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    decision: Decision
+    rule: str
+    reason: str
+
+
+def judge(policy: Policy, facts: Facts) -> Verdict:
+    """The verdict of `policy` on a parsed statement string."""
+    verdict = _enforced(policy, facts)
+    return _shadow(verdict) if policy.preset.shadow else verdict
+
+
+def _enforced(policy: Policy, facts: Facts) -> Verdict:
+    preset = policy.preset
+    if facts.error is not None:
+        return Verdict(
+            Decision.BLOCK,
+            f"{preset.name}/unparseable",
+            f"the statement could not be parsed, so it cannot be checked: {facts.error}",
+        )
+    if not facts.statements:
+        return Verdict(Decision.ALLOW, "empty", "empty query string", statement_count=0)
+
+    outcomes = [_statement(policy, statement) for statement in facts.statements]
+    worst = outcomes[0]
+    for outcome in outcomes[1:]:
+        if outcome.decision > worst.decision:
+            worst = outcome
+
+    prepares: list[tuple[str, Verdict]] = []
+    executes: list[str] = []
+    deallocates: list[str | None] = []
+    tables: dict[str, None] = {}
+    copies: list[CopyInfo] = []
+    for statement in facts.statements:
+        if statement.prepare is not None:
+            name, inner = statement.prepare
+            prepares.append((name, _single(policy, inner)))
+        executes.extend(statement.executes)
+        deallocates.extend(statement.deallocates)
+        tables.update(statement.tables)
+        if statement.copy is not None:
+            copies.append(statement.copy)
+    if len(copies) > 1:
+        worst = _Outcome(
+            Decision.BLOCK,
+            f"{preset.name}/copy-alone",
+            "send each COPY as a query of its own, so that its data can be checked",
+        )
+    return Verdict(
+        worst.decision,
+        worst.rule,
+        worst.reason,
+        prepares=tuple(prepares),
+        executes=tuple(executes),
+        deallocates=tuple(deallocates),
+        copy=copies[0] if len(copies) == 1 else None,
+        statement_count=len(facts.statements),
+        tables=tuple(tables),
+    )
+
+
+def _single(policy: Policy, statement: StatementFacts) -> Verdict:
+    """The verdict of one statement on its own (the inner statement of a PREPARE)."""
+    outcome = _statement(policy, statement)
+    return Verdict(
+        outcome.decision,
+        outcome.rule,
+        outcome.reason,
+        executes=tuple(statement.executes),
+        tables=tuple(statement.tables),
+    )
+
+
+def _statement(policy: Policy, statement: StatementFacts) -> _Outcome:
+    worst: _Outcome | None = None
+    for subject in statement.subjects:
+        rule = _rule_for(policy, subject, statement)
+        if worst is None or rule.decision > worst.decision:
+            worst = _Outcome(rule.decision, rule.id, render_reason(rule, subject, statement))
+            if rule.decision is Decision.BLOCK:
+                break
+    if worst is None:  # pragma: no cover - every statement has at least one subject
+        preset = policy.preset
+        return _Outcome(Decision.REVIEW, preset.fallback.id, "statement with nothing to check")
+    return worst
+
+
+def _rule_for(policy: Policy, subject: Subject, statement: StatementFacts) -> Rule:
+    preset = policy.preset
+    for guard in preset.guards:
+        if guard.match.matches(subject, statement):
+            for rule in policy.rules:
+                if rule.override and rule.match.matches(subject, statement):
+                    return rule
+            return guard
+    for rule in policy.rules:
+        if rule.match.matches(subject, statement):
+            return rule
+    for rule in preset.rules:
+        if rule.match.matches(subject, statement):
+            return rule
+    return preset.fallback
+
+
+def _shadow(verdict: Verdict) -> Verdict:
+    """Observe mode: forward everything, say what would have happened."""
+    prepares = tuple((name, _shadow(inner)) for name, inner in verdict.prepares)
+    return Verdict(
+        Decision.ALLOW,
+        "observe/shadow",
+        f"would {verdict.decision.value}: {verdict.rule}: {verdict.reason}",
+        shadow_decision=verdict.decision,
+        prepares=prepares,
+        executes=verdict.executes,
+        deallocates=verdict.deallocates,
+        copy=verdict.copy,
+        statement_count=verdict.statement_count,
+        tables=verdict.tables,
+    )

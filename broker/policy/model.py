@@ -1,0 +1,138 @@
+"""What the policy engine answers: a `Verdict` per statement string.
+
+These types are the contract with the proxy (docs/CONTRACTS.md, "broker.policy"): the proxy
+enforces `Verdict.decision`, shows `rule` and `reason` to the client and the approver, tracks
+SQL-level prepared statements through `prepares` / `executes` / `deallocates`, and hands
+`copy` to the masker for ``COPY ... TO STDOUT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+__all__ = ["CopyInfo", "Decision", "Verdict"]
+
+
+class Decision(str, Enum):
+    """allow < review < block; compare with ``<``/``>`` or take `Decision.strictest`."""
+
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    # str's own ordering is alphabetical ("allow" < "block" < "review"), which is wrong here.
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return _RANK[self] < _RANK[other]
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return _RANK[self] <= _RANK[other]
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return _RANK[self] > _RANK[other]
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return _RANK[self] >= _RANK[other]
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def strictest(cls, *decisions: Decision) -> Decision:
+        """The strictest of `decisions` (ALLOW when none are given)."""
+        best = cls.ALLOW
+        for decision in decisions:
+            if _RANK[decision] > _RANK[best]:
+                best = decision
+        return best
+
+
+_RANK = {Decision.ALLOW: 0, Decision.REVIEW: 1, Decision.BLOCK: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class CopyInfo:
+    """How the data of a COPY statement is laid out, as the masker needs it.
+
+    The options are PostgreSQL's, with its defaults filled in: text format has delimiter
+    ``\\t`` and null ``\\N`` (quote and escape do not apply to it; they hold ``"`` and the
+    backslash that text format always escapes with); csv has delimiter ``,``, null ``''``,
+    quote ``"`` and escape equal to quote. `relation` is the table name quoted so that it can
+    be pasted into SQL; `query` is the inner query of ``COPY (query) TO`` deparsed.
+    """
+
+    direction: Literal["to_stdout", "from_stdin", "file", "program"]
+    format: Literal["text", "csv", "binary"]
+    delimiter: str
+    null: str
+    quote: str
+    escape: str
+    header: bool
+    relation: str | None
+    columns: tuple[str, ...]
+    query: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The decision on one statement string (which may hold several statements)."""
+
+    decision: Decision
+    rule: str
+    reason: str
+    shadow_decision: Decision | None = None
+    prepares: tuple[tuple[str, Verdict], ...] = ()
+    executes: tuple[str, ...] = ()
+    deallocates: tuple[str | None, ...] = ()
+    copy: CopyInfo | None = None
+    statement_count: int = 1
+    # Not part of equality: two verdicts that decide the same way are the same verdict.
+    tables: tuple[str, ...] = field(default=(), compare=False)
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready view, as `jitgate policy check --json` prints it."""
+        out: dict[str, object] = {
+            "decision": self.decision.value,
+            "rule": self.rule,
+            "reason": self.reason,
+        }
+        if self.shadow_decision is not None:
+            out["shadow_decision"] = self.shadow_decision.value
+        if self.statement_count != 1:
+            out["statement_count"] = self.statement_count
+        if self.tables:
+            out["tables"] = list(self.tables)
+        if self.prepares:
+            out["prepares"] = {name: inner.as_dict() for name, inner in self.prepares}
+        if self.executes:
+            out["executes"] = list(self.executes)
+        if self.deallocates:
+            out["deallocates"] = [name for name in self.deallocates]
+        if self.copy is not None:
+            c = self.copy
+            out["copy"] = {
+                "direction": c.direction,
+                "format": c.format,
+                "delimiter": c.delimiter,
+                "null": c.null,
+                "quote": c.quote,
+                "escape": c.escape,
+                "header": c.header,
+                "relation": c.relation,
+                "columns": list(c.columns),
+                "query": c.query,
+            }
+        return out

@@ -1,0 +1,313 @@
+"""The proxy's recording sink: statements go to a buffer, a background task writes them.
+
+The hot path (`record_statement`) never awaits the store: it appends to an in-memory deque
+and returns. A task started by `start()` writes batches with `Store.record_statements`
+every `flush_interval` seconds, or as soon as `batch_size` records wait. Session start and
+end are rare and awaited directly.
+
+When the store fails, the batch stays at the head of the buffer and is retried with
+exponential backoff (`0.05 s` doubling to `max_backoff`), logged each time; records are not
+dropped for a transient failure, and a retried batch is not duplicated (the store ignores a
+`(session_id, seq)` it already has). A batch that fails for another reason than the store
+being unreachable (`StoreIntegrityError` for an unknown session, say) is retried record by
+record and only the offending records are dropped, logged and counted: one bad record must
+not stall recording for every session.
+
+Backpressure, and failing closed: `healthy` turns false when `pending` reaches
+`high_water`, or when the store has been failing for `unhealthy_after` seconds. The proxy
+checks `healthy` before forwarding a statement and refuses it (SQLSTATE 57P03) while false:
+what cannot be recorded is not run. Records keep being accepted past `high_water` (the
+statements already ran); only past `hard_limit`, which a proxy honouring `healthy` never
+reaches, are new records dropped and counted (`jitgate_recorder_dropped_total{cause=
+"overflow"}`), bounding memory.
+
+`aclose()` writes everything still buffered, waiting up to `close_timeout` seconds while the
+store is failing; what is still unwritten then is logged as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Protocol
+
+import structlog
+from prometheus_client import Counter
+
+from broker import metrics
+from broker.exceptions import RecorderClosed, StoreError, StoreUnavailable
+from broker.store.base import enum_value
+from broker.store.records import Grant, SessionStats, StatementRecord
+
+log = structlog.get_logger("jitgate.recorder")
+
+# Failures that say the store is away, not that a record is bad: retry, never drop.
+_TRANSIENT = (StoreUnavailable, OSError, TimeoutError)
+
+
+class RecordingStore(Protocol):
+    """The part of `Store` the recorder uses."""
+
+    async def record_statements(self, records: Sequence[StatementRecord]) -> None: ...
+
+    async def start_session(
+        self,
+        grant: Grant,
+        *,
+        client_addr: str | None = None,
+        application_name: str | None = None,
+        intent: str | None = None,
+    ) -> str: ...
+
+    async def end_session(
+        self, session_id: str, *, reason: str, stats: SessionStats | None = None
+    ) -> bool: ...
+
+
+class Recorder:
+    def __init__(
+        self,
+        store: RecordingStore,
+        *,
+        flush_interval: float = 0.2,
+        batch_size: int = 500,
+        high_water: int = 10_000,
+        hard_limit: int = 100_000,
+        unhealthy_after: float = 5.0,
+        max_backoff: float = 5.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        if not 0 < batch_size <= high_water <= hard_limit:
+            raise ValueError("need 0 < batch_size <= high_water <= hard_limit")
+        self._store = store
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.high_water = high_water
+        self.hard_limit = hard_limit
+        self.unhealthy_after = unhealthy_after
+        self.max_backoff = max_backoff
+        self.close_timeout = close_timeout
+
+        self._buffer: deque[StatementRecord] = deque()
+        self._accepted = 0  # records ever accepted into the buffer
+        self._settled = 0  # of those, written or dropped as invalid
+        self._dropped = 0
+        self._failing_since: float | None = None
+        self._nonempty = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._statement_counters: dict[str, Counter] = {}
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def record_statement(self, record: StatementRecord) -> None:
+        """Queue one statement for writing. Never blocks; raises `RecorderClosed` after close."""
+        if self._closing:
+            raise RecorderClosed("recorder is closed")
+        if record.started_at.tzinfo is None:
+            # Caught here, in the caller's stack, rather than as a dropped record later.
+            raise ValueError("StatementRecord.started_at must be an aware datetime")
+        self._count(record)
+        if len(self._buffer) >= self.hard_limit:
+            self._dropped += 1
+            metrics.RECORDER_DROPPED.labels(cause="overflow").inc()
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.error("recorder over its hard limit: dropping records", dropped=self._dropped)
+            return
+        self._buffer.append(record)
+        self._accepted += 1
+        self._nonempty.set()
+        if len(self._buffer) >= self.batch_size:
+            self._urgent.set()
+
+    def _count(self, record: StatementRecord) -> None:
+        decision = enum_value(record.decision)
+        counter = self._statement_counters.get(decision)
+        if counter is None:
+            counter = self._statement_counters[decision] = metrics.STATEMENTS.labels(decision)
+        counter.inc()
+        if record.masked_values:
+            metrics.MASKED_VALUES.inc(record.masked_values)
+        if record.duration_ms is not None:
+            metrics.STATEMENT_SECONDS.observe(record.duration_ms / 1000)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Records accepted and not yet written."""
+        return len(self._buffer)
+
+    @property
+    def dropped(self) -> int:
+        """Records lost: refused by the store as invalid, or over the hard limit."""
+        return self._dropped
+
+    @property
+    def overloaded(self) -> bool:
+        return len(self._buffer) >= self.high_water
+
+    @property
+    def healthy(self) -> bool:
+        """False while statements should be refused: backlog too deep or the store failing."""
+        if self._task is None or self._task.done() or self._closing or self.overloaded:
+            return False
+        failing = self._failing_since
+        return failing is None or time.monotonic() - failing < self.unhealthy_after
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer task (call from the event loop that will record)."""
+        if self._task is not None:
+            raise RuntimeError("recorder already started")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="jitgate-recorder")
+
+    async def flush(self) -> None:
+        """Return once every record accepted before this call is written (or dropped)."""
+        target = self._accepted
+        while self._settled < target:
+            if self._task is None or self._task.done():
+                raise RecorderClosed("recorder is not running")
+            self._urgent.set()
+            self._progress.clear()
+            await self._progress.wait()
+
+    async def aclose(self) -> None:
+        """Write what is buffered (waiting at most `close_timeout`), then stop."""
+        if self._closing:
+            return
+        self._closing = True
+        self._nonempty.set()
+        self._urgent.set()
+        task = self._task
+        if task is None:
+            # Never started: write what there is, once.
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            task = self._task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.close_timeout)
+        except TimeoutError:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        if self._buffer:
+            lost = len(self._buffer)
+            self._dropped += lost
+            metrics.RECORDER_DROPPED.labels(cause="shutdown").inc(lost)
+            log.error("recorder closed with unwritten records", lost=lost)
+            self._buffer.clear()
+        metrics.RECORDER_PENDING.set(0)
+        self._progress.set()
+
+    # -- sessions (rare: awaited directly) --------------------------------------------------
+
+    async def start_session(
+        self,
+        grant: Grant,
+        *,
+        client_addr: str | None = None,
+        application_name: str | None = None,
+        intent: str | None = None,
+    ) -> str:
+        """Record a session start; raises `StoreError` (the proxy refuses the session)."""
+        session_id = await self._store.start_session(
+            grant, client_addr=client_addr, application_name=application_name, intent=intent
+        )
+        metrics.SESSIONS_ACTIVE.inc()
+        return session_id
+
+    async def end_session(
+        self,
+        session_id: str,
+        *,
+        reason: str,
+        stats: SessionStats | None = None,
+        flush_timeout: float = 2.0,
+    ) -> bool:
+        """Record a session end after its statements; never raises, returns False on failure.
+
+        Waits up to `flush_timeout` for buffered statements to be written first, so a reader
+        who sees the session ended also sees its statements.
+        """
+        metrics.SESSIONS_ACTIVE.dec()
+        with suppress(TimeoutError, RecorderClosed):
+            await asyncio.wait_for(self.flush(), flush_timeout)
+        try:
+            return await self._store.end_session(session_id, reason=reason, stats=stats)
+        except StoreError as exc:
+            log.error("could not record session end", session_id=session_id, error=str(exc))
+            return False
+
+    # -- writer task ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._nonempty.wait()
+            if not self._urgent.is_set():
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self.flush_interval)
+            self._urgent.clear()
+            await self._drain()
+            if not self._buffer:
+                self._nonempty.clear()
+                if self._closing:
+                    return
+
+    async def _drain(self) -> None:
+        backoff = 0.05
+        while self._buffer:
+            n = min(self.batch_size, len(self._buffer))
+            batch = list(itertools.islice(self._buffer, n))
+            try:
+                try:
+                    await self._store.record_statements(batch)
+                except _TRANSIENT:
+                    raise
+                except Exception:
+                    # Not the store being away: some record is bad. Find it, keep the rest.
+                    await self._write_singly(batch)
+            except _TRANSIENT as exc:
+                metrics.RECORDER_FLUSH_FAILURES.inc()
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                log.warning(
+                    "recorder could not write statements; retrying",
+                    error=str(exc) or type(exc).__name__,
+                    pending=len(self._buffer),
+                    retry_in=backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            for _ in range(n):
+                self._buffer.popleft()
+            self._settled += n
+            self._failing_since = None
+            backoff = 0.05
+            metrics.RECORDER_PENDING.set(len(self._buffer))
+            self._progress.set()
+
+    async def _write_singly(self, batch: list[StatementRecord]) -> None:
+        # A transient error propagates to _drain's retry; rows already written are not
+        # duplicated on the retry.
+        for record in batch:
+            try:
+                await self._store.record_statements([record])
+            except _TRANSIENT:
+                raise
+            except Exception as exc:
+                self._dropped += 1
+                metrics.RECORDER_DROPPED.labels(cause="invalid").inc()
+                log.error(
+                    "store refused a statement record; dropped",
+                    session_id=record.session_id,
+                    seq=record.seq,
+                    error=str(exc) or type(exc).__name__,
+                )

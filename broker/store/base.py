@@ -1,0 +1,85 @@
+"""What every part of the store shares: the engine, the session factory, the clock, and the
+one place where driver errors become `StoreError`s."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from enum import Enum
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def enum_value(value: object) -> str:
+    """`Decision.ALLOW` -> "allow": `str()` of a str-mixin Enum gives "Decision.ALLOW"."""
+    if isinstance(value, Enum):
+        return str(value.value)
+    return str(value)
+
+
+@asynccontextmanager
+async def translate_errors(action: str) -> AsyncIterator[None]:
+    """Turn driver and connection errors into the broker's `StoreError` family.
+
+    The message names the action and the error class only: driver messages can echo
+    connection parameters, which do not belong in logs or API answers.
+    """
+    try:
+        yield
+    except sa_exc.IntegrityError as exc:
+        raise StoreIntegrityError(f"{action}: constraint violated ({_origin(exc)})") from exc
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"{action}: store unavailable ({_origin(exc)})") from exc
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable(f"{action}: store unavailable ({_origin(exc)})") from exc
+        raise StoreError(f"{action}: {_origin(exc)}") from exc
+    except sa_exc.StatementError as exc:
+        # Raised before the driver saw anything (e.g. a bind value refused by a type):
+        # the message is ours, not the driver's, and worth keeping.
+        raise StoreError(f"{action}: {exc.orig!r}") from exc
+    except sa_exc.SQLAlchemyError as exc:
+        raise StoreError(f"{action}: {type(exc).__name__}") from exc
+
+
+def _origin(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return type(orig if orig is not None else exc).__name__
+
+
+class StoreBase:
+    """Holds the engine; the repositories (`tokens.py`, `sessions.py`) build on it."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def transaction(self, action: str) -> AsyncIterator[AsyncSession]:
+        """One ORM session in one transaction: committed on success, rolled back on error."""
+        async with translate_errors(action), self._sessions() as session, session.begin():
+            yield session
+
+    async def ping(self) -> None:
+        """Raise `StoreError` unless the store answers a trivial query."""
+        async with translate_errors("ping"), self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()

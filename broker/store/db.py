@@ -1,0 +1,154 @@
+"""The store: engine creation and the `Store` facade the rest of jitgate calls.
+
+    store = await Store.open(settings.store_url.get_secret_value())   # migrates to head
+    grant = await store.verify_token(token, resource)
+    ...
+    await store.close()
+
+SQLite (the embedded default) gets WAL, a busy timeout, enforced foreign keys and real
+transactions (`BEGIN IMMEDIATE`: pysqlite's implicit transactions neither cover DDL nor take
+the write lock up front, which turns concurrent writers into "database is locked" errors
+instead of waits). PostgreSQL goes through asyncpg with pre-ping on pooled connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, make_url, pool
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from broker.exceptions import StoreError
+from broker.store import migrate as migrations
+from broker.store.base import Clock, translate_errors, utcnow
+from broker.store.sessions import SessionRepository
+from broker.store.tokens import TokenRepository
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, echo=echo)
+    if backend == "postgresql":
+        return create_async_engine(
+            url,
+            echo=echo,
+            pool_pre_ping=True,
+            connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+        )
+    raise StoreError(f"unsupported store backend {backend!r}: use SQLite or PostgreSQL")
+
+
+def _sqlite_engine(url: str, *, echo: bool) -> AsyncEngine:
+    parsed = make_url(url)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    kwargs: dict[str, Any] = {"echo": echo}
+    if in_memory:
+        # Every new connection to :memory: is a new, empty database: keep exactly one.
+        kwargs["poolclass"] = pool.StaticPool
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode")
+                if cursor.fetchone()[0] != "wal":  # switching takes an exclusive lock
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _sqlite_file(engine: AsyncEngine) -> Path | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database or ""
+    if database in ("", ":memory:") or engine.url.query.get("mode") == "memory":
+        return None
+    return Path(database).expanduser()
+
+
+@asynccontextmanager
+async def _first_use_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Serialise opening a SQLite store across engines and processes.
+
+    On a database file that has never been written, connections that each switched to WAL
+    can still disagree on the locking protocol until the header is on disk, and two
+    migrations then run side by side ("table ... already exists"). An exclusive lock on a
+    sidecar file around the first connection and the migration closes that window.
+    PostgreSQL needs none: its migration holds an advisory lock.
+    """
+    path = _sqlite_file(engine)
+    if path is None or fcntl is None:
+        yield
+        return
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+class Store(TokenRepository, SessionRepository):
+    """The broker's persistent state. Methods raise `StoreError` subclasses on failure."""
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        clock: Clock = utcnow,
+        echo: bool = False,
+    ) -> Store:
+        """Connect, check the store answers, and (by default) migrate it to the newest schema."""
+        engine = create_engine(url, echo=echo)
+        store = cls(engine, clock=clock)
+        try:
+            async with _first_use_lock(engine):
+                await store.ping()
+                if migrate:
+                    async with translate_errors("migrate"):
+                        await migrations.upgrade(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    @property
+    def url(self) -> str:
+        """The store URL with any password hidden, for logs and health output."""
+        return self.engine.url.render_as_string(hide_password=True)

@@ -1,0 +1,161 @@
+"""The store's tables, as SQLAlchemy 2 declarative models.
+
+The same models serve SQLite (aiosqlite) and PostgreSQL (asyncpg). The schema itself is
+created by the Alembic migrations in `broker/migrations/versions/`, written by hand to match;
+`tests/broker/store/test_migrations.py` fails when the two drift apart.
+
+Timestamps are timezone-aware UTC in Python on both backends (`UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names, so later migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on both backends.
+
+    PostgreSQL keeps `timestamptz`; SQLite has no time zones, so values are stored as naive
+    UTC and given their zone back on load. Naive input is refused rather than guessed.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime()}
+
+
+class GatewayToken(Base):
+    """A gateway token: stored only as the SHA-256 of the token, bound to one grant."""
+
+    __tablename__ = "gateway_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    principal: Mapped[str] = mapped_column(String(255))
+    groups: Mapped[list[str]] = mapped_column(JSON)
+    resource: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    reusable: Mapped[bool] = mapped_column(Boolean)
+    # A single-session token is consumed by its first successful verification.
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_gateway_tokens_token_hash", "token_hash", unique=True),)
+
+
+class Session(Base):
+    """One client connection through the proxy, from startup to termination."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("gateway_tokens.id"))
+    principal: Mapped[str] = mapped_column(String(255))
+    groups: Mapped[list[str]] = mapped_column(JSON)
+    resource: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(63))
+    client_addr: Mapped[str | None] = mapped_column(String(255))
+    application_name: Mapped[str | None] = mapped_column(Text)
+    intent: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    statements: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    statement_rows: Mapped[list[Statement]] = relationship(
+        back_populates="session",
+        order_by="Statement.seq",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+    __table_args__ = (
+        Index("ix_sessions_started_at", "started_at"),
+        Index("ix_sessions_ended_at", "ended_at"),
+        Index("ix_sessions_token_id", "token_id"),
+    )
+
+
+class Statement(Base):
+    """One statement the proxy saw in a session, with the decision taken on it."""
+
+    __tablename__ = "statements"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("sessions.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    sql: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str | None] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))
+    rule: Mapped[str | None] = mapped_column(String(255))
+    reason: Mapped[str | None] = mapped_column(Text)
+    shadow_decision: Mapped[str | None] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+    rows: Mapped[int | None] = mapped_column(BigInteger)
+    masked_values: Mapped[int] = mapped_column(Integer, default=0)
+    error_sqlstate: Mapped[str | None] = mapped_column(String(5))
+
+    session: Mapped[Session] = relationship(back_populates="statement_rows")
+
+    __table_args__ = (
+        # Makes a retried batch idempotent: the recorder inserts with ON CONFLICT DO NOTHING.
+        UniqueConstraint("session_id", "seq"),
+        Index("ix_statements_started_at", "started_at"),
+        Index("ix_statements_fingerprint", "fingerprint"),
+    )

@@ -1,0 +1,108 @@
+"""Plain values that cross the store's boundary (never ORM objects, never secrets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A freshly minted gateway token. `token` is the only copy of the plaintext: show it once."""
+
+    token_id: str
+    token: str = field(repr=False)
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a verified gateway token allows: who, on which resource, as which role, until when."""
+
+    token_id: str | None
+    principal: str
+    groups: tuple[str, ...]
+    resource: str
+    role: str
+    expires_at: datetime
+    reusable: bool
+
+
+@dataclass(slots=True)
+class StatementRecord:
+    """One statement as the proxy saw it; handed to `Recorder.record_statement`.
+
+    `seq` numbers statements within a session from 1; `(session_id, seq)` is unique, which
+    makes a retried batch idempotent. `decision`/`shadow_decision` take the policy's
+    `Decision` or its string value. `duration_ms` and `rows` are None when unknown (blocked,
+    parked, or failed before completion); `error_sqlstate` is the SQLSTATE the client got,
+    from the upstream or from the gateway itself (`42501` for a block).
+    """
+
+    session_id: str
+    seq: int
+    sql: str
+    decision: str
+    started_at: datetime
+    fingerprint: str | None = None
+    rule: str | None = None
+    reason: str | None = None
+    shadow_decision: str | None = None
+    duration_ms: float | None = None
+    rows: int | None = None
+    masked_values: int = 0
+    error_sqlstate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    """Totals the proxy reports when a session ends."""
+
+    statements: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: str
+    token_id: str | None
+    principal: str
+    groups: tuple[str, ...]
+    resource: str
+    role: str
+    client_addr: str | None
+    application_name: str | None
+    intent: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    statements: int
+    bytes_in: int
+    bytes_out: int
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class StatementInfo:
+    seq: int
+    sql: str
+    fingerprint: str | None
+    decision: str
+    rule: str | None
+    reason: str | None
+    shadow_decision: str | None
+    started_at: datetime
+    duration_ms: float | None
+    rows: int | None
+    masked_values: int
+    error_sqlstate: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDetail:
+    session: SessionInfo
+    statements: tuple[StatementInfo, ...]

@@ -1,0 +1,130 @@
+"""Gateway tokens: minted once, stored only as a SHA-256 digest, verified on every connect.
+
+A token is `jgt_` followed by `secrets.token_urlsafe(32)` (256 random bits). The prefix lets
+secret scanners and people recognise one; the digest in the store is useless to a reader of
+the database. A token is bound to (principal, groups, resource, role, expiry) and is either
+reusable until it expires or good for a single session: a single-session token is consumed
+by its first successful `verify_token`, atomically, so two racing connects cannot both use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from broker.exceptions import ExpiredToken, InvalidToken
+from broker.store.base import StoreBase
+from broker.store.models import GatewayToken
+from broker.store.records import Grant, IssuedToken
+
+TOKEN_PREFIX = "jgt_"  # noqa: S105 - a prefix, not a secret
+_TOKEN_RE = re.compile(r"^jgt_[A-Za-z0-9_-]{32,128}$")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def looks_like_token(value: str) -> bool:
+    """Cheap shape check, done before touching the store."""
+    return bool(_TOKEN_RE.match(value))
+
+
+class TokenRepository(StoreBase):
+    async def issue_token(
+        self,
+        principal: str,
+        groups: Iterable[str],
+        resource: str,
+        role: str,
+        ttl: timedelta,
+        reusable: bool = False,
+    ) -> IssuedToken:
+        """Mint a token for a grant. The plaintext is returned here and nowhere else."""
+        if ttl <= timedelta(0):
+            raise ValueError("ttl must be positive")
+        token = new_token()
+        now = self.clock()
+        row = GatewayToken(
+            id=str(uuid.uuid4()),
+            token_hash=hash_token(token),
+            principal=principal,
+            groups=list(groups),
+            resource=resource,
+            role=role,
+            created_at=now,
+            expires_at=now + ttl,
+            reusable=reusable,
+        )
+        async with self.transaction("issue token") as session:
+            session.add(row)
+        return IssuedToken(token_id=row.id, token=token, expires_at=row.expires_at)
+
+    async def verify_token(self, token: str, resource: str) -> Grant:
+        """Return the grant behind `token` for `resource`, or raise.
+
+        Raises `InvalidToken` (reason: malformed, unknown, revoked, wrong_resource, used),
+        `ExpiredToken`, or `StoreError` when the store cannot answer (fail closed).
+        """
+        if not looks_like_token(token):
+            raise InvalidToken("not a gateway token", reason="malformed")
+        digest = hash_token(token)
+        async with self.transaction("verify token") as session:
+            row = await session.scalar(
+                select(GatewayToken).where(GatewayToken.token_hash == digest)
+            )
+            # The lookup is by digest; the constant-time comparison keeps the final
+            # equality check free of timing differences whatever the index does.
+            if row is None or not hmac.compare_digest(row.token_hash, digest):
+                raise InvalidToken("unknown gateway token", reason="unknown")
+            if row.revoked_at is not None:
+                raise InvalidToken(f"gateway token {row.id} was revoked", reason="revoked")
+            if row.resource != resource:
+                raise InvalidToken(
+                    f"gateway token {row.id} is for another resource", reason="wrong_resource"
+                )
+            now = self.clock()
+            if now >= row.expires_at:
+                raise ExpiredToken(
+                    f"gateway token {row.id} expired at {row.expires_at.isoformat()}"
+                )
+            if not row.reusable:
+                consumed = await session.execute(
+                    update(GatewayToken)
+                    .where(GatewayToken.id == row.id, GatewayToken.used_at.is_(None))
+                    .values(used_at=now)
+                )
+                if consumed.rowcount != 1:  # type: ignore[attr-defined]
+                    raise InvalidToken(
+                        f"single-session gateway token {row.id} was already used", reason="used"
+                    )
+            return Grant(
+                token_id=row.id,
+                principal=row.principal,
+                groups=tuple(row.groups),
+                resource=row.resource,
+                role=row.role,
+                expires_at=row.expires_at,
+                reusable=row.reusable,
+            )
+
+    async def revoke_token(self, token_id: str) -> bool:
+        """Revoke a token; True if it was live until now. Sessions already open are not cut."""
+        async with self.transaction("revoke token") as session:
+            result = await session.execute(
+                update(GatewayToken)
+                .where(GatewayToken.id == token_id, GatewayToken.revoked_at.is_(None))
+                .values(revoked_at=self.clock())
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]

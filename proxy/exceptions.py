@@ -1,0 +1,58 @@
+"""Errors of the data path, and the one place that turns them into wire ErrorResponses.
+
+    ProxyError                      (sqlstate, message shown to the client)
+    ├── ProtocolViolation           (proxy.protocol.frames; malformed/oversized: 08P01/54000)
+    ├── ClientAuthFailed            28P01  bad, expired or revoked gateway token
+    ├── ClientRefused               28000/42501  TLS required, start-up parameter refused
+    ├── UpstreamUnavailable         08006  upstream, broker or credential provider down
+    └── UpstreamAuthFailed          08006  the upstream refused the gateway's credential
+
+Messages never contain the upstream user name or password, nor the client's token.
+"""
+
+from __future__ import annotations
+
+from proxy.protocol import messages
+from proxy.protocol.frames import ProtocolViolation
+
+
+class ProxyError(Exception):
+    sqlstate = "XX000"
+
+    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+
+
+class ClientAuthFailed(ProxyError):
+    sqlstate = "28P01"
+
+
+class ClientRefused(ProxyError):
+    sqlstate = "28000"
+
+    def __init__(self, message: str, *, sqlstate: str = "28000", **kw: str | None) -> None:
+        super().__init__(message, **kw)
+        self.sqlstate = sqlstate
+
+
+class UpstreamUnavailable(ProxyError):
+    sqlstate = "08006"
+
+
+class UpstreamAuthFailed(ProxyError):
+    sqlstate = "08006"
+
+
+def to_error_response(exc: BaseException) -> bytes:
+    """The ErrorResponse (severity FATAL) a client sees for ``exc`` before the socket closes."""
+    if isinstance(exc, ProxyError):
+        return messages.error_response(
+            exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint, severity="FATAL"
+        )
+    if isinstance(exc, ProtocolViolation):
+        return messages.error_response(exc.sqlstate, f"protocol violation: {exc}", severity="FATAL")
+    # Anything else is our bug; say so without leaking internals.
+    return messages.error_response("XX000", "internal gateway error", severity="FATAL")

@@ -1,0 +1,101 @@
+"""The interfaces the data path calls into; ``broker/`` provides the implementations.
+
+The proxy never decides who someone is, what they may do, or where the credential comes
+from: it asks these. Each is a structural Protocol so tests can pass small real objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from broker.policy import Verdict
+from broker.store import Grant
+from proxy.upstream import UpstreamCredential, UpstreamTarget
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    session_id: str
+    grant: Grant
+    client_addr: str
+    client_user: str
+    application_name: str | None = None
+    intent: str | None = None
+    tls: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class TokenVerifier(Protocol):
+    async def verify(self, token: str, *, resource: str) -> Grant:
+        """Return the grant, or raise proxy.exceptions.ClientAuthFailed."""
+        ...
+
+
+class CredentialProvider(Protocol):
+    async def acquire(self, *, resource: str, role: str, session_id: str) -> UpstreamCredential:
+        """A credential for one session; raise proxy.exceptions.UpstreamUnavailable if down."""
+        ...
+
+    async def release(self, credential: UpstreamCredential) -> None:
+        """Called once when the session ends (revoke the lease)."""
+        ...
+
+
+class SessionRecorder(Protocol):
+    async def session_started(
+        self, grant: Grant, *, client_addr: str, application_name: str | None, intent: str | None
+    ) -> str:
+        """Record the start; returns the session id. Raising refuses the session."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """False when statements cannot be recorded: the proxy then refuses them."""
+        ...
+
+    def statement(self, session_id: str, event: object) -> None:
+        """Non-blocking: buffered and written by a background task."""
+        ...
+
+    async def session_ended(self, session_id: str, *, reason: str, stats: object) -> None:
+        """Never raises."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewOutcome:
+    approved: bool
+    reason: str | None = None
+
+
+class ReviewHook(Protocol):
+    async def review(
+        self, *, session: SessionInfo, sql: str, verdict: Verdict, notify: Callable[[str], None]
+    ) -> ReviewOutcome:
+        """Park until a reviewer decides (or the wait expires). ``notify`` sends a
+        NoticeResponse to the waiting client (e.g. "awaiting approval <id>")."""
+        ...
+
+
+class DenyAllReviews:
+    """Until an approval workflow is configured, a statement under review is refused."""
+
+    async def review(
+        self, *, session: SessionInfo, sql: str, verdict: Verdict, notify: Callable[[str], None]
+    ) -> ReviewOutcome:
+        return ReviewOutcome(
+            approved=False,
+            reason=f"{verdict.reason} (no approval workflow is configured on this gateway)",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A database the proxy serves, as the data path needs it."""
+
+    name: str
+    target: UpstreamTarget
+    policy: Callable[[str, Sequence[str]], Verdict]  # (sql, groups) -> verdict
+    masker: object | None

@@ -1,0 +1,717 @@
+"""The per-session relay state machine: policy on the way in, masking on the way out.
+
+Sans-IO like the codec below it: ``feed_client`` and ``feed_server`` take bytes and leave
+what must be written in ``out_upstream`` / ``out_client``; the asyncio layer
+(``proxy.relay``) only moves bytes and runs the awaitable steps (approval waits).
+
+How a refused statement is answered. Postgres semantics after an error are subtle: in a
+transaction block the transaction becomes aborted (ReadyForQuery 'E'), in an implicit
+extended-protocol transaction everything since the last Sync is rolled back and the
+server skips messages until Sync. Rather than re-implementing that, the machine
+*substitutes* the refused message with one that makes the upstream itself fail at that
+point (a Parse or Query of a fixed text that is a syntax error), then replaces the
+upstream's ErrorResponse for it with the gateway's own (42501, naming rule and reason).
+The upstream never sees the refused text, and the transaction state the client is told
+is the one the upstream really has.
+
+Responses are matched to requests with an in-flight queue of the frontend messages sent
+upstream, in order, exactly like the server answers them. That is what lets the machine
+know which RowDescription describes which DataRows (for masking), which ErrorResponse
+belongs to a substituted message, and where a statement's record ends.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from broker.policy.model import Decision, Verdict
+from proxy.protocol import messages as m
+from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, ProtocolViolation
+
+_U32 = struct.Struct("!I")
+
+#: What the upstream receives instead of a refused statement: a guaranteed syntax error.
+BLOCKED_TEXT = "JITGATE BLOCKED"
+BLOCKED_STMT = "__jitgate_blocked"
+PROBE_STMT = "__jitgate_probe"
+
+#: Backend message types that answer a frontend message (as opposed to asynchronous ones).
+_ANSWERS = frozenset(b"123ntTZ")
+
+# Entry kinds of the in-flight queue.
+QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
+
+
+class Classifier(Protocol):
+    def __call__(self, sql: str) -> Verdict: ...
+
+
+class RowPlan(Protocol):
+    def mask_values(self, values: list[bytes | None]) -> tuple[list[bytes | None] | None, int]: ...
+
+
+class CopyPlan(Protocol):
+    def mask_copy_data(self, data: bytes) -> tuple[bytes, int]: ...
+
+
+class MaskerLike(Protocol):
+    def plan_rows(self, columns: Any) -> RowPlan | None: ...
+    def plan_copy(self, columns: Any, copy_info: Any) -> CopyPlan | None: ...
+
+
+@dataclass(slots=True)
+class Statement:
+    """A prepared statement (protocol level) the proxy let through."""
+
+    sql: str
+    verdict: Verdict
+    fields: list[m.FieldDescription] | None = None
+
+
+@dataclass(slots=True)
+class Portal:
+    statement: Statement
+    formats: tuple[int, ...]
+    fields: list[m.FieldDescription] | None = None
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: int
+    sql: str = ""
+    verdict: Verdict | None = None
+    refusal: bytes | None = None  # our ErrorResponse replacing the upstream's
+    swallow: bool = False  # internal message: answers are not relayed
+    portal: Portal | None = None
+    statement: Statement | None = None
+    plan: Any = None
+    copy_plan: Any = None
+    copy_info: Any = None
+    probe: bool = False  # this describe is the gateway's own COPY column probe
+    awaiting_probe: bool = False  # a COPY whose columns the probe will tell
+    probe_columns: list[m.FieldDescription] | None = None
+    started: float = 0.0
+    rows: int = 0
+    masked: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class StatementEvent:
+    """What the recorder gets for every statement the session saw."""
+
+    sql: str
+    verdict: Verdict
+    started: float
+    duration: float
+    rows: int | None
+    masked: int
+    error_sqlstate: str | None
+
+
+@dataclass(slots=True)
+class Parked:
+    """A statement under review: the client's bytes are held until a decision."""
+
+    sql: str
+    verdict: Verdict
+    message: bytes
+    kind: int
+
+
+@dataclass(slots=True)
+class Stats:
+    statements: int = 0
+    blocked: int = 0
+    masked: int = 0
+    bytes_from_client: int = 0
+    bytes_to_client: int = 0
+
+
+def _column_info(fields: list[m.FieldDescription], formats: tuple[int, ...]) -> list[Any]:
+    from broker.masking import ColumnInfo
+
+    out = []
+    for i, f in enumerate(fields):
+        if not formats:
+            fmt = 0
+        elif len(formats) == 1:
+            fmt = formats[0]
+        else:
+            fmt = formats[i] if i < len(formats) else 0
+        out.append(ColumnInfo(f.name, f.type_oid, fmt))
+    return out
+
+
+def refusal_message(verdict: Verdict, *, denied_reason: str | None = None) -> bytes:
+    if verdict.decision is Decision.REVIEW:
+        text = f"jitgate: statement requires approval ({verdict.rule}): {verdict.reason}"
+        if denied_reason:
+            text = f"jitgate: approval not granted ({verdict.rule}): {denied_reason}"
+        hint = "A reviewer must approve this statement; re-run it once approved."
+    else:
+        text = f"jitgate: statement blocked by policy rule {verdict.rule}: {verdict.reason}"
+        hint = "This statement is not allowed through the gateway; ask a DBA if you need it."
+    return m.error_response("42501", text, detail=f"rule: {verdict.rule}", hint=hint)
+
+
+class SessionMachine:
+    """Pure relay logic for one client session (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        classify: Classifier,
+        masker: MaskerLike | None,
+        on_statement: Callable[[StatementEvent], None],
+        client_user: str,
+        upstream_user: str,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._classify = classify
+        self._masker = masker
+        self._on_statement = on_statement
+        self._client_user = client_user
+        self._upstream_user = upstream_user
+        self._max = max_message_bytes
+        self._clock = clock
+        self._cbuf = bytearray()
+        self._sbuf = bytearray()
+        self.out_upstream: list[bytes] = []
+        self.out_client: list[bytes] = []
+        self._inflight: deque[Entry] = deque()
+        self._statements: dict[str, Statement] = {}
+        self._portals: dict[str, Portal] = {}
+        self._sql_prepared: dict[str, Verdict] = {}
+        self._plans: dict[tuple[Any, ...], Any] = {}
+        self._open_extended = False  # extended messages sent since the last Sync
+        self._discarding = False  # a refusal happened in this batch: drop until Sync
+        self.parked: Parked | None = None
+        self.terminated = False
+        self.txn_status = b"I"
+        self.stats = Stats()
+
+    # ---------------------------------------------------------------- client -> upstream
+
+    def feed_client(self, data: bytes) -> None:
+        self._cbuf += data
+        self.stats.bytes_from_client += len(data)
+        self._process_client()
+
+    def _process_client(self) -> None:
+        buf = self._cbuf
+        n = len(buf)
+        pos = 0
+        run = 0  # start of a run of messages forwarded unchanged
+        out = self.out_upstream
+        unpack = _U32.unpack_from
+        while n - pos >= 5 and self.parked is None:
+            (length,) = unpack(buf, pos + 1)
+            if length < 4 or length > self._max:
+                self._cbuf = bytearray()
+                raise ProtocolViolation(
+                    f"message of {length} bytes is invalid or exceeds the limit of {self._max} bytes",
+                    sqlstate="54000" if length > self._max else "08P01",
+                )
+            end = pos + 1 + length
+            if end > n:
+                break
+            kind = buf[pos]
+            if self._discarding and kind not in (0x53, 0x58):
+                # After a refusal inside an extended-protocol batch the upstream ignores
+                # everything up to Sync, as Postgres does; the gateway does not even send it.
+                if run < pos:
+                    out.append(bytes(buf[run:pos]))
+                pos = run = end
+                continue
+            if kind in (0x64, 0x63, 0x66):  # CopyData, CopyDone, CopyFail: part of COPY FROM STDIN
+                pos = end
+                continue
+            if kind in (0x53, 0x48):  # Sync, Flush
+                if kind == 0x53:
+                    self._inflight.append(Entry(SYNC))
+                    self._open_extended = False
+                    self._discarding = False
+                pos = end
+                continue
+            body = bytes(buf[pos + 5 : end])
+            replacement = self._on_client_message(kind, body, bytes(buf[pos:end]))
+            if replacement is not None:
+                if run < pos:
+                    out.append(bytes(buf[run:pos]))
+                out.extend(replacement)
+                run = end
+            pos = end
+        if run < pos:
+            out.append(bytes(buf[run:pos]))
+        del buf[:pos]
+
+    def _on_client_message(self, kind: int, body: bytes, raw: bytes) -> list[bytes] | None:
+        """Handle one frontend message; None forwards it unchanged, a list replaces it."""
+        if kind == 0x51:  # Query
+            return self._on_query(m.parse_query(body), raw)
+        if kind == 0x50:  # Parse
+            return self._on_parse(m.parse_parse(body), raw)
+        self._open_extended = True
+        if kind == 0x42:  # Bind
+            return self._on_bind(m.parse_bind(body))
+        if kind == 0x45:  # Execute
+            return self._on_execute(m.parse_execute(body)[0], raw)
+        if kind == 0x44:  # Describe
+            what, name = m.parse_describe_or_close(body)
+            entry = Entry(DESCRIBE_S if what == "S" else DESCRIBE_P)
+            if what == "S":
+                entry.statement = self._statements.get(name)
+            else:
+                entry.portal = self._portals.get(name)
+            self._inflight.append(entry)
+            return None
+        if kind == 0x43:  # Close
+            what, name = m.parse_describe_or_close(body)
+            (self._statements if what == "S" else self._portals).pop(name, None)
+            self._inflight.append(Entry(CLOSE))
+            return None
+        if kind == 0x58:  # Terminate
+            self.terminated = True
+            return None
+        if kind == 0x46:  # FunctionCall
+            self._open_extended = False
+            # A fast-path call names a function by OID, which the parse-tree policy cannot
+            # see; it is refused until the gateway resolves OIDs (fail closed).
+            verdict = Verdict(
+                Decision.BLOCK,
+                "gateway/function-call",
+                "fast-path function calls are not allowed; call the function in SQL",
+            )
+            self._record_refusal("<FunctionCall>", verdict)
+            entry = Entry(QUERY, sql="<FunctionCall>", verdict=verdict, refusal=refusal_message(verdict))
+            self._inflight.append(entry)
+            return [m.query_message(BLOCKED_TEXT)]
+        raise ProtocolViolation(f"unexpected frontend message type {chr(kind)!r}")
+
+    # -- policy ---------------------------------------------------------------------------
+
+    def _decide(self, sql: str) -> Verdict:
+        verdict = self._classify(sql)
+        if verdict.executes and verdict.decision is not Decision.BLOCK:
+            for name in verdict.executes:
+                inner = self._sql_prepared.get(name)
+                if inner is None:
+                    return Verdict(
+                        Decision.BLOCK,
+                        "gateway/unknown-prepared",
+                        f"EXECUTE of prepared statement {name!r} that the gateway did not see prepared",
+                    )
+                if _rank(inner.decision) > _rank(verdict.decision):
+                    verdict = inner
+        return verdict
+
+    def _after_forward(self, verdict: Verdict) -> None:
+        for name, inner in verdict.prepares:
+            self._sql_prepared[name] = inner
+        for dname in verdict.deallocates:
+            if dname is None:
+                self._sql_prepared.clear()
+            else:
+                self._sql_prepared.pop(dname, None)
+
+    def _record_refusal(self, sql: str, verdict: Verdict) -> None:
+        self.stats.statements += 1
+        self.stats.blocked += 1
+        self._on_statement(StatementEvent(sql, verdict, self._clock(), 0.0, None, 0, "42501"))
+
+    def _refuse(self, kind: int, sql: str, verdict: Verdict, reason: str | None = None) -> list[bytes]:
+        self._record_refusal(sql, verdict)
+        refusal = refusal_message(verdict, denied_reason=reason)
+        if kind == QUERY:
+            self._inflight.append(Entry(QUERY, sql=sql, verdict=verdict, refusal=refusal))
+            return [m.query_message(BLOCKED_TEXT)]
+        self._open_extended = True
+        self._discarding = True
+        self._inflight.append(Entry(kind, sql=sql, verdict=verdict, refusal=refusal))
+        return [m.parse_message(BLOCKED_STMT, BLOCKED_TEXT)]
+
+    # -- parking (review) ------------------------------------------------------------------
+
+    def resume(self, *, approved: bool, reason: str | None = None) -> None:
+        """Release the parked statement: run it, or refuse it with the reviewer's reason."""
+        parked = self.parked
+        if parked is None:
+            return
+        self.parked = None
+        kind = parked.kind
+        if approved:
+            if kind == QUERY:
+                instead = self._forward_query(parked.sql, parked.verdict, parked.message)
+                self.out_upstream.extend(instead if instead is not None else [parked.message])
+            else:
+                self._forward_parse(m.parse_parse(parked.message[5:]), parked.verdict)
+                self.out_upstream.append(parked.message)
+        else:
+            self.out_upstream.extend(self._refuse(kind, parked.sql, parked.verdict, reason))
+        # The parked message was removed from the buffer when it was parked.
+        self._process_client()
+
+    def _park(self, kind: int, sql: str, verdict: Verdict, raw: bytes) -> list[bytes]:
+        self.parked = Parked(sql, verdict, raw, kind)
+        return []
+
+    # -- simple query ------------------------------------------------------------------------
+
+    def _on_query(self, sql: str, raw: bytes) -> list[bytes] | None:
+        verdict = self._decide(sql)
+        if verdict.decision is Decision.BLOCK:
+            return self._refuse(QUERY, sql, verdict)
+        if verdict.decision is Decision.REVIEW:
+            return self._park(QUERY, sql, verdict, raw)
+        return self._forward_query(sql, verdict, raw)
+
+    def _forward_query(self, sql: str, verdict: Verdict, raw: bytes) -> list[bytes] | None:
+        """Queue an allowed Query; None sends ``raw`` as is, a list is sent instead."""
+        self._after_forward(verdict)
+        entry = Entry(QUERY, sql=sql, verdict=verdict, started=self._clock())
+        copy = verdict.copy
+        if copy is not None and copy.direction == "to_stdout" and self._masker is not None:
+            entry.copy_info = copy
+            if not copy.columns:
+                probe = self._probe(copy)
+                if probe is None:
+                    verdict = Verdict(
+                        Decision.BLOCK,
+                        "gateway/copy-masking",
+                        "COPY TO STDOUT needs its column names for masking; list the columns explicitly",
+                    )
+                    return self._refuse(QUERY, sql, verdict)
+                entry.awaiting_probe = True
+                self._inflight.append(entry)
+                return [*probe, raw]
+        self._inflight.append(entry)
+        return None
+
+    def _probe(self, copy: Any) -> list[bytes] | None:
+        """Describe the COPY's rows without running it, to learn column names and types."""
+        if self._inflight or self._open_extended:
+            return None  # only safe when the upstream has nothing of the client's pending
+        if copy.query:
+            text = f"SELECT * FROM ({copy.query}) AS q LIMIT 0"
+        elif copy.relation:
+            text = f"SELECT * FROM {copy.relation} LIMIT 0"
+        else:
+            return None
+        # Errors of the probe are dropped: the COPY itself fails the same way right after.
+        self._inflight.extend(
+            Entry(kind, swallow=True, probe=True) for kind in (PARSE, DESCRIBE_S, CLOSE, SYNC)
+        )
+        return [
+            m.parse_message(PROBE_STMT, text),
+            m.describe_message("S", PROBE_STMT),
+            m.close_message("S", PROBE_STMT),
+            m.SYNC,
+        ]
+
+    # -- extended query ----------------------------------------------------------------------
+
+    def _on_parse(self, parse: m.Parse, raw: bytes) -> list[bytes] | None:
+        self._open_extended = True
+        verdict = self._decide(parse.query)
+        copy = verdict.copy
+        if (
+            copy is not None
+            and copy.direction == "to_stdout"
+            and self._masker is not None
+            and not copy.columns
+            and verdict.decision is Decision.ALLOW
+        ):
+            verdict = Verdict(
+                Decision.BLOCK,
+                "gateway/copy-masking",
+                "COPY TO STDOUT in the extended protocol needs an explicit column list for masking",
+            )
+        if verdict.decision is Decision.BLOCK:
+            return self._refuse(PARSE, parse.query, verdict)
+        if verdict.decision is Decision.REVIEW:
+            return self._park(PARSE, parse.query, verdict, raw)
+        self._forward_parse(parse, verdict)
+        return None
+
+    def _forward_parse(self, parse: m.Parse, verdict: Verdict) -> None:
+        self._open_extended = True
+        self._after_forward(verdict)
+        self._statements[parse.name] = Statement(parse.query, verdict)
+        self._inflight.append(Entry(PARSE))
+
+    def _on_bind(self, bind: m.Bind) -> list[bytes] | None:
+        statement = self._statements.get(bind.statement)
+        if statement is None:
+            verdict = Verdict(
+                Decision.BLOCK,
+                "gateway/unknown-prepared",
+                f"Bind to prepared statement {bind.statement!r} that the gateway did not see parsed",
+            )
+            return self._refuse(BIND, f"<bind {bind.statement}>", verdict)
+        portal = Portal(statement, bind.result_formats)
+        if statement.fields is not None:
+            portal.fields = statement.fields
+        self._portals[bind.portal] = portal
+        self._inflight.append(Entry(BIND))
+        return None
+
+    def _on_execute(self, name: str, raw: bytes) -> list[bytes] | None:
+        portal = self._portals.get(name)
+        entry = Entry(EXECUTE, started=self._clock(), portal=portal)
+        if portal is not None:
+            entry.sql = portal.statement.sql
+            entry.verdict = portal.statement.verdict
+            entry.copy_info = portal.statement.verdict.copy
+        if self._masker is not None and portal is not None and portal.fields is None:
+            # The client never described this portal: ask the upstream ourselves, so the
+            # masker knows the columns before the first DataRow arrives.
+            describe = Entry(DESCRIBE_P, swallow=True, portal=portal)
+            self._inflight.append(describe)
+            self._inflight.append(entry)
+            return [m.describe_message("P", name), raw]
+        self._inflight.append(entry)
+        return None
+
+    # ---------------------------------------------------------------- upstream -> client
+
+    def feed_server(self, data: bytes) -> None:
+        buf = self._sbuf
+        if buf:
+            buf += data
+        else:
+            buf = bytearray(data)
+        n = len(buf)
+        pos = 0
+        run = 0
+        out = self.out_client
+        unpack = _U32.unpack_from
+        inflight = self._inflight
+        while n - pos >= 5:
+            (length,) = unpack(buf, pos + 1)
+            if length < 4 or length > self._max:
+                raise ProtocolViolation(f"upstream sent an invalid message length {length}")
+            end = pos + 1 + length
+            if end > n:
+                break
+            kind = buf[pos]
+            head = inflight[0] if inflight else None
+            if kind == 0x44:  # DataRow: the hot path
+                if head is not None:
+                    head.rows += 1
+                    if head.plan is not None:
+                        values, count = head.plan.mask_values(m.parse_data_row(bytes(buf[pos + 5 : end])))
+                        if values is not None:
+                            if run < pos:
+                                out.append(bytes(buf[run:pos]))
+                            out.append(m.data_row(values))
+                            run = end
+                            head.masked += count
+                pos = end
+                continue
+            replacement = self._on_server_message(kind, buf, pos, end, head)
+            if replacement is None and head is not None and head.swallow and kind in _ANSWERS:
+                replacement = b""  # the answer to a message the gateway sent on its own
+            if replacement is not None:
+                if run < pos:
+                    out.append(bytes(buf[run:pos]))
+                if replacement:
+                    out.append(replacement)
+                run = end
+            pos = end
+        if run < pos:
+            out.append(bytes(buf[run:pos]))
+        self.stats.bytes_to_client += pos
+        del buf[:pos]
+        self._sbuf = buf
+
+    def _on_server_message(
+        self, kind: int, buf: bytearray, pos: int, end: int, head: Entry | None
+    ) -> bytes | None:
+        """Handle one backend message. Returns a replacement (b"" drops it) or None."""
+        inflight = self._inflight
+        if kind == 0x5A:  # ReadyForQuery
+            self.txn_status = bytes(buf[end - 1 : end])
+            if head is not None and head.kind in (QUERY, SYNC):
+                inflight.popleft()
+                if head.kind == QUERY and head.refusal is None:
+                    self._complete(head)
+            return None
+        if head is None:
+            # Asynchronous messages: notices, notifications, parameter changes.
+            if kind == 0x53:
+                return self._parameter_status(bytes(buf[pos + 5 : end]))
+            if kind in (0x45, 0x4E):
+                return self._scrub(kind, bytes(buf[pos + 5 : end]))
+            return None
+        if kind == 0x43:  # CommandComplete
+            tag = bytes(buf[pos + 5 : end - 1]).decode("utf-8", "replace")
+            if head.kind == QUERY:
+                head.plan = None
+                head.rows = m.command_tag_rows(tag) or head.rows
+            elif head.kind == EXECUTE:
+                inflight.popleft()
+                head.rows = m.command_tag_rows(tag) or head.rows
+                self._complete(head)
+            return None
+        if kind == 0x54:  # RowDescription
+            fields = m.parse_row_description(bytes(buf[pos + 5 : end]))
+            if head.kind == QUERY:
+                head.plan = self._plan(fields, ())
+            elif head.kind == DESCRIBE_S:
+                inflight.popleft()
+                if head.probe:
+                    self._resolve_probe(fields)
+                elif head.statement is not None:
+                    head.statement.fields = fields
+            elif head.kind == DESCRIBE_P:
+                inflight.popleft()
+                if head.portal is not None:
+                    head.portal.fields = fields
+                    self._set_execute_plan(head.portal)
+            return None
+        if kind == 0x31 or kind == 0x32 or kind == 0x33:  # Parse/Bind/CloseComplete
+            if head.kind in (PARSE, BIND, CLOSE):
+                inflight.popleft()
+            return None
+        if kind == 0x6E:  # NoData
+            if head.kind in (DESCRIBE_S, DESCRIBE_P):
+                inflight.popleft()
+            return None
+        if kind == 0x74:  # ParameterDescription: the RowDescription/NoData follows
+            return None
+        if kind == 0x45:  # ErrorResponse
+            return self._on_error(bytes(buf[pos + 5 : end]), head)
+        if kind in (0x49, 0x73):  # EmptyQueryResponse, PortalSuspended
+            if head.kind == EXECUTE:
+                inflight.popleft()
+                self._complete(head)
+            return None
+        if kind == 0x48:  # CopyOutResponse
+            return self._on_copy_out(bytes(buf[pos + 5 : end]), head)
+        if kind == 0x64 and head.copy_plan is not None:  # CopyData of COPY TO
+            data, count = head.copy_plan.mask_copy_data(bytes(buf[pos + 5 : end]))
+            head.masked += count
+            return m.frame(b"d", data)
+        if kind == 0x53:
+            return self._parameter_status(bytes(buf[pos + 5 : end]))
+        if kind == 0x4E:
+            return self._scrub(kind, bytes(buf[pos + 5 : end]))
+        if kind == 0x57:  # CopyBothResponse: replication only, which start-up refuses
+            raise ProtocolViolation("CopyBoth is not supported through the gateway")
+        return None
+
+    def _on_error(self, body: bytes, head: Entry) -> bytes | None:
+        inflight = self._inflight
+        fields = m.parse_fields(body)
+        head.error = m.field(fields, "C")
+        if head.probe:
+            replacement: bytes | None = b""
+        elif head.refusal is not None:
+            replacement = head.refusal
+        else:
+            replacement = self._scrub(0x45, body)
+        if head.kind in (QUERY, SYNC):
+            return replacement  # ReadyForQuery ends it
+        if head.kind == EXECUTE:
+            self._complete(head)
+        # The server now skips everything up to Sync: those entries get no answer.
+        while inflight and inflight[0].kind != SYNC:
+            inflight.popleft()
+        return replacement
+
+    def _on_copy_out(self, body: bytes, head: Entry) -> bytes | None:
+        if self._masker is None:
+            return None
+        overall, formats = m.parse_copy_response(body)
+        info = head.copy_info
+        if info is None:
+            raise ProtocolViolation("COPY TO STDOUT without a classified COPY statement")
+        columns = head.probe_columns
+        if info.columns:
+            from broker.masking import ColumnInfo
+
+            # Without a probe the types are unknown: treat them as text (name rules still apply).
+            columns = [ColumnInfo(name, 25, overall) for name in info.columns]
+        elif columns is None:
+            raise ProtocolViolation(
+                "COPY TO STDOUT must be sent as its own statement when masking is on",
+                sqlstate="0A000",
+            )
+        else:
+            columns = _column_info(columns, (overall,))
+        head.copy_plan = self._masker.plan_copy(columns, info)
+        return None
+
+    def _resolve_probe(self, fields: list[m.FieldDescription]) -> None:
+        for entry in self._inflight:
+            if entry.awaiting_probe:
+                entry.probe_columns = fields
+                entry.awaiting_probe = False
+                return
+
+    def _set_execute_plan(self, portal: Portal) -> None:
+        for entry in self._inflight:
+            if entry.kind == EXECUTE and entry.portal is portal:
+                entry.plan = self._plan(portal.fields or [], portal.formats)
+                return
+
+    def _plan(self, fields: list[m.FieldDescription], formats: tuple[int, ...]) -> Any:
+        if self._masker is None:
+            return None
+        key = (tuple((f.name, f.type_oid) for f in fields), formats)
+        try:
+            return self._plans[key]
+        except KeyError:
+            plan = self._masker.plan_rows(_column_info(fields, formats))
+            if len(self._plans) > 256:
+                self._plans.clear()
+            self._plans[key] = plan
+            return plan
+
+    def _complete(self, entry: Entry) -> None:
+        if entry.swallow or entry.verdict is None:
+            return
+        self.stats.statements += 1
+        self.stats.masked += entry.masked
+        now = self._clock()
+        self._on_statement(
+            StatementEvent(
+                entry.sql, entry.verdict, entry.started, now - entry.started, entry.rows, entry.masked, entry.error
+            )
+        )
+
+    # -- what the client must not learn ---------------------------------------------------
+
+    def _parameter_status(self, body: bytes) -> bytes | None:
+        name, value = m.parse_parameter_status(body)
+        if name == "session_authorization":
+            return m.parameter_status(name, self._client_user)
+        return None
+
+    def _scrub(self, kind: int, body: bytes) -> bytes | None:
+        """Errors and notices must not name the upstream role the gateway logged in as."""
+        user = self._upstream_user.encode()
+        if not user or user not in body:
+            return None
+        fields = [(c, v.replace(self._upstream_user, self._client_user)) for c, v in m.parse_fields(body)]
+        return m.build_fields(bytes([kind]), fields)
+
+    # -- introspection for tests and the relay ----------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return not self._inflight and self.parked is None
+
+    def pending_client_bytes(self) -> int:
+        return len(self._cbuf)
+
+
+def _rank(decision: Decision) -> int:
+    return {Decision.ALLOW: 0, Decision.REVIEW: 1, Decision.BLOCK: 2}[decision]

@@ -1,0 +1,169 @@
+"""The asyncio layer of a session: move bytes between the two sockets through the machine.
+
+Protocols (``data_received``) instead of StreamReaders: one callback per TCP read, one
+``writelines`` per direction per read, no task switch per message. Backpressure: when one
+side's write buffer passes its high-water mark, reading from the other side pauses, so a
+client that stops reading cannot make the proxy buffer an unbounded result set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from proxy.exceptions import to_error_response
+from proxy.machine import SessionMachine
+from proxy.protocol import messages
+from proxy.protocol.frames import ProtocolViolation
+
+log = structlog.get_logger("jitgate.proxy")
+
+WRITE_HIGH_WATER = 512 * 1024
+
+
+class _Side(asyncio.Protocol):
+    def __init__(self, on_data: Callable[[bytes], None], on_lost: Callable[[Exception | None], None]) -> None:
+        self.on_data = on_data
+        self.on_lost = on_lost
+        self.paused_peer: Callable[[bool], None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.on_data(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.paused_peer:
+            self.paused_peer(True)
+
+    def resume_writing(self) -> None:
+        if self.paused_peer:
+            self.paused_peer(False)
+
+
+Reviewer = Callable[[SessionMachine], Awaitable[None]]
+
+
+class Relay:
+    def __init__(
+        self,
+        machine: SessionMachine,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        *,
+        review: Reviewer,
+    ) -> None:
+        self.machine = machine
+        self.client = client
+        self.upstream = upstream
+        self._review = review
+        self._review_task: asyncio.Task[None] | None = None
+        self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._client_paused_by = 0
+
+    async def run(self, client_leftover: bytes, upstream_leftover: bytes) -> str:
+        client_side = _Side(self._from_client, lambda exc: self._finish("client disconnected"))
+        upstream_side = _Side(self._from_upstream, lambda exc: self._finish("upstream closed"))
+        client_side.paused_peer = lambda paused: self._pause(self.upstream, paused)
+        upstream_side.paused_peer = lambda paused: self._pause_client(paused)
+        for transport, side in ((self.client, client_side), (self.upstream, upstream_side)):
+            transport.set_protocol(side)
+            transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+            transport.resume_reading()
+        if upstream_leftover:
+            self._from_upstream(upstream_leftover)
+        if client_leftover:
+            self._from_client(client_leftover)
+        try:
+            return await self._done
+        finally:
+            if self._review_task is not None:
+                self._review_task.cancel()
+            for transport in (self.client, self.upstream):
+                if not transport.is_closing():
+                    transport.close()
+
+    def _finish(self, reason: str) -> None:
+        if not self._done.done():
+            self._done.set_result(reason)
+
+    @staticmethod
+    def _pause(transport: asyncio.Transport, paused: bool) -> None:
+        if transport.is_closing():
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _pause_client(self, paused: bool) -> None:
+        # The client is paused both for upstream backpressure and while a statement is
+        # parked; it resumes only when neither holds.
+        self._client_paused_by += 1 if paused else -1
+        self._pause(self.client, self._client_paused_by > 0)
+
+    def _flush(self) -> None:
+        machine = self.machine
+        if machine.out_upstream:
+            self.upstream.writelines(machine.out_upstream)
+            machine.out_upstream.clear()
+        if machine.out_client:
+            self.client.writelines(machine.out_client)
+            machine.out_client.clear()
+
+    def _from_client(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        try:
+            self.machine.feed_client(data)
+        except ProtocolViolation as exc:
+            self._flush()
+            self.client.write(to_error_response(exc))
+            self._finish(f"protocol violation: {exc}")
+            return
+        self._flush()
+        if self.machine.terminated:
+            self._finish("client terminated")
+        elif self.machine.parked is not None and self._review_task is None:
+            self._pause_client(True)
+            self._review_task = asyncio.ensure_future(self._run_review())
+
+    async def _run_review(self) -> None:
+        try:
+            await self._review(self.machine)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # fail closed: the statement is refused
+            log.error("review_failed", error=type(exc).__name__)
+            self.machine.resume(approved=False, reason="the approval service is unavailable")
+        self._review_task = None
+        self._pause_client(False)
+        try:
+            self._flush()
+        except RuntimeError:
+            return
+        if self.machine.parked is not None:
+            self._pause_client(True)
+            self._review_task = asyncio.ensure_future(self._run_review())
+
+    def _from_upstream(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        try:
+            self.machine.feed_server(data)
+        except ProtocolViolation as exc:
+            self._flush()
+            self.client.write(to_error_response(exc))
+            self._finish(f"upstream protocol violation: {exc}")
+            return
+        self._flush()
+
+    def notify_client(self, text: str) -> None:
+        if not self.client.is_closing():
+            self.client.write(messages.notice_response(text))

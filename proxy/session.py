@@ -1,0 +1,292 @@
+"""One client connection, from the first byte to the revoked credential.
+
+    client                      jitgate                          upstream
+      | SSLRequest ------------> | 'S' + TLS (or 'N')               |
+      | StartupMessage --------> | sanitize parameters              |
+      | <------ AuthCleartext    |                                  |
+      | PasswordMessage(token) > | verify gateway token (broker)    |
+      |                          | acquire credential (Vault/local) |
+      |                          | ---- StartupMessage, SCRAM/MD5 --> |
+      |                          | <--- ParameterStatus, BackendKey,  |
+      |                          |      ReadyForQuery                 |
+      | <- AuthOk, ParameterStatus (filtered), our BackendKeyData, ReadyForQuery
+      | ====== relay: every message through policy, every result through masking ====== |
+
+It reads like a script on purpose: authenticate, authorise, obtain the credential,
+connect, make the client ready, record the start, relay, then record the end and give
+the credential back in ``finally``, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from broker.policy.model import Decision, Verdict
+from proxy.cancel import CancelMap
+from proxy.exceptions import ClientAuthFailed, ClientRefused, ProxyError, to_error_response
+from proxy.hooks import (
+    CredentialProvider,
+    Resource,
+    ReviewHook,
+    SessionInfo,
+    SessionRecorder,
+    TokenVerifier,
+)
+from proxy.machine import SessionMachine, StatementEvent
+from proxy.protocol import messages
+from proxy.protocol.frames import ProtocolViolation, startup_frame_length
+from proxy.relay import Relay
+from proxy.startup_params import StartupRefused, sanitize_startup
+from proxy.upstream import UpstreamConnection, connect_upstream
+
+log = structlog.get_logger("jitgate.proxy")
+
+AUTH_TIMEOUT = 30.0
+#: Upstream parameters that would reveal who the gateway logs in as.
+HIDDEN_PARAMETERS = frozenset({"session_authorization"})
+UNRECORDABLE = Verdict(
+    Decision.BLOCK,
+    "gateway/recorder-unavailable",
+    "the session record cannot be written right now, so nothing is run",
+)
+
+
+@dataclass(slots=True)
+class ProxyContext:
+    resources: Mapping[str, Resource]
+    tokens: TokenVerifier
+    credentials: CredentialProvider
+    recorder: SessionRecorder
+    review: ReviewHook
+    cancel_map: CancelMap = field(default_factory=CancelMap)
+    tls: ssl.SSLContext | None = None
+    require_tls_for_non_loopback: bool = True
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+def _is_loopback(peer: object) -> bool:
+    if isinstance(peer, tuple) and peer:
+        try:
+            return ipaddress.ip_address(peer[0]).is_loopback
+        except ValueError:
+            return False
+    return True  # unix socket
+
+
+async def _read_startup(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext
+) -> tuple[messages.StartupPacket, bool]:
+    """SSLRequest / GSSENCRequest negotiation, then the StartupMessage or CancelRequest."""
+    tls = False
+    for _ in range(3):
+        header = await reader.readexactly(4)
+        length = startup_frame_length(header)
+        assert length is not None
+        packet = messages.parse_startup_packet(header + await reader.readexactly(length - 4))
+        if isinstance(packet, messages.SSLRequest):
+            if tls:
+                raise ProtocolViolation("SSLRequest inside TLS")
+            if ctx.tls is None:
+                writer.write(b"N")
+                continue
+            if reader._buffer:  # type: ignore[attr-defined]
+                # Bytes after SSLRequest and before the handshake: a buffer-stuffing attack.
+                raise ProtocolViolation("unencrypted data after SSLRequest")
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(ctx.tls)
+            tls = True
+            continue
+        if isinstance(packet, messages.GSSENCRequest):
+            writer.write(b"N")
+            continue
+        return packet, tls
+    raise ProtocolViolation("too many negotiation requests")
+
+
+async def _read_password(reader: asyncio.StreamReader) -> str:
+    header = await reader.readexactly(5)
+    if header[0] != ord("p"):
+        raise ProtocolViolation("expected a password message before any other message")
+    size = int.from_bytes(header[1:5], "big")
+    if size < 5 or size > 4096:
+        raise ProtocolViolation("invalid password message length")
+    return messages.parse_password_message(await reader.readexactly(size - 4))
+
+
+async def handle_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext
+) -> None:
+    peer = writer.get_extra_info("peername")
+    client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+    session: SessionInfo | None = None
+    credential = None
+    machine: SessionMachine | None = None
+    end_reason = "error"
+    try:
+        packet, tls = await asyncio.wait_for(_read_startup(reader, writer, ctx), AUTH_TIMEOUT)
+        if isinstance(packet, messages.CancelRequest):
+            await ctx.cancel_map.cancel(packet.pid, packet.key)
+            return
+        assert isinstance(packet, messages.StartupMessage)
+        try:
+            startup = sanitize_startup(packet.params)
+        except StartupRefused as exc:
+            raise ClientRefused(str(exc), sqlstate="42501") from None
+        if packet.protocol != messages.PROTOCOL_3_0 or startup.protocol_options:
+            # We speak 3.0; tell a 3.2 client so instead of failing its start-up.
+            writer.write(messages.negotiate_protocol_version(0, startup.protocol_options))
+
+        # 1. Which database, under which rules.
+        resource = ctx.resources.get(startup.database)
+        if resource is None:
+            raise ClientRefused(
+                f'database "{startup.database}" is not served by this gateway', sqlstate="3D000"
+            )
+        if not tls and ctx.require_tls_for_non_loopback and not _is_loopback(peer):
+            raise ClientRefused(
+                "the gateway requires TLS for connections from other hosts", hint="use sslmode=require"
+            )
+
+        # 2. Authenticate the client: its password is the gateway token.
+        writer.write(messages.AUTH_CLEARTEXT)
+        await writer.drain()
+        token = await asyncio.wait_for(_read_password(reader), AUTH_TIMEOUT)
+        grant = await ctx.tokens.verify(token, resource=resource.name)
+        del token
+
+        session_id = await ctx.recorder.session_started(
+            grant,
+            client_addr=client_addr,
+            application_name=startup.application_name,
+            intent=startup.intent,
+        )
+        session = SessionInfo(
+            session_id=session_id,
+            grant=grant,
+            client_addr=client_addr,
+            client_user=startup.user,
+            application_name=startup.application_name,
+            intent=startup.intent,
+            tls=tls,
+        )
+
+        # 3. A credential for this session only, then the upstream connection.
+        credential = await ctx.credentials.acquire(
+            resource=resource.name, role=grant.role, session_id=session.session_id
+        )
+        upstream = await connect_upstream(resource.target, credential, startup.upstream_params)
+
+        # 4. Make the client ready: our own BackendKeyData, never the upstream's.
+        pid, key = ctx.cancel_map.register(resource.target, upstream.pid, upstream.key)
+        try:
+            writer.write(messages.AUTH_OK)
+            for name, value in upstream.parameters.items():
+                if name in HIDDEN_PARAMETERS:
+                    value = startup.user
+                writer.write(messages.parameter_status(name, value))
+            writer.write(messages.backend_key_data(pid, key))
+            writer.write(messages.ready_for_query(b"I"))
+            await writer.drain()
+
+            log.info(
+                "session_started",
+                session_id=session.session_id,
+                principal=grant.principal,
+                resource=resource.name,
+                client=client_addr,
+                application_name=startup.application_name,
+            )
+            # 5. Relay until either side goes away.
+            machine, end_reason = await _relay(reader, writer, upstream, resource, session, ctx)
+        finally:
+            ctx.cancel_map.unregister(pid)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        end_reason = "client disconnected"
+    except TimeoutError:
+        end_reason = "timeout"
+        _send_error(writer, ClientRefused("timed out waiting for the client", sqlstate="08006"))
+    except (ProxyError, ProtocolViolation) as exc:
+        end_reason = f"refused: {exc}"
+        if isinstance(exc, ClientAuthFailed):
+            log.warning("client_auth_failed", client=client_addr, reason=str(exc))
+        _send_error(writer, exc)
+    except Exception:
+        log.exception("session_crashed", client=client_addr)
+        _send_error(writer, RuntimeError())
+    finally:
+        # 6. Always: record the end, give the credential back, close the socket.
+        if session is not None:
+            stats = machine.stats if machine is not None else None
+            await ctx.recorder.session_ended(session.session_id, reason=end_reason, stats=stats)
+            log.info("session_ended", session_id=session.session_id, reason=end_reason)
+        if credential is not None:
+            try:
+                await ctx.credentials.release(credential)
+            except Exception:
+                log.exception("credential_release_failed")
+        if not writer.is_closing():
+            writer.close()
+
+
+def _send_error(writer: asyncio.StreamWriter, exc: BaseException) -> None:
+    if not writer.is_closing():
+        try:
+            writer.write(to_error_response(exc))
+        except (RuntimeError, ConnectionError):
+            pass
+
+
+async def _relay(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    upstream: UpstreamConnection,
+    resource: Resource,
+    session: SessionInfo,
+    ctx: ProxyContext,
+) -> tuple[SessionMachine, str]:
+    groups = session.grant.groups
+    policy = resource.policy
+    recorder = ctx.recorder
+    session_id = session.session_id
+
+    def classify(sql: str) -> Verdict:
+        if not recorder.healthy:
+            # What cannot be recorded is not run (fail closed).
+            return UNRECORDABLE
+        return policy(sql, groups)
+
+    def on_statement(event: StatementEvent) -> None:
+        recorder.statement(session_id, event)
+
+    machine = SessionMachine(
+        classify=classify,
+        masker=resource.masker,  # type: ignore[arg-type]
+        on_statement=on_statement,
+        client_user=session.client_user,
+        upstream_user=upstream.username,
+        max_message_bytes=ctx.max_message_bytes,
+    )
+    relay: Relay
+
+    async def review(m: SessionMachine) -> None:
+        parked = m.parked
+        assert parked is not None
+        outcome = await ctx.review.review(
+            session=session, sql=parked.sql, verdict=parked.verdict, notify=relay.notify_client
+        )
+        m.resume(approved=outcome.approved, reason=outcome.reason)
+
+    relay = Relay(machine, writer.transport, upstream.writer.transport, review=review)  # type: ignore[arg-type]
+    client_leftover = bytes(reader._buffer)  # type: ignore[attr-defined]
+    upstream_leftover = bytes(upstream.reader._buffer)  # type: ignore[attr-defined]
+    reason = await relay.run(client_leftover, upstream_leftover)
+    return machine, reason
+

@@ -1,0 +1,174 @@
+"""Build the proxy's injected interfaces from the broker's settings, store and recorder.
+
+The data path calls ``proxy.hooks`` protocols; this module is where the broker's real
+implementations are adapted to them (token check against the store, recording through the
+buffered recorder, the credential source of each resource, policy and masking).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from broker.config import ResourceSettings, Settings
+from broker.exceptions import ExpiredToken, InvalidToken, StoreError
+from broker.masking import Masker, MaskingConfig
+from broker.policy import PolicyEngine, Verdict
+from broker.recorder import Recorder
+from broker.store import Grant, SessionStats, StatementRecord, Store
+from proxy.exceptions import ClientAuthFailed, UpstreamUnavailable
+from proxy.hooks import DenyAllReviews, Resource, ReviewHook
+from proxy.machine import Stats, StatementEvent
+from proxy.server import tls_context
+from proxy.session import ProxyContext
+from proxy.upstream import UpstreamCredential, UpstreamTarget
+
+log = structlog.get_logger("jitgate.proxy")
+
+
+class StoreTokenVerifier:
+    """Gateway tokens are checked against their stored hashes in the broker's store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def verify(self, token: str, *, resource: str) -> Grant:
+        try:
+            return await self._store.verify_token(token, resource)
+        except ExpiredToken:
+            raise ClientAuthFailed(
+                "gateway token expired", hint="request a new one with `jitgate connect`"
+            ) from None
+        except InvalidToken as exc:
+            # Say why (revoked, another resource, already used) but never echo the token.
+            raise ClientAuthFailed(f"gateway token rejected: {exc.reason}") from None
+        except StoreError:
+            raise UpstreamUnavailable("the gateway cannot check tokens right now") from None
+
+
+class StaticCredentials:
+    """The upstream login configured for a resource, held only by the proxy.
+
+    Stands in for dynamic credentials (Vault/OpenBao) where none is configured.
+    """
+
+    def __init__(self, resources: dict[str, ResourceSettings]) -> None:
+        self._resources = resources
+
+    async def acquire(self, *, resource: str, role: str, session_id: str) -> UpstreamCredential:
+        upstream = self._resources[resource].upstream
+        password = upstream.password.get_secret_value() if upstream.password else ""
+        return UpstreamCredential(upstream.username.get_secret_value(), password)
+
+    async def release(self, credential: UpstreamCredential) -> None:
+        return None
+
+
+class RecorderSink:
+    """Adapts the broker's buffered Recorder to the proxy's SessionRecorder protocol."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+        self._seq: dict[str, int] = {}
+        # Monotonic clock readings from the machine are turned into wall-clock times.
+        self._offset = time.time() - time.monotonic()
+
+    @property
+    def healthy(self) -> bool:
+        return self._recorder.healthy
+
+    async def session_started(
+        self, grant: Grant, *, client_addr: str, application_name: str | None, intent: str | None
+    ) -> str:
+        try:
+            session_id = await self._recorder.start_session(
+                grant, client_addr=client_addr, application_name=application_name, intent=intent
+            )
+        except StoreError:
+            raise UpstreamUnavailable("the gateway cannot record sessions right now") from None
+        self._seq[session_id] = 0
+        return session_id
+
+    def statement(self, session_id: str, event: object) -> None:
+        assert isinstance(event, StatementEvent)
+        seq = self._seq.get(session_id, 0) + 1
+        self._seq[session_id] = seq
+        verdict = event.verdict
+        self._recorder.record_statement(
+            StatementRecord(
+                session_id=session_id,
+                seq=seq,
+                sql=event.sql,
+                decision=verdict.decision.value,
+                started_at=datetime.fromtimestamp(event.started + self._offset, UTC),
+                rule=verdict.rule,
+                reason=verdict.reason,
+                shadow_decision=verdict.shadow_decision.value if verdict.shadow_decision else None,
+                duration_ms=round(event.duration * 1000, 3) if event.rows is not None else None,
+                rows=event.rows,
+                masked_values=event.masked,
+                error_sqlstate=event.error_sqlstate,
+            )
+        )
+
+    async def session_ended(self, session_id: str, *, reason: str, stats: object) -> None:
+        self._seq.pop(session_id, None)
+        totals = None
+        if isinstance(stats, Stats):
+            totals = SessionStats(
+                statements=stats.statements,
+                bytes_in=stats.bytes_from_client,
+                bytes_out=stats.bytes_to_client,
+            )
+        await self._recorder.end_session(session_id, reason=reason, stats=totals)
+
+
+def build_resource(name: str, settings: ResourceSettings) -> Resource:
+    up = settings.upstream
+    target = UpstreamTarget(
+        host=up.host,
+        port=up.port,
+        dbname=up.dbname,
+        sslmode=up.sslmode,
+        sslrootcert=str(up.sslrootcert) if up.sslrootcert else None,
+    )
+    engine = PolicyEngine.load(settings.policy)
+    masker: Any = None
+    if engine.masks_results:
+        masker = Masker(MaskingConfig.model_validate(settings.masking or {}))
+
+    def policy(sql: str, groups: Sequence[str]) -> Verdict:
+        return engine.classify(sql, resource=name, groups=tuple(groups))
+
+    return Resource(name=name, target=target, policy=policy, masker=masker)
+
+
+def build_context(
+    settings: Settings,
+    store: Store,
+    recorder: Recorder,
+    *,
+    review: ReviewHook | None = None,
+    credentials: Any = None,
+) -> ProxyContext:
+    proxy = settings.proxy
+    tls = None
+    if proxy.tls_cert_file and proxy.tls_key_file:
+        tls = tls_context(proxy.tls_cert_file, proxy.tls_key_file)
+    return ProxyContext(
+        resources={name: build_resource(name, res) for name, res in settings.resources.items()},
+        tokens=StoreTokenVerifier(store),
+        credentials=credentials or StaticCredentials(dict(settings.resources)),
+        recorder=RecorderSink(recorder),
+        review=review or DenyAllReviews(),
+        tls=tls,
+        require_tls_for_non_loopback=proxy.require_tls_for_non_loopback,
+        max_message_bytes=proxy.max_message_bytes,
+    )
+
+
+__all__ = ["build_context", "build_resource"]

@@ -1,0 +1,295 @@
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from broker import metrics
+from broker.exceptions import RecorderClosed, StoreUnavailable
+from broker.recorder import Recorder
+from broker.store import Grant, SessionStats, StatementRecord, Store
+
+GRANT = Grant(
+    token_id=None,
+    principal="agent:rec",
+    groups=("ai-agents",),
+    resource="demo",
+    role="readwrite",
+    expires_at=datetime(2031, 1, 1, tzinfo=UTC),
+    reusable=True,
+)
+
+
+class FlakyStore:
+    """The real store behind a switch that makes `record_statements` fail like an outage."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.down = False
+        self.batches: list[int] = []
+        self.failures = 0
+
+    async def record_statements(self, records: Sequence[StatementRecord]) -> None:
+        if self.down:
+            self.failures += 1
+            raise StoreUnavailable("record statements: store unavailable (ConnectionRefused)")
+        self.batches.append(len(records))
+        await self.store.record_statements(records)
+
+    async def start_session(self, grant: Grant, **kw: str | None) -> str:
+        return await self.store.start_session(grant, **kw)  # type: ignore[arg-type]
+
+    async def end_session(
+        self, session_id: str, *, reason: str, stats: SessionStats | None = None
+    ) -> bool:
+        return await self.store.end_session(session_id, reason=reason, stats=stats)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/rec.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def flaky(store: Store) -> FlakyStore:
+    return FlakyStore(store)
+
+
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def rec(session_id: str, seq: int, **kw: object) -> StatementRecord:
+    return StatementRecord(
+        session_id=session_id,
+        seq=seq,
+        sql=f"select {seq}",
+        decision=kw.pop("decision", "allow"),  # type: ignore[arg-type]
+        started_at=datetime.now(UTC),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def recorded(store: Store, session_id: str) -> list[int]:
+    detail = await store.get_session(session_id)
+    assert detail is not None
+    return [s.seq for s in detail.statements]
+
+
+async def test_records_are_batched_and_written_in_background(
+    store: Store, flaky: FlakyStore
+) -> None:
+    recorder = Recorder(flaky, flush_interval=0.05, batch_size=100, high_water=1000)
+    recorder.start()
+    sid = await recorder.start_session(GRANT, application_name="psql")
+    started = time.perf_counter()
+    for seq in range(1, 251):
+        recorder.record_statement(rec(sid, seq))
+    # The hot path only appends: 250 records take well under a millisecond each.
+    assert time.perf_counter() - started < 0.25
+    assert recorder.pending == 250 and flaky.batches == []
+
+    await recorder.flush()
+    assert recorder.pending == 0
+    assert flaky.batches == [100, 100, 50]
+    assert await recorded(store, sid) == list(range(1, 251))
+    await recorder.aclose()
+
+
+async def test_a_lone_record_is_written_after_the_flush_interval(
+    store: Store, flaky: FlakyStore
+) -> None:
+    recorder = Recorder(flaky, flush_interval=0.05, batch_size=100, high_water=1000)
+    recorder.start()
+    sid = await recorder.start_session(GRANT)
+    recorder.record_statement(rec(sid, 1))
+    for _ in range(100):
+        if flaky.batches:
+            break
+        await asyncio.sleep(0.01)
+    assert flaky.batches == [1]
+    assert await recorded(store, sid) == [1]
+    await recorder.aclose()
+
+
+async def test_store_outage_loses_nothing_and_turns_unhealthy(
+    store: Store, flaky: FlakyStore
+) -> None:
+    recorder = Recorder(
+        flaky,
+        flush_interval=0.01,
+        batch_size=10,
+        high_water=50,
+        unhealthy_after=0.1,
+        max_backoff=0.02,
+    )
+    recorder.start()
+    sid = await recorder.start_session(GRANT)
+    assert recorder.healthy
+    failures_before = sample("jitgate_recorder_flush_failures_total")
+
+    flaky.down = True
+    for seq in range(1, 21):
+        recorder.record_statement(rec(sid, seq))
+    await asyncio.sleep(0.25)
+    assert flaky.failures >= 2  # retried
+    assert sample("jitgate_recorder_flush_failures_total") >= failures_before + 2
+    assert recorder.pending == 20
+    assert not recorder.healthy  # failing longer than unhealthy_after: refuse statements
+    assert not recorder.overloaded
+
+    flaky.down = False
+    await asyncio.wait_for(recorder.flush(), 2)
+    assert recorder.healthy
+    assert await recorded(store, sid) == list(range(1, 21))
+    assert recorder.dropped == 0
+    await recorder.aclose()
+
+
+async def test_backlog_over_high_water_is_overloaded_but_kept(
+    store: Store, flaky: FlakyStore
+) -> None:
+    recorder = Recorder(flaky, flush_interval=0.01, batch_size=5, high_water=10, hard_limit=15)
+    recorder.start()
+    sid = await recorder.start_session(GRANT)
+    flaky.down = True
+    for seq in range(1, 11):
+        recorder.record_statement(rec(sid, seq))
+    assert recorder.overloaded and not recorder.healthy
+    # Past the hard limit new records are dropped and counted: memory stays bounded.
+    for seq in range(11, 21):
+        recorder.record_statement(rec(sid, seq))
+    assert recorder.pending == 15 and recorder.dropped == 5
+    await asyncio.sleep(0.05)  # the writer keeps failing meanwhile, and keeps the records
+    assert flaky.failures >= 1
+    assert recorder.pending == 15 and recorder.dropped == 5
+
+    flaky.down = False
+    await asyncio.wait_for(recorder.flush(), 2)
+    assert not recorder.overloaded and recorder.healthy
+    assert await recorded(store, sid) == list(range(1, 16))
+    await recorder.aclose()
+
+
+async def test_a_bad_record_is_dropped_without_blocking_the_others(store: Store) -> None:
+    recorder = Recorder(store, flush_interval=0.01, batch_size=10, high_water=100)
+    recorder.start()
+    sid = await recorder.start_session(GRANT)
+    recorder.record_statement(rec(sid, 1))
+    recorder.record_statement(rec("no-such-session", 1))  # the store refuses this one
+    recorder.record_statement(rec(sid, 2))
+    await asyncio.wait_for(recorder.flush(), 2)
+    assert recorder.dropped == 1
+    assert await recorded(store, sid) == [1, 2]
+    assert recorder.healthy
+    await recorder.aclose()
+
+
+async def test_end_session_writes_statements_first(store: Store) -> None:
+    recorder = Recorder(store, flush_interval=10, batch_size=100, high_water=1000)
+    recorder.start()
+    active_before = sample("jitgate_sessions_active")
+    sid = await recorder.start_session(GRANT)
+    assert sample("jitgate_sessions_active") == active_before + 1
+    recorder.record_statement(rec(sid, 1))
+    recorder.record_statement(rec(sid, 2))
+
+    ended = await recorder.end_session(
+        sid, reason="client closed", stats=SessionStats(statements=2, bytes_in=5, bytes_out=9)
+    )
+    assert ended
+    assert sample("jitgate_sessions_active") == active_before
+    detail = await store.get_session(sid)
+    assert detail is not None and detail.session.end_reason == "client closed"
+    assert [s.seq for s in detail.statements] == [1, 2]
+    await recorder.aclose()
+
+
+async def test_end_session_does_not_raise_when_the_store_fails(flaky: FlakyStore) -> None:
+    recorder = Recorder(flaky, flush_interval=0.01, batch_size=10, high_water=100)
+    recorder.start()
+    sid = await recorder.start_session(GRANT)
+
+    async def down(*_a: object, **_k: object) -> bool:
+        raise StoreUnavailable("end session: store unavailable (OSError)")
+
+    flaky.end_session = down  # type: ignore[method-assign]
+    assert await recorder.end_session(sid, reason="x") is False
+    await recorder.aclose()
+
+
+async def test_aclose_writes_everything_then_refuses(store: Store) -> None:
+    recorder = Recorder(store, flush_interval=10, batch_size=500, high_water=1000)
+    recorder.start()
+    sid = await recorder.start_session(GRANT)
+    for seq in range(1, 8):
+        recorder.record_statement(rec(sid, seq))
+    await recorder.aclose()
+    assert await recorded(store, sid) == list(range(1, 8))
+    assert not recorder.healthy
+    with pytest.raises(RecorderClosed):
+        recorder.record_statement(rec(sid, 8))
+
+
+async def test_aclose_gives_up_after_close_timeout(flaky: FlakyStore) -> None:
+    recorder = Recorder(
+        flaky, flush_interval=0.01, batch_size=10, high_water=100, close_timeout=0.2
+    )
+    recorder.start()
+    sid = await recorder.start_session(GRANT)
+    flaky.down = True
+    recorder.record_statement(rec(sid, 1))
+    started = time.perf_counter()
+    await recorder.aclose()
+    assert time.perf_counter() - started < 1.5
+    assert recorder.dropped == 1 and recorder.pending == 0
+
+
+async def test_metrics_count_decisions_masking_and_durations(store: Store) -> None:
+    recorder = Recorder(store)
+    recorder.start()
+    sid = await recorder.start_session(GRANT)
+    blocked = sample("jitgate_statements_total", decision="block")
+    masked = sample("jitgate_masked_values_total")
+    observed = sample("jitgate_statement_seconds_count")
+
+    class Decision(str, enum.Enum):  # noqa: UP042 - shaped like broker.policy.Decision
+        BLOCK = "block"
+
+    recorder.record_statement(rec(sid, 1, decision=Decision.BLOCK, error_sqlstate="42501"))
+    recorder.record_statement(rec(sid, 2, masked_values=3, duration_ms=12.0))
+    assert sample("jitgate_statements_total", decision="block") == blocked + 1
+    assert sample("jitgate_masked_values_total") == masked + 3
+    assert sample("jitgate_statement_seconds_count") == observed + 1
+    await recorder.aclose()
+
+
+async def test_naive_started_at_is_refused_on_the_hot_path(store: Store) -> None:
+    recorder = Recorder(store)
+    with pytest.raises(ValueError, match="aware"):
+        recorder.record_statement(
+            StatementRecord(
+                session_id="s", seq=1, sql="x", decision="allow", started_at=datetime(2030, 1, 1)
+            )
+        )
+    await recorder.aclose()
+
+
+def test_limits_must_be_ordered(store: Store) -> None:
+    with pytest.raises(ValueError):
+        Recorder(store, batch_size=100, high_water=10)
+
+
+async def test_records_before_start_are_written_by_aclose(store: Store) -> None:
+    recorder = Recorder(store)
+    sid = await store.start_session(GRANT)
+    recorder.record_statement(rec(sid, 1))
+    await recorder.aclose()
+    assert await recorded(store, sid) == [1]

@@ -1,0 +1,132 @@
+"""A real jitgate proxy in front of the real (embedded) PostgreSQL, for client-driven tests.
+
+The proxy runs on its own event loop in a background thread, like a separate process would,
+so tests may use blocking clients (psycopg, psql via subprocess) as freely as asyncpg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from broker.config import ProxySettings, ResourceSettings, Settings, UpstreamSettings
+from broker.demo.seed import DemoRoles
+from broker.demo.upstream import MD5_USER, TRUST_USER, Upstream
+from broker.recorder import Recorder
+from broker.store import Store
+from proxy.server import ProxyServer
+from proxy.wiring import build_context
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    loop: asyncio.AbstractEventLoop
+    store: Store
+    recorder: Recorder
+    server: ProxyServer
+    thread: threading.Thread
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def issue(self, resource: str = "demo", *, role: str = "readwrite", groups=("ai-agents",),
+              ttl: timedelta = timedelta(hours=1), reusable: bool = True, principal: str = "agent:test") -> str:
+        issued = self.call(self.store.issue_token(principal, list(groups), resource, role, ttl, reusable))
+        return issued.token
+
+    def token(self, resource: str = "demo") -> str:
+        if resource not in self.tokens:
+            self.tokens[resource] = self.issue(resource)
+        return self.tokens[resource]
+
+    def dsn(self, resource: str = "demo", token: str | None = None, user: str = "agent", **params: str) -> str:
+        token = token if token is not None else self.token(resource)
+        query = "&".join(f"{k}={quote(v)}" for k, v in params.items())
+        base = f"postgresql://{user}:{quote(token, safe='')}@127.0.0.1:{self.port}/{resource}"
+        return f"{base}?{query}" if query else base
+
+    def flush(self) -> None:
+        self.call(self.recorder.flush())
+
+
+def _resource(upstream: Upstream, user: str, password: str | None, dbname: str = "demo",
+              **kw: Any) -> ResourceSettings:
+    return ResourceSettings(
+        upstream=UpstreamSettings(host=upstream.host, port=upstream.port, dbname=dbname,
+                                  sslmode="disable", username=user, password=password),
+        **kw,
+    )
+
+
+def start_gateway(upstream: Upstream, roles: DemoRoles, data_dir: Path,
+                  extra: dict[str, ResourceSettings] | None = None) -> Gateway:
+    resources = {
+        "demo": _resource(upstream, roles.rw_user, roles.rw_password),
+        "demo_md5": _resource(upstream, MD5_USER, upstream.md5user_password),
+        "demo_trust": _resource(upstream, TRUST_USER, None),
+        "demo_observe": _resource(upstream, roles.rw_user, roles.rw_password, policy="observe"),
+        **(extra or {}),
+    }
+    settings = Settings(data_dir=data_dir, proxy=ProxySettings(listen_port=0), resources=resources)
+    loop = asyncio.new_event_loop()
+    ready: Future[Gateway] = Future()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def main() -> None:
+            store = await Store.open(settings.store_url.get_secret_value())
+            recorder = Recorder(store, flush_interval=0.05)
+            recorder.start()
+            server = ProxyServer(build_context(settings, store, recorder), port=0)
+            await server.start()
+            ready.set_result(Gateway(settings, loop, store, recorder, server, threading.current_thread()))
+
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:  # surface start-up failures to the test
+            ready.set_exception(exc)
+            return
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="jitgate-proxy", daemon=True)
+    thread.start()
+    return ready.result(60)
+
+
+def stop_gateway(gw: Gateway) -> None:
+    async def shutdown() -> None:
+        await gw.server.close()
+        await gw.recorder.aclose()
+        await gw.store.close()
+
+    gw.call(shutdown())
+    gw.loop.call_soon_threadsafe(gw.loop.stop)
+    gw.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: Upstream, demo_roles: DemoRoles) -> Iterator[Gateway]:
+    with tempfile.TemporaryDirectory(prefix="jitgate-gw-") as tmp:
+        gw = start_gateway(upstream, demo_roles, Path(tmp))
+        try:
+            yield gw
+        finally:
+            stop_gateway(gw)

@@ -1,0 +1,216 @@
+"""Real clients (psql, asyncpg, psycopg 3, SQLAlchemy) through the real proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.conftest import require_binary
+
+pytestmark = pytest.mark.e2e
+
+
+def psql(gateway, sql: str, *args: str, resource: str = "demo") -> subprocess.CompletedProcess[str]:
+    exe = require_binary("psql")
+    env = {**os.environ, "PGSSLMODE": "disable"}
+    return subprocess.run(
+        [exe, gateway.dsn(resource), "-X", "-A", "-t", "-v", "VERBOSITY=verbose", *args, "-c", sql],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+
+def test_psql_reads_through_the_gateway(gateway):
+    out = psql(gateway, "select count(*) from customers")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "200"
+
+
+def test_psql_blocked_statement_then_good_one_on_same_connection(gateway):
+    exe = require_binary("psql")
+    script = "select pg_read_file('/etc/passwd');\nselect 41 + 1;\n"
+    out = subprocess.run(
+        [exe, gateway.dsn(), "-X", "-A", "-t", "-v", "VERBOSITY=verbose"],
+        input=script, capture_output=True, text=True, timeout=60,
+    )
+    assert "42501" in out.stderr
+    assert "root:" not in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "42"
+
+
+def test_bad_token_is_28P01(gateway):
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(gateway.dsn(token="jgt_not-a-real-token"), connect_timeout=10)
+    assert "28P01" in str(err.value) or "gateway token rejected" in str(err.value)
+
+
+def test_unknown_database_is_refused(gateway):
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(gateway.dsn().replace("/demo", "/nope"), connect_timeout=10)
+    assert "not served by this gateway" in str(err.value)
+
+
+def test_set_role_in_startup_options_is_refused(gateway):
+    with pytest.raises(psycopg.OperationalError) as err:
+        psycopg.connect(gateway.dsn(options="-c role=postgres"), connect_timeout=10)
+    assert "role" in str(err.value)
+
+
+@pytest.mark.parametrize("resource", ["demo", "demo_md5", "demo_trust"])
+async def test_every_upstream_auth_method(gateway, resource):
+    conn = await asyncpg.connect(gateway.dsn(resource))
+    try:
+        assert await conn.fetchval("select count(*) from orders") > 0
+        # The upstream role name never reaches the client in ParameterStatus.
+        assert conn.get_settings().session_authorization == "agent"
+    finally:
+        await conn.close()
+
+
+async def test_asyncpg_binary_results_are_masked(gateway):
+    conn = await asyncpg.connect(gateway.dsn())
+    try:
+        row = await conn.fetchrow("select email, card_number, ssn, id from customers where id = 1")
+        assert row["id"] == 1
+        assert "***" in row["email"] and row["email"].endswith("@" + row["email"].split("@")[1])
+        assert row["card_number"].endswith("4242") and row["card_number"].startswith("*")
+        assert row["ssn"] is None or "*" in row["ssn"]
+        # prepared statement reuse (Bind/Execute without Describe) stays masked
+        stmt = await conn.prepare("select email from customers where id = $1")
+        for i in (1, 2, 3):
+            assert "***" in await stmt.fetchval(i)
+    finally:
+        await conn.close()
+
+
+async def test_blocked_statements_keep_connection_usable_asyncpg(gateway):
+    conn = await asyncpg.connect(gateway.dsn())
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as err:
+            await conn.execute("ALTER SYSTEM SET fsync = off")
+        assert "alter" in str(err.value).lower()
+        assert await conn.fetchval("select 1") == 1
+    finally:
+        await conn.close()
+
+
+def test_psycopg_transaction_is_aborted_after_a_block(gateway):
+    with psycopg.connect(gateway.dsn()) as conn:
+        with conn.transaction():
+            conn.execute("select 1")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                with conn.transaction():  # savepoint
+                    conn.execute("drop table customers")
+            # back to a usable state after the savepoint rolled back
+            assert conn.execute("select count(*) from customers").fetchone()[0] == 200
+        conn.execute("begin")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select pg_ls_dir('.')")
+        # Postgres semantics: the transaction is aborted, as if the upstream had refused it.
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("select 1")
+        conn.rollback()
+        assert conn.execute("select 2").fetchone()[0] == 2
+
+
+def test_psycopg_pipeline_with_blocked_statement_in_the_middle(gateway):
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with conn.pipeline():
+                c1 = conn.execute("select 1")
+                conn.execute("select pg_read_file('/etc/passwd')")
+                conn.execute("select 3")
+        assert c1.fetchone()[0] == 1
+        assert conn.execute("select 4").fetchone()[0] == 4
+
+
+def test_psycopg_cancel(gateway):
+    with psycopg.connect(gateway.dsn()) as conn:
+        import threading
+
+        timer = threading.Timer(0.5, conn.cancel)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(20)")
+        timer.join()
+        conn.rollback()
+        assert conn.execute("select 1").fetchone()[0] == 1
+
+
+def test_copy_to_stdout_is_masked(gateway):
+    with psycopg.connect(gateway.dsn()) as conn, conn.cursor() as cur:
+        with cur.copy("copy (select id, email, notes from customers order by id limit 5) to stdout") as copy:
+            data = b"".join(bytes(chunk) for chunk in copy)
+    text = data.decode()
+    assert text.count("\n") == 5
+    assert "@example" in text and "***@" in text
+    assert "4242424242424242" not in text
+
+
+def test_copy_from_stdin_needs_review(gateway):
+    with psycopg.connect(gateway.dsn()) as conn, conn.cursor() as cur:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with cur.copy("copy orders (customer_id, status, amount) from stdin") as copy:
+                copy.write_row((1, "x", 1))
+
+
+def test_sqlalchemy_through_the_gateway(gateway):
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(gateway.dsn().replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("select count(*) from orders where status = :s"), {"s": "paid"}).scalar() >= 0
+    finally:
+        engine.dispose()
+
+
+async def test_hundred_concurrent_sessions(gateway):
+    dsn = gateway.dsn()
+
+    async def one(i: int) -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if i % 10 == 0:
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute("select pg_read_file('/etc/passwd')")
+            email = await conn.fetchval("select email from customers where id = $1", i % 200 + 1)
+            assert "***" in email
+            return await conn.fetchval("select $1::int", i)
+        finally:
+            await conn.close()
+
+    results = await asyncio.gather(*(one(i) for i in range(100)))
+    assert results == list(range(100))
+
+
+def test_statements_are_recorded_with_decisions(gateway):
+    token = gateway.issue(principal="agent:recorded")
+    with psycopg.connect(gateway.dsn(token=token), autocommit=True) as conn:
+        conn.execute("select 1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SET ROLE postgres")
+    gateway.flush()
+
+    async def fetch():
+        sessions = await gateway.store.list_sessions()
+        mine = [s for s in sessions if s.principal == "agent:recorded"]
+        detail = await gateway.store.get_session(mine[0].id)
+        return detail
+
+    import time
+    deadline = time.monotonic() + 10
+    while True:
+        detail = gateway.call(fetch())
+        if detail.session.ended_at is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    decisions = [(s.sql, s.decision) for s in detail.statements]
+    assert ("select 1", "allow") in decisions
+    assert ("SET ROLE postgres", "block") in decisions
+    assert detail.session.ended_at is not None
+    assert token not in repr(detail)

@@ -1,0 +1,231 @@
+"""The relay state machine, driven with bytes: no sockets, no upstream."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from broker.policy.model import Decision, Verdict
+from proxy.machine import BLOCKED_STMT, BLOCKED_TEXT, SessionMachine, StatementEvent
+from proxy.protocol import messages as m
+from proxy.protocol.frames import ProtocolViolation, split_messages
+
+ALLOW = Verdict(Decision.ALLOW, "test/allow", "ok")
+BLOCK = Verdict(Decision.BLOCK, "test/block", "dangerous")
+REVIEW = Verdict(Decision.REVIEW, "test/review", "risky")
+
+
+def classify(sql: str) -> Verdict:
+    if "danger" in sql:
+        return BLOCK
+    if "risky" in sql:
+        return REVIEW
+    return ALLOW
+
+
+def machine(masker=None, events=None) -> SessionMachine:
+    return SessionMachine(
+        classify=classify,
+        masker=masker,
+        on_statement=(events.append if events is not None else lambda e: None),
+        client_user="agent",
+        upstream_user="v-token-rw-123",
+    )
+
+
+def sent(mach: SessionMachine, attr: str = "out_upstream") -> list[tuple[int, bytes]]:
+    data = b"".join(getattr(mach, attr))
+    getattr(mach, attr).clear()
+    msgs, used = split_messages(data)
+    assert used == len(data)
+    return msgs
+
+
+def row_description(*cols: tuple[str, int]) -> bytes:
+    body = struct.pack("!h", len(cols))
+    for name, oid in cols:
+        body += m.cstr(name) + struct.pack("!IhIhih", 0, 0, oid, -1, -1, 0)
+    return m.frame(b"T", body)
+
+
+def complete(tag: str) -> bytes:
+    return m.frame(b"C", m.cstr(tag))
+
+
+def test_allowed_query_is_forwarded_byte_for_byte():
+    mach = machine()
+    q = m.query_message("select 1")
+    mach.feed_client(q)
+    assert b"".join(mach.out_upstream) == q
+
+
+def test_blocked_query_never_reaches_upstream_and_error_is_ours():
+    events: list[StatementEvent] = []
+    mach = machine(events=events)
+    mach.feed_client(m.query_message("select danger()"))
+    up = sent(mach)
+    assert up == [(ord("Q"), m.cstr(BLOCKED_TEXT))]
+    assert b"danger" not in b"".join(body for _, body in up)
+    # the upstream answers the placeholder with a syntax error inside a transaction block
+    mach.feed_server(m.error_response("42601", "syntax error at or near JITGATE") + m.ready_for_query(b"E"))
+    out = sent(mach, "out_client")
+    assert out[0][0] == ord("E")
+    fields = m.parse_fields(out[0][1])
+    assert m.field(fields, "C") == "42501"
+    assert "test/block" in m.field(fields, "M")
+    assert out[1] == (ord("Z"), b"E")  # the real transaction status, not a made-up one
+    assert [e.verdict.decision for e in events] == [Decision.BLOCK]
+
+
+def test_pipeline_with_blocked_parse_in_the_middle():
+    mach = machine()
+    batch = (
+        m.parse_message("", "select 1") + m.frame(b"B", m.cstr("") + m.cstr("") + b"\0\0\0\0\0\0")
+        + m.frame(b"E", m.cstr("") + b"\0\0\0\0")
+        + m.parse_message("s2", "select danger()")
+        + m.frame(b"B", m.cstr("") + m.cstr("s2") + b"\0\0\0\0\0\0")
+        + m.frame(b"E", m.cstr("") + b"\0\0\0\0")
+        + m.SYNC
+    )
+    mach.feed_client(batch)
+    up = sent(mach)
+    kinds = [chr(k) for k, _ in up]
+    # what follows the refused Parse up to Sync is dropped, as the server would skip it
+    assert kinds == ["P", "B", "E", "P", "S"]
+    assert m.parse_parse(up[3][1]) == m.Parse(BLOCKED_STMT, BLOCKED_TEXT, ())
+    # upstream: first statement runs, the placeholder fails, the rest is skipped until Sync
+    mach.feed_server(
+        m.frame(b"1", b"") + m.frame(b"2", b"") + m.data_row([b"1"]) + complete("SELECT 1")
+        + m.error_response("42601", "syntax error") + m.ready_for_query(b"I")
+    )
+    out = sent(mach, "out_client")
+    assert [chr(k) for k, _ in out] == ["1", "2", "D", "C", "E", "Z"]
+    assert m.field(m.parse_fields(out[4][1]), "C") == "42501"
+    assert mach.idle
+
+
+def test_bind_to_statement_never_parsed_is_refused():
+    mach = machine()
+    mach.feed_client(m.frame(b"B", m.cstr("") + m.cstr("ghost") + b"\0\0\0\0\0\0") + m.SYNC)
+    up = sent(mach)
+    assert up[0][0] == ord("P") and BLOCKED_TEXT.encode() in up[0][1]
+
+
+def test_sql_level_execute_takes_the_prepared_statements_decision():
+    verdicts = {
+        "prepare p as delete from t": Verdict(
+            Decision.REVIEW, "r", "x", prepares=(("p", Verdict(Decision.REVIEW, "r", "x")),)
+        ),
+        "execute p": Verdict(Decision.ALLOW, "agent-safe/execute", "", executes=("p",)),
+        "execute q": Verdict(Decision.ALLOW, "agent-safe/execute", "", executes=("q",)),
+    }
+    mach = SessionMachine(
+        classify=verdicts.__getitem__, masker=None, on_statement=lambda e: None,
+        client_user="a", upstream_user="u",
+    )
+    mach.feed_client(m.query_message("execute q"))
+    assert BLOCKED_TEXT.encode() in b"".join(mach.out_upstream)
+
+
+def test_review_parks_and_resumes_on_approval():
+    mach = machine()
+    q = m.query_message("delete risky")
+    mach.feed_client(q + m.query_message("select 2"))
+    assert mach.parked is not None and mach.out_upstream == []
+    mach.resume(approved=True)
+    assert b"".join(mach.out_upstream) == q + m.query_message("select 2")
+
+
+def test_review_denied_is_refused_with_reason():
+    mach = machine()
+    mach.feed_client(m.query_message("delete risky"))
+    mach.resume(approved=False, reason="not on a Friday")
+    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]
+    mach.feed_server(m.error_response("42601", "syntax") + m.ready_for_query(b"I"))
+    err = m.parse_fields(sent(mach, "out_client")[0][1])
+    assert "not on a Friday" in m.field(err, "M")
+
+
+class NameMasker:
+    """A real-seam fake: masks the 'email' column as the masking package would."""
+
+    def plan_rows(self, columns):
+        idx = [i for i, c in enumerate(columns) if c.name == "email"]
+        if not idx:
+            return None
+
+        class Plan:
+            def mask_values(self, values):
+                out = list(values)
+                for i in idx:
+                    out[i] = b"j***@example.com"
+                return out, len(idx)
+
+        return Plan()
+
+    def plan_copy(self, columns, info):
+        return None
+
+
+def test_masking_rewrites_only_rows_of_matching_results():
+    events: list[StatementEvent] = []
+    mach = machine(masker=NameMasker(), events=events)
+    mach.feed_client(m.query_message("select id, email from customers"))
+    sent(mach)
+    mach.feed_server(
+        row_description(("id", 23), ("email", 25))
+        + m.data_row([b"1", b"jane@example.com"])
+        + complete("SELECT 1")
+        + m.ready_for_query(b"I")
+    )
+    out = sent(mach, "out_client")
+    assert m.parse_data_row(out[1][1]) == [b"1", b"j***@example.com"]
+    assert events[0].masked == 1 and events[0].rows == 1
+
+
+def test_execute_without_describe_gets_an_injected_describe_for_masking():
+    mach = machine(masker=NameMasker())
+    mach.feed_client(m.parse_message("s", "select email from c") + m.SYNC)
+    sent(mach)
+    mach.feed_server(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    sent(mach, "out_client")
+    mach.feed_client(
+        m.frame(b"B", m.cstr("") + m.cstr("s") + b"\0\0\0\0\0\0") + m.frame(b"E", m.cstr("") + b"\0\0\0\0") + m.SYNC
+    )
+    up = sent(mach)
+    assert [chr(k) for k, _ in up] == ["B", "D", "E", "S"]
+    mach.feed_server(
+        m.frame(b"2", b"") + row_description(("email", 25)) + m.data_row([b"a@b.co"])
+        + complete("SELECT 1") + m.ready_for_query(b"I")
+    )
+    out = sent(mach, "out_client")
+    # the injected Describe's RowDescription is not relayed; the row is masked
+    assert [chr(k) for k, _ in out] == ["2", "D", "C", "Z"]
+    assert m.parse_data_row(out[1][1]) == [b"j***@example.com"]
+
+
+def test_upstream_role_name_is_scrubbed_from_errors_and_parameters():
+    mach = machine()
+    mach.feed_client(m.query_message("select 1"))
+    sent(mach)
+    mach.feed_server(
+        m.parameter_status("session_authorization", "v-token-rw-123")
+        + m.error_response("42501", 'permission denied for role "v-token-rw-123"')
+        + m.ready_for_query(b"I")
+    )
+    data = b"".join(mach.out_client)
+    assert b"v-token-rw-123" not in data
+    assert b"agent" in data
+
+
+def test_oversized_message_is_a_violation():
+    mach = machine()
+    with pytest.raises(ProtocolViolation):
+        mach.feed_client(b"Q" + struct.pack("!I", 1 << 30))
+
+
+def test_function_call_is_refused():
+    mach = machine()
+    mach.feed_client(m.frame(b"F", struct.pack("!i", 2620) + b"\0\0\0\0\0\0\0\0"))
+    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]
