@@ -5,7 +5,9 @@
     ├── ClientAuthFailed            28P01  bad, expired or revoked gateway token
     ├── ClientRefused               28000/42501  TLS required, start-up parameter refused
     ├── UpstreamUnavailable         08006  upstream, broker or credential provider down
-    └── UpstreamAuthFailed          08006  the upstream refused the gateway's credential
+    ├── UpstreamAuthFailed          08006  the upstream refused the gateway's credential
+    └── ResultRefused               0A000  a result the gateway cannot mask safely; the
+                                           session ends (it may be mid-stream)
 
 Messages never contain the upstream user name or password, nor the client's token.
 """
@@ -44,6 +46,10 @@ class UpstreamUnavailable(ProxyError):
 
 class UpstreamAuthFailed(ProxyError):
     sqlstate = "08006"
+
+
+class ResultRefused(ProxyError):
+    sqlstate = "0A000"
 
 
 def to_error_response(exc: BaseException) -> bytes:

@@ -29,11 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from broker.masking import MaskingError
 from broker.policy.model import Decision, Verdict
+from proxy.exceptions import ResultRefused
 from proxy.protocol import messages as m
 from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, ProtocolViolation
 
 _U32 = struct.Struct("!I")
+
+#: Client encodings whose multi-byte characters may contain ASCII bytes.
+UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "GB18030", "JOHAB", "UHC"})
 
 #: What the upstream receives instead of a refused statement: a guaranteed syntax error.
 BLOCKED_TEXT = "JITGATE BLOCKED"
@@ -476,6 +481,8 @@ class SessionMachine:
             self._inflight.append(describe)
             self._inflight.append(entry)
             return [m.describe_message("P", name), raw]
+        if portal is not None and portal.fields is not None:
+            entry.plan = self._plan(portal.fields, portal.formats)
         self._inflight.append(entry)
         return None
 
@@ -506,7 +513,10 @@ class SessionMachine:
                 if head is not None:
                     head.rows += 1
                     if head.plan is not None:
-                        values, count = head.plan.mask_values(m.parse_data_row(bytes(buf[pos + 5 : end])))
+                        try:
+                            values, count = head.plan.mask_values(m.parse_data_row(bytes(buf[pos + 5 : end])))
+                        except MaskingError as exc:
+                            raise ResultRefused(f"a result row cannot be masked safely: {exc}") from None
                         if values is not None:
                             if run < pos:
                                 out.append(bytes(buf[run:pos]))
@@ -596,7 +606,10 @@ class SessionMachine:
         if kind == 0x48:  # CopyOutResponse
             return self._on_copy_out(bytes(buf[pos + 5 : end]), head)
         if kind == 0x64 and head.copy_plan is not None:  # CopyData of COPY TO
-            data, count = head.copy_plan.mask_copy_data(bytes(buf[pos + 5 : end]))
+            try:
+                data, count = head.copy_plan.mask_copy_data(bytes(buf[pos + 5 : end]))
+            except MaskingError as exc:
+                raise ResultRefused(f"COPY output cannot be masked safely: {exc}") from None
             head.masked += count
             return m.frame(b"d", data)
         if kind == 0x53:
@@ -637,8 +650,9 @@ class SessionMachine:
         if info.columns:
             from broker.masking import ColumnInfo
 
-            # Without a probe the types are unknown: treat them as text (name rules still apply).
-            columns = [ColumnInfo(name, 25, overall) for name in info.columns]
+            # Without a probe the types are unknown (OID 0): the masker treats them as opaque,
+            # text shapes in text COPY and NULL in binary COPY, never text bytes in an int8.
+            columns = [ColumnInfo(name, 0, overall) for name in info.columns]
         elif columns is None:
             raise ProtocolViolation(
                 "COPY TO STDOUT must be sent as its own statement when masking is on",
@@ -646,7 +660,10 @@ class SessionMachine:
             )
         else:
             columns = _column_info(columns, (overall,))
-        head.copy_plan = self._masker.plan_copy(columns, info)
+        try:
+            head.copy_plan = self._masker.plan_copy(columns, info)
+        except MaskingError as exc:
+            raise ResultRefused(f"COPY output cannot be masked safely: {exc}") from None
         return None
 
     def _resolve_probe(self, fields: list[m.FieldDescription]) -> None:
@@ -691,6 +708,10 @@ class SessionMachine:
 
     def _parameter_status(self, body: bytes) -> bytes | None:
         name, value = m.parse_parameter_status(body)
+        if name == "client_encoding" and self._masker is not None and value.upper() in UNSAFE_ENCODINGS:
+            # These encodings put ASCII bytes inside multi-byte characters: the masker's
+            # byte-level scan could miss or split values, so the session ends instead.
+            raise ResultRefused(f"client_encoding {value} is not supported while results are masked")
         if name == "session_authorization":
             return m.parameter_status(name, self._client_user)
         return None

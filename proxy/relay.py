@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from proxy.exceptions import to_error_response
+from proxy.exceptions import ProxyError, to_error_response
 from proxy.machine import SessionMachine
 from proxy.protocol import messages
 from proxy.protocol.frames import ProtocolViolation
@@ -157,7 +157,7 @@ class Relay:
             return
         try:
             self.machine.feed_server(data)
-        except ProtocolViolation as exc:
+        except (ProtocolViolation, ProxyError) as exc:
             self._flush()
             self.client.write(to_error_response(exc))
             self._finish(f"upstream protocol violation: {exc}")

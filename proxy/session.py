@@ -39,7 +39,7 @@ from proxy.hooks import (
     SessionRecorder,
     TokenVerifier,
 )
-from proxy.machine import SessionMachine, StatementEvent
+from proxy.machine import UNSAFE_ENCODINGS, SessionMachine, StatementEvent
 from proxy.protocol import messages
 from proxy.protocol.frames import ProtocolViolation, startup_frame_length
 from proxy.relay import Relay
@@ -183,6 +183,15 @@ async def handle_connection(
             resource=resource.name, role=grant.role, session_id=session.session_id
         )
         upstream = await connect_upstream(resource.target, credential, startup.upstream_params)
+
+        encoding = upstream.parameters.get("client_encoding", "UTF8").upper()
+        if resource.masker is not None and encoding in UNSAFE_ENCODINGS:
+            upstream.writer.close()
+            raise ClientRefused(
+                f"client_encoding {encoding} is not supported while results are masked",
+                sqlstate="0A000",
+                hint="connect with client_encoding=UTF8",
+            )
 
         # 4. Make the client ready: our own BackendKeyData, never the upstream's.
         pid, key = ctx.cancel_map.register(resource.target, upstream.pid, upstream.key)

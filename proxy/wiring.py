@@ -8,7 +8,6 @@ buffered recorder, the credential source of each resource, policy and masking).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +16,7 @@ import structlog
 from broker.config import ResourceSettings, Settings
 from broker.exceptions import ExpiredToken, InvalidToken, StoreError
 from broker.masking import Masker, MaskingConfig
-from broker.policy import PolicyEngine, Verdict
+from broker.policy import PolicyEngine
 from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
 from proxy.exceptions import ClientAuthFailed, UpstreamUnavailable
@@ -138,13 +137,12 @@ def build_resource(name: str, settings: ResourceSettings) -> Resource:
     )
     engine = PolicyEngine.load(settings.policy)
     masker: Any = None
-    if engine.masks_results:
-        masker = Masker(MaskingConfig.model_validate(settings.masking or {}))
-
-    def policy(sql: str, groups: Sequence[str]) -> Verdict:
-        return engine.classify(sql, resource=name, groups=tuple(groups))
-
-    return Resource(name=name, target=target, policy=policy, masker=masker)
+    # Shadow mode (observe) forwards everything unmasked and only records decisions.
+    if engine.document.top.preset != "observe":
+        masking = MaskingConfig.model_validate(settings.masking or {})
+        if masking.enabled:
+            masker = Masker(masking)
+    return Resource(name=name, target=target, policy=engine.bind(name), masker=masker)
 
 
 def build_context(

@@ -24,7 +24,7 @@ from __future__ import annotations
 from broker.masking.config import DEFAULT_COLUMN_PATTERNS, MaskingConfig
 from broker.masking.copyout import CopyPlan
 from broker.masking.detectors import DEFAULT_DETECTORS, DETECTORS
-from broker.masking.exceptions import MaskingConfigError, MaskingError, MaskingRefused
+from broker.masking.exceptions import MaskingError, MaskingRefused
 from broker.masking.plan import Masker
 from broker.masking.rows import RowPlan
 from broker.masking.types import ColumnInfo, CopyInfoLike
@@ -38,7 +38,6 @@ __all__ = [
     "CopyPlan",
     "Masker",
     "MaskingConfig",
-    "MaskingConfigError",
     "MaskingError",
     "MaskingRefused",
     "RowPlan",

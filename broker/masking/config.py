@@ -12,7 +12,9 @@ Defaults (what a resource gets with ``masking: {}``):
 - `deterministic_columns`: globs of columns whose values become HMAC pseudonyms instead of
   stars; needs `hmac_key`. They need not also be listed in `columns`.
 - `max_value_bytes`: 1 MiB. A value longer than this that the cheap pre-check flags is not
-  scanned span by span; it is masked whole (``[masked:too-large]``) instead. Fail closed.
+  scanned span by span; it is masked whole instead (``[masked:too-large]`` for text, a JSON
+  string of it for json, NULL for arrays, bytea and other types). Fail closed: large random
+  blobs (bytea) nearly always contain a ``@`` or ``$`` byte, so they come back NULL.
 - `enabled`: True. False makes the masker plan nothing (results pass untouched).
 
 Precedence: `ignore_columns` > `deterministic_columns` > `columns` + `extra_columns`.

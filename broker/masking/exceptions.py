@@ -4,9 +4,11 @@ The tree::
 
     JitgateError                (broker.exceptions)
     └── MaskingError            base of everything broker.masking raises on purpose
-        ├── MaskingConfigError  a MaskingConfig that cannot be compiled (bad pattern, no HMAC key)
         └── MaskingRefused      a result the masker cannot mask safely: the proxy must refuse the
                                 statement (or end the result) rather than forward it unmasked
+
+An invalid `MaskingConfig` raises pydantic's ValidationError naming the field; whoever
+loads the settings turns it into a ConfigError.
 
 `str(MaskingRefused)` is one sentence that names what could not be handled; it holds no row
 data, so the proxy may send it to the client as is.
@@ -19,10 +21,6 @@ from broker.exceptions import JitgateError
 
 class MaskingError(JitgateError):
     """Base class of the masker's errors."""
-
-
-class MaskingConfigError(MaskingError):
-    """The masking configuration cannot be compiled."""
 
 
 class MaskingRefused(MaskingError):

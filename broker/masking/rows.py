@@ -68,7 +68,9 @@ def _pseudonym_text(key: bytes) -> ValueFn:
 
 def _pseudonym_json(key: bytes) -> ValueFn:
     def fn(v: bytes) -> bytes:
-        return shapes.json_string(shapes.pseudonym(key, v))
+        # A JSON string is hashed by its content, so it joins with the same text elsewhere.
+        inner = shapes.json_inner_string(v)
+        return shapes.json_string(shapes.pseudonym(key, v if inner is None else inner))
 
     return fn
 

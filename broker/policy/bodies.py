@@ -14,7 +14,7 @@ from typing import Any
 
 from pglast import parser as pg
 
-__all__ = ["plpgsql_sql"]
+__all__ = ["do_block_sql", "plpgsql_sql"]
 
 _PARSE_DEFAULT = 0
 _PARSE_EXPR = 2
@@ -22,21 +22,26 @@ _ASSIGN_MODES = (3, 4, 5)
 _STRING_LITERAL = re.compile(r"\s*'((?:[^']|'')*)'\s*", re.DOTALL)
 
 
-def plpgsql_sql(body: str) -> list[str] | None:
-    """SQL statements embedded in a PL/pgSQL body, or None if the body does not compile."""
-    tag = "jitgate"
-    while f"${tag}$" in body:
-        tag += "_"
-    wrapper = (
-        f"CREATE FUNCTION jitgate_inline() RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$"
-    )
+def plpgsql_sql(create_function: str) -> list[str] | None:
+    """SQL embedded in a ``CREATE FUNCTION ... LANGUAGE plpgsql`` statement's body, or None
+    if the body does not compile."""
     try:
-        tree = json.loads(pg.parse_plpgsql_json(wrapper))
+        tree = json.loads(pg.parse_plpgsql_json(create_function))
     except (pg.ParseError, ValueError, RecursionError):
         return None
     found: list[str] = []
     _collect(tree, found)
     return found
+
+
+def do_block_sql(body: str) -> list[str] | None:
+    """SQL embedded in the body of a ``DO`` block (PL/pgSQL), or None if it does not compile."""
+    tag = "jitgate"
+    while f"${tag}$" in body:
+        tag += "_"
+    return plpgsql_sql(
+        f"CREATE FUNCTION jitgate_do() RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$"
+    )
 
 
 def _collect(node: Any, found: list[str]) -> None:

@@ -156,7 +156,9 @@ class Reader:
         if kind == "AEXPR_OP" and op in ("=", "<=", ">=") and _same_column(left_node, right_node):
             return True  # id = id holds for every row where id is not null
         if kind == "AEXPR_IN":
-            items = right_node.get("List", {}).get("items") if isinstance(right_node, dict) else None
+            items = (
+                right_node.get("List", {}).get("items") if isinstance(right_node, dict) else None
+            )
             if not isinstance(items, list):
                 return None  # IN (subquery) and friends
             left = self.value(left_node)

@@ -34,13 +34,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pglast import parse_sql
 from pglast import parser as pg
-from pglast.stream import RawStream
-from pglast.visitors import maybe_double_quote_name
 
-from .bodies import plpgsql_sql
+from .bodies import do_block_sql, plpgsql_sql
 from .consts import UNKNOWN, Reader, parse_bool
+from .copyinfo import copy_info, deparse_copy_query
 from .kinds import statement_kind, tags_for
 from .model import CopyInfo
 
@@ -142,7 +140,7 @@ class _Extractor:
             return Facts([], error="statement nested too deeply to check", literal_sensitive=True)
         statements = []
         for raw in tree.get("stmts", []):
-            builder = _Statement(self, raw)
+            builder = _Statement(self, raw, self.sql)
             builder.top(raw["stmt"])
             statements.append(builder.finish())
         return Facts(statements, literal_sensitive=self.sensitive)
@@ -160,20 +158,12 @@ class _Extractor:
         try:
             out = []
             for raw in tree.get("stmts", []):
-                builder = _Statement(self, raw)
+                builder = _Statement(self, raw, sql)
                 builder.top(raw["stmt"])
                 out.append(builder.finish())
             return out
         finally:
             self._depth -= 1
-
-    def statement_text(self, raw: Node) -> str:
-        """The source text of one RawStmt (libpg_query locations are UTF-8 byte offsets)."""
-        if self._utf8 is None:
-            self._utf8 = self.sql.encode("utf-8")
-        start = raw.get("stmt_location", 0)
-        length = raw.get("stmt_len", 0) or len(self._utf8) - start
-        return self._utf8[start : start + length].decode("utf-8", "replace")
 
 
 # -- one statement ------------------------------------------------------------------------
@@ -182,9 +172,10 @@ class _Extractor:
 class _Statement:
     """Walks one statement's tree, collecting its facts."""
 
-    def __init__(self, extractor: _Extractor, raw: Node) -> None:
+    def __init__(self, extractor: _Extractor, raw: Node, source: str) -> None:
         self.ex = extractor
         self.raw = raw
+        self.source = source  # the text `raw` was parsed from
         self.facts = StatementFacts(kind="")
         self.ctes: set[str] = set()
 
@@ -258,7 +249,7 @@ class _Statement:
 
     def _prepare(self, f: Node, kind: str) -> None:
         self.add(kind)
-        inner = _Statement(self.ex, self.raw)
+        inner = _Statement(self.ex, self.raw, self.source)
         inner.top(f.get("query", {}))
         inner_facts = inner.finish()
         self.facts.prepare = (str(f.get("name", "")), inner_facts)
@@ -321,7 +312,7 @@ class _Statement:
                 bodies = [v for v in self._literals(d.get("arg")) if isinstance(v, str)]
         if language is None and "sql_body" in f:
             language = "sql"
-        self._code(kind, language, bodies)
+        self._code(kind, language, bodies, is_do=False)
         self.walk(f)
 
     def _do(self, f: Node, kind: str) -> None:
@@ -334,9 +325,9 @@ class _Statement:
                 language = value.strip().lower()
             elif d.get("defname") == "as" and isinstance(value, str):
                 bodies = [value]
-        self._code(kind, language, bodies)
+        self._code(kind, language, bodies, is_do=True)
 
-    def _code(self, kind: str, language: str | None, bodies: list[str]) -> None:
+    def _code(self, kind: str, language: str | None, bodies: list[str], *, is_do: bool) -> None:
         """Code the server will run later: judge the SQL inside it as if it ran now."""
         tags = tags_for(kind)
         if language not in TRUSTED_LANGUAGES:
@@ -347,8 +338,26 @@ class _Statement:
                 self._merge(self.ex.nested(body))
             elif language == "plpgsql":
                 self.ex.read_literal()
-                for sql in plpgsql_sql(body) or ():
+                found = do_block_sql(body) if is_do else plpgsql_sql(self.text())
+                for sql in found or ():
                     self._merge(self.ex.nested(sql))
+
+    def _drop(self, f: Node, kind: str) -> None:
+        self.add(kind)
+        if f.get("removeType", "OBJECT_TABLE") in _RELATION_OBJECTS:
+            for obj in f.get("objects", []):
+                items = obj.get("List", {}).get("items", []) if isinstance(obj, dict) else []
+                names = [i["String"].get("sval", "") for i in items if "String" in i]
+                if names:
+                    self.facts.tables[".".join(names)] = None
+        self.walk(f)
+
+    def text(self) -> str:
+        """This statement's source text (libpg_query locations are UTF-8 byte offsets)."""
+        data = self.source.encode("utf-8")
+        start = self.raw.get("stmt_location", 0)
+        length = self.raw.get("stmt_len", 0) or len(data) - start
+        return data[start : start + length].decode("utf-8", "replace")
 
     def _call(self, f: Node, kind: str) -> None:
         self.add(kind)
@@ -393,6 +402,9 @@ class _Statement:
                     elif name == "ExecuteStmt":
                         if executing:
                             facts.executes.append(str(f.get("name", "")))
+                    elif name == "VariableSetStmt":  # CREATE/ALTER FUNCTION ... SET x = y
+                        kind = statement_kind(name, f)
+                        facts.subjects.append(self._set_subject(f, kind))
                     elif name == "A_Const":
                         continue
                     stack.extend(v for v in reversed(f.values()) if isinstance(v, (dict, list)))
@@ -466,57 +478,9 @@ class _Statement:
         options: dict[str, object] = {}
         for option in f.get("options", []):
             d = option.get("DefElem", {})
-            name = str(d.get("defname", ""))
-            options[name] = True if "arg" not in d else self._literal(d["arg"])
-        fmt = str(options.get("format", "text")).lower()
-        if fmt not in ("text", "csv", "binary"):
-            fmt = "text"
-        csv = fmt == "csv"
-        quote = _text_option(options, "quote", '"')
-        header_value = options.get("header", False)
-        if isinstance(header_value, str):
-            header = header_value.lower() == "match" or bool(parse_bool(header_value))
-        else:
-            header = bool(header_value)
-        direction: Literal["to_stdout", "from_stdin", "file", "program"]
-        if f.get("is_program"):
-            direction = "program"
-        elif f.get("filename") is not None:
-            direction = "file"
-        else:
-            direction = "from_stdin" if f.get("is_from") else "to_stdout"
-        relation = f.get("relation")
-        return CopyInfo(
-            direction=direction,
-            format=fmt,  # type: ignore[arg-type]
-            delimiter=_text_option(options, "delimiter", "," if csv else "\t"),
-            null=_text_option(options, "null", "" if csv else "\\N"),
-            quote=quote,
-            escape=_text_option(options, "escape", quote if csv else "\\"),
-            header=header,
-            relation=_quoted_relation(relation) if isinstance(relation, dict) else None,
-            columns=tuple(
-                str(c["String"].get("sval", "")) for c in f.get("attlist", []) if "String" in c
-            ),
-            query=self._deparse_copy_query() if "query" in f else None,
-        )
-
-    def _deparse_copy_query(self) -> str | None:
-        try:
-            (stmt,) = parse_sql(self.ex.statement_text(self.raw))
-            return str(RawStream()(stmt.stmt.query))
-        except Exception:  # noqa: BLE001 - a deparse failure only loses the probe
-            return None
-
-
-def _text_option(options: dict[str, object], name: str, default: str) -> str:
-    value = options.get(name)
-    return value if isinstance(value, str) else default
-
-
-def _quoted_relation(f: Node) -> str:
-    parts = [f.get("catalogname"), f.get("schemaname"), f.get("relname")]
-    return ".".join(maybe_double_quote_name(str(p)) for p in parts if p)
+            options[str(d.get("defname", ""))] = self._literal(d["arg"]) if "arg" in d else True
+        query = deparse_copy_query(self.text()) if "query" in f else None
+        return copy_info(f, options, query)
 
 
 def _arguments(f: Node) -> tuple[list[Any], dict[str, Any]]:
@@ -551,6 +515,12 @@ def _unsafe_lexer_value(setting: str, value: object) -> bool:
     return False
 
 
+_RELATION_OBJECTS = frozenset(
+    {
+        "OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_INDEX", "OBJECT_SEQUENCE",
+        "OBJECT_FOREIGN_TABLE",
+    }
+)  # fmt: skip
 _DML_NODES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 
 _TOP_HANDLERS = {
@@ -570,4 +540,5 @@ _TOP_HANDLERS = {
     "CreateFunctionStmt": _Statement._create_function,
     "DoStmt": _Statement._do,
     "CallStmt": _Statement._call,
+    "DropStmt": _Statement._drop,
 }

@@ -3,7 +3,8 @@
 For every subject of every statement (see `facts`), the deciding rule is found in this order:
 
 1. the preset's *guards* (its block rules); if one matches, the first operator rule with
-   ``override: true`` that also matches stands in for it, otherwise the guard decides;
+   ``override: true`` that also matches stands in for it (for a guard on functions, only if
+   it covers every function the guard objects to), otherwise the guard decides;
 2. the operator's rules, first match wins (the engine orders them from the most specific
    scope to the least: resource and group, resource, group, file);
 3. the preset's ordinary rules, first match wins;
@@ -130,7 +131,7 @@ def _rule_for(policy: Policy, subject: Subject, statement: StatementFacts) -> Ru
     for guard in preset.guards:
         if guard.match.matches(subject, statement):
             for rule in policy.rules:
-                if rule.override and rule.match.matches(subject, statement):
+                if rule.override and _overrides(rule, guard, subject, statement):
                     return rule
             return guard
     for rule in policy.rules:
@@ -140,6 +141,21 @@ def _rule_for(policy: Policy, subject: Subject, statement: StatementFacts) -> Ru
         if rule.match.matches(subject, statement):
             return rule
     return preset.fallback
+
+
+def _overrides(rule: Rule, guard: Rule, subject: Subject, statement: StatementFacts) -> bool:
+    """Whether an ``override: true`` rule stands in for a guard on this subject.
+
+    Functions are collected over the whole statement, so a rule that lets one function
+    through must cover every function the guard objects to: allowing pg_cancel_backend
+    must not allow ``SELECT pg_cancel_backend(1), pg_read_file('/etc/passwd')``.
+    """
+    if not rule.match.matches(subject, statement):
+        return False
+    if guard.match.functions is None or rule.match.functions is None:
+        return True
+    allowed = set(rule.match.matched_functions(statement))
+    return all(name in allowed for name in guard.match.matched_functions(statement))
 
 
 def _shadow(verdict: Verdict) -> Verdict:

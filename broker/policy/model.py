@@ -8,14 +8,14 @@ SQL-level prepared statements through `prepares` / `executes` / `deallocates`, a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 __all__ = ["CopyInfo", "Decision", "Verdict"]
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     """allow < review < block; compare with ``<``/``>`` or take `Decision.strictest`."""
 
     ALLOW = "allow"
@@ -46,9 +46,6 @@ class Decision(str, Enum):
         if not isinstance(other, Decision):
             return NotImplemented
         return _RANK[self] >= _RANK[other]
-
-    def __str__(self) -> str:
-        return self.value
 
     @classmethod
     def strictest(cls, *decisions: Decision) -> Decision:
@@ -99,8 +96,7 @@ class Verdict:
     deallocates: tuple[str | None, ...] = ()
     copy: CopyInfo | None = None
     statement_count: int = 1
-    # Not part of equality: two verdicts that decide the same way are the same verdict.
-    tables: tuple[str, ...] = field(default=(), compare=False)
+    tables: tuple[str, ...] = ()  # touched anywhere, for approvers to see the blast radius
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready view, as `jitgate policy check --json` prints it."""

@@ -36,7 +36,7 @@ class Gateway:
     recorder: Recorder
     server: ProxyServer
     thread: threading.Thread
-    tokens: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def port(self) -> int:

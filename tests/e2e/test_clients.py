@@ -128,17 +128,57 @@ def test_psycopg_pipeline_with_blocked_statement_in_the_middle(gateway):
         assert conn.execute("select 4").fetchone()[0] == 4
 
 
-def test_psycopg_cancel(gateway):
-    with psycopg.connect(gateway.dsn()) as conn:
-        import threading
+async def test_asyncpg_cancel_reaches_the_right_backend(gateway):
+    # (psycopg's cancel() is a blocking libpq call that keeps the GIL, which would freeze
+    # the in-process proxy thread; asyncpg and psql cancel the same way on the wire.)
+    conn = await asyncpg.connect(gateway.dsn())
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await conn.execute("select pg_sleep(20)", timeout=0.5)
+        assert await conn.fetchval("select 1") == 1
+        assert asyncio.get_running_loop().time() - started < 10
+    finally:
+        await conn.close()
 
-        timer = threading.Timer(0.5, conn.cancel)
-        timer.start()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            conn.execute("select pg_sleep(20)")
-        timer.join()
-        conn.rollback()
-        assert conn.execute("select 1").fetchone()[0] == 1
+
+def test_psql_cancel_with_sigint(gateway):
+    import signal
+    import time
+
+    exe = require_binary("psql")
+    proc = subprocess.Popen(
+        [exe, gateway.dsn(), "-X", "-v", "VERBOSITY=verbose", "-c", "select pg_sleep(20)"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.0)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert time.monotonic() - started < 10
+    assert "57014" in err  # query_canceled, from the upstream backend
+
+
+def test_guessed_cancel_key_cancels_nothing(gateway):
+    import socket
+    import struct
+    import threading
+
+    with psycopg.connect(gateway.dsn()) as conn:
+        result = {}
+
+        def run():
+            result["v"] = conn.execute("select pg_sleep(1.5), 7").fetchone()[1]
+
+        t = threading.Thread(target=run)
+        t.start()
+        for pid in (conn.info.backend_pid, 1, 12345):
+            with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+                s.sendall(struct.pack("!iiii", 16, 80877102, pid, 0))
+                s.settimeout(5)
+                assert s.recv(10) == b""
+        t.join(10)
+        assert result["v"] == 7
 
 
 def test_copy_to_stdout_is_masked(gateway):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.masking import ColumnInfo, Masker, MaskingConfig, MaskingRefused
@@ -114,6 +114,7 @@ VALUE = st.none() | st.lists(
 ).map("".join)
 
 
+@settings(deadline=None)
 @given(
     st.lists(VALUE, min_size=3, max_size=3),
     st.sampled_from([(",", '"', '"', ""), (";", "'", "\\", "NULL"), ("\t", '"', '"', "\\N")]),

@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.masking import ColumnInfo, Masker, MaskingConfig, MaskingRefused
@@ -143,6 +143,7 @@ def test_unparseable_rows_are_refused(data: bytes) -> None:
         plan.mask_copy_data(data)
 
 
+@settings(deadline=None)
 @given(st.lists(VALUE, min_size=3, max_size=3), st.sampled_from(["\t", "|", ","]))
 def test_copy_text_masks_exactly_like_data_rows(values: list[str | None], delimiter: str) -> None:
     plan = MASKER.plan_copy(COLUMNS, Info(delimiter=delimiter, null="\\N"))
@@ -161,6 +162,7 @@ def test_copy_text_masks_exactly_like_data_rows(values: list[str | None], delimi
         assert out == pg_row(want, delimiter)
 
 
+@settings(deadline=None)
 @given(st.lists(VALUE, min_size=3, max_size=3))
 def test_copy_text_with_a_plan_that_masks_nothing_is_byte_identical(
     values: list[str | None],

@@ -51,7 +51,7 @@ def test_run_and_digit_helpers() -> None:
     assert not digits_at_least(b"4242 4242 4242", 13)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(FRAGMENTS) | NOISE, max_size=6))
 def test_every_detector_only_fires_when_its_condition_holds(parts: list[bytes]) -> None:
     value = b"".join(parts)
