@@ -55,9 +55,7 @@ class ResultRefused(ProxyError):
 def to_error_response(exc: BaseException) -> bytes:
     """The ErrorResponse (severity FATAL) a client sees for ``exc`` before the socket closes."""
     if isinstance(exc, ProxyError):
-        return messages.error_response(
-            exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint, severity="FATAL"
-        )
+        return messages.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint, severity="FATAL")
     if isinstance(exc, ProtocolViolation):
         return messages.error_response(exc.sqlstate, f"protocol violation: {exc}", severity="FATAL")
     # Anything else is our bug; say so without leaking internals.

@@ -26,7 +26,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker.masking import MaskingError
@@ -44,6 +44,9 @@ UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "GB18030"
 BLOCKED_TEXT = "JITGATE BLOCKED"
 BLOCKED_STMT = "__jitgate_blocked"
 PROBE_STMT = "__jitgate_probe"
+
+#: Message types a client may send once the session is established.
+_FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
 
 #: Backend message types that answer a frontend message (as opposed to asynchronous ones).
 _ANSWERS = frozenset(b"123ntTZ")
@@ -224,10 +227,15 @@ class SessionMachine:
                     f"message of {length} bytes is invalid or exceeds the limit of {self._max} bytes",
                     sqlstate="54000" if length > self._max else "08P01",
                 )
+            kind = buf[pos]
+            if kind not in _FRONTEND_TYPES:
+                # Checked before waiting for the body: a second StartupMessage (type byte 0)
+                # would otherwise have the proxy wait for a length it made up.
+                self._cbuf = bytearray()
+                raise ProtocolViolation(f"unexpected frontend message type 0x{kind:02x}")
             end = pos + 1 + length
             if end > n:
                 break
-            kind = buf[pos]
             if self._discarding and kind not in (0x53, 0x58):
                 # After a refusal inside an extended-protocol batch the upstream ignores
                 # everything up to Sync, as Postgres does; the gateway does not even send it.
@@ -305,8 +313,10 @@ class SessionMachine:
     def _decide(self, sql: str) -> Verdict:
         verdict = self._classify(sql)
         if verdict.executes and verdict.decision is not Decision.BLOCK:
+            # A PREPARE earlier in the same string counts too ("PREPARE p AS ...; EXECUTE p").
+            own = dict(verdict.prepares)
             for name in verdict.executes:
-                inner = self._sql_prepared.get(name)
+                inner = own.get(name) or self._sql_prepared.get(name)
                 if inner is None:
                     return Verdict(
                         Decision.BLOCK,
@@ -410,9 +420,7 @@ class SessionMachine:
         else:
             return None
         # Errors of the probe are dropped: the COPY itself fails the same way right after.
-        self._inflight.extend(
-            Entry(kind, swallow=True, probe=True) for kind in (PARSE, DESCRIBE_S, CLOSE, SYNC)
-        )
+        self._inflight.extend(Entry(kind, swallow=True, probe=True) for kind in (PARSE, DESCRIBE_S, CLOSE, SYNC))
         return [
             m.parse_message(PROBE_STMT, text),
             m.describe_message("S", PROBE_STMT),
@@ -541,9 +549,7 @@ class SessionMachine:
         del buf[:pos]
         self._sbuf = buf
 
-    def _on_server_message(
-        self, kind: int, buf: bytearray, pos: int, end: int, head: Entry | None
-    ) -> bytes | None:
+    def _on_server_message(self, kind: int, buf: bytearray, pos: int, end: int, head: Entry | None) -> bytes | None:
         """Handle one backend message. Returns a replacement (b"" drops it) or None."""
         inflight = self._inflight
         if kind == 0x5A:  # ReadyForQuery
@@ -646,20 +652,20 @@ class SessionMachine:
         info = head.copy_info
         if info is None:
             raise ProtocolViolation("COPY TO STDOUT without a classified COPY statement")
-        columns = head.probe_columns
+        columns: list[Any]
         if info.columns:
             from broker.masking import ColumnInfo
 
             # Without a probe the types are unknown (OID 0): the masker treats them as opaque,
             # text shapes in text COPY and NULL in binary COPY, never text bytes in an int8.
             columns = [ColumnInfo(name, 0, overall) for name in info.columns]
-        elif columns is None:
+        elif head.probe_columns is None:
             raise ProtocolViolation(
                 "COPY TO STDOUT must be sent as its own statement when masking is on",
                 sqlstate="0A000",
             )
         else:
-            columns = _column_info(columns, (overall,))
+            columns = _column_info(head.probe_columns, (overall,))
         try:
             head.copy_plan = self._masker.plan_copy(columns, info)
         except MaskingError as exc:

@@ -110,12 +110,15 @@ class Relay:
 
     def _flush(self) -> None:
         machine = self.machine
-        if machine.out_upstream:
-            self.upstream.writelines(machine.out_upstream)
-            machine.out_upstream.clear()
-        if machine.out_client:
-            self.client.writelines(machine.out_client)
-            machine.out_client.clear()
+        out = machine.out_upstream
+        if out:
+            # One write per direction per read: a single chunk is the common case.
+            self.upstream.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        out = machine.out_client
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def _from_client(self, data: bytes) -> None:
         if self._done.done():

@@ -57,6 +57,11 @@ class ProxyServer:
         self._sessions.add(task)
         try:
             await handle_connection(reader, writer, self.ctx)
+        except asyncio.CancelledError:
+            # Shutdown: handle_connection has already recorded the end and released the
+            # credential in its own finally; ending quietly keeps asyncio from logging a
+            # cancelled client_connected_cb as an error.
+            pass
         finally:
             self._sessions.discard(task)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import ssl
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -121,9 +120,7 @@ async def _read_password(reader: asyncio.StreamReader) -> str:
     return messages.parse_password_message(await reader.readexactly(size - 4))
 
 
-async def handle_connection(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext
-) -> None:
+async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext) -> None:
     peer = writer.get_extra_info("peername")
     client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
     session: SessionInfo | None = None
@@ -147,13 +144,9 @@ async def handle_connection(
         # 1. Which database, under which rules.
         resource = ctx.resources.get(startup.database)
         if resource is None:
-            raise ClientRefused(
-                f'database "{startup.database}" is not served by this gateway', sqlstate="3D000"
-            )
+            raise ClientRefused(f'database "{startup.database}" is not served by this gateway', sqlstate="3D000")
         if not tls and ctx.require_tls_for_non_loopback and not _is_loopback(peer):
-            raise ClientRefused(
-                "the gateway requires TLS for connections from other hosts", hint="use sslmode=require"
-            )
+            raise ClientRefused("the gateway requires TLS for connections from other hosts", hint="use sslmode=require")
 
         # 2. Authenticate the client: its password is the gateway token.
         writer.write(messages.AUTH_CLEARTEXT)
@@ -298,4 +291,3 @@ async def _relay(
     upstream_leftover = bytes(upstream.reader._buffer)  # type: ignore[attr-defined]
     reason = await relay.run(client_leftover, upstream_leftover)
     return machine, reason
-

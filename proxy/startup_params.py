@@ -30,7 +30,6 @@ ALLOWED_SETTINGS = frozenset(
         "default_transaction_isolation",
         "default_transaction_read_only",
         "bytea_output",
-        "standard_conforming_strings",
         "geqo",
         "jit",
         "work_mem",
@@ -44,6 +43,11 @@ ALLOWED_SETTINGS = frozenset(
 
 #: The agent's stated intent: ``options=-c jitgate.intent=...``; recorded, never forwarded.
 INTENT_SETTING = "jitgate.intent"
+
+
+#: The policy parses SQL as UTF-8 with standard strings; an encoding whose multi-byte
+#: characters contain ASCII quote bytes would let the server read what the parser did not.
+UTF8_NAMES = frozenset({"UTF8", "UNICODE"})
 
 
 class StartupRefused(Exception):
@@ -89,6 +93,13 @@ def _parse_options(options: str) -> list[tuple[str, str]]:
     return out
 
 
+def _check_value(name: str, value: str) -> None:
+    # asyncpg sends 'utf-8' with quotes; PostgreSQL ignores case, quotes, - and _.
+    normalized = value.strip("'\" ").upper().replace("-", "").replace("_", "")
+    if name == "client_encoding" and normalized not in UTF8_NAMES:
+        raise StartupRefused(f"client_encoding {value!r} is not supported through the gateway; use UTF8")
+
+
 def _quote_option(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
@@ -114,17 +125,17 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
                 if name == INTENT_SETTING:
                     startup.intent = opt_value
                 elif name in ALLOWED_SETTINGS:
+                    _check_value(name, opt_value)
                     forwarded_options.append(f"-c {name}={_quote_option(opt_value)}")
                 else:
-                    raise StartupRefused(
-                        f"setting {name!r} cannot be chosen at connect time through the gateway"
-                    )
+                    raise StartupRefused(f"setting {name!r} cannot be chosen at connect time through the gateway")
             continue
         if lower == INTENT_SETTING:
             startup.intent = value
             continue
         if lower not in ALLOWED_SETTINGS:
             raise StartupRefused(f"start-up parameter {key!r} is not allowed through the gateway")
+        _check_value(lower, value)
         startup.upstream_params[key] = value
         if lower == "application_name":
             startup.application_name = value

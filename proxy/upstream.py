@@ -111,9 +111,7 @@ async def _connect(
         raise
 
 
-async def _authenticate(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cred: UpstreamCredential
-) -> None:
+async def _authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cred: UpstreamCredential) -> None:
     scram: scramp.ScramClient | None = None
     while True:
         kind, body = await _read_message(reader)
@@ -124,7 +122,9 @@ async def _authenticate(
                 raise UpstreamAuthFailed(
                     "the upstream refused the gateway's credential", detail=f"upstream SQLSTATE {code}"
                 )
-            raise UpstreamUnavailable("the upstream database refused the connection", detail=f"upstream SQLSTATE {code}")
+            raise UpstreamUnavailable(
+                "the upstream database refused the connection", detail=f"upstream SQLSTATE {code}"
+            )
         if kind != ord("R"):
             raise ProtocolViolation(f"unexpected message {chr(kind)!r} during authentication")
         code, data = messages.parse_auth_request(body)
@@ -154,9 +154,7 @@ async def _authenticate(
         await writer.drain()
 
 
-async def _until_ready(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, username: str
-) -> UpstreamConnection:
+async def _until_ready(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, username: str) -> UpstreamConnection:
     params: dict[str, str] = {}
     pid, key = 0, b""
     while True:

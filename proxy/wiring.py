@@ -21,7 +21,7 @@ from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
 from proxy.exceptions import ClientAuthFailed, UpstreamUnavailable
 from proxy.hooks import DenyAllReviews, Resource, ReviewHook
-from proxy.machine import Stats, StatementEvent
+from proxy.machine import StatementEvent, Stats
 from proxy.server import tls_context
 from proxy.session import ProxyContext
 from proxy.upstream import UpstreamCredential, UpstreamTarget
@@ -39,9 +39,7 @@ class StoreTokenVerifier:
         try:
             return await self._store.verify_token(token, resource)
         except ExpiredToken:
-            raise ClientAuthFailed(
-                "gateway token expired", hint="request a new one with `jitgate connect`"
-            ) from None
+            raise ClientAuthFailed("gateway token expired", hint="request a new one with `jitgate connect`") from None
         except InvalidToken as exc:
             # Say why (revoked, another resource, already used) but never echo the token.
             raise ClientAuthFailed(f"gateway token rejected: {exc.reason}") from None

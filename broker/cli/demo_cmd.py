@@ -39,7 +39,9 @@ def register(app: typer.Typer) -> None:
 def demo(
     info_file: Annotated[Path, typer.Option(help="Where to write the info JSON")] = Path(".jitgate/demo.json"),
     data_dir: Annotated[Path, typer.Option(help="State of the demo (database files, store)")] = Path(".jitgate/demo"),
-    policy: Annotated[str, typer.Option(help="Policy preset (agent-safe, observe, read-only) or YAML file")] = "agent-safe",
+    policy: Annotated[
+        str, typer.Option(help="Policy preset (agent-safe, observe, read-only) or YAML file")
+    ] = "agent-safe",
     proxy_port: Annotated[int, typer.Option(help="Proxy port; 0 picks a free one")] = 6432,
     api_port: Annotated[int, typer.Option(help="API port; 0 picks a free one")] = 8080,
 ) -> None:
@@ -54,6 +56,12 @@ def demo(
         asyncio.run(run_demo(info_file, data_dir, policy, proxy_port, api_port, console))
     except KeyboardInterrupt:
         pass
+
+
+def _prepare(data_dir: Path) -> Path:
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
 
 
 def _port_or_free(port: int) -> int:
@@ -99,8 +107,7 @@ async def run_demo(
     from proxy.server import ProxyServer
     from proxy.wiring import build_context
 
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = await asyncio.to_thread(_prepare, data_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -199,7 +206,7 @@ def _welcome(console: Console, info: DemoInfo, info_file: Path, policy: str) -> 
     console.print(Panel(table, title="jitgate demo is running", expand=False))
     console.print("Try, in another terminal:")
     console.print(
-        f"  export DSN=$(python3 -c 'import json; print(json.load(open(\"{info_file}\"))[\"agent_dsn\"])')",
+        f'  export DSN=$(python3 -c \'import json; print(json.load(open("{info_file}"))["agent_dsn"])\')',
         markup=False,
     )
     for sql, what in (

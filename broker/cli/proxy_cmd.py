@@ -24,9 +24,7 @@ def proxy(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Config file (default: $JITGATE_CONFIG)")
     ] = None,
-    workers: Annotated[
-        int, typer.Option(help="Processes sharing the listen port (SO_REUSEPORT)", min=1, max=64)
-    ] = 1,
+    workers: Annotated[int, typer.Option(help="Processes sharing the listen port (SO_REUSEPORT)", min=1, max=64)] = 1,
     port: Annotated[int | None, typer.Option(help="Override proxy.listen_port")] = None,
 ) -> None:
     """Run the gateway: authenticate agents, apply policy and masking, relay to the upstream."""

@@ -267,6 +267,11 @@ class _Statement:
         self.add(kind)
         self.facts.deallocates.append(None if f.get("isall") else str(f.get("name", "")))
 
+    def _discard(self, f: Node, kind: str) -> None:
+        self.add(kind)
+        if f.get("target", "DISCARD_ALL") == "DISCARD_ALL":
+            self.facts.deallocates.append(None)  # DISCARD ALL includes DEALLOCATE ALL
+
     def _copy(self, f: Node, kind: str) -> None:
         self.ex.read_literal()  # options are literals, and CopyInfo carries them
         is_from = bool(f.get("is_from"))
@@ -379,17 +384,23 @@ class _Statement:
         statement is planned but not run: writes there are not subjects, but functions are
         still collected (the planner may evaluate them, and it costs nothing to be strict)."""
         stack: list[Any] = [root]
+        push = stack.extend
         facts = self.facts
+        # Hot loop on a cache miss: scalars are pushed too and skipped when popped, which
+        # costs less than filtering them out with a generator.
         while stack:
             item = stack.pop()
-            if isinstance(item, list):
-                stack.extend(reversed(item))
+            kind = type(item)
+            if kind is list:
+                push(reversed(item))
                 continue
-            if not isinstance(item, dict):
+            if kind is not dict:
                 continue
             if len(item) == 1:
                 ((name, f),) = item.items()
-                if isinstance(f, dict) and name[:1].isupper():
+                if type(f) is dict and "A" <= name[0] <= "Z":
+                    if name in _SIMPLE_NODES:
+                        continue
                     if name == "FuncCall":
                         self._function(f)
                     elif name == "RangeVar":
@@ -403,15 +414,12 @@ class _Statement:
                         if executing:
                             facts.executes.append(str(f.get("name", "")))
                     elif name == "VariableSetStmt":  # CREATE/ALTER FUNCTION ... SET x = y
-                        kind = statement_kind(name, f)
-                        facts.subjects.append(self._set_subject(f, kind))
-                    elif name == "A_Const":
-                        continue
-                    stack.extend(v for v in reversed(f.values()) if isinstance(v, (dict, list)))
+                        facts.subjects.append(self._set_subject(f, statement_kind(name, f)))
+                    push(reversed(f.values()))
                     continue
             if "relname" in item:  # a RangeVar in a field typed RangeVar*
                 self._relation(item)
-            stack.extend(v for v in reversed(item.values()) if isinstance(v, (dict, list)))
+            push(reversed(item.values()))
 
     def _relation(self, f: Node) -> None:
         parts = [f.get("catalogname"), f.get("schemaname"), f.get("relname")]
@@ -521,6 +529,8 @@ _RELATION_OBJECTS = frozenset(
         "OBJECT_FOREIGN_TABLE",
     }
 )  # fmt: skip
+# Leaves: nothing below them can call a function or name a table.
+_SIMPLE_NODES = frozenset({"A_Const", "String", "Integer", "Float", "Boolean", "A_Star"})
 _DML_NODES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 
 _TOP_HANDLERS = {
@@ -532,6 +542,7 @@ _TOP_HANDLERS = {
     "PrepareStmt": _Statement._prepare,
     "ExecuteStmt": _Statement._execute,
     "DeallocateStmt": _Statement._deallocate,
+    "DiscardStmt": _Statement._discard,
     "CopyStmt": _Statement._copy,
     "VariableSetStmt": _Statement._set,
     "AlterDatabaseSetStmt": _Statement._alter_with_set,

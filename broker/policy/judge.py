@@ -19,7 +19,7 @@ allowed (rule ``empty``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .facts import Facts, StatementFacts, Subject
 from .model import CopyInfo, Decision, Verdict
@@ -30,11 +30,44 @@ __all__ = ["Policy", "judge"]
 
 
 @dataclass(frozen=True, slots=True)
+class _Candidates:
+    """The rules that can match subjects of one kind and tag set, in evaluation order."""
+
+    guards: tuple[Rule, ...]
+    overrides: tuple[Rule, ...]
+    rules: tuple[Rule, ...]
+    preset: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A preset and the operator rules that apply in one scope, ready to judge."""
 
     preset: Preset
     rules: tuple[Rule, ...] = ()
+    # Rules filtered by the subject's kind and tags: most rules name kinds, so this leaves a
+    # handful to test. Filled lazily; bounded by the (small) vocabulary of kinds and tags.
+    _index: dict[tuple[str, frozenset[str]], _Candidates] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def candidates(self, subject: Subject) -> _Candidates:
+        key = (subject.kind, subject.tags)
+        found = self._index.get(key)
+        if found is None:
+            names = subject.tags | {subject.kind}
+
+            def keep(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+                return tuple(r for r in rules if r.match.kinds is None or r.match.kinds & names)
+
+            found = _Candidates(
+                keep(self.preset.guards),
+                keep(tuple(r for r in self.rules if r.override)),
+                keep(self.rules),
+                keep(self.preset.rules),
+            )
+            self._index[key] = found
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,20 +160,20 @@ def _statement(policy: Policy, statement: StatementFacts) -> _Outcome:
 
 
 def _rule_for(policy: Policy, subject: Subject, statement: StatementFacts) -> Rule:
-    preset = policy.preset
-    for guard in preset.guards:
+    candidates = policy.candidates(subject)
+    for guard in candidates.guards:
         if guard.match.matches(subject, statement):
-            for rule in policy.rules:
-                if rule.override and _overrides(rule, guard, subject, statement):
+            for rule in candidates.overrides:
+                if _overrides(rule, guard, subject, statement):
                     return rule
             return guard
-    for rule in policy.rules:
+    for rule in candidates.rules:
         if rule.match.matches(subject, statement):
             return rule
-    for rule in preset.rules:
+    for rule in candidates.preset:
         if rule.match.matches(subject, statement):
             return rule
-    return preset.fallback
+    return policy.preset.fallback
 
 
 def _overrides(rule: Rule, guard: Rule, subject: Subject, statement: StatementFacts) -> bool:

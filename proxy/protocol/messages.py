@@ -100,9 +100,7 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
             raise ProtocolViolation("malformed CancelRequest")
         return CancelRequest(pid=_i32(packet, 8), key=bytes(packet[12:]))
     if code >> 16 != 3:
-        raise ProtocolViolation(
-            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}", sqlstate="0A000"
-        )
+        raise ProtocolViolation(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}", sqlstate="0A000")
     params: dict[str, str] = {}
     pos = 8
     body = bytes(packet)

@@ -46,8 +46,16 @@ class Gateway:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return fut.result(timeout)
 
-    def issue(self, resource: str = "demo", *, role: str = "readwrite", groups=("ai-agents",),
-              ttl: timedelta = timedelta(hours=1), reusable: bool = True, principal: str = "agent:test") -> str:
+    def issue(
+        self,
+        resource: str = "demo",
+        *,
+        role: str = "readwrite",
+        groups=("ai-agents",),
+        ttl: timedelta = timedelta(hours=1),
+        reusable: bool = True,
+        principal: str = "agent:test",
+    ) -> str:
         issued = self.call(self.store.issue_token(principal, list(groups), resource, role, ttl, reusable))
         return issued.token
 
@@ -66,17 +74,18 @@ class Gateway:
         self.call(self.recorder.flush())
 
 
-def _resource(upstream: Upstream, user: str, password: str | None, dbname: str = "demo",
-              **kw: Any) -> ResourceSettings:
+def _resource(upstream: Upstream, user: str, password: str | None, dbname: str = "demo", **kw: Any) -> ResourceSettings:
     return ResourceSettings(
-        upstream=UpstreamSettings(host=upstream.host, port=upstream.port, dbname=dbname,
-                                  sslmode="disable", username=user, password=password),
+        upstream=UpstreamSettings(
+            host=upstream.host, port=upstream.port, dbname=dbname, sslmode="disable", username=user, password=password
+        ),
         **kw,
     )
 
 
-def start_gateway(upstream: Upstream, roles: DemoRoles, data_dir: Path,
-                  extra: dict[str, ResourceSettings] | None = None) -> Gateway:
+def start_gateway(
+    upstream: Upstream, roles: DemoRoles, data_dir: Path, extra: dict[str, ResourceSettings] | None = None
+) -> Gateway:
     resources = {
         "demo": _resource(upstream, roles.rw_user, roles.rw_password),
         "demo_md5": _resource(upstream, MD5_USER, upstream.md5user_password),
@@ -120,6 +129,7 @@ def stop_gateway(gw: Gateway) -> None:
     gw.call(shutdown())
     gw.loop.call_soon_threadsafe(gw.loop.stop)
     gw.thread.join(10)
+    gw.loop.close()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,10 @@ def psql(gateway, sql: str, *args: str, resource: str = "demo") -> subprocess.Co
     env = {**os.environ, "PGSSLMODE": "disable"}
     return subprocess.run(
         [exe, gateway.dsn(resource), "-X", "-A", "-t", "-v", "VERBOSITY=verbose", *args, "-c", sql],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 
@@ -35,7 +38,10 @@ def test_psql_blocked_statement_then_good_one_on_same_connection(gateway):
     script = "select pg_read_file('/etc/passwd');\nselect 41 + 1;\n"
     out = subprocess.run(
         [exe, gateway.dsn(), "-X", "-A", "-t", "-v", "VERBOSITY=verbose"],
-        input=script, capture_output=True, text=True, timeout=60,
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "42501" in out.stderr
     assert "root:" not in out.stdout
@@ -149,7 +155,9 @@ def test_psql_cancel_with_sigint(gateway):
     exe = require_binary("psql")
     proc = subprocess.Popen(
         [exe, gateway.dsn(), "-X", "-v", "VERBOSITY=verbose", "-c", "select pg_sleep(20)"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(1.0)
     started = time.monotonic()
@@ -243,6 +251,7 @@ def test_statements_are_recorded_with_decisions(gateway):
         return detail
 
     import time
+
     deadline = time.monotonic() + 10
     while True:
         detail = gateway.call(fetch())

@@ -81,7 +81,8 @@ def test_blocked_query_never_reaches_upstream_and_error_is_ours():
 def test_pipeline_with_blocked_parse_in_the_middle():
     mach = machine()
     batch = (
-        m.parse_message("", "select 1") + m.frame(b"B", m.cstr("") + m.cstr("") + b"\0\0\0\0\0\0")
+        m.parse_message("", "select 1")
+        + m.frame(b"B", m.cstr("") + m.cstr("") + b"\0\0\0\0\0\0")
         + m.frame(b"E", m.cstr("") + b"\0\0\0\0")
         + m.parse_message("s2", "select danger()")
         + m.frame(b"B", m.cstr("") + m.cstr("s2") + b"\0\0\0\0\0\0")
@@ -96,8 +97,12 @@ def test_pipeline_with_blocked_parse_in_the_middle():
     assert m.parse_parse(up[3][1]) == m.Parse(BLOCKED_STMT, BLOCKED_TEXT, ())
     # upstream: first statement runs, the placeholder fails, the rest is skipped until Sync
     mach.feed_server(
-        m.frame(b"1", b"") + m.frame(b"2", b"") + m.data_row([b"1"]) + complete("SELECT 1")
-        + m.error_response("42601", "syntax error") + m.ready_for_query(b"I")
+        m.frame(b"1", b"")
+        + m.frame(b"2", b"")
+        + m.data_row([b"1"])
+        + complete("SELECT 1")
+        + m.error_response("42601", "syntax error")
+        + m.ready_for_query(b"I")
     )
     out = sent(mach, "out_client")
     assert [chr(k) for k, _ in out] == ["1", "2", "D", "C", "E", "Z"]
@@ -121,8 +126,11 @@ def test_sql_level_execute_takes_the_prepared_statements_decision():
         "execute q": Verdict(Decision.ALLOW, "agent-safe/execute", "", executes=("q",)),
     }
     mach = SessionMachine(
-        classify=verdicts.__getitem__, masker=None, on_statement=lambda e: None,
-        client_user="a", upstream_user="u",
+        classify=verdicts.__getitem__,
+        masker=None,
+        on_statement=lambda e: None,
+        client_user="a",
+        upstream_user="u",
     )
     mach.feed_client(m.query_message("execute q"))
     assert BLOCKED_TEXT.encode() in b"".join(mach.out_upstream)
@@ -196,8 +204,11 @@ def test_execute_without_describe_gets_an_injected_describe_for_masking():
     up = sent(mach)
     assert [chr(k) for k, _ in up] == ["B", "D", "E", "S"]
     mach.feed_server(
-        m.frame(b"2", b"") + row_description(("email", 25)) + m.data_row([b"a@b.co"])
-        + complete("SELECT 1") + m.ready_for_query(b"I")
+        m.frame(b"2", b"")
+        + row_description(("email", 25))
+        + m.data_row([b"a@b.co"])
+        + complete("SELECT 1")
+        + m.ready_for_query(b"I")
     )
     out = sent(mach, "out_client")
     # the injected Describe's RowDescription is not relayed; the row is masked
@@ -229,3 +240,14 @@ def test_function_call_is_refused():
     mach = machine()
     mach.feed_client(m.frame(b"F", struct.pack("!i", 2620) + b"\0\0\0\0\0\0\0\0"))
     assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]
+
+
+def test_prepare_and_execute_in_one_string():
+    inner = Verdict(Decision.ALLOW, "a", "ok")
+    verdict = Verdict(Decision.ALLOW, "a", "ok", prepares=(("p", inner),), executes=("p",))
+    mach = SessionMachine(
+        classify=lambda sql: verdict, masker=None, on_statement=lambda e: None, client_user="a", upstream_user="u"
+    )
+    q = m.query_message("prepare p as select 1; execute p")
+    mach.feed_client(q)
+    assert b"".join(mach.out_upstream) == q

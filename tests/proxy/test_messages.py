@@ -47,8 +47,13 @@ def test_parse_and_bind_round_trip():
     parsed = m.parse_parse(raw[5:])
     assert parsed == m.Parse("s1", "select $1", (23,))
     body = (
-        m.cstr("p") + m.cstr("s1") + struct.pack("!hh", 1, 1)
-        + struct.pack("!h", 2) + struct.pack("!i", 2) + b"42" + struct.pack("!i", -1)
+        m.cstr("p")
+        + m.cstr("s1")
+        + struct.pack("!hh", 1, 1)
+        + struct.pack("!h", 2)
+        + struct.pack("!i", 2)
+        + b"42"
+        + struct.pack("!i", -1)
         + struct.pack("!hhh", 2, 1, 0)
     )
     bind = m.parse_bind(body)
@@ -86,9 +91,18 @@ def test_command_tag_rows():
 
 
 PARSERS = [
-    m.parse_query, m.parse_parse, m.parse_bind, m.parse_describe_or_close, m.parse_execute,
-    m.parse_row_description, m.parse_data_row, m.parse_fields, m.parse_copy_response,
-    m.parse_parameter_status, m.parse_password_message, m.parse_startup_packet,
+    m.parse_query,
+    m.parse_parse,
+    m.parse_bind,
+    m.parse_describe_or_close,
+    m.parse_execute,
+    m.parse_row_description,
+    m.parse_data_row,
+    m.parse_fields,
+    m.parse_copy_response,
+    m.parse_parameter_status,
+    m.parse_password_message,
+    m.parse_startup_packet,
 ]
 
 

@@ -43,3 +43,20 @@ def test_database_defaults_to_user_and_pq_options_are_reported():
     s = sanitize_startup({"user": "demo", "_pq_.foo": "1"})
     assert s.database == "demo"
     assert s.protocol_options == ["_pq_.foo"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"user": "a", "client_encoding": "SJIS"},
+        {"user": "a", "options": "-c client_encoding=BIG5"},
+        {"user": "a", "options": "-c standard_conforming_strings=off"},
+    ],
+)
+def test_settings_that_change_how_sql_is_read_are_refused(params):
+    with pytest.raises(StartupRefused):
+        sanitize_startup(params)
+
+
+def test_utf8_client_encoding_is_fine():
+    assert sanitize_startup({"user": "a", "client_encoding": "UTF8"}).upstream_params == {"client_encoding": "UTF8"}

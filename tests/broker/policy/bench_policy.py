@@ -32,6 +32,8 @@ def main() -> None:
     update = "UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {};"
     texts = [select.format(a) for a in aids]
     updates = [update.format(rng.randint(-5000, 5000), a) for a in aids]
+    sensitive = "DELETE FROM pgbench_history WHERE 1=1"
+    prepared = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
     engine = PolicyEngine.preset("agent-safe")
     engine.classify(texts[0])
     engine.classify(updates[0])
@@ -40,10 +42,11 @@ def main() -> None:
         engine.clear_cache()
         return engine.classify(texts[i])
 
+    engine.clear_cache()
     rows = [
         ("cold (parse + judge)", _best(cold, 2_000)),
-        ("exact-text hit", _best(lambda i: engine.classify("delete from t where 1=1"), 100_000)),
-        ("same text again (shape hit)", _best(lambda i: engine.classify(texts[0]), 100_000)),
+        ("exact hit, literal-sensitive", _best(lambda i: engine.classify(sensitive), 100_000)),
+        ("exact hit, extended protocol", _best(lambda i: engine.classify(prepared), 100_000)),
         ("shape hit, pgbench -S", _best(lambda i: engine.classify(texts[i]), 100_000)),
         ("shape hit, pgbench update", _best(lambda i: engine.classify(updates[i]), 100_000)),
         ("shape() alone, pgbench -S", _best(lambda i: shape(texts[i]), 100_000)),

@@ -134,6 +134,8 @@ def test_prepare_execute_deallocate() -> None:
     assert one("create table x as execute p").executes == ["p"]
     assert one("deallocate p").deallocates == ["p"]
     assert one("deallocate all").deallocates == [None]
+    assert one("discard all").deallocates == [None]
+    assert one("discard plans").deallocates == []
 
 
 @pytest.mark.parametrize(

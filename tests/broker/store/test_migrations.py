@@ -10,13 +10,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
-from tests.broker.store.store_backends import temp_pg_database
 
 from broker.exceptions import StoreUnavailable
 from broker.store import Store
 from broker.store.db import create_engine
 from broker.store.migrate import current_revision, downgrade, head_revision, upgrade
 from broker.store.models import Base
+from tests.broker.store.store_backends import temp_pg_database
 
 EXPECTED_TABLES = {"alembic_version", "gateway_tokens", "sessions", "statements"}
 

@@ -6,10 +6,10 @@ import enum
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 from broker.exceptions import StoreError, StoreIntegrityError
 from broker.store import Grant, SessionStats, StatementRecord, Store
+from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 
 class Decision(str, enum.Enum):  # noqa: UP042 - shaped like broker.policy.Decision

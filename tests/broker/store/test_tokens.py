@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
-from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 from broker.exceptions import AuthError, ExpiredToken, InvalidToken
 from broker.store import Store
 from broker.store.models import GatewayToken
+from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 
 async def issue(store: Store, *, reusable: bool = True, ttl: timedelta = timedelta(hours=1)):
