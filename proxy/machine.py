@@ -78,14 +78,14 @@ class Statement:
 
     sql: str
     verdict: Verdict
-    fields: list[m.FieldDescription] | None = None
+    description: bytes | None = None  # RowDescription body, once the upstream described it
 
 
 @dataclass(slots=True)
 class Portal:
     statement: Statement
     formats: tuple[int, ...]
-    fields: list[m.FieldDescription] | None = None
+    description: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -197,7 +197,7 @@ class SessionMachine:
         self._statements: dict[str, Statement] = {}
         self._portals: dict[str, Portal] = {}
         self._sql_prepared: dict[str, Verdict] = {}
-        self._plans: dict[tuple[Any, ...], Any] = {}
+        self._plans: dict[tuple[bytes, tuple[int, ...]], Any] = {}
         self._open_extended = False  # extended messages sent since the last Sync
         self._discarding = False  # a refusal happened in this batch: drop until Sync
         self.parked: Parked | None = None
@@ -468,9 +468,7 @@ class SessionMachine:
                 f"Bind to prepared statement {bind.statement!r} that the gateway did not see parsed",
             )
             return self._refuse(BIND, f"<bind {bind.statement}>", verdict)
-        portal = Portal(statement, bind.result_formats)
-        if statement.fields is not None:
-            portal.fields = statement.fields
+        portal = Portal(statement, bind.result_formats, statement.description)
         self._portals[bind.portal] = portal
         self._inflight.append(Entry(BIND))
         return None
@@ -482,15 +480,15 @@ class SessionMachine:
             entry.sql = portal.statement.sql
             entry.verdict = portal.statement.verdict
             entry.copy_info = portal.statement.verdict.copy
-        if self._masker is not None and portal is not None and portal.fields is None:
+        if self._masker is not None and portal is not None and portal.description is None:
             # The client never described this portal: ask the upstream ourselves, so the
             # masker knows the columns before the first DataRow arrives.
             describe = Entry(DESCRIBE_P, swallow=True, portal=portal)
             self._inflight.append(describe)
             self._inflight.append(entry)
             return [m.describe_message("P", name), raw]
-        if portal is not None and portal.fields is not None:
-            entry.plan = self._plan(portal.fields, portal.formats)
+        if portal is not None and portal.description is not None:
+            entry.plan = self._plan(portal.description, portal.formats)
         self._inflight.append(entry)
         return None
 
@@ -577,19 +575,20 @@ class SessionMachine:
                 self._complete(head)
             return None
         if kind == 0x54:  # RowDescription
-            fields = m.parse_row_description(bytes(buf[pos + 5 : end]))
+            body = bytes(buf[pos + 5 : end])
             if head.kind == QUERY:
-                head.plan = self._plan(fields, ())
-            elif head.kind == DESCRIBE_S:
+                head.plan = self._plan(body, ())
+                return None
+            if head.kind == DESCRIBE_S:
                 inflight.popleft()
                 if head.probe:
-                    self._resolve_probe(fields)
+                    self._resolve_probe(m.parse_row_description(body))
                 elif head.statement is not None:
-                    head.statement.fields = fields
+                    head.statement.description = body
             elif head.kind == DESCRIBE_P:
                 inflight.popleft()
                 if head.portal is not None:
-                    head.portal.fields = fields
+                    head.portal.description = body
                     self._set_execute_plan(head.portal)
             return None
         if kind == 0x31 or kind == 0x32 or kind == 0x33:  # Parse/Bind/CloseComplete
@@ -682,16 +681,21 @@ class SessionMachine:
     def _set_execute_plan(self, portal: Portal) -> None:
         for entry in self._inflight:
             if entry.kind == EXECUTE and entry.portal is portal:
-                entry.plan = self._plan(portal.fields or [], portal.formats)
+                entry.plan = self._plan(portal.description or b"\0\0", portal.formats)
                 return
 
-    def _plan(self, fields: list[m.FieldDescription], formats: tuple[int, ...]) -> Any:
+    def _plan(self, description: bytes, formats: tuple[int, ...]) -> Any:
+        """The masking plan for rows of this RowDescription body and result formats.
+
+        Keyed by the raw bytes: a repeated query shape or prepared statement skips the parse.
+        """
         if self._masker is None:
             return None
-        key = (tuple((f.name, f.type_oid) for f in fields), formats)
+        key = (description, formats)
         try:
             return self._plans[key]
         except KeyError:
+            fields = m.parse_row_description(description)
             plan = self._masker.plan_rows(_column_info(fields, formats))
             if len(self._plans) > 256:
                 self._plans.clear()

@@ -96,10 +96,14 @@ STRING = "\x00s"
 BITS = "\x00b"
 
 
+# The pattern can match the empty string, so it always matches: no None to handle. (Cast
+# once here: a cast inside shape() builds a typing alias on every call.)
+_SKIP = cast(Callable[[str, int], re.Match[str]], _VERBATIM.match)
+
+
 def shape(sql: str) -> str | None:
     """The literal-free key of `sql`, or None when it must be keyed by its exact text."""
-    # The pattern can match the empty string, so it always matches: no None to handle.
-    skip = cast(Callable[[str, int], re.Match[str]], _VERBATIM.match)
+    skip = _SKIP
     size = len(sql)
     i = skip(sql, 0).end()
     if i == size:
