@@ -84,7 +84,11 @@ def _resource(upstream: Upstream, user: str, password: str | None, dbname: str =
 
 
 def start_gateway(
-    upstream: Upstream, roles: DemoRoles, data_dir: Path, extra: dict[str, ResourceSettings] | None = None
+    upstream: Upstream,
+    roles: DemoRoles,
+    data_dir: Path,
+    extra: dict[str, ResourceSettings] | None = None,
+    proxy: ProxySettings | None = None,
 ) -> Gateway:
     resources = {
         "demo": _resource(upstream, roles.rw_user, roles.rw_password),
@@ -93,7 +97,8 @@ def start_gateway(
         "demo_observe": _resource(upstream, roles.rw_user, roles.rw_password, policy="observe"),
         **(extra or {}),
     }
-    settings = Settings(data_dir=data_dir, proxy=ProxySettings(listen_port=0), resources=resources)
+    proxy = proxy or ProxySettings(listen_port=0)
+    settings = Settings(data_dir=data_dir, proxy=proxy, resources=resources)
     loop = asyncio.new_event_loop()
     ready: Future[Gateway] = Future()
 
@@ -104,7 +109,7 @@ def start_gateway(
             store = await Store.open(settings.store_url.get_secret_value())
             recorder = Recorder(store, flush_interval=0.05)
             recorder.start()
-            server = ProxyServer(build_context(settings, store, recorder), port=0)
+            server = ProxyServer(build_context(settings, store, recorder), host=proxy.listen_host, port=0)
             await server.start()
             ready.set_result(Gateway(settings, loop, store, recorder, server, threading.current_thread()))
 
