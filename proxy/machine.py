@@ -254,7 +254,9 @@ class SessionMachine:
                 pos = end
                 continue
             body = bytes(buf[pos + 5 : end])
-            replacement = self._on_client_message(kind, body, bytes(buf[pos:end]))
+            # Only Query, Parse (which may be parked) and Execute ever need the whole message.
+            raw = bytes(buf[pos:end]) if kind in (0x51, 0x50, 0x45) else b""
+            replacement = self._on_client_message(kind, body, raw)
             if replacement is not None:
                 if run < pos:
                     out.append(bytes(buf[run:pos]))

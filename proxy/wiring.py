@@ -14,7 +14,9 @@ from typing import Any
 import structlog
 
 from broker.config import ResourceSettings, Settings
-from broker.exceptions import ExpiredToken, InvalidToken, StoreError
+from broker.credentials.base import Credential
+from broker.credentials.manager import CredentialManager, build_manager
+from broker.exceptions import CredentialError, CredentialSourceUnavailable, ExpiredToken, InvalidToken, StoreError
 from broker.masking import Masker, MaskingConfig
 from broker.policy import PolicyEngine
 from broker.recorder import Recorder
@@ -47,22 +49,36 @@ class StoreTokenVerifier:
             raise UpstreamUnavailable("the gateway cannot check tokens right now") from None
 
 
-class StaticCredentials:
-    """The upstream login configured for a resource, held only by the proxy.
+class ManagedCredentials:
+    """Adapts the broker's CredentialManager (static, Vault, local issuer) to the proxy.
 
-    Stands in for dynamic credentials (Vault/OpenBao) where none is configured.
+    Broker errors become UpstreamUnavailable (08006) with the broker's safe message; the
+    broker's Credential stays here, keyed by the UpstreamCredential handed to the session.
     """
 
-    def __init__(self, resources: dict[str, ResourceSettings]) -> None:
-        self._resources = resources
+    def __init__(self, manager: CredentialManager) -> None:
+        self.manager = manager
+        self._issued: dict[int, tuple[UpstreamCredential, Credential]] = {}
 
     async def acquire(self, *, resource: str, role: str, session_id: str) -> UpstreamCredential:
-        upstream = self._resources[resource].upstream
-        password = upstream.password.get_secret_value() if upstream.password else ""
-        return UpstreamCredential(upstream.username.get_secret_value(), password)
+        try:
+            credential = await self.manager.acquire(resource=resource, role=role, session_id=session_id)
+        except CredentialSourceUnavailable as exc:
+            raise UpstreamUnavailable(
+                f"the gateway cannot obtain a database credential right now: {exc}", detail=exc.detail
+            ) from None
+        except CredentialError as exc:
+            raise UpstreamUnavailable(
+                f"the gateway cannot obtain a database credential: {exc}", detail=exc.detail
+            ) from None
+        upstream = UpstreamCredential(credential.username, credential.password, credential.lease_id)
+        self._issued[id(upstream)] = (upstream, credential)
+        return upstream
 
     async def release(self, credential: UpstreamCredential) -> None:
-        return None
+        entry = self._issued.pop(id(credential), None)
+        if entry is not None:
+            await self.manager.release(entry[1])
 
 
 class RecorderSink:
@@ -158,7 +174,7 @@ def build_context(
     return ProxyContext(
         resources={name: build_resource(name, res) for name, res in settings.resources.items()},
         tokens=StoreTokenVerifier(store),
-        credentials=credentials or StaticCredentials(dict(settings.resources)),
+        credentials=credentials or ManagedCredentials(build_manager(settings, store)),
         recorder=RecorderSink(recorder),
         review=review or DenyAllReviews(),
         tls=tls,

@@ -263,3 +263,20 @@ def test_statements_are_recorded_with_decisions(gateway):
     assert ("SET ROLE postgres", "block") in decisions
     assert detail.session.ended_at is not None
     assert token not in repr(detail)
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_every_protocol_mode(gateway, tmp_path, mode):
+    exe = require_binary("pgbench")
+    script = tmp_path / "read.sql"
+    script.write_text("\\set id random(1, 200)\nSELECT email, card_number FROM customers WHERE id = :id;\n")
+    token = gateway.token()
+    env = {**os.environ, "PGPASSWORD": token, "PGSSLMODE": "disable"}
+    out = subprocess.run(
+        [exe, "-h", "127.0.0.1", "-p", str(gateway.port), "-U", "agent", "-n", "-M", mode,
+         "-c", "4", "-j", "2", "-t", "50", "-f", str(script), "demo"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "number of transactions actually processed: 200/200" in out.stdout
+    assert "number of failed transactions: 0" in out.stdout
