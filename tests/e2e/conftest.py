@@ -24,6 +24,7 @@ from broker.demo.seed import DemoRoles
 from broker.demo.upstream import MD5_USER, TRUST_USER, Upstream
 from broker.recorder import Recorder
 from broker.store import Store
+from proxy.hooks import ReviewHook
 from proxy.server import ProxyServer
 from proxy.wiring import build_context
 
@@ -89,6 +90,7 @@ def start_gateway(
     data_dir: Path,
     extra: dict[str, ResourceSettings] | None = None,
     proxy: ProxySettings | None = None,
+    review: ReviewHook | None = None,
 ) -> Gateway:
     resources = {
         "demo": _resource(upstream, roles.rw_user, roles.rw_password),
@@ -109,7 +111,9 @@ def start_gateway(
             store = await Store.open(settings.store_url.get_secret_value())
             recorder = Recorder(store, flush_interval=0.05)
             recorder.start()
-            server = ProxyServer(build_context(settings, store, recorder), host=proxy.listen_host, port=0)
+            server = ProxyServer(
+                build_context(settings, store, recorder, review=review), host=proxy.listen_host, port=0
+            )
             await server.start()
             ready.set_result(Gateway(settings, loop, store, recorder, server, threading.current_thread()))
 
