@@ -54,9 +54,20 @@ def _replace(m: re.Match[bytes]) -> bytes | None:
     return _MASKS[index]
 
 
+# Every kind starts with one of these literals. Checking them with bytes.find (memchr-fast)
+# first matters: the alternation above costs ~0.3 ms per KB of a long alphanumeric run (a
+# base64 blob, a hash), because Python's re tries each branch at every position.
+_PREFIXES = (b"AKIA", b"ASIA", b"gh", b"xox", b"xapp-", b"k_live_", b"k_test_", b"AIza", b"sk-")
+
+
+def _has_prefix(value: bytes) -> bool:
+    return any(value.find(p) >= 0 for p in _PREFIXES)
+
+
 DETECTOR = Detector(
     name="cloud_key",
     pattern=PATTERN,
     replace=_replace,
+    quick=_has_prefix,
     min_run=15,  # the shortest, a Slack token: "xoxb-" and ten more
 )
