@@ -136,7 +136,7 @@ ignore_startup_parameters = extra_float_digits,options
 
 # --- jitgate --------------------------------------------------------------------------------
 
-def start_jitgate(upstream: Endpoint, workdir: Path) -> tuple[Endpoint, subprocess.Popen[bytes]]:
+def start_jitgate(upstream: Endpoint, workdir: Path, workers: int = 1) -> tuple[Endpoint, subprocess.Popen[bytes]]:
     """jitgate with full inspection (classification + masking + recording) in front of
     `upstream`: agent-safe policy, default masking, every statement recorded in SQLite."""
     import yaml
@@ -162,7 +162,7 @@ def start_jitgate(upstream: Endpoint, workdir: Path) -> tuple[Endpoint, subproce
         check=True, capture_output=True, text=True,
     ).stdout.strip()
     log = (workdir / "jitgate.log").open("wb")
-    proc = subprocess.Popen([jitgate, "proxy", "--config", str(config)],
+    proc = subprocess.Popen([jitgate, "proxy", "--config", str(config), "--workers", str(workers)],
                             stdout=log, stderr=subprocess.STDOUT)
     return replace(upstream, host=HOST, port=port, user="bench-agent", password=token), proc
 
@@ -170,6 +170,8 @@ def start_jitgate(upstream: Endpoint, workdir: Path) -> tuple[Endpoint, subproce
 TARGETS: dict[str, Target] = {
     "direct": Direct(),
     "jitgate": ProcessTarget("jitgate", start_jitgate),
+    # Two processes on one port (SO_REUSEPORT), as `jitgate proxy --workers 2` deploys.
+    "jitgate-2w": ProcessTarget("jitgate-2w", lambda up, wd: start_jitgate(up, wd, workers=2)),
     "pgbouncer": ProcessTarget("pgbouncer", start_pgbouncer),
 }
 
