@@ -49,7 +49,7 @@ PROBE_STMT = "__jitgate_probe"
 _FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
 
 #: Backend message types that answer a frontend message (as opposed to asynchronous ones).
-_ANSWERS = frozenset(b"123ntTZ")
+_ANSWERS = frozenset(b"123ntTZCI")
 
 # Entry kinds of the in-flight queue.
 QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
@@ -101,6 +101,7 @@ class Entry:
     copy_plan: Any = None
     copy_info: Any = None
     probe: bool = False  # this describe is the gateway's own COPY column probe
+    function_oid: int | None = None  # this query is the gateway's own lookup of a function
     awaiting_probe: bool = False  # a COPY whose columns the probe will tell
     probe_columns: list[m.FieldDescription] | None = None
     started: float = 0.0
@@ -201,6 +202,8 @@ class SessionMachine:
         self._open_extended = False  # extended messages sent since the last Sync
         self._discarding = False  # a refusal happened in this batch: drop until Sync
         self.parked: Parked | None = None
+        self._held_call: bytes | None = None  # a FunctionCall waiting for its OID's name
+        self._function_names: dict[int, tuple[str, str]] = {}
         self.terminated = False
         self.txn_status = b"I"
         self.stats = Stats()
@@ -219,7 +222,7 @@ class SessionMachine:
         run = 0  # start of a run of messages forwarded unchanged
         out = self.out_upstream
         unpack = _U32.unpack_from
-        while n - pos >= 5 and self.parked is None:
+        while n - pos >= 5 and self.parked is None and self._held_call is None:
             (length,) = unpack(buf, pos + 1)
             if length < 4 or length > self._max:
                 self._cbuf = bytearray()
@@ -255,7 +258,7 @@ class SessionMachine:
                 continue
             body = bytes(buf[pos + 5 : end])
             # Only Query, Parse (which may be parked) and Execute ever need the whole message.
-            raw = bytes(buf[pos:end]) if kind in (0x51, 0x50, 0x45) else b""
+            raw = bytes(buf[pos:end]) if kind in (0x51, 0x50, 0x45, 0x46) else b""
             replacement = self._on_client_message(kind, body, raw)
             if replacement is not None:
                 if run < pos:
@@ -296,19 +299,59 @@ class SessionMachine:
             self.terminated = True
             return None
         if kind == 0x46:  # FunctionCall
-            self._open_extended = False
-            # A fast-path call names a function by OID, which the parse-tree policy cannot
-            # see; it is refused until the gateway resolves OIDs (fail closed).
-            verdict = Verdict(
-                Decision.BLOCK,
-                "gateway/function-call",
-                "fast-path function calls are not allowed; call the function in SQL",
-            )
-            self._record_refusal("<FunctionCall>", verdict)
-            entry = Entry(QUERY, sql="<FunctionCall>", verdict=verdict, refusal=refusal_message(verdict))
-            self._inflight.append(entry)
-            return [m.query_message(BLOCKED_TEXT)]
+            return self._on_function_call(m.parse_function_call_oid(body), raw)
         raise ProtocolViolation(f"unexpected frontend message type {chr(kind)!r}")
+
+    # -- fast-path function calls ------------------------------------------------------------
+
+    def _on_function_call(self, oid: int, raw: bytes) -> list[bytes] | None:
+        """A FunctionCall names its function by OID: resolve the name, then apply policy.
+
+        The name comes from the upstream's catalog with a lookup the gateway sends itself,
+        before the call, so the policy judges ``SELECT schema.function()`` as it would SQL.
+        """
+        self._open_extended = False
+        known = self._function_names.get(oid)
+        if known is not None:
+            return self._decide_function_call(known, raw)
+        if self._inflight:
+            verdict = Verdict(Decision.BLOCK, "gateway/function-call", "a fast-path call must not be pipelined")
+            return self._refuse(QUERY, "<FunctionCall>", verdict)
+        self._held_call = raw
+        self._inflight.append(Entry(QUERY, swallow=True, function_oid=oid))
+        return [
+            m.query_message(
+                "SELECT n.nspname, p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n"
+                f" ON n.oid = p.pronamespace WHERE p.oid = {int(oid)}"
+            )
+        ]
+
+    def _function_row(self, entry: Entry, values: list[bytes | None]) -> None:
+        if len(values) == 2 and values[0] is not None and values[1] is not None:
+            self._function_names[entry.function_oid or 0] = (values[0].decode(), values[1].decode())
+
+    def _release_function_call(self, oid: int) -> None:
+        raw, self._held_call = self._held_call, None
+        if raw is None:
+            return
+        known = self._function_names.get(oid)
+        if known is None:
+            verdict = Verdict(Decision.BLOCK, "gateway/function-call", f"no function has OID {oid}")
+            self.out_upstream.extend(self._refuse(QUERY, "<FunctionCall>", verdict))
+        else:
+            instead = self._decide_function_call(known, raw)
+            self.out_upstream.extend(instead if instead is not None else [raw])
+        self._process_client()
+
+    def _decide_function_call(self, name: tuple[str, str], raw: bytes) -> list[bytes] | None:
+        schema, function = (part.replace('"', '""') for part in name)
+        sql = f'SELECT "{schema}"."{function}"()'
+        verdict = self._decide(sql)
+        if verdict.decision is not Decision.ALLOW:
+            # Review of a fast-path call is refused too: there is no statement to re-run.
+            return self._refuse(QUERY, sql, verdict)
+        self._inflight.append(Entry(FUNCTION, sql=sql, verdict=verdict, started=self._clock()))
+        return None
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -520,7 +563,12 @@ class SessionMachine:
             if kind == 0x44:  # DataRow: the hot path
                 if head is not None:
                     head.rows += 1
-                    if head.plan is not None:
+                    if head.function_oid is not None:
+                        self._function_row(head, m.parse_data_row(bytes(buf[pos + 5 : end])))
+                        if run < pos:
+                            out.append(bytes(buf[run:pos]))
+                        run = end
+                    elif head.plan is not None:
                         try:
                             values, count = head.plan.mask_values(m.parse_data_row(bytes(buf[pos + 5 : end])))
                         except MaskingError as exc:
@@ -554,9 +602,11 @@ class SessionMachine:
         inflight = self._inflight
         if kind == 0x5A:  # ReadyForQuery
             self.txn_status = bytes(buf[end - 1 : end])
-            if head is not None and head.kind in (QUERY, SYNC):
+            if head is not None and head.kind in (QUERY, SYNC, FUNCTION):
                 inflight.popleft()
-                if head.kind == QUERY and head.refusal is None:
+                if head.function_oid is not None:
+                    self._release_function_call(head.function_oid)
+                elif head.kind != SYNC and head.refusal is None:
                     self._complete(head)
             return None
         if head is None:
@@ -631,8 +681,8 @@ class SessionMachine:
         inflight = self._inflight
         fields = m.parse_fields(body)
         head.error = m.field(fields, "C")
-        if head.probe:
-            replacement: bytes | None = b""
+        if head.probe or head.function_oid is not None:
+            replacement: bytes | None = b""  # the gateway's own lookup: the real statement errs next
         elif head.refusal is not None:
             replacement = head.refusal
         else:

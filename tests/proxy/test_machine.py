@@ -236,10 +236,47 @@ def test_oversized_message_is_a_violation():
         mach.feed_client(b"Q" + struct.pack("!I", 1 << 30))
 
 
-def test_function_call_is_refused():
+def _function_call(oid: int) -> bytes:
+    return m.frame(b"F", struct.pack("!i", oid) + b"\0\0" + b"\0\0" + b"\0\0")
+
+
+def _lookup_answer(schema: bytes, name: bytes) -> bytes:
+    return (
+        row_description(("nspname", 19), ("proname", 19))
+        + m.data_row([schema, name])
+        + complete("SELECT 1")
+        + m.ready_for_query(b"I")
+    )
+
+
+def test_function_call_is_judged_by_the_name_behind_its_oid():
+    events: list[StatementEvent] = []
+    mach = machine(events=events)
+    call = _function_call(2620)
+    mach.feed_client(call)
+    up = sent(mach)
+    assert up[0][0] == ord("Q") and b"WHERE p.oid = 2620" in up[0][1]
+    mach.feed_server(_lookup_answer(b"pg_catalog", b"pg_read_file_danger"))
+    assert mach.out_client == []  # the gateway's own lookup is not relayed
+    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]  # the call itself never goes up
+    mach.feed_server(m.error_response("42601", "syntax") + m.ready_for_query(b"I"))
+    err = m.parse_fields(sent(mach, "out_client")[0][1])
+    assert m.field(err, "C") == "42501"
+    assert events[-1].sql == 'SELECT "pg_catalog"."pg_read_file_danger"()'
+
+
+def test_allowed_function_call_is_forwarded_and_the_name_cached():
     mach = machine()
-    mach.feed_client(m.frame(b"F", struct.pack("!i", 2620) + b"\0\0\0\0\0\0\0\0"))
-    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]
+    call = _function_call(964)
+    mach.feed_client(call)
+    sent(mach)
+    mach.feed_server(_lookup_answer(b"pg_catalog", b"lo_open"))
+    assert b"".join(mach.out_upstream) == call
+    mach.out_upstream.clear()
+    mach.feed_server(m.frame(b"V", struct.pack("!i", 4) + b"\0\0\0\0") + m.ready_for_query(b"T"))
+    assert [k for k, _ in sent(mach, "out_client")] == [ord("V"), ord("Z")]
+    mach.feed_client(call)  # second time: no lookup
+    assert b"".join(mach.out_upstream) == call
 
 
 def test_prepare_and_execute_in_one_string():
