@@ -26,150 +26,45 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from broker.masking import MaskingError
 from broker.policy.model import Decision, Verdict
 from proxy.exceptions import ResultRefused
 from proxy.protocol import messages as m
 from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, ProtocolViolation
+from proxy.records import (
+    ANSWERS,
+    BIND,
+    BLOCKED_STMT,
+    BLOCKED_TEXT,
+    CLOSE,
+    DESCRIBE_P,
+    DESCRIBE_S,
+    EXECUTE,
+    FRONTEND_TYPES,
+    FUNCTION,
+    PARSE,
+    QUERY,
+    SYNC,
+    UNSAFE_ENCODINGS,
+    Classifier,
+    Entry,
+    MaskerLike,
+    Parked,
+    Portal,
+    Statement,
+    StatementEvent,
+    Stats,
+    column_info,
+    refusal_message,
+)
+from proxy.side_queries import SideQueries
 
 _U32 = struct.Struct("!I")
 
-#: Client encodings whose multi-byte characters may contain ASCII bytes.
-UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "GB18030", "JOHAB", "UHC"})
 
-#: What the upstream receives instead of a refused statement: a guaranteed syntax error.
-BLOCKED_TEXT = "JITGATE BLOCKED"
-BLOCKED_STMT = "__jitgate_blocked"
-PROBE_STMT = "__jitgate_probe"
-
-#: Message types a client may send once the session is established.
-_FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
-
-#: Backend message types that answer a frontend message (as opposed to asynchronous ones).
-_ANSWERS = frozenset(b"123ntTZCI")
-
-# Entry kinds of the in-flight queue.
-QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
-
-
-class Classifier(Protocol):
-    def __call__(self, sql: str) -> Verdict: ...
-
-
-class RowPlan(Protocol):
-    def mask_values(self, values: list[bytes | None]) -> tuple[list[bytes | None] | None, int]: ...
-
-
-class CopyPlan(Protocol):
-    def mask_copy_data(self, data: bytes) -> tuple[bytes, int]: ...
-
-
-class MaskerLike(Protocol):
-    def plan_rows(self, columns: Any) -> RowPlan | None: ...
-    def plan_copy(self, columns: Any, copy_info: Any) -> CopyPlan | None: ...
-
-
-@dataclass(slots=True)
-class Statement:
-    """A prepared statement (protocol level) the proxy let through."""
-
-    sql: str
-    verdict: Verdict
-    description: bytes | None = None  # RowDescription body, once the upstream described it
-
-
-@dataclass(slots=True)
-class Portal:
-    statement: Statement
-    formats: tuple[int, ...]
-    description: bytes | None = None
-
-
-@dataclass(slots=True)
-class Entry:
-    kind: int
-    sql: str = ""
-    verdict: Verdict | None = None
-    refusal: bytes | None = None  # our ErrorResponse replacing the upstream's
-    swallow: bool = False  # internal message: answers are not relayed
-    portal: Portal | None = None
-    statement: Statement | None = None
-    plan: Any = None
-    copy_plan: Any = None
-    copy_info: Any = None
-    probe: bool = False  # this describe is the gateway's own COPY column probe
-    function_oid: int | None = None  # this query is the gateway's own lookup of a function
-    awaiting_probe: bool = False  # a COPY whose columns the probe will tell
-    probe_columns: list[m.FieldDescription] | None = None
-    started: float = 0.0
-    rows: int = 0
-    masked: int = 0
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class StatementEvent:
-    """What the recorder gets for every statement the session saw."""
-
-    sql: str
-    verdict: Verdict
-    started: float
-    duration: float
-    rows: int | None
-    masked: int
-    error_sqlstate: str | None
-
-
-@dataclass(slots=True)
-class Parked:
-    """A statement under review: the client's bytes are held until a decision."""
-
-    sql: str
-    verdict: Verdict
-    message: bytes
-    kind: int
-
-
-@dataclass(slots=True)
-class Stats:
-    statements: int = 0
-    blocked: int = 0
-    masked: int = 0
-    bytes_from_client: int = 0
-    bytes_to_client: int = 0
-
-
-def _column_info(fields: list[m.FieldDescription], formats: tuple[int, ...]) -> list[Any]:
-    from broker.masking import ColumnInfo
-
-    out = []
-    for i, f in enumerate(fields):
-        if not formats:
-            fmt = 0
-        elif len(formats) == 1:
-            fmt = formats[0]
-        else:
-            fmt = formats[i] if i < len(formats) else 0
-        out.append(ColumnInfo(f.name, f.type_oid, fmt))
-    return out
-
-
-def refusal_message(verdict: Verdict, *, denied_reason: str | None = None) -> bytes:
-    if verdict.decision is Decision.REVIEW:
-        text = f"jitgate: statement requires approval ({verdict.rule}): {verdict.reason}"
-        if denied_reason:
-            text = f"jitgate: approval not granted ({verdict.rule}): {denied_reason}"
-        hint = "A reviewer must approve this statement; re-run it once approved."
-    else:
-        text = f"jitgate: statement blocked by policy rule {verdict.rule}: {verdict.reason}"
-        hint = "This statement is not allowed through the gateway; ask a DBA if you need it."
-    return m.error_response("42501", text, detail=f"rule: {verdict.rule}", hint=hint)
-
-
-class SessionMachine:
+class SessionMachine(SideQueries):
     """Pure relay logic for one client session (see the module docstring)."""
 
     def __init__(
@@ -231,7 +126,7 @@ class SessionMachine:
                     sqlstate="54000" if length > self._max else "08P01",
                 )
             kind = buf[pos]
-            if kind not in _FRONTEND_TYPES:
+            if kind not in FRONTEND_TYPES:
                 # Checked before waiting for the body: a second StartupMessage (type byte 0)
                 # would otherwise have the proxy wait for a length it made up.
                 self._cbuf = bytearray()
@@ -302,57 +197,6 @@ class SessionMachine:
             return self._on_function_call(m.parse_function_call_oid(body), raw)
         raise ProtocolViolation(f"unexpected frontend message type {chr(kind)!r}")
 
-    # -- fast-path function calls ------------------------------------------------------------
-
-    def _on_function_call(self, oid: int, raw: bytes) -> list[bytes] | None:
-        """A FunctionCall names its function by OID: resolve the name, then apply policy.
-
-        The name comes from the upstream's catalog with a lookup the gateway sends itself,
-        before the call, so the policy judges ``SELECT schema.function()`` as it would SQL.
-        """
-        self._open_extended = False
-        known = self._function_names.get(oid)
-        if known is not None:
-            return self._decide_function_call(known, raw)
-        if self._inflight:
-            verdict = Verdict(Decision.BLOCK, "gateway/function-call", "a fast-path call must not be pipelined")
-            return self._refuse(QUERY, "<FunctionCall>", verdict)
-        self._held_call = raw
-        self._inflight.append(Entry(QUERY, swallow=True, function_oid=oid))
-        return [
-            m.query_message(
-                "SELECT n.nspname, p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n"
-                f" ON n.oid = p.pronamespace WHERE p.oid = {int(oid)}"
-            )
-        ]
-
-    def _function_row(self, entry: Entry, values: list[bytes | None]) -> None:
-        if len(values) == 2 and values[0] is not None and values[1] is not None:
-            self._function_names[entry.function_oid or 0] = (values[0].decode(), values[1].decode())
-
-    def _release_function_call(self, oid: int) -> None:
-        raw, self._held_call = self._held_call, None
-        if raw is None:
-            return
-        known = self._function_names.get(oid)
-        if known is None:
-            verdict = Verdict(Decision.BLOCK, "gateway/function-call", f"no function has OID {oid}")
-            self.out_upstream.extend(self._refuse(QUERY, "<FunctionCall>", verdict))
-        else:
-            instead = self._decide_function_call(known, raw)
-            self.out_upstream.extend(instead if instead is not None else [raw])
-        self._process_client()
-
-    def _decide_function_call(self, name: tuple[str, str], raw: bytes) -> list[bytes] | None:
-        schema, function = (part.replace('"', '""') for part in name)
-        sql = f'SELECT "{schema}"."{function}"()'
-        verdict = self._decide(sql)
-        if verdict.decision is not Decision.ALLOW:
-            # Review of a fast-path call is refused too: there is no statement to re-run.
-            return self._refuse(QUERY, sql, verdict)
-        self._inflight.append(Entry(FUNCTION, sql=sql, verdict=verdict, started=self._clock()))
-        return None
-
     # -- policy ---------------------------------------------------------------------------
 
     def _decide(self, sql: str) -> Verdict:
@@ -368,7 +212,7 @@ class SessionMachine:
                         "gateway/unknown-prepared",
                         f"EXECUTE of prepared statement {name!r} that the gateway did not see prepared",
                     )
-                if _rank(inner.decision) > _rank(verdict.decision):
+                if inner.decision > verdict.decision:
                     verdict = inner
         return verdict
 
@@ -453,25 +297,6 @@ class SessionMachine:
                 return [*probe, raw]
         self._inflight.append(entry)
         return None
-
-    def _probe(self, copy: Any) -> list[bytes] | None:
-        """Describe the COPY's rows without running it, to learn column names and types."""
-        if self._inflight or self._open_extended:
-            return None  # only safe when the upstream has nothing of the client's pending
-        if copy.query:
-            text = f"SELECT * FROM ({copy.query}) AS q LIMIT 0"
-        elif copy.relation:
-            text = f"SELECT * FROM {copy.relation} LIMIT 0"
-        else:
-            return None
-        # Errors of the probe are dropped: the COPY itself fails the same way right after.
-        self._inflight.extend(Entry(kind, swallow=True, probe=True) for kind in (PARSE, DESCRIBE_S, CLOSE, SYNC))
-        return [
-            m.parse_message(PROBE_STMT, text),
-            m.describe_message("S", PROBE_STMT),
-            m.close_message("S", PROBE_STMT),
-            m.SYNC,
-        ]
 
     # -- extended query ----------------------------------------------------------------------
 
@@ -582,7 +407,7 @@ class SessionMachine:
                 pos = end
                 continue
             replacement = self._on_server_message(kind, buf, pos, end, head)
-            if replacement is None and head is not None and head.swallow and kind in _ANSWERS:
+            if replacement is None and head is not None and head.swallow and kind in ANSWERS:
                 replacement = b""  # the answer to a message the gateway sent on its own
             if replacement is not None:
                 if run < pos:
@@ -696,40 +521,6 @@ class SessionMachine:
             inflight.popleft()
         return replacement
 
-    def _on_copy_out(self, body: bytes, head: Entry) -> bytes | None:
-        if self._masker is None:
-            return None
-        overall, formats = m.parse_copy_response(body)
-        info = head.copy_info
-        if info is None:
-            raise ProtocolViolation("COPY TO STDOUT without a classified COPY statement")
-        columns: list[Any]
-        if info.columns:
-            from broker.masking import ColumnInfo
-
-            # Without a probe the types are unknown (OID 0): the masker treats them as opaque,
-            # text shapes in text COPY and NULL in binary COPY, never text bytes in an int8.
-            columns = [ColumnInfo(name, 0, overall) for name in info.columns]
-        elif head.probe_columns is None:
-            raise ProtocolViolation(
-                "COPY TO STDOUT must be sent as its own statement when masking is on",
-                sqlstate="0A000",
-            )
-        else:
-            columns = _column_info(head.probe_columns, (overall,))
-        try:
-            head.copy_plan = self._masker.plan_copy(columns, info)
-        except MaskingError as exc:
-            raise ResultRefused(f"COPY output cannot be masked safely: {exc}") from None
-        return None
-
-    def _resolve_probe(self, fields: list[m.FieldDescription]) -> None:
-        for entry in self._inflight:
-            if entry.awaiting_probe:
-                entry.probe_columns = fields
-                entry.awaiting_probe = False
-                return
-
     def _set_execute_plan(self, portal: Portal) -> None:
         for entry in self._inflight:
             if entry.kind == EXECUTE and entry.portal is portal:
@@ -748,7 +539,7 @@ class SessionMachine:
             return self._plans[key]
         except KeyError:
             fields = m.parse_row_description(description)
-            plan = self._masker.plan_rows(_column_info(fields, formats))
+            plan = self._masker.plan_rows(column_info(fields, formats))
             if len(self._plans) > 256:
                 self._plans.clear()
             self._plans[key] = plan
@@ -794,7 +585,3 @@ class SessionMachine:
 
     def pending_client_bytes(self) -> int:
         return len(self._cbuf)
-
-
-def _rank(decision: Decision) -> int:
-    return {Decision.ALLOW: 0, Decision.REVIEW: 1, Decision.BLOCK: 2}[decision]

@@ -38,9 +38,10 @@ from proxy.hooks import (
     SessionRecorder,
     TokenVerifier,
 )
-from proxy.machine import UNSAFE_ENCODINGS, SessionMachine, StatementEvent
+from proxy.machine import SessionMachine
 from proxy.protocol import messages
 from proxy.protocol.frames import ProtocolViolation, startup_frame_length
+from proxy.records import UNSAFE_ENCODINGS, StatementEvent
 from proxy.relay import Relay
 from proxy.startup_params import StartupRefused, sanitize_startup
 from proxy.upstream import UpstreamConnection, connect_upstream

@@ -23,7 +23,7 @@ from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
 from proxy.exceptions import ClientAuthFailed, UpstreamUnavailable
 from proxy.hooks import DenyAllReviews, Resource, ReviewHook
-from proxy.machine import StatementEvent, Stats
+from proxy.records import StatementEvent, Stats
 from proxy.server import tls_context
 from proxy.session import ProxyContext
 from proxy.upstream import UpstreamCredential, UpstreamTarget

@@ -7,9 +7,10 @@ import struct
 import pytest
 
 from broker.policy.model import Decision, Verdict
-from proxy.machine import BLOCKED_STMT, BLOCKED_TEXT, SessionMachine, StatementEvent
+from proxy.machine import SessionMachine
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation, split_messages
+from proxy.records import BLOCKED_STMT, BLOCKED_TEXT, StatementEvent
 
 ALLOW = Verdict(Decision.ALLOW, "test/allow", "ok")
 BLOCK = Verdict(Decision.BLOCK, "test/block", "dangerous")
