@@ -1,0 +1,80 @@
+"""The lease ledger: which credentials are out, in the store, so another process can revoke them.
+
+A row is written when a credential is issued, its expiry moved on each renewal, and
+`revoked_at` set once revocation succeeded. It holds lease ids, never user names or
+passwords (a Vault lease id names the role path, not the generated login).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+
+from broker.credentials.base import Credential
+from broker.store import Store
+from broker.store.models import Lease, Session
+
+
+@dataclass(frozen=True, slots=True)
+class OutstandingLease:
+    lease_id: str
+    resource: str
+    session_id: str
+    expires_at: datetime
+    attempts: int
+
+
+class LeaseLedger:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def issued(self, credential: Credential, *, session_id: str) -> None:
+        assert credential.lease_id is not None
+        now = self._store.clock()
+        async with self._store.transaction("record a lease") as db:
+            db.add(
+                Lease(
+                    lease_id=credential.lease_id,
+                    resource=credential.resource,
+                    role=credential.role,
+                    session_id=session_id,
+                    issued_at=now,
+                    expires_at=now + timedelta(seconds=credential.lease_duration),
+                    attempts=0,
+                )
+            )
+
+    async def renewed(self, lease_id: str, expires_at: datetime) -> None:
+        async with self._store.transaction("renew a lease") as db:
+            await db.execute(update(Lease).where(Lease.lease_id == lease_id).values(expires_at=expires_at))
+
+    async def revoked(self, lease_id: str) -> None:
+        async with self._store.transaction("mark a lease revoked") as db:
+            await db.execute(
+                update(Lease).where(Lease.lease_id == lease_id).values(revoked_at=self._store.clock())
+            )
+
+    async def failed(self, lease_id: str) -> None:
+        async with self._store.transaction("count a failed revocation") as db:
+            await db.execute(update(Lease).where(Lease.lease_id == lease_id).values(attempts=Lease.attempts + 1))
+
+    async def due(self, *, now: datetime | None = None) -> list[OutstandingLease]:
+        """Unrevoked leases whose session has ended (or never was recorded) or that lapsed."""
+        now = now or self._store.clock()
+        query = (
+            select(Lease)
+            .outerjoin(Session, Session.id == Lease.session_id)
+            .where(Lease.revoked_at.is_(None))
+            .where(or_(Session.id.is_(None), Session.ended_at.is_not(None), Lease.expires_at < now))
+            .order_by(Lease.issued_at)
+        )
+        async with self._store.transaction("list outstanding leases") as db:
+            rows = (await db.execute(query)).scalars().all()
+        return [OutstandingLease(r.lease_id, r.resource, r.session_id, r.expires_at, r.attempts) for r in rows]
+
+    async def outstanding(self) -> list[OutstandingLease]:
+        async with self._store.transaction("list outstanding leases") as db:
+            rows = (await db.execute(select(Lease).where(Lease.revoked_at.is_(None)))).scalars().all()
+        return [OutstandingLease(r.lease_id, r.resource, r.session_id, r.expires_at, r.attempts) for r in rows]
