@@ -1,0 +1,166 @@
+"""Audit events, built by pure constructors; the store stamps, chains and appends them.
+
+An event is (type, actor, session_id, data). `data` holds JSON values only and never a
+secret: no gateway token or its digest, no upstream username or password, no result
+values (statements carry only counts of masked values). Types are dotted nouns and verbs,
+stable, because exports and OCSF mapping key on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from broker.audit.chain import format_ts
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    type: str
+    actor: str | None = None
+    session_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _value(v: object) -> Any:
+    """An event field as a JSON value: enums by value, datetimes in the hashed form."""
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, datetime):
+        return format_ts(v)
+    if isinstance(v, tuple | list):
+        return [_value(x) for x in v]
+    return v
+
+
+def _data(**fields: object) -> dict[str, Any]:
+    return {k: _value(v) for k, v in fields.items()}
+
+
+# -- identity and grants --------------------------------------------------------------------
+
+
+def login(*, principal: str, method: str, groups: Iterable[str] = (), ok: bool = True,
+          client_addr: str | None = None, reason: str | None = None) -> AuditEvent:
+    return AuditEvent(
+        "auth.login",
+        principal,
+        data=_data(method=method, groups=list(groups), ok=ok, client_addr=client_addr, reason=reason),
+    )
+
+
+def token_exchange(*, principal: str, issuer: str, ok: bool = True, reason: str | None = None) -> AuditEvent:
+    return AuditEvent("auth.token_exchange", principal, data=_data(issuer=issuer, ok=ok, reason=reason))
+
+
+def token_issued(*, token_id: str, principal: str, groups: Iterable[str], resource: str, role: str,
+                 expires_at: datetime, reusable: bool) -> AuditEvent:
+    """A gateway token was minted. The token and its digest stay out: only its id."""
+    return AuditEvent(
+        "token.issue",
+        principal,
+        data=_data(token_id=token_id, groups=list(groups), resource=resource, role=role,
+                   expires_at=expires_at, reusable=reusable),
+    )
+
+
+def token_revoked(*, token_id: str, actor: str | None = None) -> AuditEvent:
+    return AuditEvent("token.revoke", actor, data=_data(token_id=token_id))
+
+
+def access_requested(*, request_id: str, principal: str, resource: str, role: str, reason: str,
+                     ttl_seconds: float | None = None) -> AuditEvent:
+    return AuditEvent(
+        "access.request",
+        principal,
+        data=_data(request_id=request_id, resource=resource, role=role, reason=reason, ttl_seconds=ttl_seconds),
+    )
+
+
+def approval_vote(*, approval_id: str, approver: str, approve: bool, reason: str | None = None,
+                  session_id: str | None = None) -> AuditEvent:
+    return AuditEvent(
+        "approval.vote", approver, session_id, _data(approval_id=approval_id, approve=approve, reason=reason)
+    )
+
+
+def access_granted(*, request_id: str, principal: str, resource: str, role: str, token_id: str | None) -> AuditEvent:
+    return AuditEvent(
+        "access.grant", principal, data=_data(request_id=request_id, resource=resource, role=role, token_id=token_id)
+    )
+
+
+# -- sessions and statements ----------------------------------------------------------------
+
+
+def session_started(*, session_id: str, principal: str, groups: Iterable[str], resource: str, role: str,
+                    token_id: str | None, client_addr: str | None, application_name: str | None,
+                    intent: str | None) -> AuditEvent:
+    return AuditEvent(
+        "session.start",
+        principal,
+        session_id,
+        _data(groups=list(groups), resource=resource, role=role, token_id=token_id, client_addr=client_addr,
+              application_name=application_name, intent=intent),
+    )
+
+
+def session_ended(*, session_id: str, reason: str, statements: int | None = None, bytes_in: int | None = None,
+                  bytes_out: int | None = None) -> AuditEvent:
+    return AuditEvent(
+        "session.end",
+        None,
+        session_id,
+        _data(reason=reason, statements=statements, bytes_in=bytes_in, bytes_out=bytes_out),
+    )
+
+
+def statement(*, session_id: str, seq: int, sql: str, decision: object, started_at: datetime,
+              principal: str | None = None, client_addr: str | None = None,
+              fingerprint: str | None = None, rule: str | None = None, reason: str | None = None,
+              shadow_decision: object = None, duration_ms: float | None = None, rows: int | None = None,
+              masked_values: int = 0, error_sqlstate: str | None = None) -> AuditEvent:
+    """A statement with its decision. `sql` is the text as recorded (placeholders if so configured)."""
+    return AuditEvent(
+        "statement",
+        principal,
+        session_id,
+        _data(client_addr=client_addr, seq=seq, sql=sql, fingerprint=fingerprint, decision=decision, rule=rule,
+              reason=reason,
+              shadow_decision=shadow_decision, started_at=started_at, duration_ms=duration_ms, rows=rows,
+              masked_values=masked_values, error_sqlstate=error_sqlstate),
+    )
+
+
+# -- credentials and configuration ----------------------------------------------------------
+
+
+def lease(*, action: str, lease_id: str, resource: str, role: str, session_id: str | None = None,
+          ttl_seconds: float | None = None) -> AuditEvent:
+    """`action` is issue, renew or revoke. The lease id names the lease; it is not a credential."""
+    if action not in ("issue", "renew", "revoke"):
+        raise ValueError(f"unknown lease action {action!r}")
+    return AuditEvent(
+        f"lease.{action}",
+        None,
+        session_id,
+        _data(lease_id=lease_id, resource=resource, role=role, ttl_seconds=ttl_seconds),
+    )
+
+
+def config_changed(*, actor: str | None, what: str, detail: dict[str, Any] | None = None) -> AuditEvent:
+    return AuditEvent("config.change", actor, data=_data(what=what, detail=detail or {}))
+
+
+def policy_reloaded(*, resource: str | None, source: str, ok: bool = True, error: str | None = None) -> AuditEvent:
+    return AuditEvent("policy.reload", None, data=_data(resource=resource, source=source, ok=ok, error=error))
+
+
+def audit_pruned(*, archive: str, through_seq: int, through_hash: str, records: int) -> AuditEvent:
+    return AuditEvent(
+        "audit.prune", None, data=_data(archive=archive, through_seq=through_seq, through_hash=through_hash,
+                                         records=records)
+    )

@@ -1,0 +1,167 @@
+"""`jitgate sessions ...`: recorded proxy sessions, and their replay as a timeline.
+
+    jitgate sessions list [--active] [--limit N] [--json]
+    jitgate sessions show ID [--json]
+    jitgate sessions replay ID [--json]
+
+`replay` prints what happened in the session in order: each statement at its offset from
+the session start, with the decision (and rule), rows returned, values masked, duration and
+any SQLSTATE the client got. `--json` prints the same as one object per line (a `session`
+line, then one `statement` line each, then `end`), for machines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from broker.cli.audit_cmd import run_with_store, settings_or_exit
+from broker.store import SessionDetail, SessionInfo, StatementInfo
+
+sessions_app = typer.Typer(help="Recorded proxy sessions: list, show, replay.", no_args_is_help=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: $JITGATE_CONFIG)", show_default=False),
+]
+_DECISION_STYLE = {"allow": "green", "review": "yellow", "block": "red"}
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sessions_app, name="sessions")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def session_json(s: SessionInfo) -> dict[str, Any]:
+    out: dict[str, Any] = _jsonable(asdict(s))
+    out["active"] = s.active
+    return out
+
+
+def statement_json(st: StatementInfo, started: datetime) -> dict[str, Any]:
+    out: dict[str, Any] = _jsonable(asdict(st))
+    out["offset_ms"] = round((st.started_at - started).total_seconds() * 1000, 3)
+    return out
+
+
+def _load(settings_path: Path | None, session_id: str) -> SessionDetail:
+    settings = settings_or_exit(settings_path)
+    detail = run_with_store(settings, lambda s: s.get_session(session_id))
+    if detail is None:
+        typer.echo(f"no session {session_id}", err=True)
+        raise typer.Exit(1)
+    return detail
+
+
+@sessions_app.command("list")
+def list_sessions(
+    active: Annotated[bool, typer.Option("--active", help="Only sessions still open")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Sessions, newest first."""
+    settings = settings_or_exit(config)
+    found = run_with_store(settings, lambda s: s.list_sessions(active_only=active, limit=limit))
+    if as_json:
+        for s in found:
+            typer.echo(json.dumps(session_json(s)))
+        return
+    table = Table("id", "principal", "resource/role", "client", "application", "started", "ended", "stmts")
+    for s in found:
+        table.add_row(
+            s.id, s.principal, f"{s.resource}/{s.role}", s.client_addr or "", s.application_name or "",
+            s.started_at.isoformat(timespec="seconds"),
+            s.ended_at.isoformat(timespec="seconds") if s.ended_at else "[green]active[/green]",
+            str(s.statements),
+        )
+    Console().print(table)
+
+
+def _header(console: Console, s: SessionInfo) -> None:
+    console.print(f"[bold]session {s.id}[/bold]  {s.principal} ({', '.join(s.groups)})")
+    console.print(f"  resource {s.resource} as {s.role}, from {s.client_addr or '?'}, app {s.application_name or '?'}")
+    if s.intent:
+        console.print(f"  intent: {s.intent}")
+    ended = f"ended {s.ended_at.isoformat()} ({s.end_reason})" if s.ended_at else "still active"
+    console.print(f"  started {s.started_at.isoformat()}, {ended}")
+    console.print(f"  {s.statements} statements, {s.bytes_in} bytes in, {s.bytes_out} bytes out")
+
+
+@sessions_app.command("show")
+def show(
+    session_id: Annotated[str, typer.Argument(help="Session id")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """One session's details."""
+    detail = _load(config, session_id)
+    if as_json:
+        out = session_json(detail.session)
+        out["statements"] = [statement_json(st, detail.session.started_at) for st in detail.statements]
+        typer.echo(json.dumps(out))
+        return
+    _header(Console(), detail.session)
+
+
+@sessions_app.command("replay")
+def replay(
+    session_id: Annotated[str, typer.Argument(help="Session id")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines: session, statements, end")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The session as a timeline: every statement with its decision, rows, masking and timing."""
+    detail = _load(config, session_id)
+    s = detail.session
+    if as_json:
+        typer.echo(json.dumps({"event": "session", **session_json(s)}))
+        for st in detail.statements:
+            typer.echo(json.dumps({"event": "statement", **statement_json(st, s.started_at)}))
+        if s.ended_at is not None:
+            typer.echo(json.dumps({"event": "end", "at": s.ended_at.isoformat(), "reason": s.end_reason}))
+        return
+    console = Console()
+    _header(console, s)
+    console.print()
+    # A timeline, not a table: SQL is printed whole on its own line, never cut to fit.
+    for st in detail.statements:
+        offset = (st.started_at - s.started_at).total_seconds() * 1000
+        line = Text(f"+{offset:,.1f} ms  #{st.seq}  ")
+        line.append(st.decision, style=_DECISION_STYLE.get(st.decision, ""))
+        if st.rule:
+            line.append(f" ({st.rule})", style="dim")
+        facts = []
+        if st.rows is not None:
+            facts.append(f"{st.rows} rows")
+        if st.masked_values:
+            facts.append(f"{st.masked_values} masked")
+        if st.duration_ms is not None:
+            facts.append(f"{st.duration_ms:.2f} ms")
+        if st.error_sqlstate:
+            facts.append(f"SQLSTATE {st.error_sqlstate}")
+        if st.reason and st.decision != "allow":
+            facts.append(st.reason)
+        if facts:
+            line.append("  " + ", ".join(facts))
+        console.print(line, soft_wrap=True)
+        console.print(Text("    " + st.sql, style="cyan"), soft_wrap=True)
+    if s.ended_at is not None:
+        offset = (s.ended_at - s.started_at).total_seconds() * 1000
+        console.print(f"+{offset:,.1f} ms  session ended: {s.end_reason}", soft_wrap=True)

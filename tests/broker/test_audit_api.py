@@ -1,0 +1,96 @@
+"""`/v1/audit/verify` and `/v1/audit/export` through the real app (ASGI transport)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker.api import create_app
+from broker.store import SessionStats, StatementRecord, Store
+from tests.broker.test_api import AUTH, make_settings
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/audit-api.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(make_settings(), store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://jitgate.test") as c:
+        yield c
+
+
+async def seed(store: Store) -> str:
+    issued = await store.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
+    grant = await store.verify_token(issued.token, "demo")
+    sid = await store.start_session(grant, client_addr="127.0.0.1:40000", application_name="psql")
+    now = datetime.now(UTC)
+    await store.record_statements(
+        [StatementRecord(session_id=sid, seq=i, sql=f"select {i}", decision="allow", started_at=now, rows=1)
+         for i in (1, 2, 3)]
+    )
+    await store.end_session(sid, reason="client terminated", stats=SessionStats(3, 1, 1))
+    return issued.token
+
+
+def tamper(store: Store, stmt: str) -> None:
+    db = sqlite3.connect(store.engine.url.database or "")
+    try:
+        db.execute(stmt)
+        db.commit()
+    finally:
+        db.close()
+
+
+async def test_audit_endpoints_need_a_bearer(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/audit/verify", "/v1/audit/export"):
+        assert (await client.get(path)).status_code == 401
+
+
+async def test_verify_reports_ok_then_the_first_break(client: httpx.AsyncClient, store: Store) -> None:
+    await seed(store)
+    body = (await client.get("/v1/audit/verify", headers=AUTH)).json()
+    assert body["ok"] is True and body["checked"] == 6 and body["last_seq"] == 6
+    tamper(store, "UPDATE audit_events SET actor = 'someone-else' WHERE seq = 4")
+    body = (await client.get("/v1/audit/verify", headers=AUTH)).json()
+    assert body["ok"] is False
+    assert body["break"]["seq"] == 4 and body["break"]["kind"] == "altered" and body["break"]["id"]
+    ranged = (await client.get("/v1/audit/verify", params={"from_seq": 1, "to_seq": 3}, headers=AUTH)).json()
+    assert ranged["ok"] is True and ranged["checked"] == 3
+
+
+async def test_export_formats(client: httpx.AsyncClient, store: Store) -> None:
+    token = await seed(store)
+    r = await client.get("/v1/audit/export", params={"format": "jsonl"}, headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert [x["seq"] for x in lines] == list(range(1, 7))
+    assert token not in r.text
+
+    r = await client.get("/v1/audit/export", params={"format": "csv"}, headers=AUTH)
+    assert r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [row["type"] for row in rows] == ["token.issue", "session.start", "statement", "statement", "statement",
+                                             "session.end"]
+
+    r = await client.get("/v1/audit/export", params={"format": "ocsf"}, headers=AUTH)
+    events = [json.loads(line) for line in r.text.splitlines()]
+    assert [e["class_uid"] for e in events] == [6003, 6005, 6005, 6005, 6005, 6005]
+    assert events[2]["src_endpoint"] == {"ip": "127.0.0.1", "port": 40000}
+
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    r = await client.get("/v1/audit/export", params={"format": "jsonl", "since": future}, headers=AUTH)
+    assert r.status_code == 200 and r.text == ""
+    assert (await client.get("/v1/audit/export", params={"format": "xml"}, headers=AUTH)).status_code == 422
