@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check broker proxy slackapp workers tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy proxy/protocol proxy/machine.py proxy/records.py proxy/side_queries.py broker/policy broker/masking
+	$(BIN)/mypy proxy broker/policy broker/masking broker/audit broker/credentials broker/identity broker/store broker/api broker/config.py
 
 # pytest exits 5 when it collects nothing; that is a failure here, as any non-zero status is.
 test: $(STAMP) lint typecheck

@@ -62,7 +62,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from broker.credentials.settings import CredentialSettings, VaultSettings
 from broker.exceptions import ConfigError
+from broker.identity.settings import AccessSettings, OidcSettings
 
 __all__ = [
     "ApiSettings",
@@ -199,7 +201,7 @@ class UpstreamSettings(_Section):
     dbname: str
     sslmode: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
     sslrootcert: Path | None = None
-    username: SecretStr
+    username: SecretStr | None = Field(default=None, description="static credentials only")
     password: SecretStr | None = None
 
 
@@ -215,6 +217,31 @@ class ResourceSettings(_Section):
         default_factory=dict, description="Passed as is to broker.masking's MaskingConfig"
     )
     record_results: bool = Field(default=False, description="Also record result rows for replay")
+    credentials: CredentialSettings = Field(default_factory=lambda: CredentialSettings())
+
+    @model_validator(mode="after")
+    def _static_needs_username(self) -> ResourceSettings:
+        if self.credentials.provider == "static" and self.upstream.username is None:
+            raise PydanticCustomError(
+                "credentials", "upstream.username is required unless credentials.provider is vault or local"
+            )
+        return self
+
+
+class AuditSettings(_Section):
+    """Retention of the audit log (`jitgate audit prune`) and its signed checkpoints."""
+
+    retention_days: int | None = Field(
+        default=None, ge=1, description="Archive and prune records older than this; null keeps everything"
+    )
+    archive_dir: Path | None = Field(default=None, description="Where archives go; default <data_dir>/audit-archive")
+    signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM) that signs checkpoints (`jitgate audit checkpoint`)"
+    )
+    verify_key_files: list[Path] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (PEM) that checkpoints may be signed with; default: the signing key's",
+    )
 
 
 class Settings(BaseSettings):
@@ -240,6 +267,10 @@ class Settings(BaseSettings):
     proxy: ProxySettings = Field(default_factory=lambda: ProxySettings())
     api: ApiSettings = Field(default_factory=lambda: ApiSettings())
     resources: dict[ResourceName, ResourceSettings] = Field(default_factory=dict)
+    vault: VaultSettings | None = None
+    oidc: OidcSettings = Field(default_factory=lambda: OidcSettings())
+    access: AccessSettings = Field(default_factory=lambda: AccessSettings())
+    audit: AuditSettings = Field(default_factory=lambda: AuditSettings())
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_json: bool = False
 
@@ -272,6 +303,18 @@ class Settings(BaseSettings):
                 {"scheme": scheme},
             )
         return SecretStr(f"{driver}://{rest}")
+
+    @field_validator("vault")
+    @classmethod
+    def _vault_configured(cls, vault: VaultSettings | None, info: ValidationInfo) -> VaultSettings | None:
+        # A field validator (declared after `resources`) so that the error names `vault`.
+        resources = info.data.get("resources") or {}
+        users = [n for n, r in resources.items() if r.credentials.provider == "vault"]
+        if users and vault is None:
+            raise PydanticCustomError(
+                "vault", "required: resources {names} use provider 'vault'", {"names": ", ".join(users)}
+            )
+        return vault
 
     @model_validator(mode="after")
     def _default_store(self) -> Settings:

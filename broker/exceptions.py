@@ -10,7 +10,10 @@ The tree::
     ├── AuthError                   a credential was refused (wire: SQLSTATE 28P01)
     │   ├── InvalidToken            malformed, unknown, revoked, used, or for another resource
     │   └── ExpiredToken            well-formed and known, but past its expiry
-    └── RecorderClosed              a record arrived after the recorder was closed
+    ├── RecorderClosed              a record arrived after the recorder was closed
+    └── CredentialError             no upstream credential could be issued or revoked
+        └── CredentialSourceUnavailable  Vault/OpenBao or the admin connection is down:
+                                         fail closed (wire: SQLSTATE 08006), retry later
 
 Packages with their own families (`broker.policy`, `broker.masking`) define them in their own
 `exceptions.py`, deriving from `JitgateError`.
@@ -82,3 +85,18 @@ class ExpiredToken(AuthError):
 
 class RecorderClosed(JitgateError):
     """A statement was handed to a recorder that is closed."""
+
+
+class CredentialError(JitgateError):
+    """A credential provider refused or failed; `detail` is safe for operators and clients.
+
+    Neither the message nor `detail` ever contains an upstream user name or password.
+    """
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        self.detail = detail
+        super().__init__(message)
+
+
+class CredentialSourceUnavailable(CredentialError):
+    """The credential source (Vault/OpenBao, the admin connection) could not be reached."""

@@ -117,13 +117,13 @@ async def _authenticate(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         kind, body = await _read_message(reader)
         if kind == ord("E"):
             fields = messages.parse_fields(body)
-            code = messages.field(fields, "C") or "XX000"
-            if code.startswith("28"):
+            sqlstate = messages.field(fields, "C") or "XX000"
+            if sqlstate.startswith("28"):
                 raise UpstreamAuthFailed(
-                    "the upstream refused the gateway's credential", detail=f"upstream SQLSTATE {code}"
+                    "the upstream refused the gateway's credential", detail=f"upstream SQLSTATE {sqlstate}"
                 )
             raise UpstreamUnavailable(
-                "the upstream database refused the connection", detail=f"upstream SQLSTATE {code}"
+                "the upstream database refused the connection", detail=f"upstream SQLSTATE {sqlstate}"
             )
         if kind != ord("R"):
             raise ProtocolViolation(f"unexpected message {chr(kind)!r} during authentication")

@@ -132,3 +132,7 @@ def local_pg_dsn() -> str:
     except psycopg.Error as exc:
         unavailable(f"local PostgreSQL at {LOCAL_PG_DSN} does not answer: {exc}")
     return LOCAL_PG_DSN
+
+
+# Real OpenBao for the credential tests (broker/credentials and e2e); defined in its own module.
+from tests.openbao_fixture import openbao  # noqa: E402, F401

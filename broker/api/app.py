@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from broker import metrics
-from broker.api import sessions
+from broker.api import audit, identity, sessions
 from broker.config import Settings
 from broker.exceptions import StoreError
+from broker.identity.devissuer import DevIssuer
+from broker.identity.oidc import OIDCVerifier
 from broker.store import Store
 
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -36,7 +39,15 @@ def _version() -> str:
         return "0+unknown"
 
 
-def create_app(settings: Settings, store: Store) -> FastAPI:
+def create_app(
+    settings: Settings,
+    store: Store,
+    *,
+    oidc: OIDCVerifier | None = None,
+    dev_issuer: DevIssuer | None = None,
+) -> FastAPI:
+    """`oidc` defaults to a verifier for `settings.oidc.issuers` (none: OIDC bearers refused);
+    `dev_issuer`, for the demo, is served at its issuer URL's path."""
     app = FastAPI(
         title="jitgate broker API",
         version=_version(),
@@ -51,6 +62,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.oidc = oidc or (OIDCVerifier(settings.oidc.issuers) if settings.oidc.issuers else None)
 
     @app.exception_handler(StoreError)
     async def _store_error(_request: Request, _exc: StoreError) -> JSONResponse:
@@ -89,4 +101,8 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         return Response(content=body, media_type=content_type)
 
     app.include_router(sessions.router)
+    app.include_router(identity.router)
+    app.include_router(audit.router)
+    if dev_issuer is not None:
+        app.mount(urlsplit(dev_issuer.issuer).path or "/dev-issuer", dev_issuer.app())
     return app

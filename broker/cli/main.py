@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import typer
 
-from broker.cli import demo_cmd, policy_cmd, proxy_cmd, tokens_cmd
+from broker.cli import (
+    audit_cmd,
+    demo_cmd,
+    identity_cmd,
+    policy_cmd,
+    proxy_cmd,
+    sessions_cmd,
+    tokens_cmd,
+)
 
 app = typer.Typer(
     name="jitgate",
@@ -16,7 +24,15 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for module in (demo_cmd, proxy_cmd, policy_cmd, tokens_cmd):
+for module in (
+    demo_cmd,
+    proxy_cmd,
+    policy_cmd,
+    tokens_cmd,
+    identity_cmd,
+    audit_cmd,
+    sessions_cmd,
+):
     module.register(app)
 
 

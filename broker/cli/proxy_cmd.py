@@ -78,16 +78,23 @@ def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
 
 async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.Event | None = None) -> None:
     """Open the store, start the proxy and serve until SIGINT/SIGTERM."""
+    from broker.credentials.manager import build_manager
+    from broker.credentials.reaper import Reaper
     from broker.recorder import Recorder
     from broker.store import Store
     from proxy.server import ProxyServer
-    from proxy.wiring import build_context
+    from proxy.wiring import ManagedCredentials, build_context
 
     store = await Store.open(settings.store_url.get_secret_value())
     recorder = Recorder(store)
     recorder.start()
+    credentials = build_manager(settings, store)
+    # Revokes leases a crashed proxy (or a failed revocation) left behind; every proxy
+    # process runs one, and revoking twice is harmless.
+    assert credentials.ledger is not None
+    reaper = Reaper(credentials.ledger, credentials.providers)
     server = ProxyServer(
-        build_context(settings, store, recorder),
+        build_context(settings, store, recorder, credentials=ManagedCredentials(credentials)),
         host=settings.proxy.listen_host,
         port=settings.proxy.listen_port,
         reuse_port=reuse_port,
@@ -103,11 +110,14 @@ async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.
     gc.freeze()
     try:
         await server.start()
+        reaper.start()
         typer.echo(f"jitgate proxy listening on {settings.proxy.listen_host}:{server.port}", err=True)
         if ready is not None:
             ready.set()
         await stop.wait()
     finally:
         await server.close()
+        await reaper.aclose()
+        await credentials.aclose()
         await recorder.aclose()
         await store.close()

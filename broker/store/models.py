@@ -159,3 +159,98 @@ class Statement(Base):
         Index("ix_statements_started_at", "started_at"),
         Index("ix_statements_fingerprint", "fingerprint"),
     )
+
+
+class AuditEventRow(Base):
+    """One record of the hash-chained audit log (see `broker/audit/chain.py`).
+
+    `seq` is assigned by the appender as head + 1, never by the database, so the chain has
+    no gaps and a missing record shows as one.
+    """
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=False)
+    id: Mapped[str] = mapped_column(String(36))
+    ts: Mapped[datetime]
+    type: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(255))
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_events_ts", "ts"),
+        Index("ix_audit_events_session_id", "session_id"),
+    )
+
+
+class AuditState(Base):
+    """The chain's single head row: written with every append, read by verification.
+
+    `head_*` is the last record appended (a cut tail shows as a head beyond the chain);
+    `anchor_*` is the last record archived and pruned by retention, which the first
+    remaining record must follow.
+    """
+
+    __tablename__ = "audit_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    head_seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    anchor_seq: Mapped[int] = mapped_column(BigInteger)
+    anchor_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AccessRequest(Base):
+    """A request for a role on a resource, with its reason and outcome.
+
+    `status` moves pending -> granted | denied | expired | cancelled; a granted request
+    names the gateway token it produced (the token itself is never stored in the clear).
+    """
+
+    __tablename__ = "access_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(255))
+    groups: Mapped[list[str]] = mapped_column(JSON)
+    resource: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(63))
+    reason: Mapped[str] = mapped_column(Text)
+    ttl_seconds: Mapped[int] = mapped_column(Integer)
+    reusable: Mapped[bool] = mapped_column(Boolean)
+    approvers: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    token_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("gateway_tokens.id"))
+    created_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_access_requests_status", "status"),
+        Index("ix_access_requests_principal", "principal"),
+    )
+
+
+class Lease(Base):
+    """An upstream credential issued for a session, until it is revoked.
+
+    The reaper revokes what stays outstanding after its session ended or its lease lapsed
+    (a crashed proxy, a revocation that failed while Vault was down). No secret is stored.
+    """
+
+    __tablename__ = "leases"
+
+    lease_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str] = mapped_column(String(63))
+    session_id: Mapped[str] = mapped_column(String(36))
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_leases_revoked_at", "revoked_at"),
+        Index("ix_leases_session_id", "session_id"),
+    )

@@ -5,13 +5,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Table, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.store.base import StoreBase, enum_value
+from broker.audit import events
+from broker.store.audit import AuditRepository
+from broker.store.base import enum_value
 from broker.store.models import Session, Statement
 from broker.store.records import (
     Grant,
@@ -23,7 +26,7 @@ from broker.store.records import (
 )
 
 
-class SessionRepository(StoreBase):
+class SessionRepository(AuditRepository):
     async def start_session(
         self,
         grant: Grant,
@@ -49,7 +52,24 @@ class SessionRepository(StoreBase):
             bytes_out=0,
         )
         async with self.transaction("start session") as session:
+            await self._lock_audit(session)
             session.add(row)
+            await self._append_audit(
+                session,
+                [
+                    events.session_started(
+                        session_id=row.id,
+                        principal=grant.principal,
+                        groups=grant.groups,
+                        resource=grant.resource,
+                        role=grant.role,
+                        token_id=grant.token_id,
+                        client_addr=client_addr,
+                        application_name=application_name,
+                        intent=intent,
+                    )
+                ],
+            )
         return row.id
 
     async def record_statements(self, records: Sequence[StatementRecord]) -> None:
@@ -58,18 +78,45 @@ class SessionRepository(StoreBase):
         Idempotent: a record whose `(session_id, seq)` is already stored is skipped, so a
         batch retried after an ambiguous failure is not duplicated. A record for an unknown
         session raises `StoreIntegrityError` and nothing of the batch is written.
+
+        Each statement written gets its audit record in the same transaction; a skipped
+        duplicate gets none, so a retried batch leaves one audit record per statement.
         """
         if not records:
             return
-        values = [_statement_values(r) for r in records]
         insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         # The table, not the ORM entity: a plain Core executemany, several times cheaper
         # than the ORM bulk path for the proxy's steady stream of small batches.
-        stmt = insert(Statement.__table__).on_conflict_do_nothing(
+        table = cast(Table, Statement.__table__)
+        stmt = insert(table).on_conflict_do_nothing(
             index_elements=["session_id", "seq"]
         )
         async with self.transaction("record statements") as session:
-            await session.execute(stmt, values)
+            # The audit lock also serialises racing retries of one batch on PostgreSQL, so
+            # the "already stored" check below cannot go stale before the insert.
+            await self._lock_audit(session)
+            stored = await _stored_keys(session, records)
+            fresh: list[StatementRecord] = []
+            for r in records:
+                key = (r.session_id, r.seq)
+                if key not in stored:
+                    stored.add(key)
+                    fresh.append(r)
+            if not fresh:
+                return
+            await session.execute(stmt, [_statement_values(r) for r in fresh])
+            # Who ran it and from where, so each audit record stands on its own in an export.
+            owners = {
+                sid: (principal, addr)
+                for sid, principal, addr in await session.execute(
+                    select(Session.id, Session.principal, Session.client_addr).where(
+                        Session.id.in_({r.session_id for r in fresh})
+                    )
+                )
+            }
+            await self._append_audit(
+                session, [_statement_event(r, *owners.get(r.session_id, (None, None))) for r in fresh]
+            )
 
     async def end_session(
         self, session_id: str, *, reason: str, stats: SessionStats | None = None
@@ -86,12 +133,23 @@ class SessionRepository(StoreBase):
         else:
             values["statements"] = _recorded_count()
         async with self.transaction("end session") as session:
+            await self._lock_audit(session)
             result = await session.execute(
                 update(Session)
                 .where(Session.id == session_id, Session.ended_at.is_(None))
                 .values(**values)
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            ended = bool(result.rowcount)  # type: ignore[attr-defined]
+            if ended:
+                event = events.session_ended(
+                    session_id=session_id,
+                    reason=reason,
+                    statements=None if stats is None else stats.statements,
+                    bytes_in=None if stats is None else stats.bytes_in,
+                    bytes_out=None if stats is None else stats.bytes_out,
+                )
+                await self._append_audit(session, [event])
+            return ended
 
     async def list_sessions(
         self,
@@ -125,6 +183,40 @@ class SessionRepository(StoreBase):
                 session=_session_info(found[0], found[1]),
                 statements=tuple(_statement_info(s) for s in statements),
             )
+
+
+async def _stored_keys(session: AsyncSession, records: Sequence[StatementRecord]) -> set[tuple[str, int]]:
+    """Which `(session_id, seq)` of the batch are already stored (a coarse IN, exact here)."""
+    sids = {r.session_id for r in records}
+    seqs = {r.seq for r in records}
+    rows = await session.execute(
+        select(Statement.session_id, Statement.seq).where(
+            Statement.session_id.in_(sids), Statement.seq.in_(seqs)
+        )
+    )
+    return {(sid, seq) for sid, seq in rows}
+
+
+def _statement_event(
+    r: StatementRecord, principal: str | None, client_addr: str | None
+) -> events.AuditEvent:
+    return events.statement(
+        principal=principal,
+        client_addr=client_addr,
+        session_id=r.session_id,
+        seq=r.seq,
+        sql=r.sql,
+        decision=enum_value(r.decision),
+        started_at=r.started_at,
+        fingerprint=r.fingerprint,
+        rule=r.rule,
+        reason=r.reason,
+        shadow_decision=None if r.shadow_decision is None else enum_value(r.shadow_decision),
+        duration_ms=r.duration_ms,
+        rows=r.rows,
+        masked_values=r.masked_values,
+        error_sqlstate=r.error_sqlstate,
+    )
 
 
 def _recorded_count() -> Any:

@@ -19,8 +19,9 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from broker.audit import events
 from broker.exceptions import ExpiredToken, InvalidToken
-from broker.store.base import StoreBase
+from broker.store.audit import AuditRepository
 from broker.store.models import GatewayToken
 from broker.store.records import Grant, IssuedToken
 
@@ -41,7 +42,7 @@ def looks_like_token(value: str) -> bool:
     return bool(_TOKEN_RE.match(value))
 
 
-class TokenRepository(StoreBase):
+class TokenRepository(AuditRepository):
     async def issue_token(
         self,
         principal: str,
@@ -68,7 +69,22 @@ class TokenRepository(StoreBase):
             reusable=reusable,
         )
         async with self.transaction("issue token") as session:
+            await self._lock_audit(session)
             session.add(row)
+            await self._append_audit(
+                session,
+                [
+                    events.token_issued(
+                        token_id=row.id,
+                        principal=principal,
+                        groups=row.groups,
+                        resource=resource,
+                        role=role,
+                        expires_at=row.expires_at,
+                        reusable=reusable,
+                    )
+                ],
+            )
         return IssuedToken(token_id=row.id, token=token, expires_at=row.expires_at)
 
     async def verify_token(self, token: str, resource: str) -> Grant:
@@ -122,9 +138,13 @@ class TokenRepository(StoreBase):
     async def revoke_token(self, token_id: str) -> bool:
         """Revoke a token; True if it was live until now. Sessions already open are not cut."""
         async with self.transaction("revoke token") as session:
+            await self._lock_audit(session)
             result = await session.execute(
                 update(GatewayToken)
                 .where(GatewayToken.id == token_id, GatewayToken.revoked_at.is_(None))
                 .values(revoked_at=self.clock())
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            revoked = bool(result.rowcount)  # type: ignore[attr-defined]
+            if revoked:
+                await self._append_audit(session, [events.token_revoked(token_id=token_id)])
+            return revoked

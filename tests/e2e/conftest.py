@@ -20,6 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from broker.config import ProxySettings, ResourceSettings, Settings, UpstreamSettings
+from broker.credentials.settings import VaultSettings
 from broker.demo.seed import DemoRoles
 from broker.demo.upstream import MD5_USER, TRUST_USER, Upstream
 from broker.recorder import Recorder
@@ -91,6 +92,7 @@ def start_gateway(
     extra: dict[str, ResourceSettings] | None = None,
     proxy: ProxySettings | None = None,
     review: ReviewHook | None = None,
+    vault: VaultSettings | None = None,
 ) -> Gateway:
     resources = {
         "demo": _resource(upstream, roles.rw_user, roles.rw_password),
@@ -100,7 +102,7 @@ def start_gateway(
         **(extra or {}),
     }
     proxy = proxy or ProxySettings(listen_port=0)
-    settings = Settings(data_dir=data_dir, proxy=proxy, resources=resources)
+    settings = Settings(data_dir=data_dir, proxy=proxy, resources=resources, vault=vault)
     loop = asyncio.new_event_loop()
     ready: Future[Gateway] = Future()
 

@@ -51,6 +51,9 @@ def test_demo_end_to_end(tmp_path):
         assert set(info) >= {"proxy_host", "proxy_port", "agent_dsn", "api_url", "approver_token", "upstream_admin_dsn"}
 
         with psycopg.connect(info["agent_dsn"], autocommit=True) as conn:
+            # OpenBao issued this session's login: a generated role, not a standing one.
+            vault_user = conn.execute("select current_user").fetchone()[0]
+            assert vault_user.startswith("v-"), vault_user
             row = conn.execute("select email, card_number from customers where id = 1").fetchone()
             assert "***@" in row[0] and row[1].endswith("4242") and "*" in row[1]
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -59,6 +62,13 @@ def test_demo_end_to_end(tmp_path):
                 conn.execute("delete from customers")
         with psycopg.connect(info["upstream_admin_dsn"]) as admin:
             assert admin.execute("select count(*) from customers").fetchone()[0] == 200
+            deadline = time.monotonic() + 10
+            while admin.execute("select count(*) from pg_roles where rolname = %s", (vault_user,)).fetchone()[0]:
+                assert time.monotonic() < deadline, "the Vault role outlived its session"
+                time.sleep(0.1)
+        assert vault_user not in info_file.read_text()
+        bao = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "bao"]
+        assert bao, "the demo runs no OpenBao server"
 
         api = httpx.Client(base_url=info["api_url"], timeout=10)
         assert api.get("/healthz").status_code == 200
@@ -84,4 +94,5 @@ def test_demo_end_to_end(tmp_path):
         if p.info["cmdline"] and any(str(data_dir) in part for part in p.info["cmdline"])
     ]
     assert leftovers == []
+    assert not [p for p in bao if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "OpenBao left running"
     subprocess.run(["rm", "-rf", str(data_dir)], check=False)

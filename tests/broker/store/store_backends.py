@@ -19,7 +19,7 @@ from sqlalchemy import make_url, text
 
 from broker.store import Store
 
-TABLES = ("statements", "sessions", "gateway_tokens")
+TABLES = ("statements", "sessions", "gateway_tokens", "audit_events", "audit_state")
 
 
 class FakeClock:

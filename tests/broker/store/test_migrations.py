@@ -18,7 +18,16 @@ from broker.store.migrate import current_revision, downgrade, head_revision, upg
 from broker.store.models import Base
 from tests.broker.store.store_backends import temp_pg_database
 
-EXPECTED_TABLES = {"alembic_version", "gateway_tokens", "sessions", "statements"}
+EXPECTED_TABLES = {
+    "alembic_version",
+    "gateway_tokens",
+    "sessions",
+    "statements",
+    "access_requests",
+    "leases",
+    "audit_events",
+    "audit_state",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -1,0 +1,126 @@
+"""Access requests: who asked for which role on which resource, why, and the outcome.
+
+A granted request names the gateway token minted for it by `issue_token` (which audits the
+issue); `broker.identity.grants.request_access` does both in order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from broker.store.base import StoreBase
+from broker.store.models import AccessRequest, GatewayToken
+
+STATUSES = ("pending", "granted", "denied", "expired", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequestInfo:
+    id: str
+    principal: str
+    groups: tuple[str, ...]
+    resource: str
+    role: str
+    reason: str
+    ttl: timedelta
+    reusable: bool
+    approvers: tuple[str, ...]
+    status: str
+    token_id: str | None
+    created_at: datetime
+    decided_at: datetime | None
+    expires_at: datetime | None = None  # of the granted token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOwner:
+    token_id: str
+    principal: str
+    revoked: bool
+
+
+def _info(row: AccessRequest, expires_at: datetime | None) -> AccessRequestInfo:
+    return AccessRequestInfo(
+        id=row.id,
+        principal=row.principal,
+        groups=tuple(row.groups),
+        resource=row.resource,
+        role=row.role,
+        reason=row.reason,
+        ttl=timedelta(seconds=row.ttl_seconds),
+        reusable=row.reusable,
+        approvers=tuple(row.approvers),
+        status=row.status,
+        token_id=row.token_id,
+        created_at=row.created_at,
+        decided_at=row.decided_at,
+        expires_at=expires_at,
+    )
+
+
+class AccessRequestRepository(StoreBase):
+    async def create_access_request(
+        self,
+        *,
+        principal: str,
+        groups: Iterable[str],
+        resource: str,
+        role: str,
+        reason: str,
+        ttl: timedelta,
+        reusable: bool,
+        status: str,
+        approvers: Iterable[str] = (),
+        token_id: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> AccessRequestInfo:
+        """Record a request; a granted one names the token already issued for it."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown access request status {status!r}")
+        if (status == "granted") != (token_id is not None):
+            raise ValueError("a granted request, and only a granted one, names its token")
+        now = self.clock()
+        row = AccessRequest(
+            id=str(uuid.uuid4()),
+            principal=principal,
+            groups=list(groups),
+            resource=resource,
+            role=role,
+            reason=reason,
+            ttl_seconds=max(1, int(ttl.total_seconds())),
+            reusable=reusable,
+            approvers=list(approvers),
+            status=status,
+            token_id=token_id,
+            created_at=now,
+            decided_at=None if status == "pending" else now,
+        )
+        async with self.transaction("create access request") as session:
+            session.add(row)
+        return _info(row, expires_at)
+
+    async def get_access_request(self, request_id: str) -> AccessRequestInfo | None:
+        async with self.transaction("get access request") as session:
+            found = (
+                await session.execute(
+                    select(AccessRequest, GatewayToken.expires_at)
+                    .outerjoin(GatewayToken, GatewayToken.id == AccessRequest.token_id)
+                    .where(AccessRequest.id == request_id)
+                )
+            ).first()
+            if found is None:
+                return None
+            return _info(found[0], found[1])
+
+    async def token_owner(self, token_id: str) -> TokenOwner | None:
+        """Who holds a gateway token (for deciding who may revoke it)."""
+        async with self.transaction("token owner") as session:
+            row = await session.get(GatewayToken, token_id)
+            if row is None:
+                return None
+            return TokenOwner(row.id, row.principal, row.revoked_at is not None)
