@@ -167,6 +167,16 @@ class Relay:
             return
         self._flush()
 
+    def end(self, reason: str, error: bytes) -> None:
+        """End the session from outside (its grant expired or was revoked): the client gets
+        `error` (a FATAL ErrorResponse), then both sockets close."""
+        if self._done.done():
+            return
+        self._flush()
+        if not self.client.is_closing():
+            self.client.write(error)
+        self._finish(reason)
+
     def notify_client(self, text: str) -> None:
         if not self.client.is_closing():
             self.client.write(messages.notice_response(text))

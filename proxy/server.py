@@ -7,11 +7,13 @@ N``): sessions are independent, and everything shared lives in the broker's stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from pathlib import Path
 
 import structlog
 
+from proxy.lifetime import watch_revocations
 from proxy.session import ProxyContext, handle_connection
 
 log = structlog.get_logger("jitgate.proxy")
@@ -42,6 +44,7 @@ class ProxyServer:
         self.reuse_port = reuse_port
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -50,6 +53,13 @@ class ProxyServer:
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("proxy_listening", host=self.host, port=self.port, tls=self.ctx.tls is not None)
+        if self.ctx.revoked_tokens is not None:
+            self._watch = asyncio.create_task(
+                watch_revocations(
+                    self.ctx.live, self.ctx.revoked_tokens, interval=self.ctx.revocation_check_interval
+                ),
+                name="grant revocation watch",
+            )
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -73,6 +83,10 @@ class ProxyServer:
         """Stop accepting, then end the sessions (each revokes its credential)."""
         if self._server is not None:
             self._server.close()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         sessions = list(self._sessions)
         for task in sessions:
             task.cancel()

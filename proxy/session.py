@@ -38,6 +38,7 @@ from proxy.hooks import (
     SessionRecorder,
     TokenVerifier,
 )
+from proxy.lifetime import LiveSessions, RevokedTokens, bind_grant
 from proxy.machine import SessionMachine
 from proxy.protocol import messages
 from proxy.protocol.frames import ProtocolViolation, startup_frame_length
@@ -69,6 +70,10 @@ class ProxyContext:
     tls: ssl.SSLContext | None = None
     require_tls_for_non_loopback: bool = True
     max_message_bytes: int = 64 * 1024 * 1024
+    live: LiveSessions = field(default_factory=LiveSessions)
+    #: Which of the given token ids are revoked (the store); None: only expiry ends sessions.
+    revoked_tokens: RevokedTokens | None = None
+    revocation_check_interval: float = 5.0
 
 
 def _is_loopback(peer: object) -> bool:
@@ -276,6 +281,7 @@ async def _relay(
         client_user=session.client_user,
         upstream_user=upstream.username,
         max_message_bytes=ctx.max_message_bytes,
+        record_results=resource.record_results,
     )
     relay: Relay
 
@@ -290,5 +296,11 @@ async def _relay(
     relay = Relay(machine, writer.transport, upstream.writer.transport, review=review)  # type: ignore[arg-type]
     client_leftover = bytes(reader._buffer)  # type: ignore[attr-defined]
     upstream_leftover = bytes(upstream.reader._buffer)  # type: ignore[attr-defined]
-    reason = await relay.run(client_leftover, upstream_leftover)
+    # The grant bounds the whole session, not only its start: at its expiry or revocation the
+    # relay ends, and handle_connection's `finally` revokes the credential as at any end.
+    unbind = bind_grant(session.grant, session_id=session_id, end=relay.end, live=ctx.live)
+    try:
+        reason = await relay.run(client_leftover, upstream_leftover)
+    finally:
+        unbind()
     return machine, reason

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, Field, field_validator
 
 from broker.api.auth import CallerDep
+from broker.audit import events
 from broker.config import Settings
 from broker.durations import parse_duration
 from broker.identity.grants import request_access
@@ -152,7 +153,13 @@ async def create_access_request(
 ) -> AccessRequestOut:
     if caller.identity is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="access requests need an OIDC identity")
-    return await _request_access(request.app.state.settings, store, caller.identity, body)
+    # The broker sees an OIDC login (device flow, browser or a workload token) when the
+    # identity is first used for something; the token itself stays out of the record.
+    principal = caller.identity
+    await store.append_audit(
+        events.login(principal=principal.id, method="oidc", groups=principal.groups, client_addr=_client(request))
+    )
+    return await _request_access(request.app.state.settings, store, principal, body)
 
 
 @router.get(
@@ -192,9 +199,19 @@ async def exchange(body: ExchangeIn, request: Request, store: StoreDep) -> Acces
     try:
         principal = await verifier.verify(body.subject_token)
     except IdentityError as exc:
+        # A refused exchange is audited too, with the reason only: an unverified token's
+        # claims are not evidence of who sent it.
+        await store.append_audit(
+            events.token_exchange(principal="unverified", issuer="unverified", ok=False, reason=exc.reason)
+        )
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=f"invalid subject token: {exc}") from None
     except IssuerUnavailable:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="identity provider unavailable") from None
+    await store.append_audit(events.token_exchange(principal=principal.id, issuer=principal.issuer))
     return await _request_access(request.app.state.settings, store, principal, body)
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
 
 

@@ -72,11 +72,13 @@ def token_revoked(*, token_id: str, actor: str | None = None) -> AuditEvent:
 
 
 def access_requested(*, request_id: str, principal: str, resource: str, role: str, reason: str,
-                     ttl_seconds: float | None = None) -> AuditEvent:
+                     ttl_seconds: float | None = None, status: str | None = None) -> AuditEvent:
+    """`status` is the request's outcome as recorded: granted, pending or denied."""
     return AuditEvent(
         "access.request",
         principal,
-        data=_data(request_id=request_id, resource=resource, role=role, reason=reason, ttl_seconds=ttl_seconds),
+        data=_data(request_id=request_id, resource=resource, role=role, reason=reason, ttl_seconds=ttl_seconds,
+                   status=status),
     )
 
 

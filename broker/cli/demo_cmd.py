@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import socket
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 DEMO_AGENT = "agent:demo-agent"
+DEMO_APPROVER = "demo-approver"
 DEMO_APPROVER = "user:demo-dba"
 
 
@@ -99,14 +99,18 @@ class DemoInfo:
 async def run_demo(
     info_file: Path, data_dir: Path, policy: str, proxy_port: int, api_port: int, console: Console
 ) -> None:
+    import httpx
     import uvicorn
 
     from broker.api.app import create_app
-    from broker.config import ApiSettings, ProxySettings, ResourceSettings, Settings, UpstreamSettings, hash_api_token
+    from broker.config import ApiSettings, ProxySettings, ResourceSettings, Settings, UpstreamSettings
     from broker.credentials.manager import build_manager
     from broker.credentials.reaper import Reaper, reap
     from broker.demo.seed import DEMO_DB, seed_demo
     from broker.demo.upstream import start_upstream
+    from broker.identity.devissuer import DevIssuer, DevUser
+    from broker.identity.oidc import OIDCVerifier
+    from broker.identity.settings import OidcIssuerSettings, OidcSettings
     from broker.recorder import Recorder
     from broker.store import Store
     from proxy.server import ProxyServer
@@ -127,11 +131,20 @@ async def run_demo(
         with console.status("starting OpenBao"):
             credentials, vault = await _dynamic_credentials(upstream, cleanups, console)
 
-        approver_token = secrets.token_urlsafe(32)
+        # The demo's identities come from the built-in OIDC issuer, mounted in the API: the
+        # approver's bearer is a signed JWT (group `dba`) that the API verifies like any
+        # provider's token, and `jitgate login` can use the same issuer's device flow.
+        api_settings = ApiSettings(port=_port_or_free(api_port))
+        dev_issuer = DevIssuer(
+            f"http://{api_settings.host}:{api_settings.port}/dev-issuer",
+            users={DEMO_APPROVER: DevUser(groups=("dba",), email=f"{DEMO_APPROVER}@example.com")},
+        )
+        approver_token = dev_issuer.mint(DEMO_APPROVER, ttl=8 * 3600)
         settings = Settings(
             data_dir=data_dir,
             proxy=ProxySettings(listen_port=_port_or_free(proxy_port)),
-            api=ApiSettings(port=_port_or_free(api_port), tokens=[hash_api_token(approver_token)]),
+            api=api_settings,
+            oidc=OidcSettings(issuers=[OidcIssuerSettings(issuer=dev_issuer.issuer, audience=dev_issuer.audience)]),
             vault=vault,
             resources={
                 DEMO_DB: ResourceSettings(
@@ -157,9 +170,14 @@ async def run_demo(
             DEMO_AGENT, ["ai-agents"], DEMO_DB, "readwrite", timedelta(hours=8), reusable=True
         )
 
+        app = create_app(settings, store, dev_issuer=dev_issuer)
+        # The API reads its own issuer's discovery and JWKS in-process, not over its own port.
+        issuer_http = httpx.AsyncClient(transport=httpx.ASGITransport(app))
+        cleanups.append(issuer_http.aclose)
+        app.state.oidc = OIDCVerifier(settings.oidc.issuers, http=issuer_http)
         api = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings, store),
+                app,
                 host=settings.api.host,
                 port=settings.api.port,
                 log_level="warning",

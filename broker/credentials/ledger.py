@@ -3,6 +3,10 @@
 A row is written when a credential is issued, its expiry moved on each renewal, and
 `revoked_at` set once revocation succeeded. It holds lease ids, never user names or
 passwords (a Vault lease id names the role path, not the generated login).
+
+Each of these writes appends its `lease.issue|renew|revoke` audit record in the same
+transaction, so the trail and the ledger cannot disagree, whichever process (session,
+renewal loop, reaper) did the work.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
+from broker.audit import events
 from broker.credentials.base import Credential
 from broker.store import Store
 from broker.store.models import Lease, Session
@@ -33,7 +38,9 @@ class LeaseLedger:
     async def issued(self, credential: Credential, *, session_id: str) -> None:
         assert credential.lease_id is not None
         now = self._store.clock()
-        async with self._store.transaction("record a lease") as db:
+        store = self._store
+        async with store.transaction("record a lease") as db:
+            await store._lock_audit(db)  # lock order: the audit lock first
             db.add(
                 Lease(
                     lease_id=credential.lease_id,
@@ -45,15 +52,51 @@ class LeaseLedger:
                     attempts=0,
                 )
             )
+            await store._append_audit(
+                db,
+                [
+                    events.lease(
+                        action="issue", lease_id=credential.lease_id, resource=credential.resource,
+                        role=credential.role, session_id=session_id, ttl_seconds=credential.lease_duration,
+                    )
+                ],
+            )
 
     async def renewed(self, lease_id: str, expires_at: datetime) -> None:
-        async with self._store.transaction("renew a lease") as db:
-            await db.execute(update(Lease).where(Lease.lease_id == lease_id).values(expires_at=expires_at))
+        store = self._store
+        async with store.transaction("renew a lease") as db:
+            await store._lock_audit(db)
+            row = await db.get(Lease, lease_id)
+            if row is None or row.revoked_at is not None:
+                return
+            ttl = (expires_at - store.clock()).total_seconds()
+            row.expires_at = expires_at
+            await store._append_audit(
+                db,
+                [
+                    events.lease(
+                        action="renew", lease_id=lease_id, resource=row.resource, role=row.role,
+                        session_id=row.session_id, ttl_seconds=round(ttl, 3),
+                    )
+                ],
+            )
 
     async def revoked(self, lease_id: str) -> None:
-        async with self._store.transaction("mark a lease revoked") as db:
-            await db.execute(
-                update(Lease).where(Lease.lease_id == lease_id).values(revoked_at=self._store.clock())
+        store = self._store
+        async with store.transaction("mark a lease revoked") as db:
+            await store._lock_audit(db)
+            row = await db.get(Lease, lease_id)
+            if row is None or row.revoked_at is not None:
+                return  # audited once, by whoever revoked it first
+            row.revoked_at = store.clock()
+            await store._append_audit(
+                db,
+                [
+                    events.lease(
+                        action="revoke", lease_id=lease_id, resource=row.resource, role=row.role,
+                        session_id=row.session_id,
+                    )
+                ],
             )
 
     async def failed(self, lease_id: str) -> None:

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from broker.store.base import StoreBase
+from broker.audit import events
+from broker.store.audit import AuditRepository
 from broker.store.models import AccessRequest, GatewayToken
 
 STATUSES = ("pending", "granted", "denied", "expired", "cancelled")
@@ -63,7 +64,7 @@ def _info(row: AccessRequest, expires_at: datetime | None) -> AccessRequestInfo:
     )
 
 
-class AccessRequestRepository(StoreBase):
+class AccessRequestRepository(AuditRepository):
     async def create_access_request(
         self,
         *,
@@ -100,8 +101,24 @@ class AccessRequestRepository(StoreBase):
             created_at=now,
             decided_at=None if status == "pending" else now,
         )
+        # The request and its audit records commit together: a refused request is audited
+        # as much as a granted one, and no record claims a request that was never stored.
+        audit = [
+            events.access_requested(
+                request_id=row.id, principal=principal, resource=resource, role=role, reason=reason,
+                ttl_seconds=row.ttl_seconds, status=status,
+            )
+        ]
+        if token_id is not None:
+            audit.append(
+                events.access_granted(
+                    request_id=row.id, principal=principal, resource=resource, role=role, token_id=token_id
+                )
+            )
         async with self.transaction("create access request") as session:
+            await self._lock_audit(session)
             session.add(row)
+            await self._append_audit(session, audit)
         return _info(row, expires_at)
 
     async def get_access_request(self, request_id: str) -> AccessRequestInfo | None:

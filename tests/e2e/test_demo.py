@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import jwt
 import psutil
 import psycopg
 import pytest
@@ -75,6 +76,12 @@ def test_demo_end_to_end(tmp_path):
         assert api.get("/v1/sessions").status_code == 401
         sessions = api.get("/v1/sessions", headers={"Authorization": f"Bearer {info['approver_token']}"})
         assert sessions.status_code == 200 and len(sessions.json()) >= 1
+        # The approver's bearer is an OIDC token from the demo's built-in issuer, group dba,
+        # and the issuer it names is served by the demo's API.
+        claims = jwt.decode(info["approver_token"], options={"verify_signature": False})
+        assert "dba" in claims["groups"]
+        assert claims["iss"].startswith(info["api_url"])
+        assert api.get(claims["iss"] + "/.well-known/openid-configuration").json()["issuer"] == claims["iss"]
         # The agent's gateway token is not the upstream password, and neither leaks.
         token = info["agent_dsn"].split(":")[2].split("@")[0]
         assert token not in sessions.text

@@ -7,22 +7,31 @@ connect time and in the middle of a session.
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
+import psycopg
 import pytest
 import structlog
 from pydantic import SecretStr
 
+from broker.api.app import create_app
+from broker.audit.export import render
 from broker.config import ResourceSettings, UpstreamSettings
 from broker.credentials.ledger import LeaseLedger
 from broker.credentials.reaper import reap
 from broker.credentials.settings import CredentialSettings
 from broker.demo.seed import RW_ROLE, DemoRoles
 from broker.demo.upstream import Upstream
+from broker.identity.devissuer import DevIssuer, DevUser
+from broker.identity.oidc import OIDCVerifier
+from broker.identity.settings import AccessRuleSettings, AccessSettings, OidcIssuerSettings, OidcSettings
 from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
 from tests.openbao_fixture import TEST_TTL, FlakyTcp, VaultFixture, role_exists
 
@@ -190,3 +199,97 @@ async def test_no_secret_reaches_the_client_logs_or_store(dyn_gateway: Gateway, 
         assert all(secret not in text for text in visible), "a secret reached the client"
         assert secret not in repr(logs), "a secret reached the logs"
         assert secret.encode() not in stored, "a secret reached the store"
+
+
+def test_access_request_and_vault_session_are_audited_without_secrets(
+    dyn_gateway: Gateway, upstream: Upstream
+) -> None:
+    """Login, exchange, request (granted, pending, refused) and the lease's life are in the
+    chain, the chain verifies, and the export holds no token, no upstream login or password."""
+    gw = dyn_gateway
+    dev = DevIssuer(
+        "http://jitgate.test/dev-issuer", users={"alice": DevUser(groups=("ai-agents",), email="alice@example.com")}
+    )
+    settings = gw.settings.model_copy(
+        update={
+            "oidc": OidcSettings(issuers=[OidcIssuerSettings(issuer=dev.issuer, audience="jitgate")]),
+            "access": AccessSettings(
+                gateway_address=f"127.0.0.1:{gw.port}",
+                rules=[
+                    AccessRuleSettings(groups=["ai-agents"], resources=["vault_demo"], roles=["readwrite"],
+                                       approval="auto", max_ttl="1h"),
+                    AccessRuleSettings(groups=["ai-agents"], resources=["vault_demo"], roles=["admin"],
+                                       approval="required", approvers=["dba"]),
+                ],
+            ),
+        }
+    )
+
+    async def api(path: str, body: dict[str, str], bearer: str | None = None) -> httpx.Response:
+        app = create_app(settings, gw.store, dev_issuer=dev)
+        asgi = httpx.ASGITransport(app)
+        app.state.oidc = OIDCVerifier(settings.oidc.issuers, http=httpx.AsyncClient(transport=asgi))
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+        async with httpx.AsyncClient(transport=asgi, base_url="http://jitgate.test") as client:
+            return await client.post(path, json=body, headers=headers)
+
+    req = {"resource": "vault_demo", "role": "readwrite", "reason": "audit e2e"}
+    granted = gw.call(api("/v1/access-requests", req, dev.mint("alice"))).json()
+    assert granted["status"] == "granted", granted
+    pending = gw.call(api("/v1/access-requests", {**req, "role": "admin"}, dev.mint("alice"))).json()
+    assert pending["status"] == "pending", pending
+    refused = gw.call(api("/v1/access-requests", {**req, "role": "superuser"}, dev.mint("alice")))
+    assert refused.status_code == 403
+    exchanged = gw.call(api("/v1/tokens/exchange", {**req, "subject_token": dev.mint("alice", kind="agent")}))
+    assert exchanged.status_code == 201, exchanged.text
+    bad = gw.call(api("/v1/tokens/exchange", {**req, "subject_token": "not-a-jwt"}))
+    assert bad.status_code == 401
+
+    token = granted["token"]
+    with psycopg.connect(gw.dsn("vault_demo", token=token), sslmode="disable", connect_timeout=10) as conn:
+        user = conn.execute("select current_user").fetchone()[0]  # type: ignore[index]
+        (password,) = _issued_passwords(gw)
+        time.sleep(TEST_TTL * 0.8)  # past the renewal point (2/3 of the TTL)
+    assert gw.call(_gone(upstream, user))
+    gw.flush()
+
+    async def export() -> str:
+        return "".join([chunk async for chunk in render(gw.store.iter_audit(), "jsonl")])
+
+    text = gw.call(export())
+    assert gw.call(gw.store.verify_audit()).ok
+    records = [json.loads(line) for line in text.splitlines()]
+    (start,) = [r for r in records if r["type"] == "session.start" and r["data"]["token_id"] == granted["token_id"]]
+    session_id = start["session_id"]
+    lease_actions = [r["type"] for r in records if r["type"].startswith("lease.") and r["session_id"] == session_id]
+    assert lease_actions[0] == "lease.issue" and "lease.renew" in lease_actions and lease_actions[-1] == "lease.revoke"
+    statuses = {
+        r["data"]["status"] for r in records
+        if r["type"] == "access.request" and r["actor"] == granted["principal"]
+        and r["data"]["resource"] == "vault_demo"
+    }
+    assert {"granted", "pending", "denied"} <= statuses
+    assert any(r["type"] == "access.grant" and r["data"]["token_id"] == granted["token_id"] for r in records)
+    assert any(r["type"] == "auth.login" and r["actor"] == granted["principal"] for r in records)
+    exchanges = [r["data"]["ok"] for r in records if r["type"] == "auth.token_exchange"]
+    assert True in exchanges and False in exchanges
+    for secret in (token, user, password):
+        assert secret not in text, "a secret reached the audit export"
+
+
+async def test_grant_expiry_mid_session_revokes_the_dynamic_role(dyn_gateway: Gateway, upstream: Upstream) -> None:
+    token = await asyncio.wrap_future(
+        asyncio.run_coroutine_threadsafe(
+            dyn_gateway.store.issue_token("agent:test", ["ai-agents"], "vault_demo", "readwrite", timedelta(seconds=2)),
+            dyn_gateway.loop,
+        )
+    )
+    conn = await asyncpg.connect(dyn_gateway.dsn("vault_demo", token=token.token))
+    try:
+        user = await conn.fetchval("select current_user")
+        # The client keeps its connection open; the gateway ends it and revokes the lease.
+        assert await _gone(upstream, user, within=6), "the Vault role outlived the grant"
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await conn.fetchval("select 1")
+    finally:
+        await conn.close()
