@@ -30,6 +30,8 @@ test: $(STAMP) lint typecheck
 bench: $(STAMP)
 	@command -v pgbouncer >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -qq pgbouncer >/dev/null) || echo "pgbouncer not installed: it will be left out"
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/session_setup.py
+	$(BIN)/python bench/audit_export.py
 
 clean:
 	rm -rf $(VENV) .jitgate .pytest_cache .mypy_cache .ruff_cache

@@ -217,6 +217,9 @@ class ResourceSettings(_Section):
         default_factory=dict, description="Passed as is to broker.masking's MaskingConfig"
     )
     record_results: bool = Field(default=False, description="Also record result rows for replay")
+    # Caps per statement, so a SELECT over a big table cannot flood the store.
+    record_results_max_rows: int = Field(default=100, ge=0, description="Rows kept per statement")
+    record_results_max_bytes: int = Field(default=64 * 1024, ge=0, description="Value bytes kept per statement")
     credentials: CredentialSettings = Field(default_factory=lambda: CredentialSettings())
 
     @model_validator(mode="after")
@@ -228,8 +231,30 @@ class ResourceSettings(_Section):
         return self
 
 
+class WebhookSink(_Section):
+    """POST batches of audit records, as a JSON array, to a SIEM's HTTP collector."""
+
+    kind: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://", description="Collector URL (http or https)")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="e.g. Authorization; kept secret")
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    timeout: float = Field(default=5.0, gt=0, description="Seconds per request")
+
+
+class SyslogSink(_Section):
+    """One RFC 5424 datagram per audit record over UDP."""
+
+    kind: Literal["syslog"]
+    address: str = Field(default="127.0.0.1:514", description="host:port of the syslog receiver")
+    facility: Literal[
+        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
+        "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+    ] = "authpriv"
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+
+
 class AuditSettings(_Section):
-    """Retention of the audit log (`jitgate audit prune`) and its signed checkpoints."""
+    """Retention of the audit log (`jitgate audit prune`), its signed checkpoints, and a SIEM sink."""
 
     retention_days: int | None = Field(
         default=None, ge=1, description="Archive and prune records older than this; null keeps everything"
@@ -241,6 +266,9 @@ class AuditSettings(_Section):
     verify_key_files: list[Path] = Field(
         default_factory=list,
         description="Ed25519 public keys (PEM) that checkpoints may be signed with; default: the signing key's",
+    )
+    sink: Annotated[WebhookSink | SyslogSink, Field(discriminator="kind")] | None = Field(
+        default=None, description="Also forward every appended audit record to a SIEM (the store stays the truth)"
     )
 
 

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from broker.policy import Verdict
 from broker.store import Grant
+from proxy.results import ResultLimits
 from proxy.upstream import UpstreamCredential, UpstreamTarget
 
 
@@ -99,3 +100,4 @@ class Resource:
     target: UpstreamTarget
     policy: Callable[[str, Sequence[str]], Verdict]  # (sql, groups) -> verdict
     masker: object | None
+    record_results: ResultLimits | None = None  # None: result rows are not recorded

@@ -59,6 +59,7 @@ from proxy.records import (
     column_info,
     refusal_message,
 )
+from proxy.results import RecordingPlan, ResultCapture, ResultLimits
 from proxy.side_queries import SideQueries
 
 _U32 = struct.Struct("!I")
@@ -77,8 +78,11 @@ class SessionMachine(SideQueries):
         upstream_user: str,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        record_results: ResultLimits | None = None,
     ) -> None:
         self._classify = classify
+        # Result recording wraps the row plan (proxy.results), so off costs nothing per row.
+        self._record = record_results
         self._masker = masker
         self._on_statement = on_statement
         self._client_user = client_user
@@ -350,7 +354,7 @@ class SessionMachine(SideQueries):
             entry.sql = portal.statement.sql
             entry.verdict = portal.statement.verdict
             entry.copy_info = portal.statement.verdict.copy
-        if self._masker is not None and portal is not None and portal.description is None:
+        if (self._masker is not None or self._record is not None) and portal is not None and portal.description is None:
             # The client never described this portal: ask the upstream ourselves, so the
             # masker knows the columns before the first DataRow arrives.
             describe = Entry(DESCRIBE_P, swallow=True, portal=portal)
@@ -358,7 +362,7 @@ class SessionMachine(SideQueries):
             self._inflight.append(entry)
             return [m.describe_message("P", name), raw]
         if portal is not None and portal.description is not None:
-            entry.plan = self._plan(portal.description, portal.formats)
+            entry.plan = self._row_plan(entry, portal.description, portal.formats)
         self._inflight.append(entry)
         return None
 
@@ -454,7 +458,7 @@ class SessionMachine(SideQueries):
         if kind == 0x54:  # RowDescription
             body = bytes(buf[pos + 5 : end])
             if head.kind == QUERY:
-                head.plan = self._plan(body, ())
+                head.plan = self._row_plan(head, body, ())
                 return None
             if head.kind == DESCRIBE_S:
                 inflight.popleft()
@@ -524,7 +528,7 @@ class SessionMachine(SideQueries):
     def _set_execute_plan(self, portal: Portal) -> None:
         for entry in self._inflight:
             if entry.kind == EXECUTE and entry.portal is portal:
-                entry.plan = self._plan(portal.description or b"\0\0", portal.formats)
+                entry.plan = self._row_plan(entry, portal.description or b"\0\0", portal.formats)
                 return
 
     def _plan(self, description: bytes, formats: tuple[int, ...]) -> Any:
@@ -545,6 +549,15 @@ class SessionMachine(SideQueries):
             self._plans[key] = plan
             return plan
 
+    def _row_plan(self, entry: Entry, description: bytes, formats: tuple[int, ...]) -> Any:
+        """The plan for this entry's rows: the masking plan, wrapped to record when configured."""
+        plan = self._plan(description, formats)
+        if self._record is None:
+            return plan
+        if entry.capture is None:
+            entry.capture = ResultCapture(self._record)
+        return RecordingPlan(plan, entry.capture, m.parse_row_description(description), formats)
+
     def _complete(self, entry: Entry) -> None:
         if entry.swallow or entry.verdict is None:
             return
@@ -553,7 +566,14 @@ class SessionMachine(SideQueries):
         now = self._clock()
         self._on_statement(
             StatementEvent(
-                entry.sql, entry.verdict, entry.started, now - entry.started, entry.rows, entry.masked, entry.error
+                entry.sql,
+                entry.verdict,
+                entry.started,
+                now - entry.started,
+                entry.rows,
+                entry.masked,
+                entry.error,
+                entry.capture.as_list() if entry.capture is not None else None,
             )
         )
 

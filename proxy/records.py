@@ -80,6 +80,7 @@ class Entry:
     rows: int = 0
     masked: int = 0
     error: str | None = None
+    capture: Any = None  # proxy.results.ResultCapture when the resource records results
 
 
 @dataclass(slots=True)
@@ -93,6 +94,9 @@ class StatementEvent:
     rows: int | None
     masked: int
     error_sqlstate: str | None
+    # Result sets as the client saw them (after masking), when the resource records results:
+    # [{"columns": [...], "rows": [[str | None, ...]], "truncated": bool}]
+    results: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from broker.store import Grant, SessionStats, StatementRecord, Store
 from proxy.exceptions import ClientAuthFailed, UpstreamUnavailable
 from proxy.hooks import DenyAllReviews, Resource, ReviewHook
 from proxy.records import StatementEvent, Stats
+from proxy.results import ResultLimits
 from proxy.server import tls_context
 from proxy.session import ProxyContext
 from proxy.upstream import UpstreamCredential, UpstreamTarget
@@ -125,6 +126,7 @@ class RecorderSink:
                 rows=event.rows,
                 masked_values=event.masked,
                 error_sqlstate=event.error_sqlstate,
+                results=event.results,
             )
         )
 
@@ -156,7 +158,12 @@ def build_resource(name: str, settings: ResourceSettings) -> Resource:
         masking = MaskingConfig.model_validate(settings.masking or {})
         if masking.enabled:
             masker = Masker(masking)
-    return Resource(name=name, target=target, policy=engine.bind(name), masker=masker)
+    limits = None
+    if settings.record_results:
+        limits = ResultLimits(
+            max_rows=settings.record_results_max_rows, max_bytes=settings.record_results_max_bytes
+        )
+    return Resource(name=name, target=target, policy=engine.bind(name), masker=masker, record_results=limits)
 
 
 def build_context(
@@ -180,6 +187,7 @@ def build_context(
         tls=tls,
         require_tls_for_non_loopback=proxy.require_tls_for_non_loopback,
         max_message_bytes=proxy.max_message_bytes,
+        revoked_tokens=store.revoked_token_ids,
     )
 
 

@@ -78,6 +78,7 @@ def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
 
 async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.Event | None = None) -> None:
     """Open the store, start the proxy and serve until SIGINT/SIGTERM."""
+    from broker.audit.forward import attach_forwarder
     from broker.credentials.manager import build_manager
     from broker.credentials.reaper import Reaper
     from broker.recorder import Recorder
@@ -88,6 +89,8 @@ async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.
     store = await Store.open(settings.store_url.get_secret_value())
     recorder = Recorder(store)
     recorder.start()
+    # A SIEM sink, when configured, gets every record this process appends after it commits.
+    forwarder = attach_forwarder(store, settings.audit.sink)
     credentials = build_manager(settings, store)
     # Revokes leases a crashed proxy (or a failed revocation) left behind; every proxy
     # process runs one, and revoking twice is harmless.
@@ -120,4 +123,6 @@ async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.
         await reaper.aclose()
         await credentials.aclose()
         await recorder.aclose()
+        if forwarder is not None:
+            await forwarder.aclose()
         await store.close()

@@ -6,8 +6,9 @@
 
 `replay` prints what happened in the session in order: each statement at its offset from
 the session start, with the decision (and rule), rows returned, values masked, duration and
-any SQLSTATE the client got. `--json` prints the same as one object per line (a `session`
-line, then one `statement` line each, then `end`), for machines.
+any SQLSTATE the client got, and, for resources with `record_results`, the rows the client
+received (after masking, capped per statement). `--json` prints the same as one object per
+line (a `session` line, then one `statement` line each, then `end`), for machines.
 """
 
 from __future__ import annotations
@@ -121,6 +122,17 @@ def show(
     _header(Console(), detail.session)
 
 
+def _print_results(console: Console, rs: dict[str, Any]) -> None:
+    """One recorded result set, as the client saw it (masked values stay masked)."""
+    table = Table(*(str(c) for c in rs.get("columns", ())), show_lines=False, padding=(0, 1))
+    for row in rs.get("rows", ()):
+        # Text() so that a value like "[red]" is printed as recorded, not read as markup.
+        table.add_row(*(Text("NULL", style="dim") if v is None else Text(str(v)) for v in row))
+    console.print(table)
+    if rs.get("truncated"):
+        console.print(Text("    (result truncated: recording cap reached)", style="dim"))
+
+
 @sessions_app.command("replay")
 def replay(
     session_id: Annotated[str, typer.Argument(help="Session id")],
@@ -162,6 +174,8 @@ def replay(
             line.append("  " + ", ".join(facts))
         console.print(line, soft_wrap=True)
         console.print(Text("    " + st.sql, style="cyan"), soft_wrap=True)
+        for rs in st.results or ():
+            _print_results(console, rs)
     if s.ended_at is not None:
         offset = (s.ended_at - s.started_at).total_seconds() * 1000
         console.print(f"+{offset:,.1f} ms  session ended: {s.end_reason}", soft_wrap=True)

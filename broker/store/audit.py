@@ -97,6 +97,8 @@ class AuditRepository(StoreBase):
             ],
         )
         state.head_seq, state.head_hash = prev_seq, prev_hash
+        if self.audit_listeners:
+            session.info.setdefault("audit_appended", []).extend(records)
         return records
 
     async def append_audit(self, *events: AuditEvent) -> list[AuditRecord]:

@@ -3,10 +3,11 @@ one place where driver errors become `StoreError`s."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
@@ -65,6 +66,9 @@ class StoreBase:
         self.engine = engine
         self.clock = clock
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Called with the audit records a transaction appended, once it has committed (the
+        # SIEM forwarder, broker.audit.forward); must not block or raise.
+        self.audit_listeners: list[Callable[[Sequence[Any]], None]] = []
 
     @property
     def dialect(self) -> str:
@@ -73,8 +77,14 @@ class StoreBase:
     @asynccontextmanager
     async def transaction(self, action: str) -> AsyncIterator[AsyncSession]:
         """One ORM session in one transaction: committed on success, rolled back on error."""
-        async with translate_errors(action), self._sessions() as session, session.begin():
-            yield session
+        async with translate_errors(action), self._sessions() as session:
+            async with session.begin():
+                yield session
+            # Only after the commit: a rolled-back append must never reach a listener.
+            appended = session.info.pop("audit_appended", None)
+        if appended:
+            for listener in self.audit_listeners:
+                listener(appended)
 
     async def ping(self) -> None:
         """Raise `StoreError` unless the store answers a trivial query."""

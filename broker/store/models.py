@@ -150,6 +150,8 @@ class Statement(Base):
     rows: Mapped[int | None] = mapped_column(BigInteger)
     masked_values: Mapped[int] = mapped_column(Integer, default=0)
     error_sqlstate: Mapped[str | None] = mapped_column(String(5))
+    # Recorded result rows (JSON), only for resources with record_results (0005_results).
+    results: Mapped[Any | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
     session: Mapped[Session] = relationship(back_populates="statement_rows")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ class StatementRecord:
     rows: int | None = None
     masked_values: int = 0
     error_sqlstate: str | None = None
+    # Result sets as the client saw them, when the resource records results (see proxy.results).
+    results: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class StatementInfo:
     rows: int | None
     masked_values: int
     error_sqlstate: str | None
+    results: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,6 +250,7 @@ def _statement_values(r: StatementRecord) -> dict[str, Any]:
         "rows": r.rows,
         "masked_values": r.masked_values,
         "error_sqlstate": r.error_sqlstate,
+        "results": r.results,
     }
 
 
@@ -287,4 +288,5 @@ def _statement_info(s: Statement) -> StatementInfo:
         rows=s.rows,
         masked_values=s.masked_values,
         error_sqlstate=s.error_sqlstate,
+        results=s.results,
     )

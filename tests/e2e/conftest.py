@@ -134,6 +134,9 @@ def start_gateway(
 def stop_gateway(gw: Gateway) -> None:
     async def shutdown() -> None:
         await gw.server.close()
+        manager = getattr(gw.server.ctx.credentials, "manager", None)
+        if manager is not None:  # Vault renewal tasks end with the gateway
+            await manager.aclose()
         await gw.recorder.aclose()
         await gw.store.close()
 

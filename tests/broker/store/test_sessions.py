@@ -138,6 +138,15 @@ async def test_statement_text_is_stored_verbatim(store: Store) -> None:
     assert detail is not None and detail.statements[0].sql == nasty
 
 
+async def test_recorded_results_round_trip_and_default_to_none(store: Store) -> None:
+    sid = await store.start_session(grant())
+    results = [{"columns": ["id", "email"], "rows": [["1", "j***@example.com"], ["2", None]], "truncated": True}]
+    await store.record_statements([rec(sid, 1, results=results), rec(sid, 2)])
+    detail = await store.get_session(sid)
+    assert detail is not None
+    assert [st.results for st in detail.statements] == [results, None]
+
+
 async def test_end_session_only_once(store: Store, clock: FakeClock) -> None:
     sid = await store.start_session(grant())
     await store.record_statements([rec(sid, 1), rec(sid, 2)])
