@@ -163,8 +163,15 @@ def _run_all(targets: list[Target], upstream: Endpoint, pgbench: str, args: argp
                         done += 1
                         console.print(f"[dim][{done}/{total}] {name} -M {mode} -c {n} "
                                       f"({args.seconds}s)")
-                        results.append(_pgbench(pgbench, name, endpoint, mode, n,
-                                                CLIENTS.get(n, 2), args.seconds, workdir))
+                        try:
+                            results.append(_pgbench(pgbench, name, endpoint, mode, n,
+                                                    CLIENTS.get(n, 2), args.seconds, workdir))
+                        except SystemExit as exc:
+                            # One failed cell (e.g. the gateway failing closed under load)
+                            # is a result to show, not a reason to lose the whole table.
+                            console.print(f"[red]{name} -M {mode} -c {n} failed:[/] "
+                                          f"{str(exc).splitlines()[-1][:300]}")
+                            results.append(Result(name, mode, n, 0.0, 0.0, None, None, 0, 1))
     return results, skipped
 
 
