@@ -133,7 +133,18 @@ def column_info(fields: list[m.FieldDescription], formats: tuple[int, ...]) -> l
     return out
 
 
+#: Refusals that are not a policy decision but the gateway failing closed: they carry the
+#: SQLSTATE of an unavailable server, so clients and operators retry instead of escalating.
+UNAVAILABLE_RULES: dict[str, str] = {
+    "gateway/recorder-unavailable": "the gateway is catching up on its session records; retry shortly",
+}
+
+
 def refusal_message(verdict: Verdict, *, denied_reason: str | None = None) -> bytes:
+    retry_hint = UNAVAILABLE_RULES.get(verdict.rule)
+    if retry_hint is not None:
+        text = f"jitgate: statement not run ({verdict.rule}): {verdict.reason}"
+        return m.error_response("57P03", text, detail=f"rule: {verdict.rule}", hint=retry_hint)
     if verdict.decision is Decision.REVIEW:
         text = f"jitgate: statement requires approval ({verdict.rule}): {verdict.reason}"
         if denied_reason:

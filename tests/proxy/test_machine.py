@@ -289,3 +289,17 @@ def test_prepare_and_execute_in_one_string():
     q = m.query_message("prepare p as select 1; execute p")
     mach.feed_client(q)
     assert b"".join(mach.out_upstream) == q
+
+
+def test_failing_closed_for_the_recorder_is_57P03_not_a_policy_block():
+    from proxy.session import UNRECORDABLE
+
+    mach = SessionMachine(
+        classify=lambda sql: UNRECORDABLE, masker=None, on_statement=lambda e: None, client_user="a", upstream_user="u"
+    )
+    mach.feed_client(m.query_message("select 1"))
+    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]  # never sent unrecorded
+    mach.feed_server(m.error_response("42601", "syntax") + m.ready_for_query(b"I"))
+    err = m.parse_fields(sent(mach, "out_client")[0][1])
+    assert m.field(err, "C") == "57P03"
+    assert "retry" in m.field(err, "H")
