@@ -13,7 +13,12 @@ being unreachable (`StoreIntegrityError` for an unknown session, say) is retried
 record and only the offending records are dropped, logged and counted: one bad record must
 not stall recording for every session.
 
-Backpressure, and failing closed: `healthy` turns false when `pending` reaches
+Backpressure, first by slowing clients down: `backlogged` turns true when `pending` reaches
+`soft_limit` (half of `high_water` by default) and false again once the writer has brought it
+under half of that; meanwhile the proxy stops reading from its clients (`caught_up()` says
+when to resume), so statements are delayed rather than refused while the writer catches up.
+
+Then failing closed: `healthy` turns false when `pending` reaches
 `high_water`, or when the store has been failing for `unhealthy_after` seconds. The proxy
 checks `healthy` before forwarding a statement and refuses it (SQLSTATE 57P03) while false:
 what cannot be recorded is not run. Records keep being accepted past `high_water` (the
@@ -23,17 +28,34 @@ reaches, are new records dropped and counted (`jitgate_recorder_dropped_total{ca
 
 `aclose()` writes everything still buffered, waiting up to `close_timeout` seconds while the
 store is failing; what is still unwritten then is logged as lost.
+
+Where the writing runs: for a store on a file or a server (not an in-memory SQLite), batches
+are written by a child process (`ProcessWriter`) with its own connection to the same store,
+so that serialising, hashing the audit chain and the database work use another core instead
+of the relay's event loop (under the GIL, a writer thread in the proxy's process stalls the
+relay, and the relay stalls it). The buffer, `pending`, `healthy` and the retry logic stay
+here, so backpressure and failing closed are unchanged: a batch counts as written only when
+the child has committed it, and a child that dies is a transient store failure (the batch is
+retried in a new child). Session start and end stay in this process. `writer_process=False`
+(or JITGATE_RECORDER_PROCESS=0 in the environment) writes from this process instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import multiprocessing
+import operator
+import os
+import signal
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from prometheus_client import Counter
@@ -42,6 +64,9 @@ from broker import metrics
 from broker.exceptions import RecorderClosed, StoreError, StoreUnavailable
 from broker.store.base import enum_value
 from broker.store.records import Grant, SessionStats, StatementRecord
+
+if TYPE_CHECKING:
+    from broker.store import Store
 
 log = structlog.get_logger("jitgate.recorder")
 
@@ -68,6 +93,143 @@ class RecordingStore(Protocol):
     ) -> bool: ...
 
 
+class ProcessWriter:
+    """`record_statements` of a `Store`, run in a child process on the same store URL.
+
+    The child opens its own `Store` (no migration: this process did it) and writes each batch
+    with `Store.record_statements`, so idempotence, the audit chain (appends serialised by the
+    store's lock, across processes) and the errors are the store's own; they come back here as
+    raised. The audit records the child appended are sent back only when this store has
+    `audit_listeners` (the SIEM forwarder), which are then called here as after any commit.
+    Session start and end go to this process's store directly.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._url = store.engine.url.render_as_string(hide_password=False)
+        self._pool: ProcessPoolExecutor | None = None
+        self._ready: Future[None] | None = None
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def start(self, wait: float = 0.0) -> bool:
+        """Start the child (it imports and connects in the background) unless it runs; with
+        `wait`, block up to that many seconds until it is ready. True once it is ready."""
+        if self._pool is None:
+            # spawn: forking a process that runs an event loop and threads is not safe.
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_open, initargs=(self._url,)
+            )
+            self._ready = self._pool.submit(_child_ping)
+        assert self._ready is not None
+        if wait > 0:
+            with suppress(Exception):
+                self._ready.result(timeout=wait)
+        return self._ready.done() and self._ready.exception() is None
+
+    def stop_now(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def record_statements(self, records: Sequence[StatementRecord]) -> None:
+        self.start()
+        assert self._pool is not None and self._ready is not None
+        if not self._ready.done():
+            # A new child (after one died) is starting; meanwhile write from here.
+            await self._store.record_statements(records)
+            return
+        keep = bool(self._store.audit_listeners)
+        try:
+            # As plain tuples: pickling dataclass instances costs three times as much, and it
+            # happens in this process, under the GIL the relay needs.
+            rows = [_RECORD_FIELDS(r) for r in records]
+            appended = await asyncio.wrap_future(self._pool.submit(_child_record, rows, keep))
+        except BrokenProcessPool as exc:
+            # The child died (killed, out of memory, failed to connect): a transient failure;
+            # the recorder retries the batch, in a new child.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            raise StoreUnavailable("the recorder's writer process exited") from exc
+        if appended:
+            for listener in self._store.audit_listeners:
+                listener(appended)
+
+    async def start_session(
+        self,
+        grant: Grant,
+        *,
+        client_addr: str | None = None,
+        application_name: str | None = None,
+        intent: str | None = None,
+    ) -> str:
+        return await self._store.start_session(
+            grant, client_addr=client_addr, application_name=application_name, intent=intent
+        )
+
+    async def end_session(self, session_id: str, *, reason: str, stats: SessionStats | None = None) -> bool:
+        return await self._store.end_session(session_id, reason=reason, stats=stats)
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+
+# -- the writer process's side ----------------------------------------------------------------
+
+_child: dict[str, Any] = {}
+
+
+def _child_open(url: str) -> None:
+    # Ctrl-C (or a service manager's SIGTERM) reaches the whole process group; the parent
+    # decides when writing stops, after its last batch. If the parent dies, the child's end
+    # of the pipe closes and it exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from broker.store import Store
+
+    loop = asyncio.new_event_loop()
+    _child["loop"] = loop
+    _child["store"] = loop.run_until_complete(Store.open(url, migrate=False))
+
+
+def _child_ping() -> None:
+    return None
+
+
+def _child_record(rows: list[tuple[Any, ...]], keep: bool) -> list[Any]:
+    loop: asyncio.AbstractEventLoop = _child["loop"]
+    store: Store = _child["store"]
+    appended: list[Any] = []
+    store.audit_listeners[:] = [appended.extend] if keep else []
+    loop.run_until_complete(store.record_statements([StatementRecord(*row) for row in rows]))
+    return appended
+
+
+# Every field of a StatementRecord, in declaration order (what its constructor takes).
+_RECORD_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(StatementRecord)))
+
+
+def _use_process(store: object) -> bool:
+    """A child process can reach the same store: a `Store` on a file or a server, with the
+    real clock (a test's fake clock would not follow it into the child)."""
+    from broker.store import Store
+    from broker.store.base import utcnow
+
+    if not isinstance(store, Store) or store.clock is not utcnow:
+        return False
+    if os.environ.get("JITGATE_RECORDER_PROCESS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        return database not in ("", ":memory:") and url.query.get("mode") != "memory"
+    return True
+
+
 class Recorder:
     def __init__(
         self,
@@ -80,9 +242,25 @@ class Recorder:
         unhealthy_after: float = 5.0,
         max_backoff: float = 5.0,
         close_timeout: float = 10.0,
+        writer_process: bool | None = None,
+        writer_start_timeout: float = 30.0,
+        soft_limit: int | None = None,
     ) -> None:
+        """`writer_process`: write batches from a child process (see the module docstring);
+        None decides by the store (yes for a `Store` on a file or a server)."""
         if not 0 < batch_size <= high_water <= hard_limit:
             raise ValueError("need 0 < batch_size <= high_water <= hard_limit")
+        self.soft_limit = soft_limit if soft_limit is not None else max(1, high_water // 2)
+        if not 0 < self.soft_limit <= high_water:
+            raise ValueError("need 0 < soft_limit <= high_water")
+        self._resume_below = max(1, self.soft_limit // 2)
+        if writer_process is None:
+            writer_process = _use_process(store)
+        self.writer_start_timeout = writer_start_timeout
+        self._writer: ProcessWriter | None = None
+        if writer_process:
+            self._writer = ProcessWriter(store)  # type: ignore[arg-type]
+            store = self._writer
         self._store = store
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -100,6 +278,8 @@ class Recorder:
         self._nonempty = asyncio.Event()
         self._urgent = asyncio.Event()
         self._progress = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._statement_counters: dict[str, Counter] = {}
@@ -123,8 +303,12 @@ class Recorder:
         self._buffer.append(record)
         self._accepted += 1
         self._nonempty.set()
-        if len(self._buffer) >= self.batch_size:
+        pending = len(self._buffer)
+        if pending >= self.batch_size:
             self._urgent.set()
+            if pending >= self.soft_limit and self._caught_up.is_set():
+                self._caught_up.clear()
+                log.warning("recorder behind: slowing clients down", pending=pending)
 
     def _count(self, record: StatementRecord) -> None:
         decision = enum_value(record.decision)
@@ -154,6 +338,19 @@ class Recorder:
         return len(self._buffer) >= self.high_water
 
     @property
+    def backlogged(self) -> bool:
+        """True from `soft_limit` pending records until the writer has halved that: clients
+        should be read from no further until `caught_up()` returns."""
+        return not self._caught_up.is_set()
+
+    async def caught_up(self) -> None:
+        """Return once the backlog is under half of `soft_limit` again, or once the recorder
+        is unhealthy (then the held statements are refused, 57P03, rather than kept waiting)."""
+        while not self._caught_up.is_set() and self.healthy:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._caught_up.wait(), 0.25)
+
+    @property
     def healthy(self) -> bool:
         """False while statements should be refused: backlog too deep or the store failing."""
         if self._task is None or self._task.done() or self._closing or self.overloaded:
@@ -167,6 +364,14 @@ class Recorder:
         """Start the writer task (call from the event loop that will record)."""
         if self._task is not None:
             raise RuntimeError("recorder already started")
+        if self._writer is not None and not self._writer.start(wait=self.writer_start_timeout):
+            # Blocks (before the proxy serves) while the child starts, about a second: until
+            # it is ready, batches would be written from here, which under full load falls
+            # behind. A child that cannot start leaves recording in this process.
+            log.warning("recorder writer process did not start; writing from the proxy process")
+            self._writer.stop_now()
+            self._store = self._writer.store
+            self._writer = None
         self._task = asyncio.get_running_loop().create_task(self._run(), name="jitgate-recorder")
 
     async def flush(self) -> None:
@@ -205,6 +410,9 @@ class Recorder:
             self._buffer.clear()
         metrics.RECORDER_PENDING.set(0)
         self._progress.set()
+        self._caught_up.set()  # nobody waits for a closed recorder: statements get RecorderClosed
+        if self._writer is not None:
+            await self._writer.aclose()
 
     # -- sessions (rare: awaited directly) --------------------------------------------------
 
@@ -288,6 +496,8 @@ class Recorder:
                 continue
             for _ in range(n):
                 self._buffer.popleft()
+            if len(self._buffer) < self._resume_below:
+                self._caught_up.set()
             self._settled += n
             self._failing_since = None
             backoff = 0.05

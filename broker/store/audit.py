@@ -14,9 +14,10 @@ verification and exports run in constant memory and never hold a long read trans
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ from broker.audit.chain import (
     ChainVerifier,
     CheckpointCheck,
     VerifyReport,
-    seal,
+    canonical_json,
+    content_canonical,
+    format_ts,
+    hash_canonical,
 )
 from broker.audit.events import AuditEvent, audit_pruned
 from broker.audit.signing import checkpoint_event
@@ -45,6 +49,112 @@ _STATE_ID = 1
 DEFAULT_CHUNK = 1000
 # Core, not ORM, for the rows: several times cheaper for bulk inserts and chunked reads.
 _EVENTS: Table = AuditEventRow.__table__  # type: ignore[assignment]
+_AUDIT_COLUMNS = ("seq", "id", "ts", "type", "actor", "session_id", "data", "prev_hash", "hash")
+_STATE = AuditState.__tablename__
+SQLITE_AUDIT_INSERT = (
+    f"INSERT INTO {_EVENTS.name} ({', '.join(_AUDIT_COLUMNS)}) VALUES ({', '.join('?' * len(_AUDIT_COLUMNS))})"
+)
+
+
+def _sqlite_datetime(ts: datetime) -> str:
+    """A timestamp as SQLAlchemy stores `UTCDateTime` in SQLite: naive UTC, microseconds always."""
+    if ts.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+# (type, actor, session_id, data, canonical_json(data)): an event ready to be chained.
+AuditEntry = tuple[str, "str | None", "str | None", dict[str, Any], str]
+
+
+_VARIANT = "89ab89ab89ab89ab"  # RFC 4122 variant: the top two bits of the 17th hex digit are 10
+
+
+def _uuid4_text(hex32: str) -> str:
+    """`str(uuid.UUID(hex=hex32, version=4))` at a third of the cost (per audit record)."""
+    return (
+        f"{hex32[:8]}-{hex32[8:12]}-4{hex32[13:16]}-{_VARIANT[int(hex32[16], 16)]}{hex32[17:20]}-{hex32[20:]}"
+    )
+
+
+def chain_rows(
+    prev_seq: int, prev_hash: str, entries: Sequence[AuditEntry], now: datetime, *, sqlite: bool, keep: bool
+) -> tuple[list[tuple[Any, ...]], list[AuditRecord]]:
+    """Seal `entries` onto the head `(prev_seq, prev_hash)`: the rows to insert, in
+    `_AUDIT_COLUMNS` order (SQLite form when `sqlite`), and, with `keep`, the records.
+
+    Per record this costs one SHA-256 over `content_canonical` (which is
+    `canonical(record.content())` byte for byte, so `seal` and the verifier agree), with
+    `data` serialised once by the caller; the timestamp is formatted once per batch and the
+    record ids come from one `os.urandom` call.
+    """
+    ts_text = format_ts(now)
+    randomness = os.urandom(16 * len(entries)).hex()
+    ts_db: Any = _sqlite_datetime(now) if sqlite else now
+    rows: list[tuple[Any, ...]] = []
+    records: list[AuditRecord] = []
+    for i, (type_, actor, session_id, data, data_json) in enumerate(entries):
+        seq = prev_seq + 1
+        id_ = _uuid4_text(randomness[32 * i : 32 * i + 32])
+        digest = hash_canonical(
+            prev_hash,
+            content_canonical(
+                seq=seq, id=id_, ts_text=ts_text, type=type_, actor=actor, session_id=session_id, data_json=data_json
+            ),
+        )
+        rows.append((seq, id_, ts_db, type_, actor, session_id, data_json if sqlite else data, prev_hash, digest))
+        if keep:
+            records.append(AuditRecord(seq, id_, now, type_, actor, session_id, data, prev_hash, digest))
+        prev_seq, prev_hash = seq, digest
+    return rows, records
+
+
+def sqlite_insert_rows(db: sqlite3.Connection, insert_sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert `rows` with as few statements as SQLite's bound-variable limit allows.
+
+    `insert_sql` is "INSERT ... VALUES (?, ..., ?)" with an optional tail after the VALUES
+    group (an ON CONFLICT clause). One multi-row INSERT rather than an executemany: the
+    sqlite3 module releases and retakes the GIL around every step, once per row in an
+    executemany, and under a busy relay loop each retake can wait a whole switch interval.
+    """
+    if not rows:
+        return
+    head, sep, tail = insert_sql.partition(" VALUES ")
+    group, close, tail = tail.partition(")")
+    group += close
+    width = len(rows[0])
+    try:
+        limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    except AttributeError:  # pragma: no cover - Python < 3.11
+        limit = 999
+    per = max(1, min(limit // width, 1000))
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        db.execute(
+            head + sep + ",".join([group] * len(chunk)) + tail,
+            [value for row in chunk for value in row],
+        )
+
+
+def sqlite_append_audit(
+    db: sqlite3.Connection, entries: Sequence[AuditEntry], now: datetime, *, keep: bool
+) -> list[AuditRecord]:
+    """`_append_audit_data` on a plain sqlite3 connection, inside the caller's transaction
+    (which holds SQLite's write lock: `BEGIN IMMEDIATE`). For work done in one call on the
+    database's own thread (see `SessionRepository.record_statements`)."""
+    head = db.execute(f"SELECT head_seq, head_hash FROM {_STATE} WHERE id = ?", (_STATE_ID,)).fetchone()
+    if head is None:
+        db.execute(
+            f"INSERT INTO {_STATE} (id, head_seq, head_hash, anchor_seq, anchor_hash) VALUES (?, 0, ?, 0, ?)",
+            (_STATE_ID, GENESIS_HASH, GENESIS_HASH),
+        )
+        head = (0, GENESIS_HASH)
+    rows, records = chain_rows(head[0], head[1], entries, now, sqlite=True, keep=keep)
+    sqlite_insert_rows(db, SQLITE_AUDIT_INSERT, rows)
+    db.execute(
+        f"UPDATE {_STATE} SET head_seq = ?, head_hash = ? WHERE id = ?", (rows[-1][0], rows[-1][-1], _STATE_ID)
+    )
+    return records
 
 
 class AuditRepository(StoreBase):
@@ -57,46 +167,30 @@ class AuditRepository(StoreBase):
         """Chain `events` onto the head within `session`'s transaction (lock already held)."""
         if not events:
             return []
+        return await self._append_audit_data(
+            session, [(e.type, e.actor, e.session_id, e.data, canonical_json(e.data)) for e in events]
+        )
+
+    async def _append_audit_data(self, session: AsyncSession, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """The append itself, for `(type, actor, session_id, data, canonical_json(data))` entries."""
+        if not entries:
+            return []
         state = await session.get(AuditState, _STATE_ID)
         if state is None:
             state = AuditState(
                 id=_STATE_ID, head_seq=0, head_hash=GENESIS_HASH, anchor_seq=0, anchor_hash=GENESIS_HASH
             )
             session.add(state)
-        prev_seq, prev_hash = state.head_seq, state.head_hash
-        records: list[AuditRecord] = []
-        now = self.clock()
-        for event in events:
-            record = seal(
-                seq=prev_seq + 1,
-                id=str(uuid.uuid4()),
-                ts=now,
-                type=event.type,
-                actor=event.actor,
-                session_id=event.session_id,
-                data=event.data,
-                prev_hash=prev_hash,
-            )
-            records.append(record)
-            prev_seq, prev_hash = record.seq, record.hash
-        await session.execute(
-            insert(_EVENTS),
-            [
-                {
-                    "seq": r.seq,
-                    "id": r.id,
-                    "ts": r.ts,
-                    "type": r.type,
-                    "actor": r.actor,
-                    "session_id": r.session_id,
-                    "data": r.data,
-                    "prev_hash": r.prev_hash,
-                    "hash": r.hash,
-                }
-                for r in records
-            ],
-        )
-        state.head_seq, state.head_hash = prev_seq, prev_hash
+        sqlite = self.dialect == "sqlite"
+        rows, records = chain_rows(state.head_seq, state.head_hash, entries, self.clock(), sqlite=sqlite, keep=True)
+        if sqlite:
+            # Straight to the driver: the values are already what SQLAlchemy would bind (naive
+            # UTC timestamp text, the JSON column as text), without its per-row processing.
+            conn = await session.connection()
+            await conn.exec_driver_sql(SQLITE_AUDIT_INSERT, rows)
+        else:
+            await session.execute(insert(_EVENTS), [dict(zip(_AUDIT_COLUMNS, row, strict=True)) for row in rows])
+        state.head_seq, state.head_hash = rows[-1][0], rows[-1][-1]
         if self.audit_listeners:
             session.info.setdefault("audit_appended", []).extend(records)
         return records

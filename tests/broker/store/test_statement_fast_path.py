@@ -1,0 +1,142 @@
+"""`record_statements` writes SQLite in one call on the connection's thread, with rows and
+audit records built directly: the result must be what the general (SQLAlchemy) path writes."""
+
+# Fixtures imported from store_backends are redefined as test arguments, as pytest intends.
+# ruff: noqa: F811
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from broker.store import Grant, StatementRecord, Store
+from broker.store import sessions as sessions_mod
+from broker.store.audit import _sqlite_datetime, sqlite_insert_rows
+from broker.store.models import Session as SessionRow
+from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
+
+GRANT = Grant(
+    token_id=None, principal="agent:fast", groups=("ai-agents",), resource="demo", role="readwrite",
+    expires_at=datetime(2031, 1, 1, tzinfo=UTC), reusable=True,
+)
+
+
+def records(sid: str, seqs: range) -> list[StatementRecord]:
+    out = []
+    for seq in seqs:
+        out.append(StatementRecord(
+            session_id=sid, seq=seq, sql=f"select 'é', {seq}", decision="block" if seq % 3 == 0 else "allow",
+            started_at=datetime(2030, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2))) + timedelta(microseconds=seq),
+            fingerprint=None if seq % 2 else f"fp{seq}", rule="r" if seq % 3 == 0 else None,
+            reason="blocked" if seq % 3 == 0 else None, shadow_decision="review" if seq % 5 == 0 else None,
+            duration_ms=None if seq % 3 == 0 else seq / 7, rows=None if seq % 3 == 0 else seq,
+            masked_values=seq % 4, error_sqlstate="42501" if seq % 3 == 0 else None,
+            results=[{"columns": ["a"], "rows": [[str(seq)]]}] if seq % 4 == 0 else None,
+        ))
+    return out
+
+
+def test_statement_data_is_the_generic_event_data() -> None:
+    for r in records("s1", range(1, 13)):
+        generic = sessions_mod._statement_event(r, "agent:x", "10.0.0.1:5")
+        assert sessions_mod.statement_data(r, "10.0.0.1:5") == generic.data
+        assert (generic.type, generic.actor, generic.session_id) == ("statement", "agent:x", "s1")
+
+
+async def _written(store: Store, sid: str) -> tuple[Any, list[tuple[Any, ...]]]:
+    detail = await store.get_session(sid)
+    audit = [
+        (r.type, r.actor, r.session_id, r.data)
+        async for r in store.iter_audit()
+        if r.type == "statement"
+    ]
+    return detail, audit
+
+
+async def test_fast_path_writes_what_the_general_path_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = []
+    for name, fast in (("fast", True), ("general", False)):
+        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/{name}.db")
+        try:
+            if not fast:
+                async def no_fast_path(self: Store, batch: object) -> None:
+                    return None
+                monkeypatch.setattr(sessions_mod.SessionRepository, "_record_statements_sqlite", no_fast_path)
+            sid = await store.start_session(GRANT, client_addr="127.0.0.1:1")
+            batch = records(sid, range(1, 41))
+            await store.record_statements(batch[:25])
+            await store.record_statements(batch[20:])  # overlaps: 20..25 are skipped
+            detail, audit = await _written(store, sid)
+            assert [s.seq for s in detail.statements] == list(range(1, 41))
+            assert len(audit) == 40
+            assert (await store.verify_audit()).ok
+            results.append((detail.statements, [a[:2] + a[3:] for a in audit]))
+        finally:
+            monkeypatch.undo()
+            await store.close()
+    assert results[0] == results[1]
+
+
+async def test_timestamps_are_stored_in_sqlalchemys_sqlite_form(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/ts.db")
+    try:
+        sid = await store.start_session(GRANT)
+        r = records(sid, range(1, 2))[0]
+        await store.record_statements([r])
+        async with store.engine.connect() as conn:
+            raw = (await conn.execute(text("SELECT started_at FROM statements"))).scalar_one()
+            session_raw = (await conn.execute(text("SELECT started_at FROM sessions"))).scalar_one()
+            session_value = (await conn.execute(select(SessionRow.started_at))).scalar_one()
+        assert raw == _sqlite_datetime(r.started_at) == "2030-01-01 10:00:00.000001"
+        # The same text form SQLAlchemy wrote for the session row.
+        assert session_raw == _sqlite_datetime(session_value)
+    finally:
+        await store.close()
+
+
+async def test_a_retried_batch_adds_no_audit_record(store: Store) -> None:
+    sid = await store.start_session(GRANT)
+    batch = records(sid, range(1, 11))
+    await store.record_statements(batch)
+    await store.record_statements(batch)
+    _, audit = await _written(store, sid)
+    assert len(audit) == 10
+    assert (await store.verify_audit()).ok
+
+
+async def test_listeners_get_the_statement_records(store: Store) -> None:
+    got: list[Any] = []
+    store.audit_listeners.append(got.extend)
+    sid = await store.start_session(GRANT)
+    await store.record_statements(records(sid, range(1, 6)))
+    statements = [r for r in got if r.type == "statement"]
+    assert [r.data["seq"] for r in statements] == [1, 2, 3, 4, 5]
+    stored = [r async for r in store.iter_audit() if r.type == "statement"]
+    assert [(r.seq, r.hash) for r in stored] == [(r.seq, r.hash) for r in statements]
+
+
+def test_multi_row_insert_respects_the_variable_limit() -> None:
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
+    db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 7)  # 3 rows of 2 per statement
+    rows = [(i, f"v{i}") for i in range(1, 11)]
+    sqlite_insert_rows(db, "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO NOTHING", rows)
+    sqlite_insert_rows(db, "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO NOTHING", rows[:4])
+    assert db.execute("SELECT a, b FROM t ORDER BY a").fetchall() == rows
+
+
+def test_audit_record_ids_are_version_4_uuids() -> None:
+    import os
+    import uuid
+
+    from broker.store.audit import _uuid4_text
+
+    for _ in range(2000):
+        hex32 = os.urandom(16).hex()
+        assert _uuid4_text(hex32) == str(uuid.UUID(hex=hex32, version=4))
