@@ -26,6 +26,8 @@ credential was refused.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class JitgateError(Exception):
     """Base class of the errors jitgate raises on purpose."""
@@ -35,7 +37,10 @@ class ConfigError(JitgateError):
     """The configuration could not be loaded.
 
     `errors` holds `(dotted.key.path, message)` pairs; `str()` is one line per error,
-    preceded by a line naming the source file.
+    preceded by a line naming the source file. `details`, when the errors came from
+    validation, holds pydantic's `loc`, `type` and `ctx` of each, in the same order, for
+    tools that suggest a fix (`jitgate config check`); never the offending input, which may
+    be a secret.
     """
 
     def __init__(
@@ -44,9 +49,11 @@ class ConfigError(JitgateError):
         *,
         source: str | None = None,
         errors: list[tuple[str, str]] | None = None,
+        details: list[dict[str, Any]] | None = None,
     ) -> None:
         self.source = source
         self.errors = list(errors or [])
+        self.details = list(details or [])
         lines = [message]
         lines.extend(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.errors)
         super().__init__("\n".join(lines))

@@ -1,0 +1,30 @@
+# jitgate: one image for every service (api, proxy, worker, slack); the command picks one.
+#   docker build -t jitgate .
+#   docker run --rm -v $PWD/infra/jitgate.yaml:/etc/jitgate/jitgate.yaml jitgate config check
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY broker ./broker
+COPY proxy ./proxy
+COPY slackapp ./slackapp
+COPY workers ./workers
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.12-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    JITGATE_CONFIG=/etc/jitgate/jitgate.yaml \
+    JITGATE_DATA_DIR=/var/lib/jitgate \
+    JITGATE_LOG_JSON=true
+RUN groupadd --system --gid 10001 jitgate \
+    && useradd --system --uid 10001 --gid jitgate --home-dir /var/lib/jitgate --shell /usr/sbin/nologin jitgate \
+    && install -d -o jitgate -g jitgate -m 0700 /var/lib/jitgate \
+    && install -d -m 0755 /etc/jitgate
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 10001:10001
+WORKDIR /var/lib/jitgate
+# 6432: PostgreSQL wire protocol (proxy); 8080: broker API, /healthz, /readyz, /metrics.
+EXPOSE 6432 8080
+ENTRYPOINT ["jitgate"]
+CMD ["--help"]
