@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench fuzz clean
+.PHONY: install demo test lint typecheck bench fuzz clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The console's browser test drives Debian's chromium (Playwright never downloads a browser).
+chromium:
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq >/dev/null \
+		&& apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the console browser test will skip"
 
 demo: $(STAMP)
 	$(BIN)/jitgate demo
@@ -21,10 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check broker proxy slackapp workers tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy proxy broker/policy broker/masking broker/audit broker/credentials broker/identity broker/store broker/api broker/config.py
+	$(BIN)/mypy proxy broker/policy broker/masking broker/audit broker/credentials broker/identity broker/store broker/api broker/approvals broker/console broker/mcp broker/cli/mcp_cmd.py broker/config.py slackapp workers
 
 # pytest exits 5 when it collects nothing; that is a failure here, as any non-zero status is.
-test: $(STAMP) lint typecheck
+test: $(STAMP) chromium lint typecheck
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -32,6 +37,19 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/session_setup.py
 	$(BIN)/python bench/audit_export.py
+	$(BIN)/python bench/approval_roundtrip.py
+
+# Minutes of fuzzing: the hypothesis targets with many examples, then atheris (coverage-guided)
+# on the codec, the session machine and the policy for FUZZ_SECONDS each. `make test` runs the
+# same hypothesis targets briefly.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -p no:cacheprovider tests/fuzz
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install --quiet atheris || echo "atheris does not install here: hypothesis only"
+	@if $(BIN)/python -c 'import atheris' 2>/dev/null; then \
+		mkdir -p .fuzz && cd .fuzz && for t in codec session policy; do \
+			../$(BIN)/python ../tests/fuzz/atheris_main.py $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+		done; fi
 
 clean:
 	rm -rf $(VENV) .jitgate .pytest_cache .mypy_cache .ruff_cache

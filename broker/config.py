@@ -62,9 +62,12 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from broker.approvals.settings import ApprovalSettings, SlackSettings
+from broker.console.settings import ConsoleSettings
 from broker.credentials.settings import CredentialSettings, VaultSettings
 from broker.exceptions import ConfigError
 from broker.identity.settings import AccessSettings, OidcSettings
+from broker.mcp.settings import McpSettings
 
 __all__ = [
     "ApiSettings",
@@ -299,6 +302,18 @@ class Settings(BaseSettings):
     oidc: OidcSettings = Field(default_factory=lambda: OidcSettings())
     access: AccessSettings = Field(default_factory=lambda: AccessSettings())
     audit: AuditSettings = Field(default_factory=lambda: AuditSettings())
+    approvals: ApprovalSettings = Field(default_factory=lambda: ApprovalSettings())
+    slack: SlackSettings | None = None
+    console: ConsoleSettings = Field(default_factory=lambda: ConsoleSettings())
+    mcp: McpSettings = Field(default_factory=lambda: McpSettings())
+    broker_url: SecretStr = Field(
+        default=SecretStr(""),
+        description=(
+            "Celery broker and approvals bus: redis://HOST:PORT/DB. Empty: Redis at "
+            "127.0.0.1:6379 when it answers, else kombu's SQLAlchemy transport over "
+            "<data_dir>/celery.db (decisions then reach the proxy in-process only)."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_json: bool = False
 
@@ -413,10 +428,12 @@ def load_settings(path: str | Path | None = None) -> Settings:
         with _yaml_context(data):
             return Settings()
     except ValidationError as exc:
-        errors = [(_dotted(err["loc"]), err["msg"]) for err in exc.errors()]
+        found = exc.errors(include_url=False, include_input=False)
+        errors = [(_dotted(err["loc"]), err["msg"]) for err in found]
+        details = [{"loc": err["loc"], "type": err["type"], "ctx": err.get("ctx") or {}} for err in found]
         noun = "error" if len(errors) == 1 else "errors"
         raise ConfigError(
-            f"{source}: {len(errors)} configuration {noun}", source=source, errors=errors
+            f"{source}: {len(errors)} configuration {noun}", source=source, errors=errors, details=details
         ) from None
 
 

@@ -67,6 +67,37 @@ RECORDER_FLUSH_FAILURES = Counter(
     "Failed attempts to write a batch of statement records (each is retried)",
     registry=REGISTRY,
 )
+APPROVALS_OPENED = Counter(
+    "jitgate_approvals_opened_total",
+    "Approval requests created, by kind (statement, access)",
+    ["kind"],
+    registry=REGISTRY,
+)
+APPROVALS_DECIDED = Counter(
+    "jitgate_approvals_decided_total",
+    "Approval requests that left pending, by kind and outcome (approved, denied, expired, cancelled)",
+    ["kind", "status"],
+    registry=REGISTRY,
+)
+APPROVAL_VOTES = Counter(
+    "jitgate_approval_votes_total",
+    "Votes cast, by channel (slack, api, console) and result (counted, duplicate, refused code)",
+    ["via", "result"],
+    registry=REGISTRY,
+)
+APPROVAL_SECONDS = Histogram(
+    "jitgate_approval_seconds",
+    "Time from an approval request to its decision, by outcome",
+    ["status"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
+    registry=REGISTRY,
+)
+SLACK_ERRORS = Counter(
+    "jitgate_slack_errors_total",
+    "Slack Web API calls that failed after their retries, by method",
+    ["method"],
+    registry=REGISTRY,
+)
 
 
 def render_latest() -> tuple[bytes, str]:

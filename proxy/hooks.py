@@ -73,10 +73,17 @@ class ReviewOutcome:
 
 class ReviewHook(Protocol):
     async def review(
-        self, *, session: SessionInfo, sql: str, verdict: Verdict, notify: Callable[[str], None]
+        self,
+        *,
+        session: SessionInfo,
+        sql: str,
+        verdict: Verdict,
+        notify: Callable[[str], None],
+        estimate: int | None = None,
     ) -> ReviewOutcome:
         """Park until a reviewer decides (or the wait expires). ``notify`` sends a
-        NoticeResponse to the waiting client (e.g. "awaiting approval <id>")."""
+        NoticeResponse to the waiting client (e.g. "awaiting approval <id>"); ``estimate`` is
+        the planner's row estimate for a write, when the gateway could EXPLAIN it."""
         ...
 
 
@@ -84,7 +91,13 @@ class DenyAllReviews:
     """Until an approval workflow is configured, a statement under review is refused."""
 
     async def review(
-        self, *, session: SessionInfo, sql: str, verdict: Verdict, notify: Callable[[str], None]
+        self,
+        *,
+        session: SessionInfo,
+        sql: str,
+        verdict: Verdict,
+        notify: Callable[[str], None],
+        estimate: int | None = None,
     ) -> ReviewOutcome:
         return ReviewOutcome(
             approved=False,

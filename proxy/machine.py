@@ -102,12 +102,18 @@ class SessionMachine(SideQueries):
         self._discarding = False  # a refusal happened in this batch: drop until Sync
         self.parked: Parked | None = None
         self._held_call: bytes | None = None  # a FunctionCall waiting for its OID's name
+        self._explaining: Parked | None = None  # parked, waiting for the EXPLAIN of its blast radius
         self._function_names: dict[int, tuple[str, str]] = {}
         self.terminated = False
         self.txn_status = b"I"
         self.stats = Stats()
 
     # ---------------------------------------------------------------- client -> upstream
+
+    @property
+    def buffered_client(self) -> int:
+        """Bytes received from the client and not processed yet (e.g. while parked)."""
+        return len(self._cbuf)
 
     def feed_client(self, data: bytes) -> None:
         self._cbuf += data
@@ -258,17 +264,33 @@ class SessionMachine(SideQueries):
             if kind == QUERY:
                 instead = self._forward_query(parked.sql, parked.verdict, parked.message)
                 self.out_upstream.extend(instead if instead is not None else [parked.message])
+            elif kind == EXECUTE:
+                instead = self._forward_execute(m.parse_execute(parked.message[5:])[0], parked.message)
+                self.out_upstream.extend(instead if instead is not None else [parked.message])
             else:
-                self._forward_parse(m.parse_parse(parked.message[5:]), parked.verdict)
+                parse = m.parse_parse(parked.message[5:])
+                self._forward_parse(parse, parked.verdict)
+                self._statements[parse.name].approved_runs = 1
                 self.out_upstream.append(parked.message)
         else:
-            self.out_upstream.extend(self._refuse(kind, parked.sql, parked.verdict, reason))
+            # A refused Execute is answered like a refused Parse: an error, then skip to Sync.
+            self.out_upstream.extend(
+                self._refuse(PARSE if kind == EXECUTE else kind, parked.sql, parked.verdict, reason)
+            )
         # The parked message was removed from the buffer when it was parked.
         self._process_client()
 
     def _park(self, kind: int, sql: str, verdict: Verdict, raw: bytes) -> list[bytes]:
-        self.parked = Parked(sql, verdict, raw, kind)
-        return []
+        parked = Parked(sql, verdict, raw, kind)
+        explain = self._explain(parked)
+        if explain is None:
+            self.parked = parked
+            return []
+        # The review starts once the planner's estimate is in: the client's message is held
+        # like a FunctionCall waiting for its lookup.
+        self._held_call = raw
+        self._explaining = parked
+        return explain
 
     # -- simple query ------------------------------------------------------------------------
 
@@ -349,6 +371,19 @@ class SessionMachine(SideQueries):
 
     def _on_execute(self, name: str, raw: bytes) -> list[bytes] | None:
         portal = self._portals.get(name)
+        if portal is not None and portal.statement.verdict.decision is Decision.REVIEW:
+            # Every execution of a reviewed prepared statement needs an approval: the one
+            # given for its Parse covers the first; later ones park again (and run at once
+            # when an approval for the rest of the session covers them).
+            statement = portal.statement
+            if statement.approved_runs > 0:
+                statement.approved_runs -= 1
+            else:
+                return self._park(EXECUTE, statement.sql, statement.verdict, raw)
+        return self._forward_execute(name, raw)
+
+    def _forward_execute(self, name: str, raw: bytes) -> list[bytes] | None:
+        portal = self._portals.get(name)
         entry = Entry(EXECUTE, started=self._clock(), portal=portal)
         if portal is not None:
             entry.sql = portal.statement.sql
@@ -392,7 +427,12 @@ class SessionMachine(SideQueries):
             if kind == 0x44:  # DataRow: the hot path
                 if head is not None:
                     head.rows += 1
-                    if head.function_oid is not None:
+                    if head.explain is not None:
+                        head.explain.append(bytes(buf[pos + 5 : end]))
+                        if run < pos:
+                            out.append(bytes(buf[run:pos]))
+                        run = end
+                    elif head.function_oid is not None:
                         self._function_row(head, m.parse_data_row(bytes(buf[pos + 5 : end])))
                         if run < pos:
                             out.append(bytes(buf[run:pos]))
@@ -435,6 +475,8 @@ class SessionMachine(SideQueries):
                 inflight.popleft()
                 if head.function_oid is not None:
                     self._release_function_call(head.function_oid)
+                elif head.explain is not None:
+                    self._explained(head.explain)
                 elif head.kind != SYNC and head.refusal is None:
                     self._complete(head)
             return None
@@ -510,7 +552,7 @@ class SessionMachine(SideQueries):
         inflight = self._inflight
         fields = m.parse_fields(body)
         head.error = m.field(fields, "C")
-        if head.probe or head.function_oid is not None:
+        if head.probe or head.function_oid is not None or head.explain is not None:
             replacement: bytes | None = b""  # the gateway's own lookup: the real statement errs next
         elif head.refusal is not None:
             replacement = head.refusal

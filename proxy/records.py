@@ -51,6 +51,9 @@ class Statement:
     sql: str
     verdict: Verdict
     description: bytes | None = None  # RowDescription body, once the upstream described it
+    # For a statement under review: executions already approved and not yet used. An
+    # approval covers one execution, not every later Bind/Execute of the prepared statement.
+    approved_runs: int = 0
 
 
 @dataclass(slots=True)
@@ -74,6 +77,7 @@ class Entry:
     copy_info: Any = None
     probe: bool = False  # this describe is the gateway's own COPY column probe
     function_oid: int | None = None  # this query is the gateway's own lookup of a function
+    explain: list[bytes] | None = None  # this query is the gateway's own EXPLAIN of a parked statement
     awaiting_probe: bool = False  # a COPY whose columns the probe will tell
     probe_columns: list[m.FieldDescription] | None = None
     started: float = 0.0
@@ -107,6 +111,7 @@ class Parked:
     verdict: Verdict
     message: bytes
     kind: int
+    estimate: int | None = None  # the planner's row estimate (EXPLAIN), for approvers
 
 
 @dataclass(slots=True)
@@ -140,17 +145,64 @@ UNAVAILABLE_RULES: dict[str, str] = {
 }
 
 
+#: What an agent can do instead, by the part of the rule after the policy name ("server-
+#: functions" in "agent-safe/server-functions"). Shown in the ErrorResponse's DETAIL.
+INSTEAD: dict[str, str] = {
+    "alter-system": "server settings are changed by an administrator, not through the gateway",
+    "roles": "roles are managed by an administrator; ask for the role you need with an access request",
+    "set-role": "you act as the role of your grant; to act as another, request access to that role",
+    "dynamic-setting": "call set_config with a literal setting name, or use SET name = value",
+    "lexer-setting": "keep standard_conforming_strings on and a UTF8 client encoding",
+    "server-copy": "use COPY ... TO STDOUT or FROM STDIN (psql's \\copy) instead of a server file or program",
+    "server-functions": "read the data with SELECT from tables and views; files and processes on the "
+    "database host are out of reach",
+    "extensions": "ask an administrator to install the extension",
+    "load": "ask an administrator to install the library",
+    "untrusted-language": "write the function in SQL or PL/pgSQL",
+    "drop-database": "ask an administrator; a whole database is not dropped through the gateway",
+    "foreign-servers": "connections to other servers are set up by an administrator",
+    "tablespace": "tablespaces are set up by an administrator",
+    "unparseable": "fix the SQL syntax; the gateway runs only statements it can parse",
+    "copy-alone": "send the COPY as a query of its own",
+    "unknown-prepared": "PREPARE the statement through the gateway in this session before EXECUTE",
+    "copy-masking": "name the columns (COPY (SELECT a, b FROM t) TO STDOUT) so that they can be masked",
+    "function-call": "call the function in a SELECT instead of the fast-path function call",
+    "write-without-where": "add a WHERE clause naming the rows to change; a write with one runs at once",
+    "dynamic-sql": "run the statement itself instead of building it in a string",
+    "truncate": "DELETE ... WHERE for the rows you mean runs at once",
+    "merge": "INSERT, or UPDATE/DELETE with a WHERE clause, run at once",
+    "write": "reads (SELECT) run at once under this policy; writes wait for a reviewer",
+}
+
+ACCESS_HINT = (
+    "To get more access, ask for it with a reason: `jitgate connect <resource> --role <role> --reason "
+    "\"...\"`, or the jitgate MCP tool request_access(resource, role, reason)."
+)
+
+
+def _instead(rule: str) -> str | None:
+    return INSTEAD.get(rule.rpartition("/")[2])
+
+
 def refusal_message(verdict: Verdict, *, denied_reason: str | None = None) -> bytes:
+    """The gateway's ErrorResponse for a refused statement. MESSAGE names the rule and why;
+    DETAIL the rule and what would be allowed instead; HINT how to go on (retry, re-run after
+    an approval, or how to request access), so that an agent can act on it."""
     retry_hint = UNAVAILABLE_RULES.get(verdict.rule)
     if retry_hint is not None:
         text = f"jitgate: statement not run ({verdict.rule}): {verdict.reason}"
         return m.error_response("57P03", text, detail=f"rule: {verdict.rule}", hint=retry_hint)
+    instead = _instead(verdict.rule)
+    detail = f"rule: {verdict.rule}" + (f"; instead: {instead}" if instead else "")
     if verdict.decision is Decision.REVIEW:
         text = f"jitgate: statement requires approval ({verdict.rule}): {verdict.reason}"
         if denied_reason:
             text = f"jitgate: approval not granted ({verdict.rule}): {denied_reason}"
-        hint = "A reviewer must approve this statement; re-run it once approved."
+        hint = (
+            "A reviewer must approve this statement; re-run the same statement in this session once it "
+            "is approved (the MCP tool approval_status reports it)."
+        )
     else:
         text = f"jitgate: statement blocked by policy rule {verdict.rule}: {verdict.reason}"
-        hint = "This statement is not allowed through the gateway; ask a DBA if you need it."
-    return m.error_response("42501", text, detail=f"rule: {verdict.rule}", hint=hint)
+        hint = "This statement is not allowed through the gateway with your grant. " + ACCESS_HINT
+    return m.error_response("42501", text, detail=detail, hint=hint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 
@@ -21,6 +22,8 @@ from proxy.protocol.frames import ProtocolViolation
 log = structlog.get_logger("jitgate.proxy")
 
 WRITE_HIGH_WATER = 512 * 1024
+# Bytes a client may send while its statement is parked before it is paused.
+PARKED_INPUT_LIMIT = 1024 * 1024
 
 
 class _Side(asyncio.Protocol):
@@ -50,6 +53,15 @@ class _Side(asyncio.Protocol):
 Reviewer = Callable[[SessionMachine], Awaitable[None]]
 
 
+class Backlog(Protocol):
+    """The session recorder's backlog (broker.recorder.Recorder via proxy.wiring.RecorderSink)."""
+
+    @property
+    def backlogged(self) -> bool: ...
+
+    async def caught_up(self) -> None: ...
+
+
 class Relay:
     def __init__(
         self,
@@ -58,6 +70,7 @@ class Relay:
         upstream: asyncio.Transport,
         *,
         review: Reviewer,
+        backlog: Backlog | None = None,
     ) -> None:
         self.machine = machine
         self.client = client
@@ -66,6 +79,10 @@ class Relay:
         self._review_task: asyncio.Task[None] | None = None
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._client_paused_by = 0
+        # Recording backpressure: while the recorder is behind, the client is not read from.
+        self._backlog = backlog
+        self._throttle_task: asyncio.Task[None] | None = None
+        self._parked_pause = False
 
     async def run(self, client_leftover: bytes, upstream_leftover: bytes) -> str:
         client_side = _Side(self._from_client, lambda exc: self._finish("client disconnected"))
@@ -85,6 +102,8 @@ class Relay:
         finally:
             if self._review_task is not None:
                 self._review_task.cancel()
+            if self._throttle_task is not None:
+                self._throttle_task.cancel()
             for transport in (self.client, self.upstream):
                 if not transport.is_closing():
                     transport.close()
@@ -133,27 +152,66 @@ class Relay:
         self._flush()
         if self.machine.terminated:
             self._finish("client terminated")
-        elif self.machine.parked is not None and self._review_task is None:
-            self._pause_client(True)
+        elif self.machine.parked is not None:
+            self._parked_input()
+        if self._backlog is not None and self._throttle_task is None and self._backlog.backlogged:
+            self._throttle()
+
+    def _throttle(self) -> None:
+        """Stop reading from the client until the recorder has caught up: its statements are
+        delayed, not refused (refusing, 57P03, is for a recorder that cannot write at all)."""
+        assert self._backlog is not None
+        self._pause_client(True)
+        self._throttle_task = asyncio.ensure_future(self._unthrottle(self._backlog))
+
+    async def _unthrottle(self, backlog: Backlog) -> None:
+        try:
+            await backlog.caught_up()
+        finally:
+            self._throttle_task = None
+            self._pause_client(False)
+
+    def _parked_input(self) -> None:
+        """While a statement is parked the client stays readable, so that its disconnect is
+        seen at once (and the pending approval cancelled); what it sends meanwhile is kept
+        for after the decision, up to PARKED_INPUT_LIMIT bytes, then it is paused."""
+        if self._review_task is None:
             self._review_task = asyncio.ensure_future(self._run_review())
+        if not self._parked_pause and self.machine.buffered_client > PARKED_INPUT_LIMIT:
+            self._parked_pause = True
+            self._pause_client(True)
 
     async def _run_review(self) -> None:
         try:
-            await self._review(self.machine)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # fail closed: the statement is refused
-            log.error("review_failed", error=type(exc).__name__)
-            self.machine.resume(approved=False, reason="the approval service is unavailable")
+            try:
+                await self._review(self.machine)
+            except asyncio.CancelledError:
+                raise
+            except ProtocolViolation:
+                raise
+            except Exception as exc:  # fail closed: the statement is refused
+                log.error("review_failed", error=type(exc).__name__)
+                self.machine.resume(approved=False, reason="the approval service is unavailable")
+        except ProtocolViolation as exc:
+            # What the client sent while parked is processed on release, and may be malformed:
+            # the session ends as it would have on arrival.
+            self._review_task = None
+            self._flush()
+            self.client.write(to_error_response(exc))
+            self._finish(f"protocol violation: {exc}")
+            return
         self._review_task = None
-        self._pause_client(False)
+        if self._parked_pause:
+            self._parked_pause = False
+            self._pause_client(False)
         try:
             self._flush()
         except RuntimeError:
             return
-        if self.machine.parked is not None:
-            self._pause_client(True)
-            self._review_task = asyncio.ensure_future(self._run_review())
+        if self.machine.terminated:
+            self._finish("client terminated")
+        elif self.machine.parked is not None:
+            self._parked_input()
 
     def _from_upstream(self, data: bytes) -> None:
         if self._done.done():
@@ -166,6 +224,8 @@ class Relay:
             self._finish(f"upstream protocol violation: {exc}")
             return
         self._flush()
+        if self.machine.parked is not None and self._review_task is None:
+            self._parked_input()  # parked once the gateway's EXPLAIN of it answered
 
     def end(self, reason: str, error: bytes) -> None:
         """End the session from outside (its grant expired or was revoked): the client gets

@@ -234,6 +234,9 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         if session is not None:
             stats = machine.stats if machine is not None else None
             await ctx.recorder.session_ended(session.session_id, reason=end_reason, stats=stats)
+            review_ended = getattr(ctx.review, "session_ended", None)
+            if review_ended is not None:
+                await review_ended(session.session_id)
             log.info("session_ended", session_id=session.session_id, reason=end_reason)
         if credential is not None:
             try:
@@ -261,7 +264,8 @@ async def _relay(
     ctx: ProxyContext,
 ) -> tuple[SessionMachine, str]:
     groups = session.grant.groups
-    policy = resource.policy
+    resources = ctx.resources
+    name = resource.name
     recorder = ctx.recorder
     session_id = session.session_id
 
@@ -269,7 +273,8 @@ async def _relay(
         if not recorder.healthy:
             # What cannot be recorded is not run (fail closed).
             return UNRECORDABLE
-        return policy(sql, groups)
+        # The resource's current policy: a reload (SIGHUP) applies to live sessions too.
+        return resources.get(name, resource).policy(sql, groups)
 
     def on_statement(event: StatementEvent) -> None:
         recorder.statement(session_id, event)
@@ -289,11 +294,17 @@ async def _relay(
         parked = m.parked
         assert parked is not None
         outcome = await ctx.review.review(
-            session=session, sql=parked.sql, verdict=parked.verdict, notify=relay.notify_client
+            session=session, sql=parked.sql, verdict=parked.verdict, notify=relay.notify_client,
+            estimate=parked.estimate,
         )
         m.resume(approved=outcome.approved, reason=outcome.reason)
 
-    relay = Relay(machine, writer.transport, upstream.writer.transport, review=review)  # type: ignore[arg-type]
+    # Recording backpressure: a recorder that reports its backlog (RecorderSink) slows clients
+    # down while it catches up; `classify` above still refuses what cannot be recorded.
+    backlog = recorder if hasattr(recorder, "backlogged") else None
+    relay = Relay(
+        machine, writer.transport, upstream.writer.transport, review=review, backlog=backlog  # type: ignore[arg-type]
+    )
     client_leftover = bytes(reader._buffer)  # type: ignore[attr-defined]
     upstream_leftover = bytes(upstream.reader._buffer)  # type: ignore[attr-defined]
     # The grant bounds the whole session, not only its start: at its expiry or revocation the

@@ -9,6 +9,8 @@ the answer is in. Mixed into ``SessionMachine``; the attributes below are the ma
 
 from __future__ import annotations
 
+import json
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -28,14 +30,33 @@ from proxy.records import (
     SYNC,
     Entry,
     MaskerLike,
+    Parked,
     column_info,
 )
+
+# Statements whose row estimate an approver wants: writes (a leading comment or WITH is fine).
+_DML = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:with\b.*?\b)?(update|delete|insert|merge)\b", re.I | re.S)
+
+
+def _plan_rows(rows: list[bytes]) -> int | None:
+    """Rows the plan expects to touch: a ModifyTable's input, else the top node's rows."""
+    try:
+        data = m.parse_data_row(rows[0])
+        plan = json.loads(data[0] or b"")[0]["Plan"]
+        if plan.get("Node Type") == "ModifyTable" and plan.get("Plans"):
+            return int(sum(child.get("Plan Rows", 0) for child in plan["Plans"]))
+        return int(plan["Plan Rows"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
 
 
 class SideQueries:
     _inflight: deque[Entry]
     _open_extended: bool
     _held_call: bytes | None
+    _explaining: Parked | None
+    parked: Parked | None
+    txn_status: bytes
     _function_names: dict[int, tuple[str, str]]
     _masker: MaskerLike | None
     _clock: Callable[[], float]
@@ -101,6 +122,36 @@ class SideQueries:
             return self._refuse(QUERY, sql, verdict)
         self._inflight.append(Entry(FUNCTION, sql=sql, verdict=verdict, started=self._clock()))
         return None
+
+    # -- blast radius of a parked statement ---------------------------------------------------
+
+    def _explain(self, parked: Parked) -> list[bytes] | None:
+        """`EXPLAIN (FORMAT JSON)` a parked UPDATE/DELETE/INSERT/MERGE, for the approvers.
+
+        Only when it cannot disturb the client: a simple Query, the upstream idle and outside
+        a transaction block (so the EXPLAIN is its own implicit transaction, and an error in
+        it, or its locks, outlive nothing of the client's). EXPLAIN without ANALYZE plans the
+        statement and does not run it.
+        """
+        if (
+            parked.kind != QUERY
+            or self._inflight
+            or self._open_extended
+            or self.txn_status != b"I"
+            or parked.verdict.statement_count != 1
+            or not _DML.match(parked.sql)
+        ):
+            return None
+        self._inflight.append(Entry(QUERY, swallow=True, explain=[]))
+        return [m.query_message("EXPLAIN (FORMAT JSON) " + parked.sql)]
+
+    def _explained(self, rows: list[bytes]) -> None:
+        parked, self._explaining = self._explaining, None
+        self._held_call = None
+        if parked is None:
+            return
+        parked.estimate = _plan_rows(rows)
+        self.parked = parked
 
     # -- COPY TO STDOUT column probe ---------------------------------------------------------
 

@@ -95,6 +95,14 @@ class RecorderSink:
     def healthy(self) -> bool:
         return self._recorder.healthy
 
+    @property
+    def backlogged(self) -> bool:
+        """The recorder is behind: the relay stops reading from clients until `caught_up()`."""
+        return self._recorder.backlogged
+
+    async def caught_up(self) -> None:
+        await self._recorder.caught_up()
+
     async def session_started(
         self, grant: Grant, *, client_addr: str, application_name: str | None, intent: str | None
     ) -> str:
@@ -191,4 +199,20 @@ def build_context(
     )
 
 
-__all__ = ["build_context", "build_resource"]
+def reload_resources(ctx: ProxyContext, settings: Settings) -> list[str]:
+    """Swap in the resources (policy, masking, upstream) of freshly loaded settings.
+
+    Everything is built first, so a policy that does not load changes nothing (the caller
+    reports the error). Live sessions pick up the new policy at their next statement (they
+    look their resource up by name); new sessions get everything new. Nothing is dropped.
+    """
+    built = {name: build_resource(name, res) for name, res in settings.resources.items()}
+    resources = ctx.resources
+    assert isinstance(resources, dict)
+    for name in [n for n in resources if n not in built]:
+        del resources[name]  # no new sessions; live ones keep the policy they had
+    resources.update(built)
+    return sorted(built)
+
+
+__all__ = ["build_context", "build_resource", "reload_resources"]

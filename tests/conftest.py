@@ -27,7 +27,7 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -136,3 +136,25 @@ def local_pg_dsn() -> str:
 
 # Real OpenBao for the credential tests (broker/credentials and e2e); defined in its own module.
 from tests.openbao_fixture import openbao  # noqa: E402, F401
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A flushed database of the machine's Redis (127.0.0.1:6379), as a redis:// URL."""
+    import redis
+
+    db = 13
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT} does not answer ({type(exc).__name__})")
+    client.flushdb()
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    finally:
+        client.flushdb()
+        client.close()

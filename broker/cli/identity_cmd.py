@@ -164,9 +164,15 @@ def connect(
     exec_: Annotated[
         str | None, typer.Option("--exec", help="Run this client with the DSN appended, e.g. 'psql -X'")
     ] = None,
+    wait: Annotated[
+        int, typer.Option(help="Seconds to wait for an approval when one is needed (0: do not wait)")
+    ] = 600,
     api: ApiOption = None,
 ) -> None:
-    """Request access; print `export PGPASSWORD=...` and the DSN, or run a client with them."""
+    """Request access; print `export PGPASSWORD=...` and the DSN, or run a client with them.
+
+    A request that needs approval waits (up to --wait) until an approver decides, in Slack,
+    the console or with `jitgate approvals approve ID`; then the token is collected, once."""
     if not reason.strip():
         _fail("--reason must not be empty", 2)
     saved = load_token()
@@ -184,8 +190,7 @@ def connect(
         _fail(f"access refused: {_detail(response)}")
     grant = response.json()
     if grant["status"] != "granted":
-        approvers = ", ".join(grant.get("approvers") or []) or "an approver"
-        _fail(f"request {grant['id']} is {grant['status']}: waiting for {approvers}", 3)
+        grant = _await_approval(grant, _api_url(api, saved), saved["token"], wait)
     typer.echo(
         f"granted {grant['role']} on {grant['resource']} until {grant['expires_at']} "
         f"(grant {grant['token_id']}, request {grant['id']})",
@@ -199,6 +204,54 @@ def connect(
         except OSError as exc:
             _fail(f"cannot run {argv[0]}: {exc.strerror or exc}", 127)
         raise typer.Exit(code)
+    typer.echo(f"export PGPASSWORD={shlex.quote(grant['token'])}")
+    typer.echo(f"export JITGATE_DSN={shlex.quote(grant['dsn'])}")
+
+
+def _await_approval(grant: dict[str, Any], api: str, bearer: str, wait: int) -> dict[str, Any]:
+    approvers = ", ".join(grant.get("approvers") or []) or "an approver"
+    request_id = grant["id"]
+    if wait <= 0:
+        _fail(f"request {request_id} is {grant['status']}: waiting for {approvers}", 3)
+    typer.echo(f"request {request_id} needs approval by {approvers}; waiting up to {wait} s…", err=True)
+    headers = {"Authorization": f"Bearer {bearer}"}
+    deadline = time.monotonic() + wait
+    status_ = grant["status"]
+    with httpx.Client(timeout=HTTP_TIMEOUT, headers=headers) as http:
+        while status_ == "pending" and time.monotonic() < deadline:
+            time.sleep(2)
+            try:
+                status_ = http.get(f"{api}/v1/access-requests/{request_id}").json()["status"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                continue  # the broker may be restarting: keep waiting until the deadline
+        if status_ != "approved":
+            reason = "" if status_ != "pending" else f" after {wait} s (it stays open; run again later)"
+            _fail(f"request {request_id} is {status_}{reason}", 3)
+        response = http.post(f"{api}/v1/access-requests/{request_id}/token")
+    if response.status_code != 200:
+        _fail(f"could not collect the grant: {_detail(response)}")
+    collected: dict[str, Any] = response.json()
+    return collected
+
+
+@grants_app.command("collect")
+def collect(
+    request_id: Annotated[str, typer.Argument(help="Id of an approved access request of yours")],
+    api: ApiOption = None,
+) -> None:
+    """Collect the gateway token of an approved request (once): prints the exports."""
+    saved = load_token()
+    try:
+        response = httpx.post(
+            f"{_api_url(api, saved)}/v1/access-requests/{request_id}/token",
+            headers={"Authorization": f"Bearer {saved['token']}"},
+            timeout=HTTP_TIMEOUT,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"broker unreachable: {type(exc).__name__}")
+    if response.status_code != 200:
+        _fail(f"cannot collect: {_detail(response)}", 3)
+    grant = response.json()
     typer.echo(f"export PGPASSWORD={shlex.quote(grant['token'])}")
     typer.echo(f"export JITGATE_DSN={shlex.quote(grant['dsn'])}")
 

@@ -8,13 +8,19 @@ from __future__ import annotations
 import typer
 
 from broker.cli import (
+    api_cmd,
+    approvals_cmd,
     audit_cmd,
+    config_cmd,
     demo_cmd,
     identity_cmd,
+    mcp_cmd,
     policy_cmd,
     proxy_cmd,
     sessions_cmd,
+    slack_cmd,
     tokens_cmd,
+    worker_cmd,
 )
 
 app = typer.Typer(
@@ -27,11 +33,17 @@ app = typer.Typer(
 for module in (
     demo_cmd,
     proxy_cmd,
+    api_cmd,
     policy_cmd,
     tokens_cmd,
     identity_cmd,
     audit_cmd,
     sessions_cmd,
+    approvals_cmd,
+    worker_cmd,
+    slack_cmd,
+    config_cmd,
+    mcp_cmd,
 ):
     module.register(app)
 

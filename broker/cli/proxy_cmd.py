@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -10,11 +11,14 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
 
 from broker.config import Settings, load_settings
 from broker.exceptions import ConfigError, StoreError
 from broker.logging import configure_logging
+
+log = structlog.get_logger("jitgate.proxy")
 
 
 def register(app: typer.Typer) -> None:
@@ -38,14 +42,14 @@ def proxy(
         settings.proxy.listen_port = port
     configure_logging(settings.log_level, json=settings.log_json)
     if workers == 1:
-        _run_worker(settings, reuse_port=False)
+        _run_worker(settings, reuse_port=False, config=config)
         return
     children = []
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # child
             try:
-                _run_worker(settings, reuse_port=True)
+                _run_worker(settings, reuse_port=True, config=config)
             finally:
                 os._exit(0)
         children.append(pid)
@@ -59,16 +63,17 @@ def proxy(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # policy reload, in every worker
     for child in children:
         os.waitpid(child, 0)
 
 
-def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
+def _run_worker(settings: Settings, *, reuse_port: bool, config: Path | None = None) -> None:
     from proxy.server import install_uvloop
 
     install_uvloop()
     try:
-        asyncio.run(serve(settings, reuse_port=reuse_port))
+        asyncio.run(serve(settings, reuse_port=reuse_port, config=config))
     except StoreError as exc:
         typer.echo(f"store unavailable: {exc}", err=True)
         sys.exit(3)
@@ -76,15 +81,21 @@ def _run_worker(settings: Settings, *, reuse_port: bool) -> None:
         pass
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.Event | None = None) -> None:
-    """Open the store, start the proxy and serve until SIGINT/SIGTERM."""
+async def serve(
+    settings: Settings, *, reuse_port: bool = False, ready: asyncio.Event | None = None, config: Path | None = None
+) -> None:
+    """Open the store, start the proxy and serve until SIGINT/SIGTERM; SIGHUP reloads the
+    resources' policies and masking from the configuration without dropping a session."""
+    from broker.audit import events
     from broker.audit.forward import attach_forwarder
+    from broker.cli.approvals_runtime import open_approvals
     from broker.credentials.manager import build_manager
     from broker.credentials.reaper import Reaper
     from broker.recorder import Recorder
     from broker.store import Store
+    from proxy.approvals import ApprovalReviewHook
     from proxy.server import ProxyServer
-    from proxy.wiring import ManagedCredentials, build_context
+    from proxy.wiring import ManagedCredentials, build_context, reload_resources
 
     store = await Store.open(settings.store_url.get_secret_value())
     recorder = Recorder(store)
@@ -96,8 +107,12 @@ async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.
     # process runs one, and revoking twice is harmless.
     assert credentials.ledger is not None
     reaper = Reaper(credentials.ledger, credentials.providers)
+    approvals, close_approvals = await open_approvals(settings, store)
+    review = ApprovalReviewHook(
+        approvals, wait_seconds=settings.proxy.review_wait_seconds, console_url=settings.approvals.console_url
+    )
     server = ProxyServer(
-        build_context(settings, store, recorder, credentials=ManagedCredentials(credentials)),
+        build_context(settings, store, recorder, review=review, credentials=ManagedCredentials(credentials)),
         host=settings.proxy.listen_host,
         port=settings.proxy.listen_port,
         reuse_port=reuse_port,
@@ -106,6 +121,30 @@ async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    async def reload() -> None:
+        source = str(config or os.environ.get("JITGATE_CONFIG") or "environment")
+        try:
+            fresh = load_settings(config)
+            names = reload_resources(server.ctx, fresh)
+        except Exception as exc:  # a bad file changes nothing: the running policy stays
+            error = str(exc)[:2000]
+            log.error("policy_reload_failed", source=source, error=error)
+            with contextlib.suppress(Exception):
+                await store.append_audit(events.policy_reloaded(resource=None, source=source, ok=False, error=error))
+            return
+        log.info("policy_reloaded", source=source, resources=names)
+        with contextlib.suppress(Exception):
+            await store.append_audit(*(events.policy_reloaded(resource=n, source=source) for n in names))
+
+    reload_tasks: set[asyncio.Future[None]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(reload())
+        reload_tasks.add(task)
+        task.add_done_callback(reload_tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     # Everything loaded so far (SQLAlchemy, pglast, pydantic models) lives for the whole
     # process: freezing it keeps the collector from re-scanning it on every full
     # collection, which otherwise shows up as multi-millisecond pauses in tail latency.
@@ -123,6 +162,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, ready: asyncio.
         await reaper.aclose()
         await credentials.aclose()
         await recorder.aclose()
+        await close_approvals()
         if forwarder is not None:
             await forwarder.aclose()
         await store.close()

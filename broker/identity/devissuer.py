@@ -8,27 +8,34 @@
 Endpoints (relative to the issuer URL): `/.well-known/openid-configuration`, `/jwks`,
 `/device/code` (RFC 8628 device authorization), `/token` (device_code grant), and
 `/device/approve` (the demo's stand-in for a login page: approves a user code as a configured
-user). It signs with a fresh RSA key per process (RS256); it has no passwords, so never expose
-it beyond a demo.
+user), and a browser flow: `/authorize` (authorization code with PKCE S256; the page asks which
+demo user to be) redeemed at `/token` (grant `authorization_code`). A redirect URI must share the
+issuer's scheme and host:port unless listed in `redirect_uris`. It signs with a fresh RSA key
+per process (RS256); it has no passwords, so never expose it beyond a demo.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jwt.algorithms import RSAAlgorithm
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+CODE_GRANT = "authorization_code"
 DEVICE_CODE_TTL = 600
+AUTH_CODE_TTL = 60
 POLL_INTERVAL = 1
 
 
@@ -46,15 +53,30 @@ class _Pending:
     user: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _AuthCode:
+    user: str
+    client_id: str
+    redirect_uri: str
+    code_challenge: str
+    nonce: str | None
+    expires_at: float
+
+
+_AUTHORIZE_PARAMS = ("client_id", "redirect_uri", "state", "nonce", "code_challenge", "code_challenge_method")
+
+
 @dataclass
 class DevIssuer:
     issuer: str
     audience: str = "jitgate"
     users: dict[str, DevUser] = field(default_factory=dict)
     auto_approve_as: str | None = None  # demo: device codes are approved at once as this user
+    redirect_uris: tuple[str, ...] = ()  # besides those on the issuer's own scheme and host:port
     _key: rsa.RSAPrivateKey = field(init=False, repr=False)
     kid: str = field(init=False)
     _pending: dict[str, _Pending] = field(init=False, default_factory=dict, repr=False)
+    _codes: dict[str, _AuthCode] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.issuer = self.issuer.rstrip("/")
@@ -72,9 +94,11 @@ class DevIssuer:
             "jwks_uri": f"{self.issuer}/jwks",
             "token_endpoint": f"{self.issuer}/token",
             "device_authorization_endpoint": f"{self.issuer}/device/code",
-            "grant_types_supported": [DEVICE_GRANT],
+            "authorization_endpoint": f"{self.issuer}/authorize",
+            "grant_types_supported": [DEVICE_GRANT, CODE_GRANT],
+            "code_challenge_methods_supported": ["S256"],
             "id_token_signing_alg_values_supported": ["RS256"],
-            "response_types_supported": ["id_token"],
+            "response_types_supported": ["code", "id_token"],
             "subject_types_supported": ["public"],
             "claims_supported": ["sub", "email", "groups", "jitgate_kind"],
         }
@@ -113,6 +137,8 @@ class DevIssuer:
         router.add_api_route("/jwks", self.jwks, methods=["GET"])
         router.add_api_route("/device/code", self._device_code, methods=["POST"])
         router.add_api_route("/device/approve", self._approve, methods=["POST"])
+        router.add_api_route("/authorize", self._authorize_page, methods=["GET"])
+        router.add_api_route("/authorize", self._authorize, methods=["POST"])
         router.add_api_route("/token", self._token, methods=["POST"])
         return router
 
@@ -149,9 +175,76 @@ class DevIssuer:
                 return {"status": "approved"}
         raise HTTPException(404, "unknown or expired user code")
 
+    def _check_authorize(self, params: dict[str, str]) -> None:
+        # Errors before the redirect URI is trusted are shown here, never sent to it.
+        redirect_uri = params.get("redirect_uri", "")
+        ours = urlsplit(self.issuer)
+        theirs = urlsplit(redirect_uri)
+        same_origin = (theirs.scheme, theirs.netloc) == (ours.scheme, ours.netloc)
+        if not (same_origin or redirect_uri in self.redirect_uris):
+            raise HTTPException(400, "redirect_uri is not allowed by this issuer")
+        if not params.get("client_id"):
+            raise HTTPException(400, "client_id is required")
+        if params.get("code_challenge_method") != "S256" or len(params.get("code_challenge", "")) < 43:
+            raise HTTPException(400, "PKCE with code_challenge_method=S256 is required")
+
+    async def _authorize_page(self, request: Request) -> HTMLResponse:
+        params = {k: v for k, v in request.query_params.items() if k in _AUTHORIZE_PARAMS}
+        if request.query_params.get("response_type") != "code":
+            raise HTTPException(400, "response_type must be code")
+        self._check_authorize(params)
+        hidden = "".join(
+            f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in params.items()
+        )
+        buttons = "".join(
+            f'<button type="submit" name="user" value="{html.escape(name)}" data-user="{html.escape(name)}">'
+            f"{html.escape(name)} ({html.escape(', '.join(user.groups) or 'no groups')})</button> "
+            for name, user in self.users.items()
+            if user.kind == "person"
+        )
+        return HTMLResponse(
+            "<!doctype html><html><head><meta charset=utf-8><title>jitgate dev issuer</title></head><body>"
+            "<h1>jitgate demo identity provider</h1><p>Sign in as a demo user (no password: demo only).</p>"
+            f'<form method="post" action="{html.escape(self.issuer)}/authorize">{hidden}{buttons}</form>'
+            "</body></html>"
+        )
+
+    async def _authorize(self, request: Request) -> RedirectResponse:
+        form = await _form(request)
+        self._check_authorize(form)
+        user = form.get("user", "")
+        if user not in self.users:
+            raise HTTPException(404, "unknown demo user")
+        code = secrets.token_urlsafe(32)
+        self._codes[code] = _AuthCode(
+            user=user, client_id=form["client_id"], redirect_uri=form["redirect_uri"],
+            code_challenge=form["code_challenge"], nonce=form.get("nonce") or None,
+            expires_at=time.time() + AUTH_CODE_TTL,
+        )
+        query = {"code": code, **({"state": form["state"]} if form.get("state") else {})}
+        sep = "&" if "?" in form["redirect_uri"] else "?"
+        return RedirectResponse(f"{form['redirect_uri']}{sep}{urlencode(query)}", status_code=303)
+
+    def _redeem(self, form: dict[str, str]) -> JSONResponse:
+        entry = self._codes.pop(form.get("code", ""), None)  # a code is good for one try
+        verifier = form.get("code_verifier", "")
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        if (
+            entry is None
+            or time.time() >= entry.expires_at
+            or entry.redirect_uri != form.get("redirect_uri")
+            or entry.client_id != form.get("client_id")
+            or not secrets.compare_digest(challenge, entry.code_challenge)
+        ):
+            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+        token = self.mint(entry.user, aud=entry.client_id, extra={"nonce": entry.nonce} if entry.nonce else None)
+        return JSONResponse({"access_token": token, "id_token": token, "token_type": "Bearer", "expires_in": 3600})
+
     async def _token(self, request: Request) -> JSONResponse:
         form = await _form(request)
         grant_type, device_code = form.get("grant_type", ""), form.get("device_code", "")
+        if grant_type == CODE_GRANT:
+            return self._redeem(form)
         if grant_type != DEVICE_GRANT:
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
         pending = self._pending.get(device_code)

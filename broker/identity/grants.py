@@ -11,7 +11,7 @@ before the error propagates, so no live token exists without its request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from broker.identity.oidc import Principal
 from broker.store.access_requests import AccessRequestInfo
 
 if TYPE_CHECKING:
+    from broker.approvals.service import ApprovalService
     from broker.config import Settings
     from broker.store import Store
 
@@ -42,7 +43,9 @@ async def request_access(
     role: str,
     reason: str,
     ttl: timedelta,
+    approvals: ApprovalService | None = None,
 ) -> AccessResult:
+    """`approvals` opens (and announces) the approval of a request that needs one."""
     if not reason.strip():
         raise ValueError("a reason is required for an access request")
     decision = decide(settings.access.rules, principal, resource, role, ttl)
@@ -58,6 +61,19 @@ async def request_access(
     }
     if decision.outcome != "grant":
         info = await store.create_access_request(ttl=decision.ttl or ttl, **common)  # type: ignore[arg-type]
+        if decision.outcome == "approval":
+            from broker.approvals.service import ApprovalService, Requester
+
+            service = approvals or ApprovalService(store, settings.approvals)
+            await service.open_access_request(
+                request_id=info.id,
+                requester=Requester(principal.id, principal.groups, principal.owner),
+                resource=resource,
+                role=role,
+                reason=info.reason,
+                ttl=info.ttl,
+                approvers=decision.approvers,
+            )
         return AccessResult(info, decision)
     issued = await store.issue_token(
         principal.id, principal.groups, resource, role, decision.ttl, decision.reusable
@@ -70,3 +86,31 @@ async def request_access(
         await store.revoke_token(issued.token_id)
         raise
     return AccessResult(info, decision, issued.token)
+
+
+class NotCollectable(Exception):
+    """The request is not the caller's, or not approved (or already collected)."""
+
+
+async def collect_grant(store: Store, principal: Principal, request_id: str) -> AccessResult:
+    """Mint the token of an approved access request, once, for its requester.
+
+    The token is minted when the requester comes for it, not when the approver clicks: the
+    approver never handles it, and it is shown exactly once, to the person who asked.
+    """
+    info = await store.get_access_request(request_id)
+    if info is None or info.principal != principal.id:
+        raise NotCollectable("access request not found")
+    if info.status != "approved":
+        raise NotCollectable(f"access request {request_id} is {info.status}, not approved")
+    issued = await store.issue_token(principal.id, info.groups, info.resource, info.role, info.ttl, info.reusable)
+    try:
+        claimed = await store.mark_access_request_granted(request_id, token_id=issued.token_id)
+    except BaseException:
+        await store.revoke_token(issued.token_id)
+        raise
+    if claimed is None:  # collected by a concurrent call: this token must not live
+        await store.revoke_token(issued.token_id)
+        raise NotCollectable(f"access request {request_id} was already collected")
+    decision = AccessDecision("grant", "approved", ttl=info.ttl, reusable=info.reusable, approvers=info.approvers)
+    return AccessResult(replace(claimed, expires_at=issued.expires_at), decision, issued.token)

@@ -11,13 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from broker.audit import events
 from broker.store.audit import AuditRepository
 from broker.store.models import AccessRequest, GatewayToken
 
-STATUSES = ("pending", "granted", "denied", "expired", "cancelled")
+# approved: an approver said yes and the requester has not collected the token yet.
+STATUSES = ("pending", "approved", "granted", "denied", "expired", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +142,27 @@ class AccessRequestRepository(AuditRepository):
             if row is None:
                 return None
             return TokenOwner(row.id, row.principal, row.revoked_at is not None)
+
+    async def mark_access_request_granted(self, request_id: str, *, token_id: str) -> AccessRequestInfo | None:
+        """approved → granted, naming the token; None if it was not `approved` any more."""
+        async with self.transaction("grant access request") as session:
+            await self._lock_audit(session)
+            done = await session.execute(
+                update(AccessRequest)
+                .where(AccessRequest.id == request_id, AccessRequest.status == "approved")
+                .values(status="granted", token_id=token_id)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            row = await session.get(AccessRequest, request_id)
+            assert row is not None
+            await self._append_audit(
+                session,
+                [
+                    events.access_granted(
+                        request_id=row.id, principal=row.principal, resource=row.resource, role=row.role,
+                        token_id=token_id,
+                    )
+                ],
+            )
+            return _info(row, None)

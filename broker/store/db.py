@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from broker.exceptions import StoreError
 from broker.store import migrate as migrations
 from broker.store.access_requests import AccessRequestRepository
+from broker.store.approvals import ApprovalRepository
 from broker.store.base import Clock, translate_errors, utcnow
 from broker.store.sessions import SessionRepository
 from broker.store.tokens import TokenRepository
@@ -123,7 +124,7 @@ async def _first_use_lock(engine: AsyncEngine) -> AsyncIterator[None]:
         os.close(fd)
 
 
-class Store(TokenRepository, SessionRepository, AccessRequestRepository):
+class Store(TokenRepository, SessionRepository, AccessRequestRepository, ApprovalRepository):
     """The broker's persistent state. Methods raise `StoreError` subclasses on failure."""
 
     @classmethod

@@ -256,3 +256,86 @@ class Lease(Base):
         Index("ix_leases_revoked_at", "revoked_at"),
         Index("ix_leases_session_id", "session_id"),
     )
+
+
+class ApprovalRow(Base):
+    """A request a human decides on: an access request or a parked statement.
+
+    See `broker.approvals.model` for the states. The row holds the request and its current
+    state; the votes are rows of their own (one per voter: a double click inserts nothing).
+    """
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    requester: Mapped[str] = mapped_column(String(255))
+    owner: Mapped[str | None] = mapped_column(String(255))
+    requester_groups: Mapped[list[str]] = mapped_column(JSON)
+    resource: Mapped[str] = mapped_column(String(63))
+    role: Mapped[str | None] = mapped_column(String(63))
+    reason: Mapped[str | None] = mapped_column(Text)
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    sql: Mapped[str | None] = mapped_column(Text)
+    statement_hash: Mapped[str | None] = mapped_column(String(64))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    rule: Mapped[str | None] = mapped_column(String(255))
+    risk: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    approver_groups: Mapped[list[str]] = mapped_column(JSON)
+    quorum: Mapped[int] = mapped_column(Integer)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    fingerprint_window_seconds: Mapped[int] = mapped_column(Integer)
+    break_glass: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    decided_by: Mapped[list[str]] = mapped_column(JSON)
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    scope: Mapped[str | None] = mapped_column(String(16))
+    covers_until: Mapped[datetime | None]
+    used: Mapped[int] = mapped_column(Integer, default=0)
+    slack_channel: Mapped[str | None] = mapped_column(String(64))
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    reminded_at: Mapped[datetime | None]
+    escalated_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_approvals_status", "status"),
+        Index("ix_approvals_session", "session_id", "statement_hash"),
+        Index("ix_approvals_fingerprint", "requester", "fingerprint"),
+    )
+
+
+class ApprovalVoteRow(Base):
+    __tablename__ = "approval_votes"
+
+    approval_id: Mapped[str] = mapped_column(String(36), ForeignKey("approvals.id"), primary_key=True)
+    voter: Mapped[str] = mapped_column(String(255), primary_key=True)
+    choice: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(String(16))
+    break_glass: Mapped[bool] = mapped_column(Boolean)
+    via: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime]
+
+
+class PrincipalRow(Base):
+    """The directory: each principal the broker has seen authenticate, with its groups then.
+
+    Slack approvers are people whose Slack email matches an OIDC email seen here; their
+    approver groups are the ones their last OIDC login carried.
+    """
+
+    __tablename__ = "principals"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    email: Mapped[str | None] = mapped_column(String(255))
+    groups: Mapped[list[str]] = mapped_column(JSON)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    issuer: Mapped[str] = mapped_column(Text)
+    last_seen: Mapped[datetime]
+
+    __table_args__ = (Index("ix_principals_email", "email"),)

@@ -19,12 +19,16 @@ from urllib.parse import quote
 
 import pytest
 
+from broker.approvals.service import ApprovalService
+from broker.approvals.settings import ApprovalSettings, SlackSettings
+from broker.cli.approvals_runtime import open_approvals
 from broker.config import ProxySettings, ResourceSettings, Settings, UpstreamSettings
 from broker.credentials.settings import VaultSettings
 from broker.demo.seed import DemoRoles
 from broker.demo.upstream import MD5_USER, TRUST_USER, Upstream
 from broker.recorder import Recorder
 from broker.store import Store
+from proxy.approvals import ApprovalReviewHook
 from proxy.hooks import ReviewHook
 from proxy.server import ProxyServer
 from proxy.wiring import build_context
@@ -93,7 +97,12 @@ def start_gateway(
     proxy: ProxySettings | None = None,
     review: ReviewHook | None = None,
     vault: VaultSettings | None = None,
+    approvals: ApprovalSettings | None = None,
+    broker_url: str | None = None,
+    slack: SlackSettings | None = None,
 ) -> Gateway:
+    """`approvals`: park `review` statements with the broker's approvals service (the hook is
+    `gw.server.ctx.review`, its service `.service`), instead of `review` or refusing them."""
     resources = {
         "demo": _resource(upstream, roles.rw_user, roles.rw_password),
         "demo_md5": _resource(upstream, MD5_USER, upstream.md5user_password),
@@ -102,7 +111,12 @@ def start_gateway(
         **(extra or {}),
     }
     proxy = proxy or ProxySettings(listen_port=0)
-    settings = Settings(data_dir=data_dir, proxy=proxy, resources=resources, vault=vault)
+    settings = Settings(
+        data_dir=data_dir, proxy=proxy, resources=resources, vault=vault,
+        **({"approvals": approvals} if approvals is not None else {}),
+        **({"broker_url": broker_url} if broker_url is not None else {}),
+        slack=slack,
+    )
     loop = asyncio.new_event_loop()
     ready: Future[Gateway] = Future()
 
@@ -113,8 +127,15 @@ def start_gateway(
             store = await Store.open(settings.store_url.get_secret_value())
             recorder = Recorder(store, flush_interval=0.05)
             recorder.start()
+            hook = review
+            if approvals is not None:
+                # With a broker_url: the production composition (Redis bus, Celery dispatch).
+                service = ApprovalService(store, settings.approvals)
+                if broker_url:
+                    service = (await open_approvals(settings, store))[0]
+                hook = ApprovalReviewHook(service, wait_seconds=settings.proxy.review_wait_seconds)
             server = ProxyServer(
-                build_context(settings, store, recorder, review=review), host=proxy.listen_host, port=0
+                build_context(settings, store, recorder, review=hook), host=proxy.listen_host, port=0
             )
             await server.start()
             ready.set_result(Gateway(settings, loop, store, recorder, server, threading.current_thread()))
@@ -138,6 +159,8 @@ def stop_gateway(gw: Gateway) -> None:
         if manager is not None:  # Vault renewal tasks end with the gateway
             await manager.aclose()
         await gw.recorder.aclose()
+        if isinstance(gw.server.ctx.review, ApprovalReviewHook):
+            await gw.server.ctx.review.service.bus.close()
         await gw.store.close()
 
     gw.call(shutdown())

@@ -59,8 +59,6 @@ def test_demo_end_to_end(tmp_path):
             assert "***@" in row[0] and row[1].endswith("4242") and "*" in row[1]
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("select pg_read_file('/etc/passwd')")
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute("delete from customers")
         with psycopg.connect(info["upstream_admin_dsn"]) as admin:
             assert admin.execute("select count(*) from customers").fetchone()[0] == 200
             deadline = time.monotonic() + 10
@@ -70,6 +68,9 @@ def test_demo_end_to_end(tmp_path):
         assert vault_user not in info_file.read_text()
         bao = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name() == "bao"]
         assert bao, "the demo runs no OpenBao server"
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "worker" in p.cmdline() and "broker.cli.main" in p.cmdline()]
+        assert workers, "the demo runs no Celery worker"
 
         api = httpx.Client(base_url=info["api_url"], timeout=10)
         assert api.get("/healthz").status_code == 200
@@ -86,6 +87,59 @@ def test_demo_end_to_end(tmp_path):
         token = info["agent_dsn"].split(":")[2].split("@")[0]
         assert token not in sessions.text
         assert "openapi" in api.get("/openapi.json").text
+
+        # A parked DELETE, approved from the CLI with the approver's token, runs in psql.
+        env = {**os.environ, "JITGATE_TOKEN": info["approver_token"], "JITGATE_API_URL": info["api_url"]}
+        with psycopg.connect(info["upstream_admin_dsn"], autocommit=True) as admin:
+            orders = admin.execute("select count(*) from orders").fetchone()[0]
+        psql = subprocess.Popen(
+            ["psql", "-X", "-c", "delete from orders", info["agent_dsn"]],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        pending = []
+        deadline = time.monotonic() + 20
+        while not pending:
+            assert time.monotonic() < deadline, "the DELETE was not parked"
+            listed = subprocess.run([JITGATE, "approvals", "list", "--json"], env=env, capture_output=True, text=True)
+            assert listed.returncode == 0, listed.stderr
+            pending = [a for a in json.loads(listed.stdout) if a["sql"] == "delete from orders"]
+            time.sleep(0.2)
+        (parked,) = pending
+        assert parked["requester"] == "agent:demo-agent" and parked["rule"] == "agent-safe/write-without-where"
+        approved = subprocess.run(
+            [JITGATE, "approvals", "approve", parked["id"]], env=env, capture_output=True, text=True
+        )
+        assert approved.returncode == 0 and "approved" in approved.stdout, approved.stderr
+        out, err = psql.communicate(timeout=30)
+        assert out.strip() == f"DELETE {orders}", err
+        assert f"awaiting approval {parked['id']}" in err
+        # Denied through the API: the client gets 42501 with the approver's reason.
+        with psycopg.connect(info["agent_dsn"], autocommit=True) as conn:
+            import threading
+
+            denied: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    conn.execute("truncate customers")
+                except psycopg.Error as exc:
+                    denied.append(exc)
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            auth = {"Authorization": f"Bearer {info['approver_token']}"}
+            deadline = time.monotonic() + 20
+            while True:
+                found = [a for a in api.get("/v1/approvals?status=pending", headers=auth).json()
+                         if a["sql"] == "truncate customers"]
+                if found:
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            answer = api.post(f"/v1/approvals/{found[0]['id']}/deny", headers=auth, json={"reason": "keep the data"})
+            assert answer.status_code == 200, answer.text
+            thread.join(20)
+            assert isinstance(denied[0], psycopg.errors.InsufficientPrivilege) and "keep the data" in str(denied[0])
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -139,7 +139,7 @@ def test_sql_level_execute_takes_the_prepared_statements_decision():
 
 def test_review_parks_and_resumes_on_approval():
     mach = machine()
-    q = m.query_message("delete risky")
+    q = m.query_message("truncate risky")
     mach.feed_client(q + m.query_message("select 2"))
     assert mach.parked is not None and mach.out_upstream == []
     mach.resume(approved=True)
@@ -148,12 +148,58 @@ def test_review_parks_and_resumes_on_approval():
 
 def test_review_denied_is_refused_with_reason():
     mach = machine()
-    mach.feed_client(m.query_message("delete risky"))
+    mach.feed_client(m.query_message("truncate risky"))
     mach.resume(approved=False, reason="not on a Friday")
     assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]
     mach.feed_server(m.error_response("42601", "syntax") + m.ready_for_query(b"I"))
     err = m.parse_fields(sent(mach, "out_client")[0][1])
     assert "not on a Friday" in m.field(err, "M")
+
+
+PLAN = (
+    b'[{"Plan": {"Node Type": "ModifyTable", "Plan Rows": 0, '
+    b'"Plans": [{"Node Type": "Seq Scan", "Plan Rows": 42}]}}]'
+)
+
+
+def explain_answer(plan: bytes = PLAN) -> bytes:
+    return (
+        row_description(("QUERY PLAN", 114)) + m.data_row([plan]) + m.frame(b"C", m.cstr("EXPLAIN"))
+        + m.ready_for_query(b"I")
+    )
+
+
+def test_a_parked_write_is_explained_first_for_its_blast_radius():
+    mach = machine()
+    q = m.query_message("delete risky")
+    mach.feed_client(q + m.query_message("select 2"))
+    # Held, not yet parked: the gateway asks the planner first, without running it.
+    assert mach.parked is None
+    assert sent(mach) == [(ord("Q"), m.cstr("EXPLAIN (FORMAT JSON) delete risky"))]
+    mach.feed_server(explain_answer())
+    assert mach.out_client == []  # the gateway's own answer is not relayed
+    assert mach.parked is not None and mach.parked.estimate == 42
+    mach.resume(approved=True)
+    assert b"".join(mach.out_upstream) == q + m.query_message("select 2")
+
+
+def test_an_explain_that_fails_parks_without_an_estimate_and_shows_nothing():
+    mach = machine()
+    mach.feed_client(m.query_message("delete risky"))
+    sent(mach)
+    mach.feed_server(m.error_response("42P01", "relation does not exist") + m.ready_for_query(b"I"))
+    assert mach.out_client == []
+    assert mach.parked is not None and mach.parked.estimate is None
+
+
+def test_no_explain_inside_a_transaction_block():
+    mach = machine()
+    mach.feed_client(m.query_message("begin"))
+    sent(mach)
+    mach.feed_server(m.frame(b"C", m.cstr("BEGIN")) + m.ready_for_query(b"T"))
+    sent(mach, "out_client")
+    mach.feed_client(m.query_message("delete risky"))
+    assert mach.parked is not None and mach.parked.estimate is None and mach.out_upstream == []
 
 
 class NameMasker:

@@ -19,7 +19,10 @@ from sqlalchemy import make_url, text
 
 from broker.store import Store
 
-TABLES = ("statements", "sessions", "gateway_tokens", "audit_events", "audit_state")
+TABLES = (
+    "statements", "sessions", "approval_votes", "approvals", "principals", "access_requests", "leases",
+    "gateway_tokens", "audit_events", "audit_state",
+)
 
 
 class FakeClock:

@@ -27,6 +27,9 @@ EXPECTED_TABLES = {
     "leases",
     "audit_events",
     "audit_state",
+    "approvals",
+    "approval_votes",
+    "principals",
 }
 
 

@@ -1,0 +1,290 @@
+"""The approvals service: what the proxy, the API, the CLI, Slack and the workers call.
+
+It joins the pure rules (`model`), the terms from configuration (`settings.terms_for`), the
+store (which applies transitions atomically and audits them), the decision bus (which wakes
+the proxy that parked a statement) and a `Dispatcher` (which tells the outside world: the
+Celery tasks that post and update Slack prompts). Every committed transition is published
+and dispatched; a failure to dispatch never undoes a decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from broker import metrics
+from broker.approvals.bus import DecisionBus, LocalBus
+from broker.approvals.model import Approval, ApprovalRefused, Choice, Scope, Status, Voter, VoteResult
+from broker.approvals.settings import ApprovalSettings, terms_for
+from broker.durations import parse_duration
+from broker.policy.normalize import shape
+
+if TYPE_CHECKING:
+    from broker.store import Store
+
+log = structlog.get_logger("jitgate.approvals")
+
+
+class Dispatcher(Protocol):
+    """Tells the world about a request: post a prompt when created, update it on change."""
+
+    def created(self, approval: Approval) -> None: ...
+
+    def changed(self, approval: Approval) -> None: ...
+
+
+class NullDispatcher:
+    """No Slack configured: approvals happen in the console, the CLI or the API."""
+
+    def created(self, approval: Approval) -> None:
+        pass
+
+    def changed(self, approval: Approval) -> None:
+        pass
+
+
+def statement_hash(sql: str) -> str:
+    return hashlib.sha256(sql.encode()).hexdigest()
+
+
+def statement_fingerprint(sql: str) -> str:
+    """The literal-free shape's digest: `delete from t where id = 1` and `... = 2` share it."""
+    return hashlib.sha256((shape(sql) or sql).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    principal: str
+    groups: tuple[str, ...]
+    owner: str | None = None  # an agent's responsible person
+
+
+class ApprovalService:
+    def __init__(
+        self,
+        store: Store,
+        settings: ApprovalSettings,
+        *,
+        bus: DecisionBus | None = None,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.bus: DecisionBus = bus or LocalBus()
+        self.dispatcher: Dispatcher = dispatcher or NullDispatcher()
+        self._directory_max_age = parse_duration(settings.directory_max_age)
+
+    # -- creating ------------------------------------------------------------------------------
+
+    async def park_statement(
+        self,
+        *,
+        session_id: str,
+        requester: Requester,
+        resource: str,
+        sql: str,
+        rule: str,
+        risk: str,
+        intent: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Approval:
+        terms = terms_for(self.settings, kind="statement", resource=resource, rule=rule)
+        now = self.store.clock()
+        approval = Approval(
+            id=str(uuid.uuid4()),
+            kind="statement",
+            status=Status.PENDING,
+            requester=requester.principal,
+            requester_groups=requester.groups,
+            owner=requester.owner,
+            resource=resource,
+            created_at=now,
+            expires_at=now + terms.timeout,
+            approver_groups=terms.approvers,
+            quorum=terms.quorum,
+            scopes=terms.scopes,
+            fingerprint_window=terms.fingerprint_window,
+            break_glass=terms.break_glass,
+            reason=intent,
+            session_id=session_id,
+            sql=sql,
+            statement_hash=statement_hash(sql),
+            fingerprint=statement_fingerprint(sql),
+            rule=rule,
+            risk=risk,
+            details=details or {},
+        )
+        await self.store.create_approval(approval)
+        self._dispatch("created", approval)
+        return approval
+
+    async def open_access_request(
+        self,
+        *,
+        request_id: str,
+        requester: Requester,
+        resource: str,
+        role: str,
+        reason: str,
+        ttl: timedelta,
+        approvers: Sequence[str],
+    ) -> Approval:
+        """The approval behind a pending access request; it shares the request's id."""
+        terms = terms_for(self.settings, kind="access", resource=resource, approvers=tuple(approvers))
+        now = self.store.clock()
+        approval = Approval(
+            id=request_id,
+            kind="access",
+            status=Status.PENDING,
+            requester=requester.principal,
+            requester_groups=requester.groups,
+            owner=requester.owner,
+            resource=resource,
+            role=role,
+            reason=reason,
+            created_at=now,
+            expires_at=now + terms.timeout,
+            approver_groups=terms.approvers,
+            quorum=terms.quorum,
+            scopes=(Scope.ONCE,),
+            break_glass=terms.break_glass,
+            details={"ttl_seconds": int(ttl.total_seconds())},
+        )
+        await self.store.create_approval(approval)
+        self._dispatch("created", approval)
+        return approval
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    async def vote(
+        self,
+        approval_id: str,
+        voter: Voter,
+        choice: Choice,
+        *,
+        reason: str | None = None,
+        scope: Scope | str | None = None,
+    ) -> VoteResult:
+        """Raises `ApprovalRefused` (with a stable `.code`) or `ApprovalNotFound`."""
+        try:
+            result = await self.store.vote_approval(approval_id, voter, choice, reason=reason, scope=scope)
+        except ApprovalRefused as exc:
+            metrics.APPROVAL_VOTES.labels(voter.via, exc.code).inc()
+            raise
+        metrics.APPROVAL_VOTES.labels(voter.via, "counted" if result.counted else "duplicate").inc()
+        if result.counted:
+            log.info(
+                "approval_vote", approval_id=approval_id, voter=voter.principal, choice=choice,
+                via=voter.via, status=result.approval.status.value, break_glass=result.break_glass,
+            )
+            if result.decided:
+                await self.bus.publish(approval_id, result.approval.status.value)
+            self._dispatch("changed", result.approval)
+        return result
+
+    async def cancel(self, approval_id: str, *, reason: str, actor: str | None = None) -> Approval | None:
+        """Withdraw a pending request; None when it was decided meanwhile (that stands)."""
+        try:
+            approval = await self.store.cancel_approval(approval_id, reason=reason, actor=actor)
+        except ApprovalRefused:
+            return None
+        await self.bus.publish(approval_id, approval.status.value)
+        self._dispatch("changed", approval)
+        return approval
+
+    async def cancel_for_session(self, session_id: str, *, reason: str) -> None:
+        for approval in await self.store.cancel_session_approvals(session_id, reason=reason):
+            await self.bus.publish(approval.id, approval.status.value)
+            self._dispatch("changed", approval)
+
+    async def expire_due(self) -> list[Approval]:
+        expired = []
+        for approval_id in await self.store.due_approvals():
+            try:
+                approval = await self.store.expire_approval(approval_id)
+            except ApprovalRefused:
+                continue  # decided between the query and the transition
+            expired.append(approval)
+            await self.bus.publish(approval.id, approval.status.value)
+            self._dispatch("changed", approval)
+        return expired
+
+    # -- waiting (the proxy) -------------------------------------------------------------------
+
+    async def wait(self, approval_id: str, seconds: float) -> Approval:
+        """The request once it leaves pending, or as it stands when `seconds` run out.
+
+        Woken by the bus; the store is read before waiting and after each wake-up, so a
+        decision published before the wait began is not missed, and a lost message costs
+        at most the timeout, never a wrong outcome.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            future = self.bus.waiter(approval_id)
+            try:
+                approval = await self.store.get_approval(approval_id)
+                if approval is None:
+                    raise LookupError(approval_id)
+                remaining = deadline - loop.time()
+                if approval.final or remaining <= 0:
+                    return approval
+                try:
+                    await asyncio.wait_for(asyncio.shield(future), remaining)
+                except TimeoutError:
+                    pass
+            finally:
+                self.bus.discard(approval_id, future)
+                future.cancel()
+
+    async def covering(self, *, session_id: str, requester: str, resource: str, sql: str) -> Approval | None:
+        return await self.store.find_covering_approval(
+            session_id=session_id, statement_hash=statement_hash(sql), fingerprint=statement_fingerprint(sql),
+            requester=requester, resource=resource,
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get(self, approval_id: str) -> Approval | None:
+        return await self.store.get_approval(approval_id)
+
+    async def find(self, *, status: Status | None = None, requester: str | None = None) -> list[Approval]:
+        return await self.store.list_approvals(status=status, requester=requester)
+
+    async def list_pending(self, *, approver: Voter | None = None, requester: str | None = None) -> list[Approval]:
+        """Pending requests; for an approver, only those they may decide (not their own)."""
+        pending = await self.store.list_approvals(status=Status.PENDING, requester=requester)
+        if approver is None:
+            return pending
+        groups = set(approver.groups)
+        return [
+            a for a in pending
+            if groups.intersection(a.approver_groups) and not a.is_requester(approver.principal)
+        ]
+
+    async def voter_for_email(self, email: str, *, via: str = "slack") -> Voter | None:
+        return await self.store.voter_for_email(email, via=via, max_age=self._directory_max_age)
+
+    def _observe(self, approval: Approval) -> None:
+        if approval.final and approval.decided_at is not None:
+            metrics.APPROVALS_DECIDED.labels(approval.kind, approval.status.value).inc()
+            metrics.APPROVAL_SECONDS.labels(approval.status.value).observe(
+                max(0.0, (approval.decided_at - approval.created_at).total_seconds())
+            )
+
+    def _dispatch(self, what: str, approval: Approval) -> None:
+        if what == "created":
+            metrics.APPROVALS_OPENED.labels(approval.kind).inc()
+        else:
+            self._observe(approval)
+        try:
+            getattr(self.dispatcher, what)(approval)
+        except Exception as exc:  # the decision is committed; the prompt catches up later
+            log.warning("approval_dispatch_failed", approval_id=approval.id, what=what, error=type(exc).__name__)

@@ -1,0 +1,86 @@
+"""Composition of the approvals service for a process (`jitgate proxy`, `api`, `demo`).
+
+- The decision bus: Redis pub/sub when `broker_url` is a redis:// URL (or, unset, when Redis
+  answers at 127.0.0.1:6379), so a decision taken through any API instance reaches the proxy
+  that parked the statement; otherwise in-process only.
+- The dispatcher: Celery tasks that post and update Slack prompts, when `slack` is
+  configured; otherwise none (decide in the console, CLI or API).
+
+An explicitly configured Redis that does not answer is an error at start: a proxy that
+would never hear decisions must not start pretending it can park statements.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI
+
+from broker.approvals.bus import DecisionBus, LocalBus, RedisBus
+from broker.approvals.service import ApprovalService, Dispatcher
+from broker.config import Settings
+from broker.exceptions import ConfigError
+from broker.store import Store
+
+log = structlog.get_logger("jitgate.approvals")
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_broker_url(settings: Settings) -> str:
+    """The Celery broker / bus URL: configured, else local Redis if up, else SQLite via kombu."""
+    configured = settings.broker_url.get_secret_value().strip()
+    if configured:
+        return configured
+    if _redis_answers():
+        return DEFAULT_REDIS
+    return f"sqla+sqlite:///{Path(settings.data_dir).resolve() / 'celery.db'}"
+
+
+async def open_approvals(
+    settings: Settings, store: Store, *, dispatcher: Dispatcher | None = None
+) -> tuple[ApprovalService, Callable[[], Awaitable[None]]]:
+    url = resolve_broker_url(settings)
+    bus: DecisionBus
+    if url.startswith(("redis://", "rediss://")):
+        redis_bus = RedisBus(url)
+        try:
+            await redis_bus.start()
+        except Exception as exc:
+            await redis_bus.close()
+            raise ConfigError(
+                f"broker_url: Redis does not answer ({type(exc).__name__}); decisions could not reach the proxy"
+            ) from None
+        bus = redis_bus
+    else:
+        bus = LocalBus()
+    if dispatcher is None and settings.slack is not None:
+        from workers.dispatch import CeleryDispatcher
+
+        dispatcher = CeleryDispatcher(url)
+    log.info("approvals_ready", bus=type(bus).__name__, slack=settings.slack is not None)
+    service = ApprovalService(store, settings.approvals, bus=bus, dispatcher=dispatcher)
+    return service, bus.close
+
+
+def attach_slack(app: FastAPI, settings: Settings, service: ApprovalService) -> bool:
+    """Serve the Slack app at POST /slack/events (HTTP mode) when `slack` is configured."""
+    if settings.slack is None:
+        return False
+    from slackapp.actions import BrokerActions
+    from slackapp.app import build_app
+    from slackapp.http import mount
+
+    mount(app, build_app(settings.slack, BrokerActions(service, settings)))
+    return True

@@ -1,0 +1,131 @@
+"""The review hook backed by the broker's approvals service.
+
+A statement under `review`:
+
+1. runs at once when an earlier approval covers it (same statement in this session after a
+   late approval, a session-scoped approval, or a fingerprint window);
+2. otherwise is parked: an approval request is stored (and its Slack prompt dispatched), the
+   client gets a NoticeResponse naming the request and where to decide it, and the proxy
+   waits up to `wait_seconds` for the decision, woken by the decision bus;
+3. approved: it runs on the same upstream connection. Denied, expired or cancelled: refused
+   with the reason. Still pending when the wait ends: refused, saying that the request stays
+   open and that re-running the same statement after its approval will run it.
+
+If the client goes away while parked, the request is cancelled. Anything failing on the way
+(store down, ...) refuses the statement: the hook fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from broker.approvals.model import Approval, Status
+from broker.approvals.service import ApprovalService, Requester
+from broker.policy import Verdict
+from proxy.hooks import ReviewOutcome, SessionInfo
+
+log = structlog.get_logger("jitgate.proxy")
+
+
+class ApprovalReviewHook:
+    def __init__(self, service: ApprovalService, *, wait_seconds: float, console_url: str | None = None) -> None:
+        self.service = service
+        self.wait_seconds = wait_seconds
+        self.console_url = (console_url or "").rstrip("/") or None
+        self._withdrawing: set[asyncio.Future[None]] = set()
+
+    async def review(
+        self,
+        *,
+        session: SessionInfo,
+        sql: str,
+        verdict: Verdict,
+        notify: Callable[[str], None],
+        estimate: int | None = None,
+    ) -> ReviewOutcome:
+        grant = session.grant
+        covering = await self.service.covering(
+            session_id=session.session_id, requester=grant.principal, resource=grant.resource, sql=sql
+        )
+        if covering is not None:
+            notify(f"jitgate: runs under approval {covering.id} ({covering.scope.value if covering.scope else 'once'})")
+            return ReviewOutcome(approved=True)
+        approval = await self.service.park_statement(
+            session_id=session.session_id,
+            requester=Requester(grant.principal, tuple(grant.groups), _owner(session)),
+            resource=grant.resource,
+            sql=sql,
+            rule=verdict.rule,
+            risk=verdict.reason,
+            intent=session.intent or session.application_name,
+            details=_details(verdict, estimate),
+        )
+        where = f" at {self.console_url}/approvals/{approval.id}" if self.console_url else ""
+        notify(
+            f"jitgate: awaiting approval {approval.id}{where} "
+            f"(rule {verdict.rule}; approvers: {', '.join(approval.approver_groups)}; "
+            f"waiting up to {int(self.wait_seconds)} s)"
+        )
+        try:
+            final = await self.service.wait(approval.id, self.wait_seconds)
+        except asyncio.CancelledError:
+            # The client left (or the session ended) while parked: withdraw the request. The
+            # cancel runs in its own task so that this cancellation does not interrupt it.
+            task = asyncio.ensure_future(self._withdraw(approval.id, session.session_id))
+            self._withdrawing.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._withdrawing.discard)
+            raise
+        return await self._outcome(final)
+
+    async def _withdraw(self, approval_id: str, session_id: str) -> None:
+        try:
+            await self.service.cancel(approval_id, reason="the requesting client disconnected", actor=None)
+        except Exception as exc:
+            log.warning("approval_cancel_failed", approval_id=approval_id, error=type(exc).__name__)
+
+    async def _outcome(self, approval: Approval) -> ReviewOutcome:
+        if approval.status is Status.APPROVED:
+            # The parked run is the one run a once-approval allows.
+            await self.service.store.use_approval(approval.id)
+            return ReviewOutcome(approved=True)
+        if approval.status is Status.PENDING:
+            return ReviewOutcome(
+                approved=False,
+                reason=(
+                    f"approval {approval.id} is still pending after {int(self.wait_seconds)} s; it stays open "
+                    f"until {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC: re-run the same statement in this "
+                    "session once it is approved"
+                ),
+            )
+        who = ", ".join(approval.decided_by)
+        if approval.status is Status.DENIED:
+            return ReviewOutcome(
+                approved=False, reason=f"approval {approval.id} denied by {who}: {approval.decision_reason}"
+            )
+        return ReviewOutcome(
+            approved=False, reason=f"approval {approval.id} {approval.status.value}: {approval.decision_reason}"
+        )
+
+    async def session_ended(self, session_id: str) -> None:
+        """Cancel what the session left pending (called when a session ends)."""
+        try:
+            await self.service.cancel_for_session(session_id, reason="the session ended")
+        except Exception as exc:
+            log.warning("approval_cancel_failed", session_id=session_id, error=type(exc).__name__)
+
+
+def _details(verdict: Verdict, estimate: int | None) -> dict[str, object]:
+    """The blast radius shown to approvers: tables touched and the planner's row estimate."""
+    details: dict[str, object] = {}
+    if verdict.tables:
+        details["tables"] = list(verdict.tables)
+    if estimate is not None:
+        details["row_estimate"] = estimate
+    return details
+
+
+def _owner(session: SessionInfo) -> str | None:
+    return session.extra.get("owner")

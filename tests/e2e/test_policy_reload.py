@@ -1,0 +1,93 @@
+"""Policy hot reload: SIGHUP to `jitgate proxy` swaps policies without dropping a session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+
+JITGATE = str(Path(sys.executable).parent / "jitgate")
+
+
+def write_config(path: Path, port: int, upstream, roles, policy: str | None) -> None:
+    resource: dict[str, object] = {"upstream": {
+        "host": upstream.host, "port": upstream.port, "dbname": "demo", "sslmode": "disable",
+        "username": roles.rw_user, "password": roles.rw_password,
+    }}
+    if policy is not None:
+        resource["policy"] = policy
+    path.write_text(yaml.safe_dump({
+        "data_dir": str(path.parent / "data"),
+        "broker_url": "sqla+sqlite:///" + str(path.parent / "celery.db"),
+        "proxy": {"listen_port": port, "review_wait_seconds": 0.5},
+        "resources": {"demo": resource},
+    }))
+
+
+def audit_types(config: Path) -> str:
+    return subprocess.run([JITGATE, "audit", "export", "--config", str(config), "--format", "jsonl"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_nothing(tmp_path, upstream, demo_roles):
+    port = free_port()
+    config = tmp_path / "jitgate.yaml"
+    write_config(config, port, upstream, demo_roles, "observe")
+    proc = subprocess.Popen([JITGATE, "proxy", "--config", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "proxy.log").open("wb"), start_new_session=True)
+    try:
+        token = subprocess.run(
+            [JITGATE, "token", "issue", "--config", str(config), "--resource", "demo", "--role", "readwrite",
+             "--principal", "agent:reload", "--group", "ai-agents", "--ttl", "1h", "--reusable"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().split()[-1]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = psycopg.connect(f"postgresql://agent:{token}@127.0.0.1:{port}/demo", autocommit=True)
+                break
+            except psycopg.OperationalError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
+                time.sleep(0.2)
+        with conn:
+            conn.execute("create temp table t_reload (id int)")
+            assert conn.execute("delete from t_reload").statusmessage == "DELETE 0"  # observe: forwarded
+
+            write_config(config, port, upstream, demo_roles, "agent-safe")
+            os.kill(proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while True:  # the same, still open session now gets the new policy
+                try:
+                    conn.execute("delete from t_reload")
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    assert "write-without-where" in str(exc)
+                    break
+                assert time.monotonic() < deadline, "the reload never took effect"
+                time.sleep(0.2)
+            assert conn.execute("select 1").fetchone() == (1,)  # not dropped
+
+            config.write_text(config.read_text().replace("policy: agent-safe", "policy: no-such-preset"))
+            os.kill(proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while '"ok":false' not in audit_types(config).replace(" ", ""):
+                assert time.monotonic() < deadline, "a failed reload was not audited"
+                time.sleep(0.2)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the good policy stayed
+                conn.execute("delete from t_reload")
+        exported = audit_types(config)
+        assert '"type":"policy.reload"' in exported.replace(" ", "")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)

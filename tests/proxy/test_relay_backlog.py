@@ -1,0 +1,110 @@
+"""The relay stops reading from a client while the recorder is behind, and resumes after."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from proxy.relay import Relay
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.reading = True
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+
+class FakeMachine:
+    """Forwards client bytes unchanged (one statement per chunk, for the backlog)."""
+
+    def __init__(self, backlog: FakeBacklog) -> None:
+        self.out_upstream: list[bytes] = []
+        self.out_client: list[bytes] = []
+        self.terminated = False
+        self.parked = None
+        self._backlog = backlog
+
+    def feed_client(self, data: bytes) -> None:
+        self.out_upstream.append(data)
+        self._backlog.pending += 1
+
+
+class FakeBacklog:
+    def __init__(self, soft: int) -> None:
+        self.pending = 0
+        self.soft = soft
+        self.cleared = asyncio.Event()
+
+    @property
+    def backlogged(self) -> bool:
+        return self.pending >= self.soft
+
+    async def caught_up(self) -> None:
+        await self.cleared.wait()
+        self.pending = 0
+
+
+async def test_client_is_not_read_while_the_recorder_is_behind() -> None:
+    backlog = FakeBacklog(soft=3)
+    machine = FakeMachine(backlog)
+    client, upstream = FakeTransport(), FakeTransport()
+
+    async def review(_: Any) -> None:
+        raise AssertionError("no review here")
+
+    relay = Relay(machine, client, upstream, review=review, backlog=backlog)  # type: ignore[arg-type]
+    run = asyncio.ensure_future(relay.run(b"", b""))
+    await asyncio.sleep(0)
+    for i in range(2):
+        relay._from_client(b"q%d" % i)
+    assert client.reading
+    relay._from_client(b"q2")  # the third statement puts the recorder behind
+    assert not client.reading
+    assert upstream.written == [b"q0", b"q1", b"q2"]  # what was read is still forwarded
+    backlog.cleared.set()
+    await asyncio.sleep(0.01)
+    assert client.reading
+    relay._from_client(b"q3")
+    assert client.reading and upstream.written[-1] == b"q3"
+    relay.end("done", b"")
+    assert await run == "done"
+
+
+async def test_no_backlog_no_throttling() -> None:
+    backlog = FakeBacklog(soft=1)
+    machine = FakeMachine(backlog)
+    client, upstream = FakeTransport(), FakeTransport()
+
+    async def review(_: Any) -> None:
+        raise AssertionError("no review here")
+
+    relay = Relay(machine, client, upstream, review=review)  # type: ignore[arg-type]
+    run = asyncio.ensure_future(relay.run(b"", b""))
+    await asyncio.sleep(0)
+    relay._from_client(b"q0")
+    relay._from_client(b"q1")
+    assert client.reading
+    relay.end("done", b"")
+    assert await run == "done"
