@@ -148,8 +148,9 @@ def statement(*, session_id: str, seq: int, sql: str, decision: object, started_
               principal: str | None = None, client_addr: str | None = None,
               fingerprint: str | None = None, rule: str | None = None, reason: str | None = None,
               shadow_decision: object = None, duration_ms: float | None = None, rows: int | None = None,
-              masked_values: int = 0, error_sqlstate: str | None = None) -> AuditEvent:
-    """A statement with its decision. `sql` is the text as recorded (placeholders if so configured)."""
+              masked_values: int = 0, error_sqlstate: str | None = None, intent: str | None = None) -> AuditEvent:
+    """A statement with its decision. `sql` is the text as recorded (placeholders if so configured);
+    `intent` is what the agent said its session is for."""
     return AuditEvent(
         "statement",
         principal,
@@ -157,7 +158,7 @@ def statement(*, session_id: str, seq: int, sql: str, decision: object, started_
         _data(client_addr=client_addr, seq=seq, sql=sql, fingerprint=fingerprint, decision=decision, rule=rule,
               reason=reason,
               shadow_decision=shadow_decision, started_at=started_at, duration_ms=duration_ms, rows=rows,
-              masked_values=masked_values, error_sqlstate=error_sqlstate),
+              masked_values=masked_values, error_sqlstate=error_sqlstate, intent=intent),
     )
 
 

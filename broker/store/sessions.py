@@ -111,9 +111,9 @@ class SessionRepository(AuditRepository):
                 await session.execute(stmt, [_statement_values(r) for r in fresh])
             # Who ran it and from where, so each audit record stands on its own in an export.
             owners = {
-                sid: (principal, addr)
-                for sid, principal, addr in await session.execute(
-                    select(Session.id, Session.principal, Session.client_addr).where(
+                sid: (principal, addr, intent)
+                for sid, principal, addr, intent in await session.execute(
+                    select(Session.id, Session.principal, Session.client_addr, Session.intent).where(
                         Session.id.in_({r.session_id for r in fresh})
                     )
                 )
@@ -258,12 +258,12 @@ def _spans(records: Sequence[StatementRecord]) -> dict[str, tuple[int, int]]:
 
 
 def _statement_entries(
-    fresh: Sequence[StatementRecord], owners: Mapping[str, tuple[str | None, str | None]]
+    fresh: Sequence[StatementRecord], owners: Mapping[str, tuple[str | None, str | None, str | None]]
 ) -> list[AuditEntry]:
     entries: list[AuditEntry] = []
     for r in fresh:
-        principal, addr = owners.get(r.session_id, (None, None))
-        data = statement_data(r, addr)
+        principal, addr, intent = owners.get(r.session_id, (None, None, None))
+        data = statement_data(r, addr, intent)
         entries.append(("statement", principal, r.session_id, data, canonical_json(data)))
     return entries
 
@@ -291,9 +291,11 @@ def _write_batch_sqlite(
             sqlite_insert_rows(db, _SQLITE_STATEMENT_INSERT, [_sqlite_statement_row(r) for r in fresh])
             sids = list({r.session_id for r in fresh})
             owners = {
-                sid: (principal, addr)
-                for sid, principal, addr in db.execute(
-                    f"SELECT id, principal, client_addr FROM sessions WHERE id IN ({', '.join('?' * len(sids))})", sids
+                sid: (principal, addr, intent)
+                for sid, principal, addr, intent in db.execute(
+                    "SELECT id, principal, client_addr, intent FROM sessions"
+                    f" WHERE id IN ({', '.join('?' * len(sids))})",
+                    sids,
                 )
             }
             appended = sqlite_append_audit(db, _statement_entries(fresh, owners), now, keep=keep)
@@ -305,7 +307,7 @@ def _write_batch_sqlite(
     return appended
 
 
-def statement_data(r: StatementRecord, client_addr: str | None) -> dict[str, Any]:
+def statement_data(r: StatementRecord, client_addr: str | None, intent: str | None = None) -> dict[str, Any]:
     """The `data` of a statement's audit record: `events.statement(...).data`, built directly.
 
     (That generic path converts every field on its own; this runs for every statement the
@@ -325,11 +327,12 @@ def statement_data(r: StatementRecord, client_addr: str | None) -> dict[str, Any
         "rows": r.rows,
         "masked_values": r.masked_values,
         "error_sqlstate": r.error_sqlstate,
+        "intent": intent,
     }
 
 
 def _statement_event(
-    r: StatementRecord, principal: str | None, client_addr: str | None
+    r: StatementRecord, principal: str | None, client_addr: str | None, intent: str | None = None
 ) -> events.AuditEvent:
     """The generic form of a statement's audit event (what `statement_data` must match)."""
     return events.statement(
@@ -348,6 +351,7 @@ def _statement_event(
         rows=r.rows,
         masked_values=r.masked_values,
         error_sqlstate=r.error_sqlstate,
+        intent=intent,
     )
 
 

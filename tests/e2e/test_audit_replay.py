@@ -78,3 +78,20 @@ def test_replay_matches_what_psql_saw(gateway, tmp_path: Path) -> None:  # type:
 
 async def _collect(store):  # type: ignore[no-untyped-def]
     return [r async for r in store.iter_audit()]
+
+
+def test_intent_is_on_every_statement_record(gateway) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    intent = "clean up duplicate orders for ticket 812"
+    with psycopg.connect(gateway.dsn(options=f"-c jitgate.intent={intent.replace(' ', chr(92) + ' ')}")) as conn:
+        conn.execute("select 'intent-marker-1'")
+        conn.execute("select 'intent-marker-2'")
+    gateway.flush()
+
+    async def statements() -> list[dict]:  # type: ignore[type-arg]
+        return [r.data async for r in gateway.store.iter_audit() if r.type == "statement"
+                and "intent-marker" in str(r.data.get("sql"))]
+
+    found = gateway.call(statements())
+    assert len(found) == 2 and all(d["intent"] == intent for d in found)

@@ -42,8 +42,8 @@ def records(sid: str, seqs: range) -> list[StatementRecord]:
 
 def test_statement_data_is_the_generic_event_data() -> None:
     for r in records("s1", range(1, 13)):
-        generic = sessions_mod._statement_event(r, "agent:x", "10.0.0.1:5")
-        assert sessions_mod.statement_data(r, "10.0.0.1:5") == generic.data
+        generic = sessions_mod._statement_event(r, "agent:x", "10.0.0.1:5", "fix ticket 7")
+        assert sessions_mod.statement_data(r, "10.0.0.1:5", "fix ticket 7") == generic.data
         assert (generic.type, generic.actor, generic.session_id) == ("statement", "agent:x", "s1")
 
 
