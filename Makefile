@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check broker proxy slackapp workers tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy proxy broker/policy broker/masking broker/audit broker/credentials broker/identity broker/store broker/api broker/approvals broker/console broker/mcp broker/cli/mcp_cmd.py broker/config.py slackapp workers
+	$(BIN)/mypy proxy broker/policy broker/masking broker/audit broker/credentials broker/identity broker/store broker/api broker/approvals broker/console broker/mcp broker/cli/mcp_cmd.py broker/config.py broker/config_reference.py slackapp workers
 
 # pytest exits 5 when it collects nothing; that is a failure here, as any non-zero status is.
 test: $(STAMP) chromium lint typecheck

@@ -159,6 +159,16 @@ class ProxySettings(_Section):
     review_wait_seconds: float = Field(
         default=120.0, gt=0, description="How long a parked statement waits for an approval"
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        lt=65536,
+        description=(
+            "Serve the proxy's Prometheus metrics at http://<metrics_host>:<port>/metrics "
+            "(with --workers N, worker i uses port + i); null: not served"
+        ),
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address the metrics endpoint listens on")
 
     @field_validator("tls_cert_file")
     @classmethod

@@ -92,6 +92,12 @@ APPROVAL_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600),
     registry=REGISTRY,
 )
+VAULT_ERRORS = Counter(
+    "jitgate_vault_errors_total",
+    "Vault/OpenBao calls that failed, by kind (unreachable, refused)",
+    ["kind"],
+    registry=REGISTRY,
+)
 SLACK_ERRORS = Counter(
     "jitgate_slack_errors_total",
     "Slack Web API calls that failed after their retries, by method",

@@ -167,6 +167,8 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             application_name=startup.application_name,
             intent=startup.intent,
         )
+        # Every log line of this connection's task carries the session id from here on.
+        structlog.contextvars.bind_contextvars(session_id=session_id)
         session = SessionInfo(
             session_id=session_id,
             grant=grant,

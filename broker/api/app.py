@@ -7,9 +7,13 @@ requires a bearer token (`auth.py`); `/healthz`, `/readyz` (`health.py`) and `/m
 
 from __future__ import annotations
 
+import re
+import uuid
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -22,6 +26,8 @@ from broker.exceptions import StoreError
 from broker.identity.devissuer import DevIssuer
 from broker.identity.oidc import OIDCVerifier
 from broker.store import Store
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _version() -> str:
@@ -60,6 +66,16 @@ def create_app(
     # through this app reach waiters in this process only.
     app.state.approvals = approvals_service or ApprovalService(store, settings.approvals)
     app.state.oidc = oidc or (OIDCVerifier(settings.oidc.issuers) if settings.oidc.issuers else None)
+
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next: Any) -> Response:
+        # A caller's own id is kept when it is a plain token, so logs join across services.
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            response: Response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        return response
 
     @app.exception_handler(StoreError)
     async def _store_error(_request: Request, _exc: StoreError) -> JSONResponse:

@@ -35,7 +35,7 @@ from rich.table import Table
 from broker.config import Settings, load_settings
 from broker.exceptions import ConfigError
 
-config_app = typer.Typer(help="Check the configuration file.", no_args_is_help=True)
+config_app = typer.Typer(help="Check the configuration file; print its reference.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -47,6 +47,14 @@ class Problem:
     path: str
     message: str
     hint: str | None = None
+
+
+@config_app.command("reference")
+def reference() -> None:
+    """Print the configuration reference (Markdown), generated from the models: docs/CONFIG.md."""
+    from broker.config_reference import render
+
+    typer.echo(render(), nl=False)
 
 
 @config_app.command("check")

@@ -322,7 +322,7 @@ def _welcome(console: Console, info: DemoInfo, info_file: Path, policy: str) -> 
     for sql, what in (
         ("select full_name, email, card_number from customers limit 3", "masked"),
         ("select pg_read_file('/etc/passwd')", "blocked"),
-        ("delete from customers", "needs approval"),
+        ("delete from orders", f"parked: approve it at {info.api_url}/console/"),
     ):
         console.print(f'  psql "$DSN" -c "{sql}"    # {what}', markup=False)
     console.print("Ctrl-C stops everything.")

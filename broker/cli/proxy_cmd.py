@@ -45,10 +45,12 @@ def proxy(
         _run_worker(settings, reuse_port=False, config=config)
         return
     children = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:  # child
             try:
+                if settings.proxy.metrics_port:
+                    settings.proxy.metrics_port += index  # one metrics endpoint per worker
                 _run_worker(settings, reuse_port=True, config=config)
             finally:
                 os._exit(0)
@@ -150,6 +152,15 @@ async def serve(
     # collection, which otherwise shows up as multi-millisecond pauses in tail latency.
     gc.collect()
     gc.freeze()
+    metrics_server = None
+    if settings.proxy.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from broker.metrics import REGISTRY
+
+        metrics_server, _ = start_http_server(
+            settings.proxy.metrics_port, addr=settings.proxy.metrics_host, registry=REGISTRY
+        )
     try:
         await server.start()
         reaper.start()
@@ -158,6 +169,8 @@ async def serve(
             ready.set()
         await stop.wait()
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await server.close()
         await reaper.aclose()
         await credentials.aclose()

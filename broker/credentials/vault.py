@@ -26,6 +26,7 @@ import hvac.exceptions
 import requests
 import structlog
 
+from broker import metrics
 from broker.credentials.base import Credential, RenewalHook
 from broker.credentials.settings import CredentialSettings, VaultSettings
 from broker.exceptions import CredentialError, CredentialSourceUnavailable
@@ -154,6 +155,16 @@ class VaultProvider:
     # --- talking to Vault ------------------------------------------------------------------
 
     async def _call(self, action: str, fn: Callable[[hvac.Client], T]) -> T:
+        try:
+            return await self._call_once(action, fn)
+        except CredentialSourceUnavailable:
+            metrics.VAULT_ERRORS.labels("unreachable").inc()
+            raise
+        except CredentialError:
+            metrics.VAULT_ERRORS.labels("refused").inc()
+            raise
+
+    async def _call_once(self, action: str, fn: Callable[[hvac.Client], T]) -> T:
         client = await self._logged_in(action)
         try:
             return await self._run(action, fn, client)

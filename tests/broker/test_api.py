@@ -221,3 +221,34 @@ async def test_openapi_documents_the_api(client: httpx.AsyncClient) -> None:
     schemas = spec["components"]["schemas"]
     assert "SessionOut" in schemas and "StatementOut" in schemas
     assert "token_hash" not in str(schemas)
+
+
+async def test_every_response_names_its_request_id_and_logs_carry_it(client: httpx.AsyncClient) -> None:
+    import structlog
+
+    seen: list[object] = []
+
+    def spy(_logger: object, _name: str, event: dict) -> dict:  # type: ignore[type-arg]
+        seen.append(event.get("request_id"))
+        raise structlog.DropEvent
+
+    generated = await client.get("/healthz")
+    assert len(generated.headers["x-request-id"]) == 32
+    kept = await client.get("/healthz", headers={"X-Request-ID": "trace-42.a"})
+    assert kept.headers["x-request-id"] == "trace-42.a"
+    forged = await client.get("/healthz", headers={"X-Request-ID": "x\r\nSet-Cookie: a=b"})
+    assert forged.headers["x-request-id"] != "x\r\nSet-Cookie: a=b" and "set-cookie" not in forged.headers
+    old = structlog.get_config()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, spy])
+    try:
+        app = client._transport.app  # type: ignore[attr-defined]
+
+        @app.get("/_log_probe")
+        async def probe() -> dict[str, str]:
+            structlog.get_logger("test").info("probe")
+            return {}
+
+        await client.get("/_log_probe", headers={"X-Request-ID": "probe-1"})
+    finally:
+        structlog.configure(**old)
+    assert seen == ["probe-1"]

@@ -30,7 +30,7 @@ def write_config(path: Path, port: int, upstream, roles, policy: str | None) -> 
     path.write_text(yaml.safe_dump({
         "data_dir": str(path.parent / "data"),
         "broker_url": "sqla+sqlite:///" + str(path.parent / "celery.db"),
-        "proxy": {"listen_port": port, "review_wait_seconds": 0.5},
+        "proxy": {"listen_port": port, "review_wait_seconds": 0.5, "metrics_port": port + 1},
         "resources": {"demo": resource},
     }))
 
@@ -85,6 +85,16 @@ def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_noth
                 time.sleep(0.2)
             with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the good policy stayed
                 conn.execute("delete from t_reload")
+        # The proxy process serves its own metrics: the statements it judged are counted there.
+        import httpx
+
+        scraped = httpx.get(f"http://127.0.0.1:{port + 1}/metrics", timeout=5).text
+        counts = {
+            line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+            for line in scraped.splitlines() if line.startswith("jitgate_statements_total{")
+        }
+        assert counts.get('decision="allow"', 0) >= 2, counts  # create, delete, select, ... in this process
+        assert "# TYPE jitgate_sessions_active gauge" in scraped
         exported = audit_types(config)
         assert '"type":"policy.reload"' in exported.replace(" ", "")
         assert proc.poll() is None

@@ -64,10 +64,14 @@ async def test_lease_is_renewed_while_the_session_lives(openbao: VaultFixture, u
 
 
 async def test_vault_down_is_unavailable_without_secrets(openbao: VaultFixture) -> None:
+    from broker import metrics
+
+    before = metrics.REGISTRY.get_sample_value("jitgate_vault_errors_total", {"kind": "unreachable"}) or 0
     provider = VaultProvider(openbao.settings(address=f"http://127.0.0.1:{free_port()}", timeout_seconds=1), RESOURCES)
     with pytest.raises(CredentialSourceUnavailable) as err:
         await provider.acquire(resource="demo", role="readwrite", session_id="s3")
     assert "Vault is unreachable" in str(err.value)
+    assert metrics.REGISTRY.get_sample_value("jitgate_vault_errors_total", {"kind": "unreachable"}) == before + 1
     assert openbao.login.secret_id not in f"{err.value} {err.value.detail}"
     await provider.aclose()
 
