@@ -408,14 +408,25 @@ class ApprovalRepository(AuditRepository):
     # -- the directory ------------------------------------------------------------------------
 
     async def remember_principal(self, principal: Principal) -> None:
-        """Upsert who authenticated, with the groups their token carried this time."""
+        """Upsert who authenticated, with the groups their token carried this time.
+
+        Called on every OIDC-authenticated API request: an unchanged principal seen within
+        the last minute is not written again."""
+        email = principal.email.lower() if principal.email else None
         async with self.transaction("remember principal") as session:
             row = await session.get(PrincipalRow, principal.id)
+            if (
+                row is not None
+                and row.last_seen > self.clock() - timedelta(minutes=1)
+                and (row.kind, row.email, row.groups, row.owner, row.issuer)
+                == (principal.kind, email, list(principal.groups), principal.owner, principal.issuer)
+            ):
+                return
             if row is None:
                 row = PrincipalRow(id=principal.id)
                 session.add(row)
             row.kind = principal.kind
-            row.email = principal.email.lower() if principal.email else None
+            row.email = email
             row.groups = list(principal.groups)
             row.owner = principal.owner
             row.issuer = principal.issuer
