@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -43,10 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from broker.identity.oidc import Principal  # noqa: E402
 from broker.store import Store  # noqa: E402
+from tests.processes import issue_token, start, stop, wait_port  # noqa: E402
 from tests.slack_double import SlackDouble  # noqa: E402
 from tests.slack_signing import SIGNING_SECRET, SlackSigner  # noqa: E402
 
-JITGATE = str(Path(sys.executable).parent / "jitgate")
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
 
@@ -71,19 +69,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} did not open port {port}")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -129,23 +114,16 @@ def main() -> None:
             "resources": {dbname: {"upstream": {"host": host, "port": port, "dbname": dbname, "sslmode": "disable",
                                                 "username": "jitgate_bench", "password": "bench"}}},
         }))
-        env = {**os.environ, "JITGATE_CONFIG": str(config)}
+        env = {"JITGATE_CONFIG": str(config)}
         try:
             for command, extra, wait in (
                 ("proxy", [], proxy_port), ("api", [], api_port), ("worker", ["--concurrency", "2", "--no-beat"], None)
             ):
-                proc = subprocess.Popen(
-                    [JITGATE, command, "--config", str(config), *extra], env=env, start_new_session=True,
-                    stdout=subprocess.DEVNULL, stderr=(Path(tmp) / f"{command}.log").open("wb"),
-                )
-                procs.append(proc)
+                log = Path(tmp) / f"{command}.log"
+                procs.append(start([command, "--config", str(config), *extra], log=log, env=env))
                 if wait:
-                    wait_port(wait, proc, command)
-            token = subprocess.run(
-                [JITGATE, "token", "issue", "--config", str(config), "--resource", dbname, "--role", "readwrite",
-                 "--principal", "agent:bench", "--group", "ai-agents", "--ttl", "1h", "--reusable"],
-                capture_output=True, text=True, check=True, env=env,
-            ).stdout.strip().split()[-1]
+                    wait_port(wait, procs[-1], log)
+            token = issue_token(config, resource=dbname, principal="agent:bench")
 
             async def remember() -> None:
                 store = await Store.open(f"sqlite+aiosqlite:///{tmp}/jitgate.db")
@@ -157,19 +135,12 @@ def main() -> None:
             asyncio.run(remember())
             try:
                 park_ms, click_ms = run(args.n, slack, token, proxy_port, api_port, dbname)
-            except SystemExit:
+            except (SystemExit, AssertionError):
                 for log in sorted(Path(tmp).glob("*.log")):
                     print(f"--- {log.name}\n" + log.read_text()[-2000:], file=sys.stderr)
                 raise
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop(procs, timeout=20)
             with psycopg.connect(args.dsn, autocommit=True) as admin:
                 admin.execute("drop table if exists approval_rt")
     print(f"approval round trip over {len(park_ms)} approvals (real proxy, API, Celery worker on Redis, Slack double)")

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +23,8 @@ from mcp import Client, StdioServerParameters
 from broker.config import hash_api_token
 from tests.conftest import free_port
 from tests.e2e.test_mcp import JITGATE, call
-from tests.e2e.test_scale_out import served_issuer, wait_port
+from tests.e2e.test_scale_out import served_issuer
+from tests.processes import stop, wait_port
 
 pytestmark = pytest.mark.e2e
 
@@ -69,15 +69,7 @@ def stack(tmp_path, upstream, demo_roles, redis_url, request) -> Iterator[dict[s
                 wait_port(port, proc, log)
             yield {"config": config, "api": f"http://127.0.0.1:{api_port}", "idp": idp}
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop(procs)
 
 
 async def test_agent_with_only_an_oidc_token(stack, upstream):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,10 +13,10 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.processes import JITGATE, issue_token
 
 pytestmark = pytest.mark.e2e
 
-JITGATE = str(Path(sys.executable).parent / "jitgate")
 
 
 def write_config(path: Path, port: int, upstream, roles, policy: str | None) -> None:
@@ -47,11 +46,7 @@ def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_noth
     proc = subprocess.Popen([JITGATE, "proxy", "--config", str(config)], stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "proxy.log").open("wb"), start_new_session=True)
     try:
-        token = subprocess.run(
-            [JITGATE, "token", "issue", "--config", str(config), "--resource", "demo", "--role", "readwrite",
-             "--principal", "agent:reload", "--group", "ai-agents", "--ttl", "1h", "--reusable"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip().split()[-1]
+        token = issue_token(config, principal="agent:reload")
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -7,14 +7,10 @@ proxy: the decision travels over Redis pub/sub, the state lives in the shared st
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -24,25 +20,11 @@ import yaml
 from broker.config import hash_api_token
 from tests.broker.identity.issuer import FakeIssuer
 from tests.conftest import free_port, require_binary
+from tests.processes import issue_token, start, stop, wait_port
 
 pytestmark = pytest.mark.e2e
 
-JITGATE = str(Path(sys.executable).parent / "jitgate")
 ADMIN = "jga_scale-out-admin"
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"port {port} never opened: {log.read_text()[-3000:]}")
 
 
 @contextlib.contextmanager
@@ -110,28 +92,12 @@ def _cluster(stack, tmp_path, upstream, demo_roles, redis_url, local_pg_dsn) -> 
                 }))
                 for command, port in (("proxy", proxy_port), ("api", api_port)):
                     log = tmp_path / f"{command}{i}.log"
-                    proc = subprocess.Popen(
-                        [JITGATE, command, "--config", str(config)], stdout=log.open("wb"),
-                        stderr=subprocess.STDOUT, start_new_session=True,
-                    )
-                    procs.append(proc)
-                    wait_port(port, proc, log)
-            token = subprocess.run(
-                [JITGATE, "token", "issue", "--config", str(tmp_path / "node0.yaml"), "--resource", "demo",
-                 "--role", "readwrite", "--principal", "agent:scale", "--group", "ai-agents", "--ttl", "1h",
-                 "--reusable"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip().split()[-1]
+                    procs.append(start([command, "--config", str(config)], log=log))
+                    wait_port(port, procs[-1], log)
+            token = issue_token(tmp_path / "node0.yaml", principal="agent:scale")
             yield {"proxies": proxies, "apis": apis, "token": token, "idp": idp, "admin_dsn": upstream.dsn("demo")}
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+            stop(procs)
     finally:
         with psycopg.connect(local_pg_dsn, autocommit=True) as admin:
             admin.execute(f'drop database if exists "{name}" with (force)')

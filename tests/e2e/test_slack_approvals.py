@@ -8,13 +8,9 @@ Redis) posts the prompt to the Slack double → a signed click arrives at the br
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,12 +28,12 @@ from broker.identity.oidc import Principal
 from proxy.approvals import ApprovalReviewHook
 from tests.conftest import free_port, require_binary
 from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
+from tests.processes import start, stop
 from tests.slack_double import SlackDouble
 from tests.slack_signing import SIGNING_SECRET, SlackSigner
 
 pytestmark = pytest.mark.e2e
 
-JITGATE = str(Path(sys.executable).parent / "jitgate")
 PEOPLE = {"U_DANA": "dana@example.com", "U_SAM": "sam@example.com", "U_DEV": "dev@example.com",
           "U_OLGA": "olga@example.com"}
 GROUPS = {"dana": ("dba",), "sam": ("dba",), "dev": ("developers",), "olga": ("dba",)}
@@ -137,10 +133,7 @@ def stack(upstream, demo_roles, tmp_path_factory) -> Iterator[Stack]:
             "slack": {"bot_token": slack.bot_token, "signing_secret": SIGNING_SECRET, "channel": "C_APPROVALS",
                       "api_url": slack.base_url},
         }))
-        worker = subprocess.Popen(
-            [JITGATE, "worker", "--config", str(config), "--concurrency", "1", "--no-beat"],
-            stdout=(tmp / "worker.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        worker = start(["worker", "--config", str(config), "--concurrency", "1", "--no-beat"], log=tmp / "worker.log")
         port = free_port()
         server: dict[str, Any] = {}
 
@@ -168,11 +161,7 @@ def stack(upstream, demo_roles, tmp_path_factory) -> Iterator[Stack]:
                 await server["task"]
 
             gw.call(stop_api())
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+            stop(worker, timeout=20)
             stop_gateway(gw)
             redis.Redis.from_url(redis_url).flushdb()
 

@@ -11,7 +11,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,10 +23,10 @@ from broker.approvals.model import Status, Voter
 from broker.approvals.service import ApprovalService, Requester
 from broker.config import load_settings
 from broker.store import Store
+from tests.processes import start, stop
 from tests.slack_double import SlackDouble
 from workers.dispatch import CeleryDispatcher
 
-JITGATE = str(Path(sys.executable).parent / "jitgate")
 DANA = Voter("person:dana@example.com", ("dba",))
 
 
@@ -71,10 +70,9 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "JITGATE_CONFIG": str(self.config), "JITGATE_TASK_VISIBILITY_TIMEOUT": "3"}
-        self.proc = subprocess.Popen(
-            [JITGATE, "worker", "--config", str(self.config), "--concurrency", "1"],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        self.proc = start(
+            ["worker", "--config", str(self.config), "--concurrency", "1"], log=self.log,
+            env={"JITGATE_CONFIG": str(self.config), "JITGATE_TASK_VISIBILITY_TIMEOUT": "3"},
         )
 
     def kill(self) -> None:
@@ -83,12 +81,8 @@ class Worker:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None:
+            stop(self.proc)
 
 
 @pytest.fixture
