@@ -218,6 +218,15 @@ class UpstreamSettings(_Section):
     password: SecretStr | None = None
 
 
+class EgressSettings(_Section):
+    """Caps on what a client may read back (proxy.egress); unset: no cap."""
+
+    max_rows_per_statement: int | None = Field(default=None, ge=0, description="Rows one statement may return")
+    max_bytes_per_statement: int | None = Field(default=None, ge=0, description="Bytes one statement may return")
+    max_rows_per_session: int | None = Field(default=None, ge=0, description="Rows one session may read in all")
+    max_bytes_per_session: int | None = Field(default=None, ge=0, description="Bytes one session may read in all")
+
+
 class ResourceSettings(_Section):
     """One database the gateway fronts, addressed by clients as the startup `database`."""
 
@@ -234,6 +243,10 @@ class ResourceSettings(_Section):
     record_results_max_rows: int = Field(default=100, ge=0, description="Rows kept per statement")
     record_results_max_bytes: int = Field(default=64 * 1024, ge=0, description="Value bytes kept per statement")
     credentials: CredentialSettings = Field(default_factory=lambda: CredentialSettings())
+    egress: EgressSettings = Field(
+        default_factory=lambda: EgressSettings(),
+        description="Row/byte caps per statement and per session; exceeding one ends the statement (54000)",
+    )
 
     @model_validator(mode="after")
     def _static_needs_username(self) -> ResourceSettings:

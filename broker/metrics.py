@@ -3,7 +3,8 @@
 Who increments what:
 - `Recorder.record_statement`: STATEMENTS, MASKED_VALUES, STATEMENT_SECONDS;
 - `Recorder.start_session` / `end_session`: SESSIONS_ACTIVE;
-- the proxy: PROXY_BYTES (per direction) and AUTH_FAILURES (label: `AuthError.reason`).
+- the proxy: PROXY_BYTES (per direction), AUTH_FAILURES (label: `AuthError.reason`) and
+  EGRESS_LIMITS (statements cut by `resources.<name>.egress`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ RECORDER_DROPPED = Counter(
 RECORDER_FLUSH_FAILURES = Counter(
     "jitgate_recorder_flush_failures_total",
     "Failed attempts to write a batch of statement records (each is retried)",
+    registry=REGISTRY,
+)
+EGRESS_LIMITS = Counter(
+    "jitgate_egress_limit_total",
+    "Statements cut by a resource's egress limit, by resource and limit (e.g. max_rows_per_statement)",
+    ["resource", "limit"],
     registry=REGISTRY,
 )
 APPROVALS_OPENED = Counter(

@@ -128,4 +128,5 @@ def _details(verdict: Verdict, estimate: int | None) -> dict[str, object]:
 
 
 def _owner(session: SessionInfo) -> str | None:
-    return session.extra.get("owner")
+    """The person an agent's grant acts for: they may not approve their agent's statements."""
+    return session.grant.owner

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from broker.policy import Verdict
 from broker.store import Grant
+from proxy.egress import EgressLimits
 from proxy.results import ResultLimits
 from proxy.upstream import UpstreamCredential, UpstreamTarget
 
@@ -114,3 +115,4 @@ class Resource:
     policy: Callable[[str, Sequence[str]], Verdict]  # (sql, groups) -> verdict
     masker: object | None
     record_results: ResultLimits | None = None  # None: result rows are not recorded
+    egress: EgressLimits | None = None  # None: no caps on returned rows/bytes

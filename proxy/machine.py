@@ -30,6 +30,7 @@ from typing import Any
 
 from broker.masking import MaskingError
 from broker.policy.model import Decision, Verdict
+from proxy.egress import EgressCuts, EgressLimits
 from proxy.exceptions import ResultRefused
 from proxy.protocol import messages as m
 from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, ProtocolViolation
@@ -63,9 +64,10 @@ from proxy.results import RecordingPlan, ResultCapture, ResultLimits
 from proxy.side_queries import SideQueries
 
 _U32 = struct.Struct("!I")
+_PASS_MUTED = frozenset(b"ZSNA")  # ReadyForQuery and asynchronous messages
 
 
-class SessionMachine(SideQueries):
+class SessionMachine(SideQueries, EgressCuts):
     """Pure relay logic for one client session (see the module docstring)."""
 
     def __init__(
@@ -79,8 +81,17 @@ class SessionMachine(SideQueries):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         clock: Callable[[], float] = time.monotonic,
         record_results: ResultLimits | None = None,
+        egress: EgressLimits | None = None,
+        on_egress_limit: Callable[[str], None] | None = None,
+        resource: str | None = None,
     ) -> None:
         self._classify = classify
+        # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
+        self._egress = egress
+        self._on_egress_limit = on_egress_limit
+        self._resource = resource
+        self._session_rows = 0
+        self._session_bytes = 0
         # Result recording wraps the row plan (proxy.results), so off costs nothing per row.
         self._record = record_results
         self._masker = masker
@@ -415,6 +426,7 @@ class SessionMachine(SideQueries):
         out = self.out_client
         unpack = _U32.unpack_from
         inflight = self._inflight
+        egress = self._egress
         while n - pos >= 5:
             (length,) = unpack(buf, pos + 1)
             if length < 4 or length > self._max:
@@ -426,6 +438,11 @@ class SessionMachine(SideQueries):
             head = inflight[0] if inflight else None
             if kind == 0x44:  # DataRow: the hot path
                 if head is not None:
+                    if egress is not None and self._egress_drop(head, egress, length + 1):
+                        if run < pos:
+                            out.append(bytes(buf[run:pos]))
+                        pos = run = end
+                        continue
                     head.rows += 1
                     if head.explain is not None:
                         head.explain.append(bytes(buf[pos + 5 : end]))
@@ -450,9 +467,16 @@ class SessionMachine(SideQueries):
                             head.masked += count
                 pos = end
                 continue
-            replacement = self._on_server_message(kind, buf, pos, end, head)
-            if replacement is None and head is not None and head.swallow and kind in ANSWERS:
-                replacement = b""  # the answer to a message the gateway sent on its own
+            if head is not None and head.cut is not None and kind != 0x5A:
+                replacement = self._on_cut(kind, buf, pos, end, head)
+            elif kind == 0x64 and egress is not None and head and self._egress_copy(head, egress, end - pos):
+                replacement = b""  # COPY TO output over a limit
+            else:
+                replacement = self._on_server_message(kind, buf, pos, end, head)
+                if head is not None and head.muted and kind not in _PASS_MUTED:
+                    replacement = b""  # answered after an egress cut in the same batch
+                elif replacement is None and head is not None and head.swallow and kind in ANSWERS:
+                    replacement = b""  # the answer to a message the gateway sent on its own
             if replacement is not None:
                 if run < pos:
                     out.append(bytes(buf[run:pos]))

@@ -84,6 +84,10 @@ class Entry:
     rows: int = 0
     masked: int = 0
     error: str | None = None
+    bytes: int = 0  # DataRow bytes relayed, counted only under egress limits
+    cut: str | None = None  # the egress limit that ended this statement's rows
+    cut_sent: bool = False  # the client has had the egress error for it
+    muted: bool = False  # after an egress cut in its batch: answers processed, not relayed
     capture: Any = None  # proxy.results.ResultCapture when the resource records results
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from broker.metrics import EGRESS_LIMITS
 from broker.policy.model import Decision, Verdict
 from proxy.cancel import CancelMap
 from proxy.exceptions import ClientAuthFailed, ClientRefused, ProxyError, to_error_response
@@ -289,6 +290,9 @@ async def _relay(
         upstream_user=upstream.username,
         max_message_bytes=ctx.max_message_bytes,
         record_results=resource.record_results,
+        egress=resource.egress,
+        on_egress_limit=lambda limit: EGRESS_LIMITS.labels(name, limit).inc(),
+        resource=name,
     )
     relay: Relay
 

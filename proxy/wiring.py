@@ -21,6 +21,7 @@ from broker.masking import Masker, MaskingConfig
 from broker.policy import PolicyEngine
 from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
+from proxy.egress import EgressLimits
 from proxy.exceptions import ClientAuthFailed, UpstreamUnavailable
 from proxy.hooks import DenyAllReviews, Resource, ReviewHook
 from proxy.records import StatementEvent, Stats
@@ -171,7 +172,10 @@ def build_resource(name: str, settings: ResourceSettings) -> Resource:
         limits = ResultLimits(
             max_rows=settings.record_results_max_rows, max_bytes=settings.record_results_max_bytes
         )
-    return Resource(name=name, target=target, policy=engine.bind(name), masker=masker, record_results=limits)
+    egress = EgressLimits.of(**settings.egress.model_dump())
+    return Resource(
+        name=name, target=target, policy=engine.bind(name), masker=masker, record_results=limits, egress=egress
+    )
 
 
 def build_context(

@@ -40,6 +40,11 @@ def _data(**fields: object) -> dict[str, Any]:
     return {k: _value(v) for k, v in fields.items()}
 
 
+def _owner(owner: str | None) -> dict[str, str]:
+    """`owner` (an agent's person) only when there is one: a person's events stay as they were."""
+    return {"owner": owner} if owner else {}
+
+
 # -- identity and grants --------------------------------------------------------------------
 
 
@@ -57,13 +62,13 @@ def token_exchange(*, principal: str, issuer: str, ok: bool = True, reason: str 
 
 
 def token_issued(*, token_id: str, principal: str, groups: Iterable[str], resource: str, role: str,
-                 expires_at: datetime, reusable: bool) -> AuditEvent:
+                 expires_at: datetime, reusable: bool, owner: str | None = None) -> AuditEvent:
     """A gateway token was minted. The token and its digest stay out: only its id."""
     return AuditEvent(
         "token.issue",
         principal,
         data=_data(token_id=token_id, groups=list(groups), resource=resource, role=role,
-                   expires_at=expires_at, reusable=reusable),
+                   expires_at=expires_at, reusable=reusable, **_owner(owner)),
     )
 
 
@@ -124,13 +129,13 @@ def access_granted(*, request_id: str, principal: str, resource: str, role: str,
 
 def session_started(*, session_id: str, principal: str, groups: Iterable[str], resource: str, role: str,
                     token_id: str | None, client_addr: str | None, application_name: str | None,
-                    intent: str | None) -> AuditEvent:
+                    intent: str | None, owner: str | None = None) -> AuditEvent:
     return AuditEvent(
         "session.start",
         principal,
         session_id,
         _data(groups=list(groups), resource=resource, role=role, token_id=token_id, client_addr=client_addr,
-              application_name=application_name, intent=intent),
+              application_name=application_name, intent=intent, **_owner(owner)),
     )
 
 

@@ -58,6 +58,9 @@ def issue(
     reusable: Annotated[
         bool, typer.Option(help="Valid for any number of sessions (default: one session)")
     ] = False,
+    owner: Annotated[
+        str | None, typer.Option(help="For an agent: the person it acts for, e.g. person:dave@example.com")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -77,7 +80,7 @@ def issue(
         store = await Store.open(settings.store_url.get_secret_value())
         try:
             return await store.issue_token(
-                principal, group or [], resource, role, lifetime, reusable
+                principal, group or [], resource, role, lifetime, reusable, owner=owner
             )
         finally:
             await store.close()
@@ -97,6 +100,7 @@ def issue(
                     "resource": resource,
                     "role": role,
                     "principal": principal,
+                    "owner": owner,
                     "groups": group or [],
                     "reusable": reusable,
                 }
@@ -104,7 +108,7 @@ def issue(
         )
         return
     typer.echo(
-        f"token {issued.token_id} for {principal} on {resource} as {role}, "
+        f"token {issued.token_id} for {principal}{f' acting for {owner}' if owner else ''} on {resource} as {role}, "
         f"expires {issued.expires_at.isoformat()}; it is shown only now:",
         err=True,
     )

@@ -6,6 +6,10 @@ role is listed. Among matching rules an auto-granting one wins (the requester ge
 without waiting when any rule allows it); otherwise the request needs approval by the union
 of the matching rules' approver groups. No matching rule: denied. The granted lifetime is the
 requested one capped at the rule's `max_ttl`, never silently extended.
+
+Agent rules (`access.agent_rules`) come first and only ever take away: an agent principal
+whose id matches one of a rule's `agents` patterns is denied the rule's `deny_roles` on its
+resources, whatever groups it (or the person it acts for) is in.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from fnmatch import fnmatchcase
 from typing import Literal
 
 from broker.identity.oidc import Principal
-from broker.identity.settings import AccessRuleSettings
+from broker.identity.settings import AccessRuleSettings, AgentRuleSettings
 
 Outcome = Literal["grant", "approval", "deny"]
 
@@ -39,9 +44,36 @@ def _matches(rule: AccessRuleSettings, groups: set[str], resource: str, role: st
     )
 
 
+def _agent_refusal(
+    agent_rules: Sequence[AgentRuleSettings], principal: Principal, resource: str, role: str
+) -> AccessDecision | None:
+    if principal.kind != "agent":
+        return None
+    for index, rule in enumerate(agent_rules):
+        if (
+            role in rule.deny_roles
+            and (resource in rule.resources or "*" in rule.resources)
+            and any(fnmatchcase(principal.id, pattern) for pattern in rule.agents)
+        ):
+            return AccessDecision(
+                "deny",
+                f"agent rule {index} forbids role {role!r} on {resource!r} to {principal.id}"
+                f"{f' (acting for {principal.owner_id})' if principal.owner_id else ''}",
+            )
+    return None
+
+
 def decide(
-    rules: Sequence[AccessRuleSettings], principal: Principal, resource: str, role: str, ttl: timedelta
+    rules: Sequence[AccessRuleSettings],
+    principal: Principal,
+    resource: str,
+    role: str,
+    ttl: timedelta,
+    agent_rules: Sequence[AgentRuleSettings] = (),
 ) -> AccessDecision:
+    refusal = _agent_refusal(agent_rules, principal, resource, role)
+    if refusal is not None:
+        return refusal
     groups = set(principal.groups)
     matching = [(i, r) for i, r in enumerate(rules) if _matches(r, groups, resource, role)]
     if not matching:

@@ -48,7 +48,7 @@ async def request_access(
     """`approvals` opens (and announces) the approval of a request that needs one."""
     if not reason.strip():
         raise ValueError("a reason is required for an access request")
-    decision = decide(settings.access.rules, principal, resource, role, ttl)
+    decision = decide(settings.access.rules, principal, resource, role, ttl, settings.access.agent_rules)
     common = {
         "principal": principal.id,
         "groups": principal.groups,
@@ -67,7 +67,7 @@ async def request_access(
             service = approvals or ApprovalService(store, settings.approvals)
             await service.open_access_request(
                 request_id=info.id,
-                requester=Requester(principal.id, principal.groups, principal.owner),
+                requester=Requester(principal.id, principal.groups, principal.owner_id),
                 resource=resource,
                 role=role,
                 reason=info.reason,
@@ -76,7 +76,7 @@ async def request_access(
             )
         return AccessResult(info, decision)
     issued = await store.issue_token(
-        principal.id, principal.groups, resource, role, decision.ttl, decision.reusable
+        principal.id, principal.groups, resource, role, decision.ttl, decision.reusable, owner=principal.owner_id
     )
     try:
         info = await store.create_access_request(
@@ -103,7 +103,9 @@ async def collect_grant(store: Store, principal: Principal, request_id: str) -> 
         raise NotCollectable("access request not found")
     if info.status != "approved":
         raise NotCollectable(f"access request {request_id} is {info.status}, not approved")
-    issued = await store.issue_token(principal.id, info.groups, info.resource, info.role, info.ttl, info.reusable)
+    issued = await store.issue_token(
+        principal.id, info.groups, info.resource, info.role, info.ttl, info.reusable, owner=principal.owner_id
+    )
     try:
         claimed = await store.mark_access_request_granted(request_id, token_id=issued.token_id)
     except BaseException:

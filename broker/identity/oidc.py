@@ -69,6 +69,13 @@ class Principal:
         """The name recorded on grants and sessions, e.g. `person:alice@example.com`."""
         return f"{self.kind}:{self.email or self.subject}"
 
+    @property
+    def owner_id(self) -> str | None:
+        """The owner as a principal name (`person:bob`), as grants and approvals record it."""
+        if self.owner is None:
+            return None
+        return self.owner if self.owner.startswith(("person:", "agent:")) else f"person:{self.owner}"
+
 
 @dataclass(slots=True)
 class _IssuerState:

@@ -27,6 +27,10 @@ Example::
           roles: [readwrite]
           approval: required
           approvers: [dba]
+      agent_rules:                                      # limits on agents, whatever groups say
+        - agents: ["agent:ci-*"]                        # principal ids (fnmatch patterns)
+          resources: [prod]
+          deny_roles: [readwrite]
 """
 
 from __future__ import annotations
@@ -107,8 +111,21 @@ class AccessRuleSettings(_Section):
         return parse_duration(self.max_ttl)
 
 
+class AgentRuleSettings(_Section):
+    """Roles an agent may never get on some resources, whatever its (or its owner's) groups say."""
+
+    agents: list[str] = Field(
+        min_length=1, description="Agent principal ids, fnmatch patterns: 'agent:ci-*', or 'agent:*' for all agents"
+    )
+    resources: list[str] = Field(default_factory=lambda: ["*"], description="Resource names, or '*' for all")
+    deny_roles: list[str] = Field(min_length=1, description="Roles refused to these agents on these resources")
+
+
 class AccessSettings(_Section):
     rules: list[AccessRuleSettings] = Field(default_factory=list)
+    agent_rules: list[AgentRuleSettings] = Field(
+        default_factory=list, description="Per-agent limits, checked before `rules`: a match denies"
+    )
     default_ttl: str = "1h"
     gateway_address: str | None = Field(
         default=None, description="host:port clients use to reach the proxy (for DSNs)"

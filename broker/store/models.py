@@ -81,6 +81,7 @@ class GatewayToken(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64))
     principal: Mapped[str] = mapped_column(String(255))
+    owner: Mapped[str | None] = mapped_column(String(255))  # an agent's person (migration 0007)
     groups: Mapped[list[str]] = mapped_column(JSON)
     resource: Mapped[str] = mapped_column(String(63))
     role: Mapped[str] = mapped_column(String(63))

@@ -27,6 +27,7 @@ class Grant:
     role: str
     expires_at: datetime
     reusable: bool
+    owner: str | None = None  # for an agent: the person it acts for
 
 
 @dataclass(slots=True)

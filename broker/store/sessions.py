@@ -70,6 +70,7 @@ class SessionRepository(AuditRepository):
                         client_addr=client_addr,
                         application_name=application_name,
                         intent=intent,
+                        owner=grant.owner,
                     )
                 ],
             )

@@ -51,8 +51,12 @@ class TokenRepository(AuditRepository):
         role: str,
         ttl: timedelta,
         reusable: bool = False,
+        *,
+        owner: str | None = None,
     ) -> IssuedToken:
-        """Mint a token for a grant. The plaintext is returned here and nowhere else."""
+        """Mint a token for a grant. The plaintext is returned here and nowhere else.
+
+        `owner`: for an agent, the person it acts for; sessions and approvals show it."""
         if ttl <= timedelta(0):
             raise ValueError("ttl must be positive")
         token = new_token()
@@ -61,6 +65,7 @@ class TokenRepository(AuditRepository):
             id=str(uuid.uuid4()),
             token_hash=hash_token(token),
             principal=principal,
+            owner=owner,
             groups=list(groups),
             resource=resource,
             role=role,
@@ -82,6 +87,7 @@ class TokenRepository(AuditRepository):
                         role=role,
                         expires_at=row.expires_at,
                         reusable=reusable,
+                        owner=owner,
                     )
                 ],
             )
@@ -133,6 +139,7 @@ class TokenRepository(AuditRepository):
                 role=row.role,
                 expires_at=row.expires_at,
                 reusable=row.reusable,
+                owner=row.owner,
             )
 
     async def revoked_token_ids(self, token_ids: Iterable[str]) -> set[str]:
