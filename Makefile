@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench fuzz clean chromium
+.PHONY: install demo test lint typecheck bench fuzz clean chromium audit-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/session_setup.py
 	$(BIN)/python bench/audit_export.py
 	$(BIN)/python bench/approval_roundtrip.py
+	$(BIN)/python bench/load_sessions.py --sessions 1000 --seconds 20
 
 # Minutes of fuzzing: the hypothesis targets with many examples, then atheris (coverage-guided)
 # on the codec, the session machine and the policy for FUZZ_SECONDS each. `make test` runs the
@@ -50,6 +51,13 @@ fuzz: $(STAMP)
 		mkdir -p .fuzz && cd .fuzz && for t in codec session policy; do \
 			../$(BIN)/python ../tests/fuzz/atheris_main.py $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 		done; fi
+
+# Known vulnerabilities in the installed dependencies (PyPI's advisory data via pip-audit).
+# --strict: a dependency that could not be checked fails the run instead of passing silently.
+# Not part of `make test`: it needs pypi.org's JSON API, which not every machine reaches.
+audit-deps: $(STAMP)
+	@$(BIN)/python -c 'import pip_audit' 2>/dev/null || $(BIN)/pip install --quiet pip-audit
+	$(BIN)/pip-audit --skip-editable --strict
 
 clean:
 	rm -rf $(VENV) .jitgate .pytest_cache .mypy_cache .ruff_cache

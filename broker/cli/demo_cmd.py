@@ -249,7 +249,16 @@ async def run_demo(
             upstream_admin_dsn=upstream.dsn(DEMO_DB),
         )
         info.write(info_file)
-        _welcome(console, info, info_file, policy)
+        from broker.cli.approvals_runtime import resolve_broker_url
+
+        broker_url = resolve_broker_url(settings)
+        parts = [
+            ("upstream", f"PostgreSQL 18 (embedded) at {upstream.host}:{upstream.port}, database {DEMO_DB}"),
+            ("credentials", f"OpenBao dev server at {vault.address}" if vault else "local CREATE ROLE issuer"),
+            ("store", f"SQLite under {settings.data_dir}"),
+            ("worker", f"Celery on {'Redis' if broker_url.startswith('redis') else 'SQLite'}, pid {worker.pid}"),
+        ]
+        _welcome(console, info, info_file, policy, parts)
         await stop.wait()
         console.print("stopping…")
     finally:
@@ -307,9 +316,13 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait(5)
 
 
-def _welcome(console: Console, info: DemoInfo, info_file: Path, policy: str) -> None:
+def _welcome(
+    console: Console, info: DemoInfo, info_file: Path, policy: str, parts: list[tuple[str, str]]
+) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("proxy", f"{info.proxy_host}:{info.proxy_port}  (policy: {policy})")
+    for name, where in parts:
+        table.add_row(name, where)
     table.add_row("api", f"{info.api_url}  (OpenAPI: {info.api_url}/docs)")
     table.add_row("console", f"{info.api_url}/console/  (approvals console: sign in as {DEMO_APPROVER})")
     table.add_row("info file", str(info_file))

@@ -280,3 +280,22 @@ def test_pgbench_every_protocol_mode(gateway, tmp_path, mode):
     assert out.returncode == 0, out.stderr
     assert "number of transactions actually processed: 200/200" in out.stdout
     assert "number of failed transactions: 0" in out.stdout
+
+
+def test_renamed_or_wrapped_ssn_and_phone_are_still_masked(gateway, upstream):
+    import re
+
+    import psycopg
+
+    with psycopg.connect(upstream.dsn("demo")) as admin:
+        ssn, phone = admin.execute("select ssn, phone from customers where id = 1").fetchone()
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        for sql in (
+            "select ssn as x, phone as y from customers where id = 1",
+            "select c::text from customers c where id = 1",
+            "select row_to_json(c)::text from customers c where id = 1",
+            "select string_agg(ssn || ' ' || phone, ',') from customers where id = 1",
+        ):
+            text = " ".join(str(v) for v in conn.execute(sql).fetchone())
+            assert ssn not in text and phone not in text, (sql, text)
+            assert re.search(r"\*\*\*-\*\*-\*\*\*\*", text), (sql, text)

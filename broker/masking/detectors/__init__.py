@@ -15,6 +15,8 @@ password hashes   | `password_hash`   | ``[masked:password-hash]``
 URL passwords     | `url_credentials` | ``scheme://user:****@host``
 ``key=value``     | `assignment`      | ``password=****`` (off by default)
 card numbers      | `card`            | ``**** **** **** 4242``
+US SSNs           | `ssn`             | ``***-**-****``
+formatted phones  | `phone`           | ``+*-***-***-**00``
 e-mail addresses  | `email`           | ``j***@example.com``
 """
 
@@ -27,6 +29,7 @@ from broker.masking.detectors import (
     email,
     jwt,
     password_hashes,
+    personal_numbers,
     private_keys,
     url_credentials,
 )
@@ -42,6 +45,8 @@ DETECTORS: dict[str, Detector] = {
         url_credentials.DETECTOR,
         assignments.DETECTOR,
         cards.DETECTOR,
+        personal_numbers.SSN_DETECTOR,
+        personal_numbers.PHONE_DETECTOR,
         email.DETECTOR,
     )
 }
