@@ -15,12 +15,11 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from broker.cli.identity_cmd import HTTP_TIMEOUT, ApiOption, _api_url, load_token
+from broker.cli.identity_cmd import ApiOption, call_api
 
 approvals_app = typer.Typer(help="List and decide parked statements and access requests.", no_args_is_help=True)
 
@@ -35,17 +34,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _call(method: str, path: str, api: str | None, body: dict[str, Any] | None = None) -> Any:
-    saved = load_token()
-    try:
-        response = httpx.request(
-            method,
-            f"{_api_url(api, saved)}{path}",
-            json=body,
-            headers={"Authorization": f"Bearer {saved['token']}"},
-            timeout=HTTP_TIMEOUT,
-        )
-    except httpx.HTTPError as exc:
-        _fail(f"broker unreachable: {type(exc).__name__}")
+    response, _, _ = call_api(method, path, api, body)
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail")

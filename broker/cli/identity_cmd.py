@@ -92,6 +92,29 @@ def _detail(response: httpx.Response) -> str:
     return str(detail) if detail else f"HTTP {response.status_code}"
 
 
+def call_api(
+    method: str, path: str, api: str | None, body: dict[str, Any] | None = None
+) -> tuple[httpx.Response, str, str]:
+    """Call the broker API with the saved login; (response, API base URL, bearer).
+
+    An unreachable broker ends the command with a message naming only the error class."""
+    saved = load_token()
+    base = _api_url(api, saved)
+    try:
+        response = httpx.request(
+            method, f"{base}{path}", json=body,
+            headers={"Authorization": f"Bearer {saved['token']}"}, timeout=HTTP_TIMEOUT,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"broker unreachable: {type(exc).__name__}")
+    return response, base, saved["token"]
+
+
+def _print_exports(grant: dict[str, Any]) -> None:
+    typer.echo(f"export PGPASSWORD={shlex.quote(grant['token'])}")
+    typer.echo(f"export JITGATE_DSN={shlex.quote(grant['dsn'])}")
+
+
 def _default_issuer() -> tuple[str | None, str | None]:
     try:
         issuers = load_settings().oidc.issuers
@@ -175,22 +198,13 @@ def connect(
     the console or with `jitgate approvals approve ID`; then the token is collected, once."""
     if not reason.strip():
         _fail("--reason must not be empty", 2)
-    saved = load_token()
     body = {"resource": resource, "role": role, "reason": reason, **({"ttl": ttl} if ttl else {})}
-    try:
-        response = httpx.post(
-            f"{_api_url(api, saved)}/v1/access-requests",
-            json=body,
-            headers={"Authorization": f"Bearer {saved['token']}"},
-            timeout=HTTP_TIMEOUT,
-        )
-    except httpx.HTTPError as exc:
-        _fail(f"broker unreachable: {type(exc).__name__}")
+    response, base, bearer = call_api("POST", "/v1/access-requests", api, body)
     if response.status_code != 201:
         _fail(f"access refused: {_detail(response)}")
     grant = response.json()
     if grant["status"] != "granted":
-        grant = _await_approval(grant, _api_url(api, saved), saved["token"], wait)
+        grant = _await_approval(grant, base, bearer, wait)
     typer.echo(
         f"granted {grant['role']} on {grant['resource']} until {grant['expires_at']} "
         f"(grant {grant['token_id']}, request {grant['id']})",
@@ -204,8 +218,7 @@ def connect(
         except OSError as exc:
             _fail(f"cannot run {argv[0]}: {exc.strerror or exc}", 127)
         raise typer.Exit(code)
-    typer.echo(f"export PGPASSWORD={shlex.quote(grant['token'])}")
-    typer.echo(f"export JITGATE_DSN={shlex.quote(grant['dsn'])}")
+    _print_exports(grant)
 
 
 def _await_approval(grant: dict[str, Any], api: str, bearer: str, wait: int) -> dict[str, Any]:
@@ -240,20 +253,10 @@ def collect(
     api: ApiOption = None,
 ) -> None:
     """Collect the gateway token of an approved request (once): prints the exports."""
-    saved = load_token()
-    try:
-        response = httpx.post(
-            f"{_api_url(api, saved)}/v1/access-requests/{request_id}/token",
-            headers={"Authorization": f"Bearer {saved['token']}"},
-            timeout=HTTP_TIMEOUT,
-        )
-    except httpx.HTTPError as exc:
-        _fail(f"broker unreachable: {type(exc).__name__}")
+    response, _, _ = call_api("POST", f"/v1/access-requests/{request_id}/token", api)
     if response.status_code != 200:
         _fail(f"cannot collect: {_detail(response)}", 3)
-    grant = response.json()
-    typer.echo(f"export PGPASSWORD={shlex.quote(grant['token'])}")
-    typer.echo(f"export JITGATE_DSN={shlex.quote(grant['dsn'])}")
+    _print_exports(response.json())
 
 
 @grants_app.command("revoke")
@@ -262,15 +265,7 @@ def revoke(
     api: ApiOption = None,
 ) -> None:
     """Revoke a grant: its token stops working for new sessions."""
-    saved = load_token()
-    try:
-        response = httpx.post(
-            f"{_api_url(api, saved)}/v1/grants/{token_id}/revoke",
-            headers={"Authorization": f"Bearer {saved['token']}"},
-            timeout=HTTP_TIMEOUT,
-        )
-    except httpx.HTTPError as exc:
-        _fail(f"broker unreachable: {type(exc).__name__}")
+    response, _, _ = call_api("POST", f"/v1/grants/{token_id}/revoke", api)
     if response.status_code != 200:
         _fail(f"cannot revoke: {_detail(response)}")
     state = "revoked" if response.json()["revoked"] else "was already revoked"
