@@ -21,8 +21,8 @@ import structlog
 
 from broker import metrics
 from broker.approvals.bus import DecisionBus, LocalBus
-from broker.approvals.model import Approval, ApprovalRefused, Choice, Scope, Status, Voter, VoteResult
-from broker.approvals.settings import ApprovalSettings, terms_for
+from broker.approvals.model import Approval, ApprovalRefused, Choice, Kind, Scope, Status, Voter, VoteResult
+from broker.approvals.settings import ApprovalSettings, Terms, terms_for
 from broker.durations import parse_duration
 from broker.policy.normalize import shape
 
@@ -96,22 +96,8 @@ class ApprovalService:
         details: dict[str, Any] | None = None,
     ) -> Approval:
         terms = terms_for(self.settings, kind="statement", resource=resource, rule=rule)
-        now = self.store.clock()
-        approval = Approval(
-            id=str(uuid.uuid4()),
-            kind="statement",
-            status=Status.PENDING,
-            requester=requester.principal,
-            requester_groups=requester.groups,
-            owner=requester.owner,
-            resource=resource,
-            created_at=now,
-            expires_at=now + terms.timeout,
-            approver_groups=terms.approvers,
-            quorum=terms.quorum,
-            scopes=terms.scopes,
-            fingerprint_window=terms.fingerprint_window,
-            break_glass=terms.break_glass,
+        return await self._open(
+            str(uuid.uuid4()), "statement", requester, resource, terms,
             reason=intent,
             session_id=session_id,
             sql=sql,
@@ -121,9 +107,6 @@ class ApprovalService:
             risk=risk,
             details=details or {},
         )
-        await self.store.create_approval(approval)
-        self._dispatch("created", approval)
-        return approval
 
     async def open_access_request(
         self,
@@ -138,24 +121,32 @@ class ApprovalService:
     ) -> Approval:
         """The approval behind a pending access request; it shares the request's id."""
         terms = terms_for(self.settings, kind="access", resource=resource, approvers=tuple(approvers))
+        return await self._open(
+            request_id, "access", requester, resource, terms,
+            role=role, reason=reason, details={"ttl_seconds": int(ttl.total_seconds())},
+        )
+
+    async def _open(
+        self, approval_id: str, kind: Kind, requester: Requester, resource: str, terms: Terms, **fields: Any
+    ) -> Approval:
+        """A pending request on `terms`: stored (and audited), then announced."""
         now = self.store.clock()
         approval = Approval(
-            id=request_id,
-            kind="access",
+            id=approval_id,
+            kind=kind,
             status=Status.PENDING,
             requester=requester.principal,
             requester_groups=requester.groups,
             owner=requester.owner,
             resource=resource,
-            role=role,
-            reason=reason,
             created_at=now,
             expires_at=now + terms.timeout,
             approver_groups=terms.approvers,
             quorum=terms.quorum,
-            scopes=(Scope.ONCE,),
+            scopes=terms.scopes,
+            fingerprint_window=terms.fingerprint_window,
             break_glass=terms.break_glass,
-            details={"ttl_seconds": int(ttl.total_seconds())},
+            **fields,
         )
         await self.store.create_approval(approval)
         self._dispatch("created", approval)
