@@ -65,6 +65,7 @@ from pydantic_settings import (
 from broker.approvals.settings import ApprovalSettings, SlackSettings
 from broker.console.settings import ConsoleSettings
 from broker.credentials.settings import CredentialSettings, VaultSettings
+from broker.durations import parse_duration
 from broker.exceptions import ConfigError
 from broker.identity.settings import AccessSettings, OidcSettings
 from broker.mcp.settings import McpSettings
@@ -219,12 +220,51 @@ class UpstreamSettings(_Section):
 
 
 class EgressSettings(_Section):
-    """Caps on what a client may read back (proxy.egress); unset: no cap."""
+    """Caps on what a client may read back (proxy.egress); unset: no cap.
+
+    The `_per_agent` budgets span every session of one agent principal (`agent:...`) on the
+    resource, across proxy processes sharing the store, in fixed windows of `agent_window`
+    aligned to the Unix epoch (`24h` windows start at 00:00 UTC). Persons are exempt: they
+    have only the per-statement and per-session caps.
+    """
 
     max_rows_per_statement: int | None = Field(default=None, ge=0, description="Rows one statement may return")
     max_bytes_per_statement: int | None = Field(default=None, ge=0, description="Bytes one statement may return")
     max_rows_per_session: int | None = Field(default=None, ge=0, description="Rows one session may read in all")
     max_bytes_per_session: int | None = Field(default=None, ge=0, description="Bytes one session may read in all")
+    max_rows_per_agent: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Rows one agent principal may read from this resource per `agent_window`, over all its "
+            "sessions and proxy processes (persons are exempt)"
+        ),
+    )
+    max_bytes_per_agent: int | None = Field(
+        default=None,
+        ge=0,
+        description="Bytes one agent principal may read from this resource per `agent_window` (persons are exempt)",
+    )
+    agent_window: str = Field(
+        default="24h",
+        description=(
+            "Window of the per-agent budgets (`1h`, `24h`, `7d`): fixed windows aligned to the Unix epoch, "
+            "usage starts from zero in each"
+        ),
+    )
+
+    @field_validator("agent_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if parse_duration(value).total_seconds() < 1:
+            raise ValueError("agent_window must be at least 1s")
+        return value
+
+    def limits(self) -> dict[str, int | None]:
+        """The keyword arguments of `proxy.egress.EgressLimits.of`."""
+        values: dict[str, int | None] = self.model_dump(exclude={"agent_window"})
+        values["agent_window"] = int(parse_duration(self.agent_window).total_seconds())
+        return values
 
 
 class ResourceSettings(_Section):
@@ -245,7 +285,7 @@ class ResourceSettings(_Section):
     credentials: CredentialSettings = Field(default_factory=lambda: CredentialSettings())
     egress: EgressSettings = Field(
         default_factory=lambda: EgressSettings(),
-        description="Row/byte caps per statement and per session; exceeding one ends the statement (54000)",
+        description="Row/byte caps per statement, per session and per agent; exceeding one ends the statement (54000)",
     )
 
     @model_validator(mode="after")

@@ -30,6 +30,7 @@ import structlog
 from broker.metrics import EGRESS_LIMITS
 from broker.policy.model import Decision, Verdict
 from proxy.cancel import CancelMap
+from proxy.egress_ledger import AgentEgressLedger
 from proxy.exceptions import ClientAuthFailed, ClientRefused, ProxyError, to_error_response
 from proxy.hooks import (
     CredentialProvider,
@@ -75,6 +76,8 @@ class ProxyContext:
     #: Which of the given token ids are revoked (the store); None: only expiry ends sessions.
     revoked_tokens: RevokedTokens | None = None
     revocation_check_interval: float = 5.0
+    #: Per-agent egress budgets across sessions (the store's `egress_usage`); None: not kept.
+    egress_ledger: AgentEgressLedger | None = None
 
 
 def _is_loopback(peer: object) -> bool:
@@ -279,8 +282,15 @@ async def _relay(
         # The resource's current policy: a reload (SIGHUP) applies to live sessions too.
         return resources.get(name, resource).policy(sql, groups)
 
+    # An agent's budget across its sessions, when the resource sets one (proxy.egress_ledger).
+    ledger = ctx.egress_ledger
+    if ledger is None or not ledger.applies(session.grant.principal, resource.egress):
+        ledger = None
+
     def on_statement(event: StatementEvent) -> None:
         recorder.statement(session_id, event)
+        if ledger is not None:
+            ledger.wake()  # charge what the statement returned, off the data path
 
     machine = SessionMachine(
         classify=classify,
@@ -294,6 +304,12 @@ async def _relay(
         on_egress_limit=lambda limit: EGRESS_LIMITS.labels(name, limit).inc(),
         resource=name,
     )
+    # Before the relay takes the sockets over (the client's first bytes wait in the reader).
+    # The agent's usage so far in this window (other sessions, other proxy processes) bounds
+    # what this session may read; the store cannot be read: the session ends (fail closed).
+    budget = None
+    if ledger is not None and resource.egress is not None:
+        budget = await ledger.open(session.grant.principal, name, resource.egress, machine)
     relay: Relay
 
     async def review(m: SessionMachine) -> None:
@@ -320,4 +336,6 @@ async def _relay(
         reason = await relay.run(client_leftover, upstream_leftover)
     finally:
         unbind()
+        if budget is not None and ledger is not None:
+            await ledger.close(budget)
     return machine, reason

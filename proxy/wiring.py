@@ -22,6 +22,7 @@ from broker.policy import PolicyEngine
 from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
 from proxy.egress import EgressLimits
+from proxy.egress_ledger import AgentEgressLedger
 from proxy.exceptions import ClientAuthFailed, UpstreamUnavailable
 from proxy.hooks import DenyAllReviews, Resource, ReviewHook
 from proxy.records import StatementEvent, Stats
@@ -172,7 +173,7 @@ def build_resource(name: str, settings: ResourceSettings) -> Resource:
         limits = ResultLimits(
             max_rows=settings.record_results_max_rows, max_bytes=settings.record_results_max_bytes
         )
-    egress = EgressLimits.of(**settings.egress.model_dump())
+    egress = EgressLimits.of(**settings.egress.limits())
     return Resource(
         name=name, target=target, policy=engine.bind(name), masker=masker, record_results=limits, egress=egress
     )
@@ -200,6 +201,7 @@ def build_context(
         require_tls_for_non_loopback=proxy.require_tls_for_non_loopback,
         max_message_bytes=proxy.max_message_bytes,
         revoked_tokens=store.revoked_token_ids,
+        egress_ledger=AgentEgressLedger(store),
     )
 
 

@@ -5,6 +5,7 @@ takes and returns. See `db.py` for the lifecycle and `tokens.py` for the token s
 """
 
 from broker.store.db import Store, create_engine
+from broker.store.egress_usage import EgressCharge
 from broker.store.records import (
     Grant,
     IssuedToken,
@@ -16,6 +17,7 @@ from broker.store.records import (
 )
 
 __all__ = [
+    "EgressCharge",
     "Grant",
     "IssuedToken",
     "SessionDetail",

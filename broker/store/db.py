@@ -28,6 +28,7 @@ from broker.store import migrate as migrations
 from broker.store.access_requests import AccessRequestRepository
 from broker.store.approvals import ApprovalRepository
 from broker.store.base import Clock, translate_errors, utcnow
+from broker.store.egress_usage import EgressUsageRepository
 from broker.store.sessions import SessionRepository
 from broker.store.tokens import TokenRepository
 
@@ -124,7 +125,7 @@ async def _first_use_lock(engine: AsyncEngine) -> AsyncIterator[None]:
         os.close(fd)
 
 
-class Store(TokenRepository, SessionRepository, AccessRequestRepository, ApprovalRepository):
+class Store(TokenRepository, SessionRepository, AccessRequestRepository, ApprovalRepository, EgressUsageRepository):
     """The broker's persistent state. Methods raise `StoreError` subclasses on failure."""
 
     @classmethod

@@ -340,3 +340,21 @@ class PrincipalRow(Base):
     last_seen: Mapped[datetime]
 
     __table_args__ = (Index("ix_principals_email", "email"),)
+
+
+class EgressUsage(Base):
+    """Rows and bytes one agent read from one resource in one window (the per-agent egress
+    budget, proxy.egress_ledger). Windows are fixed: `window_start` is Unix seconds, a multiple
+    of `window_seconds`; a changed `agent_window` starts separate rows instead of mixing."""
+
+    __tablename__ = "egress_usage"
+
+    principal: Mapped[str] = mapped_column(String(255), primary_key=True)
+    resource: Mapped[str] = mapped_column(String(63), primary_key=True)
+    window_seconds: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    byte_count: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_egress_usage_window_start", "window_start"),)

@@ -30,6 +30,7 @@ EXPECTED_TABLES = {
     "approvals",
     "approval_votes",
     "principals",
+    "egress_usage",
 }
 
 
