@@ -87,11 +87,9 @@ class SessionMachine(SideQueries, EgressCuts):
     ) -> None:
         self._classify = classify
         # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
-        self._egress = egress
+        self._init_egress(egress)
         self._on_egress_limit = on_egress_limit
         self._resource = resource
-        self._session_rows = 0
-        self._session_bytes = 0
         # Result recording wraps the row plan (proxy.results), so off costs nothing per row.
         self._record = record_results
         self._masker = masker
@@ -108,7 +106,7 @@ class SessionMachine(SideQueries, EgressCuts):
         self._statements: dict[str, Statement] = {}
         self._portals: dict[str, Portal] = {}
         self._sql_prepared: dict[str, Verdict] = {}
-        self._plans: dict[tuple[bytes, tuple[int, ...]], Any] = {}
+        self._plans: dict[tuple[bytes, tuple[int, ...], Any], Any] = {}  # + the lineage
         self._open_extended = False  # extended messages sent since the last Sync
         self._discarding = False  # a refusal happened in this batch: drop until Sync
         self.parked: Parked | None = None
@@ -597,19 +595,21 @@ class SessionMachine(SideQueries, EgressCuts):
                 entry.plan = self._row_plan(entry, portal.description or b"\0\0", portal.formats)
                 return
 
-    def _plan(self, description: bytes, formats: tuple[int, ...]) -> Any:
-        """The masking plan for rows of this RowDescription body and result formats.
+    def _plan(self, description: bytes, formats: tuple[int, ...], lineage: Any = None) -> Any:
+        """The masking plan for rows of this RowDescription body and result formats, of a
+        statement with this column lineage (`Verdict.lineage`: None unless an output is
+        derived from columns, as in ``select reverse(ssn)``).
 
         Keyed by the raw bytes: a repeated query shape or prepared statement skips the parse.
         """
         if self._masker is None:
             return None
-        key = (description, formats)
+        key = (description, formats, lineage)
         try:
             return self._plans[key]
         except KeyError:
             fields = m.parse_row_description(description)
-            plan = self._masker.plan_rows(column_info(fields, formats))
+            plan = self._masker.plan_rows(column_info(fields, formats), lineage)
             if len(self._plans) > 256:
                 self._plans.clear()
             self._plans[key] = plan
@@ -617,7 +617,7 @@ class SessionMachine(SideQueries, EgressCuts):
 
     def _row_plan(self, entry: Entry, description: bytes, formats: tuple[int, ...]) -> Any:
         """The plan for this entry's rows: the masking plan, wrapped to record when configured."""
-        plan = self._plan(description, formats)
+        plan = self._plan(description, formats, entry.verdict.lineage if entry.verdict is not None else None)
         if self._record is None:
             return plan
         if entry.capture is None:

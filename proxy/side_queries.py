@@ -196,7 +196,8 @@ class SideQueries:
         else:
             columns = column_info(head.probe_columns, (overall,))
         try:
-            head.copy_plan = self._masker.plan_copy(columns, info)
+            lineage = head.verdict.lineage if head.verdict is not None else None
+            head.copy_plan = self._masker.plan_copy(columns, info, lineage)
         except MaskingError as exc:
             raise ResultRefused(f"COPY output cannot be masked safely: {exc}") from None
         return None

@@ -15,6 +15,9 @@ Two mechanisms, both on by default:
 - **By content** (`detectors`, `scanner`): every text-like value is scanned and only the
   matched spans are replaced (an e-mail inside a sentence, a JWT in a log line).
 
+And, given the statement's column lineage (`derived`), values computed from a masked column
+(``reverse(ssn)``, ``upper(email) as e``, ``string_agg(ssn, ',')``) are masked whole.
+
 `rows` documents the treatment of each column type and format; `copyout` the COPY formats;
 `exceptions` the error tree. Everything the proxy needs is re-exported here.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from broker.masking.config import DEFAULT_COLUMN_PATTERNS, MaskingConfig
 from broker.masking.copyout import CopyPlan
+from broker.masking.derived import LineageLike
 from broker.masking.detectors import DEFAULT_DETECTORS, DETECTORS
 from broker.masking.exceptions import MaskingError, MaskingRefused
 from broker.masking.plan import Masker
@@ -33,6 +37,7 @@ __all__ = [
     "DEFAULT_COLUMN_PATTERNS",
     "DEFAULT_DETECTORS",
     "DETECTORS",
+    "LineageLike",
     "ColumnInfo",
     "CopyInfoLike",
     "CopyPlan",

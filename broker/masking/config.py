@@ -3,8 +3,9 @@
 Defaults (what a resource gets with ``masking: {}``):
 
 - `columns`: `DEFAULT_COLUMN_PATTERNS` below; shell-style globs (``*``, ``?``, ``[...]``)
-  matched case-insensitively against the whole column name as the result names it (an
-  alias counts: ``select email as e`` is *not* caught by name, only by content).
+  matched case-insensitively against the whole column name as the result names it. An
+  output that is not the bare column (``select email as e``, ``upper(email)``) is caught
+  through the statement's column lineage when the proxy has it (`derived`), and by content.
 - `extra_columns`: added to `columns` (so a resource can extend the defaults without
   repeating them); `ignore_columns`: never masked by name (content detectors still run),
   e.g. ``email_verified``.

@@ -5,6 +5,11 @@ The proxy calls `plan_rows` once per RowDescription (or Describe) and then the p
 `mask_copy_data` for every CopyData. A None plan means "nothing in this result can need
 masking": the proxy then forwards those rows without looking at them, which is what keeps
 ``pgbench -S`` (one int4 column) at wire speed.
+
+Both take the statement's column lineage (`broker.policy.Lineage`, carried on its verdict)
+when the proxy has it: outputs derived from a column the name rules mask are then masked
+whole too, whatever they are called (`derived`). A statement whose outputs are all bare
+columns has no lineage (None), so nothing changes for it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Sequence
 
 from broker.masking.config import MaskingConfig, NameRules
 from broker.masking.copyout import CopyPlan, build_copy_plan
+from broker.masking.derived import LineageLike, derived_rules
 from broker.masking.detectors import DETECTORS
 from broker.masking.exceptions import MaskingRefused
 from broker.masking.rows import RowPlan, build_row_plan
@@ -36,27 +42,42 @@ class Masker:
         )
         key = config.hmac_key
         self._key = key.get_secret_value().encode("utf-8") if key is not None else None
-        # Keyed by the column tuple: the same statement shape comes back all the time.
-        self._plans: dict[tuple[ColumnInfo, ...], RowPlan | None] = {}
+        # Keyed by the column tuple and lineage: the same statement shape comes back all the
+        # time.
+        self._plans: dict[tuple[tuple[ColumnInfo, ...], LineageLike | None], RowPlan | None] = {}
 
-    def plan_rows(self, columns: Sequence[ColumnInfo]) -> RowPlan | None:
-        """The plan for DataRows described by `columns`; None when none can need masking."""
+    def plan_rows(self, columns: Sequence[ColumnInfo], lineage: LineageLike | None = None) -> RowPlan | None:
+        """The plan for DataRows described by `columns` (of a statement with this
+        lineage); None when none can need masking."""
         if not self.config.enabled:
             return None
-        key = tuple(columns)
+        cols = tuple(columns)
+        key = (cols, lineage)
         try:
             return self._plans[key]
         except KeyError:
             pass
-        plan = build_row_plan(key, rules=self._rules, scanner=self._scanner, hmac_key=self._key)
+        plan = build_row_plan(
+            cols,
+            rules=self._rules,
+            scanner=self._scanner,
+            hmac_key=self._key,
+            derived=derived_rules(cols, lineage, self._rules) if lineage is not None else None,
+        )
         if len(self._plans) >= _PLAN_CACHE_SIZE:
             self._plans.clear()
         self._plans[key] = plan
         return plan
 
-    def plan_copy(self, columns: Sequence[ColumnInfo], copy_info: CopyInfoLike) -> CopyPlan | None:
+    def plan_copy(
+        self,
+        columns: Sequence[ColumnInfo],
+        copy_info: CopyInfoLike,
+        lineage: LineageLike | None = None,
+    ) -> CopyPlan | None:
         """The plan for one COPY's CopyData; None when it needs none (COPY FROM, nothing to
-        mask). Raises MaskingRefused when the COPY cannot be masked safely."""
+        mask). Raises MaskingRefused when the COPY cannot be masked safely. `lineage` is the
+        COPY statement's (that of its query)."""
         if not self.config.enabled or copy_info.direction != "to_stdout":
             return None
         if not columns:
@@ -65,7 +86,13 @@ class Masker:
             raise MaskingRefused("COPY column list and described columns differ")
         fmt = BINARY_FORMAT if copy_info.format == "binary" else TEXT_FORMAT
         cols = [ColumnInfo(c.name, c.type_oid, fmt) for c in columns]
-        plan = build_row_plan(cols, rules=self._rules, scanner=self._scanner, hmac_key=self._key)
+        plan = build_row_plan(
+            cols,
+            rules=self._rules,
+            scanner=self._scanner,
+            hmac_key=self._key,
+            derived=derived_rules(cols, lineage, self._rules) if lineage is not None else None,
+        )
         if plan is None:
             return None
         return build_copy_plan(plan, copy_info)

@@ -7,8 +7,10 @@ for SQL NULL):
 column                                   | text format              | binary format
 -----------------------------------------|--------------------------|-------------------------
 matched by name, text-like               | shape (`shapes`)         | shape
+derived from a masked column, text-like  | ``********``             | same
 matched by name, json / jsonb            | JSON string of the shape | same (jsonb: 0x01 + it)
 matched by name, anything else           | NULL                     | NULL
+derived from a masked column, json/other | as matched by name       | same
 deterministic, text-like / json          | ``pseu_...`` pseudonym   | same
 deterministic, anything else             | NULL                     | NULL
 not matched, numbers/dates/uuid/...      | untouched, never scanned | untouched
@@ -26,7 +28,7 @@ dropped whole on a hit, since a span cannot be replaced without rewriting their 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from broker.masking import shapes
 from broker.masking.config import ColumnRule, NameRules
@@ -212,12 +214,25 @@ def build_row_plan(
     rules: NameRules,
     scanner: Scanner,
     hmac_key: bytes | None,
+    derived: Mapping[int, ColumnRule] | None = None,
 ) -> RowPlan | None:
-    """The plan for `columns`, or None when no value of theirs can need masking."""
+    """The plan for `columns`, or None when no value of theirs can need masking.
+
+    `derived` (from `derived.derived_rules`) marks fields computed from a sensitive column:
+    MASK masks them whole with no shape (``********``), PSEUDONYM pseudonymises a field
+    the name rules would leave alone.
+    """
     always: list[tuple[int, ValueFn]] = []
     scan: list[tuple[int, ValueFn]] = []
     for i, col in enumerate(columns):
-        fn, scanned = _treatment(col, rules.rule(col.name), scanner, hmac_key)
+        rule = rules.rule(col.name)
+        shape = None
+        marked = derived.get(i) if derived else None
+        if marked is ColumnRule.MASK:
+            rule, shape = marked, shapes.Shape.REDACT
+        elif marked is ColumnRule.PSEUDONYM and rule is ColumnRule.KEEP:
+            rule = marked
+        fn, scanned = _treatment(col, rule, scanner, hmac_key, shape)
         if fn is not None:
             (scan if scanned else always).append((i, fn))
     if not always and not scan:
@@ -226,7 +241,11 @@ def build_row_plan(
 
 
 def _treatment(
-    col: ColumnInfo, rule: ColumnRule, scanner: Scanner, hmac_key: bytes | None
+    col: ColumnInfo,
+    rule: ColumnRule,
+    scanner: Scanner,
+    hmac_key: bytes | None,
+    shape: shapes.Shape | None = None,
 ) -> tuple[ValueFn | None, bool]:
     """(function, whether it goes behind the row-level scan gate) for one column."""
     family = family_of(col.type_oid)
@@ -242,7 +261,8 @@ def _treatment(
             return (_jsonb_binary(fn) if jsonb_binary else fn), False
         return _null, False
     if rule is not ColumnRule.KEEP:
-        shape = shapes.shape_for(col.name)
+        if shape is None:
+            shape = shapes.shape_for(col.name)
         if textual:
             return _whole_text(shape), False
         if family is Family.JSON:

@@ -22,7 +22,7 @@ from .exceptions import PolicyConfigError, PolicyError
 from .facts import Facts, StatementFacts, Subject, extract
 from .judge import Policy, judge
 from .loader import PolicyDocument, load_policy, parse_policy
-from .model import CopyInfo, Decision, Verdict
+from .model import CopyInfo, Decision, Lineage, Verdict
 from .normalize import shape
 from .presets import PRESETS, Preset
 from .rules import Match, NamePattern, Rule
@@ -30,6 +30,7 @@ from .rules import Match, NamePattern, Rule
 __all__ = [
     "PRESETS",
     "CopyInfo",
+    "Lineage",
     "Decision",
     "Facts",
     "Match",

@@ -40,7 +40,9 @@ from .bodies import do_block_sql, plpgsql_sql
 from .consts import UNKNOWN, Reader, parse_bool
 from .copyinfo import copy_info, deparse_copy_query
 from .kinds import statement_kind, tags_for
-from .model import CopyInfo
+from .lineage import UNKNOWN as UNKNOWN_SOURCE
+from .lineage import lineage
+from .model import CopyInfo, Lineage
 
 __all__ = ["Facts", "StatementFacts", "Subject", "extract"]
 
@@ -80,6 +82,7 @@ class StatementFacts:
     deallocates: list[str | None] = field(default_factory=list)
     prepare: tuple[str, StatementFacts] | None = None
     copy: CopyInfo | None = None
+    lineage: Lineage | None = None  # where the result columns come from (`lineage`)
 
 
 @dataclass(slots=True)
@@ -195,6 +198,7 @@ class _Statement:
         kind = statement_kind(name, f)
         if not self.facts.kind:
             self.facts.kind = kind
+            self.facts.lineage = _safe_lineage(node)
         handler = _TOP_HANDLERS.get(name)
         if handler is not None:
             handler(self, f, kind)
@@ -489,6 +493,15 @@ class _Statement:
             options[str(d.get("defname", ""))] = self._literal(d["arg"]) if "arg" in d else True
         query = deparse_copy_query(self.text()) if "query" in f else None
         return copy_info(f, options, query)
+
+
+def _safe_lineage(node: Node) -> Lineage | None:
+    """`lineage`, failing closed: a tree it cannot read masks every derived-looking output."""
+    try:
+        return lineage(node)
+    except Exception:  # noqa: BLE001 - a bug here must not fail classification open
+        anything = ((None, frozenset({UNKNOWN_SOURCE})),)
+        return Lineage(head=(), starred=True, loose=anything, named=anything)
 
 
 def _arguments(f: Node) -> tuple[list[Any], dict[str, Any]]:

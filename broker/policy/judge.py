@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .facts import Facts, StatementFacts, Subject
+from .lineage import merge
 from .model import CopyInfo, Decision, Verdict
 from .presets import Preset
 from .rules import Rule, render_reason
@@ -130,6 +131,11 @@ def _enforced(policy: Policy, facts: Facts) -> Verdict:
         copy=copies[0] if len(copies) == 1 else None,
         statement_count=len(facts.statements),
         tables=tuple(tables),
+        lineage=(
+            facts.statements[0].lineage
+            if len(facts.statements) == 1
+            else merge([statement.lineage for statement in facts.statements])
+        ),
     )
 
 
@@ -142,6 +148,7 @@ def _single(policy: Policy, statement: StatementFacts) -> Verdict:
         outcome.reason,
         executes=tuple(statement.executes),
         tables=tuple(statement.tables),
+        lineage=statement.lineage,
     )
 
 
@@ -205,4 +212,5 @@ def _shadow(verdict: Verdict) -> Verdict:
         copy=verdict.copy,
         statement_count=verdict.statement_count,
         tables=verdict.tables,
+        lineage=verdict.lineage,
     )

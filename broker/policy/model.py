@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-__all__ = ["CopyInfo", "Decision", "Verdict"]
+__all__ = ["CopyInfo", "Decision", "Lineage", "Verdict"]
 
 
 class Decision(StrEnum):
@@ -84,6 +84,30 @@ class CopyInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Lineage:
+    """Which source columns a statement's result columns are derived from (`lineage`).
+
+    An entry is the set of column names (as written: ``ssn``, never ``c.ssn``; ``?`` for
+    one that cannot be named) an output's value is computed from, or None for an output that
+    is a bare column under its own name or reads no column (the name rules see it as is).
+
+    Without stars (`starred` False) output i is RowDescription field i. With stars, whose
+    column count needs the catalog, `head` holds the outputs before the first star (fields
+    0, 1, ...), `tail` those after the last star (counted from the end), and `loose` the
+    derived outputs whose position is unknown (between stars, inside a star over a
+    subquery, every output of a multi-statement string), to be matched by the name the
+    result gives them (None: any name). `named` lists every derived output by name, for when
+    the RowDescription does not have the expected number of fields.
+    """
+
+    head: tuple[frozenset[str] | None, ...]
+    tail: tuple[frozenset[str] | None, ...] = ()
+    starred: bool = False
+    loose: tuple[tuple[str | None, frozenset[str]], ...] = ()
+    named: tuple[tuple[str | None, frozenset[str]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The decision on one statement string (which may hold several statements)."""
 
@@ -97,6 +121,8 @@ class Verdict:
     copy: CopyInfo | None = None
     statement_count: int = 1
     tables: tuple[str, ...] = ()  # touched anywhere, for approvers to see the blast radius
+    # Where the result columns come from, for the masker; None when no output is derived.
+    lineage: Lineage | None = None
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready view, as `jitgate policy check --json` prints it."""

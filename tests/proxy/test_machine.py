@@ -205,7 +205,7 @@ def test_no_explain_inside_a_transaction_block():
 class NameMasker:
     """A real-seam fake: masks the 'email' column as the masking package would."""
 
-    def plan_rows(self, columns):
+    def plan_rows(self, columns, lineage=None):
         idx = [i for i, c in enumerate(columns) if c.name == "email"]
         if not idx:
             return None
@@ -219,7 +219,7 @@ class NameMasker:
 
         return Plan()
 
-    def plan_copy(self, columns, info):
+    def plan_copy(self, columns, info, lineage=None):
         return None
 
 

@@ -1,0 +1,126 @@
+"""Column lineage: which source columns each result column is derived from."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.policy import Lineage, PolicyEngine
+from broker.policy.facts import extract
+from broker.policy.lineage import UNKNOWN
+
+SSN = frozenset({"ssn"})
+
+
+def lineage(sql: str) -> Lineage | None:
+    facts = extract(sql)
+    assert facts.error is None, facts.error
+    (statement,) = facts.statements
+    return statement.lineage
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select * from orders",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "select id, total from orders",
+        "select ssn from customers",
+        "select c.ssn as ssn from customers c",
+        "select count(ssn), count(distinct ssn), ssn is null from customers",
+        "select count(*), now(), 1 from customers",
+        "with t as (select ssn from customers) select * from t",
+        "select ssn from (select ssn from customers) s",
+        "insert into orders (total) values (1) returning *",
+        "update orders set total = 1 where id = 1",
+        "select id from customers c join orders o using (id)",
+    ],
+)
+def test_bare_and_valueless_outputs_have_no_lineage(sql: str) -> None:
+    assert lineage(sql) is None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select reverse(ssn) from customers",
+        "select substr(ssn, 1, 3) || substr(ssn, 4) from customers",
+        "select ssn || '' from customers",
+        "select ssn as x from customers",
+        "select ssn::text from customers",
+        "select (select ssn from customers limit 1) as x",
+        "select x from (select reverse(ssn) x from customers) s",
+        "select s.x from (select ssn as x from customers) s",
+        "select array_agg(ssn) from customers",
+        "select string_agg(reverse(ssn), ',') from customers",
+        "select min(ssn) from customers",
+        "with t as (select reverse(ssn) r from customers) select r from t",
+        "with t(r) as (select ssn from customers) select r from t",
+        "with t as (select ssn from customers) select upper(ssn) from t",
+        "select r from customers c, lateral reverse(c.ssn) r",
+        "select case when true then ssn end from customers",
+        "values (ssn)",
+        "copy (select reverse(ssn) from customers) to stdout",
+        "update customers set full_name = 'x' where id = 1 returning reverse(ssn)",
+        "select reverse(full_name) from customers union all select ssn from customers",
+        "select * from (select reverse(ssn) r from customers) s",
+    ],
+)
+def test_derived_outputs_name_their_sources(sql: str) -> None:
+    found = lineage(sql)
+    assert found is not None and not found.starred
+    assert len(found.head) == 1
+    sources = found.head[0]
+    assert sources is not None and "ssn" in sources
+
+
+def test_positions_around_stars() -> None:
+    found = lineage("select upper(email) e, *, reverse(ssn) from customers")
+    assert found == Lineage(
+        head=(frozenset({"email"}),),
+        tail=(SSN,),
+        starred=True,
+        named=(("e", frozenset({"email"})), ("reverse", SSN)),
+    )
+    # Between two stars the position is unknown: matched by the name the result gives it.
+    between = lineage("select a.*, reverse(ssn) r, b.* from customers a, orders b")
+    assert between is not None and between.head == () and between.tail == ()
+    assert between.loose == (("r", SSN),)
+    # A star over a subquery without stars expands to its outputs.
+    expanded = lineage("select * from (select id, reverse(ssn) r from customers) s")
+    assert expanded is not None and expanded.head == (None, SSN) and not expanded.starred
+
+
+def test_unknowable_columns_fail_closed() -> None:
+    renamed = lineage("select * from customers c(a, b)")
+    assert renamed is not None and renamed.loose == (
+        ("a", frozenset({UNKNOWN})),
+        ("b", frozenset({UNKNOWN})),
+    )
+    # A later branch's star could put any column under an earlier branch's name.
+    union = lineage("select * from orders union all select * from customers")
+    assert union is not None and union.loose == ((None, frozenset({UNKNOWN})),)
+    # A recursive CTE is followed to a fixpoint: b takes a's sources in the second round.
+    recursive = lineage(
+        "with recursive t(a, b) as (select ssn, '1' from customers"
+        " union all select b, a from t where false) select b from t"
+    )
+    assert recursive is not None and recursive.head[0] is not None and "ssn" in recursive.head[0]
+
+
+def test_correlated_and_outer_names_are_unioned() -> None:
+    found = lineage("select (select x from orders limit 1) from (select reverse(ssn) x from customers) s")
+    assert found is not None and found.head[0] is not None and "ssn" in found.head[0]
+
+
+def test_verdicts_carry_lineage_including_multi_statement_and_shadow() -> None:
+    engine = PolicyEngine.preset("agent-safe")
+    verdict = engine.classify("select reverse(ssn) from customers where id = 1")
+    assert verdict.lineage is not None and verdict.lineage.head == (SSN,)
+    # Same shape, other literal: the cached verdict's lineage is still right.
+    assert engine.classify("select reverse(ssn) from customers where id = 2").lineage == verdict.lineage
+    assert engine.classify("select id from customers where id = 1").lineage is None
+    multi = engine.classify("select 1; select reverse(ssn) from customers")
+    assert multi.lineage is not None and multi.lineage.starred
+    assert multi.lineage.loose == (("reverse", SSN),)
+    observe = PolicyEngine.preset("observe").classify("select upper(email) from customers")
+    assert observe.lineage is not None and observe.lineage.head == (frozenset({"email"}),)
