@@ -61,6 +61,7 @@ import structlog
 from prometheus_client import Counter
 
 from broker import metrics
+from broker.backoff import Backoff
 from broker.exceptions import RecorderClosed, StoreError, StoreUnavailable
 from broker.store.base import enum_value
 from broker.store.group_commit import GroupCommit
@@ -499,7 +500,7 @@ class Recorder:
                     return
 
     async def _drain(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(0.05, self.max_backoff)
         while self._buffer:
             n = min(self.batch_size, len(self._buffer))
             batch = list(itertools.islice(self._buffer, n))
@@ -519,10 +520,9 @@ class Recorder:
                     "recorder could not write statements; retrying",
                     error=str(exc) or type(exc).__name__,
                     pending=len(self._buffer),
-                    retry_in=backoff,
+                    retry_in=backoff.delay,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                await backoff.wait()
                 continue
             for _ in range(n):
                 self._buffer.popleft()
@@ -530,7 +530,7 @@ class Recorder:
                 self._caught_up.set()
             self._settled += n
             self._failing_since = None
-            backoff = 0.05
+            backoff.reset()
             metrics.RECORDER_PENDING.set(len(self._buffer))
             self._progress.set()
 
