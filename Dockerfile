@@ -3,12 +3,13 @@
 #   docker run --rm -v $PWD/infra/jitgate.yaml:/etc/jitgate/jitgate.yaml jitgate config check
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY broker ./broker
 COPY proxy ./proxy
 COPY slackapp ./slackapp
 COPY workers ./workers
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The versions CI tested (requirements.lock, as constraints).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c requirements.lock .
 
 FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -4,12 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench fuzz clean chromium audit-deps
+.PHONY: install demo test lint typecheck bench fuzz clean chromium audit-deps lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) chromium
@@ -57,7 +57,15 @@ fuzz: $(STAMP)
 # Not part of `make test`: it needs pypi.org's JSON API, which not every machine reaches.
 audit-deps: $(STAMP)
 	@$(BIN)/python -c 'import pip_audit' 2>/dev/null || $(BIN)/pip install --quiet pip-audit
-	$(BIN)/pip-audit --skip-editable --strict
+	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements.lock
+
+# Pin what a fresh install of pyproject's dependencies resolves to today (review the diff).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e '.[dev]'
+	{ sed -n '/^#/p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .jitgate .pytest_cache .mypy_cache .ruff_cache

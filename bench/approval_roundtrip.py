@@ -176,8 +176,7 @@ def run(n: int, slack: TimedSlack, token: str, proxy_port: int, api_port: int, d
                 time.sleep(0.001)
             (approval_id,) = set(slack.posted) - before
             posted = slack.posted[approval_id]
-            ts = next(m["ts"] for m in slack.messages("C_APPROVALS")
-                      if ((m.get("metadata") or {}).get("event_payload") or {}).get("approval_id") == approval_id)
+            ts = slack.prompts_for(approval_id)[0]["ts"]
             click = signer.block_actions(user_id="U_DANA", action_id="jitgate_approve", value=approval_id,
                                          channel="C_APPROVALS", message_ts=ts, response_url=slack.response_url())
             clicked = time.perf_counter()

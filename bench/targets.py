@@ -167,12 +167,24 @@ def start_jitgate(upstream: Endpoint, workdir: Path, workers: int = 1) -> tuple[
     return replace(upstream, host=HOST, port=port, user="bench-agent", password=token), proc
 
 
+def start_python_copy(upstream: Endpoint, workdir: Path) -> tuple[Endpoint, subprocess.Popen[bytes]]:
+    """bench/copy_relay.py: bytes copied both ways by uvloop, nothing inspected."""
+    port = free_port()
+    log = (workdir / "copy_relay.log").open("wb")
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "copy_relay.py"), str(port), upstream.host,
+                             str(upstream.port)], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    return replace(upstream, host=HOST, port=port), proc
+
+
 TARGETS: dict[str, Target] = {
     "direct": Direct(),
     "jitgate": ProcessTarget("jitgate", start_jitgate),
     # Two processes on one port (SO_REUSEPORT), as `jitgate proxy --workers 2` deploys.
     "jitgate-2w": ProcessTarget("jitgate-2w", lambda up, wd: start_jitgate(up, wd, workers=2)),
     "pgbouncer": ProcessTarget("pgbouncer", start_pgbouncer),
+    # The ceiling for any Python proxy here: a uvloop byte copier that inspects nothing.
+    "python-copy": ProcessTarget("python-copy", start_python_copy),
 }
 
 

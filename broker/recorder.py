@@ -61,9 +61,11 @@ import structlog
 from prometheus_client import Counter
 
 from broker import metrics
+from broker.backoff import Backoff
 from broker.exceptions import RecorderClosed, StoreError, StoreUnavailable
 from broker.store.base import enum_value
-from broker.store.records import Grant, SessionStats, StatementRecord
+from broker.store.group_commit import GroupCommit
+from broker.store.records import Grant, SessionEnd, SessionStart, SessionStats, StatementRecord
 
 if TYPE_CHECKING:
     from broker.store import Store
@@ -91,6 +93,10 @@ class RecordingStore(Protocol):
     async def end_session(
         self, session_id: str, *, reason: str, stats: SessionStats | None = None
     ) -> bool: ...
+
+    async def start_sessions(self, starts: Sequence[SessionStart]) -> Sequence[str]: ...
+
+    async def end_sessions(self, ends: Sequence[SessionEnd]) -> Sequence[bool]: ...
 
 
 class ProcessWriter:
@@ -172,6 +178,12 @@ class ProcessWriter:
     async def end_session(self, session_id: str, *, reason: str, stats: SessionStats | None = None) -> bool:
         return await self._store.end_session(session_id, reason=reason, stats=stats)
 
+    async def start_sessions(self, starts: Sequence[SessionStart]) -> list[str]:
+        return await self._store.start_sessions(starts)
+
+    async def end_sessions(self, ends: Sequence[SessionEnd]) -> list[bool]:
+        return await self._store.end_sessions(ends)
+
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -207,6 +219,10 @@ def _child_record(rows: list[tuple[Any, ...]], keep: bool) -> list[Any]:
     store.audit_listeners[:] = [appended.extend] if keep else []
     loop.run_until_complete(store.record_statements([StatementRecord(*row) for row in rows]))
     return appended
+
+
+def _not_transient(exc: Exception) -> bool:
+    return not isinstance(exc, _TRANSIENT)
 
 
 # Every field of a StatementRecord, in declaration order (what its constructor takes).
@@ -283,6 +299,14 @@ class Recorder:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._statement_counters: dict[str, Counter] = {}
+        # Session starts and ends of a connect (or disconnect) burst share transactions.
+        self._orphans: set[asyncio.Task[bool]] = set()
+        self._starts: GroupCommit[SessionStart, str] = GroupCommit(
+            lambda starts: self._store.start_sessions(starts), abandoned=self._start_abandoned, isolate=_not_transient
+        )
+        self._ends: GroupCommit[SessionEnd, bool] = GroupCommit(
+            lambda ends: self._store.end_sessions(ends), isolate=_not_transient
+        )
 
     # -- hot path ---------------------------------------------------------------------------
 
@@ -425,11 +449,18 @@ class Recorder:
         intent: str | None = None,
     ) -> str:
         """Record a session start; raises `StoreError` (the proxy refuses the session)."""
-        session_id = await self._store.start_session(
-            grant, client_addr=client_addr, application_name=application_name, intent=intent
+        session_id = await self._starts.submit(
+            SessionStart(grant, client_addr=client_addr, application_name=application_name, intent=intent)
         )
         metrics.SESSIONS_ACTIVE.inc()
         return session_id
+
+    def _start_abandoned(self, start: SessionStart, session_id: str) -> None:
+        """A start was recorded for a connection that was gone by then: record its end."""
+        metrics.SESSIONS_ACTIVE.inc()  # end_session counts it down again
+        task = asyncio.ensure_future(self.end_session(session_id, reason="client disconnected during connect"))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     async def end_session(
         self,
@@ -448,7 +479,7 @@ class Recorder:
         with suppress(TimeoutError, RecorderClosed):
             await asyncio.wait_for(self.flush(), flush_timeout)
         try:
-            return await self._store.end_session(session_id, reason=reason, stats=stats)
+            return await self._ends.submit(SessionEnd(session_id, reason, stats))
         except StoreError as exc:
             log.error("could not record session end", session_id=session_id, error=str(exc))
             return False
@@ -469,7 +500,7 @@ class Recorder:
                     return
 
     async def _drain(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(0.05, self.max_backoff)
         while self._buffer:
             n = min(self.batch_size, len(self._buffer))
             batch = list(itertools.islice(self._buffer, n))
@@ -489,10 +520,9 @@ class Recorder:
                     "recorder could not write statements; retrying",
                     error=str(exc) or type(exc).__name__,
                     pending=len(self._buffer),
-                    retry_in=backoff,
+                    retry_in=backoff.delay,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
+                await backoff.wait()
                 continue
             for _ in range(n):
                 self._buffer.popleft()
@@ -500,7 +530,7 @@ class Recorder:
                 self._caught_up.set()
             self._settled += n
             self._failing_since = None
-            backoff = 0.05
+            backoff.reset()
             metrics.RECORDER_PENDING.set(len(self._buffer))
             self._progress.set()
 

@@ -293,6 +293,13 @@ class SlackDouble:
         with self._lock:
             return [dict(m) for m in self._state.channels.get(channel, [])]
 
+    def prompts_for(self, approval_id: str, channel: str = "C_APPROVALS") -> list[dict[str, Any]]:
+        """The messages in `channel` whose metadata names `approval_id` (jitgate's prompts)."""
+        return [
+            m for m in self.messages(channel)
+            if ((m.get("metadata") or {}).get("event_payload") or {}).get("approval_id") == approval_id
+        ]
+
     def wait_for(self, method: str, count: int = 1, timeout: float = 5.0) -> list[Call]:
         """Block until `method` was called `count` times (sync tests only)."""
         deadline = time.monotonic() + timeout

@@ -20,6 +20,8 @@ from typing import Protocol
 
 import structlog
 
+from broker.backoff import Backoff
+
 log = structlog.get_logger("jitgate.approvals")
 
 CHANNEL = "jitgate:approvals"
@@ -93,13 +95,13 @@ class RedisBus(LocalBus):
         await asyncio.wait_for(self._ready.wait(), 5)
 
     async def _listen(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
                 self._ready.set()
-                delay = 0.2
+                backoff.reset()
                 async for message in pubsub.listen():
                     try:
                         body = json.loads(message["data"])
@@ -109,9 +111,8 @@ class RedisBus(LocalBus):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection lost: reconnect; deadlines still read the store
-                log.warning("approvals_bus_reconnect", error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                log.warning("approvals_bus_reconnect", error=type(exc).__name__, retry_in=backoff.delay)
+                await backoff.wait()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

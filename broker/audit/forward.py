@@ -30,6 +30,7 @@ from prometheus_client import Counter
 
 from broker import metrics
 from broker.audit.chain import AuditRecord
+from broker.backoff import Backoff
 
 log = structlog.get_logger("jitgate.audit.forward")
 
@@ -153,7 +154,7 @@ class AuditForwarder:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="jitgate-audit-forward")
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, self._max_backoff)
         while not self._closing or self._queue:
             if not self._queue:
                 self._wake.clear()
@@ -161,12 +162,11 @@ class AuditForwarder:
                     await asyncio.wait_for(self._wake.wait(), self._interval)
                 continue
             if await self._send_batch():
-                backoff = 0.1
+                backoff.reset()
                 continue
             if self._closing:
                 return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._max_backoff)
+            await backoff.wait()
 
     async def _send_batch(self) -> bool:
         batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]

@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
 
 Clock = Callable[[], datetime]
+# Execution option of a connection whose transaction only reads (`StoreBase.transaction`).
+READ_ONLY_OPTION = "jitgate_read_only"
 
 
 def utcnow() -> datetime:
@@ -75,10 +77,17 @@ class StoreBase:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def transaction(self, action: str) -> AsyncIterator[AsyncSession]:
-        """One ORM session in one transaction: committed on success, rolled back on error."""
+    async def transaction(self, action: str, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
+        """One ORM session in one transaction: committed on success, rolled back on error.
+
+        `read_only`: the transaction only reads, so on SQLite it need not take the database's
+        write lock up front (`BEGIN` instead of `BEGIN IMMEDIATE`, see `broker.store.db`):
+        reads then run beside each other and beside a writer (WAL). A write in it may fail.
+        """
         async with translate_errors(action), self._sessions() as session:
             async with session.begin():
+                if read_only:  # procures the connection, with the option its BEGIN reads
+                    await session.connection(execution_options={READ_ONLY_OPTION: True})
                 yield session
             # Only after the commit: a rolled-back append must never reach a listener.
             appended = session.info.pop("audit_appended", None)

@@ -27,7 +27,7 @@ from broker.exceptions import StoreError
 from broker.store import migrate as migrations
 from broker.store.access_requests import AccessRequestRepository
 from broker.store.approvals import ApprovalRepository
-from broker.store.base import Clock, translate_errors, utcnow
+from broker.store.base import READ_ONLY_OPTION, Clock, translate_errors, utcnow
 from broker.store.egress_usage import EgressUsageRepository
 from broker.store.sessions import SessionRepository
 from broker.store.tokens import TokenRepository
@@ -86,7 +86,8 @@ def _sqlite_engine(url: str, *, echo: bool) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 

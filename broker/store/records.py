@@ -59,6 +59,25 @@ class StatementRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionStart:
+    """One session start, as `SessionRepository.start_sessions` records it."""
+
+    grant: Grant
+    client_addr: str | None = None
+    application_name: str | None = None
+    intent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """One session end, as `SessionRepository.end_sessions` records it."""
+
+    session_id: str
+    reason: str
+    stats: SessionStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionStats:
     """Totals the proxy reports when a session ends."""
 

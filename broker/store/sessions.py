@@ -22,7 +22,9 @@ from broker.store.models import Session, Statement
 from broker.store.records import (
     Grant,
     SessionDetail,
+    SessionEnd,
     SessionInfo,
+    SessionStart,
     SessionStats,
     StatementInfo,
     StatementRecord,
@@ -39,42 +41,55 @@ class SessionRepository(AuditRepository):
         intent: str | None = None,
     ) -> str:
         """Record a session's start and return its id (a UUID string)."""
-        row = Session(
-            id=str(uuid.uuid4()),
-            token_id=grant.token_id,
-            principal=grant.principal,
-            groups=list(grant.groups),
-            resource=grant.resource,
-            role=grant.role,
-            client_addr=client_addr,
-            application_name=application_name,
-            intent=intent,
-            started_at=self.clock(),
-            statements=0,
-            bytes_in=0,
-            bytes_out=0,
-        )
+        start = SessionStart(grant, client_addr=client_addr, application_name=application_name, intent=intent)
+        return (await self.start_sessions([start]))[0]
+
+    async def start_sessions(self, starts: Sequence[SessionStart]) -> list[str]:
+        """Record several session starts in one transaction (a connect burst, grouped by
+        `broker.store.group_commit`); their ids, in order. All or none are recorded."""
+        if not starts:
+            return []
+        now = self.clock()
+        rows = [
+            Session(
+                id=str(uuid.uuid4()),
+                token_id=s.grant.token_id,
+                principal=s.grant.principal,
+                groups=list(s.grant.groups),
+                resource=s.grant.resource,
+                role=s.grant.role,
+                client_addr=s.client_addr,
+                application_name=s.application_name,
+                intent=s.intent,
+                started_at=now,
+                statements=0,
+                bytes_in=0,
+                bytes_out=0,
+            )
+            for s in starts
+        ]
         async with self.transaction("start session") as session:
             await self._lock_audit(session)
-            session.add(row)
+            session.add_all(rows)
             await self._append_audit(
                 session,
                 [
                     events.session_started(
                         session_id=row.id,
-                        principal=grant.principal,
-                        groups=grant.groups,
-                        resource=grant.resource,
-                        role=grant.role,
-                        token_id=grant.token_id,
-                        client_addr=client_addr,
-                        application_name=application_name,
-                        intent=intent,
-                        owner=grant.owner,
+                        principal=s.grant.principal,
+                        groups=s.grant.groups,
+                        resource=s.grant.resource,
+                        role=s.grant.role,
+                        token_id=s.grant.token_id,
+                        client_addr=s.client_addr,
+                        application_name=s.application_name,
+                        intent=s.intent,
+                        owner=s.grant.owner,
                     )
+                    for row, s in zip(rows, starts, strict=True)
                 ],
             )
-        return row.id
+        return [row.id for row in rows]
 
     async def record_statements(self, records: Sequence[StatementRecord]) -> None:
         """Insert a batch of statements in one transaction.
@@ -166,31 +181,42 @@ class SessionRepository(AuditRepository):
 
         Without `stats`, the statement count is taken from the recorded statements.
         """
-        values: dict[str, Any] = {"ended_at": self.clock(), "end_reason": reason}
-        if stats is not None:
-            values.update(
-                statements=stats.statements, bytes_in=stats.bytes_in, bytes_out=stats.bytes_out
-            )
-        else:
-            values["statements"] = _recorded_count()
+        return (await self.end_sessions([SessionEnd(session_id, reason, stats)]))[0]
+
+    async def end_sessions(self, ends: Sequence[SessionEnd]) -> list[bool]:
+        """Mark several sessions ended in one transaction; for each, whether it ended it."""
+        if not ends:
+            return []
+        now = self.clock()
+        ended: list[bool] = []
         async with self.transaction("end session") as session:
             await self._lock_audit(session)
-            result = await session.execute(
-                update(Session)
-                .where(Session.id == session_id, Session.ended_at.is_(None))
-                .values(**values)
-            )
-            ended = bool(result.rowcount)  # type: ignore[attr-defined]
-            if ended:
-                event = events.session_ended(
-                    session_id=session_id,
-                    reason=reason,
-                    statements=None if stats is None else stats.statements,
-                    bytes_in=None if stats is None else stats.bytes_in,
-                    bytes_out=None if stats is None else stats.bytes_out,
+            audit = []
+            for end in ends:
+                values: dict[str, Any] = {"ended_at": now, "end_reason": end.reason}
+                stats = end.stats
+                if stats is not None:
+                    values.update(statements=stats.statements, bytes_in=stats.bytes_in, bytes_out=stats.bytes_out)
+                else:
+                    values["statements"] = _recorded_count()
+                result = await session.execute(
+                    update(Session)
+                    .where(Session.id == end.session_id, Session.ended_at.is_(None))
+                    .values(**values)
                 )
-                await self._append_audit(session, [event])
-            return ended
+                ended.append(bool(result.rowcount))  # type: ignore[attr-defined]
+                if ended[-1]:
+                    audit.append(
+                        events.session_ended(
+                            session_id=end.session_id,
+                            reason=end.reason,
+                            statements=None if stats is None else stats.statements,
+                            bytes_in=None if stats is None else stats.bytes_in,
+                            bytes_out=None if stats is None else stats.bytes_out,
+                        )
+                    )
+            await self._append_audit(session, audit)
+        return ended
 
     async def list_sessions(
         self,

@@ -102,7 +102,9 @@ class TokenRepository(AuditRepository):
         if not looks_like_token(token):
             raise InvalidToken("not a gateway token", reason="malformed")
         digest = hash_token(token)
-        async with self.transaction("verify token") as session:
+        # A read: a connect burst's verifications run side by side instead of queueing for
+        # the write lock. Only a single-use token is then consumed, in a write of its own.
+        async with self.transaction("verify token", read_only=True) as session:
             row = await session.scalar(
                 select(GatewayToken).where(GatewayToken.token_hash == digest)
             )
@@ -121,26 +123,32 @@ class TokenRepository(AuditRepository):
                 raise ExpiredToken(
                     f"gateway token {row.id} expired at {row.expires_at.isoformat()}"
                 )
-            if not row.reusable:
+        if not row.reusable:
+            async with self.transaction("consume token") as session:
+                # Atomic: of two connects racing with one token, one updates the row.
                 consumed = await session.execute(
                     update(GatewayToken)
-                    .where(GatewayToken.id == row.id, GatewayToken.used_at.is_(None))
+                    .where(
+                        GatewayToken.id == row.id,
+                        GatewayToken.used_at.is_(None),
+                        GatewayToken.revoked_at.is_(None),
+                    )
                     .values(used_at=now)
                 )
                 if consumed.rowcount != 1:  # type: ignore[attr-defined]
                     raise InvalidToken(
                         f"single-session gateway token {row.id} was already used", reason="used"
                     )
-            return Grant(
-                token_id=row.id,
-                principal=row.principal,
-                groups=tuple(row.groups),
-                resource=row.resource,
-                role=row.role,
-                expires_at=row.expires_at,
-                reusable=row.reusable,
-                owner=row.owner,
-            )
+        return Grant(
+            token_id=row.id,
+            principal=row.principal,
+            groups=tuple(row.groups),
+            resource=row.resource,
+            role=row.role,
+            expires_at=row.expires_at,
+            reusable=row.reusable,
+            owner=row.owner,
+        )
 
     async def revoked_token_ids(self, token_ids: Iterable[str]) -> set[str]:
         """Which of `token_ids` are revoked: one query per 500 ids, for the proxy's periodic

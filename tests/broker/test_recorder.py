@@ -13,6 +13,7 @@ from broker import metrics
 from broker.exceptions import RecorderClosed, StoreUnavailable
 from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
+from broker.store.records import SessionEnd, SessionStart
 
 GRANT = Grant(
     token_id=None,
@@ -48,6 +49,14 @@ class FlakyStore:
         self, session_id: str, *, reason: str, stats: SessionStats | None = None
     ) -> bool:
         return await self.store.end_session(session_id, reason=reason, stats=stats)
+
+    async def start_sessions(self, starts: Sequence[SessionStart]) -> list[str]:
+        if self.down:
+            raise StoreUnavailable("start session: store unavailable (ConnectionRefused)")
+        return await self.store.start_sessions(starts)
+
+    async def end_sessions(self, ends: Sequence[SessionEnd]) -> list[bool]:
+        return await self.store.end_sessions(ends)
 
 
 @pytest.fixture
@@ -220,8 +229,68 @@ async def test_end_session_does_not_raise_when_the_store_fails(flaky: FlakyStore
     async def down(*_a: object, **_k: object) -> bool:
         raise StoreUnavailable("end session: store unavailable (OSError)")
 
-    flaky.end_session = down  # type: ignore[method-assign]
+    flaky.end_sessions = down  # type: ignore[method-assign,assignment]
     assert await recorder.end_session(sid, reason="x") is False
+    await recorder.aclose()
+
+
+async def test_a_connect_burst_shares_transactions_and_every_session_is_recorded(store: Store) -> None:
+    recorder = Recorder(store, writer_process=False)
+    recorder.start()
+    active_before = sample("jitgate_sessions_active")
+    ids = await asyncio.gather(*(recorder.start_session(GRANT, client_addr=f"c{i}") for i in range(100)))
+    assert len(set(ids)) == 100
+    assert recorder._starts.batches < 10  # not one transaction per session
+    assert sample("jitgate_sessions_active") == active_before + 100
+    assert len(await store.list_sessions(active_only=True, limit=1000)) == 100
+    ended = await asyncio.gather(*(recorder.end_session(sid, reason="bye") for sid in ids))
+    assert all(ended) and recorder._ends.batches < 10
+    assert await store.list_sessions(active_only=True, limit=1000) == []
+    assert (await store.verify_audit()).ok
+    await recorder.aclose()
+
+
+class SlowStarts(FlakyStore):
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.writing = asyncio.Event()
+
+    async def start_sessions(self, starts: Sequence[SessionStart]) -> list[str]:
+        self.writing.set()
+        ids = await self.store.start_sessions(starts)
+        await asyncio.sleep(0.05)  # committed; the answer is on its way back
+        return ids
+
+
+async def test_a_start_recorded_after_its_connection_gave_up_is_ended(store: Store) -> None:
+    slow = SlowStarts(store)
+    recorder = Recorder(slow, writer_process=False)
+    recorder.start()
+    gone = asyncio.ensure_future(recorder.start_session(GRANT, client_addr="gone"))
+    await slow.writing.wait()
+    gone.cancel()  # the client went away while its start was being written
+    for _ in range(100):
+        (orphan,) = await store.list_sessions(limit=10)
+        if orphan.ended_at is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert orphan.client_addr == "gone" and orphan.end_reason == "client disconnected during connect"
+    await recorder.aclose()
+
+
+async def test_a_start_cancelled_while_queued_is_not_recorded(store: Store) -> None:
+    slow = SlowStarts(store)
+    recorder = Recorder(slow, writer_process=False)
+    recorder.start()
+    first = asyncio.ensure_future(recorder.start_session(GRANT, client_addr="first"))
+    await slow.writing.wait()
+    gone = asyncio.ensure_future(recorder.start_session(GRANT, client_addr="gone"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    sid = await first
+    await asyncio.sleep(0.1)
+    assert [s.client_addr for s in await store.list_sessions(limit=10)] == ["first"]
+    await recorder.end_session(sid, reason="bye")
     await recorder.aclose()
 
 

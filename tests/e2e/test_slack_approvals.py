@@ -57,10 +57,8 @@ class Stack:
         while time.monotonic() < deadline:
             for a in self.gw.call(self.service.find(status=Status.PENDING)):
                 if a.sql == sql:
-                    for m in self.slack.messages("C_APPROVALS"):
-                        payload = (m.get("metadata") or {}).get("event_payload") or {}
-                        if payload.get("approval_id") == a.id:
-                            return a.id, "C_APPROVALS", m["ts"]
+                    for m in self.slack.prompts_for(a.id):
+                        return a.id, "C_APPROVALS", m["ts"]
             time.sleep(0.05)
         raise AssertionError(f"no prompt posted for {sql!r}")
 

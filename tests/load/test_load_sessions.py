@@ -42,9 +42,10 @@ def test_200_sessions_decide_right_and_leave_nothing_behind():
         time.sleep(1)
         after = rig.usage()
     assert result.connect_failures == []
-    # Every session got in, or was refused with a clear retryable SQLSTATE (fail closed).
-    assert result.sessions + sum(result.refused.values()) == SESSIONS
-    assert result.sessions >= SESSIONS * 0.95, result.refused
+    # Every session got in: a connect burst's session starts share store transactions, so
+    # none waits long enough to be refused (08006) as it could when each took its own.
+    assert result.sessions == SESSIONS, result.refusal_reasons
+    assert result.all_connected is not None and result.steady
     assert result.wrong == []
     assert all(result.counts[k] > SESSIONS for k in ("read", "masked")) and result.counts["blocked"] > 0
     assert (active, open_in_store) == (0, 0)

@@ -61,8 +61,7 @@ async def test_reminder_and_escalation_are_sent_once(rt, slack):
     channel, ts = await rt.store.approval_message(approval.id)
     reminders = [c for c in slack.calls_to("chat.postMessage") if c.args.get("thread_ts") == ts]
     assert len(reminders) == 1 and approval.id in reminders[0].args["text"]
-    escalated = [m for m in slack.messages("C_ESCALATE")
-                 if (m.get("metadata") or {}).get("event_payload", {}).get("approval_id") == approval.id]
+    escalated = slack.prompts_for(approval.id, "C_ESCALATE")
     assert len(escalated) == 1
 
 

@@ -124,18 +124,11 @@ async def until(predicate, seconds: float = 30.0, what: str = "condition") -> An
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def prompts_for(slack: SlackDouble, approval_id: str) -> list[dict[str, Any]]:
-    return [
-        m for m in slack.messages("C_APPROVALS")
-        if ((m.get("metadata") or {}).get("event_payload") or {}).get("approval_id") == approval_id
-    ]
-
-
 async def test_prompt_posted_then_updated_with_the_decision(service, worker, slack):
     approval = await park(service)
     message = await until(lambda: service.store.approval_message(approval.id), what="the prompt")
     assert message[0] == "C_APPROVALS"
-    assert len(prompts_for(slack, approval.id)) == 1
+    assert len(slack.prompts_for(approval.id)) == 1
     await service.vote(approval.id, DANA, "approve")
 
     async def updated() -> bool:
@@ -145,14 +138,14 @@ async def test_prompt_posted_then_updated_with_the_decision(service, worker, sla
         )
 
     await until(updated, what="chat.update showing the approval")
-    assert len(prompts_for(slack, approval.id)) == 1
+    assert len(slack.prompts_for(approval.id)) == 1
 
 
 async def test_rate_limited_post_is_retried_after_retry_after(service, worker, slack):
     slack.fail_next("chat.postMessage", status=429, retry_after=1, times=4)
     approval = await park(service, "delete from orders")
     await until(lambda: service.store.approval_message(approval.id), what="the prompt after 429s")
-    assert len(prompts_for(slack, approval.id)) == 1
+    assert len(slack.prompts_for(approval.id)) == 1
     assert slack.count("chat.postMessage") >= 5
 
 
@@ -161,7 +154,7 @@ async def test_worker_killed_mid_post_restarts_without_a_duplicate(service, work
     approval = await park(service, "truncate orders")
 
     async def posted() -> bool:
-        return bool(prompts_for(slack, approval.id))
+        return bool(slack.prompts_for(approval.id))
 
     await until(posted, what="the post to reach Slack")
     worker.kill()  # Slack has the message; the worker never learnt its ts
@@ -169,8 +162,8 @@ async def test_worker_killed_mid_post_restarts_without_a_duplicate(service, work
     assert await service.store.approval_message(approval.id) is None
     worker.start()
     message = await until(lambda: service.store.approval_message(approval.id), 60, "the redelivered task")
-    assert len(prompts_for(slack, approval.id)) == 1
-    assert message[1] == prompts_for(slack, approval.id)[0]["ts"]
+    assert len(slack.prompts_for(approval.id)) == 1
+    assert message[1] == slack.prompts_for(approval.id)[0]["ts"]
 
 
 async def test_pending_request_expires_from_the_beat_schedule(service, worker, slack, config):
