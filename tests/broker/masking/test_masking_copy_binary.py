@@ -1,26 +1,18 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from functools import partial
 
 import pytest
 
 from broker.masking import ColumnInfo, Masker, MaskingConfig, MaskingRefused
 from broker.masking.copyout.binary import SIGNATURE, encode_tuple
+from tests.broker.masking.copy_info import CopyOptions
 
 TEXT, INT8, JSONB = 25, 20, 3802
 
 
-@dataclass(frozen=True)
-class Info:
-    format: str = "binary"
-    delimiter: str = "\t"
-    null: str = "\\N"
-    quote: str = '"'
-    escape: str = '"'
-    header: bool = False
-    columns: tuple[str, ...] = ()
-    direction: str = "to_stdout"
+Info = partial(CopyOptions, format="binary")
 
 
 HEADER = SIGNATURE + struct.pack("!ii", 0, 0)

@@ -1,27 +1,17 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.masking import ColumnInfo, Masker, MaskingConfig, MaskingRefused
 from broker.masking.copyout.text import TextCodec, unescape
+from tests.broker.masking.copy_info import CopyOptions
 
 TEXT, INT8 = 25, 20
 
 
-@dataclass(frozen=True)
-class Info:
-    format: str = "text"
-    delimiter: str = "\t"
-    null: str = "\\N"
-    quote: str = '"'
-    escape: str = '"'
-    header: bool = False
-    columns: tuple[str, ...] = ()
-    direction: str = "to_stdout"
+Info = CopyOptions
 
 
 # An encoder written from PostgreSQL's CopyAttributeOutText, independent of the masker's.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from broker.masking import ColumnInfo, Masker, MaskingConfig
 from broker.masking.config import ColumnRule, NameRules
 from broker.masking.derived import derived_rules
 from broker.policy import Lineage, PolicyEngine
+from tests.broker.masking.copy_info import CopyOptions
 
 TEXT, INT4, TEXT_ARRAY, JSON = 25, 23, 1009, 114
 SSN = frozenset({"ssn"})
@@ -81,16 +80,7 @@ def test_plan_cache_is_keyed_by_lineage() -> None:
     assert masker.plan_rows(cols).mask_values([b"plain"]) == (None, 0)
 
 
-@dataclass(frozen=True)
-class Info:
-    format: str = "text"
-    delimiter: str = "\t"
-    null: str = "\\N"
-    quote: str = '"'
-    escape: str = '"'
-    header: bool = False
-    columns: tuple[str, ...] = ()
-    direction: str = "to_stdout"
+Info = CopyOptions
 
 
 def test_copy_of_a_query_masks_derived_columns() -> None:

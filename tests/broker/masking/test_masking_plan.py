@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from broker.masking import (
@@ -13,20 +11,12 @@ from broker.masking import (
     MaskingRefused,
 )
 from broker.masking.copyout import BinaryCopyPlan, CsvCopyPlan, TextCopyPlan
+from tests.broker.masking.copy_info import CopyOptions
 
 TEXT, INT4 = 25, 23
 
 
-@dataclass(frozen=True)
-class Info:
-    format: str = "text"
-    delimiter: str = "\t"
-    null: str = "\\N"
-    quote: str = '"'
-    escape: str = '"'
-    header: bool = False
-    columns: tuple[str, ...] = ()
-    direction: str = "to_stdout"
+Info = CopyOptions
 
 
 COLUMNS = [ColumnInfo("id", INT4), ColumnInfo("email", TEXT)]
