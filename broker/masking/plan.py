@@ -57,17 +57,20 @@ class Masker:
             return self._plans[key]
         except KeyError:
             pass
-        plan = build_row_plan(
+        plan = self._build(cols, lineage)
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _build(self, cols: Sequence[ColumnInfo], lineage: LineageLike | None) -> RowPlan | None:
+        return build_row_plan(
             cols,
             rules=self._rules,
             scanner=self._scanner,
             hmac_key=self._key,
             derived=derived_rules(cols, lineage, self._rules) if lineage is not None else None,
         )
-        if len(self._plans) >= _PLAN_CACHE_SIZE:
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan
 
     def plan_copy(
         self,
@@ -86,13 +89,7 @@ class Masker:
             raise MaskingRefused("COPY column list and described columns differ")
         fmt = BINARY_FORMAT if copy_info.format == "binary" else TEXT_FORMAT
         cols = [ColumnInfo(c.name, c.type_oid, fmt) for c in columns]
-        plan = build_row_plan(
-            cols,
-            rules=self._rules,
-            scanner=self._scanner,
-            hmac_key=self._key,
-            derived=derived_rules(cols, lineage, self._rules) if lineage is not None else None,
-        )
+        plan = self._build(cols, lineage)
         if plan is None:
             return None
         return build_copy_plan(plan, copy_info)
