@@ -79,6 +79,16 @@ class _Open:
         )
 
 
+class _NoMeter:
+    egress_counts = (0, 0)
+
+    def set_agent_budget(self, budget: AgentBudget | None) -> None:
+        return None
+
+
+_NO_METER: Metered = _NoMeter()
+
+
 class AgentEgressLedger:
     """One per proxy process: the open sessions' budgets and the task that syncs them."""
 
@@ -110,18 +120,32 @@ class AgentEgressLedger:
 
     async def open(self, principal: str, resource: str, limits: EgressLimits, meter: Metered) -> AgentBudget:
         """Start enforcing the agent's budget on `meter` (a new session: counters at zero)."""
+        budget = await self.read(principal, resource, limits)
+        self.attach(budget, meter)
+        return budget
+
+    async def read(self, principal: str, resource: str, limits: EgressLimits) -> AgentBudget:
+        """The agent's usage so far in the current window, for a session about to start.
+
+        Raises `UpstreamUnavailable` when the store cannot say (fail closed): the proxy calls
+        this while the client is still connecting, so it gets that error instead of a session.
+        """
         budget = AgentBudget(principal, resource, limits, window_start(self._clock(), limits.agent_window))
-        entry = _Open(budget, meter)
         try:
-            [(budget.used_rows, budget.used_bytes)] = await self._store.charge_egress([entry.charge((0, 0))])
+            [(budget.used_rows, budget.used_bytes)] = await self._store.charge_egress(
+                [_Open(budget, _NO_METER).charge((0, 0))]
+            )
         except Exception:
             log.warning("egress_budget_unavailable", principal=principal, resource=resource, exc_info=True)
             raise UpstreamUnavailable("the gateway cannot check this agent's egress budget right now") from None
+        return budget
+
+    def attach(self, budget: AgentBudget, meter: Metered) -> None:
+        """Enforce `budget` (from `read`) on the session's `meter` and keep charging it."""
         meter.set_agent_budget(budget)
-        self._open[id(budget)] = entry
+        self._open[id(budget)] = _Open(budget, meter)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="jitgate-egress-ledger")
-        return budget
 
     def wake(self) -> None:
         """A statement ended: sync soon. Non-blocking."""

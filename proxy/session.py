@@ -30,6 +30,7 @@ import structlog
 from broker.metrics import EGRESS_LIMITS
 from broker.policy.model import Decision, Verdict
 from proxy.cancel import CancelMap
+from proxy.egress import AgentBudget
 from proxy.egress_ledger import AgentEgressLedger
 from proxy.exceptions import ClientAuthFailed, ClientRefused, ProxyError, to_error_response
 from proxy.hooks import (
@@ -183,6 +184,14 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             tls=tls,
         )
 
+        # The agent's usage so far in this window (other sessions, other proxy processes)
+        # bounds what it may read here. Read before the client is told it is in, so a store
+        # that cannot say refuses the connect (fail closed) instead of a started session.
+        budget = None
+        ledger = ctx.egress_ledger
+        if ledger is not None and resource.egress is not None and ledger.applies(grant.principal, resource.egress):
+            budget = await ledger.read(grant.principal, resource.name, resource.egress)
+
         # 3. A credential for this session only, then the upstream connection.
         credential = await ctx.credentials.acquire(
             resource=resource.name, role=grant.role, session_id=session.session_id
@@ -219,7 +228,7 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                 application_name=startup.application_name,
             )
             # 5. Relay until either side goes away.
-            machine, end_reason = await _relay(reader, writer, upstream, resource, session, ctx)
+            machine, end_reason = await _relay(reader, writer, upstream, resource, session, ctx, budget)
         finally:
             ctx.cancel_map.unregister(pid)
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -268,6 +277,7 @@ async def _relay(
     resource: Resource,
     session: SessionInfo,
     ctx: ProxyContext,
+    budget: AgentBudget | None = None,
 ) -> tuple[SessionMachine, str]:
     groups = session.grant.groups
     resources = ctx.resources
@@ -304,12 +314,8 @@ async def _relay(
         on_egress_limit=lambda limit: EGRESS_LIMITS.labels(name, limit).inc(),
         resource=name,
     )
-    # Before the relay takes the sockets over (the client's first bytes wait in the reader).
-    # The agent's usage so far in this window (other sessions, other proxy processes) bounds
-    # what this session may read; the store cannot be read: the session ends (fail closed).
-    budget = None
-    if ledger is not None and resource.egress is not None:
-        budget = await ledger.open(session.grant.principal, name, resource.egress, machine)
+    if ledger is not None and budget is not None:
+        ledger.attach(budget, machine)
     relay: Relay
 
     async def review(m: SessionMachine) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from broker.demo.seed import DemoRoles
 from broker.demo.upstream import Upstream
+from broker.exceptions import StoreUnavailable
 from broker.store import EgressCharge
 from proxy.egress_ledger import AgentEgressLedger
 from tests.e2e.conftest import Gateway, _resource, start_gateway, stop_gateway
@@ -175,3 +176,29 @@ def test_the_budget_starts_over_in_the_next_window(gw: Gateway, clock: Clock) ->
         wait_used(gw, agent, clock, 100)
     finally:
         clock.now -= HOUR
+
+
+class _DownStore:
+    """The egress usage store, unreachable."""
+
+    async def charge_egress(self, charges: object) -> list[tuple[int, int]]:
+        raise StoreUnavailable("charge egress usage: store unavailable (ConnectionRefused)")
+
+    async def prune_egress_usage(self, before: int) -> int:
+        return 0
+
+
+def test_an_agent_is_refused_at_connect_when_its_budget_cannot_be_read(gw: Gateway, clock: Clock) -> None:
+    agent = "agent:e2e-store-down"
+    ledger = gw.server.ctx.egress_ledger
+    gw.server.ctx.egress_ledger = AgentEgressLedger(_DownStore(), clock=clock, interval=0.2)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(dsn(gw, agent, "agent-egress-down"), autocommit=True)
+        # Refused while connecting, with the reason; never a session that ends at its first query.
+        assert "cannot check this agent's egress budget" in str(info.value)
+        # A person on the same resource has no agent budget to read, and gets in.
+        with psycopg.connect(dsn(gw, "user:ops@example.com", "agent-egress-down-person"), autocommit=True) as conn:
+            assert read(conn, 3) == 3
+    finally:
+        gw.server.ctx.egress_ledger = ledger
