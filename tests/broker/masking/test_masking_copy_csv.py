@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -8,20 +8,12 @@ from hypothesis import strategies as st
 
 from broker.masking import ColumnInfo, Masker, MaskingConfig, MaskingRefused
 from broker.masking.copyout.csv_format import CsvCodec
+from tests.broker.masking.copy_info import CopyOptions
 
 TEXT, INT8 = 25, 20
 
 
-@dataclass(frozen=True)
-class Info:
-    format: str = "csv"
-    delimiter: str = ","
-    null: str = ""
-    quote: str = '"'
-    escape: str = '"'
-    header: bool = False
-    columns: tuple[str, ...] = ()
-    direction: str = "to_stdout"
+Info = partial(CopyOptions, format="csv", delimiter=",", null="")
 
 
 # Written from PostgreSQL's CopyAttributeOutCSV, independent of the masker's encoder.
