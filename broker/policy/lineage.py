@@ -191,15 +191,7 @@ class _Join(_Rel):
         return _union(rel.column(name) for rel in self.parts)
 
     def expand(self) -> list[_Out] | None:
-        if self.merged:
-            return None
-        out: list[_Out] = []
-        for rel in self.parts:
-            part = rel.expand()
-            if part is None:
-                return None
-            out.extend(part)
-        return out
+        return None if self.merged else _expand_rels(self.parts)
 
     def loose(self) -> list[tuple[str | None, frozenset[str]]]:
         return [entry for rel in self.parts for entry in rel.loose()]
@@ -236,17 +228,27 @@ def _rename(outs: list[_Out], names: tuple[str, ...]) -> list[_Out]:
     return result
 
 
+def _expand_rels(rels: Iterable[_Rel]) -> list[_Out] | None:
+    """The outputs of `rels`' stars, in order; None when one cannot be counted."""
+    result: list[_Out] = []
+    for rel in rels:
+        part = rel.expand()
+        if part is None:
+            return None
+        result.extend(part)
+    return result
+
+
 def _expand(outs: list[_Out]) -> list[_Out] | None:
     result: list[_Out] = []
     for out in outs:
         if not out.star:
             result.append(out)
             continue
-        for rel in out.rels:
-            part = rel.expand()
-            if part is None:
-                return None
-            result.extend(part)
+        part = _expand_rels(out.rels)
+        if part is None:
+            return None
+        result.extend(part)
     return result
 
 
