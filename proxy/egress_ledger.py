@@ -79,16 +79,6 @@ class _Open:
         )
 
 
-class _NoMeter:
-    egress_counts = (0, 0)
-
-    def set_agent_budget(self, budget: AgentBudget | None) -> None:
-        return None
-
-
-_NO_METER: Metered = _NoMeter()
-
-
 class AgentEgressLedger:
     """One per proxy process: the open sessions' budgets and the task that syncs them."""
 
@@ -132,8 +122,9 @@ class AgentEgressLedger:
         """
         budget = AgentBudget(principal, resource, limits, window_start(self._clock(), limits.agent_window))
         try:
+            # A charge of nothing: creates the window's row if need be, returns its totals.
             [(budget.used_rows, budget.used_bytes)] = await self._store.charge_egress(
-                [_Open(budget, _NO_METER).charge((0, 0))]
+                [EgressCharge(principal, resource, limits.agent_window, budget.window_start)]
             )
         except Exception:
             log.warning("egress_budget_unavailable", principal=principal, resource=resource, exc_info=True)
