@@ -292,10 +292,8 @@ async def _relay(
         # The resource's current policy: a reload (SIGHUP) applies to live sessions too.
         return resources.get(name, resource).policy(sql, groups)
 
-    # An agent's budget across its sessions, when the resource sets one (proxy.egress_ledger).
-    ledger = ctx.egress_ledger
-    if ledger is None or not ledger.applies(session.grant.principal, resource.egress):
-        ledger = None
+    # An agent's budget across its sessions (read at connect, when the resource sets one).
+    ledger = ctx.egress_ledger if budget is not None else None
 
     def on_statement(event: StatementEvent) -> None:
         recorder.statement(session_id, event)
@@ -314,7 +312,7 @@ async def _relay(
         on_egress_limit=lambda limit: EGRESS_LIMITS.labels(name, limit).inc(),
         resource=name,
     )
-    if ledger is not None and budget is not None:
+    if ledger is not None and budget is not None:  # both or neither; the check is for mypy
         ledger.attach(budget, machine)
     relay: Relay
 
