@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 
 
-def write_config(path: Path, port: int, upstream, roles, policy: str | None) -> None:
+def write_config(path: Path, port: int, metrics_port: int, upstream, roles, policy: str | None) -> None:
     resource: dict[str, object] = {"upstream": {
         "host": upstream.host, "port": upstream.port, "dbname": "demo", "sslmode": "disable",
         "username": roles.rw_user, "password": roles.rw_password,
@@ -29,7 +29,7 @@ def write_config(path: Path, port: int, upstream, roles, policy: str | None) -> 
     path.write_text(yaml.safe_dump({
         "data_dir": str(path.parent / "data"),
         "broker_url": "sqla+sqlite:///" + str(path.parent / "celery.db"),
-        "proxy": {"listen_port": port, "review_wait_seconds": 0.5, "metrics_port": port + 1},
+        "proxy": {"listen_port": port, "review_wait_seconds": 0.5, "metrics_port": metrics_port},
         "resources": {"demo": resource},
     }))
 
@@ -40,9 +40,9 @@ def audit_types(config: Path) -> str:
 
 
 def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_nothing(tmp_path, upstream, demo_roles):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     config = tmp_path / "jitgate.yaml"
-    write_config(config, port, upstream, demo_roles, "observe")
+    write_config(config, port, metrics_port, upstream, demo_roles, "observe")
     proc = subprocess.Popen([JITGATE, "proxy", "--config", str(config)], stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "proxy.log").open("wb"), start_new_session=True)
     try:
@@ -59,7 +59,7 @@ def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_noth
             conn.execute("create temp table t_reload (id int)")
             assert conn.execute("delete from t_reload").statusmessage == "DELETE 0"  # observe: forwarded
 
-            write_config(config, port, upstream, demo_roles, "agent-safe")
+            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe")
             os.kill(proc.pid, signal.SIGHUP)
             deadline = time.monotonic() + 10
             while True:  # the same, still open session now gets the new policy
@@ -83,7 +83,7 @@ def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_noth
         # The proxy process serves its own metrics: the statements it judged are counted there.
         import httpx
 
-        scraped = httpx.get(f"http://127.0.0.1:{port + 1}/metrics", timeout=5).text
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         counts = {
             line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
             for line in scraped.splitlines() if line.startswith("jitgate_statements_total{")
