@@ -11,6 +11,7 @@ waits for it:
     statement end   wake()   the background sync charges what sessions returned since the
                              last sync, and reads back every process's total
     every interval           the same, so idle sessions learn what other sessions used
+                             (with nothing new to charge, a read: no write lock taken)
     session end     close()  charges the rest
 
 A session may read what was left of the budget at its last sync. Concurrent sessions of one

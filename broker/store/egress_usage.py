@@ -52,7 +52,10 @@ class EgressUsageRepository(StoreBase):
         insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         now = self.clock()
         order = sorted(range(len(charges)), key=lambda i: charges[i].key)
-        async with self.transaction("charge egress usage") as session:
+        # Charges of nothing (an idle sync, a session start) only read: on SQLite they need not
+        # take the write lock the recorder and token checks wait on.
+        reads_only = not any(charge.rows or charge.bytes for charge in charges)
+        async with self.transaction("charge egress usage", read_only=reads_only) as session:
             for i in order:
                 charge = charges[i]
                 if charge.rows < 0 or charge.bytes < 0:

@@ -4,6 +4,7 @@ SQLite and PostgreSQL, from many tasks and from several Store instances (process
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
@@ -57,3 +58,24 @@ async def test_prune_drops_only_windows_that_ended_before(store: Store) -> None:
     await store.charge_egress([charge(1, start=0), charge(1, start=HOUR), charge(1, start=2 * HOUR)])
     assert await store.prune_egress_usage(2 * HOUR) == 1  # [0, 1h) ended before 2h; [1h, 2h) did not
     assert await store.charge_egress([charge(start=0), charge(start=HOUR)]) == [(0, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)
+async def test_reading_totals_does_not_wait_for_another_processs_write_lock(
+    store: Store, backend_url: str  # noqa: F811
+) -> None:
+    """An idle sync or a session start only reads: it does not queue behind the recorder."""
+    await store.charge_egress([charge(2, 20)])
+    other = sqlite3.connect(backend_url.split("///", 1)[1], isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # what a writer holds while it writes a batch
+        assert await asyncio.wait_for(store.charge_egress([charge(), charge(principal="agent:b")]), 2) == [
+            (2, 20), (0, 0)
+        ]
+        charging = asyncio.ensure_future(store.charge_egress([charge(1, 1)]))  # a write waits
+        await asyncio.sleep(0.3)
+        assert not charging.done()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await asyncio.wait_for(charging, 5) == [(3, 21)]
