@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench fuzz clean chromium audit-deps lock
+.PHONY: install demo test lint typecheck advisories bench fuzz clean chromium audit-deps lock
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,18 @@ demo: $(STAMP)
 	$(BIN)/jitgate demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker proxy slackapp workers tests bench
+	$(BIN)/ruff check broker proxy slackapp workers tests bench tools
 
 typecheck: $(STAMP)
-	$(BIN)/mypy proxy broker/policy broker/masking broker/audit broker/credentials broker/identity broker/store broker/api broker/approvals broker/console broker/mcp broker/cli/mcp_cmd.py broker/config.py broker/config_reference.py slackapp workers
+	$(BIN)/mypy proxy broker/policy broker/masking broker/audit broker/credentials broker/identity broker/store broker/api broker/approvals broker/console broker/mcp broker/cli/mcp_cmd.py broker/config.py broker/config_reference.py slackapp workers tools
+
+# Every pin in requirements.lock against the committed PyPA advisory snapshot (offline;
+# tools/advisories.py says how to refresh it). `make audit-deps` is the live check.
+advisories: $(STAMP)
+	$(BIN)/python tools/advisories.py check
 
 # pytest exits 5 when it collects nothing; that is a failure here, as any non-zero status is.
-test: $(STAMP) chromium lint typecheck
+test: $(STAMP) chromium lint typecheck advisories
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -52,9 +57,10 @@ fuzz: $(STAMP)
 			../$(BIN)/python ../tests/fuzz/atheris_main.py $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 		done; fi
 
-# Known vulnerabilities in the installed dependencies (PyPI's advisory data via pip-audit).
+# Known vulnerabilities in the installed dependencies, asked live (PyPI's advisory data via pip-audit).
 # --strict: a dependency that could not be checked fails the run instead of passing silently.
-# Not part of `make test`: it needs pypi.org's JSON API, which not every machine reaches.
+# Not part of `make test`: it needs pypi.org's JSON API, which not every machine reaches;
+# `make test` runs the offline `advisories` check instead.
 audit-deps: $(STAMP)
 	@$(BIN)/python -c 'import pip_audit' 2>/dev/null || $(BIN)/pip install --quiet pip-audit
 	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements.lock
