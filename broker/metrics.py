@@ -101,7 +101,7 @@ APPROVAL_SECONDS = Histogram(
 )
 VAULT_ERRORS = Counter(
     "jitgate_vault_errors_total",
-    "Vault/OpenBao calls that failed, by kind (unreachable, refused)",
+    "Vault/OpenBao calls that failed, by kind (unreachable, refused; late: issued after its caller left, revoked)",
     ["kind"],
     registry=REGISTRY,
 )

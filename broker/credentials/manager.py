@@ -4,10 +4,14 @@
                                 row cannot be written: an unrecorded lease could outlive us)
     CredentialManager.release   provider.release, then ledger `revoked_at`; a failure is
                                 logged and counted, and the reaper retries
+
+An acquire whose caller is cancelled (the proxy stopping while Vault is slow) still runs to
+its end, and what it brings is released at once: a lease nobody holds is never left out.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import structlog
@@ -28,11 +32,29 @@ class CredentialManager:
     def __init__(self, providers: Mapping[str, CredentialProvider], ledger: LeaseLedger | None = None) -> None:
         self.providers = dict(providers)
         self.ledger = ledger
+        self._abandoned: set[asyncio.Task[None]] = set()  # releases of credentials nobody took
 
     async def acquire(self, *, resource: str, role: str, session_id: str) -> Credential:
         provider = self.providers.get(resource)
         if provider is None:
             raise CredentialError(f"no credential provider for resource {resource!r}")
+        work = asyncio.ensure_future(self._acquire(provider, resource=resource, role=role, session_id=session_id))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(self._release_abandoned)
+            raise
+
+    def _release_abandoned(self, work: asyncio.Future[Credential]) -> None:
+        if work.cancelled() or work.exception() is not None:
+            return
+        credential = work.result()
+        log.warning("abandoned_credential_released", resource=credential.resource, lease_id=credential.lease_id)
+        task = asyncio.get_running_loop().create_task(self.release(credential), name="release abandoned credential")
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+
+    async def _acquire(self, provider: CredentialProvider, *, resource: str, role: str, session_id: str) -> Credential:
         credential = await provider.acquire(resource=resource, role=role, session_id=session_id)
         if self.ledger is not None and credential.lease_id:
             try:
@@ -64,6 +86,8 @@ class CredentialManager:
                 log.warning("lease_ledger_update_failed", lease_id=credential.lease_id)
 
     async def aclose(self) -> None:
+        if self._abandoned:
+            await asyncio.wait(list(self._abandoned), timeout=10)
         seen: set[int] = set()
         for provider in self.providers.values():
             if id(provider) not in seen:

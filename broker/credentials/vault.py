@@ -62,6 +62,7 @@ class VaultProvider:
         self._login_lock = asyncio.Lock()
         self._renewals: dict[str, asyncio.Task[None]] = {}
         self._token_task: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()  # revocations of leases nobody took
         #: Renewal failures since start, per lease: what the mid-session outage test and
         #: /metrics-minded operators look at.
         self.renewal_failures: dict[str, int] = {}
@@ -76,6 +77,7 @@ class VaultProvider:
         answer = await self._call(
             f"issue a credential for role {vault_role!r}",
             lambda c: c.secrets.database.generate_credentials(name=vault_role, mount_point=conf.mount),
+            issues_lease=True,
         )
         data = answer.get("data") or {}
         lease_id = answer.get("lease_id") or None
@@ -112,6 +114,8 @@ class VaultProvider:
         log.info("lease_revoked", lease_id=lease_id)
 
     async def aclose(self) -> None:
+        if self._late:  # a late lease being revoked: let it finish, briefly
+            await asyncio.wait(list(self._late), timeout=self._settings.timeout_seconds * 2)
         tasks = list(self._renewals.values())
         self._renewals.clear()
         if self._token_task is not None:
@@ -154,9 +158,9 @@ class VaultProvider:
 
     # --- talking to Vault ------------------------------------------------------------------
 
-    async def _call(self, action: str, fn: Callable[[hvac.Client], T]) -> T:
+    async def _call(self, action: str, fn: Callable[[hvac.Client], T], *, issues_lease: bool = False) -> T:
         try:
-            return await self._call_once(action, fn)
+            return await self._call_once(action, fn, issues_lease)
         except CredentialSourceUnavailable:
             metrics.VAULT_ERRORS.labels("unreachable").inc()
             raise
@@ -164,22 +168,31 @@ class VaultProvider:
             metrics.VAULT_ERRORS.labels("refused").inc()
             raise
 
-    async def _call_once(self, action: str, fn: Callable[[hvac.Client], T]) -> T:
+    async def _call_once(self, action: str, fn: Callable[[hvac.Client], T], issues_lease: bool) -> T:
         client = await self._logged_in(action)
         try:
-            return await self._run(action, fn, client)
+            return await self._run(action, fn, client, issues_lease=issues_lease)
         except hvac.exceptions.Forbidden:
             # Most likely our own token expired: log in again once, then give up.
             client = await self._logged_in(action, fresh=True)
             try:
-                return await self._run(action, fn, client)
+                return await self._run(action, fn, client, issues_lease=issues_lease)
             except hvac.exceptions.Forbidden:
                 raise CredentialError(f"Vault refused to {action}", detail="permission denied") from None
 
-    async def _run(self, action: str, fn: Callable[[hvac.Client], T], client: hvac.Client) -> T:
+    async def _run(
+        self, action: str, fn: Callable[[hvac.Client], T], client: hvac.Client, *, issues_lease: bool = False
+    ) -> T:
+        """`fn` in a worker thread, given up on after twice the request timeout (hvac's own
+        timeout is per socket operation, so a slow-dripping Vault could outlast it).
+
+        A thread cannot be stopped: when the wait is given up (that timeout, or the caller
+        cancelled) the request may still succeed. If it issues a lease, the late lease is
+        revoked as soon as it arrives, so no credential outlives a session that never got it."""
         timeout = self._settings.timeout_seconds
+        work = asyncio.ensure_future(asyncio.to_thread(fn, client))
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, client), timeout * 2)
+            return await asyncio.wait_for(asyncio.shield(work), timeout * 2)
         except hvac.exceptions.Forbidden:
             raise
         except _DOWN as exc:
@@ -192,6 +205,29 @@ class VaultProvider:
             raise CredentialError(f"Vault cannot {action}", detail="no such role or lease") from None
         except hvac.exceptions.VaultError as exc:
             raise CredentialError(f"Vault refused to {action}", detail=type(exc).__name__) from None
+        finally:
+            if issues_lease and not work.done():
+                work.add_done_callback(self._revoke_late)
+
+    def _revoke_late(self, work: asyncio.Future[Any]) -> None:
+        """A lease issued after its caller gave up: nobody will use it, revoke it now."""
+        if work.cancelled() or work.exception() is not None:
+            return
+        lease_id = (work.result() or {}).get("lease_id")
+        if not lease_id:
+            return
+        log.warning("late_credential_revoked", lease_id=lease_id)
+        metrics.VAULT_ERRORS.labels("late").inc()
+        task = asyncio.get_running_loop().create_task(self._revoke_quietly(lease_id), name=f"revoke late {lease_id}")
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _revoke_quietly(self, lease_id: str) -> None:
+        try:
+            await self._call("revoke a lease", lambda c: c.sys.revoke_lease(lease_id=lease_id))
+        except CredentialError as exc:
+            # Vault answered the issue a moment ago; if it fails now, the lease's TTL ends it.
+            log.warning("late_credential_revoke_failed", lease_id=lease_id, error=str(exc))
 
     async def _logged_in(self, action: str, *, fresh: bool = False) -> hvac.Client:
         async with self._login_lock:
