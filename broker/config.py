@@ -145,9 +145,12 @@ class ProxySettings(_Section):
         ),
     )
     startup_timeout_seconds: float = Field(
-        default=10.0,
+        default=60.0,
         gt=0,
-        description="Time a client has to finish SSL negotiation, startup and auth",
+        description=(
+            "Time a client has, in all, to finish SSL negotiation, startup and auth (sending its "
+            "token); PostgreSQL's authentication_timeout. A client past it gets 08006"
+        ),
     )
     connect_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Time allowed to connect and authenticate upstream"
@@ -155,7 +158,10 @@ class ProxySettings(_Section):
     idle_timeout_seconds: float | None = Field(
         default=None,
         gt=0,
-        description="Close a session idle this long outside a transaction; null: never",
+        description=(
+            "End a session idle this long outside a transaction (nothing in flight, nothing "
+            "parked), as PostgreSQL's idle_session_timeout: FATAL 57P05; null: never"
+        ),
     )
     review_wait_seconds: float = Field(
         default=120.0, gt=0, description="How long a parked statement waits for an approval"

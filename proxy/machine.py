@@ -120,6 +120,15 @@ class SessionMachine(SideQueries, EgressCuts):
     # ---------------------------------------------------------------- client -> upstream
 
     @property
+    def idle(self) -> bool:
+        """Waiting for the client's next command outside a transaction: nothing in flight or
+        parked, no extended-protocol batch left open, nothing of the client's unprocessed."""
+        return (
+            self.txn_status == b"I" and not self._inflight and self.parked is None
+            and not self._open_extended and not self._cbuf
+        )
+
+    @property
     def buffered_client(self) -> int:
         """Bytes received from the client and not processed yet (e.g. while parked)."""
         return len(self._cbuf)
@@ -664,10 +673,6 @@ class SessionMachine(SideQueries, EgressCuts):
         return m.build_fields(bytes([kind]), fields)
 
     # -- introspection for tests and the relay ----------------------------------------------
-
-    @property
-    def idle(self) -> bool:
-        return not self._inflight and self.parked is None
 
     def pending_client_bytes(self) -> int:
         return len(self._cbuf)

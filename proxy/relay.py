@@ -22,6 +22,10 @@ from proxy.protocol.frames import ProtocolViolation
 log = structlog.get_logger("jitgate.proxy")
 
 WRITE_HIGH_WATER = 512 * 1024
+#: PostgreSQL's own words and code for its idle_session_timeout.
+IDLE_TIMEOUT = messages.error_response(
+    "57P05", "terminating connection due to idle-session timeout", severity="FATAL"
+)
 # Bytes a client may send while its statement is parked before it is paused.
 PARKED_INPUT_LIMIT = 1024 * 1024
 
@@ -71,6 +75,7 @@ class Relay:
         *,
         review: Reviewer,
         backlog: Backlog | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.machine = machine
         self.client = client
@@ -83,6 +88,12 @@ class Relay:
         self._backlog = backlog
         self._throttle_task: asyncio.Task[None] | None = None
         self._parked_pause = False
+        # Idle timeout: the time of the last bytes either way, checked by a timer (one clock
+        # read per TCP read on the data path, no timer re-armed per message).
+        self._loop = asyncio.get_running_loop()
+        self._active_at = self._loop.time()
+        self._idle_timeout = idle_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     async def run(self, client_leftover: bytes, upstream_leftover: bytes) -> str:
         client_side = _Side(self._from_client, lambda exc: self._finish("client disconnected"))
@@ -97,9 +108,13 @@ class Relay:
             self._from_upstream(upstream_leftover)
         if client_leftover:
             self._from_client(client_leftover)
+        if self._idle_timeout is not None:
+            self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
         try:
             return await self._done
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             if self._review_task is not None:
                 self._review_task.cancel()
             if self._throttle_task is not None:
@@ -139,9 +154,21 @@ class Relay:
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
+    def _check_idle(self) -> None:
+        assert self._idle_timeout is not None
+        quiet = self._loop.time() - self._active_at
+        if quiet >= self._idle_timeout and self.machine.idle:
+            log.info("session_idle_timeout", idle_seconds=round(quiet, 1))
+            self.end("idle timeout", IDLE_TIMEOUT)
+            return
+        # Busy (a statement running, a transaction open): look again a full period later.
+        wait = self._idle_timeout - quiet if quiet < self._idle_timeout else self._idle_timeout
+        self._idle_timer = self._loop.call_later(wait, self._check_idle)
+
     def _from_client(self, data: bytes) -> None:
         if self._done.done():
             return
+        self._active_at = self._loop.time()
         try:
             self.machine.feed_client(data)
         except ProtocolViolation as exc:
@@ -216,6 +243,7 @@ class Relay:
     def _from_upstream(self, data: bytes) -> None:
         if self._done.done():
             return
+        self._active_at = self._loop.time()
         try:
             self.machine.feed_server(data)
         except (ProtocolViolation, ProxyError) as exc:

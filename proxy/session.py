@@ -52,7 +52,6 @@ from proxy.upstream import UpstreamConnection, connect_upstream
 
 log = structlog.get_logger("jitgate.proxy")
 
-AUTH_TIMEOUT = 30.0
 #: Upstream parameters that would reveal who the gateway logs in as.
 HIDDEN_PARAMETERS = frozenset({"session_authorization"})
 UNRECORDABLE = Verdict(
@@ -79,6 +78,10 @@ class ProxyContext:
     revocation_check_interval: float = 5.0
     #: Per-agent egress budgets across sessions (the store's `egress_usage`); None: not kept.
     egress_ledger: AgentEgressLedger | None = None
+    #: What a client has, in all, to negotiate TLS, start up and send its token.
+    startup_timeout: float = 10.0
+    #: A session idle this long outside a transaction is ended (57P05); None: never.
+    idle_timeout: float | None = None
 
 
 def _is_loopback(peer: object) -> bool:
@@ -138,8 +141,11 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
     credential = None
     machine: SessionMachine | None = None
     end_reason = "error"
+    # One deadline for everything the client must send before it is in (proxy.startup_timeout_seconds).
+    loop = asyncio.get_running_loop()
+    startup_deadline = loop.time() + ctx.startup_timeout
     try:
-        packet, tls = await asyncio.wait_for(_read_startup(reader, writer, ctx), AUTH_TIMEOUT)
+        packet, tls = await asyncio.wait_for(_read_startup(reader, writer, ctx), ctx.startup_timeout)
         if isinstance(packet, messages.CancelRequest):
             await ctx.cancel_map.cancel(packet.pid, packet.key)
             return
@@ -162,7 +168,7 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         # 2. Authenticate the client: its password is the gateway token.
         writer.write(messages.AUTH_CLEARTEXT)
         await writer.drain()
-        token = await asyncio.wait_for(_read_password(reader), AUTH_TIMEOUT)
+        token = await asyncio.wait_for(_read_password(reader), max(startup_deadline - loop.time(), 0))
         grant = await ctx.tokens.verify(token, resource=resource.name)
         del token
 
@@ -329,7 +335,8 @@ async def _relay(
     # down while it catches up; `classify` above still refuses what cannot be recorded.
     backlog = recorder if hasattr(recorder, "backlogged") else None
     relay = Relay(
-        machine, writer.transport, upstream.writer.transport, review=review, backlog=backlog  # type: ignore[arg-type]
+        machine, writer.transport, upstream.writer.transport, review=review, backlog=backlog,  # type: ignore[arg-type]
+        idle_timeout=ctx.idle_timeout,
     )
     client_leftover = bytes(reader._buffer)  # type: ignore[attr-defined]
     upstream_leftover = bytes(upstream.reader._buffer)  # type: ignore[attr-defined]

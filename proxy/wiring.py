@@ -152,7 +152,8 @@ class RecorderSink:
         await self._recorder.end_session(session_id, reason=reason, stats=totals)
 
 
-def build_resource(name: str, settings: ResourceSettings) -> Resource:
+def build_resource(name: str, settings: ResourceSettings, *, connect_timeout: float = 10.0) -> Resource:
+    """`connect_timeout`: proxy.connect_timeout_seconds, for connecting and logging in upstream."""
     up = settings.upstream
     target = UpstreamTarget(
         host=up.host,
@@ -160,6 +161,7 @@ def build_resource(name: str, settings: ResourceSettings) -> Resource:
         dbname=up.dbname,
         sslmode=up.sslmode,
         sslrootcert=str(up.sslrootcert) if up.sslrootcert else None,
+        connect_timeout=connect_timeout,
     )
     engine = PolicyEngine.load(settings.policy)
     masker: Any = None
@@ -192,7 +194,7 @@ def build_context(
     if proxy.tls_cert_file and proxy.tls_key_file:
         tls = tls_context(proxy.tls_cert_file, proxy.tls_key_file)
     return ProxyContext(
-        resources={name: build_resource(name, res) for name, res in settings.resources.items()},
+        resources=_build_resources(settings),
         tokens=StoreTokenVerifier(store),
         credentials=credentials or ManagedCredentials(build_manager(settings, store)),
         recorder=RecorderSink(recorder),
@@ -202,7 +204,14 @@ def build_context(
         max_message_bytes=proxy.max_message_bytes,
         revoked_tokens=store.revoked_token_ids,
         egress_ledger=AgentEgressLedger(store),
+        startup_timeout=proxy.startup_timeout_seconds,
+        idle_timeout=proxy.idle_timeout_seconds,
     )
+
+
+def _build_resources(settings: Settings) -> dict[str, Resource]:
+    timeout = settings.proxy.connect_timeout_seconds
+    return {name: build_resource(name, res, connect_timeout=timeout) for name, res in settings.resources.items()}
 
 
 def reload_resources(ctx: ProxyContext, settings: Settings) -> list[str]:
@@ -212,7 +221,7 @@ def reload_resources(ctx: ProxyContext, settings: Settings) -> list[str]:
     reports the error). Live sessions pick up the new policy at their next statement (they
     look their resource up by name); new sessions get everything new. Nothing is dropped.
     """
-    built = {name: build_resource(name, res) for name, res in settings.resources.items()}
+    built = _build_resources(settings)
     resources = ctx.resources
     assert isinstance(resources, dict)
     for name in [n for n in resources if n not in built]:

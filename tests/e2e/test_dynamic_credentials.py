@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -145,6 +147,39 @@ async def test_vault_down_at_connect_refuses_with_08006(
     assert "cannot obtain a database credential" in str(err.value)
     assert "Vault is unreachable" in str(err.value)
     assert await _vault_roles(upstream) == before  # nothing was issued, nothing reached the upstream
+
+
+async def test_vault_frozen_at_connect_refuses_in_bounded_time_and_leaves_no_lease(
+    dyn_gateway: Gateway, upstream: Upstream, openbao: VaultFixture
+) -> None:
+    """OpenBao stopped (SIGSTOP), not gone: its port still accepts, nothing answers. The
+    client gets 08006 once the gateway's wait (2 x timeout_seconds = 2 s) runs out, sessions
+    on other resources keep working, and when Vault continues it leaves no lease or role."""
+    before = await _vault_roles(upstream)
+    other = await asyncpg.connect(dyn_gateway.dsn())  # a static-credential resource
+    os.kill(openbao.bao.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        connecting = asyncio.ensure_future(asyncpg.connect(dyn_gateway.dsn("vault_demo"), timeout=15))
+        await asyncio.sleep(0.5)
+        assert await other.fetchval("select count(*) from customers") > 0  # not held up
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await connecting
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(openbao.bao.process.pid, signal.SIGCONT)
+    assert err.value.sqlstate == "08006"
+    assert "cannot obtain a database credential right now" in str(err.value)
+    deadline = time.monotonic() + 3  # less than the lease TTL: Vault's own expiry does not count
+    while await _vault_roles(upstream) != before:
+        assert time.monotonic() < deadline, f"left behind: {await _vault_roles(upstream) - before}"
+        await asyncio.sleep(0.05)
+    conn = await asyncpg.connect(dyn_gateway.dsn("vault_demo"))  # Vault back: sessions work again
+    try:
+        assert await conn.fetchval("select current_user") not in before
+    finally:
+        await conn.close()
+        await other.close()
 
 
 async def test_vault_down_mid_session_keeps_the_session_and_reaps_later(

@@ -1,15 +1,18 @@
 """The upstream PostgreSQL goes away at connect and in the middle of a query.
 
-Two ways: a FlakyTcp proxy (asyncpg's adversity proxy, small) in front of the shared server,
+Three ways: a FlakyTcp proxy (asyncpg's adversity proxy, small) in front of the shared server,
 whose `down()` resets every relayed connection and refuses new ones, with a second resource
-on the same server that must keep serving throughout; and a real fast shutdown of a
-dedicated server, started again on the same port.
+on the same server that must keep serving throughout; a real fast shutdown of a dedicated
+server, started again on the same port; and a dedicated server's postmaster frozen (SIGSTOP),
+which accepts connections and never answers them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -19,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from broker.config import ResourceSettings, UpstreamSettings
+from broker.config import ProxySettings, ResourceSettings, UpstreamSettings
 from broker.demo.seed import seed_demo
 from broker.demo.upstream import start_upstream
 from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
@@ -152,6 +155,40 @@ def test_upstream_server_stopped_mid_query_and_restarted(tmp_path):
                 assert conn.execute("select count(*) from customers").fetchone()[0] > 0
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute("select pg_read_file('/etc/passwd')")
+            _no_open_sessions(gw)
+        finally:
+            stop_gateway(gw)
+    finally:
+        own.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def test_upstream_frozen_at_connect_refuses_in_bounded_time(tmp_path):
+    """The postmaster stopped, not gone: the kernel still accepts connections, nothing answers.
+    A new session is refused once `proxy.connect_timeout_seconds` runs out, instead of hanging;
+    a session already open keeps working (its backend is a process of its own); once the
+    server continues the gateway serves new sessions again."""
+    pg_dir = Path(tempfile.mkdtemp(prefix="jitgate-fault-upstream-"))
+    own = start_upstream(pg_dir)
+    try:
+        roles = asyncio.run(seed_demo(own))
+        gw = start_gateway(own, roles, tmp_path / "gw", proxy=ProxySettings(listen_port=0, connect_timeout_seconds=2))
+        try:
+            established = psycopg.connect(gw.dsn(), autocommit=True)
+            os.kill(own.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(psycopg.OperationalError) as err:
+                    psycopg.connect(gw.dsn(), connect_timeout=15)
+                assert time.monotonic() - started < 6, "the connect was left hanging"
+                assert "upstream" in str(err.value).lower(), err.value
+                assert roles.rw_password not in str(err.value)
+                assert established.execute("select count(*) from customers").fetchone()[0] > 0
+            finally:
+                os.kill(own.pid, signal.SIGCONT)
+            established.close()
+            with psycopg.connect(gw.dsn(), autocommit=True) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
             _no_open_sessions(gw)
         finally:
             stop_gateway(gw)

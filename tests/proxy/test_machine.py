@@ -349,3 +349,24 @@ def test_failing_closed_for_the_recorder_is_57P03_not_a_policy_block():
     err = m.parse_fields(sent(mach, "out_client")[0][1])
     assert m.field(err, "C") == "57P03"
     assert "retry" in m.field(err, "H")
+
+
+def test_idle_means_waiting_for_a_command_outside_a_transaction():
+    """What the relay's idle timeout (proxy.idle_timeout_seconds) asks before ending a session."""
+    mach = machine()
+    assert mach.idle
+    mach.feed_client(m.query_message("select pg_sleep(60)"))
+    assert not mach.idle  # a statement running is not idle, however long it takes
+    mach.feed_server(complete("SELECT 1") + m.ready_for_query(b"I"))
+    assert mach.idle
+    mach.feed_client(m.query_message("begin"))
+    mach.feed_server(complete("BEGIN") + m.ready_for_query(b"T"))
+    assert not mach.idle  # idle in a transaction: PostgreSQL's idle_session_timeout skips it too
+    mach.feed_client(m.query_message("commit"))
+    mach.feed_server(complete("COMMIT") + m.ready_for_query(b"I"))
+    assert mach.idle
+    mach.feed_client(m.query_message("select 1")[:3])  # half a message in
+    assert not mach.idle
+    extended = machine()
+    extended.feed_client(m.parse_message("", "select 1"))  # a batch without its Sync yet
+    assert not extended.idle
