@@ -26,12 +26,15 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from broker.masking import MaskingError
-from broker.policy.model import Decision, Verdict
+from broker.policy.lineage import UNKNOWN, merge
+from broker.policy.model import Decision, Lineage, Verdict
 from proxy.egress import EgressCuts, EgressLimits
 from proxy.exceptions import ResultRefused
+from proxy.masking_review import review_stored
 from proxy.protocol import messages as m
 from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, ProtocolViolation
 from proxy.records import (
@@ -65,6 +68,12 @@ from proxy.side_queries import SideQueries
 
 _U32 = struct.Struct("!I")
 _PASS_MUTED = frozenset(b"ZSNA")  # ReadyForQuery and asynchronous messages
+
+
+#: The lineage of rows whose source the gateway cannot know: every field counts as derived
+#: from an unnamed (so masked) column.
+_ANYTHING = ((None, frozenset({UNKNOWN})),)
+ANY_SOURCE = Lineage(head=(), starred=True, loose=_ANYTHING, named=_ANYTHING)
 
 
 class SessionMachine(SideQueries, EgressCuts):
@@ -106,6 +115,7 @@ class SessionMachine(SideQueries, EgressCuts):
         self._statements: dict[str, Statement] = {}
         self._portals: dict[str, Portal] = {}
         self._sql_prepared: dict[str, Verdict] = {}
+        self._cursors: dict[str, Lineage | None] = {}  # SQL cursors: the lineage of their rows
         self._plans: dict[tuple[bytes, tuple[int, ...], Any], Any] = {}  # + the lineage
         self._open_extended = False  # extended messages sent since the last Sync
         self._discarding = False  # a refusal happened in this batch: drop until Sync
@@ -232,6 +242,8 @@ class SessionMachine(SideQueries, EgressCuts):
         if verdict.executes and verdict.decision is not Decision.BLOCK:
             # A PREPARE earlier in the same string counts too ("PREPARE p AS ...; EXECUTE p").
             own = dict(verdict.prepares)
+            lineages = [verdict.lineage]
+            single = verdict.statement_count == 1 and len(verdict.executes) == 1
             for name in verdict.executes:
                 inner = own.get(name) or self._sql_prepared.get(name)
                 if inner is None:
@@ -240,9 +252,24 @@ class SessionMachine(SideQueries, EgressCuts):
                         "gateway/unknown-prepared",
                         f"EXECUTE of prepared statement {name!r} that the gateway did not see prepared",
                     )
+                lineages.append(inner.lineage)
                 if inner.decision > verdict.decision:
                     verdict = inner
+            # EXECUTE returns what the prepared statement returns: its rows are masked by its lineage.
+            verdict = replace(verdict, lineage=lineages[1] if single else merge(lineages))
+        if verdict.fetches:
+            verdict = self._fetch_lineage(verdict)
+        if verdict.stored:
+            verdict = review_stored(verdict, self._masker)
         return verdict
+
+    def _fetch_lineage(self, verdict: Verdict) -> Verdict:
+        """FETCH returns the rows of the cursor's query: mask them by the DECLARE's lineage.
+        A cursor the gateway did not see declared (opened by a function) is masked whole."""
+        own = dict.fromkeys(verdict.declares, verdict.lineage)
+        lineages = [own.get(name, self._cursors.get(name, ANY_SOURCE)) for name in verdict.fetches]
+        single = verdict.statement_count == 1 and len(lineages) == 1
+        return replace(verdict, lineage=lineages[0] if single else merge([verdict.lineage, *lineages]))
 
     def _after_forward(self, verdict: Verdict) -> None:
         for name, inner in verdict.prepares:
@@ -252,6 +279,13 @@ class SessionMachine(SideQueries, EgressCuts):
                 self._sql_prepared.clear()
             else:
                 self._sql_prepared.pop(dname, None)
+        for declared in verdict.declares:
+            self._cursors[declared] = verdict.lineage
+        for closed in verdict.closes:
+            if closed is None:
+                self._cursors.clear()
+            else:
+                self._cursors.pop(closed, None)
 
     def _record_refusal(self, sql: str, verdict: Verdict) -> None:
         self.stats.statements += 1

@@ -42,6 +42,7 @@ class CopyPlan(Protocol):
 class MaskerLike(Protocol):
     def plan_rows(self, columns: Any, lineage: Any = None) -> RowPlan | None: ...
     def plan_copy(self, columns: Any, copy_info: Any, lineage: Any = None) -> CopyPlan | None: ...
+    def exposed(self, stored: Any) -> list[str]: ...  # proxy.masking_review
 
 
 @dataclass(slots=True)

@@ -9,6 +9,10 @@
                          [--resource R] [--group G ...] [--json]
     jitgate policy check --corpus cases.yaml [--policy ...]    # exit 1 on any mismatch
 
+The masking layer has its say too, as on the gateway: a write that would store values derived
+from a masked column under a name the default masking rules do not mask is ``review``
+(``masking/stored-unmasked``); ``--no-masking`` shows the policy's verdict alone.
+
 ``--sql -`` reads one statement string from standard input. With ``--json`` each answer is
 one JSON object per line, in order, with the keys ``sql``, ``decision``, ``rule``, ``reason``
 (then extras such as ``shadow_decision``, ``tables``, ``prepares``, ``copy``); without it, a
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,7 +36,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from broker.masking import Masker
 from broker.policy import PolicyConfigError, PolicyEngine, Verdict
+from proxy.masking_review import review_stored
 
 __all__ = ["register"]
 
@@ -81,6 +88,14 @@ def check(
         typer.Option("--corpus", help="YAML list of {sql, expect}; exit 1 on any mismatch."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    masking: Annotated[
+        bool,
+        typer.Option(
+            "--masking/--no-masking",
+            help="Apply the gateway's masking check (default masking rules): writes that would store "
+            "masked values under unmasked names are review.",
+        ),
+    ] = True,
 ) -> None:
     """Classify statements and print the decision, rule and reason of each."""
     err = Console(stderr=True)
@@ -99,9 +114,14 @@ def check(
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(2) from exc
     groups = tuple(group or ())
+    # As the proxy builds it: no masker in shadow mode (observe forwards everything unmasked).
+    masker = Masker() if masking and engine.document.top.preset != "observe" else None
+
+    def classify(text: str, resource: str | None, groups: tuple[str, ...]) -> Verdict:
+        return review_stored(engine.classify(text, resource=resource, groups=groups), masker)
 
     texts = [sys.stdin.read() if text == "-" else text for text in statements]
-    results = [(text, engine.classify(text, resource=resource, groups=groups)) for text in texts]
+    results = [(text, classify(text, resource, groups)) for text in texts]
     _print(results, as_json)
 
     if corpus is not None:
@@ -110,7 +130,7 @@ def check(
         except ValueError as exc:
             err.print(f"{corpus}: {exc}", markup=False, highlight=False)
             raise typer.Exit(2) from exc
-        mismatches = _run_corpus(engine, cases, default_resource=resource, default_groups=groups)
+        mismatches = _run_corpus(classify, cases, default_resource=resource, default_groups=groups)
         _report(mismatches, len(cases), as_json, err)
         if mismatches:
             raise typer.Exit(1)
@@ -169,7 +189,7 @@ def _load_corpus(path: Path) -> list[_Case]:
 
 
 def _run_corpus(
-    engine: PolicyEngine,
+    classify: Callable[[str, str | None, tuple[str, ...]], Verdict],
     cases: list[_Case],
     *,
     default_resource: str | None,
@@ -177,10 +197,10 @@ def _run_corpus(
 ) -> list[tuple[_Case, Verdict]]:
     mismatches = []
     for case in cases:
-        verdict = engine.classify(
+        verdict = classify(
             case.sql,
-            resource=case.resource if case.resource is not None else default_resource,
-            groups=case.groups or default_groups,
+            case.resource if case.resource is not None else default_resource,
+            case.groups or default_groups,
         )
         wrong_rule = case.rule is not None and case.rule != verdict.rule
         if verdict.decision.value != case.expect or wrong_rule:

@@ -85,3 +85,18 @@ def _strictest(sources: frozenset[str], rules: NameRules) -> ColumnRule:
         if rule is ColumnRule.PSEUDONYM:
             best = rule
     return best
+
+
+def exposed(stored: Sequence[tuple[str, frozenset[str]]], rules: NameRules) -> list[str]:
+    """Of the values a statement writes into relations (`broker.policy.Verdict.stored`: where,
+    sources), those derived from a column the name rules mask and stored under a name they do
+    not mask (later reads would show them as is): ``x.r <- api_key`` each."""
+    found: list[str] = []
+    for where, sources in stored:
+        column = where.rsplit(".", 1)[1] if "." in where else "*"
+        if column != "*" and rules.rule(column) is not ColumnRule.KEEP:
+            continue  # stored under a masked name: reads of it are masked too
+        masked = sorted(s for s in sources if s == UNKNOWN_SOURCE or rules.rule(s) is not ColumnRule.KEEP)
+        if masked:
+            found.append(f"{where} <- {', '.join('an unnamed column' if s == UNKNOWN_SOURCE else s for s in masked)}")
+    return found

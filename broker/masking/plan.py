@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from broker.masking.config import MaskingConfig, NameRules
 from broker.masking.copyout import CopyPlan, build_copy_plan
-from broker.masking.derived import LineageLike, derived_rules
+from broker.masking.derived import LineageLike, derived_rules, exposed
 from broker.masking.detectors import DETECTORS
 from broker.masking.exceptions import MaskingRefused
 from broker.masking.rows import RowPlan, build_row_plan
@@ -45,6 +45,10 @@ class Masker:
         # Keyed by the column tuple and lineage: the same statement shape comes back all the
         # time.
         self._plans: dict[tuple[tuple[ColumnInfo, ...], LineageLike | None], RowPlan | None] = {}
+
+    def exposed(self, stored: Sequence[tuple[str, frozenset[str]]]) -> list[str]:
+        """Writes that would put masked values where reads are not masked (`derived.exposed`)."""
+        return exposed(stored, self._rules) if self.config.enabled else []
 
     def plan_rows(self, columns: Sequence[ColumnInfo], lineage: LineageLike | None = None) -> RowPlan | None:
         """The plan for DataRows described by `columns` (of a statement with this

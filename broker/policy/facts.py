@@ -41,7 +41,7 @@ from .consts import UNKNOWN, Reader, parse_bool
 from .copyinfo import copy_info, deparse_copy_query
 from .kinds import statement_kind, tags_for
 from .lineage import UNKNOWN as UNKNOWN_SOURCE
-from .lineage import lineage
+from .lineage import lineage, stored
 from .model import CopyInfo, Lineage
 
 __all__ = ["Facts", "StatementFacts", "Subject", "extract"]
@@ -81,8 +81,13 @@ class StatementFacts:
     executes: list[str] = field(default_factory=list)
     deallocates: list[str | None] = field(default_factory=list)
     prepare: tuple[str, StatementFacts] | None = None
+    declares: list[str] = field(default_factory=list)  # DECLARE name CURSOR FOR ...
+    fetches: list[str] = field(default_factory=list)  # FETCH ... FROM name (rows come back)
+    closes: list[str | None] = field(default_factory=list)  # CLOSE name; None: CLOSE ALL
     copy: CopyInfo | None = None
     lineage: Lineage | None = None  # where the result columns come from (`lineage`)
+    # Values it writes into relations under other names (`lineage.stored`): (where, sources).
+    stored: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 @dataclass(slots=True)
@@ -199,6 +204,13 @@ class _Statement:
         if not self.facts.kind:
             self.facts.kind = kind
             self.facts.lineage = _safe_lineage(node)
+            self.facts.stored = _safe_stored(node)
+        if name == "DeclareCursorStmt":
+            self.facts.declares.append(str(f.get("portalname", "")))
+        elif name == "FetchStmt" and not f.get("ismove"):
+            self.facts.fetches.append(str(f.get("portalname", "")))
+        elif name == "ClosePortalStmt":
+            self.facts.closes.append(str(f["portalname"]) if f.get("portalname") else None)
         handler = _TOP_HANDLERS.get(name)
         if handler is not None:
             handler(self, f, kind)
@@ -257,6 +269,7 @@ class _Statement:
         inner.top(f.get("query", {}))
         inner_facts = inner.finish()
         self.facts.prepare = (str(f.get("name", "")), inner_facts)
+        self.facts.stored += inner_facts.stored
         # PREPARE takes the decision of what it prepares.
         self.facts.subjects.extend(inner_facts.subjects)
         self.facts.functions.update(inner_facts.functions)
@@ -502,6 +515,14 @@ def _safe_lineage(node: Node) -> Lineage | None:
     except Exception:  # noqa: BLE001 - a bug here must not fail classification open
         anything = ((None, frozenset({UNKNOWN_SOURCE})),)
         return Lineage(head=(), starred=True, loose=anything, named=anything)
+
+
+def _safe_stored(node: Node) -> tuple[tuple[str, frozenset[str]], ...]:
+    """`lineage.stored`, failing closed: a write it cannot read counts as storing anything."""
+    try:
+        return stored(node)
+    except Exception:  # noqa: BLE001 - a bug here must not fail classification open
+        return (("?", frozenset({UNKNOWN_SOURCE})),)
 
 
 def _arguments(f: Node) -> tuple[list[Any], dict[str, Any]]:

@@ -136,6 +136,10 @@ def _enforced(policy: Policy, facts: Facts) -> Verdict:
             if len(facts.statements) == 1
             else merge([statement.lineage for statement in facts.statements])
         ),
+        stored=tuple(entry for statement in facts.statements for entry in statement.stored),
+        declares=tuple(name for statement in facts.statements for name in statement.declares),
+        fetches=tuple(name for statement in facts.statements for name in statement.fetches),
+        closes=tuple(name for statement in facts.statements for name in statement.closes),
     )
 
 
@@ -149,6 +153,7 @@ def _single(policy: Policy, statement: StatementFacts) -> Verdict:
         executes=tuple(statement.executes),
         tables=tuple(statement.tables),
         lineage=statement.lineage,
+        stored=statement.stored,
     )
 
 
@@ -213,4 +218,8 @@ def _shadow(verdict: Verdict) -> Verdict:
         statement_count=verdict.statement_count,
         tables=verdict.tables,
         lineage=verdict.lineage,
+        stored=verdict.stored,
+        declares=verdict.declares,
+        fetches=verdict.fetches,
+        closes=verdict.closes,
     )

@@ -43,7 +43,7 @@ from typing import Any
 
 from .model import Lineage
 
-__all__ = ["UNKNOWN", "lineage"]
+__all__ = ["UNKNOWN", "lineage", "stored"]
 
 Node = dict[str, Any]
 UNKNOWN = "?"  # a source the lineage cannot name; the masker treats it as sensitive
@@ -336,9 +336,26 @@ def _statement_outputs(stmt: Node) -> list[_Out] | None:
         return _Walker().select(f, None, {})
     if name in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
         return _Walker().returning(f, None, {})
-    if name == "CopyStmt" and isinstance(f.get("query"), dict):
-        return _statement_outputs(f["query"])
+    if name in ("CopyStmt", "DeclareCursorStmt") and isinstance(f.get("query"), dict):
+        return _statement_outputs(f["query"])  # a cursor's rows come back through FETCH
     return None
+
+
+def stored(stmt: Node) -> tuple[tuple[str, frozenset[str]], ...]:
+    """Values a statement writes into a relation under another name than the column they come
+    from (or computed from columns), where later reads are beyond the masker's name rules:
+    ``create table x as select reverse(api_key) r ...``, ``create view v as select ssn s``,
+    ``insert into notes (body) select api_key ...``, ``update t set note = email``. Each entry
+    is (where, sources): ``x.r`` and its source column names. Writable CTEs and PREPARE count
+    (`facts` adds the inner statement's). Fails closed like `lineage`: a value whose column
+    the statement cannot name (an INSERT without a column list, ``*`` into other names, CREATE
+    TABLE AS EXECUTE) has the source `UNKNOWN`."""
+    if not isinstance(stmt, dict) or len(stmt) != 1:
+        return ()
+    ((name, f),) = stmt.items()
+    found: list[tuple[str, frozenset[str]]] = []
+    _Walker().stored(name, f, {}, found)
+    return tuple(found)
 
 
 def to_lineage(outs: list[_Out]) -> Lineage | None:
@@ -367,6 +384,12 @@ def merge(lineages: list[Lineage | None]) -> Lineage | None:
     if not named:
         return None
     return Lineage(head=(), starred=True, loose=named, named=named)
+
+
+def _relname(node: Any) -> str:
+    if isinstance(node, dict) and "RangeVar" in node:
+        node = node["RangeVar"]
+    return str(node.get("relname", "?")) if isinstance(node, dict) else "?"
 
 
 def _ident(node: Any) -> str | None:
@@ -507,6 +530,83 @@ class _Walker:
                 else:
                     columns.append(col)
         return [_Out(f"column{i + 1}", col) for i, col in enumerate(columns)]
+
+    # Writes into relations (`stored`) ---------------------------------------------------
+
+    def stored(self, name: str, f: Node, ctes: dict[str, list[_Out]], found: list[tuple[str, frozenset[str]]]) -> None:
+        clause = f.get("withClause")
+        if isinstance(clause, dict):  # data-modifying statements in WITH write too
+            ctes = self.with_clause(clause, None, ctes)
+            for item in clause.get("ctes") or ():
+                query = (item.get("CommonTableExpr") or {}).get("ctequery") if isinstance(item, dict) else None
+                if isinstance(query, dict) and len(query) == 1:
+                    ((inner, g),) = query.items()
+                    if inner in ("InsertStmt", "UpdateStmt"):
+                        self.stored(inner, {**g, "withClause": None}, ctes, found)
+        if name == "SelectStmt" and isinstance(f.get("intoClause"), dict):  # SELECT ... INTO t
+            into = f["intoClause"]
+            outs = self.select({**f, "withClause": None}, None, ctes)
+            self.keep(_relname(into.get("rel")), outs, _names(into.get("colNames")), found)
+        elif name == "CreateTableAsStmt":  # CREATE TABLE / MATERIALIZED VIEW ... AS
+            into = f.get("into") or {}
+            query = f.get("query")
+            outs = (
+                self.query_outputs(query, None, ctes)
+                if _select_fields(query) is not None
+                else [_Out(None, _Col(frozenset({UNKNOWN}), False))]  # AS EXECUTE p: not seen here
+            )
+            self.keep(_relname(into.get("rel")), outs, _names(into.get("colNames")), found)
+        elif name == "ViewStmt":
+            outs = self.query_outputs(f.get("query"), None, ctes)
+            self.keep(_relname(f.get("view")), outs, _names(f.get("aliases")), found)
+        elif name == "InsertStmt" and f.get("selectStmt"):
+            table = _relname(f.get("relation"))
+            outs = self.query_outputs(f["selectStmt"], None, ctes)
+            columns = tuple(str(c.get("ResTarget", {}).get("name", "")) for c in f.get("cols") or ())
+            if columns:
+                self.keep(table, outs, columns, found)
+            else:  # into the table's columns in order: their names are not known here
+                self.keep(table, [_Out(None, o.col) if o.col is not None else o for o in outs], (), found, anyname=True)
+            conflict = f.get("onConflictClause")
+            if isinstance(conflict, dict) and conflict.get("targetList"):
+                # ON CONFLICT DO UPDATE SET a = excluded.b: the inserted row reads as `excluded`.
+                self.assignments(f, conflict["targetList"], ctes, found, excluded=True)
+        elif name == "UpdateStmt":
+            self.assignments(f, f.get("targetList") or (), ctes, found)
+
+    def assignments(
+        self, f: Node, targets: Any, ctes: dict[str, list[_Out]], found: list[tuple[str, frozenset[str]]],
+        *, excluded: bool = False,
+    ) -> None:
+        """``SET col = expr``: read as ``SELECT expr AS col FROM <table>, <FROM items>``."""
+        relation = f.get("relation")
+        scope = _Scope(None)
+        if isinstance(relation, dict):
+            scope.top.append(self.from_item({"RangeVar": relation}, scope, ctes))
+            if excluded:
+                alias = {**relation, "alias": {"aliasname": "excluded"}}
+                scope.top.append(self.from_item({"RangeVar": alias}, scope, ctes))
+        for item in f.get("fromClause") or ():
+            scope.top.append(self.from_item(item, scope, ctes))
+        outs = self.targets(targets, scope, ctes)
+        self.keep(_relname(relation), outs, (), found)
+
+    @staticmethod
+    def keep(
+        table: str, outs: list[_Out], names: tuple[str, ...], found: list[tuple[str, frozenset[str]]],
+        *, anyname: bool = False,
+    ) -> None:
+        """Record the outputs stored in `table` under other names than their columns'."""
+        outs = _rename(outs, names)
+        for out in outs:
+            if out.col is None:  # a star: same names, unless renamed (then UNKNOWN) or `anyname`
+                sources = {s for rel in out.rels for _, entry in rel.loose() for s in entry}
+                if anyname or names:
+                    sources.add(UNKNOWN)
+                if sources:
+                    found.append((f"{table}.*", frozenset(sources)))
+            elif out.col.sources and (anyname or not out.col.bare):
+                found.append((f"{table}.{out.name}" if out.name else table, out.col.sources))
 
     # FROM ---------------------------------------------------------------------------
 

@@ -123,6 +123,13 @@ class Verdict:
     tables: tuple[str, ...] = ()  # touched anywhere, for approvers to see the blast radius
     # Where the result columns come from, for the masker; None when no output is derived.
     lineage: Lineage | None = None
+    # Values written into relations under other names than their source columns' (where,
+    # sources): the proxy sends a write of masked values to review (reads would not mask them).
+    stored: tuple[tuple[str, frozenset[str]], ...] = ()
+    # Cursors: declared (their rows' lineage is this verdict's), fetched from, closed (None: all).
+    declares: tuple[str, ...] = ()
+    fetches: tuple[str, ...] = ()
+    closes: tuple[str | None, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready view, as `jitgate policy check --json` prints it."""
@@ -141,6 +148,8 @@ class Verdict:
             out["prepares"] = {name: inner.as_dict() for name, inner in self.prepares}
         if self.executes:
             out["executes"] = list(self.executes)
+        if self.stored:
+            out["stores"] = [{"into": where, "from": sorted(sources)} for where, sources in self.stored]
         if self.deallocates:
             out["deallocates"] = [name for name in self.deallocates]
         if self.copy is not None:

@@ -3,7 +3,10 @@
 Runs the corpus's masking cases (tests/corpus/bypass.yaml, ``note: masking``) against the
 seeded demo data: no raw SSN, e-mail, phone, card number or API key, nor its reverse, upper
 or lower case, md5 or digit-translated form, may come back; plain reads and ``count(ssn)``
-stay untouched.
+stay untouched. The same holds for rows that come back later, by name: SQL ``EXECUTE`` of a
+prepared statement and ``FETCH`` from a cursor (psycopg's server-side cursors too); and a
+write that would park derived values under an unmasked name (a table, view, column), to be
+read back later, goes to review instead.
 """
 
 from __future__ import annotations
@@ -87,3 +90,75 @@ async def test_binary_results_of_derived_values_are_masked(gateway, upstream) ->
         assert not [v for v in forbidden if v in repr(tuple(row))]
     finally:
         await conn.close()
+
+
+def test_execute_and_fetch_return_rows_masked_by_what_they_run(gateway, upstream) -> None:
+    forbidden = _forbidden(upstream)
+    derived = "select id, reverse(api_key) r, upper(email) e, full_name from customers order by id"
+    with psycopg.connect(upstream.dsn("demo")) as admin:
+        names = [row[0] for row in admin.execute("select full_name from customers order by id").fetchall()]
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        conn.execute(f"prepare leak as {derived}")
+        rows = conn.execute("execute leak").fetchall()
+        assert not [v for v in forbidden if v in _text(rows)]
+        assert rows[0][1:3] == ("********", "********") and [r[3] for r in rows] == names  # the rest as is
+        with conn.transaction():
+            conn.execute(f"declare c1 cursor for {derived}")
+            fetched = conn.execute("fetch 5 from c1").fetchall()
+            assert fetched == rows[:5]
+            conn.execute("close c1")
+        # psycopg's server-side (named) cursor: DECLARE, then FETCH FORWARD n, as any client.
+        with conn.transaction(), conn.cursor(name="server_side") as cur:
+            cur.itersize = 50
+            cur.execute(derived)
+            streamed = cur.fetchall()
+        assert streamed == rows
+    # A cursor the gateway did not see declared (opened by a function) is masked whole.
+    with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+        admin.execute(
+            "create or replace function open_customers(c refcursor) returns refcursor language plpgsql as "
+            "$$ begin open c for select reverse(api_key), full_name from customers order by id; return c; end $$"
+        )
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn, conn.transaction():
+        conn.execute("select open_customers('opened')")
+        row = conn.execute("fetch 1 from opened").fetchone()
+        assert row == ("********", "********")
+
+
+@pytest.mark.parametrize("sql", [
+    "create temp table t_launder as select id, reverse(api_key) as k from customers",
+    "create temp view v_launder as select ssn as s from customers",
+    "create materialized view mv_launder as select upper(email) from customers",
+    "select api_key as note into temp t_into from customers",
+    "create temp table t_cols (a, b) as select id, card_number from customers",
+    "update orders set status = (select ssn from customers where id = 1) where id = 1",
+    "with s as (select reverse(api_key) k from customers) insert into orders_note (note) select k from s",
+])
+def test_writing_masked_values_under_another_name_goes_to_review(gateway, upstream, sql) -> None:
+    with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+        admin.execute("create table if not exists orders_note (note text)")
+        admin.execute("grant all on orders_note to public")
+        before = admin.execute("select count(*) from orders_note").fetchone()
+        statuses = admin.execute("select array_agg(status order by id) from orders").fetchone()
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
+            conn.execute(sql)
+        assert "masking/stored-unmasked" in str(err.value)
+        assert "later reads are not masked" in str(err.value)
+        assert conn.execute("select 1").fetchone() == (1,)  # the session goes on
+    with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:  # nothing reached the upstream
+        assert admin.execute("select count(*) from orders_note").fetchone() == before
+        assert admin.execute("select array_agg(status order by id) from orders").fetchone() == statuses
+        for name in ("t_launder", "v_launder", "mv_launder", "t_into", "t_cols"):
+            assert admin.execute("select to_regclass(%s)", (name,)).fetchone() == (None,)
+
+
+def test_writes_that_keep_masked_names_or_hold_nothing_masked_run(gateway) -> None:
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        conn.execute("create temp table t_copy as select * from customers")  # same names: still masked
+        assert conn.execute("select api_key from t_copy where id = 1").fetchone() == ("********",)
+        conn.execute("create temp view v_plain as select id, full_name, reverse(full_name) r from customers")
+        conn.execute("create temp table t_notes (note text)")
+        conn.execute("insert into t_notes (note) select status from orders where id < 3")
+        assert conn.execute("update customers set email = lower(email) where id = 1").statusmessage == "UPDATE 1"
+        assert conn.execute("select count(*) from t_notes").fetchone() == (2,)

@@ -90,3 +90,16 @@ def test_copy_of_a_query_masks_derived_columns() -> None:
     assert plan is not None
     data, n = plan.mask_copy_data(b"1\t6789-54-321\n")
     assert data == b"1\t********\n" and n == 1
+
+
+def test_exposed_names_masked_values_stored_under_unmasked_names() -> None:
+    masker = Masker()
+    stored = (
+        ("x.k", frozenset({"api_key", "id"})),  # masked source, plain destination: exposed
+        ("x.email_copy", frozenset({"ssn"})),  # destination masked by name (*email*): reads stay masked
+        ("x.n", frozenset({"id", "status"})),  # nothing masked in it
+        ("t", frozenset({"?"})),  # a column the lineage could not name counts as masked
+        ("t.*", frozenset({"card_number"})),
+    )
+    assert masker.exposed(stored) == ["x.k <- api_key", "t <- an unnamed column", "t.* <- card_number"]
+    assert Masker(MaskingConfig(enabled=False)).exposed(stored) == []

@@ -124,3 +124,62 @@ def test_verdicts_carry_lineage_including_multi_statement_and_shadow() -> None:
     assert multi.lineage.loose == (("reverse", SSN),)
     observe = PolicyEngine.preset("observe").classify("select upper(email) from customers")
     assert observe.lineage is not None and observe.lineage.head == (frozenset({"email"}),)
+
+
+def stored(sql: str) -> dict[str, frozenset[str]]:
+    facts = extract(sql)
+    assert facts.error is None, facts.error
+    return {where: sources for statement in facts.statements for where, sources in statement.stored}
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("create table x as select reverse(api_key) r, id, ssn from customers", {"x.r": {"api_key"}}),
+        ("create table x (a, b) as select ssn, id from customers", {"x.a": {"ssn"}, "x.b": {"id"}}),
+        ("select api_key as k into temp t from customers", {"t.k": {"api_key"}}),
+        ("create view v as select email e from customers", {"v.e": {"email"}}),
+        ("create view v (a) as select email from customers", {"v.a": {"email"}}),
+        ("create materialized view mv as select upper(email) from customers", {"mv.upper": {"email"}}),
+        ("insert into notes (body) select api_key from customers", {"notes.body": {"api_key"}}),
+        ("insert into notes select api_key from customers", {"notes": {"api_key"}}),  # columns unnamed
+        ("insert into notes select * from orders", {"notes.*": {UNKNOWN}}),
+        ("update orders set status = c.ssn from customers c where c.id = orders.customer_id",
+         {"orders.status": {"ssn"}}),
+        ("insert into t (id, api_key) select id, api_key from customers "
+         "on conflict (id) do update set notes = excluded.api_key", {"t.notes": {"api_key"}}),
+        ("with s as (select reverse(api_key) k from customers) insert into t (n) select k from s",
+         {"t.n": {"api_key"}}),
+        ("with s as (select ssn from customers), i as (insert into t (n) select ssn from s returning 1) select 1",
+         {"t.n": {"ssn"}}),
+        ("prepare p as insert into t (n) select email from customers", {"t.n": {"email"}}),
+        ("create table x as execute p", {"x": {UNKNOWN}}),
+    ],
+)
+def test_values_stored_under_other_names(sql: str, expected: dict[str, set[str]]) -> None:
+    assert stored(sql) == {k: frozenset(v) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "create table x as select * from customers",  # same column names: still masked on read
+        "create table x as select id, ssn from customers",
+        "insert into notes (api_key) select api_key from customers",
+        "insert into notes (a, b) values ('x', 1)",
+        "update orders set status = 'x' where id = 4",
+        "update customers set email = email where id = 1",
+        "select reverse(api_key) from customers",  # returned, so masked: not stored
+        "delete from customers where id = 1",
+    ],
+)
+def test_writes_that_keep_names_or_store_no_column_store_nothing(sql: str) -> None:
+    assert stored(sql) == {}
+
+
+def test_a_cursor_carries_its_querys_lineage_and_fetch_names_it() -> None:
+    facts = extract("declare c cursor for select reverse(ssn) r from customers; fetch 5 from c; close c; close all")
+    declare, fetch, close, close_all = facts.statements
+    assert declare.declares == ["c"] and declare.lineage == Lineage(head=(SSN,), named=(("r", SSN),))
+    assert fetch.fetches == ["c"] and close.closes == ["c"] and close_all.closes == [None]
+    assert extract("move 5 in c").statements[0].fetches == []  # MOVE returns no rows
