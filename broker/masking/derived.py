@@ -25,6 +25,7 @@ from broker.masking.config import ColumnRule, NameRules
 from broker.masking.types import ColumnInfo
 
 UNKNOWN_SOURCE = "?"  # broker.policy.lineage.UNKNOWN
+ROW_SOURCE = "*row"  # broker.policy.lineage.ROW: a table's whole row, shown as is (text, JSON)
 
 Sources = frozenset[str] | None
 
@@ -79,12 +80,17 @@ def _strictest(sources: frozenset[str], rules: NameRules) -> ColumnRule:
     for name in sources:
         if name == UNKNOWN_SOURCE:
             return ColumnRule.MASK
+        if name == ROW_SOURCE:
+            continue  # the row's values as they are: the content detectors see them
         rule = rules.rule(name)
         if rule is ColumnRule.MASK:
             return rule
         if rule is ColumnRule.PSEUDONYM:
             best = rule
     return best
+
+
+_UNNAMED = {UNKNOWN_SOURCE: "an unnamed column", ROW_SOURCE: "a whole row"}
 
 
 def exposed(stored: Sequence[tuple[str, frozenset[str]]], rules: NameRules) -> list[str]:
@@ -96,7 +102,8 @@ def exposed(stored: Sequence[tuple[str, frozenset[str]]], rules: NameRules) -> l
         column = where.rsplit(".", 1)[1] if "." in where else "*"
         if column != "*" and rules.rule(column) is not ColumnRule.KEEP:
             continue  # stored under a masked name: reads of it are masked too
-        masked = sorted(s for s in sources if s == UNKNOWN_SOURCE or rules.rule(s) is not ColumnRule.KEEP)
+        # A whole row stored as text or JSON may hold masked columns: the rules cannot tell.
+        masked = sorted(s for s in sources if s in _UNNAMED or rules.rule(s) is not ColumnRule.KEEP)
         if masked:
-            found.append(f"{where} <- {', '.join('an unnamed column' if s == UNKNOWN_SOURCE else s for s in masked)}")
+            found.append(f"{where} <- {', '.join(_UNNAMED.get(s, s) for s in masked)}")
     return found

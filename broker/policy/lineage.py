@@ -30,9 +30,16 @@ follow a value:
   not sources. Every other expression (comparisons and CASE included) takes the sources of
   every column it reads.
 
-Not covered (no catalog): views, functions returning table rows, SQL ``EXECUTE`` of a
-prepared statement and ``FETCH`` from a cursor; whole-row references to tables (``select c
-from customers c``) are left to the content detectors.
+A whole-row reference to a table (``c`` in ``select c from customers c``, or ``c.*`` inside
+an expression) has the source `ROW`: shown as is, as text or as JSON it is left to the
+content detectors (the masker skips `ROW`), rewritten any other way (``reverse(c::text)``)
+it becomes `UNKNOWN`.
+
+`stored` answers what a statement writes into relations under other names (for the proxy's
+storage check); the proxy itself carries a ``PREPARE``'s lineage to ``EXECUTE`` and a
+``DECLARE``'s to ``FETCH``.
+
+Not covered (no catalog): views and functions defined outside the statements seen here.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from typing import Any
 
 from .model import Lineage
 
-__all__ = ["UNKNOWN", "lineage", "stored"]
+__all__ = ["ROW", "UNKNOWN", "lineage", "stored"]
 
 Node = dict[str, Any]
 UNKNOWN = "?"  # a source the lineage cannot name; the masker treats it as sensitive
@@ -720,6 +727,13 @@ class _Walker:
             stack.extend(item.values())
         if found is None:
             return _NOTHING
+        if ROW in found.sources:
+            # A table's whole row: as is, or as text or JSON, the content detectors see its
+            # values (the mark stays, for what later rewrites it); rewritten any other way
+            # (reverse(c::text)), nothing could: it is masked whole.
+            if _keeps_shape(root):
+                return _Col(found.sources, isinstance(root, dict) and "ColumnRef" in root and found.bare)
+            return _Col(found.sources - {ROW} | {UNKNOWN}, False)
         if root is None or not (isinstance(root, dict) and "ColumnRef" in root):
             return _Col(found.sources, False)
         return found
@@ -760,15 +774,18 @@ class _Walker:
     def column_ref(self, f: Node, scope: _Scope) -> _Col:
         fields = f.get("fields") or []
         names = [_ident(x) for x in fields]
+        if len(names) == 2 and names[-1] is None and names[0] is not None:  # t.* in an expression: row(t.*)
+            rel = scope.find(names[0])
+            return _whole_row(rel) if rel is not None else _Col(frozenset({UNKNOWN}), False)
         if not names or names[-1] is None:
-            return _NOTHING  # a star inside an expression (count(*), row(t.*)): handled above
+            return _NOTHING  # count(*): reveals no value
         column = names[-1]
         if len(names) == 1:
             col = scope.resolve(column)
             rel = scope.find(column)
             if rel is not None:  # maybe a whole-row reference to a FROM item
-                whole = rel.row()
-                col = _Col(col.sources | whole.sources, col.bare and not whole.sources)
+                whole = _whole_row(rel)
+                col = _Col(col.sources | whole.sources, col.bare and not (whole.sources - {ROW}))
             return col
         qual = names[-2]
         rel = scope.find(qual) if qual is not None else None
@@ -778,6 +795,45 @@ class _Walker:
         if hit is None:
             return _Col(frozenset({column}), True)
         return hit[0]
+
+
+ROW = "*row"  # a table's whole row, its columns unknown: the masker leaves it to the detectors
+# Functions that show a row's values as they are, so the content detectors still see them.
+_SHAPE_KEEPING = frozenset({
+    "to_json", "to_jsonb", "row_to_json", "json_agg", "jsonb_agg", "array_agg", "array_to_json",
+    "jsonb_pretty", "json_build_array", "jsonb_build_array",
+})  # fmt: skip
+_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "json", "jsonb", "name"})
+
+
+def _whole_row(rel: _Rel) -> _Col:
+    """A whole-row reference: a table's row is `ROW` (its columns are not known here)."""
+    whole = rel.row()
+    if isinstance(rel, _Table) and not whole.sources:
+        return _Col(frozenset({ROW}), False)
+    return whole
+
+
+def _keeps_shape(node: Any) -> bool:
+    """Whether `node` shows a whole-row value as is: the reference itself, a cast to text or
+    JSON, ROW(...), or the functions above, nested, with constant extra arguments."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return False
+    ((name, f),) = node.items()
+    if name in ("ColumnRef", "A_Const"):
+        return True
+    if name == "TypeCast":
+        type_name = (f.get("typeName") or {}).get("names") or []
+        return bool(type_name) and _ident(type_name[-1]) in _TEXT_TYPES and _keeps_shape(f.get("arg"))
+    if name == "RowExpr":
+        return all(_keeps_shape(arg) for arg in f.get("args") or ())
+    if name == "FuncCall":
+        return _function_name_of(f) in _SHAPE_KEEPING and all(_keeps_shape(a) for a in f.get("args") or ())
+    return False
+
+
+def _function_name_of(f: Node) -> str | None:
+    return _ident((f.get("funcname") or [None])[-1])
 
 
 def _function_name(f: Node) -> str | None:

@@ -183,3 +183,32 @@ def test_a_cursor_carries_its_querys_lineage_and_fetch_names_it() -> None:
     assert declare.declares == ["c"] and declare.lineage == Lineage(head=(SSN,), named=(("r", SSN),))
     assert fetch.fetches == ["c"] and close.closes == ["c"] and close_all.closes == [None]
     assert extract("move 5 in c").statements[0].fetches == []  # MOVE returns no rows
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select reverse(c::text) from customers c",
+        "select translate(row(c.*)::text, '0', 'a') from customers c",
+        "select md5(to_json(c)::text) from customers c",
+        "select reverse(x) from (select c::text x from customers c) s",
+        "select reverse(s.c::text) from (select c from customers c) s",
+    ],
+)
+def test_a_rewritten_whole_row_is_masked_whole(sql: str) -> None:
+    found = lineage(sql)
+    assert found is not None and found.head[0] is not None and UNKNOWN in found.head[0], found
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select c from customers c",
+        "select row_to_json(c) from customers c",
+        "select json_agg(c), to_jsonb(c)::text from customers c",
+        "select c::text as t from customers c",
+    ],
+)
+def test_a_whole_row_shown_as_is_is_left_to_the_content_detectors(sql: str) -> None:
+    found = lineage(sql)
+    assert found is None or all(UNKNOWN not in (sources or ()) for sources in found.head), found
