@@ -50,10 +50,14 @@ Node = dict[str, Any]
 WhereState = Literal["present", "missing", "always_true"]
 
 TRUSTED_LANGUAGES = frozenset({"sql", "plpgsql"})
-# Functions that run SQL handed to them as a string: the policy must read that string.
+# Functions that run SQL handed to them as a string (or build it from strings they are given:
+# tablefunc's connectby, xml2's xpath_table): the policy must read that string.
 DYNAMIC_SQL_FUNCTIONS = frozenset(
-    {"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat", "ts_rewrite"}
-)
+    {
+        "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat", "ts_rewrite",
+        "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby", "xpath_table",
+    }
+)  # fmt: skip
 # Settings that change how the server splits a query into tokens. If the server read quotes
 # differently from the gateway's parser, text the gateway saw as a literal could run as SQL.
 LEXER_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding"})
