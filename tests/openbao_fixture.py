@@ -65,6 +65,15 @@ async def role_exists(upstream: Upstream, name: str) -> bool:
         await conn.close()
 
 
+async def vault_roles(upstream: Upstream) -> set[str]:
+    """The PostgreSQL roles Vault's database engine made (`v-...`) that exist now."""
+    conn = await asyncpg.connect(upstream.dsn("postgres"))
+    try:
+        return {r[0] for r in await conn.fetch("select rolname from pg_roles where rolname like 'v-%'")}
+    finally:
+        await conn.close()
+
+
 class FlakyTcp:
     """Forwards 127.0.0.1:<port> to a target until `down()`; asyncpg's adversity proxy, small."""
 

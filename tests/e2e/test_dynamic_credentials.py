@@ -35,7 +35,7 @@ from broker.identity.devissuer import DevIssuer, DevUser
 from broker.identity.oidc import OIDCVerifier
 from broker.identity.settings import AccessRuleSettings, AccessSettings, OidcIssuerSettings, OidcSettings
 from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
-from tests.openbao_fixture import TEST_TTL, FlakyTcp, VaultFixture, role_exists
+from tests.openbao_fixture import TEST_TTL, FlakyTcp, VaultFixture, role_exists, vault_roles
 
 pytestmark = pytest.mark.e2e
 
@@ -125,18 +125,10 @@ async def test_local_issuer_session(dyn_gateway: Gateway, upstream: Upstream) ->
     assert await _gone(upstream, user)
 
 
-async def _vault_roles(upstream: Upstream) -> set[str]:
-    conn = await asyncpg.connect(upstream.dsn("postgres"))
-    try:
-        return {r[0] for r in await conn.fetch("select rolname from pg_roles where rolname like 'v-%'")}
-    finally:
-        await conn.close()
-
-
 async def test_vault_down_at_connect_refuses_with_08006(
     dyn_gateway: Gateway, upstream: Upstream, vault_path: FlakyTcp
 ) -> None:
-    before = await _vault_roles(upstream)
+    before = await vault_roles(upstream)
     vault_path.down()
     try:
         with pytest.raises(asyncpg.PostgresError) as err:
@@ -146,7 +138,7 @@ async def test_vault_down_at_connect_refuses_with_08006(
     assert err.value.sqlstate == "08006"
     assert "cannot obtain a database credential" in str(err.value)
     assert "Vault is unreachable" in str(err.value)
-    assert await _vault_roles(upstream) == before  # nothing was issued, nothing reached the upstream
+    assert await vault_roles(upstream) == before  # nothing was issued, nothing reached the upstream
 
 
 async def test_vault_frozen_at_connect_refuses_in_bounded_time_and_leaves_no_lease(
@@ -155,7 +147,7 @@ async def test_vault_frozen_at_connect_refuses_in_bounded_time_and_leaves_no_lea
     """OpenBao stopped (SIGSTOP), not gone: its port still accepts, nothing answers. The
     client gets 08006 once the gateway's wait (2 x timeout_seconds = 2 s) runs out, sessions
     on other resources keep working, and when Vault continues it leaves no lease or role."""
-    before = await _vault_roles(upstream)
+    before = await vault_roles(upstream)
     other = await asyncpg.connect(dyn_gateway.dsn())  # a static-credential resource
     os.kill(openbao.bao.process.pid, signal.SIGSTOP)
     try:
@@ -171,8 +163,8 @@ async def test_vault_frozen_at_connect_refuses_in_bounded_time_and_leaves_no_lea
     assert err.value.sqlstate == "08006"
     assert "cannot obtain a database credential right now" in str(err.value)
     deadline = time.monotonic() + 3  # less than the lease TTL: Vault's own expiry does not count
-    while await _vault_roles(upstream) != before:
-        assert time.monotonic() < deadline, f"left behind: {await _vault_roles(upstream) - before}"
+    while await vault_roles(upstream) != before:
+        assert time.monotonic() < deadline, f"left behind: {await vault_roles(upstream) - before}"
         await asyncio.sleep(0.05)
     conn = await asyncpg.connect(dyn_gateway.dsn("vault_demo"))  # Vault back: sessions work again
     try:

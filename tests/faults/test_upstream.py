@@ -10,6 +10,7 @@ which accepts connections and never answers them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -23,8 +24,8 @@ import psycopg
 import pytest
 
 from broker.config import ProxySettings, ResourceSettings, UpstreamSettings
-from broker.demo.seed import seed_demo
-from broker.demo.upstream import start_upstream
+from broker.demo.seed import DemoRoles, seed_demo
+from broker.demo.upstream import Upstream, start_upstream
 from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
 from tests.openbao_fixture import FlakyTcp
 
@@ -116,13 +117,22 @@ def test_upstream_lost_mid_query_ends_that_session_only(gw, flaky, demo_roles):
     _no_open_sessions(gw)
 
 
-def test_upstream_server_stopped_mid_query_and_restarted(tmp_path):
-    """A real stop (pg_ctl -m fast) of a dedicated server, then a start on the same port."""
+@contextlib.contextmanager
+def _dedicated_upstream() -> Iterator[tuple[Path, Upstream, DemoRoles]]:
+    """A seeded PostgreSQL of this test's own, to stop or freeze; removed afterwards."""
     # Not under tmp_path: the server may run as another account, which must reach its files.
     pg_dir = Path(tempfile.mkdtemp(prefix="jitgate-fault-upstream-"))
     own = start_upstream(pg_dir)
     try:
-        roles = asyncio.run(seed_demo(own))
+        yield pg_dir, own, asyncio.run(seed_demo(own))
+    finally:
+        own.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def test_upstream_server_stopped_mid_query_and_restarted(tmp_path):
+    """A real stop (pg_ctl -m fast) of a dedicated server, then a start on the same port."""
+    with _dedicated_upstream() as (pg_dir, own, roles):
         gw = start_gateway(own, roles, tmp_path / "gw")
         try:
             victim = psycopg.connect(gw.dsn(), autocommit=True)
@@ -158,9 +168,6 @@ def test_upstream_server_stopped_mid_query_and_restarted(tmp_path):
             _no_open_sessions(gw)
         finally:
             stop_gateway(gw)
-    finally:
-        own.stop()
-        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def test_upstream_frozen_at_connect_refuses_in_bounded_time(tmp_path):
@@ -168,10 +175,7 @@ def test_upstream_frozen_at_connect_refuses_in_bounded_time(tmp_path):
     A new session is refused once `proxy.connect_timeout_seconds` runs out, instead of hanging;
     a session already open keeps working (its backend is a process of its own); once the
     server continues the gateway serves new sessions again."""
-    pg_dir = Path(tempfile.mkdtemp(prefix="jitgate-fault-upstream-"))
-    own = start_upstream(pg_dir)
-    try:
-        roles = asyncio.run(seed_demo(own))
+    with _dedicated_upstream() as (_, own, roles):
         gw = start_gateway(own, roles, tmp_path / "gw", proxy=ProxySettings(listen_port=0, connect_timeout_seconds=2))
         try:
             established = psycopg.connect(gw.dsn(), autocommit=True)
@@ -192,6 +196,3 @@ def test_upstream_frozen_at_connect_refuses_in_bounded_time(tmp_path):
             _no_open_sessions(gw)
         finally:
             stop_gateway(gw)
-    finally:
-        own.stop()
-        shutil.rmtree(pg_dir, ignore_errors=True)

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import asyncpg
 import hvac.api.secrets_engines.database as hvac_database
 import hvac.exceptions
 import pytest
@@ -30,7 +29,7 @@ from broker.credentials.vault import VaultProvider
 from broker.demo.upstream import Upstream
 from broker.exceptions import CredentialSourceUnavailable
 from broker.store import Store
-from tests.openbao_fixture import VaultFixture
+from tests.openbao_fixture import VaultFixture, vault_roles
 
 RESOURCES = {"demo": CredentialSettings(provider="vault")}
 
@@ -52,21 +51,13 @@ def _leases(openbao: VaultFixture, role: str = "readonly") -> set[str]:
         return set()
 
 
-async def _vault_roles(upstream: Upstream) -> set[str]:
-    conn = await asyncpg.connect(upstream.dsn("postgres"))
-    try:
-        return {r[0] for r in await conn.fetch("select rolname from pg_roles where rolname like 'v-%'")}
-    finally:
-        await conn.close()
-
-
 async def _settles(openbao: VaultFixture, upstream: Upstream, leases: set[str], roles: set[str],
                    within: float = 2.0) -> None:
     """Back to `leases` and `roles` within `within` seconds (well before TEST_TTL ends a lease)."""
     deadline = time.monotonic() + within
-    while (_leases(openbao), await _vault_roles(upstream)) != (leases, roles):
+    while (_leases(openbao), await vault_roles(upstream)) != (leases, roles):
         assert time.monotonic() < deadline, (
-            f"left behind: leases {_leases(openbao) - leases}, roles {await _vault_roles(upstream) - roles}"
+            f"left behind: leases {_leases(openbao) - leases}, roles {await vault_roles(upstream) - roles}"
         )
         await asyncio.sleep(0.05)
 
@@ -86,7 +77,7 @@ async def provider(openbao: VaultFixture) -> AsyncIterator[VaultProvider]:
 async def test_a_lease_issued_after_the_caller_was_cancelled_is_revoked(
     openbao: VaultFixture, upstream: Upstream, provider: VaultProvider
 ) -> None:
-    leases, roles, late = _leases(openbao), await _vault_roles(upstream), _late()
+    leases, roles, late = _leases(openbao), await vault_roles(upstream), _late()
     with stopped(openbao):
         asking = asyncio.ensure_future(provider.acquire(resource="demo", role="readonly", session_id="gone"))
         await asyncio.sleep(0.3)  # the request sits in the frozen server's socket buffer
@@ -110,7 +101,7 @@ async def test_a_lease_vault_issues_after_the_timeout_is_revoked(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(hvac_database.Database, "generate_credentials", slow)
-    leases, roles = _leases(openbao), await _vault_roles(upstream)
+    leases, roles = _leases(openbao), await vault_roles(upstream)
     started = time.monotonic()
     with pytest.raises(CredentialSourceUnavailable, match="Vault is unreachable"):
         await provider.acquire(resource="demo", role="readonly", session_id="timed-out")
@@ -131,7 +122,7 @@ async def test_a_cancelled_acquire_is_recorded_and_released_through_the_ledger(
         issued = await store.issue_token("agent:t", ["ai-agents"], "demo", "readonly", timedelta(hours=1))
         session_id = await store.start_session(await store.verify_token(issued.token, "demo"), client_addr="test")
         await manager.release(await manager.acquire(resource="demo", role="readonly", session_id=session_id))
-        leases, roles = _leases(openbao), await _vault_roles(upstream)
+        leases, roles = _leases(openbao), await vault_roles(upstream)
         with stopped(openbao):
             asking = asyncio.ensure_future(manager.acquire(resource="demo", role="readonly", session_id=session_id))
             await asyncio.sleep(0.3)
