@@ -243,6 +243,7 @@ class _Statement:
         query = f.get("query", {})
         if self._explain_analyze(f.get("options", [])):
             self.top(query)  # it runs: judge it as the statement itself
+            self.facts.stored += _safe_stored(query)
         else:
             self.walk(query, executing=False)
 

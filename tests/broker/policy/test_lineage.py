@@ -153,6 +153,7 @@ def stored(sql: str) -> dict[str, frozenset[str]]:
         ("with s as (select ssn from customers), i as (insert into t (n) select ssn from s returning 1) select 1",
          {"t.n": {"ssn"}}),
         ("prepare p as insert into t (n) select email from customers", {"t.n": {"email"}}),
+        ("explain analyze create table x as select upper(email) e from customers", {"x.e": {"email"}}),
         ("create table x as execute p", {"x": {UNKNOWN}}),
     ],
 )
@@ -171,6 +172,7 @@ def test_values_stored_under_other_names(sql: str, expected: dict[str, set[str]]
         "update customers set email = email where id = 1",
         "select reverse(api_key) from customers",  # returned, so masked: not stored
         "delete from customers where id = 1",
+        "explain create table x as select upper(email) e from customers",  # not run
     ],
 )
 def test_writes_that_keep_names_or_store_no_column_store_nothing(sql: str) -> None:
