@@ -551,6 +551,8 @@ class SessionMachine(SideQueries, EgressCuts):
                 return self._parameter_status(bytes(buf[pos + 5 : end]))
             if kind in (0x45, 0x4E):
                 return self._scrub(kind, bytes(buf[pos + 5 : end]))
+            if kind == 0x41 and self._masker is not None:  # NotificationResponse
+                return self._notification(bytes(buf[pos + 5 : end]))
             return None
         if kind == 0x43:  # CommandComplete
             tag = bytes(buf[pos + 5 : end - 1]).decode("utf-8", "replace")
@@ -608,7 +610,9 @@ class SessionMachine(SideQueries, EgressCuts):
         if kind == 0x53:
             return self._parameter_status(bytes(buf[pos + 5 : end]))
         if kind == 0x4E:
-            return self._scrub(kind, bytes(buf[pos + 5 : end]))
+            return self._scrub(kind, bytes(buf[pos + 5 : end]), head.sql)
+        if kind == 0x41 and self._masker is not None:  # NotificationResponse (own NOTIFY)
+            return self._notification(bytes(buf[pos + 5 : end]))
         if kind == 0x57:  # CopyBothResponse: replication only, which start-up refuses
             raise ProtocolViolation("CopyBoth is not supported through the gateway")
         return None
@@ -622,7 +626,7 @@ class SessionMachine(SideQueries, EgressCuts):
         elif head.refusal is not None:
             replacement = head.refusal
         else:
-            replacement = self._scrub(0x45, body)
+            replacement = self._scrub(0x45, body, self._statement_sql(head))
         if head.kind in (QUERY, SYNC):
             return replacement  # ReadyForQuery ends it
         if head.kind == EXECUTE:
@@ -631,6 +635,13 @@ class SessionMachine(SideQueries, EgressCuts):
         while inflight and inflight[0].kind != SYNC:
             inflight.popleft()
         return replacement
+
+    @staticmethod
+    def _statement_sql(head: Entry) -> str:
+        if head.sql:
+            return head.sql
+        portal = head.portal
+        return portal.statement.sql if portal is not None else ""
 
     def _set_execute_plan(self, portal: Portal) -> None:
         for entry in self._inflight:
@@ -698,13 +709,34 @@ class SessionMachine(SideQueries, EgressCuts):
             return m.parameter_status(name, self._client_user)
         return None
 
-    def _scrub(self, kind: int, body: bytes) -> bytes | None:
-        """Errors and notices must not name the upstream role the gateway logged in as."""
+    def _scrub(self, kind: int, body: bytes, statement: str = "") -> bytes | None:
+        """Errors and notices must not name the upstream role the gateway logged in as, nor
+        show the data they quote (``invalid input syntax for type integer: "<an SSN>"``,
+        ``Failing row contains (...)``) when the resource masks results."""
         user = self._upstream_user.encode()
-        if not user or user not in body:
+        named = bool(user) and user in body
+        if not named and self._masker is None:
             return None
-        fields = [(c, v.replace(self._upstream_user, self._client_user)) for c, v in m.parse_fields(body)]
+        fields = m.parse_fields(body)
+        if named:
+            fields = [(c, v.replace(self._upstream_user, self._client_user)) for c, v in fields]
+        if self._masker is not None:
+            masked = self._masker.mask_message(fields, statement)
+            if masked is None and not named:
+                return None
+            fields = masked if masked is not None else fields
         return m.build_fields(bytes([kind]), fields)
+
+    def _notification(self, body: bytes) -> bytes | None:
+        """A NotificationResponse's payload, through the content detectors."""
+        assert self._masker is not None
+        pid = body[:4]
+        channel_end = body.index(b"\0", 4)
+        payload = body[channel_end + 1 : -1].decode("utf-8", "surrogateescape")
+        masked = self._masker.mask_payload(payload)
+        if masked == payload:
+            return None
+        return m.frame(b"A", pid + body[4 : channel_end + 1] + masked.encode("utf-8", "surrogateescape") + b"\0")
 
     # -- introspection for tests and the relay ----------------------------------------------
 

@@ -99,7 +99,9 @@ def exposed(stored: Sequence[tuple[str, frozenset[str]]], rules: NameRules) -> l
     not mask (later reads would show them as is): ``x.r <- api_key`` each."""
     found: list[str] = []
     for where, sources in stored:
-        column = where.rsplit(".", 1)[1] if "." in where else "*"
+        # "table.column" from a write; "setting my.k" or "notification on ch" from a sink
+        # (no column: a setting or a payload is never masked on its way back).
+        column = where.rsplit(".", 1)[1] if "." in where and " " not in where else "*"
         if column != "*" and rules.rule(column) is not ColumnRule.KEEP:
             continue  # stored under a masked name: reads of it are masked too
         # A whole row stored as text or JSON may hold masked columns: the rules cannot tell.

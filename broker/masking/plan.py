@@ -21,6 +21,7 @@ from broker.masking.copyout import CopyPlan, build_copy_plan
 from broker.masking.derived import LineageLike, derived_rules, exposed
 from broker.masking.detectors import DETECTORS
 from broker.masking.exceptions import MaskingRefused
+from broker.masking.messages import mask_fields, mask_text
 from broker.masking.rows import RowPlan, build_row_plan
 from broker.masking.scanner import Scanner
 from broker.masking.types import BINARY_FORMAT, TEXT_FORMAT, ColumnInfo, CopyInfoLike
@@ -45,6 +46,15 @@ class Masker:
         # Keyed by the column tuple and lineage: the same statement shape comes back all the
         # time.
         self._plans: dict[tuple[tuple[ColumnInfo, ...], LineageLike | None], RowPlan | None] = {}
+
+    def mask_message(self, fields: Sequence[tuple[str, str]], statement: str = "") -> list[tuple[str, str]] | None:
+        """An ErrorResponse's or NoticeResponse's fields with the data they quote masked
+        (`messages.mask_fields`); None when nothing needs to change."""
+        return mask_fields(fields, self._scanner, statement) if self.config.enabled else None
+
+    def mask_payload(self, text: str) -> str:
+        """A notification payload, through the content detectors."""
+        return mask_text(text, self._scanner) if self.config.enabled else text
 
     def exposed(self, stored: Sequence[tuple[str, frozenset[str]]]) -> list[str]:
         """Writes that would put masked values where reads are not masked (`derived.exposed`)."""

@@ -361,8 +361,10 @@ def stored(stmt: Node) -> tuple[tuple[str, frozenset[str]], ...]:
         return ()
     ((name, f),) = stmt.items()
     found: list[tuple[str, frozenset[str]]] = []
-    _Walker().stored(name, f, {}, found)
-    return tuple(found)
+    walker = _Walker(sinks=found)
+    walker.stored(name, f, {}, found)
+    walker.scan_sinks(name, f)
+    return tuple(dict.fromkeys(found))
 
 
 def to_lineage(outs: list[_Out]) -> Lineage | None:
@@ -429,6 +431,11 @@ def _select_fields(node: Any) -> Node | None:
 
 
 class _Walker:
+    def __init__(self, sinks: list[tuple[str, frozenset[str]]] | None = None) -> None:
+        # Values handed to functions that keep them outside any result (`_SINKS`): collected
+        # only when asked (`stored`), so WHERE and HAVING are walked only then.
+        self.sinks = sinks
+
     def select(self, f: Node, parent: _Scope | None, ctes: dict[str, list[_Out]]) -> list[_Out]:
         ctes = self.with_clause(f.get("withClause"), parent, ctes)
         op = f.get("op", "SETOP_NONE")
@@ -439,7 +446,47 @@ class _Walker:
         scope = _Scope(parent)
         for item in f.get("fromClause") or ():
             scope.top.append(self.from_item(item, scope, ctes))
-        return self.targets(f.get("targetList") or (), scope, ctes)
+        outs = self.targets(f.get("targetList") or (), scope, ctes)
+        if self.sinks is not None:
+            self.clauses(f, scope, ctes)
+        return outs
+
+    def clauses(self, f: Node, scope: _Scope, ctes: dict[str, list[_Out]]) -> None:
+        """Walk what is not a target (WHERE, HAVING, GROUP BY, ORDER BY, JOIN ... ON, LIMIT)
+        for values handed to sinks."""
+        for key in ("whereClause", "havingClause", "groupClause", "sortClause", "limitCount", "limitOffset"):
+            if f.get(key) is not None:
+                self.expr(f[key], scope, ctes)
+        stack: list[Any] = list(f.get("fromClause") or ())
+        while stack:
+            item = stack.pop()
+            join = item.get("JoinExpr") if isinstance(item, dict) else None
+            if isinstance(join, dict):
+                if join.get("quals") is not None:
+                    self.expr(join["quals"], scope, ctes)
+                stack.extend((join.get("larg"), join.get("rarg")))
+
+    def scan_sinks(self, name: str, f: Node) -> None:
+        """Visit every query of a statement for sink calls (`stored` collects them)."""
+        if name == "SelectStmt":
+            self.select({**f, "intoClause": None}, None, {})
+        elif name in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+            ctes = self.with_clause(f.get("withClause"), None, {})
+            if name == "InsertStmt" and f.get("selectStmt"):
+                self.query_outputs(f["selectStmt"], None, ctes)
+            scope = _Scope(None)
+            relation = f.get("relation")
+            if isinstance(relation, dict):
+                scope.top.append(self.from_item({"RangeVar": relation}, scope, ctes))
+            for key in ("fromClause", "usingClause"):
+                for item in f.get(key) or ():
+                    scope.top.append(self.from_item(item, scope, ctes))
+            self.expr([f.get("targetList"), f.get("whereClause"), f.get("returningList")], scope, ctes)
+        elif name in ("CreateTableAsStmt", "ViewStmt", "DeclareCursorStmt", "CopyStmt", "ExplainStmt"):
+            query = f.get("query")  # EXPLAIN without ANALYZE runs nothing, but reading it costs nothing
+            if isinstance(query, dict) and len(query) == 1:
+                ((inner, g),) = query.items()
+                self.scan_sinks(inner, g)
 
     def returning(self, f: Node, parent: _Scope | None, ctes: dict[str, list[_Out]]) -> list[_Out] | None:
         clause = f.get("returningClause")
@@ -741,22 +788,45 @@ class _Walker:
     def node(self, name: str, f: Node, scope: _Scope, ctes: dict[str, list[_Out]], stack: list[Any]) -> _Col | None:
         if name == "ColumnRef":
             return self.column_ref(f, scope)
+        # count(...), IS NULL and EXISTS reveal no value; their arguments are still walked for
+        # sinks when those are collected (``where set_config('k', ssn, false) is not null``).
         if name == "SubLink":
             kind = f.get("subLinkType")
             if kind != "EXISTS_SUBLINK":
                 stack.append(f.get("testexpr"))
                 return self.sublink(f.get("subselect"), scope, ctes)
+            if self.sinks is not None:
+                self.sublink(f.get("subselect"), scope, ctes)
             return None
         if name == "FuncCall":
             base = _ident((f.get("funcname") or [None])[-1])
             if base == "count":
+                if self.sinks is not None:
+                    self.expr(f.get("args"), scope, ctes)
                 return None
+            if self.sinks is not None and base in _SINKS:
+                self.sink(base, f, scope, ctes)
         if name == "NullTest":
+            if self.sinks is not None:
+                self.expr(f.get("arg"), scope, ctes)
             return None
         if name in ("A_Const", "ParamRef", "TypeName"):
             return None
         stack.extend(f.values())
         return None
+
+    def sink(self, base: str, f: Node, scope: _Scope, ctes: dict[str, list[_Out]]) -> None:
+        """``set_config(name, value)`` keeps `value` in a setting (read back by
+        current_setting), ``pg_notify(channel, payload)`` sends it to listeners: both outside
+        any result the masker sees."""
+        args = f.get("args") or []
+        if len(args) < 2:
+            return
+        sources = self.expr(args[1], scope, ctes).sources
+        if sources:
+            target = args[0].get("A_Const", {}).get("sval", {}).get("sval") if isinstance(args[0], dict) else None
+            assert self.sinks is not None
+            self.sinks.append((f"{_SINKS[base]} {target or '?'}", sources))
 
     def sublink(self, node: Any, scope: _Scope, ctes: dict[str, list[_Out]]) -> _Col:
         col = _NOTHING
@@ -798,6 +868,8 @@ class _Walker:
 
 
 ROW = "*row"  # a table's whole row, its columns unknown: the masker leaves it to the detectors
+# Functions that keep their second argument outside any result, by what they put it in.
+_SINKS = {"set_config": "setting", "pg_notify": "notification on"}
 # Functions that show a row's values as they are, so the content detectors still see them.
 _SHAPE_KEEPING = frozenset({
     "to_json", "to_jsonb", "row_to_json", "json_agg", "jsonb_agg", "array_agg", "array_to_json",

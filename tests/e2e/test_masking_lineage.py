@@ -5,8 +5,9 @@ seeded demo data: no raw SSN, e-mail, phone, card number or API key, nor its rev
 or lower case, md5 or digit-translated form, may come back; plain reads and ``count(ssn)``
 stay untouched. The same holds for rows that come back later, by name: SQL ``EXECUTE`` of a
 prepared statement and ``FETCH`` from a cursor (psycopg's server-side cursors too); and a
-write that would park derived values under an unmasked name (a table, view, column), to be
-read back later, goes to review instead.
+write that would park derived values under an unmasked name (a table, view, column, a
+setting, a notification), to be read back later, goes to review instead. Errors, notices and
+notification payloads do not quote the data either.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def test_execute_and_fetch_return_rows_masked_by_what_they_run(gateway, upstream
     "create temp table t_cols (a, b) as select id, card_number from customers",
     "update orders set status = (select ssn from customers where id = 1) where id = 1",
     "with s as (select reverse(api_key) k from customers) insert into orders_note (note) select k from s",
+    "select set_config('jitgate_test.k', reverse(api_key), false) from customers where id = 1",
+    "select pg_notify('launder', reverse(api_key)) from customers where id = 1",
 ])
 def test_writing_masked_values_under_another_name_goes_to_review(gateway, upstream, sql) -> None:
     with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
@@ -162,3 +165,40 @@ def test_writes_that_keep_masked_names_or_hold_nothing_masked_run(gateway) -> No
         conn.execute("insert into t_notes (note) select status from orders where id < 3")
         assert conn.execute("update customers set email = lower(email) where id = 1").statusmessage == "UPDATE 1"
         assert conn.execute("select count(*) from t_notes").fetchone() == (2,)
+
+
+def test_errors_and_notifications_do_not_quote_masked_data(gateway, upstream) -> None:
+    forbidden = _forbidden(upstream)
+    failing = [
+        "select ssn::int from customers where id = 1",
+        "select reverse(api_key)::int from customers where id = 1",
+        "select api_key::json from customers where id = 1",
+        "select to_date(ssn, 'YYYY-MM-DD') from customers where id = 1",
+        "update customers set full_name = null where id = 1",  # NOT NULL: "Failing row contains (...)"
+    ]
+    with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+        for sql in failing[:2]:  # straight from PostgreSQL the error quotes the value
+            with pytest.raises(psycopg.Error) as raw:
+                admin.execute(sql)
+            assert any(v in str(raw.value) for v in forbidden), sql
+    payloads: list[str] = []
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        for sql in failing:
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute(sql)
+            diag = err.value.diag
+            text = " ".join(str(x) for x in (err.value, diag.message_detail, diag.context) if x)
+            assert "********" in text and not [v for v in forbidden if v in text], (sql, text)
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation) as own:
+            conn.execute("select 'abc'::int")
+        assert '"abc"' in str(own.value)  # the client's own literal is not data it could not see
+        with pytest.raises(psycopg.errors.UndefinedColumn) as named:
+            conn.execute("select no_such_column from customers")
+        assert '"no_such_column"' in str(named.value)  # names in errors stay
+        # A notification another session sends (a trigger, an app) reaches the agent masked.
+        conn.add_notify_handler(lambda n: payloads.append(n.payload))
+        conn.execute("listen gw_channel")
+        with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+            admin.execute("select pg_notify('gw_channel', 'write to ' || email) from customers where id = 1")
+        conn.execute("select 1")
+    assert len(payloads) == 1 and "***@" in payloads[0] and not [v for v in forbidden if v in payloads[0]]

@@ -155,6 +155,14 @@ def stored(sql: str) -> dict[str, frozenset[str]]:
         ("prepare p as insert into t (n) select email from customers", {"t.n": {"email"}}),
         ("explain analyze create table x as select upper(email) e from customers", {"x.e": {"email"}}),
         ("create table x as execute p", {"x": {UNKNOWN}}),
+        # Sinks: a setting read back by current_setting, a notification's payload.
+        ("select set_config('my.k', reverse(api_key), false) from customers", {"setting my.k": {"api_key"}}),
+        ("select 1 from customers where set_config('my.k', ssn, false) is not null", {"setting my.k": {"ssn"}}),
+        ("select pg_notify('ch', c.ssn) from orders o join customers c on c.id = o.customer_id",
+         {"notification on ch": {"ssn"}}),
+        ("select count(*) from customers group by set_config('k', card_number, false)", {"setting k": {"card_number"}}),
+        ("update orders set status = 'x' where id = 1 and set_config('a.b', (select email from customers), true) > ''",
+         {"setting a.b": {"email"}}),
     ],
 )
 def test_values_stored_under_other_names(sql: str, expected: dict[str, set[str]]) -> None:
@@ -173,6 +181,7 @@ def test_values_stored_under_other_names(sql: str, expected: dict[str, set[str]]
         "select reverse(api_key) from customers",  # returned, so masked: not stored
         "delete from customers where id = 1",
         "explain create table x as select upper(email) e from customers",  # not run
+        "select set_config('search_path', 'public', false), pg_notify('ch', 'done')",
     ],
 )
 def test_writes_that_keep_names_or_store_no_column_store_nothing(sql: str) -> None:
