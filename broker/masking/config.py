@@ -45,6 +45,8 @@ DEFAULT_COLUMN_PATTERNS: tuple[str, ...] = (
     # payment
     "card_number", "*card_number*", "cc_number", "credit_card*", "pan", "cvv", "cvc",
     "iban", "*_iban",
+    # planner statistics (pg_stats, pg_stats_ext): sample values of every column, masked ones too
+    "most_common_vals", "most_common_elems", "histogram_bounds",
 )  # fmt: skip
 
 MIN_HMAC_KEY_CHARS = 16

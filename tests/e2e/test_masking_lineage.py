@@ -202,3 +202,20 @@ def test_errors_and_notifications_do_not_quote_masked_data(gateway, upstream) ->
             admin.execute("select pg_notify('gw_channel', 'write to ' || email) from customers where id = 1")
         conn.execute("select 1")
     assert len(payloads) == 1 and "***@" in payloads[0] and not [v for v in forbidden if v in payloads[0]]
+
+
+def test_planner_statistics_do_not_show_sample_values(gateway, upstream) -> None:
+    """pg_stats holds sample values of every column, masked ones too."""
+    forbidden = _forbidden(upstream)
+    with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+        admin.execute("analyze customers")
+        raw = admin.execute("select histogram_bounds::text from pg_stats where tablename = 'customers'")
+        raw_text = _text(raw.fetchall())
+        assert any(v in raw_text for v in forbidden), raw_text[:300]  # straight from PostgreSQL they leak
+    with psycopg.connect(gateway.dsn(), autocommit=True) as conn:
+        for sql in (
+            "select attname, most_common_vals, histogram_bounds from pg_stats where tablename = 'customers'",
+            "select reverse(histogram_bounds::text) from pg_stats where tablename = 'customers'",
+        ):
+            text = _text(conn.execute(sql).fetchall())
+            assert not [v for v in forbidden if v in text], sql
