@@ -179,6 +179,8 @@ INSTEAD: dict[str, str] = {
     "truncate": "DELETE ... WHERE for the rows you mean runs at once",
     "merge": "INSERT, or UPDATE/DELETE with a WHERE clause, run at once",
     "write": "reads (SELECT) run at once under this policy; writes wait for a reviewer",
+    "stored-unmasked": "read the values with SELECT (they come back masked), or store them under the "
+    "masked column's own name (create table t as select api_key from ...) where reads stay masked",
 }
 
 ACCESS_HINT = (

@@ -148,6 +148,7 @@ def test_writing_masked_values_under_another_name_goes_to_review(gateway, upstre
             conn.execute(sql)
         assert "masking/stored-unmasked" in str(err.value)
         assert "later reads are not masked" in str(err.value)
+        assert "instead: read the values with SELECT" in (err.value.diag.message_detail or "")
         assert conn.execute("select 1").fetchone() == (1,)  # the session goes on
     with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:  # nothing reached the upstream
         assert admin.execute("select count(*) from orders_note").fetchone() == before
