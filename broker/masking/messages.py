@@ -30,7 +30,9 @@ from broker.masking.scanner import Scanner
 
 MASK = "********"
 _TEXT_FIELDS = frozenset("MDHWq")  # message, detail, hint, context, internal query
-_QUOTED = re.compile(r'"([^"]*)"')
+# From the first quote to the last: a value may hold quotes itself ("{"a": 1}"); masking
+# a second quoted name along with it is the price of never showing part of a value.
+_QUOTED = re.compile(r'"(.*)"', re.DOTALL)
 _KEY_VALUES = re.compile(r"(\)=\()(.*)(\))")
 _FAILING_ROW = re.compile(r"(Failing row contains \().*(\))", re.DOTALL)
 _DATA_LINE = re.compile(r"((?:JSON|XML) data, line \d+: ).*")

@@ -46,3 +46,8 @@ def test_other_messages_go_through_the_content_detectors_only() -> None:
     plain = fields("42P01", M='relation "no_such_table" does not exist')
     assert MASKER.mask_message(plain) is None  # identifiers of a syntax or name error stay
     assert MASKER.mask_payload("reach me at ann@example.com") == "reach me at a***@example.com"
+
+
+def test_a_value_with_quotes_inside_is_masked_whole() -> None:
+    masked = MASKER.mask_message(fields("22P02", M='invalid input syntax for type integer: "{"k": "sk_x"}"'))
+    assert masked is not None and ("M", 'invalid input syntax for type integer: "********"') in masked
