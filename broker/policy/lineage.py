@@ -816,17 +816,18 @@ class _Walker:
         return None
 
     def sink(self, base: str, f: Node, scope: _Scope, ctes: dict[str, list[_Out]]) -> None:
-        """``set_config(name, value)`` keeps `value` in a setting (read back by
-        current_setting), ``pg_notify(channel, payload)`` sends it to listeners: both outside
-        any result the masker sees."""
+        """A value handed to a sink (`_SINKS`): ``set_config(name, value)`` keeps it in a
+        setting, ``pg_notify(channel, payload)`` sends it to listeners, ``setval`` and the
+        large-object writers store it: all outside any result the masker sees."""
+        what, index = _SINKS[base]
         args = f.get("args") or []
-        if len(args) < 2:
+        if len(args) <= index:
             return
-        sources = self.expr(args[1], scope, ctes).sources
+        sources = self.expr(args[index], scope, ctes).sources
         if sources:
             target = args[0].get("A_Const", {}).get("sval", {}).get("sval") if isinstance(args[0], dict) else None
             assert self.sinks is not None
-            self.sinks.append((f"{_SINKS[base]} {target or '?'}", sources))
+            self.sinks.append((f"{what} {target or '?'}", sources))
 
     def sublink(self, node: Any, scope: _Scope, ctes: dict[str, list[_Out]]) -> _Col:
         col = _NOTHING
@@ -868,8 +869,16 @@ class _Walker:
 
 
 ROW = "*row"  # a table's whole row, its columns unknown: the masker leaves it to the detectors
-# Functions that keep their second argument outside any result, by what they put it in.
-_SINKS = {"set_config": "setting", "pg_notify": "notification on"}
+# Functions that keep an argument outside any result, to be read back later unmasked: what
+# they put it in, and which argument (0-based) is the value.
+_SINKS = {
+    "set_config": ("setting", 1),  # current_setting() reads it back
+    "pg_notify": ("notification on", 1),  # sent to every listener
+    "setval": ("sequence", 1),  # currval() / last_value
+    "lo_from_bytea": ("large object", 1),  # lo_get() reads it back
+    "lo_put": ("large object", 2),
+    "lowrite": ("large object", 1),
+}
 # Functions that show a row's values as they are, so the content detectors still see them.
 _SHAPE_KEEPING = frozenset({
     "to_json", "to_jsonb", "row_to_json", "json_agg", "jsonb_agg", "array_agg", "array_to_json",
