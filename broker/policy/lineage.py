@@ -474,13 +474,7 @@ class _Walker:
             ctes = self.with_clause(f.get("withClause"), None, {})
             if name == "InsertStmt" and f.get("selectStmt"):
                 self.query_outputs(f["selectStmt"], None, ctes)
-            scope = _Scope(None)
-            relation = f.get("relation")
-            if isinstance(relation, dict):
-                scope.top.append(self.from_item({"RangeVar": relation}, scope, ctes))
-            for key in ("fromClause", "usingClause"):
-                for item in f.get(key) or ():
-                    scope.top.append(self.from_item(item, scope, ctes))
+            scope = self.dml_scope(f, None, ctes)
             self.expr([f.get("targetList"), f.get("whereClause"), f.get("returningList")], scope, ctes)
         elif name in ("CreateTableAsStmt", "ViewStmt", "DeclareCursorStmt", "CopyStmt", "ExplainStmt"):
             query = f.get("query")  # EXPLAIN without ANALYZE runs nothing, but reading it costs nothing
@@ -494,18 +488,29 @@ class _Walker:
         if not targets:
             return None
         ctes = self.with_clause(f.get("withClause"), parent, ctes)
+        return self.targets(targets, self.dml_scope(f, parent, ctes), ctes)
+
+    def dml_scope(
+        self, f: Node, parent: _Scope | None, ctes: dict[str, list[_Out]], *, excluded: bool = False
+    ) -> _Scope:
+        """What an INSERT/UPDATE/DELETE/MERGE's expressions read: its table, UPDATE ... FROM,
+        DELETE ... USING, MERGE ... USING; with `excluded`, the row an ON CONFLICT DO UPDATE
+        would have inserted, under that name."""
         scope = _Scope(parent)
         relation = f.get("relation")
         if isinstance(relation, dict):
             scope.top.append(self.from_item({"RangeVar": relation}, scope, ctes))
-        for key in ("fromClause", "usingClause"):  # UPDATE ... FROM, DELETE ... USING
+            if excluded:
+                alias = {**relation, "alias": {"aliasname": "excluded"}}
+                scope.top.append(self.from_item({"RangeVar": alias}, scope, ctes))
+        for key in ("fromClause", "usingClause"):
             items = f.get(key)
             for item in items if isinstance(items, list) else ():
                 scope.top.append(self.from_item(item, scope, ctes))
-        source = f.get("sourceRelation")  # MERGE ... USING
+        source = f.get("sourceRelation")
         if isinstance(source, dict):
             scope.top.append(self.from_item(source, scope, ctes))
-        return self.targets(targets, scope, ctes)
+        return scope
 
     def with_clause(self, clause: Any, parent: _Scope | None, ctes: dict[str, list[_Out]]) -> dict[str, list[_Out]]:
         if not isinstance(clause, dict):
@@ -633,17 +638,8 @@ class _Walker:
         *, excluded: bool = False,
     ) -> None:
         """``SET col = expr``: read as ``SELECT expr AS col FROM <table>, <FROM items>``."""
-        relation = f.get("relation")
-        scope = _Scope(None)
-        if isinstance(relation, dict):
-            scope.top.append(self.from_item({"RangeVar": relation}, scope, ctes))
-            if excluded:
-                alias = {**relation, "alias": {"aliasname": "excluded"}}
-                scope.top.append(self.from_item({"RangeVar": alias}, scope, ctes))
-        for item in f.get("fromClause") or ():
-            scope.top.append(self.from_item(item, scope, ctes))
-        outs = self.targets(targets, scope, ctes)
-        self.keep(_relname(relation), outs, (), found)
+        outs = self.targets(targets, self.dml_scope(f, None, ctes, excluded=excluded), ctes)
+        self.keep(_relname(f.get("relation")), outs, (), found)
 
     @staticmethod
     def keep(
@@ -799,7 +795,7 @@ class _Walker:
                 self.sublink(f.get("subselect"), scope, ctes)
             return None
         if name == "FuncCall":
-            base = _ident((f.get("funcname") or [None])[-1])
+            base = _function_name_of(f)
             if base == "count":
                 if self.sinks is not None:
                     self.expr(f.get("args"), scope, ctes)
@@ -914,6 +910,7 @@ def _keeps_shape(node: Any) -> bool:
 
 
 def _function_name_of(f: Node) -> str | None:
+    """A FuncCall's name without its schema: ``pg_catalog.upper`` is ``upper``."""
     return _ident((f.get("funcname") or [None])[-1])
 
 
@@ -925,7 +922,7 @@ def _function_name(f: Node) -> str | None:
     call = items[0].get("FuncCall") if items and isinstance(items[0], dict) else None
     if not isinstance(call, dict):
         return None
-    return _ident((call.get("funcname") or [None])[-1])
+    return _function_name_of(call)
 
 
 _FIXED_NAMES = {
@@ -969,7 +966,7 @@ def _figure(node: Any) -> tuple[str | None, int]:
                 return ident, 2
         return _figure(f.get("arg"))
     if kind == "FuncCall":
-        return _ident((f.get("funcname") or [None])[-1]), 2
+        return _function_name_of(f), 2
     if kind == "A_Expr":
         return ("nullif", 2) if f.get("kind") == "AEXPR_NULLIF" else (_NO_NAME, 0)
     if kind == "TypeCast":
