@@ -76,6 +76,13 @@ _ANYTHING = ((None, frozenset({UNKNOWN})),)
 ANY_SOURCE = Lineage(head=(), starred=True, loose=_ANYTHING, named=_ANYTHING)
 
 
+def _rows_of(verdict: Verdict, own: Lineage | None, named: list[Lineage | None], count: int) -> Verdict:
+    """EXECUTE p and FETCH c return the rows of what p prepared or c declared: mask them by
+    that lineage. In a string of several statements, by every name any of them may give."""
+    single = verdict.statement_count == 1 and count == 1
+    return replace(verdict, lineage=named[0] if single else merge([own, *named]))
+
+
 class SessionMachine(SideQueries, EgressCuts):
     """Pure relay logic for one client session (see the module docstring)."""
 
@@ -242,8 +249,7 @@ class SessionMachine(SideQueries, EgressCuts):
         if verdict.executes and verdict.decision is not Decision.BLOCK:
             # A PREPARE earlier in the same string counts too ("PREPARE p AS ...; EXECUTE p").
             own = dict(verdict.prepares)
-            lineages = [verdict.lineage]
-            single = verdict.statement_count == 1 and len(verdict.executes) == 1
+            outer, named = verdict.lineage, []
             for name in verdict.executes:
                 inner = own.get(name) or self._sql_prepared.get(name)
                 if inner is None:
@@ -252,24 +258,18 @@ class SessionMachine(SideQueries, EgressCuts):
                         "gateway/unknown-prepared",
                         f"EXECUTE of prepared statement {name!r} that the gateway did not see prepared",
                     )
-                lineages.append(inner.lineage)
+                named.append(inner.lineage)
                 if inner.decision > verdict.decision:
                     verdict = inner
-            # EXECUTE returns what the prepared statement returns: its rows are masked by its lineage.
-            verdict = replace(verdict, lineage=lineages[1] if single else merge(lineages))
+            verdict = _rows_of(verdict, outer, named, len(verdict.executes))
         if verdict.fetches:
-            verdict = self._fetch_lineage(verdict)
+            own_cursors = dict.fromkeys(verdict.declares, verdict.lineage)
+            # A cursor the gateway did not see declared (opened by a function) is masked whole.
+            named = [own_cursors.get(name, self._cursors.get(name, ANY_SOURCE)) for name in verdict.fetches]
+            verdict = _rows_of(verdict, verdict.lineage, named, len(named))
         if verdict.stored:
             verdict = review_stored(verdict, self._masker)
         return verdict
-
-    def _fetch_lineage(self, verdict: Verdict) -> Verdict:
-        """FETCH returns the rows of the cursor's query: mask them by the DECLARE's lineage.
-        A cursor the gateway did not see declared (opened by a function) is masked whole."""
-        own = dict.fromkeys(verdict.declares, verdict.lineage)
-        lineages = [own.get(name, self._cursors.get(name, ANY_SOURCE)) for name in verdict.fetches]
-        single = verdict.statement_count == 1 and len(lineages) == 1
-        return replace(verdict, lineage=lineages[0] if single else merge([verdict.lineage, *lineages]))
 
     def _after_forward(self, verdict: Verdict) -> None:
         for name, inner in verdict.prepares:
