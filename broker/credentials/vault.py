@@ -224,7 +224,7 @@ class VaultProvider:
 
     async def _revoke_quietly(self, lease_id: str) -> None:
         try:
-            await self._call("revoke a lease", lambda c: c.sys.revoke_lease(lease_id=lease_id))
+            await self.revoke(lease_id)
         except CredentialError as exc:
             # Vault answered the issue a moment ago; if it fails now, the lease's TTL ends it.
             log.warning("late_credential_revoke_failed", lease_id=lease_id, error=str(exc))
