@@ -737,8 +737,3 @@ class SessionMachine(SideQueries, EgressCuts):
         if masked == payload:
             return None
         return m.frame(b"A", pid + body[4 : channel_end + 1] + masked.encode("utf-8", "surrogateescape") + b"\0")
-
-    # -- introspection for tests and the relay ----------------------------------------------
-
-    def pending_client_bytes(self) -> int:
-        return len(self._cbuf)
