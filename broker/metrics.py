@@ -116,3 +116,10 @@ SLACK_ERRORS = Counter(
 def render_latest() -> tuple[bytes, str]:
     """The exposition text and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+DESYNCS = Counter(
+    "jitgate_session_desync_total",
+    "Sessions ended because the upstream sent a message the gateway's model of the session did not"
+    " expect, or reported a lexing setting the gateway pins (SQLSTATE 08P01)",
+    registry=REGISTRY,
+)

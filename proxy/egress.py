@@ -20,13 +20,12 @@ so the per-row check is the same two comparisons as with session limits alone.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from proxy.inflight import Entry
 from proxy.protocol import messages as m
-from proxy.records import EXECUTE, QUERY, SYNC, Entry
 
 SQLSTATE = "54000"  # program_limit_exceeded
 UNLIMITED = 1 << 62
@@ -160,115 +159,59 @@ def error_response(
     )
 
 
-class EgressCuts:
-    """Mixed into `proxy.machine.SessionMachine`; the attributes below are the machine's."""
+class EgressMeter:
+    """One session's egress counters and caps. The machine asks it about each DataRow (and
+    each CopyData of COPY TO) of the client's statements; the gateway's own questions never
+    reach it."""
 
-    _inflight: deque[Entry]
-    _discarding: bool
-    _egress: EgressLimits | None
-    _on_egress_limit: Callable[[str], None] | None
-    _resource: str | None
-    _session_rows: int
-    _session_bytes: int
-    # The session caps, lowered to what is left of the agent's budget when it has one.
-    _cap_rows: int
-    _cap_bytes: int
-    _agent: AgentBudget | None
-
-    def _init_egress(self, egress: EgressLimits | None) -> None:
-        self._egress = egress
-        self._session_rows = 0
-        self._session_bytes = 0
-        self._agent = None
-        self._cap_rows = egress.max_rows_per_session if egress is not None else UNLIMITED
-        self._cap_bytes = egress.max_bytes_per_session if egress is not None else UNLIMITED
-
-    @property
-    def egress_counts(self) -> tuple[int, int]:
-        """Rows and bytes this session has returned to the client (counted under egress limits)."""
-        return self._session_rows, self._session_bytes
+    def __init__(self, limits: EgressLimits, on_limit: Callable[[str], None] | None, resource: str | None) -> None:
+        self.limits = limits
+        self._on_limit = on_limit
+        self._resource = resource
+        self.session_rows = 0
+        self.session_bytes = 0
+        self.agent: AgentBudget | None = None
+        # The session caps, lowered to what is left of the agent's budget when it has one.
+        self._cap_rows = limits.max_rows_per_session
+        self._cap_bytes = limits.max_bytes_per_session
 
     def set_agent_budget(self, budget: AgentBudget | None) -> None:
         """Enforce `budget` from now on; call again after it is synced (it is read, not copied)."""
-        self._agent = budget
-        limits = self._egress
-        if limits is None:
-            return
+        self.agent = budget
+        limits = self.limits
         rows, nbytes = budget.caps() if budget is not None else (UNLIMITED, UNLIMITED)
         self._cap_rows = min(limits.max_rows_per_session, rows)
         self._cap_bytes = min(limits.max_bytes_per_session, nbytes)
 
-    # Provided by SessionMachine.
-    def _on_server_message(self, kind: int, buf: bytearray, pos: int, end: int, head: Entry | None) -> bytes | None:
-        raise NotImplementedError
-
-    def _complete(self, entry: Entry) -> None:
-        raise NotImplementedError
-
-    def _egress_drop(self, head: Entry, limits: EgressLimits, size: int) -> bool:
-        """Count one DataRow of `size` bytes against the limits; True: drop it."""
-        if head.cut is not None or head.muted:
+    def drop(self, entry: Entry, size: int) -> bool:
+        """Count one row of `size` bytes of `entry`'s result; True: over a limit, drop it
+        (`entry.cut` then names the limit, and the machine answers with `error`)."""
+        if entry.cut is not None or entry.muted:
             return True
-        if head.swallow or head.explain is not None or head.function_oid is not None:
-            return False  # the gateway's own side queries are not the client's egress
-        rows = head.rows + 1
-        nbytes = head.bytes + size
+        limits = self.limits
+        rows = entry.rows + 1
+        nbytes = entry.bytes + size
         if rows > limits.max_rows_per_statement:
             limit = "max_rows_per_statement"
         elif nbytes > limits.max_bytes_per_statement:
             limit = "max_bytes_per_statement"
-        elif self._session_rows + 1 > self._cap_rows:
-            over = self._session_rows + 1 > limits.max_rows_per_session
+        elif self.session_rows + 1 > self._cap_rows:
+            over = self.session_rows + 1 > limits.max_rows_per_session
             limit = "max_rows_per_session" if over else "max_rows_per_agent"
-        elif self._session_bytes + size > self._cap_bytes:
-            over = self._session_bytes + size > limits.max_bytes_per_session
+        elif self.session_bytes + size > self._cap_bytes:
+            over = self.session_bytes + size > limits.max_bytes_per_session
             limit = "max_bytes_per_session" if over else "max_bytes_per_agent"
         else:
-            head.bytes = nbytes
-            self._session_rows += 1
-            self._session_bytes += size
+            entry.bytes = nbytes
+            self.session_rows += 1
+            self.session_bytes += size
             return False
-        head.cut = limit
-        head.error = SQLSTATE
-        head.plan = None
-        if self._on_egress_limit is not None:
-            self._on_egress_limit(limit)
+        entry.cut = limit
+        entry.error = SQLSTATE
+        entry.plan = None
+        if self._on_limit is not None:
+            self._on_limit(limit)
         return True
 
-    def _egress_copy(self, head: Entry, limits: EgressLimits, size: int) -> bool:
-        """A CopyData of COPY TO (one row each, as Postgres sends them): counted like a DataRow."""
-        if self._egress_drop(head, limits, size):
-            return True
-        head.rows += 1  # until CommandComplete's `COPY n` says
-        return False
-
-    def _on_cut(self, kind: int, buf: bytearray, pos: int, end: int, head: Entry) -> bytes | None:
-        """A backend message for a statement cut by an egress limit.
-
-        Its end (CommandComplete, ErrorResponse, PortalSuspended) becomes the egress error;
-        everything else of it is dropped. An Execute's batch is then over for the client, as
-        after any error: the answers to what follows it up to Sync are not relayed, and what
-        the client sends before its Sync is not forwarded.
-        """
-        if kind in (0x53, 0x4E, 0x41):  # ParameterStatus, Notice, Notification
-            return self._on_server_message(kind, buf, pos, end, head)
-        if kind not in (0x43, 0x45, 0x49, 0x73) or head.cut_sent:
-            return b""
-        head.cut_sent = True
-        error = error_response(self._egress or EgressLimits(), head.cut or "", self._resource, self._agent)
-        if head.kind != EXECUTE:
-            return error  # a simple Query: its ReadyForQuery completes the record
-        inflight = self._inflight
-        inflight.popleft()
-        self._complete(head)
-        if kind == 0x45:  # the upstream itself now skips to Sync
-            while inflight and inflight[0].kind != SYNC:
-                inflight.popleft()
-        else:
-            for entry in inflight:
-                if entry.kind in (SYNC, QUERY):
-                    break
-                entry.muted = True
-        if not any(entry.kind == SYNC for entry in inflight):
-            self._discarding = True
-        return error
+    def error(self, entry: Entry) -> bytes:
+        return error_response(self.limits, entry.cut or "", self._resource, self.agent)

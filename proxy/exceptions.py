@@ -6,8 +6,10 @@
     ├── ClientRefused               28000/42501  TLS required, start-up parameter refused
     ├── UpstreamUnavailable         08006  upstream, broker or credential provider down
     ├── UpstreamAuthFailed          08006  the upstream refused the gateway's credential
-    └── ResultRefused               0A000  a result the gateway cannot mask safely; the
-                                           session ends (it may be mid-stream)
+    ├── ResultRefused               0A000  a result the gateway cannot mask safely; the
+    │                                      session ends (it may be mid-stream)
+    └── SessionDesync               08P01  the upstream sent what the gateway's model of the
+                                           session did not expect: the session ends
 
 Messages never contain the upstream user name or password, nor the client's token.
 """
@@ -50,6 +52,17 @@ class UpstreamAuthFailed(ProxyError):
 
 class ResultRefused(ProxyError):
     sqlstate = "0A000"
+
+
+class SessionDesync(ProxyError):
+    sqlstate = "08P01"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            "the gateway lost track of this session",
+            detail=what,
+            hint="Nothing more of this session is relayed; reconnect to go on.",
+        )
 
 
 def to_error_response(exc: BaseException) -> bytes:

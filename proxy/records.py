@@ -1,5 +1,6 @@
-"""What the relay machine keeps track of: in-flight entries, prepared statements, portals,
-the events it reports, and the constants of its substitution scheme (see proxy.machine)."""
+"""What the relay machine reports and needs: the events it records, the ports it calls
+(classifier, masker), a parked statement, and the refusals it answers with (see
+proxy.machine; in-flight entries are proxy.inflight, names proxy.names)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,10 @@ from typing import Any, Protocol
 from broker.policy.model import Decision, Verdict
 from proxy.protocol import messages as m
 
-#: Client encodings whose multi-byte characters may contain ASCII bytes.
-UNSAFE_ENCODINGS = frozenset({"SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "GB18030", "JOHAB", "UHC"})
 
 #: What the upstream receives instead of a refused statement: a guaranteed syntax error.
 BLOCKED_TEXT = "JITGATE BLOCKED"
 BLOCKED_STMT = "__jitgate_blocked"
-PROBE_STMT = "__jitgate_probe"
-
-#: Message types a client may send once the session is established.
-FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
-
-#: Backend message types that answer a frontend message (as opposed to asynchronous ones).
-ANSWERS = frozenset(b"123ntTZCI")
-
-# Entry kinds of the in-flight queue.
-QUERY, PARSE, BIND, DESCRIBE_S, DESCRIBE_P, EXECUTE, CLOSE, SYNC, FUNCTION = range(9)
 
 
 class Classifier(Protocol):
@@ -42,56 +31,9 @@ class CopyPlan(Protocol):
 class MaskerLike(Protocol):
     def plan_rows(self, columns: Any, lineage: Any = None) -> RowPlan | None: ...
     def plan_copy(self, columns: Any, copy_info: Any, lineage: Any = None) -> CopyPlan | None: ...
-    def exposed(self, stored: Any) -> list[str]: ...  # proxy.masking_review
+    def exposed(self, stored: Any) -> list[str]: ...  # proxy.decide.review_stored
     def mask_message(self, fields: Any, statement: str = "") -> list[tuple[str, str]] | None: ...
     def mask_payload(self, text: str) -> str: ...
-
-
-@dataclass(slots=True)
-class Statement:
-    """A prepared statement (protocol level) the proxy let through."""
-
-    sql: str
-    verdict: Verdict
-    description: bytes | None = None  # RowDescription body, once the upstream described it
-    # For a statement under review: executions already approved and not yet used. An
-    # approval covers one execution, not every later Bind/Execute of the prepared statement.
-    approved_runs: int = 0
-
-
-@dataclass(slots=True)
-class Portal:
-    statement: Statement
-    formats: tuple[int, ...]
-    description: bytes | None = None
-
-
-@dataclass(slots=True)
-class Entry:
-    kind: int
-    sql: str = ""
-    verdict: Verdict | None = None
-    refusal: bytes | None = None  # our ErrorResponse replacing the upstream's
-    swallow: bool = False  # internal message: answers are not relayed
-    portal: Portal | None = None
-    statement: Statement | None = None
-    plan: Any = None
-    copy_plan: Any = None
-    copy_info: Any = None
-    probe: bool = False  # this describe is the gateway's own COPY column probe
-    function_oid: int | None = None  # this query is the gateway's own lookup of a function
-    explain: list[bytes] | None = None  # this query is the gateway's own EXPLAIN of a parked statement
-    awaiting_probe: bool = False  # a COPY whose columns the probe will tell
-    probe_columns: list[m.FieldDescription] | None = None
-    started: float = 0.0
-    rows: int = 0
-    masked: int = 0
-    error: str | None = None
-    bytes: int = 0  # DataRow bytes relayed, counted only under egress limits
-    cut: str | None = None  # the egress limit that ended this statement's rows
-    cut_sent: bool = False  # the client has had the egress error for it
-    muted: bool = False  # after an egress cut in its batch: answers processed, not relayed
-    capture: Any = None  # proxy.results.ResultCapture when the resource records results
 
 
 @dataclass(slots=True)

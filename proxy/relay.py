@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -18,6 +18,7 @@ from proxy.exceptions import ProxyError, to_error_response
 from proxy.machine import SessionMachine
 from proxy.protocol import messages
 from proxy.protocol.frames import ProtocolViolation
+from proxy.side_channel import Lookup
 
 log = structlog.get_logger("jitgate.proxy")
 
@@ -55,6 +56,8 @@ class _Side(asyncio.Protocol):
 
 
 Reviewer = Callable[[SessionMachine], Awaitable[None]]
+#: Answers the machine's side-channel questions (proxy.side_channel.SideChannel.answer).
+Asker = Callable[[Lookup], Awaitable[Any]]
 
 
 class Backlog(Protocol):
@@ -74,6 +77,7 @@ class Relay:
         upstream: asyncio.Transport,
         *,
         review: Reviewer,
+        ask: Asker | None = None,
         backlog: Backlog | None = None,
         idle_timeout: float | None = None,
     ) -> None:
@@ -82,6 +86,8 @@ class Relay:
         self.upstream = upstream
         self._review = review
         self._review_task: asyncio.Task[None] | None = None
+        self._ask = ask
+        self._lookup_task: asyncio.Task[None] | None = None
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._client_paused_by = 0
         # Recording backpressure: while the recorder is behind, the client is not read from.
@@ -115,8 +121,9 @@ class Relay:
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
-            if self._review_task is not None:
-                self._review_task.cancel()
+            for task in (self._review_task, self._lookup_task):
+                if task is not None:
+                    task.cancel()
             if self._throttle_task is not None:
                 self._throttle_task.cancel()
             for transport in (self.client, self.upstream):
@@ -177,10 +184,7 @@ class Relay:
             self._finish(f"protocol violation: {exc}")
             return
         self._flush()
-        if self.machine.terminated:
-            self._finish("client terminated")
-        elif self.machine.parked is not None:
-            self._parked_input()
+        self._after_client_step()
         if self._backlog is not None and self._throttle_task is None and self._backlog.backlogged:
             self._throttle()
 
@@ -235,10 +239,36 @@ class Relay:
             self._flush()
         except RuntimeError:
             return
+        self._after_client_step()
+
+    def _after_client_step(self) -> None:
+        """After the machine processed client input: it may have ended, parked a statement,
+        or be holding a message until the side channel answers."""
         if self.machine.terminated:
             self._finish("client terminated")
         elif self.machine.parked is not None:
             self._parked_input()
+        elif self.machine.waiting is not None and self._lookup_task is None:
+            self._lookup_task = asyncio.ensure_future(self._run_lookup())
+
+    async def _run_lookup(self) -> None:
+        """Ask the side channel (never the client's connection), then let the machine go on.
+        Without one (or when it cannot tell) the answer is None: the machine refuses."""
+        lookup = self.machine.waiting
+        assert lookup is not None
+        answer = await self._ask(lookup) if self._ask is not None else None
+        self._lookup_task = None
+        if self._done.done():
+            return
+        try:
+            self.machine.lookup_done(answer)
+        except ProtocolViolation as exc:
+            self._flush()
+            self.client.write(to_error_response(exc))
+            self._finish(f"protocol violation: {exc}")
+            return
+        self._flush()
+        self._after_client_step()
 
     def _from_upstream(self, data: bytes) -> None:
         if self._done.done():
@@ -252,8 +282,6 @@ class Relay:
             self._finish(f"upstream protocol violation: {exc}")
             return
         self._flush()
-        if self.machine.parked is not None and self._review_task is None:
-            self._parked_input()  # parked once the gateway's EXPLAIN of it answered
 
     def end(self, reason: str, error: bytes) -> None:
         """End the session from outside (its grant expired or was revoked): the client gets

@@ -43,10 +43,13 @@ from proxy.hooks import (
 )
 from proxy.lifetime import LiveSessions, RevokedTokens, bind_grant
 from proxy.machine import SessionMachine
+from proxy.protocol import codes as messages_codes
 from proxy.protocol import messages
 from proxy.protocol.frames import ProtocolViolation, startup_frame_length
-from proxy.records import UNSAFE_ENCODINGS, StatementEvent
+from proxy.records import StatementEvent
 from proxy.relay import Relay
+from proxy.server_messages import PINNED, pinned_violation
+from proxy.side_channel import SideChannel, wants_estimate
 from proxy.startup_params import StartupRefused, sanitize_startup
 from proxy.upstream import UpstreamConnection, connect_upstream
 
@@ -202,16 +205,22 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         credential = await ctx.credentials.acquire(
             resource=resource.name, role=grant.role, session_id=session.session_id
         )
-        upstream = await connect_upstream(resource.target, credential, startup.upstream_params)
+        upstream_params = dict(startup.upstream_params)
+        if not any(key.lower() == "client_encoding" for key in upstream_params):
+            upstream_params["client_encoding"] = "UTF8"  # not the database's default: see PINNED
+        upstream = await connect_upstream(resource.target, credential, upstream_params)
 
-        encoding = upstream.parameters.get("client_encoding", "UTF8").upper()
-        if resource.masker is not None and encoding in UNSAFE_ENCODINGS:
-            upstream.writer.close()
-            raise ClientRefused(
-                f"client_encoding {encoding} is not supported while results are masked",
-                sqlstate="0A000",
-                hint="connect with client_encoding=UTF8",
-            )
+        # The gateway's lexer and masker read SQL and results as UTF-8 with standard strings;
+        # a role or database default that says otherwise is refused, not worked around.
+        for setting in PINNED:
+            violation = pinned_violation(setting, upstream.parameters.get(setting, PINNED[setting]))
+            if violation is not None:
+                upstream.writer.close()
+                raise ClientRefused(
+                    violation.replace("the server reported", "the upstream session starts with"),
+                    sqlstate="0A000",
+                    hint="connect with client_encoding=UTF8; the gateway speaks UTF-8 only",
+                )
 
         # 4. Make the client ready: our own BackendKeyData, never the upstream's.
         pid, key = ctx.cancel_map.register(resource.target, upstream.pid, upstream.key)
@@ -234,7 +243,11 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                 application_name=startup.application_name,
             )
             # 5. Relay until either side goes away.
-            machine, end_reason = await _relay(reader, writer, upstream, resource, session, ctx, budget)
+            side = SideChannel(lambda: connect_upstream(resource.target, credential, upstream_params))
+            try:
+                machine, end_reason = await _relay(reader, writer, upstream, resource, session, ctx, side, budget)
+            finally:
+                await side.close()
         finally:
             ctx.cancel_map.unregister(pid)
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -283,6 +296,7 @@ async def _relay(
     resource: Resource,
     session: SessionInfo,
     ctx: ProxyContext,
+    side: SideChannel,
     budget: AgentBudget | None = None,
 ) -> tuple[SessionMachine, str]:
     groups = session.grant.groups
@@ -325,6 +339,9 @@ async def _relay(
     async def review(m: SessionMachine) -> None:
         parked = m.parked
         assert parked is not None
+        if parked.kind == messages_codes.QUERY and wants_estimate(parked.sql, parked.verdict.statement_count):
+            # The planner's row estimate for the approvers, asked on the side channel.
+            parked.estimate = await side.estimate(parked.sql)
         outcome = await ctx.review.review(
             session=session, sql=parked.sql, verdict=parked.verdict, notify=relay.notify_client,
             estimate=parked.estimate,
@@ -335,7 +352,7 @@ async def _relay(
     # down while it catches up; `classify` above still refuses what cannot be recorded.
     backlog = recorder if hasattr(recorder, "backlogged") else None
     relay = Relay(
-        machine, writer.transport, upstream.writer.transport, review=review, backlog=backlog,  # type: ignore[arg-type]
+        machine, writer.transport, upstream.writer.transport, review=review, ask=side.answer, backlog=backlog,  # type: ignore[arg-type]
         idle_timeout=ctx.idle_timeout,
     )
     client_leftover = bytes(reader._buffer)  # type: ignore[attr-defined]

@@ -5,19 +5,29 @@ packet is ``SET role`` before the first statement) and ``options=-c name=value``
 Forwarding them blindly would let a client do at connect time what policy blocks on the
 wire (SET ROLE, session_authorization). So the proxy keeps an allow-list and refuses the
 connection for anything else, naming the parameter, instead of dropping it silently.
+
+The settings that decide how the server reads SQL text (`PINNED_LEXER_VALUES`:
+client_encoding UTF8, standard_conforming_strings on, backslash_quote safe_encoding) are
+sent in every upstream start-up packet; a client may name them only with those values (any
+other value is refused). A start-up value outranks ALTER DATABASE / ALTER ROLE ... SET
+defaults and becomes the session's reset value, so RESET, SET ... TO DEFAULT, RESET ALL and
+DISCARD ALL return to it rather than to a database default such as SJIS.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 
+from broker.policy.facts import PINNED_LEXER_VALUES, is_pinned_value
+
 #: Settings a client may choose at start-up: formatting and timeouts, nothing that changes
-#: identity, privileges or server behaviour for others.
+#: identity, privileges or server behaviour for others. The lexer settings
+#: (`PINNED_LEXER_VALUES`) are accepted at their pinned value only.
 ALLOWED_SETTINGS = frozenset(
     {
         "application_name",
-        "client_encoding",
         "datestyle",
         "timezone",
         "intervalstyle",
@@ -43,11 +53,6 @@ ALLOWED_SETTINGS = frozenset(
 
 #: The agent's stated intent: ``options=-c jitgate.intent=...``; recorded, never forwarded.
 INTENT_SETTING = "jitgate.intent"
-
-
-#: The policy parses SQL as UTF-8 with standard strings; an encoding whose multi-byte
-#: characters contain ASCII quote bytes would let the server read what the parser did not.
-UTF8_NAMES = frozenset({"UTF8", "UNICODE"})
 
 
 class StartupRefused(Exception):
@@ -94,14 +99,26 @@ def _parse_options(options: str) -> list[tuple[str, str]]:
 
 
 def _check_value(name: str, value: str) -> None:
-    # asyncpg sends 'utf-8' with quotes; PostgreSQL ignores case, quotes, - and _.
-    normalized = value.strip("'\" ").upper().replace("-", "").replace("_", "")
-    if name == "client_encoding" and normalized not in UTF8_NAMES:
-        raise StartupRefused(f"client_encoding {value!r} is not supported through the gateway; use UTF8")
+    # The policy parses SQL as UTF-8 with standard strings; another client_encoding (above
+    # all one whose multi-byte characters contain ASCII bytes: SJIS, BIG5, GBK) would let the
+    # server read what the parser did not. Spellings as PostgreSQL accepts them: asyncpg
+    # sends 'utf-8' with quotes.
+    if name in PINNED_LEXER_VALUES and not is_pinned_value(name, value):
+        pinned = PINNED_LEXER_VALUES[name]
+        raise StartupRefused(
+            f"{name} {value!r} is not supported through the gateway, which speaks UTF-8 with "
+            f"standard strings only; use {name}={pinned}"
+        )
+
+
+# PostgreSQL's pg_split_opts splits `options` at any isspace() byte unless a backslash
+# escapes it; escaping only spaces would let a tab or newline inside an allowed value start
+# a second `-c name=value` at the server.
+_OPTION_SPECIAL = re.compile(r"([\\ \t\n\r\v\f])")
 
 
 def _quote_option(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+    return _OPTION_SPECIAL.sub(r"\\\1", value)
 
 
 def sanitize_startup(params: dict[str, str]) -> ClientStartup:
@@ -124,21 +141,25 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
             for name, opt_value in _parse_options(value):
                 if name == INTENT_SETTING:
                     startup.intent = opt_value
-                elif name in ALLOWED_SETTINGS:
+                elif name in ALLOWED_SETTINGS or name in PINNED_LEXER_VALUES:
                     _check_value(name, opt_value)
-                    forwarded_options.append(f"-c {name}={_quote_option(opt_value)}")
+                    if name not in PINNED_LEXER_VALUES:  # pinned: sent as a parameter below
+                        forwarded_options.append(f"-c {name}={_quote_option(opt_value)}")
                 else:
                     raise StartupRefused(f"setting {name!r} cannot be chosen at connect time through the gateway")
             continue
         if lower == INTENT_SETTING:
             startup.intent = value
             continue
-        if lower not in ALLOWED_SETTINGS:
+        if lower not in ALLOWED_SETTINGS and lower not in PINNED_LEXER_VALUES:
             raise StartupRefused(f"start-up parameter {key!r} is not allowed through the gateway")
         _check_value(lower, value)
+        if lower in PINNED_LEXER_VALUES:
+            continue  # checked above; the pinned value is sent below
         startup.upstream_params[key] = value
         if lower == "application_name":
             startup.application_name = value
     if forwarded_options:
         startup.upstream_params["options"] = " ".join(forwarded_options)
+    startup.upstream_params.update(PINNED_LEXER_VALUES)
     return startup

@@ -38,7 +38,7 @@ from rich.table import Table
 
 from broker.masking import Masker
 from broker.policy import PolicyConfigError, PolicyEngine, Verdict
-from proxy.masking_review import review_stored
+from proxy.decide import Context, decide
 
 __all__ = ["register"]
 
@@ -118,7 +118,7 @@ def check(
     masker = Masker() if masking and engine.document.top.preset != "observe" else None
 
     def classify(text: str, resource: str | None, groups: tuple[str, ...]) -> Verdict:
-        return review_stored(engine.classify(text, resource=resource, groups=groups), masker)
+        return decide(engine.classify(text, resource=resource, groups=groups), Context(masker=masker))
 
     texts = [sys.stdin.read() if text == "-" else text for text in statements]
     results = [(text, classify(text, resource, groups)) for text in texts]

@@ -11,6 +11,7 @@ from proxy.machine import SessionMachine
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation, split_messages
 from proxy.records import BLOCKED_STMT, BLOCKED_TEXT, StatementEvent
+from proxy.side_channel import FunctionName
 
 ALLOW = Verdict(Decision.ALLOW, "test/allow", "ok")
 BLOCK = Verdict(Decision.BLOCK, "test/block", "dangerous")
@@ -156,50 +157,14 @@ def test_review_denied_is_refused_with_reason():
     assert "not on a Friday" in m.field(err, "M")
 
 
-PLAN = (
-    b'[{"Plan": {"Node Type": "ModifyTable", "Plan Rows": 0, '
-    b'"Plans": [{"Node Type": "Seq Scan", "Plan Rows": 42}]}}]'
-)
-
-
-def explain_answer(plan: bytes = PLAN) -> bytes:
-    return (
-        row_description(("QUERY PLAN", 114)) + m.data_row([plan]) + m.frame(b"C", m.cstr("EXPLAIN"))
-        + m.ready_for_query(b"I")
-    )
-
-
-def test_a_parked_write_is_explained_first_for_its_blast_radius():
+def test_a_parked_write_is_parked_at_once_and_nothing_is_asked_on_the_client_connection():
     mach = machine()
     q = m.query_message("delete risky")
     mach.feed_client(q + m.query_message("select 2"))
-    # Held, not yet parked: the gateway asks the planner first, without running it.
-    assert mach.parked is None
-    assert sent(mach) == [(ord("Q"), m.cstr("EXPLAIN (FORMAT JSON) delete risky"))]
-    mach.feed_server(explain_answer())
-    assert mach.out_client == []  # the gateway's own answer is not relayed
-    assert mach.parked is not None and mach.parked.estimate == 42
+    # The planner's estimate is asked on the side channel (proxy.side_channel), never here.
+    assert mach.parked is not None and mach.out_upstream == []
     mach.resume(approved=True)
     assert b"".join(mach.out_upstream) == q + m.query_message("select 2")
-
-
-def test_an_explain_that_fails_parks_without_an_estimate_and_shows_nothing():
-    mach = machine()
-    mach.feed_client(m.query_message("delete risky"))
-    sent(mach)
-    mach.feed_server(m.error_response("42P01", "relation does not exist") + m.ready_for_query(b"I"))
-    assert mach.out_client == []
-    assert mach.parked is not None and mach.parked.estimate is None
-
-
-def test_no_explain_inside_a_transaction_block():
-    mach = machine()
-    mach.feed_client(m.query_message("begin"))
-    sent(mach)
-    mach.feed_server(m.frame(b"C", m.cstr("BEGIN")) + m.ready_for_query(b"T"))
-    sent(mach, "out_client")
-    mach.feed_client(m.query_message("delete risky"))
-    assert mach.parked is not None and mach.parked.estimate is None and mach.out_upstream == []
 
 
 class NameMasker:
@@ -287,43 +252,56 @@ def _function_call(oid: int) -> bytes:
     return m.frame(b"F", struct.pack("!i", oid) + b"\0\0" + b"\0\0" + b"\0\0")
 
 
-def _lookup_answer(schema: bytes, name: bytes) -> bytes:
-    return (
-        row_description(("nspname", 19), ("proname", 19))
-        + m.data_row([schema, name])
-        + complete("SELECT 1")
-        + m.ready_for_query(b"I")
-    )
-
-
 def test_function_call_is_judged_by_the_name_behind_its_oid():
     events: list[StatementEvent] = []
     mach = machine(events=events)
     call = _function_call(2620)
-    mach.feed_client(call)
-    up = sent(mach)
-    assert up[0][0] == ord("Q") and b"WHERE p.oid = 2620" in up[0][1]
-    mach.feed_server(_lookup_answer(b"pg_catalog", b"pg_read_file_danger"))
-    assert mach.out_client == []  # the gateway's own lookup is not relayed
-    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]  # the call itself never goes up
+    mach.feed_client(call + m.query_message("select 1"))
+    # Held until the side channel names the OID; nothing of it (or after it) goes up.
+    assert mach.waiting == FunctionName(2620) and mach.out_upstream == []
+    mach.lookup_done(("pg_catalog", "pg_read_file_danger"))
+    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT)), (ord("Q"), m.cstr("select 1"))]
     mach.feed_server(m.error_response("42601", "syntax") + m.ready_for_query(b"I"))
     err = m.parse_fields(sent(mach, "out_client")[0][1])
     assert m.field(err, "C") == "42501"
     assert events[-1].sql == 'SELECT "pg_catalog"."pg_read_file_danger"()'
 
 
+def test_function_call_of_an_oid_nobody_can_name_is_refused():
+    mach = machine()
+    mach.feed_client(_function_call(99999))
+    mach.lookup_done(None)
+    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]
+
+
 def test_allowed_function_call_is_forwarded_and_the_name_cached():
     mach = machine()
     call = _function_call(964)
     mach.feed_client(call)
-    sent(mach)
-    mach.feed_server(_lookup_answer(b"pg_catalog", b"lo_open"))
+    assert mach.waiting is not None
+    mach.lookup_done(("pg_catalog", "lo_open"))
     assert b"".join(mach.out_upstream) == call
     mach.out_upstream.clear()
     mach.feed_server(m.frame(b"V", struct.pack("!i", 4) + b"\0\0\0\0") + m.ready_for_query(b"T"))
     assert [k for k, _ in sent(mach, "out_client")] == [ord("V"), ord("Z")]
     mach.feed_client(call)  # second time: no lookup
-    assert b"".join(mach.out_upstream) == call
+    assert mach.waiting is None and b"".join(mach.out_upstream) == call
+
+
+def test_a_failing_function_call_does_not_skip_the_query_after_it():
+    """PostgreSQL answers a FunctionCall like a Query: after its error the next Query still
+    runs, and its rows are relayed as the Query's (not taken for anything of the gateway's)."""
+    mach = machine()
+    mach.feed_client(_function_call(964))
+    mach.lookup_done(("pg_catalog", "lo_open"))
+    mach.feed_client(m.query_message("select 2"))
+    sent(mach)
+    mach.feed_server(
+        m.error_response("22023", "bad argument") + m.ready_for_query(b"I")
+        + row_description(("a", 25)) + m.data_row([b"2"]) + complete("SELECT 1") + m.ready_for_query(b"I")
+    )
+    assert [chr(k) for k, _ in sent(mach, "out_client")] == ["E", "Z", "T", "D", "C", "Z"]
+    assert mach.idle
 
 
 def test_prepare_and_execute_in_one_string():

@@ -44,6 +44,7 @@ class FakeMachine:
         self.out_client: list[bytes] = []
         self.terminated = False
         self.parked = None
+        self.waiting = None
         self._backlog = backlog
 
     def feed_client(self, data: bytes) -> None:

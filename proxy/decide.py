@@ -1,0 +1,122 @@
+"""The one place a statement's final verdict is composed.
+
+The policy engine judges a statement's text (`broker.policy`). What the gateway then adds,
+and only here:
+
+- SQL ``EXECUTE p`` runs what ``p`` prepared: it takes the stricter of the two verdicts, and
+  its rows the lineage of ``p``'s query; a name the gateway cannot account for is refused;
+- SQL ``FETCH c`` returns the rows of what ``c`` was declared for; a cursor the gateway did
+  not see declared (one a function opened) is masked whole;
+- a write that would store masked values under unmasked names goes to review
+  (`masking/stored-unmasked`, the masker's call: `review_stored`);
+- ``COPY ... TO STDOUT`` in the extended protocol must name its columns when results are
+  masked (the gateway cannot look them up in the middle of a pipeline);
+- a fast-path FunctionCall is judged as ``SELECT schema.function()``.
+
+Pure: the names a session knows come in as lookups (`Names`), so `jitgate policy check`
+(which has no session) calls the same function with ``names=None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from broker.policy.lineage import UNKNOWN, merge
+from broker.policy.model import Decision, Lineage, Verdict
+
+STORED_RULE = "masking/stored-unmasked"
+
+#: The lineage of rows whose source the gateway cannot know: every field counts as derived
+#: from an unnamed (so masked) column.
+_ANYTHING = ((None, frozenset({UNKNOWN})),)
+ANY_SOURCE = Lineage(head=(), starred=True, loose=_ANYTHING, named=_ANYTHING)
+
+
+class StoredChecker(Protocol):
+    def exposed(self, stored: Any) -> list[str]: ...
+
+
+class Names(Protocol):
+    """What a session knows of its prepared statements and cursors."""
+
+    def prepared(self, name: str) -> Verdict | None:
+        """The verdict of what `name` prepared; None when the gateway cannot account for it."""
+
+    def cursor_rows(self, name: str) -> Lineage | None:
+        """The lineage of cursor `name`'s rows; ANY_SOURCE when unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    masker: StoredChecker | None = None
+    names: Names | None = None
+    extended: bool = False  # the statement came in a Parse
+
+
+def decide(verdict: Verdict, ctx: Context) -> Verdict:
+    """The final verdict of a statement the policy judged `verdict` (see the module doc)."""
+    names = ctx.names
+    if names is not None and verdict.executes and verdict.decision is not Decision.BLOCK:
+        # A PREPARE earlier in the same string counts too ("PREPARE p AS ...; EXECUTE p").
+        own = dict(verdict.prepares)
+        outer, lineages = verdict.lineage, []
+        for name in verdict.executes:
+            inner = own.get(name) or names.prepared(name)
+            if inner is None:
+                return Verdict(
+                    Decision.BLOCK,
+                    "gateway/unknown-prepared",
+                    f"EXECUTE of prepared statement {name!r} that the gateway cannot account for",
+                )
+            lineages.append(inner.lineage)
+            if inner.decision > verdict.decision:
+                verdict = inner
+        verdict = _rows_of(verdict, outer, lineages, len(verdict.executes))
+    if names is not None and verdict.fetches:
+        own_cursors = dict.fromkeys(verdict.declares, verdict.lineage)
+        lineages = [own_cursors[name] if name in own_cursors else names.cursor_rows(name) for name in verdict.fetches]
+        verdict = _rows_of(verdict, verdict.lineage, lineages, len(lineages))
+    if verdict.stored:
+        verdict = review_stored(verdict, ctx.masker)
+    copy = verdict.copy
+    if (
+        ctx.extended
+        and copy is not None
+        and copy.direction == "to_stdout"
+        and ctx.masker is not None
+        and not copy.columns
+        and verdict.decision is Decision.ALLOW
+    ):
+        return Verdict(
+            Decision.BLOCK,
+            "gateway/copy-masking",
+            "COPY TO STDOUT in the extended protocol needs an explicit column list for masking",
+        )
+    return verdict
+
+
+def function_call_sql(schema: str, function: str) -> str:
+    """A fast-path call, as the SQL the policy judges it as."""
+    schema, function = (part.replace('"', '""') for part in (schema, function))
+    return f'SELECT "{schema}"."{function}"()'
+
+
+def review_stored(verdict: Verdict, masker: StoredChecker | None) -> Verdict:
+    """`verdict`, or a review of it when it stores masked values under unmasked names
+    (``create table x as select reverse(api_key) k ...``: reads of x would not mask them)."""
+    if not verdict.stored or verdict.decision is not Decision.ALLOW or masker is None:
+        return verdict
+    exposed = masker.exposed(verdict.stored)
+    if not exposed:
+        return verdict
+    reason = "it writes values derived from masked columns where later reads are not masked: " + "; ".join(exposed)
+    return replace(verdict, decision=Decision.REVIEW, rule=STORED_RULE, reason=reason)
+
+
+def _rows_of(verdict: Verdict, own: Lineage | None, named: list[Lineage | None], count: int) -> Verdict:
+    """EXECUTE p and FETCH c return the rows of what p prepared or c declared: mask them by
+    that lineage. In a string of several statements, by every name any of them may give."""
+    single = verdict.statement_count == 1 and count == 1
+    return replace(verdict, lineage=named[0] if single else merge([own, *named]))
+

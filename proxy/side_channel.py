@@ -1,0 +1,207 @@
+"""The gateway's own questions to the upstream, on a connection of their own.
+
+Three things the policy, the masker and the approvers need are only in the upstream's
+catalog or planner: the name behind a fast-path FunctionCall's OID, the columns of a
+``COPY ... TO STDOUT`` (which sends no RowDescription), and the planner's row estimate of a
+parked write. They are asked on a second upstream connection, opened on first use with the
+session's own credential, never on the client's connection: no message the client pipelines
+can be taken as their answer (protocol-notes: "any answer the proxy takes from the upstream
+for its own purposes must not be answerable by traffic the client pipelined").
+
+The connection is read-only (``default_transaction_read_only``), has a statement timeout,
+and runs each question with the extended protocol, so a question is exactly one statement.
+It sees committed state under the role's defaults: an object created in the client's open
+transaction is not visible to it, and then the answer is "unknown" (the gateway refuses
+what it cannot check).
+
+`Lookup`s are the machine's side (pure data); `SideChannel` is the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from proxy.protocol import codes as c
+from proxy.protocol import messages as m
+from proxy.protocol.frames import split_messages
+
+log = structlog.get_logger("jitgate.proxy")
+
+#: Statements whose row estimate an approver wants: writes (a leading comment or WITH is fine).
+_DML = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:with\b.*?\b)?(update|delete|insert|merge)\b", re.I | re.S)
+
+TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionName:
+    """Which function has this OID: (schema, name), or None when none does."""
+
+    oid: int
+
+
+@dataclass(frozen=True, slots=True)
+class CopyColumns:
+    """The columns a ``COPY (query) TO STDOUT`` / ``COPY table TO STDOUT`` would send."""
+
+    text: str  # SELECT * FROM (...) AS q LIMIT 0
+
+
+Lookup = FunctionName | CopyColumns
+
+
+def copy_columns_query(copy: Any) -> str | None:
+    if copy.query:
+        return f"SELECT * FROM ({copy.query}) AS q LIMIT 0"
+    if copy.relation:
+        return f"SELECT * FROM {copy.relation} LIMIT 0"
+    return None
+
+
+def wants_estimate(sql: str, statement_count: int) -> bool:
+    return statement_count == 1 and _DML.match(sql) is not None
+
+
+def plan_rows(plan_json: bytes | None) -> int | None:
+    """Rows the plan expects to touch: a ModifyTable's input, else the top node's rows."""
+    try:
+        plan = json.loads(plan_json or b"")[0]["Plan"]
+        if plan.get("Node Type") == "ModifyTable" and plan.get("Plans"):
+            return int(sum(child.get("Plan Rows", 0) for child in plan["Plans"]))
+        return int(plan["Plan Rows"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+class SideError(Exception):
+    """The side connection could not answer (down, timed out, or an error from the server)."""
+
+
+class SideChannel:
+    """One lazily opened side connection per session; questions are serialised on it."""
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], *, timeout: float = TIMEOUT_SECONDS) -> None:
+        self._connect = connect
+        self._timeout = timeout
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self._buf = bytearray()
+
+    async def answer(self, lookup: Lookup) -> Any:
+        """The answer the machine waits for (`SessionMachine.lookup_done`); None: unknown."""
+        try:
+            if isinstance(lookup, FunctionName):
+                return await self.function_name(lookup.oid)
+            return await self.columns(lookup.text)
+        except SideError as exc:
+            log.warning("side_query_failed", kind=type(lookup).__name__, error=str(exc))
+            return None
+
+    async def function_name(self, oid: int) -> tuple[str, str] | None:
+        rows, _ = await self._ask(
+            "SELECT n.nspname, p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n"
+            " ON n.oid = p.pronamespace WHERE p.oid = $1::pg_catalog.oid",
+            (str(int(oid)).encode(),),
+        )
+        if len(rows) != 1 or len(rows[0]) != 2 or rows[0][0] is None or rows[0][1] is None:
+            return None
+        return rows[0][0].decode(), rows[0][1].decode()
+
+    async def columns(self, text: str) -> list[m.FieldDescription] | None:
+        try:
+            _, description = await self._ask(text, (), execute=False)
+        except SideError:
+            return None
+        return m.parse_row_description(description) if description is not None else None
+
+    async def estimate(self, sql: str) -> int | None:
+        try:
+            rows, _ = await self._ask("EXPLAIN (FORMAT JSON) " + sql, ())
+        except SideError:
+            return None
+        return plan_rows(rows[0][0]) if rows and rows[0] else None
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.writer.write(m.TERMINATE)
+                conn.writer.close()
+            except (OSError, RuntimeError):
+                pass
+
+    # -- the wire --------------------------------------------------------------------------
+
+    async def _ask(
+        self, sql: str, params: tuple[bytes, ...], *, execute: bool = True
+    ) -> tuple[list[list[bytes | None]], bytes | None]:
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(self._exchange(sql, params, execute), self._timeout)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+                await self.close()
+                raise SideError(type(exc).__name__) from None
+
+    async def _exchange(
+        self, sql: str, params: tuple[bytes, ...], execute: bool
+    ) -> tuple[list[list[bytes | None]], bytes | None]:
+        if self._conn is None:
+            self._conn = await self._connect()
+            self._buf.clear()
+            # Questions only: nothing the side connection runs may write.
+            await self._run_setup()
+        conn = self._conn
+        out = [m.parse_message("", sql), m.describe_message("S", "")]
+        if execute:
+            out += [_bind(params), m.frame(b"E", b"\0\0\0\0\0")]
+        out.append(m.SYNC)
+        conn.writer.write(b"".join(out))
+        rows: list[list[bytes | None]] = []
+        description: bytes | None = None
+        error: str | None = None
+        for kind, body in await self._until_ready():
+            if kind == c.ROW_DESCRIPTION:
+                description = body
+            elif kind == c.DATA_ROW:
+                rows.append(m.parse_data_row(body))
+            elif kind == c.ERROR_RESPONSE:
+                error = m.field(m.parse_fields(body), "C")
+        if error is not None:
+            raise SideError(f"SQLSTATE {error}")
+        return rows, description
+
+    async def _run_setup(self) -> None:
+        self._conn.writer.write(
+            m.query_message("SET default_transaction_read_only = on; SET statement_timeout = '4s'")
+        )
+        for kind, _body in await self._until_ready():
+            if kind == c.ERROR_RESPONSE:
+                raise SideError("could not set up the side connection")
+
+    async def _until_ready(self) -> list[tuple[int, bytes]]:
+        got: list[tuple[int, bytes]] = []
+        while True:
+            messages, used = split_messages(self._buf)
+            del self._buf[:used]
+            got.extend(messages)
+            if any(kind == c.READY_FOR_QUERY for kind, _ in messages):
+                return got
+            data = await self._conn.reader.read(65536)
+            if not data:
+                raise asyncio.IncompleteReadError(b"", None)
+            self._buf += data
+
+
+def _bind(params: tuple[bytes, ...]) -> bytes:
+    body = b"\0\0" + b"\0\0" + len(params).to_bytes(2, "big")
+    for value in params:
+        body += len(value).to_bytes(4, "big") + value
+    body += b"\0\0"  # all results in text
+    return m.frame(b"B", body)
