@@ -10,7 +10,6 @@ from typing import Any, Protocol
 from broker.policy.model import Decision, Verdict
 from proxy.protocol import messages as m
 
-
 #: What the upstream receives instead of a refused statement: a guaranteed syntax error.
 BLOCKED_TEXT = "JITGATE BLOCKED"
 BLOCKED_STMT = "__jitgate_blocked"
@@ -101,7 +100,7 @@ INSTEAD: dict[str, str] = {
     "roles": "roles are managed by an administrator; ask for the role you need with an access request",
     "set-role": "you act as the role of your grant; to act as another, request access to that role",
     "dynamic-setting": "call set_config with a literal setting name, or use SET name = value",
-    "lexer-setting": "keep standard_conforming_strings on and a UTF8 client encoding",
+    "lexer-setting": "keep standard_conforming_strings on, a UTF8 client encoding and backslash_quote safe_encoding",
     "server-copy": "use COPY ... TO STDOUT or FROM STDIN (psql's \\copy) instead of a server file or program",
     "server-functions": "read the data with SELECT from tables and views; files and processes on the "
     "database host are out of reach",

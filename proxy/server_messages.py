@@ -9,6 +9,7 @@ from typing import Any
 
 from broker.masking import MaskingError
 from broker.metrics import DESYNCS
+from broker.policy.facts import PINNED_LEXER_VALUES
 from proxy.exceptions import ResultRefused, SessionDesync
 from proxy.inflight import Entry
 from proxy.protocol import codes as c
@@ -17,9 +18,12 @@ from proxy.protocol.frames import ProtocolViolation
 from proxy.records import MaskerLike, column_info
 
 #: Settings that change where a string literal ends or how bytes are decoded, and the only
-#: value the gateway's lexer and masker work with. They are GUC_REPORT settings, so the
-#: server announces any change: a change means the policy was bypassed, and the session ends.
-PINNED = {"standard_conforming_strings": "on", "client_encoding": "UTF8"}
+#: value the gateway's lexer and masker work with (broker.policy.facts pins them). These two
+#: are GUC_REPORT settings, so the server announces any change: a change means the policy was
+#: bypassed somewhere, and the session ends. (backslash_quote is not reported; the start-up
+#: packet and the policy are all that hold it.) The report comes at ReadyForQuery, after the
+#: statement: this is defence in depth, not the gate.
+PINNED = {name: PINNED_LEXER_VALUES[name] for name in ("standard_conforming_strings", "client_encoding")}
 
 
 def encoding_name(value: str) -> str:

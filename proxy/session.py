@@ -205,9 +205,9 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         credential = await ctx.credentials.acquire(
             resource=resource.name, role=grant.role, session_id=session.session_id
         )
-        upstream_params = dict(startup.upstream_params)
-        if not any(key.lower() == "client_encoding" for key in upstream_params):
-            upstream_params["client_encoding"] = "UTF8"  # not the database's default: see PINNED
+        # The start-up packet pins the lexing settings (proxy.startup_params): a role or
+        # database default cannot change them, nor can RESET go back to one.
+        upstream_params = startup.upstream_params
         upstream = await connect_upstream(resource.target, credential, upstream_params)
 
         # The gateway's lexer and masker read SQL and results as UTF-8 with standard strings;

@@ -6,7 +6,8 @@ of every statement in the string. It decides nothing; it reports facts that rule
 - the statement's *subjects*: the statement itself, plus every write it hides (a
   data-modifying CTE, the statement under ``EXPLAIN ANALYZE``, under ``PREPARE``, inside
   ``COPY (...) TO``, inside a function body or DO block, inside a SQL string given to
-  ``query_to_xml``), plus the settings that ``set_config(...)`` calls change. Each subject
+  ``query_to_xml``), plus the settings that ``set_config(...)`` calls change (and an
+  UPDATE of ``pg_settings`` or a view over it, which changes settings by name). Each subject
   has a kind and tags (`kinds`), a WHERE state for UPDATE/DELETE, and the setting name for
   SET;
 - the functions called anywhere in the tree (as written: ``pg_read_file``,
@@ -44,7 +45,10 @@ from .lineage import UNKNOWN as UNKNOWN_SOURCE
 from .lineage import lineage, stored
 from .model import CopyInfo, Lineage
 
-__all__ = ["Facts", "StatementFacts", "Subject", "extract"]
+__all__ = [
+    "LEXER_SETTINGS", "PINNED_LEXER_VALUES", "Facts", "StatementFacts", "Subject", "extract",
+    "is_pinned_value",
+]  # fmt: skip
 
 Node = dict[str, Any]
 WhereState = Literal["present", "missing", "always_true"]
@@ -58,9 +62,23 @@ DYNAMIC_SQL_FUNCTIONS = frozenset(
         "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby", "xpath_table",
     }
 )  # fmt: skip
-# Settings that change how the server splits a query into tokens. If the server read quotes
-# differently from the gateway's parser, text the gateway saw as a literal could run as SQL.
-LEXER_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding"})
+# Settings that change how the server reads the bytes of a query: where a string literal
+# ends, and which bytes form one character. If the server read quotes differently from the
+# gateway's parser, text the gateway saw as a literal could run as SQL. The gateway pins each
+# to one value (`PINNED_LEXER_VALUES`, also sent in every upstream start-up packet, so RESET
+# and DISCARD ALL return to it); a SET, set_config or function SET clause to that value is a
+# no-op and allowed, any other value is tagged ``unsafe_lexer_setting``.
+# escape_string_warning is not here: it only decides whether a WARNING is raised, and only
+# while standard_conforming_strings is off.
+LEXER_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding", "backslash_quote"})
+PINNED_LEXER_VALUES = {
+    "client_encoding": "UTF8",
+    "standard_conforming_strings": "on",
+    "backslash_quote": "safe_encoding",
+}
+# pg_settings has an ON UPDATE rule that calls set_config(name, setting): an UPDATE of it (or
+# of a view over it) changes the settings its WHERE clause picks, names decided at run time.
+SETTINGS_VIEW = "pg_settings"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +245,9 @@ class _Statement:
         self.walk(f)
 
     def dml_subject(self, kind: str, f: Node) -> Subject:
+        if kind in ("update", "merge") and _is_settings_view(f.get("relation")):
+            # It also changes settings: those its WHERE picks (see SETTINGS_VIEW).
+            self.facts.subjects.append(Subject("set", tags_for("set") | {"dynamic_setting"}))
         where: WhereState | None = None
         if kind in ("update", "delete"):
             clause = f.get("whereClause")
@@ -293,6 +314,7 @@ class _Statement:
         self.add(kind)
         if f.get("target", "DISCARD_ALL") == "DISCARD_ALL":
             self.facts.deallocates.append(None)  # DISCARD ALL includes DEALLOCATE ALL
+            self.facts.closes.append(None)  # and CLOSE ALL
 
     def _copy(self, f: Node, kind: str) -> None:
         self.ex.read_literal()  # options are literals, and CopyInfo carries them
@@ -318,6 +340,13 @@ class _Statement:
             if _unsafe_lexer_value(setting, value):
                 tags = tags | {"unsafe_lexer_setting"}
         return Subject(kind, tags, setting=setting)
+
+    def _view(self, f: Node, kind: str) -> None:
+        self.add(kind)
+        self.walk(f)
+        # A simple view over pg_settings is updatable, and its UPDATE is pg_settings'.
+        if any(_is_settings_view_name(name) for name in self.facts.tables):
+            self.facts.subjects.append(Subject("set", tags_for("set") | {"dynamic_setting"}))
 
     def _alter_with_set(self, f: Node, kind: str) -> None:
         # ALTER DATABASE/ROLE/SYSTEM ... SET x: the setting applies to later sessions.
@@ -543,11 +572,35 @@ def _arguments(f: Node) -> tuple[list[Any], dict[str, Any]]:
     return positional, named
 
 
+def _is_settings_view(relation: Any) -> bool:
+    """Is this RangeVar pg_catalog.pg_settings (as written: unqualified counts too)?"""
+    if not isinstance(relation, dict):
+        return False
+    relation = relation.get("RangeVar", relation)
+    return relation.get("relname") == SETTINGS_VIEW and relation.get("schemaname") in (None, "pg_catalog")
+
+
+def _is_settings_view_name(name: str) -> bool:
+    """A dotted name from `StatementFacts.tables`: pg_settings, pg_catalog.pg_settings."""
+    parts = name.split(".")
+    return parts[-1] == SETTINGS_VIEW and (len(parts) == 1 or parts[-2] == "pg_catalog")
+
+
 _ENCODING_JUNK = re.compile(r"[^a-z0-9]")
 
 
+def is_pinned_value(setting: str, value: object) -> bool:
+    """Is `value` (a literal's value, or start-up text) the pinned value of a lexer setting,
+    in a spelling PostgreSQL accepts for it? Settings outside `LEXER_SETTINGS`: True."""
+    return not _unsafe_lexer_value(setting, value)
+
+
 def _unsafe_lexer_value(setting: str, value: object) -> bool:
-    """Would this value make the server tokenize differently from the gateway?"""
+    """Would this value make the server read SQL differently from the gateway?
+
+    Only the pinned value (`PINNED_LEXER_VALUES`) is safe, in any spelling PostgreSQL
+    accepts for it. Anything that is not a literal (UNKNOWN), NULL included, is unsafe.
+    """
     if setting == "standard_conforming_strings":
         if isinstance(value, bool):
             return not value
@@ -555,10 +608,17 @@ def _unsafe_lexer_value(setting: str, value: object) -> bool:
             return value == 0
         return not (isinstance(value, str) and parse_bool(value) is True)
     if setting == "client_encoding":
-        # The proxy decodes UTF-8; PostgreSQL ignores case and punctuation in the name.
+        # The proxy decodes UTF-8; PostgreSQL ignores case and punctuation in the name
+        # (clean_encoding_name), and knows UTF8 as "utf8" and "unicode".
         if not isinstance(value, str):
             return True
         return _ENCODING_JUNK.sub("", value.lower()) not in ("utf8", "unicode")
+    if setting == "backslash_quote":
+        # safe_encoding refuses \' only in client-only encodings (SJIS, BIG5, GBK, ...): the
+        # gateway's parser reads it so, and it is the one value that stays safe should the
+        # encoding ever change. "on" accepts \' whatever the encoding (CVE-2006-2314);
+        # "off" refuses statements the gateway read as valid.
+        return not (isinstance(value, str) and value.strip().lower() == "safe_encoding")
     return False
 
 
@@ -584,6 +644,7 @@ _TOP_HANDLERS = {
     "DiscardStmt": _Statement._discard,
     "CopyStmt": _Statement._copy,
     "VariableSetStmt": _Statement._set,
+    "ViewStmt": _Statement._view,
     "AlterDatabaseSetStmt": _Statement._alter_with_set,
     "AlterRoleSetStmt": _Statement._alter_with_set,
     "AlterSystemStmt": _Statement._alter_with_set,

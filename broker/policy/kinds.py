@@ -20,10 +20,12 @@ A *tag* names a family, so that a rule can say ``kinds: [write]``:
 
 The classifier adds tags that describe one statement rather than its kind (see `facts`):
 ``server_side`` (COPY to/from a server file or program), ``untrusted_language`` (CREATE
-FUNCTION / DO in a language other than sql and plpgsql), ``unsafe_lexer_setting`` (a SET that
-would make the server read quotes differently from the gateway), ``dynamic_setting``
-(set_config with a name computed at run time), ``dynamic_sql`` (a function that runs SQL
-from a string, such as query_to_xml).
+FUNCTION / DO in a language other than sql and plpgsql), ``unsafe_lexer_setting`` (a SET,
+set_config or function SET clause giving client_encoding, standard_conforming_strings or
+backslash_quote any value but the one the gateway pins), ``dynamic_setting`` (settings
+chosen at run time: set_config with a name that is not a literal, an UPDATE of pg_settings,
+a view over pg_settings), ``dynamic_sql`` (a function that runs SQL from a string, such as
+query_to_xml).
 """
 
 from __future__ import annotations

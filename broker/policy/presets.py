@@ -7,8 +7,10 @@ STDIN, and any statement kind not listed); and it blocks what escapes the databa
 sandbox: ALTER SYSTEM, role changes, SET ROLE / SESSION AUTHORIZATION and
 ``set_config('role', ...)``, COPY to or from a server file or program, file / process /
 network functions anywhere in a statement, CREATE EXTENSION, LOAD, code in untrusted
-languages, DROP DATABASE, foreign servers and user mappings, tablespaces, and settings that
-would make the server read quotes differently from the gateway.
+languages, DROP DATABASE, foreign servers and user mappings, tablespaces, settings changed
+through names chosen at run time (``set_config(expr, ...)``, UPDATE of ``pg_settings``), and
+settings that would make the server read quotes or bytes differently from the gateway
+(client_encoding, standard_conforming_strings and backslash_quote are pinned).
 
 Every ``block`` rule of a preset is a *guard*: an operator's rule only replaces it when it
 says ``override: true``. Everything else can be tightened or loosened by operator rules,
@@ -97,11 +99,15 @@ def _guards(p: str) -> tuple[Rule, ...]:
               "changing {setting} would act as another role than the one granted",
               kinds=("set",), settings=("role", "session_authorization")),
         _rule(p, "dynamic-setting", BLOCK,
-              "set_config with a setting name computed at run time cannot be checked",
+              "a setting chosen at run time (set_config with a name that is not a literal, "
+              "an UPDATE of pg_settings or a view over it) cannot be checked",
               kinds=("dynamic_setting",)),
         _rule(p, "lexer-setting", BLOCK,
-              "this value of {setting} would make the server read quotes differently from "
-              "the gateway's parser", kinds=("unsafe_lexer_setting",)),
+              "{setting} is pinned by the gateway (client_encoding UTF8, "
+              "standard_conforming_strings on, backslash_quote safe_encoding): its parser and "
+              "result masker read SQL as UTF-8 with standard strings, and any other value "
+              "would let the server read quotes or bytes differently",
+              kinds=("unsafe_lexer_setting",)),
         _rule(p, "server-copy", BLOCK,
               "COPY to or from a server file or program runs on the database host",
               kinds=("server_side",)),

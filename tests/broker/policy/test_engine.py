@@ -43,6 +43,7 @@ def test_pgbench_statements_share_one_shape_entry() -> None:
             ("select set_config('work_mem', 'x', false)", "allow"),
         ),
         (("set client_encoding = 'latin1'", "block"), ("set client_encoding = 'utf8'", "allow")),
+        (("set backslash_quote = 'on'", "block"), ("set backslash_quote = 'safe_encoding'", "allow")),
         (
             ("explain (analyze 'on') delete from t", "review"),
             ("explain (analyze 'off') delete from t", "allow"),
@@ -139,7 +140,8 @@ def test_construction(tmp_path: Path) -> None:
 _VALUES = st.sampled_from(
     [
         "role", "ROLE ", " Role", "session_authorization", "work_mem", "search_path",
-        "standard_conforming_strings", "client_encoding", "off", "on", "true", "false", "0",
+        "standard_conforming_strings", "client_encoding", "backslash_quote", "safe_encoding",
+        "off", "on", "true", "false", "0",
         "1", "t", "f", "yes", "maybe", "utf8", "UTF-8", "latin1", "sql", "plpgsql", "c",
         "plpython3u", "csv", "text", "binary", ";", "'", "\\", "$$", "", "a b",
         "select 1", "select pg_read_file('x')", "delete from t", "begin perform now(); end",
@@ -173,6 +175,7 @@ _TEMPLATES = [
     "select set_config({s}, {s}, false)",
     "set standard_conforming_strings = {s}",
     "set client_encoding = {s}",
+    "set backslash_quote = {s}",
     "set role {s}",
     "explain (analyze {s}) delete from t",
     "explain (analyze {n}) delete from t",

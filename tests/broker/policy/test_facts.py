@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.policy.facts import StatementFacts, extract
+from broker.policy.facts import LEXER_SETTINGS, PINNED_LEXER_VALUES, StatementFacts, extract, is_pinned_value
 from broker.policy.model import CopyInfo
 
 
@@ -114,6 +114,66 @@ def test_settings() -> None:
     assert "unsafe_lexer_setting" in subject.tags
     subject = one("set standard_conforming_strings = on").subjects[0]
     assert "unsafe_lexer_setting" not in subject.tags
+
+
+def test_pinned_lexer_values_are_the_only_safe_ones() -> None:
+    assert set(PINNED_LEXER_VALUES) == LEXER_SETTINGS
+    for setting, value in PINNED_LEXER_VALUES.items():
+        assert is_pinned_value(setting, value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "pinned"),
+    [
+        ("client_encoding", "UTF8", True),
+        ("client_encoding", "'utf-8'", True),  # PostgreSQL drops what is not a letter or digit
+        ("client_encoding", "Unicode", True),
+        ("client_encoding", "SQL_ASCII", False),
+        ("client_encoding", "LATIN9", False),
+        ("client_encoding", None, False),
+        ("standard_conforming_strings", "on", True),
+        ("standard_conforming_strings", True, True),
+        ("standard_conforming_strings", 1, True),
+        ("standard_conforming_strings", "y", True),
+        ("standard_conforming_strings", "of", False),
+        ("standard_conforming_strings", 0, False),
+        ("backslash_quote", "safe_encoding", True),
+        ("backslash_quote", "SAFE_ENCODING", True),
+        ("backslash_quote", "on", False),
+        ("backslash_quote", "off", False),
+        ("backslash_quote", True, False),
+        ("escape_string_warning", "off", True),  # not a lexer setting
+    ],
+)
+def test_is_pinned_value(setting: str, value: object, pinned: bool) -> None:
+    assert is_pinned_value(setting, value) is pinned
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "update pg_settings set setting = 'off' where name = 'standard_conforming_strings'",
+        "update pg_catalog.pg_settings set setting = 'x'",
+        "create view v as select * from pg_settings",
+        "create rule r as on update to t do instead update pg_settings set setting = 'x'",
+    ],
+)
+def test_settings_view_writes_are_settings_chosen_at_run_time(sql: str) -> None:
+    subjects = [s for s in one(sql).subjects if s.kind == "set"]
+    assert subjects and all("dynamic_setting" in s.tags and s.setting is None for s in subjects)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select * from pg_settings",
+        "update app.pg_settings set v = 1 where id = 1",
+        "explain update pg_settings set setting = 'x'",  # planned, not run
+        "create view v as select * from t",
+    ],
+)
+def test_reading_pg_settings_changes_nothing(sql: str) -> None:
+    assert not any("dynamic_setting" in s.tags for s in one(sql).subjects)
 
 
 def test_languages() -> None:

@@ -83,6 +83,26 @@ ALLOWED = [
     "set client_encoding = 'UTF8'",
     "set names 'utf-8'",
     "set standard_conforming_strings = on",
+    # The pinned lexer settings: their pinned value is a no-op, and RESET / DEFAULT return
+    # to it (the gateway sends it at start-up, which outranks database and role defaults).
+    "set client_encoding to default",
+    "set names default",
+    "reset client_encoding",
+    "set local client_encoding = 'unicode'",
+    "set client_encoding from current",
+    "reset standard_conforming_strings",
+    "set standard_conforming_strings to default",
+    "set session standard_conforming_strings = true",
+    "set backslash_quote = safe_encoding",
+    "set backslash_quote = 'SAFE_ENCODING'",
+    "reset backslash_quote",
+    "select set_config('client_encoding', 'utf-8', true)",
+    "select pg_catalog.set_config('standard_conforming_strings', 'on', false)",
+    "select set_config('backslash_quote', 'safe_encoding', false)",
+    # Only a WARNING, and only while standard_conforming_strings is off.
+    "set escape_string_warning = off",
+    "select * from pg_settings where name = 'client_encoding'",
+    "update app.pg_settings set v = 1 where id = 2",  # a table of the same name elsewhere
     "select set_config('work_mem', '1MB', false)",
     "select current_setting('role')",
     "discard all",
@@ -259,6 +279,52 @@ BLOCKED = [
     ("select set_config('standard_conforming_strings', 'off', false)", "lexer-setting"),
     ("set client_encoding = 'SJIS'", "lexer-setting"),
     ("set names 'latin1'", "lexer-setting"),
+    ("SET client_encoding TO latin9", "lexer-setting"),
+    ("set local client_encoding to 'BIG5'", "lexer-setting"),
+    ("set session \"Client_Encoding\" = 'gbk'", "lexer-setting"),
+    ("set session standard_conforming_strings = false", "lexer-setting"),
+    ("set standard_conforming_strings = 'of'", "lexer-setting"),
+    ("set backslash_quote = on", "lexer-setting"),
+    ("set backslash_quote to off", "lexer-setting"),
+    ("set local backslash_quote = true", "lexer-setting"),
+    ("select pg_catalog.set_config('backslash_quote', 'on', true)", "lexer-setting"),
+    ("select set_config('client_encoding', enc, false) from t", "lexer-setting"),
+    ("select set_config('standard_conforming_strings', null, false)", "lexer-setting"),
+    (
+        "select set_config(setting_name => 'client_encoding', new_value => 'SJIS', is_local => false)",
+        "lexer-setting",
+    ),
+    ("alter database d set client_encoding = 'BIG5'", "lexer-setting"),
+    ("alter database d set backslash_quote = on", "lexer-setting"),
+    ("alter role current_user set standard_conforming_strings = off", "roles"),
+    ("create function f() returns int language sql set client_encoding = 'GBK' as 'select 1'", "lexer-setting"),
+    (
+        "create function f() returns int language sql set standard_conforming_strings = off as 'select 1'",
+        "lexer-setting",
+    ),
+    ("alter procedure p() set backslash_quote = on", "lexer-setting"),
+    ("do $$ begin perform set_config('standard_conforming_strings', 'off', false); end $$", "lexer-setting"),
+    ("do $$ begin set local client_encoding = 'SJIS'; end $$", "lexer-setting"),
+    (
+        "create function f() returns void language plpgsql as $$ begin set backslash_quote = on; end $$",
+        "lexer-setting",
+    ),
+    # pg_settings' ON UPDATE rule calls set_config(name, setting): names chosen by a WHERE.
+    ("update pg_settings set setting = 'off' where name = 'standard_conforming_strings'", "dynamic-setting"),
+    ("UPDATE pg_catalog.PG_SETTINGS set setting = $1 where name = $2", "dynamic-setting"),
+    ("with u as (update pg_settings set setting = 'SJIS' where name = 'client_encoding') select 1", "dynamic-setting"),
+    ("prepare p as update pg_settings set setting = $1 where name = $2", "dynamic-setting"),
+    ("explain analyze update pg_settings set setting = 'off'", "dynamic-setting"),
+    ("create rule r as on insert to t do also update pg_settings set setting = 'off'", "dynamic-setting"),
+    (
+        "create function f() returns void language sql as $$ update pg_settings set setting = 'x' where name = 'y' $$",
+        "dynamic-setting",
+    ),
+    # A simple view over pg_settings is updatable the same way.
+    ("create view v as select * from pg_settings", "dynamic-setting"),
+    ("create or replace view v as select name, setting from pg_catalog.pg_settings", "dynamic-setting"),
+    # A fast-path FunctionCall of set_config by OID is judged as its bare call.
+    ('SELECT "pg_catalog"."set_config"()', "dynamic-setting"),
     ("copy t to '/tmp/x'", "server-copy"),
     ("copy t from '/etc/passwd'", "server-copy"),
     ("copy t from program 'id'", "server-copy"),
@@ -384,6 +450,22 @@ def test_a_statement_list_takes_the_strictest_part() -> None:
     )
     tie = classify("truncate a; drop table b")
     assert (tie.decision, tie.rule) == (REVIEW, "agent-safe/truncate")  # first of equals
+
+
+@pytest.mark.parametrize(
+    ("sql", "setting"),
+    [
+        ("set client_encoding to latin9", "client_encoding"),
+        ("set names 'SJIS'", "client_encoding"),
+        ("select set_config('standard_conforming_strings', 'off', false)", "standard_conforming_strings"),
+        ("set backslash_quote = on", "backslash_quote"),
+    ],
+)
+def test_lexer_setting_reason_names_the_setting_and_why(sql: str, setting: str) -> None:
+    reason = classify(sql).reason
+    assert reason.startswith(f"{setting} is pinned by the gateway"), reason
+    assert "client_encoding UTF8" in reason and "standard_conforming_strings on" in reason
+    assert "backslash_quote safe_encoding" in reason and "UTF-8" in reason
 
 
 def test_reasons_name_what_they_saw() -> None:

@@ -1,0 +1,356 @@
+"""The server half of the relay machine: each backend message routed to the in-flight
+entry it answers, checked against what that entry accepts (proxy.inflight), masked,
+recorded, or refused.
+
+A message the entry at the head cannot accept means the gateway's model of the session has
+drifted from the server's: the session ends with FATAL 08P01 (`SessionDesync`, counted in
+jitgate_session_desync_total, the reason recorded with the session's end), and nothing of
+that message reaches the client. The one exception is a FATAL ErrorResponse: the server is
+going away on its own, and the client is told why.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from broker.masking import MaskingError
+from broker.metrics import DESYNCS
+from proxy import inflight as k
+from proxy.egress import EgressMeter
+from proxy.exceptions import ResultRefused, SessionDesync
+from proxy.inflight import Entry
+from proxy.names import DEAD, LIVE, UNCERTAIN, Portal
+from proxy.protocol import codes as c
+from proxy.protocol import messages as m
+from proxy.protocol.frames import ProtocolViolation
+from proxy.records import MaskerLike, StatementEvent, column_info
+from proxy.results import RecordingPlan, ResultCapture, ResultLimits
+from proxy.server_messages import ServerMessages
+from proxy.session_state import SessionState
+
+_U32 = struct.Struct("!I")
+_TRANSITIONS = k.TRANSITIONS
+_ROWS = k.ROWS
+_DONE = k.DONE
+
+
+class Answers:
+    def __init__(
+        self,
+        state: SessionState,
+        *,
+        masker: MaskerLike | None,
+        server: ServerMessages,
+        egress: EgressMeter | None,
+        record: ResultLimits | None,
+        on_statement: Callable[[StatementEvent], None],
+        clock: Callable[[], float],
+        max_message_bytes: int,
+    ) -> None:
+        self._s = state
+        self._masker = masker
+        self._server = server
+        self._egress = egress
+        self._record = record
+        self._on_statement = on_statement
+        self._clock = clock
+        self._max = max_message_bytes
+        self._sbuf = bytearray()
+        self._plans: dict[tuple[bytes, tuple[int, ...] | None, Any], Any] = {}
+        self.out: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        buf = self._sbuf
+        if buf:
+            buf += data
+        else:
+            buf = bytearray(data)
+        n = len(buf)
+        pos = 0
+        run = 0
+        out = self.out
+        unpack = _U32.unpack_from
+        inflight = self._s.inflight
+        egress = self._egress
+        try:
+            while n - pos >= 5:
+                (length,) = unpack(buf, pos + 1)
+                if length < 4 or length > self._max:
+                    raise ProtocolViolation(f"upstream sent an invalid message length {length}")
+                end = pos + 1 + length
+                if end > n:
+                    break
+                kind = buf[pos]
+                head = inflight[0] if inflight else None
+                if kind == c.DATA_ROW:  # the hot path
+                    if head is None or head.phase != _ROWS:
+                        self._surprise(kind, head, buf, pos, end)
+                    assert head is not None
+                    if egress is not None and egress.drop(head, length + 1):
+                        if run < pos:
+                            out.append(bytes(buf[run:pos]))
+                        pos = run = end
+                        continue
+                    head.rows += 1
+                    plan = head.plan
+                    if plan is not None:
+                        try:
+                            values, count = plan.mask_values(m.parse_data_row(bytes(buf[pos + 5 : end])))
+                        except MaskingError as exc:
+                            raise ResultRefused(f"a result row cannot be masked safely: {exc}") from None
+                        if values is not None:
+                            if run < pos:
+                                out.append(bytes(buf[run:pos]))
+                            out.append(m.data_row(values))
+                            run = end
+                            head.masked += count
+                    pos = end
+                    continue
+                if kind in c.ASYNCHRONOUS:
+                    replacement = self._server.asynchronous(kind, bytes(buf[pos + 5 : end]), head)
+                else:
+                    nxt = _TRANSITIONS[head.kind].get(head.phase, {}).get(kind) if head is not None else None
+                    if nxt is None:
+                        replacement = self._surprise(kind, head, buf, pos, end)
+                    else:
+                        assert head is not None
+                        replacement = self._answer(kind, bytes(buf[pos + 5 : end]), head, nxt)
+                        if head.cut is not None:
+                            replacement = self._cut(kind, head, replacement)
+                        elif head.muted and kind != c.READY_FOR_QUERY:
+                            replacement = b""  # answered after an egress cut in the same batch
+                if replacement is not None:
+                    if run < pos:
+                        out.append(bytes(buf[run:pos]))
+                    if replacement:
+                        out.append(replacement)
+                    run = end
+                pos = end
+        finally:
+            if run < pos:
+                out.append(bytes(buf[run:pos]))
+            self._s.stats.bytes_to_client += pos
+            del buf[:pos]
+            self._sbuf = buf
+
+    def _surprise(self, kind: int, head: Entry | None, buf: bytearray, pos: int, end: int) -> bytes:
+        """A backend message the model did not expect: relay a FATAL (the server is going
+        away on its own), otherwise end the session; never forward it as it is."""
+        if kind == c.ERROR_RESPONSE:
+            body = bytes(buf[pos + 5 : end])
+            if m.field(m.parse_fields(body), "V") in ("FATAL", "PANIC"):
+                return self._server.scrub(kind, body, "") or bytes(buf[pos:end])
+        expected = "nothing" if head is None else f"an answer to {head.name}"
+        DESYNCS.inc()
+        raise SessionDesync(f"the server sent {chr(kind)!r} when the gateway expected {expected}")
+
+    def _answer(self, kind: int, body: bytes, head: Entry, nxt: int) -> bytes | None:
+        """Act on one answer `head` accepts; returns a replacement (b"" drops it) or None."""
+        head.phase = nxt
+        entry_kind = head.kind
+        if kind == c.ERROR_RESPONSE:
+            return self._on_error(body, head)
+        if nxt == _DONE:
+            self._s.inflight.popleft()
+        if kind == c.READY_FOR_QUERY:
+            self._ready(body, head)
+        elif kind == c.ROW_DESCRIPTION:
+            return self._row_description(body, head)
+        elif kind == c.NO_DATA:
+            self._described(head, b"")
+            if entry_kind == k.OWN_DESCRIBE_P:
+                return b""
+        elif kind == c.COMMAND_COMPLETE:
+            if head.cut is None:  # a cut statement counts the rows the client got
+                head.rows = m.command_tag_rows(body[:-1].decode("utf-8", "replace")) or head.rows
+            if entry_kind == k.QUERY:
+                head.plan = None
+            else:
+                self._s.settle(head.made, LIVE)
+                self.complete(head)
+        elif kind == c.EMPTY_QUERY or kind == c.PORTAL_SUSPENDED:
+            if entry_kind == k.EXECUTE:
+                self._s.settle(head.made, LIVE)
+                self.complete(head)
+        elif kind == c.PARSE_COMPLETE or kind == c.CLOSE_COMPLETE:
+            self._s.settle(head.made, LIVE)
+        elif kind == c.BIND_COMPLETE:
+            portal = head.portal
+            if portal is not None and portal.statement is not None and portal.statement.state == DEAD:
+                # The server bound something the gateway did not expect it to hold.
+                DESYNCS.inc()
+                raise SessionDesync("the server bound a prepared statement the gateway saw fail")
+            self._s.settle(head.made, LIVE)
+        elif kind == c.COPY_OUT_RESPONSE:
+            head.copy_plan = self._server.copy_plan(body, head)
+        elif kind == c.BACKEND_COPY_DATA:
+            return self._copy_data(body, head)
+        elif kind == c.COPY_IN_RESPONSE:
+            # The server reads COPY data now, and ignores Sync and Flush until its end.
+            for entry in [e for e in self._s.inflight if e.sync_after_copy is head]:
+                self._s.inflight.remove(entry)
+        return None
+
+    def _ready(self, body: bytes, head: Entry) -> None:
+        self._s.txn_status = body[:1]
+        if head.kind == k.QUERY:
+            # A Query that failed part-way may have made some of its names, or not.
+            self._s.settle(head.made, UNCERTAIN if head.error is not None else LIVE)
+            self.complete(head)
+        elif head.kind == k.FUNCTION:
+            self.complete(head)
+        if self._s.copy_from is head:
+            self._s.copy_from = None
+        if self._s.txn_status == b"I":
+            self._s.portals.end_transaction()
+
+    def _row_description(self, body: bytes, head: Entry) -> bytes | None:
+        if head.kind == k.QUERY:
+            head.plan = self.row_plan(head, body, None)
+            return None
+        self._described(head, body)
+        return b"" if head.kind == k.OWN_DESCRIBE_P else None
+
+    def _described(self, head: Entry, description: bytes) -> None:
+        if head.kind == k.DESCRIBE_S:
+            if head.statement is not None and head.statement.state != DEAD:
+                head.statement.description = description
+            return
+        portal = head.portal
+        if portal is None:
+            return
+        portal.description = description
+        if head.kind == k.OWN_DESCRIBE_P:
+            following = self._s.inflight[0] if self._s.inflight else None
+            if following is None or following.kind != k.EXECUTE or following.portal is not portal:
+                DESYNCS.inc()
+                raise SessionDesync("the gateway's Describe was not followed by its Execute")
+            self.describe_rows(following, portal)
+
+    def _on_error(self, body: bytes, head: Entry) -> bytes | None:
+        head.error = m.field(m.parse_fields(body), "C")
+        if head.refusal is not None:
+            replacement: bytes | None = head.refusal
+        else:
+            replacement = self._server.scrub(c.ERROR_RESPONSE, body, self._statement_sql(head))
+        if head.kind not in k.EXTENDED_KINDS:
+            return replacement  # Query, FunctionCall, Sync: ReadyForQuery ends it
+        self._s.inflight.popleft()
+        for version in head.made:
+            if version.name == "" and head.kind in (k.PARSE, k.BIND):
+                version.previous = None  # a failed unnamed Parse or Bind drops the old one
+        self._s.settle(head.made, DEAD)
+        if head.kind == k.EXECUTE:
+            self.complete(head)
+        if self._s.copy_from is head:
+            self._s.copy_from = None  # the COPY failed: the server reads no COPY data now
+        self._s.discard_to_sync()
+        return replacement
+
+    def _cut(self, kind: int, head: Entry, replacement: bytes | None) -> bytes | None:
+        """A backend message for a statement cut by an egress limit.
+
+        Its end (CommandComplete, ErrorResponse, PortalSuspended, EmptyQuery) becomes the
+        egress error; everything else of it is dropped. An Execute's batch is then over for
+        the client, as after any error: the answers to what follows it up to Sync are not
+        relayed, and what the client sends before its Sync is not forwarded.
+        """
+        if kind == c.READY_FOR_QUERY:
+            return replacement
+        if kind not in (c.COMMAND_COMPLETE, c.ERROR_RESPONSE, c.EMPTY_QUERY, c.PORTAL_SUSPENDED) or head.cut_sent:
+            return b""
+        head.cut_sent = True
+        assert self._egress is not None
+        error = self._egress.error(head)
+        if head.kind != k.EXECUTE or kind == c.ERROR_RESPONSE:
+            return error  # a Query's ReadyForQuery completes it; an error already skips to Sync
+        for entry in self._s.inflight:
+            if entry.kind == k.SYNC or entry.kind == k.QUERY:
+                break
+            entry.muted = True
+        if not any(entry.kind == k.SYNC for entry in self._s.inflight):
+            self._s.skipping = True
+        return error
+
+    def _copy_data(self, body: bytes, head: Entry) -> bytes | None:
+        egress = self._egress
+        if egress is not None and egress.drop(head, len(body) + 5):
+            return b""  # COPY TO output over a limit
+        if egress is not None:
+            head.rows += 1  # until CommandComplete's `COPY n` says
+        if head.copy_plan is None:
+            return None
+        try:
+            data, count = head.copy_plan.mask_copy_data(body)
+        except MaskingError as exc:
+            raise ResultRefused(f"COPY output cannot be masked safely: {exc}") from None
+        head.masked += count
+        return m.frame(b"d", data)
+
+    @staticmethod
+    def _statement_sql(head: Entry) -> str:
+        if head.sql:
+            return head.sql
+        portal = head.portal
+        return portal.statement.sql if portal is not None and portal.statement is not None else ""
+
+    def _plan(self, description: bytes, formats: tuple[int, ...] | None, lineage: Any = None) -> Any:
+        """The masking plan for rows of this RowDescription body and result formats (None:
+        the formats the RowDescription states), of a statement with this column lineage.
+
+        Keyed by the raw bytes: a repeated query shape or prepared statement skips the parse.
+        """
+        if self._masker is None:
+            return None
+        key = (description, formats, lineage)
+        try:
+            return self._plans[key]
+        except KeyError:
+            fields = m.parse_row_description(description)
+            if formats is None:
+                formats = tuple(f.format for f in fields)
+            plan = self._masker.plan_rows(column_info(fields, formats), lineage)
+            if len(self._plans) > 256:
+                self._plans.clear()
+            self._plans[key] = plan
+            return plan
+
+    def row_plan(self, entry: Entry, description: bytes, formats: tuple[int, ...] | None) -> Any:
+        """The plan for this entry's rows: the masking plan, wrapped to record when configured."""
+        plan = self._plan(description, formats, entry.verdict.lineage if entry.verdict is not None else None)
+        if self._record is None:
+            return plan
+        if entry.capture is None:
+            entry.capture = ResultCapture(self._record)
+        fields = m.parse_row_description(description)
+        if formats is None:
+            formats = tuple(f.format for f in fields)
+        return RecordingPlan(plan, entry.capture, fields, formats)
+
+    def complete(self, entry: Entry) -> None:
+        if entry.verdict is None or entry.refusal is not None:
+            return
+        self._s.stats.statements += 1
+        self._s.stats.masked += entry.masked
+        now = self._clock()
+        self._on_statement(
+            StatementEvent(
+                entry.sql,
+                entry.verdict,
+                entry.started,
+                now - entry.started,
+                entry.rows,
+                entry.masked,
+                entry.error,
+                entry.capture.as_list() if entry.capture is not None else None,
+            )
+        )
+
+    def describe_rows(self, entry: Entry, portal: Portal) -> None:
+        if portal.description:
+            entry.plan = self.row_plan(entry, portal.description, portal.formats)
+            entry.phase = k.ROWS
+        else:
+            entry.phase = k.NO_ROWS  # NoData: a DataRow would be a surprise
