@@ -64,11 +64,14 @@ def decide(verdict: Verdict, ctx: Context) -> Verdict:
         for name in verdict.executes:
             inner = own.get(name) or names.prepared(name)
             if inner is None:
-                return Verdict(
+                refused = Verdict(
                     Decision.BLOCK,
                     "gateway/unknown-prepared",
                     f"EXECUTE of prepared statement {name!r} that the gateway cannot account for",
                 )
+                if verdict.shadow_decision is not None:  # observe: forwarded, recorded as refused
+                    return replace(refused, decision=verdict.decision, shadow_decision=Decision.BLOCK)
+                return refused
             lineages.append(inner.lineage)
             if inner.decision > verdict.decision:
                 verdict = inner

@@ -116,3 +116,4 @@ class Resource:
     masker: object | None
     record_results: ResultLimits | None = None  # None: result rows are not recorded
     egress: EgressLimits | None = None  # None: no caps on returned rows/bytes
+    shadow: bool = False  # the observe preset: forward everything, record what would have happened

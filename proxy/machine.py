@@ -50,6 +50,7 @@ class SessionMachine:
         egress: EgressLimits | None = None,
         on_egress_limit: Callable[[str], None] | None = None,
         resource: str | None = None,
+        shadow: bool = False,
     ) -> None:
         self._state = SessionState()
         # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
@@ -74,6 +75,7 @@ class SessionMachine:
             clock=clock,
             max_message_bytes=max_message_bytes,
             recording=record_results is not None,
+            shadow=shadow,
         )
         self.out_upstream: list[bytes] = self._requests.out_upstream
         self.out_client: list[bytes] = self._answers.out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from broker.policy.model import Decision, Verdict
@@ -52,6 +53,7 @@ class Requests:
         clock: Callable[[], float],
         max_message_bytes: int,
         recording: bool,
+        shadow: bool,
     ) -> None:
         self._s = state
         self._answers = answers
@@ -61,6 +63,7 @@ class Requests:
         self._clock = clock
         self._max = max_message_bytes
         self._record = recording or None
+        self._shadow = shadow  # observe: forward what enforcement would refuse, and record that
         self._cbuf = bytearray()
         self.out_upstream: list[bytes] = []
         self.parked: Parked | None = None
@@ -206,7 +209,11 @@ class Requests:
             return
         self.parked = None
         kind = parked.kind
-        if not approved:
+        if self._s.skipping:
+            # An error earlier in its batch came in while it waited: the server would have
+            # skipped it, so it is not sent at all (and nothing answers it).
+            pass
+        elif not approved:
             self.out_upstream.extend(self._refuse(kind, parked.sql, parked.verdict, reason))
         elif kind == c.QUERY:
             self._send(self._forward_query(parked.sql, parked.verdict, parked.message), parked.message)
@@ -226,7 +233,9 @@ class Requests:
         if lookup is None or held is None:
             return
         raw, extra = held
-        if isinstance(lookup, FunctionName):
+        if self._s.skipping:
+            pass  # skipped by the server, as above (resume)
+        elif isinstance(lookup, FunctionName):
             if answer is not None:
                 self._function_names[lookup.oid] = answer
             self._send(self._decide_function_call(lookup.oid, raw), raw)
@@ -332,11 +341,11 @@ class Requests:
     def _on_bind(self, bind: m.Bind) -> list[bytes] | None:
         statement = self._s.statement(bind.statement)
         if statement is None:
-            verdict = Verdict(
-                Decision.BLOCK,
-                "gateway/unknown-prepared",
-                f"Bind to prepared statement {bind.statement!r} that the gateway cannot account for",
-            )
+            reason = f"Bind to prepared statement {bind.statement!r} that the gateway cannot account for"
+            if self._shadow:  # observe: forwarded (the server says whether it exists)
+                self._s.inflight.append(Entry(k.BIND))
+                return None
+            verdict = Verdict(Decision.BLOCK, "gateway/unknown-prepared", reason)
             return self._refuse(c.BIND, f"<bind {bind.statement}>", verdict)
         portal = Portal(
             name=bind.portal, statement=statement, formats=bind.result_formats, description=statement.description
@@ -348,11 +357,12 @@ class Requests:
     def _on_execute(self, name: str, raw: bytes) -> list[bytes] | None:
         portal = self._s.portal(name)
         if portal is None:
-            verdict = Verdict(
-                Decision.BLOCK,
-                "gateway/unknown-portal",
-                f"Execute of portal {name!r} that the gateway cannot account for",
-            )
+            reason = f"Execute of portal {name!r} that the gateway cannot account for"
+            verdict = Verdict(Decision.BLOCK, "gateway/unknown-portal", reason)
+            if self._shadow:  # observe: forwarded unmasked, recorded with what would have happened
+                verdict = replace(verdict, decision=Decision.ALLOW, shadow_decision=Decision.BLOCK)
+                self._s.inflight.append(Entry(k.EXECUTE, sql=f"<execute {name}>", verdict=verdict, phase=k.ROWS))
+                return None
             return self._refuse(c.EXECUTE, f"<execute {name}>", verdict)
         statement = portal.statement
         if statement is not None and statement.verdict is not None and statement.verdict.decision is Decision.REVIEW:

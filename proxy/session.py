@@ -331,6 +331,7 @@ async def _relay(
         egress=resource.egress,
         on_egress_limit=lambda limit: EGRESS_LIMITS.labels(name, limit).inc(),
         resource=name,
+        shadow=resource.shadow,
     )
     if ledger is not None and budget is not None:  # both or neither; the check is for mypy
         ledger.attach(budget, machine)

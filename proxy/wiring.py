@@ -177,7 +177,8 @@ def build_resource(name: str, settings: ResourceSettings, *, connect_timeout: fl
         )
     egress = EgressLimits.of(**settings.egress.limits())
     return Resource(
-        name=name, target=target, policy=engine.bind(name), masker=masker, record_results=limits, egress=egress
+        name=name, target=target, policy=engine.bind(name), masker=masker, record_results=limits, egress=egress,
+        shadow=engine.document.top.preset == "observe",
     )
 
 

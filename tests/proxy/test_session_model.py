@@ -127,6 +127,45 @@ def test_a_failing_function_call_then_query_are_both_answered():
     assert mach.idle
 
 
+def test_a_call_held_for_its_lookup_is_dropped_when_an_earlier_error_skips_it():
+    """Execute fails, a FunctionCall waits for its OID's name meanwhile, then Sync: the server
+    would skip the call, so it is not sent, and the Sync's ReadyForQuery is the next answer."""
+    mach = machine(masker=False)
+    mach.feed_client(m.parse_message("", "select 1/0") + bind() + execute())
+    mach.feed_client(m.frame(b"F", struct.pack("!I", 1317) + b"\0\0\0\0\0\0\0\0") + m.SYNC)
+    assert kinds(sent(mach)) == "PBE" and mach.waiting is not None
+    mach.feed_server(m.frame(b"1", b"") + m.frame(b"2", b"") + error())
+    mach.lookup_done(("pg_catalog", "upper"))
+    assert kinds(sent(mach)) == "S"
+    mach.feed_server(Z())
+    assert kinds(sent(mach, "out_client")) == "12EZ"
+    assert mach.idle
+
+
+def test_a_parked_statement_skipped_by_an_earlier_error_is_not_run_on_approval():
+    mach = machine()
+    mach.feed_client(m.parse_message("", "select 1/0") + bind() + execute())
+    mach.feed_client(m.query_message("delete from customers") + m.SYNC)
+    assert mach.parked is not None
+    sent(mach)
+    mach.feed_server(m.frame(b"1", b"") + m.frame(b"2", b"") + row_description(("?column?", 23)) + error())
+    mach.resume(approved=True)
+    assert kinds(sent(mach)) == "S"  # never the DELETE: the server would have skipped it
+    mach.feed_server(Z())
+    assert kinds(sent(mach, "out_client")) == "12EZ"
+
+
+def test_observe_mode_forwards_names_it_cannot_account_for():
+    """Shadow mode answers like PostgreSQL: the server says the portal does not exist."""
+    mach = SessionMachine(
+        classify=allow_all, masker=None, on_statement=lambda e: None, client_user="a", upstream_user="u", shadow=True
+    )
+    mach.feed_client(execute("nope") + m.SYNC)
+    assert kinds(sent(mach)) == "ES"
+    mach.feed_server(error("34000", 'portal "nope" does not exist') + Z())
+    assert kinds(sent(mach, "out_client")) == "EZ"
+
+
 # -- surprises end the session ----------------------------------------------------------------
 
 
