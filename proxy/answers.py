@@ -48,8 +48,10 @@ class Answers:
         on_statement: Callable[[StatementEvent], None],
         clock: Callable[[], float],
         max_message_bytes: int,
+        shadow: bool = False,
     ) -> None:
         self._s = state
+        self._shadow = shadow
         self._masker = masker
         self._server = server
         self._egress = egress
@@ -150,6 +152,8 @@ class Answers:
         """Act on one answer `head` accepts; returns a replacement (b"" drops it) or None."""
         head.phase = nxt
         entry_kind = head.kind
+        if head.uses and not self._shadow:  # observe enforces nothing: it follows the server
+            self._check_uses(head)
         if kind == c.ERROR_RESPONSE:
             return self._on_error(body, head)
         if nxt == _DONE:
@@ -163,6 +167,8 @@ class Answers:
             if entry_kind == k.OWN_DESCRIBE_P:
                 return b""
         elif kind == c.COMMAND_COMPLETE:
+            if body.startswith(b"ROLLBACK"):
+                self._s.forget_cursors()  # ROLLBACK TO SAVEPOINT closes cursors opened since
             if head.cut is None:  # a cut statement counts the rows the client got
                 head.rows = m.command_tag_rows(body[:-1].decode("utf-8", "replace")) or head.rows
             if entry_kind == k.QUERY:
@@ -177,12 +183,9 @@ class Answers:
         elif kind == c.PARSE_COMPLETE or kind == c.CLOSE_COMPLETE:
             self._s.settle(head.made, LIVE)
         elif kind == c.BIND_COMPLETE:
-            portal = head.portal
-            if portal is not None and portal.statement is not None and portal.statement.state == DEAD:
-                # The server bound something the gateway did not expect it to hold.
-                DESYNCS.inc()
-                raise SessionDesync("the server bound a prepared statement the gateway saw fail")
-            self._s.settle(head.made, LIVE)
+            self._s.settle(head.made, LIVE)  # `uses` checked what it bound
+        elif kind == c.FUNCTION_RESULT:
+            return self._function_result(body, head)
         elif kind == c.COPY_OUT_RESPONSE:
             head.copy_plan = self._server.copy_plan(body, head)
         elif kind == c.BACKEND_COPY_DATA:
@@ -192,6 +195,43 @@ class Answers:
             for entry in [e for e in self._s.inflight if e.sync_after_copy is head]:
                 self._s.inflight.remove(entry)
         return None
+
+    def value_plan(self, name: str, type_oid: int, result_format: int, verdict: Any) -> Any:
+        """The masking plan of a single value (a fast-path call's result), as a one-column
+        result named `name` of that type would get."""
+        if self._masker is None:
+            return None
+        from broker.masking import ColumnInfo
+
+        return self._masker.plan_rows([ColumnInfo(name, type_oid, result_format)], verdict.lineage)
+
+    def _function_result(self, body: bytes, head: Entry) -> bytes | None:
+        plan = head.plan
+        if plan is None:
+            return None
+        size = int.from_bytes(body[:4], "big", signed=True)
+        value = None if size < 0 else body[4 : 4 + size]
+        try:
+            values, count = plan.mask_values([value])
+        except MaskingError as exc:
+            raise ResultRefused(f"a function result cannot be masked safely: {exc}") from None
+        if values is None:
+            return None
+        head.masked += count
+        masked = values[0]
+        encoded = b"\xff\xff\xff\xff" if masked is None else len(masked).to_bytes(4, "big") + masked
+        return m.frame(b"V", encoded)
+
+    def _check_uses(self, head: Entry) -> None:
+        """Every name version `head` was judged or masked by is what the server has now; if
+        one failed or is uncertain, the server ran something else."""
+        for version in head.uses:
+            if version.state != LIVE:
+                DESYNCS.inc()
+                raise SessionDesync(
+                    f"{head.name} used a prepared statement or portal definition the server did not keep"
+                )
+        head.uses = ()
 
     def _ready(self, body: bytes, head: Entry) -> None:
         self._s.txn_status = body[:1]

@@ -114,6 +114,9 @@ class Entry:
     statement: Statement | None = None  # Parse, Describe statement: the version it is about
     portal: Portal | None = None  # Bind, Describe portal, Execute
     made: tuple[Version, ...] = ()  # versions of names this message or statement makes
+    # Versions the gateway judged or masks it by: when its first answer comes, each must be
+    # LIVE, or the server used something else (a definition that failed or is uncertain).
+    uses: tuple[Version, ...] = ()
     sync_after_copy: Entry | None = None  # a Sync sent while `entry`'s COPY FROM may have run
     plan: Any = None  # masking (and recording) plan of the current result's rows
     copy_plan: Any = None

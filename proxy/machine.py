@@ -23,7 +23,7 @@ from typing import Any
 
 from proxy.answers import Answers
 from proxy.egress import AgentBudget, EgressLimits, EgressMeter
-from proxy.inflight import Entry
+from proxy.inflight import COPY_IN, Entry
 from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES
 from proxy.records import Classifier, MaskerLike, Parked, StatementEvent, Stats
 from proxy.requests import Requests
@@ -65,6 +65,7 @@ class SessionMachine:
             on_statement=on_statement,
             clock=clock,
             max_message_bytes=max_message_bytes,
+            shadow=shadow,
         )
         self._requests = Requests(
             self._state,
@@ -77,6 +78,7 @@ class SessionMachine:
             recording=record_results is not None,
             shadow=shadow,
         )
+        self.held_client = False  # feed_server went on with client input held for a COPY
         self.out_upstream: list[bytes] = self._requests.out_upstream
         self.out_client: list[bytes] = self._answers.out
 
@@ -86,7 +88,14 @@ class SessionMachine:
         self._requests.feed(data)
 
     def feed_server(self, data: bytes) -> None:
+        self.held_client = False
         self._answers.feed(data)
+        requests = self._requests
+        if requests.held_for_copy:
+            copy = self._state.copy_from
+            if copy is None or copy.phase == COPY_IN:
+                requests.process()
+                self.held_client = True
 
     def resume(self, *, approved: bool, reason: str | None = None) -> None:
         """Release the parked statement: run it, or refuse it with the reviewer's reason."""

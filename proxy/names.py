@@ -72,6 +72,16 @@ class Portal(Version):
 
 V = TypeVar("V", bound=Version)
 
+#: The server keys prepared statements and portals on the first NAMEDATALEN - 1 bytes of
+#: their name (a plain byte cut, hash_search on a NAMEDATALEN key): longer protocol names
+#: that share those bytes are one name to it, and must be to the gateway.
+_NAME_BYTES = 63
+
+
+def key(name: str) -> str:
+    raw = name.encode("utf-8", "surrogateescape")
+    return name if len(raw) <= _NAME_BYTES else raw[:_NAME_BYTES].decode("utf-8", "surrogateescape")
+
 
 class Names(Generic[V]):  # V: the kind of definition it holds (Statement or Portal)
     """One namespace (statements or portals): name -> newest version sent."""
@@ -87,6 +97,7 @@ class Names(Generic[V]):  # V: the kind of definition it holds (Statement or Por
         return self._put(name, Version(tombstone=True))
 
     def _put(self, name: str, version: Version) -> Version:
+        name = key(name)
         version.previous = self._newest.get(name)
         self._newest[name] = version
         return version
@@ -97,12 +108,18 @@ class Names(Generic[V]):  # V: the kind of definition it holds (Statement or Por
     def get(self, name: str) -> V | Version | None:
         """What the server will use for `name` after everything sent so far: a definition,
         an UNCERTAIN version (refuse it), or None (no such name)."""
-        version = self._newest.get(name)
+        version = self._newest.get(key(name))
         while version is not None and version.state == DEAD:
             version = version.previous
         if version is None or (version.tombstone and version.state != UNCERTAIN):
             return None
         return version
+
+    def forget(self, name: str) -> None:
+        """The server may have changed what `name` is without the gateway seeing it."""
+        tombstone = Version(tombstone=True)
+        tombstone.settle(UNCERTAIN)
+        self._put(name, tombstone)
 
     def names(self) -> list[str]:
         return list(self._newest)
@@ -118,11 +135,15 @@ class Names(Generic[V]):  # V: the kind of definition it holds (Statement or Por
                 del self._newest[name]
 
     def end_transaction(self) -> None:
-        """The transaction ended (ReadyForQuery 'I'): protocol portals are gone. DECLAREd
-        cursors are kept (WITH HOLD ones survive; others now fail on the server itself)."""
+        """The transaction ended (ReadyForQuery 'I'): protocol portals are gone, and so are
+        cursors, but for WITH HOLD ones: which the gateway does not tell, so they are forgotten
+        (what a later FETCH returns is masked whole)."""
         for name, version in list(self._newest.items()):
-            if version.state == LIVE and isinstance(version, Portal) and not version.cursor:
-                del self._newest[name]
+            if version.state == LIVE and isinstance(version, Portal):
+                if version.cursor:
+                    self.forget(name)
+                else:
+                    del self._newest[name]
                 continue
             # A newer version still in flight: what it would fall back to is gone too.
             while version.previous is not None and version.state == PENDING:

@@ -60,6 +60,7 @@ class Parked:
     message: bytes
     kind: int
     estimate: int | None = None  # the planner's row estimate (EXPLAIN), for approvers
+    uses: tuple[Any, ...] = ()  # proxy.names versions its verdict was composed from
 
 
 @dataclass(slots=True)

@@ -282,6 +282,8 @@ class Relay:
             self._finish(f"upstream protocol violation: {exc}")
             return
         self._flush()
+        if self.machine.held_client:
+            self._after_client_step()  # client input held for a COPY's answer went on
 
     def end(self, reason: str, error: bytes) -> None:
         """End the session from outside (its grant expired or was revoked): the client gets

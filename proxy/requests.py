@@ -20,7 +20,7 @@ from proxy import inflight as k
 from proxy.answers import Answers
 from proxy.decide import Context, decide, function_call_sql
 from proxy.inflight import Entry
-from proxy.names import Portal, Statement
+from proxy.names import Portal, Statement, Version
 from proxy.protocol import codes as c
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation
@@ -69,8 +69,9 @@ class Requests:
         self.parked: Parked | None = None
         self.waiting: Lookup | None = None  # a side-channel question the client's next message waits for
         self._held: tuple[bytes, Any] | None = None  # that message, and what it needs besides
-        self._function_names: dict[int, tuple[str, str]] = {}
+        self._function_names: dict[int, tuple[str, str, int]] = {}  # OID -> schema, name, result type
         self.terminated = False
+        self.held_for_copy = False  # client input waits until the server answers a COPY FROM
 
     @property
     def buffered(self) -> int:
@@ -81,7 +82,12 @@ class Requests:
         self._s.stats.bytes_from_client += len(data)
         self._process_client()
 
+    def process(self) -> None:
+        """Go on with what the client sent (after the server answered a COPY)."""
+        self._process_client()
+
     def _process_client(self) -> None:
+        self.held_for_copy = False
         buf = self._cbuf
         n = len(buf)
         pos = 0
@@ -112,6 +118,11 @@ class Requests:
                 pos = run = end
                 continue
             if self._s.copy_from is not None and not self._in_copy(kind):
+                if self._s.copy_from.phase != k.COPY_IN:
+                    # Whether the server is reading COPY data (and will eat this message) is
+                    # not known until it answers the COPY: wait for that.
+                    self.held_for_copy = True
+                    break
                 self._cbuf = bytearray()
                 raise ProtocolViolation(
                     f"message {chr(kind)!r} while the server may be reading COPY FROM STDIN data; "
@@ -169,9 +180,13 @@ class Requests:
         what, name = m.parse_describe_or_close(body)
         if kind == c.DESCRIBE:
             if what == "S":
-                self._s.inflight.append(Entry(k.DESCRIBE_S, statement=self._s.statement(name)))
+                statement = self._s.statement(name)
+                uses: tuple[Version, ...] = (statement,) if statement is not None else ()
+                self._s.inflight.append(Entry(k.DESCRIBE_S, statement=statement, uses=uses))
             else:
-                self._s.inflight.append(Entry(k.DESCRIBE_P, portal=self._s.portal(name)))
+                portal = self._s.portal(name)
+                uses = (portal,) if portal is not None else ()
+                self._s.inflight.append(Entry(k.DESCRIBE_P, portal=portal, uses=uses))
             return None
         # Close
         names = self._s.statements if what == "S" else self._s.portals
@@ -181,6 +196,7 @@ class Requests:
     # -- policy ---------------------------------------------------------------------------
 
     def _decide(self, sql: str, *, extended: bool = False) -> Verdict:
+        self._s.take_uses()  # what the last decision looked up is not this one's
         return decide(self._classify(sql), Context(masker=self._masker, names=self._s, extended=extended))
 
     def _record_refusal(self, sql: str, verdict: Verdict) -> None:
@@ -216,9 +232,11 @@ class Requests:
         elif not approved:
             self.out_upstream.extend(self._refuse(kind, parked.sql, parked.verdict, reason))
         elif kind == c.QUERY:
-            self._send(self._forward_query(parked.sql, parked.verdict, parked.message), parked.message)
+            instead = self._forward_query(parked.sql, parked.verdict, parked.message, uses=parked.uses)
+            self._send(instead, parked.message)
         elif kind == c.EXECUTE:
-            self._send(self._forward_execute(m.parse_execute(parked.message[5:])[0], parked.message), parked.message)
+            name = m.parse_execute(parked.message[5:])[0]
+            self._send(self._forward_execute(name, parked.message, parked.verdict, parked.uses), parked.message)
         else:
             statement = self._forward_parse(m.parse_parse(parked.message[5:]), parked.verdict)
             statement.approved_runs = 1
@@ -240,7 +258,7 @@ class Requests:
                 self._function_names[lookup.oid] = answer
             self._send(self._decide_function_call(lookup.oid, raw), raw)
         else:
-            sql, verdict = extra
+            sql, verdict, uses = extra
             if answer is None:
                 verdict = Verdict(
                     Decision.BLOCK,
@@ -249,7 +267,7 @@ class Requests:
                 )
                 self.out_upstream.extend(self._refuse(c.QUERY, sql, verdict))
             else:
-                self._send(self._forward_query(sql, verdict, raw, columns=answer), raw)
+                self._send(self._forward_query(sql, verdict, raw, columns=answer, uses=uses), raw)
         self._process_client()
 
     def _send(self, instead: list[bytes] | None, raw: bytes) -> None:
@@ -260,21 +278,24 @@ class Requests:
         self._held = (raw, extra)
         return []
 
-    def _park(self, kind: int, sql: str, verdict: Verdict, raw: bytes) -> list[bytes]:
-        self.parked = Parked(sql, verdict, raw, kind)
+    def _park(self, kind: int, sql: str, verdict: Verdict, raw: bytes, uses: tuple[Version, ...] = ()) -> list[bytes]:
+        self.parked = Parked(sql, verdict, raw, kind, uses=uses)
         return []
 
     # -- simple query and function call -----------------------------------------------------
 
     def _on_query(self, sql: str, raw: bytes) -> list[bytes] | None:
         verdict = self._decide(sql)
+        uses = self._s.take_uses()
         if verdict.decision is Decision.BLOCK:
             return self._refuse(c.QUERY, sql, verdict)
         if verdict.decision is Decision.REVIEW:
-            return self._park(c.QUERY, sql, verdict, raw)
-        return self._forward_query(sql, verdict, raw)
+            return self._park(c.QUERY, sql, verdict, raw, uses)
+        return self._forward_query(sql, verdict, raw, uses=uses)
 
-    def _forward_query(self, sql: str, verdict: Verdict, raw: bytes, columns: Any = None) -> list[bytes] | None:
+    def _forward_query(
+        self, sql: str, verdict: Verdict, raw: bytes, *, columns: Any = None, uses: tuple[Version, ...] = ()
+    ) -> list[bytes] | None:
         """Queue an allowed Query; None sends ``raw`` as is, a list is sent instead."""
         copy = verdict.copy
         if (
@@ -284,15 +305,15 @@ class Requests:
             # The masker needs the COPY's columns, which COPY itself never describes.
             text = copy_columns_query(copy)
             if text is not None:
-                return self._wait(CopyColumns(text), raw, (sql, verdict))
+                return self._wait(CopyColumns(text), raw, (sql, verdict, uses))
             verdict = Verdict(
                 Decision.BLOCK,
                 "gateway/copy-masking",
                 "COPY TO STDOUT needs its column names for masking; list the columns explicitly",
             )
             return self._refuse(c.QUERY, sql, verdict)
-        entry = Entry(k.QUERY, sql=sql, verdict=verdict, started=self._clock(), copy_columns=columns)
-        entry.made = self._s.sql_names(sql, verdict)
+        entry = Entry(k.QUERY, sql=sql, verdict=verdict, started=self._clock(), copy_columns=columns, uses=uses)
+        entry.made = self._s.sent(sql, verdict)
         self._copy_from_starts(entry, verdict)
         self._s.inflight.append(entry)
         return None
@@ -313,12 +334,18 @@ class Requests:
         if name is None:
             verdict = Verdict(Decision.BLOCK, "gateway/function-call", f"no function with OID {oid} could be found")
             return self._refuse(c.QUERY, "<FunctionCall>", verdict)
-        sql = function_call_sql(*name)
+        schema, function, result_type = name
+        sql = function_call_sql(schema, function)
         verdict = self._decide(sql)
         if verdict.decision is not Decision.ALLOW:
             # Review of a fast-path call is refused too: there is no statement to re-run.
             return self._refuse(c.QUERY, sql, verdict)
-        self._s.inflight.append(Entry(k.FUNCTION, sql=sql, verdict=verdict, started=self._clock()))
+        entry = Entry(k.FUNCTION, sql=sql, verdict=verdict, started=self._clock())
+        # Its result is masked as `SELECT schema.function()`'s one column would be.
+        result_format = int.from_bytes(raw[-2:], "big")
+        entry.plan = self._answers.value_plan(function, result_type, result_format, verdict)
+        self._s.forget_cursors()  # the function may open and close cursors by name
+        self._s.inflight.append(entry)
         return None
 
     # -- extended query ----------------------------------------------------------------------
@@ -347,11 +374,12 @@ class Requests:
                 return None
             verdict = Verdict(Decision.BLOCK, "gateway/unknown-prepared", reason)
             return self._refuse(c.BIND, f"<bind {bind.statement}>", verdict)
-        portal = Portal(
-            name=bind.portal, statement=statement, formats=bind.result_formats, description=statement.description
-        )
+        # A statement that runs SQL EXECUTE or FETCH returns what the name means when it runs:
+        # its portal is described then, never taken from a Describe of the statement.
+        described = None if _by_name(statement.verdict) else statement.description
+        portal = Portal(name=bind.portal, statement=statement, formats=bind.result_formats, description=described)
         self._s.portals.define(bind.portal, portal)
-        self._s.inflight.append(Entry(k.BIND, portal=portal, made=(portal,)))
+        self._s.inflight.append(Entry(k.BIND, portal=portal, made=(portal,), uses=(statement,)))
         return None
 
     def _on_execute(self, name: str, raw: bytes) -> list[bytes] | None:
@@ -365,31 +393,47 @@ class Requests:
                 return None
             return self._refuse(c.EXECUTE, f"<execute {name}>", verdict)
         statement = portal.statement
-        if statement is not None and statement.verdict is not None and statement.verdict.decision is Decision.REVIEW:
+        if statement is None or statement.verdict is None:
+            return self._forward_execute(name, raw)
+        verdict = statement.verdict
+        uses: tuple[Version, ...] = ()
+        if _by_name(verdict):
+            # SQL EXECUTE s / FETCH c run what s and c are now, not what they were at Parse.
+            verdict = self._decide(statement.sql, extended=True)
+            uses = self._s.take_uses()
+            if verdict.decision is Decision.BLOCK:
+                return self._refuse(c.EXECUTE, statement.sql, verdict)
+        if verdict.decision is Decision.REVIEW:
             # Every execution of a reviewed prepared statement needs an approval: the one
             # given for its Parse covers the first; later ones park again (and run at once
             # when an approval for the rest of the session covers them).
-            if statement.approved_runs > 0:
+            # (For EXECUTE s, only while s is what it was when the approval was given.)
+            if statement.approved_runs > 0 and verdict == statement.verdict:
                 statement.approved_runs -= 1
             else:
-                return self._park(c.EXECUTE, statement.sql, statement.verdict, raw)
-        return self._forward_execute(name, raw)
+                return self._park(c.EXECUTE, statement.sql, verdict, raw, uses)
+        return self._forward_execute(name, raw, verdict, uses)
 
-    def _forward_execute(self, name: str, raw: bytes) -> list[bytes] | None:
+    def _forward_execute(
+        self, name: str, raw: bytes, verdict: Verdict | None = None, uses: tuple[Version, ...] = ()
+    ) -> list[bytes] | None:
         portal = self._s.portal(name)
         if portal is None:  # gone while the Execute was parked
             return self._on_execute(name, raw)
         statement = portal.statement
-        verdict = statement.verdict if statement is not None else None
+        if verdict is None and statement is not None:
+            verdict = statement.verdict
         if verdict is None:  # a DECLAREd cursor: its rows are what it was declared for
             verdict = Verdict(Decision.ALLOW, "gateway/cursor", "rows of a declared cursor", lineage=portal.lineage)
         entry = Entry(k.EXECUTE, started=self._clock(), portal=portal, verdict=verdict, phase=k.ROWS)
+        entry.uses = (portal, *uses)
         if statement is not None:
             entry.sql = statement.sql
             # A PREPARE, DECLARE, DEALLOCATE or CLOSE makes or drops names when it runs.
-            entry.made = self._s.sql_names(statement.sql, verdict)
+            entry.made = self._s.sent(statement.sql, verdict)
         else:
             entry.sql = f"<execute cursor {name}>"
+            self._s.forget_cursors((name,))  # its query may reopen the others
         self._copy_from_starts(entry, verdict)
         if self._masker is None and self._record is None:
             self._s.inflight.append(entry)
@@ -404,3 +448,8 @@ class Requests:
         self._answers.describe_rows(entry, portal)
         self._s.inflight.append(entry)
         return None
+
+
+def _by_name(verdict: Verdict | None) -> bool:
+    """The statement runs SQL EXECUTE or FETCH: what it returns depends on names at run time."""
+    return verdict is not None and bool(verdict.executes or verdict.fetches)

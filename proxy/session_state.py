@@ -27,6 +27,9 @@ class SessionState:
         self.copy_from: Entry | None = None  # a COPY FROM STDIN whose data the client has not ended
         self.txn_status = b"I"
         self.stats = Stats()
+        # The versions the last verdict was composed from (proxy.decide asked `prepared` and
+        # `cursor_rows`): the statement runs with those only if they are what the server has.
+        self._looked_up: list[Version] = []
 
     # -- names ------------------------------------------------------------------------------
 
@@ -40,16 +43,26 @@ class SessionState:
     def prepared(self, name: str) -> Verdict | None:
         """proxy.decide.Names: the verdict of what `name` holds, None when uncertain or unknown."""
         statement = self.statement(name)
-        return statement.verdict if statement is not None else None
+        if statement is None:
+            return None
+        self._looked_up.append(statement)
+        return statement.verdict
 
     def cursor_rows(self, name: str) -> Lineage | None:
         """proxy.decide.Names: the lineage of portal `name`'s rows (ANY_SOURCE when unknown)."""
         portal = self.portal(name)
         if portal is None:
             return ANY_SOURCE
+        self._looked_up.append(portal)
         if portal.statement is not None:
             return portal.statement.verdict.lineage if portal.statement.verdict is not None else ANY_SOURCE
         return portal.lineage
+
+    def take_uses(self) -> tuple[Version, ...]:
+        """The versions looked up since the last call (see `_looked_up`)."""
+        uses = tuple(self._looked_up)
+        self._looked_up.clear()
+        return uses
 
     def sql_names(self, sql: str, verdict: Verdict) -> tuple[Version, ...]:
         """The names a statement string makes and drops when it runs (drops first:
@@ -64,6 +77,28 @@ class SessionState:
         for declared in verdict.declares:
             made.append(self.portals.define(declared, Portal(lineage=verdict.lineage, cursor=True)))
         return tuple(made)
+
+    def forget_cursors(self, keep: tuple[str, ...] = ()) -> None:
+        """Cursors opened by SQL may have been closed and reopened under the same name by
+        code the gateway does not see (a function, a trigger, the query of a cursor being
+        fetched): from now on, what they return is masked whole and protocol Execute of them
+        is refused, until they are declared again. Protocol portals are the client's own."""
+        for name in self.portals.names():
+            version = self.portals.get(name)
+            if isinstance(version, Portal) and version.cursor and name not in keep:
+                self.portals.forget(name)
+
+    def sent(self, sql: str, verdict: Verdict) -> tuple[Version, ...]:
+        """A statement string is on its way: the names it makes and drops (`sql_names`), and
+        what it may do to cursors. Cursor statements alone (DECLARE, FETCH, CLOSE) keep the
+        cursors they name; anything else may run code that reopens any cursor.
+        """
+        cursor_only = verdict.statement_count == len(verdict.declares) + len(verdict.fetches) + len(verdict.closes)
+        self.forget_cursors(verdict.fetches if cursor_only else ())
+        made = self.sql_names(sql, verdict)
+        if not cursor_only and verdict.declares and verdict.statement_count > 1:
+            self.forget_cursors()  # its other statements may reopen what it declared
+        return made
 
     def settle(self, made: tuple[Version, ...], state: int) -> None:
         for version in made:

@@ -42,7 +42,7 @@ TIMEOUT_SECONDS = 5.0
 
 @dataclass(frozen=True, slots=True)
 class FunctionName:
-    """Which function has this OID: (schema, name), or None when none does."""
+    """Which function has this OID: (schema, name, result type), or None when none does."""
 
     oid: int
 
@@ -104,15 +104,18 @@ class SideChannel:
             log.warning("side_query_failed", kind=type(lookup).__name__, error=str(exc))
             return None
 
-    async def function_name(self, oid: int) -> tuple[str, str] | None:
+    async def function_name(self, oid: int) -> tuple[str, str, int] | None:
+        """(schema, name, result type OID) of the function with this OID."""
         rows, _ = await self._ask(
-            "SELECT n.nspname, p.proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n"
-            " ON n.oid = p.pronamespace WHERE p.oid = $1::pg_catalog.oid",
+            "SELECT n.nspname, p.proname, p.prorettype::pg_catalog.int8 FROM pg_catalog.pg_proc p"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1::pg_catalog.oid",
             (str(int(oid)).encode(),),
         )
-        if len(rows) != 1 or len(rows[0]) != 2 or rows[0][0] is None or rows[0][1] is None:
+        if len(rows) != 1 or len(rows[0]) != 3 or None in rows[0]:
             return None
-        return rows[0][0].decode(), rows[0][1].decode()
+        schema, name, result_type = rows[0]
+        assert schema is not None and name is not None and result_type is not None
+        return schema.decode(), name.decode(), int(result_type)
 
     async def columns(self, text: str) -> list[m.FieldDescription] | None:
         try:

@@ -62,6 +62,17 @@ DYNAMIC_SQL_FUNCTIONS = frozenset(
         "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby", "xpath_table",
     }
 )  # fmt: skip
+# Functions that read whole relations (or a cursor) named in an argument and return their rows
+# as one text value: the parse tree names no column, so neither lineage nor the masking rules
+# can follow what they return. Judged like dynamic SQL.
+WHOLE_RELATION_FUNCTIONS = frozenset(
+    {
+        "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema",
+        "schema_to_xml", "schema_to_xmlschema", "schema_to_xml_and_xmlschema",
+        "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
+        "cursor_to_xml", "cursor_to_xmlschema",
+    }
+)  # fmt: skip
 # Settings that change how the server reads the bytes of a query: where a string literal
 # ends, and which bytes form one character. If the server read quotes differently from the
 # gateway's parser, text the gateway saw as a literal could run as SQL. The gateway pins each
@@ -486,6 +497,8 @@ class _Statement:
             self._set_config(f)
         elif base in DYNAMIC_SQL_FUNCTIONS:
             self._dynamic_sql(f)
+        elif base in WHOLE_RELATION_FUNCTIONS:
+            self.add("dynamic_sql")
 
     def _set_config(self, f: Node) -> None:
         positional, named = _arguments(f)

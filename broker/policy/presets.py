@@ -135,7 +135,7 @@ def _guards(p: str) -> tuple[Rule, ...]:
 
 def _ordinary(p: str) -> tuple[Rule, ...]:
     return (
-        _rule(p, "dynamic-sql", REVIEW, "{functions} runs SQL given as a string",
+        _rule(p, "dynamic-sql", REVIEW, "{functions} runs SQL or reads relations given as a string",
               kinds=("dynamic_sql",)),
         _rule(p, "write-without-where", REVIEW,
               "{kind} {where} changes every row of {tables}",

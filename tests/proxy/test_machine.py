@@ -259,7 +259,7 @@ def test_function_call_is_judged_by_the_name_behind_its_oid():
     mach.feed_client(call + m.query_message("select 1"))
     # Held until the side channel names the OID; nothing of it (or after it) goes up.
     assert mach.waiting == FunctionName(2620) and mach.out_upstream == []
-    mach.lookup_done(("pg_catalog", "pg_read_file_danger"))
+    mach.lookup_done(("pg_catalog", "pg_read_file_danger", 25))
     assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT)), (ord("Q"), m.cstr("select 1"))]
     mach.feed_server(m.error_response("42601", "syntax") + m.ready_for_query(b"I"))
     err = m.parse_fields(sent(mach, "out_client")[0][1])
@@ -279,7 +279,7 @@ def test_allowed_function_call_is_forwarded_and_the_name_cached():
     call = _function_call(964)
     mach.feed_client(call)
     assert mach.waiting is not None
-    mach.lookup_done(("pg_catalog", "lo_open"))
+    mach.lookup_done(("pg_catalog", "lo_open", 25))
     assert b"".join(mach.out_upstream) == call
     mach.out_upstream.clear()
     mach.feed_server(m.frame(b"V", struct.pack("!i", 4) + b"\0\0\0\0") + m.ready_for_query(b"T"))
@@ -293,7 +293,7 @@ def test_a_failing_function_call_does_not_skip_the_query_after_it():
     runs, and its rows are relayed as the Query's (not taken for anything of the gateway's)."""
     mach = machine()
     mach.feed_client(_function_call(964))
-    mach.lookup_done(("pg_catalog", "lo_open"))
+    mach.lookup_done(("pg_catalog", "lo_open", 25))
     mach.feed_client(m.query_message("select 2"))
     sent(mach)
     mach.feed_server(

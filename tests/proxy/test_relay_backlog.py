@@ -45,6 +45,7 @@ class FakeMachine:
         self.terminated = False
         self.parked = None
         self.waiting = None
+        self.held_client = False
         self._backlog = backlog
 
     def feed_client(self, data: bytes) -> None:

@@ -118,7 +118,7 @@ def test_after_an_error_the_client_messages_until_sync_are_not_sent():
 def test_a_failing_function_call_then_query_are_both_answered():
     mach = machine()
     mach.feed_client(m.frame(b"F", struct.pack("!I", 1317) + b"\0\0\0\0\0\0\0\0"))
-    mach.lookup_done(("pg_catalog", "upper"))
+    mach.lookup_done(("pg_catalog", "upper", 25))
     mach.feed_client(m.query_message("select 'x' as a"))
     assert kinds(sent(mach)) == "FQ"
     mach.feed_server(error("42883") + Z())
@@ -135,7 +135,7 @@ def test_a_call_held_for_its_lookup_is_dropped_when_an_earlier_error_skips_it():
     mach.feed_client(m.frame(b"F", struct.pack("!I", 1317) + b"\0\0\0\0\0\0\0\0") + m.SYNC)
     assert kinds(sent(mach)) == "PBE" and mach.waiting is not None
     mach.feed_server(m.frame(b"1", b"") + m.frame(b"2", b"") + error())
-    mach.lookup_done(("pg_catalog", "upper"))
+    mach.lookup_done(("pg_catalog", "upper", 25))
     assert kinds(sent(mach)) == "S"
     mach.feed_server(Z())
     assert kinds(sent(mach, "out_client")) == "12EZ"
@@ -323,9 +323,129 @@ def test_a_sync_sent_before_copy_data_is_eaten_by_the_copy():
 
 
 def test_other_messages_while_copy_data_is_expected_end_the_session():
+    """Pipelined after a COPY FROM STDIN: held until the server says whether it reads COPY
+    data; once it does, anything but COPY data is a protocol violation."""
     mach = SessionMachine(
         classify=allow_all, masker=None, on_statement=lambda e: None, client_user="a", upstream_user="u",
     )
-    mach.feed_client(m.query_message("copy t from stdin"))
+    mach.feed_client(m.query_message("copy t from stdin") + m.query_message("select 1"))
+    assert kinds(sent(mach)) == "Q"  # the second Query waits
     with pytest.raises(ProtocolViolation):
-        mach.feed_client(m.query_message("select 1"))
+        mach.feed_server(m.frame(b"G", b"\0\0\0"))
+
+
+def test_a_query_pipelined_after_a_copy_that_fails_goes_on_when_the_server_says_so():
+    mach = SessionMachine(
+        classify=allow_all, masker=None, on_statement=lambda e: None, client_user="a", upstream_user="u",
+    )
+    mach.feed_client(m.query_message("copy nope from stdin") + m.query_message("select 1"))
+    assert kinds(sent(mach)) == "Q"
+    mach.feed_server(error("42P01", 'relation "nope" does not exist') + Z())
+    assert sent(mach) == [(ord("Q"), m.cstr("select 1"))]
+    assert mach.held_client
+
+
+@pytest.mark.parametrize(
+    ("between", "answer"),
+    [
+        ("commit", complete("COMMIT") + Z(b"I")),  # the cursor ended with its transaction
+        (
+            "select jg_reopen('c')",
+            row_description(("jg_reopen", 1790)) + m.data_row([b"c"]) + complete("SELECT 1") + Z(b"T"),
+        ),
+        ("rollback to savepoint s", complete("ROLLBACK") + Z(b"T")),
+    ],
+)
+def test_a_cursor_the_server_may_have_reopened_is_masked_whole(between: str, answer: bytes):
+    """After code the gateway cannot see may have closed cursor c and opened another under
+    the same name, FETCH c is masked whole, not by what c was first declared for."""
+    mach = machine()
+    _run(mach, m.query_message("begin"), complete("BEGIN") + Z(b"T"))
+    declare = m.query_message("declare c cursor with hold for select id from customers")
+    _run(mach, declare, complete("DECLARE CURSOR") + Z(b"T"))
+    _run(mach, m.query_message(between), answer)
+    mach.feed_client(m.query_message("fetch 1 from c"))
+    sent(mach)
+    mach.feed_server(row_description(("id", 25)) + m.data_row([b"yek_laer"]) + complete("FETCH 1") + Z(b"T"))
+    out = sent(mach, "out_client")
+    assert kinds(out) == "TDCZ" and b"yek_laer" not in out[1][1]
+    mach.feed_client(execute("c") + m.SYNC)
+    assert sent(mach)[0][0] == ord("P")  # protocol Execute of it: refused
+
+
+def test_fetch_from_a_cursor_the_gateway_still_trusts_keeps_its_columns():
+    mach = machine()
+    _run(mach, m.query_message("begin"), complete("BEGIN") + Z(b"T"))
+    _run(mach, m.query_message("declare c cursor for select id from customers"), complete("DECLARE CURSOR") + Z(b"T"))
+    for _ in range(2):
+        out = _run(
+            mach, m.query_message("fetch 1 from c"),
+            row_description(("id", 25)) + m.data_row([b"42"]) + complete("FETCH 1") + Z(b"T"),
+        )
+        assert m.parse_data_row(out[1][1]) == [b"42"]
+
+
+def test_a_fast_path_result_is_masked_like_the_same_call_in_sql():
+    mach = machine()
+    key = b"sk_live_" + b"4eC39HqLyjWDarjtT1zdp7dc"
+    mach.feed_client(m.frame(b"F", struct.pack("!I", 16500) + b"\0\0\0\0\0\0"))
+    mach.lookup_done(("public", "jg_secret", 25))
+    assert kinds(sent(mach)) == "F"
+    mach.feed_server(m.frame(b"V", len(key).to_bytes(4, "big") + key) + Z())
+    out = sent(mach, "out_client")
+    assert kinds(out) == "VZ" and key not in out[0][1]
+
+
+def test_a_name_whose_new_definition_failed_ends_the_session_when_bound():
+    """Found by the differential test: `prepare q1 as <reverse(api_key)>`, Bind/Execute/Sync,
+    then `prepare q1 as <other>` (fails: q1 exists), Bind q1, all in one write. The server
+    binds the first definition; the gateway must not mask its rows by the second's."""
+    mach = machine()
+    first = m.query_message("prepare q1 as select reverse(api_key) as k from customers")
+    second = m.query_message("prepare q1 as select id as k from customers")
+    mach.feed_client(first + bind("", "q1") + execute() + m.SYNC + second + bind("", "q1") + execute() + m.SYNC)
+    sent(mach)
+    rows = row_description(("k", 25)) + m.data_row([b"yek_laer"]) + complete("SELECT 1")
+    mach.feed_server(complete("PREPARE") + Z() + m.frame(b"2", b"") + rows + Z())
+    mach.feed_server(error("42P05", 'prepared statement "q1" already exists') + Z())
+    with pytest.raises(SessionDesync):
+        mach.feed_server(m.frame(b"2", b"") + rows + Z())
+    assert b"yek_laer" not in b"".join(mach.out_client)
+
+
+def test_a_parsed_execute_is_judged_by_what_the_name_means_when_it_runs():
+    mach = machine()
+    _run(mach, m.query_message("prepare s as select 'x'::text as a"), complete("PREPARE") + Z())
+    _run(mach, m.parse_message("e", "execute s") + m.SYNC, m.frame(b"1", b"") + Z())
+    redefine = m.query_message("deallocate s; prepare s as select reverse(ssn)::text as a from customers")
+    _run(mach, redefine, complete("DEALLOCATE") + complete("PREPARE") + Z())
+    mach.feed_client(bind("", "e") + execute() + m.SYNC)
+    assert kinds(sent(mach)) == "BDES"  # described when it runs, not from the Parse's Describe
+    mach.feed_server(m.frame(b"2", b"") + row_description(("a", 25)) + m.data_row([b"9876-54-321"]))
+    mach.feed_server(complete("SELECT 1") + Z())
+    out = sent(mach, "out_client")
+    assert kinds(out) == "2DCZ" and b"9876-54-321" not in out[1][1]
+
+
+def test_a_parsed_execute_of_a_reviewed_statement_waits_for_review_when_it_runs():
+    mach = machine()
+    _run(mach, m.query_message("prepare s as select 1"), complete("PREPARE") + Z())
+    _run(mach, m.parse_message("e", "execute s") + m.SYNC, m.frame(b"1", b"") + Z())
+    _run(mach, m.query_message("deallocate s"), complete("DEALLOCATE") + Z())
+    mach.feed_client(m.query_message("prepare s as delete from customers"))
+    assert mach.parked is not None  # the PREPARE of a mass delete is reviewed...
+    mach.resume(approved=True)
+    sent(mach)
+    mach.feed_server(complete("PREPARE") + Z())
+    mach.feed_client(bind("", "e") + execute() + m.SYNC)
+    assert mach.parked is not None  # ...and so is running it through the parsed EXECUTE
+
+
+def test_protocol_names_are_the_same_name_to_the_gateway_when_they_are_to_the_server():
+    """The server keys statement names on their first 63 bytes."""
+    mach = machine()
+    one, two = "a" * 63 + "1", "a" * 63 + "2"
+    _run(mach, m.parse_message(one, "select 'x'::text as a") + m.SYNC, m.frame(b"1", b"") + Z())
+    _run(mach, m.close_message("S", two) + m.SYNC, m.frame(b"3", b"") + Z())
+    mach.feed_client(bind("", one) + execute() + m.SYNC)
+    assert sent(mach)[0][0] == ord("P")  # refused: that name was closed
