@@ -152,6 +152,8 @@ class Answers:
         """Act on one answer `head` accepts; returns a replacement (b"" drops it) or None."""
         head.phase = nxt
         entry_kind = head.kind
+        if head.probe is not None:
+            return self._probe_answer(kind, body, head, nxt)
         if head.uses and not self._shadow:  # observe enforces nothing: it follows the server
             self._check_uses(head)
         if kind == c.ERROR_RESPONSE:
@@ -221,6 +223,25 @@ class Answers:
         masked = values[0]
         encoded = b"\xff\xff\xff\xff" if masked is None else len(masked).to_bytes(4, "big") + masked
         return m.frame(b"V", encoded)
+
+    def _probe_answer(self, kind: int, body: bytes, head: Entry, nxt: int) -> bytes:
+        """An answer to the gateway's own COPY probe: kept, never relayed."""
+        probe = head.probe
+        assert probe is not None
+        if kind == c.ERROR_RESPONSE:
+            probe.failed = True
+            if head.kind != k.SYNC:
+                self._s.inflight.popleft()
+                self._s.discard_to_sync()
+            return b""
+        if nxt == _DONE:
+            self._s.inflight.popleft()
+        if kind == c.ROW_DESCRIPTION:
+            probe.columns = m.parse_row_description(body)
+        elif kind == c.READY_FOR_QUERY:
+            self._s.txn_status = body[:1]
+            probe.done = True
+        return b""
 
     def _check_uses(self, head: Entry) -> None:
         """Every name version `head` was judged or masked by is what the server has now; if

@@ -57,13 +57,18 @@ class Context:
 def decide(verdict: Verdict, ctx: Context) -> Verdict:
     """The final verdict of a statement the policy judged `verdict` (see the module doc)."""
     names = ctx.names
+    several = verdict.statement_count > 1
     if names is not None and verdict.executes and verdict.decision is not Decision.BLOCK:
-        # A PREPARE earlier in the same string counts too ("PREPARE p AS ...; EXECUTE p").
-        own = dict(verdict.prepares)
-        outer, lineages = verdict.lineage, []
+        lineages: list[Lineage | None] = []
+        strictest, stored = verdict, list(verdict.stored)
         for name in verdict.executes:
-            inner = own.get(name) or names.prepared(name)
-            if inner is None:
+            # In a string of several statements, EXECUTE p may run a PREPARE p of the string
+            # or the p the session had before it (the order is not kept): all count.
+            candidates = [inner for prepared, inner in verdict.prepares if prepared == name]
+            known = names.prepared(name)
+            if known is not None and (several or not candidates):
+                candidates.append(known)
+            if not candidates:
                 refused = Verdict(
                     Decision.BLOCK,
                     "gateway/unknown-prepared",
@@ -72,14 +77,24 @@ def decide(verdict: Verdict, ctx: Context) -> Verdict:
                 if verdict.shadow_decision is not None:  # observe: forwarded, recorded as refused
                     return replace(refused, decision=verdict.decision, shadow_decision=Decision.BLOCK)
                 return refused
-            lineages.append(inner.lineage)
-            if inner.decision > verdict.decision:
-                verdict = inner
-        verdict = _rows_of(verdict, outer, lineages, len(verdict.executes))
+            for inner in candidates:
+                lineages.append(inner.lineage)
+                stored.extend(inner.stored)
+                if inner.decision > strictest.decision:
+                    strictest = inner
+        verdict = replace(
+            verdict, decision=strictest.decision, rule=strictest.rule, reason=strictest.reason, stored=tuple(stored)
+        )
+        verdict = _rows_of(verdict, verdict.lineage, lineages)
     if names is not None and verdict.fetches:
-        own_cursors = dict.fromkeys(verdict.declares, verdict.lineage)
-        lineages = [own_cursors[name] if name in own_cursors else names.cursor_rows(name) for name in verdict.fetches]
-        verdict = _rows_of(verdict, verdict.lineage, lineages, len(lineages))
+        lineages = []
+        for name in verdict.fetches:
+            if name in verdict.declares:
+                lineages.append(verdict.lineage)
+                if not several or (verdict.cursor_only and names.cursor_rows(name) is ANY_SOURCE):
+                    continue  # (with nothing but cursor statements, only a DECLARE opens one)
+            lineages.append(names.cursor_rows(name))  # a cursor the string closes and re-declares, too
+        verdict = _rows_of(verdict, verdict.lineage, lineages)
     if verdict.stored:
         verdict = review_stored(verdict, ctx.masker)
     copy = verdict.copy
@@ -117,9 +132,9 @@ def review_stored(verdict: Verdict, masker: StoredChecker | None) -> Verdict:
     return replace(verdict, decision=Decision.REVIEW, rule=STORED_RULE, reason=reason)
 
 
-def _rows_of(verdict: Verdict, own: Lineage | None, named: list[Lineage | None], count: int) -> Verdict:
+def _rows_of(verdict: Verdict, own: Lineage | None, named: list[Lineage | None]) -> Verdict:
     """EXECUTE p and FETCH c return the rows of what p prepared or c declared: mask them by
-    that lineage. In a string of several statements, by every name any of them may give."""
-    single = verdict.statement_count == 1 and count == 1
+    that lineage. In a string of several statements, or with several candidates, by every
+    name any of them may give."""
+    single = verdict.statement_count == 1 and len(named) == 1
     return replace(verdict, lineage=named[0] if single else merge([own, *named]))
-

@@ -105,6 +105,17 @@ TRANSITIONS: tuple[dict[int, dict[int, int]], ...] = (
 
 
 @dataclass(slots=True, eq=False)
+class Probe:
+    """The gateway's own Parse/Describe/Close/Sync of a COPY's query, on the client's
+    connection (only the session sees its temporary tables and search_path), sent when
+    nothing of the client's is in flight and its input is held: the answers are never relayed."""
+
+    columns: list[Any] | None = None  # the RowDescription's fields
+    failed: bool = False
+    done: bool = False
+
+
+@dataclass(slots=True, eq=False)
 class Entry:
     kind: int
     phase: int = START
@@ -118,6 +129,7 @@ class Entry:
     # LIVE, or the server used something else (a definition that failed or is uncertain).
     uses: tuple[Version, ...] = ()
     sync_after_copy: Entry | None = None  # a Sync sent while `entry`'s COPY FROM may have run
+    probe: Probe | None = None  # one of the gateway's own probe messages (never relayed)
     plan: Any = None  # masking (and recording) plan of the current result's rows
     copy_plan: Any = None
     copy_columns: Any = None  # a COPY TO's columns, when the gateway looked them up

@@ -91,6 +91,9 @@ class SessionMachine:
         self.held_client = False
         self._answers.feed(data)
         requests = self._requests
+        if requests.probing is not None and requests.probing[0].done:
+            requests.probed()
+            self.held_client = True
         if requests.held_for_copy:
             copy = self._state.copy_from
             if copy is None or copy.phase == COPY_IN:

@@ -68,6 +68,10 @@ class Portal(Version):
     formats: tuple[int, ...] | None = None  # Bind's result formats; None: from its RowDescription
     description: bytes | None = None
     cursor: bool = False
+    # For a statement running SQL EXECUTE/FETCH: the verdict of its first Execute. The server
+    # runs such a portal once and keeps its rows, so later Executes return those rows whatever
+    # the name means by then.
+    ran: Verdict | None = None
 
 
 V = TypeVar("V", bound=Version)

@@ -13,6 +13,8 @@ from proxy.protocol import messages as m
 #: What the upstream receives instead of a refused statement: a guaranteed syntax error.
 BLOCKED_TEXT = "JITGATE BLOCKED"
 BLOCKED_STMT = "__jitgate_blocked"
+#: The gateway's own prepared statement for describing a COPY's rows (proxy.requests._probe).
+PROBE_STMT = "__jitgate_probe"
 
 
 class Classifier(Protocol):

@@ -19,7 +19,7 @@ from broker.policy.model import Decision, Verdict
 from proxy import inflight as k
 from proxy.answers import Answers
 from proxy.decide import Context, decide, function_call_sql
-from proxy.inflight import Entry
+from proxy.inflight import Entry, Probe
 from proxy.names import Portal, Statement, Version
 from proxy.protocol import codes as c
 from proxy.protocol import messages as m
@@ -27,6 +27,7 @@ from proxy.protocol.frames import ProtocolViolation
 from proxy.records import (
     BLOCKED_STMT,
     BLOCKED_TEXT,
+    PROBE_STMT,
     Classifier,
     MaskerLike,
     Parked,
@@ -34,7 +35,7 @@ from proxy.records import (
     refusal_message,
 )
 from proxy.session_state import SessionState
-from proxy.side_channel import CopyColumns, FunctionName, Lookup, copy_columns_query
+from proxy.side_channel import FunctionName, Lookup, copy_columns_query
 
 _U32 = struct.Struct("!I")
 #: What may be parked or held needs the whole message.
@@ -72,6 +73,7 @@ class Requests:
         self._function_names: dict[int, tuple[str, str, int]] = {}  # OID -> schema, name, result type
         self.terminated = False
         self.held_for_copy = False  # client input waits until the server answers a COPY FROM
+        self.probing: tuple[Probe, bytes, Any] | None = None  # a COPY held for its probe's answer
 
     @property
     def buffered(self) -> int:
@@ -94,7 +96,7 @@ class Requests:
         run = 0  # start of a run of messages forwarded unchanged
         out = self.out_upstream
         unpack = _U32.unpack_from
-        while n - pos >= 5 and self.parked is None and self.waiting is None:
+        while n - pos >= 5 and self.parked is None and self.waiting is None and self.probing is None:
             (length,) = unpack(buf, pos + 1)
             if length < 4 or length > self._max:
                 self._cbuf = bytearray()
@@ -253,21 +255,10 @@ class Requests:
         raw, extra = held
         if self._s.skipping:
             pass  # skipped by the server, as above (resume)
-        elif isinstance(lookup, FunctionName):
+        else:
             if answer is not None:
                 self._function_names[lookup.oid] = answer
             self._send(self._decide_function_call(lookup.oid, raw), raw)
-        else:
-            sql, verdict, uses = extra
-            if answer is None:
-                verdict = Verdict(
-                    Decision.BLOCK,
-                    "gateway/copy-masking",
-                    "COPY TO STDOUT needs its column names for masking; list the columns explicitly",
-                )
-                self.out_upstream.extend(self._refuse(c.QUERY, sql, verdict))
-            else:
-                self._send(self._forward_query(sql, verdict, raw, columns=answer, uses=uses), raw)
         self._process_client()
 
     def _send(self, instead: list[bytes] | None, raw: bytes) -> None:
@@ -304,8 +295,8 @@ class Requests:
         ):
             # The masker needs the COPY's columns, which COPY itself never describes.
             text = copy_columns_query(copy)
-            if text is not None:
-                return self._wait(CopyColumns(text), raw, (sql, verdict, uses))
+            if text is not None and not self._s.inflight and not self._s.open_extended:
+                return self._probe(text, raw, (sql, verdict, uses))
             verdict = Verdict(
                 Decision.BLOCK,
                 "gateway/copy-masking",
@@ -317,6 +308,32 @@ class Requests:
         self._copy_from_starts(entry, verdict)
         self._s.inflight.append(entry)
         return None
+
+    def _probe(self, text: str, raw: bytes, held: tuple[str, Verdict, tuple[Version, ...]]) -> list[bytes]:
+        """Describe the COPY's rows without running it (proxy.inflight.Probe)."""
+        probe = Probe()
+        for kind in (k.PARSE, k.DESCRIBE_S, k.CLOSE, k.SYNC):
+            self._s.inflight.append(Entry(kind, probe=probe))
+        self.probing = (probe, raw, held)
+        return [m.parse_message(PROBE_STMT, text), m.describe_message("S", PROBE_STMT),
+                m.close_message("S", PROBE_STMT), m.SYNC]
+
+    def probed(self) -> None:
+        """The probe is answered: send the COPY it held, or refuse it."""
+        assert self.probing is not None
+        probe, raw, (sql, verdict, uses) = self.probing
+        self.probing = None
+        if probe.failed or probe.columns is None:
+            # What fails to describe fails to run the same way; the client is told why.
+            verdict = Verdict(
+                Decision.BLOCK,
+                "gateway/copy-masking",
+                "the columns of this COPY could not be determined for masking; list the columns explicitly",
+            )
+            self.out_upstream.extend(self._refuse(c.QUERY, sql, verdict))
+        else:
+            self._send(self._forward_query(sql, verdict, raw, columns=probe.columns, uses=uses), raw)
+        self._process_client()
 
     def _copy_from_starts(self, entry: Entry, verdict: Verdict) -> None:
         if verdict.copy is not None and verdict.copy.direction == "from_stdin":
@@ -333,6 +350,10 @@ class Requests:
         name = self._function_names.get(oid)
         if name is None:
             verdict = Verdict(Decision.BLOCK, "gateway/function-call", f"no function with OID {oid} could be found")
+            if self._shadow:  # observe: forwarded (the server says it does not exist), recorded as refused
+                verdict = replace(verdict, decision=Decision.ALLOW, shadow_decision=Decision.BLOCK)
+                self._s.inflight.append(Entry(k.FUNCTION, sql="<FunctionCall>", verdict=verdict, started=self._clock()))
+                return None
             return self._refuse(c.QUERY, "<FunctionCall>", verdict)
         schema, function, result_type = name
         sql = function_call_sql(schema, function)
@@ -397,7 +418,9 @@ class Requests:
             return self._forward_execute(name, raw)
         verdict = statement.verdict
         uses: tuple[Version, ...] = ()
-        if _by_name(verdict):
+        if _by_name(verdict) and portal.ran is not None:
+            verdict = portal.ran  # a suspended portal goes on with the rows of its first run
+        elif _by_name(verdict):
             # SQL EXECUTE s / FETCH c run what s and c are now, not what they were at Parse.
             verdict = self._decide(statement.sql, extended=True)
             uses = self._s.take_uses()
@@ -427,6 +450,8 @@ class Requests:
             verdict = Verdict(Decision.ALLOW, "gateway/cursor", "rows of a declared cursor", lineage=portal.lineage)
         entry = Entry(k.EXECUTE, started=self._clock(), portal=portal, verdict=verdict, phase=k.ROWS)
         entry.uses = (portal, *uses)
+        if _by_name(statement.verdict if statement is not None else None) and portal.ran is None:
+            portal.ran = verdict
         if statement is not None:
             entry.sql = statement.sql
             # A PREPARE, DECLARE, DEALLOCATE or CLOSE makes or drops names when it runs.

@@ -93,7 +93,7 @@ class SessionState:
         what it may do to cursors. Cursor statements alone (DECLARE, FETCH, CLOSE) keep the
         cursors they name; anything else may run code that reopens any cursor.
         """
-        cursor_only = verdict.statement_count == len(verdict.declares) + len(verdict.fetches) + len(verdict.closes)
+        cursor_only = verdict.cursor_only or verdict.statement_count == verdict.transactions
         self.forget_cursors(verdict.fetches if cursor_only else ())
         made = self.sql_names(sql, verdict)
         if not cursor_only and verdict.declares and verdict.statement_count > 1:

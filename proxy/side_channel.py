@@ -1,9 +1,8 @@
 """The gateway's own questions to the upstream, on a connection of their own.
 
-Three things the policy, the masker and the approvers need are only in the upstream's
-catalog or planner: the name behind a fast-path FunctionCall's OID, the columns of a
-``COPY ... TO STDOUT`` (which sends no RowDescription), and the planner's row estimate of a
-parked write. They are asked on a second upstream connection, opened on first use with the
+Two things the policy and the approvers need are only in the upstream's catalog or planner:
+the name behind a fast-path FunctionCall's OID, and the planner's row estimate of a parked
+write. They are asked on a second upstream connection, opened on first use with the
 session's own credential, never on the client's connection: no message the client pipelines
 can be taken as their answer (protocol-notes: "any answer the proxy takes from the upstream
 for its own purposes must not be answerable by traffic the client pipelined").
@@ -13,6 +12,10 @@ and runs each question with the extended protocol, so a question is exactly one 
 It sees committed state under the role's defaults: an object created in the client's open
 transaction is not visible to it, and then the answer is "unknown" (the gateway refuses
 what it cannot check).
+
+(The columns of a ``COPY ... TO STDOUT``, which sends no RowDescription, depend on the
+session's temporary tables and search_path: those are asked on the client's own connection,
+with its input held; see proxy.inflight.Probe.)
 
 `Lookup`s are the machine's side (pure data); `SideChannel` is the I/O.
 """
@@ -47,14 +50,7 @@ class FunctionName:
     oid: int
 
 
-@dataclass(frozen=True, slots=True)
-class CopyColumns:
-    """The columns a ``COPY (query) TO STDOUT`` / ``COPY table TO STDOUT`` would send."""
-
-    text: str  # SELECT * FROM (...) AS q LIMIT 0
-
-
-Lookup = FunctionName | CopyColumns
+Lookup = FunctionName
 
 
 def copy_columns_query(copy: Any) -> str | None:
@@ -97,9 +93,7 @@ class SideChannel:
     async def answer(self, lookup: Lookup) -> Any:
         """The answer the machine waits for (`SessionMachine.lookup_done`); None: unknown."""
         try:
-            if isinstance(lookup, FunctionName):
-                return await self.function_name(lookup.oid)
-            return await self.columns(lookup.text)
+            return await self.function_name(lookup.oid)
         except SideError as exc:
             log.warning("side_query_failed", kind=type(lookup).__name__, error=str(exc))
             return None
@@ -116,13 +110,6 @@ class SideChannel:
         schema, name, result_type = rows[0]
         assert schema is not None and name is not None and result_type is not None
         return schema.decode(), name.decode(), int(result_type)
-
-    async def columns(self, text: str) -> list[m.FieldDescription] | None:
-        try:
-            _, description = await self._ask(text, (), execute=False)
-        except SideError:
-            return None
-        return m.parse_row_description(description) if description is not None else None
 
     async def estimate(self, sql: str) -> int | None:
         try:

@@ -140,6 +140,7 @@ def _enforced(policy: Policy, facts: Facts) -> Verdict:
         declares=tuple(name for statement in facts.statements for name in statement.declares),
         fetches=tuple(name for statement in facts.statements for name in statement.fetches),
         closes=tuple(name for statement in facts.statements for name in statement.closes),
+        transactions=sum(1 for statement in facts.statements if statement.kind == "transaction"),
     )
 
 

@@ -130,6 +130,15 @@ class Verdict:
     declares: tuple[str, ...] = ()
     fetches: tuple[str, ...] = ()
     closes: tuple[str | None, ...] = ()
+    # Transaction control statements (BEGIN, COMMIT, SAVEPOINT, ...) in the string.
+    transactions: int = 0
+
+    @property
+    def cursor_only(self) -> bool:
+        """Only cursor statements (DECLARE, FETCH, CLOSE) and transaction control: nothing in
+        the string runs code that could open or close cursors (but a fetched cursor's query)."""
+        named = len(self.declares) + len(self.fetches) + len(self.closes)
+        return named > 0 and self.statement_count == named + self.transactions
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready view, as `jitgate policy check --json` prints it."""

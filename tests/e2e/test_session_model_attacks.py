@@ -666,3 +666,125 @@ def test_cursor_closed_by_the_server_is_forgotten(env: Env, closer: str, read: s
         assert rows(got) or errors(got), got
     finally:
         wire.close()
+
+
+# ------------------------------------------------------------------ names the session redefines
+#
+# Each scenario is a function of a Wire, so the same bytes can be sent straight to PostgreSQL
+# (where they return reversed API keys) as well as through the gateway (where they must not).
+
+
+def _no_leak(env: Env, wire: Wire, got: list[Msg]) -> None:
+    wire.drain()
+    leaked = env.leaked(wire.received)
+    assert not leaked, f"{len(leaked)} raw or reversed values reached the client, e.g. {leaked[:3]}"
+    assert rows(got) or any(k == "d" for k, _ in got) or errors(got), got
+
+
+#: A temporary object shadows the public table of the same name (the module's public
+#: jg_notes(id, notes) and jg_scratch(id, note): harmless columns); COPY must read what the
+#: server reads, the temporary one.
+COPY_TEMP: dict[str, tuple[str, str]] = {
+    "temp-table": (
+        "create temp table jg_notes as select id, reverse(api_key) as api_key from customers",
+        "copy jg_notes to stdout",
+    ),
+    "temp-table-binary": (
+        "create temp table jg_notes as select id, reverse(api_key) as api_key from customers",
+        "copy jg_notes (id, api_key) to stdout (format binary)",
+    ),
+    "temp-view-binary": (
+        "create temp view jg_scratch as select id, reverse(api_key) api_key from customers",
+        "copy (select * from jg_scratch) to stdout (format binary)",
+    ),
+}
+
+
+def copy_from_temp(wire: Wire, variant: str) -> list[Msg]:
+    create, copy = COPY_TEMP[variant]
+    made = wire.query(create, timeout=10)
+    assert not errors(made), made
+    return wire.query(copy)
+
+
+@pytest.mark.parametrize("variant", list(COPY_TEMP))
+def test_copy_reads_the_temporary_object_that_shadows_a_table(env: Env, variant: str) -> None:
+    env.reviewer.approve = [COPY_TEMP[variant][0]]  # in case creating it goes to review
+    wire = env.connect()
+    try:
+        _no_leak(env, wire, copy_from_temp(wire, variant))
+    finally:
+        wire.close()
+
+
+#: SQL PREPARE/EXECUTE/DEALLOCATE in one or two Queries: EXECUTE runs the statement the name
+#: has at that point, not the one it has when the Query ends.
+PREPARE_AGAIN: dict[str, list[str]] = {
+    "two-queries": [
+        "prepare p as select reverse(api_key) k from customers where id = 1",
+        "execute p; deallocate p; prepare p as select 'x'::text k",
+    ],
+    "one-query": [
+        "prepare p as select reverse(api_key) k from customers where id = 1; execute p; deallocate p;"
+        " prepare p as select 'x'::text k; execute p",
+    ],
+    "cursor": [
+        "begin; declare c cursor for select reverse(api_key) k from customers order by id",
+        "fetch 2 from c; close c; declare c cursor for select 'x'::text k",
+    ],
+}
+
+
+def redefine_in_query(wire: Wire, variant: str) -> list[Msg]:
+    got: list[Msg] = []
+    for text in PREPARE_AGAIN[variant]:
+        got += wire.query(text)
+    wire.query("rollback")
+    return got
+
+
+@pytest.mark.parametrize("variant", list(PREPARE_AGAIN))
+def test_sql_name_redefined_later_in_the_query_masks_what_ran(env: Env, variant: str) -> None:
+    wire = env.connect()
+    try:
+        _no_leak(env, wire, redefine_in_query(wire, variant))
+    finally:
+        wire.close()
+
+
+#: A protocol portal over SQL EXECUTE / FETCH holds its rows from the first Execute; the SQL
+#: name it ran is then redefined, and a second Execute returns more of the old rows.
+PORTAL_OVER_NAME: dict[str, tuple[str, str, str]] = {
+    "execute": (
+        "begin; prepare p as select id, reverse(api_key) k from customers order by id",
+        "execute p",
+        "deallocate p; prepare p as select 1 as id, 'x'::text k",
+    ),
+    "fetch": (
+        "begin; declare c cursor for select id, reverse(api_key) k from customers order by id",
+        "fetch 10 from c",
+        "close c; declare c cursor for select 1, 'x'",
+    ),
+}
+
+
+def portal_over_redefined_name(wire: Wire, variant: str) -> list[Msg]:
+    setup, text, redefine = PORTAL_OVER_NAME[variant]
+    opened = wire.query(setup)
+    assert not errors(opened), opened
+    wire.send(m.parse_message("s", text), bind("s", "P1"), execute("P1", 1), m.SYNC)
+    got = wire.read()
+    wire.query(redefine)
+    wire.send(execute("P1", 3), m.SYNC)
+    got += wire.read()
+    wire.query("rollback")
+    return got
+
+
+@pytest.mark.parametrize("variant", list(PORTAL_OVER_NAME))
+def test_portal_over_a_sql_name_keeps_the_mask_of_what_it_ran(env: Env, variant: str) -> None:
+    wire = env.connect()
+    try:
+        _no_leak(env, wire, portal_over_redefined_name(wire, variant))
+    finally:
+        wire.close()

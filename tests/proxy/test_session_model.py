@@ -449,3 +449,34 @@ def test_protocol_names_are_the_same_name_to_the_gateway_when_they_are_to_the_se
     _run(mach, m.close_message("S", two) + m.SYNC, m.frame(b"3", b"") + Z())
     mach.feed_client(bind("", one) + execute() + m.SYNC)
     assert sent(mach)[0][0] == ord("P")  # refused: that name was closed
+
+
+def test_a_copy_is_described_on_the_session_itself_and_masked_by_those_columns():
+    """Only the session sees its temporary tables: the gateway describes the COPY's rows on
+    the client's connection (its answers never relayed), then runs the COPY."""
+    mach = machine()
+    copy = m.query_message("copy jg_notes to stdout")
+    mach.feed_client(copy + m.query_message("select 1"))
+    up = sent(mach)
+    assert kinds(up) == "PDCS" and b"jg_notes" in up[0][1]  # the probe; COPY and the rest wait
+    mach.feed_server(
+        m.frame(b"1", b"") + m.frame(b"t", b"\0\0") + row_description(("id", 23), ("api_key", 25))
+        + m.frame(b"3", b"") + Z()
+    )
+    assert sent(mach, "out_client") == []  # nothing of the probe reaches the client
+    assert sent(mach) == [(ord("Q"), copy[5:]), (ord("Q"), m.cstr("select 1"))]
+    mach.feed_server(m.frame(b"H", b"\0\0\2\0\0\0\0") + m.frame(b"d", b"1\tsk_live_abcdefghijklmnop\n"))
+    out = sent(mach, "out_client")
+    assert kinds(out) == "Hd" and b"sk_live_abcdefghijklmnop" not in out[1][1]
+
+
+def test_a_copy_whose_probe_fails_is_refused():
+    mach = machine()
+    mach.feed_client(m.query_message("copy nope to stdout"))
+    sent(mach)
+    mach.feed_server(error("42P01", 'relation "nope" does not exist') + Z())
+    assert sent(mach, "out_client") == []
+    assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]
+    mach.feed_server(error("42601", "syntax error") + Z())
+    err = sent(mach, "out_client")
+    assert kinds(err) == "EZ" and m.field(m.parse_fields(err[0][1]), "C") == "42501"
