@@ -18,6 +18,9 @@ Two mechanisms, both on by default:
 And, given the statement's column lineage (`derived`), values computed from a masked column
 (``reverse(ssn)``, ``upper(email) as e``, ``string_agg(ssn, ',')``) are masked whole.
 
+Errors and notices (`messages`): the data they quote is masked, and their whole text is
+withheld when the statement may read a masked column (`statements`).
+
 `rows` documents the treatment of each column type and format; `copyout` the COPY formats;
 `exceptions` the error tree. Everything the proxy needs is re-exported here.
 """

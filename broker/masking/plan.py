@@ -21,18 +21,21 @@ from broker.masking.copyout import CopyPlan, build_copy_plan
 from broker.masking.derived import LineageLike, derived_rules, exposed
 from broker.masking.detectors import DETECTORS
 from broker.masking.exceptions import MaskingRefused
-from broker.masking.messages import mask_fields, mask_text
+from broker.masking.messages import located_in_statement, mask_fields, mask_text, withhold
 from broker.masking.rows import RowPlan, build_row_plan
 from broker.masking.scanner import Scanner
+from broker.masking.statements import reads_masked
 from broker.masking.types import BINARY_FORMAT, TEXT_FORMAT, ColumnInfo, CopyInfoLike
 
 _PLAN_CACHE_SIZE = 512
+_STATEMENT_CACHE_SIZE = 512
+_STATEMENT_CACHE_CHARS = 16384
 
 
 class Masker:
     """Masking for one resource; immutable once built, shared by all its sessions."""
 
-    __slots__ = ("config", "_rules", "_scanner", "_key", "_plans")
+    __slots__ = ("config", "_rules", "_scanner", "_key", "_plans", "_reads")
 
     def __init__(self, config: MaskingConfig | None = None) -> None:
         self.config = config = config if config is not None else MaskingConfig()
@@ -46,11 +49,34 @@ class Masker:
         # Keyed by the column tuple and lineage: the same statement shape comes back all the
         # time.
         self._plans: dict[tuple[tuple[ColumnInfo, ...], LineageLike | None], RowPlan | None] = {}
+        self._reads: dict[str, bool] = {}  # statement text -> reads_masked (notices repeat)
 
     def mask_message(self, fields: Sequence[tuple[str, str]], statement: str = "") -> list[tuple[str, str]] | None:
         """An ErrorResponse's or NoticeResponse's fields with the data they quote masked
-        (`messages.mask_fields`); None when nothing needs to change."""
-        return mask_fields(fields, self._scanner, statement) if self.config.enabled else None
+        (`messages.mask_fields`); None when nothing needs to change. `statement` is the SQL
+        the message belongs to: when it may read a masked column (`reads_masked`), the
+        message's text is withheld whatever its class (`messages.withhold`), unless the
+        server locates it in the statement's own text. Without a statement ("": FATAL
+        shutdowns, notices between statements) only `mask_fields` applies."""
+        if not self.config.enabled:
+            return None
+        if statement and self.reads_masked(statement) and not located_in_statement(fields, statement):
+            return withhold(fields)
+        return mask_fields(fields, self._scanner, statement)
+
+    def reads_masked(self, statement: str) -> bool:
+        """Might `statement` read a column these rules mask? (`statements.reads_masked`)"""
+        try:
+            return self._reads[statement]
+        except KeyError:
+            pass
+        found = reads_masked(statement, self._rules)
+        if len(statement) > _STATEMENT_CACHE_CHARS:
+            return found  # not worth holding on to
+        if len(self._reads) >= _STATEMENT_CACHE_SIZE:
+            self._reads.clear()
+        self._reads[statement] = found
+        return found
 
     def mask_payload(self, text: str) -> str:
         """A notification payload, through the content detectors."""
