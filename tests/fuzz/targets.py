@@ -75,6 +75,11 @@ def session(data: bytes) -> None:
                 machine.resume(approved=False, reason="fuzz")
             except (ProtocolViolation, ProxyError):
                 return
+        if machine.waiting is not None:
+            try:  # a fast-path call held for its name: the side channel could not tell
+                machine.lookup_done(None)
+            except (ProtocolViolation, ProxyError):
+                return
     # Whatever the client sent, the upstream login never reaches it.
     assert b"v-upstream-login" not in b"".join(machine.out_client)
 
