@@ -69,7 +69,7 @@ class Requests:
         self.out_upstream: list[bytes] = []
         self.parked: Parked | None = None
         self.waiting: Lookup | None = None  # a side-channel question the client's next message waits for
-        self._held: tuple[bytes, Any] | None = None  # that message, and what it needs besides
+        self._held: bytes | None = None  # that message
         self._function_names: dict[int, tuple[str, str, int]] = {}  # OID -> schema, name, result type
         self.terminated = False
         self.held_for_copy = False  # client input waits until the server answers a COPY FROM
@@ -248,11 +248,10 @@ class Requests:
 
     def lookup_done(self, answer: Any) -> None:
         """The side channel's answer to `waiting` (None: it could not tell)."""
-        lookup, held = self.waiting, self._held
+        lookup, raw = self.waiting, self._held
         self.waiting = self._held = None
-        if lookup is None or held is None:
+        if lookup is None or raw is None:
             return
-        raw, extra = held
         if self._s.skipping:
             pass  # skipped by the server, as above (resume)
         else:
@@ -264,9 +263,9 @@ class Requests:
     def _send(self, instead: list[bytes] | None, raw: bytes) -> None:
         self.out_upstream.extend(instead if instead is not None else [raw])
 
-    def _wait(self, lookup: Lookup, raw: bytes, extra: Any = None) -> list[bytes]:
+    def _wait(self, lookup: Lookup, raw: bytes) -> list[bytes]:
         self.waiting = lookup
-        self._held = (raw, extra)
+        self._held = raw
         return []
 
     def _park(self, kind: int, sql: str, verdict: Verdict, raw: bytes, uses: tuple[Version, ...] = ()) -> list[bytes]:
