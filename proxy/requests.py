@@ -28,6 +28,7 @@ from proxy.records import (
     BLOCKED_STMT,
     BLOCKED_TEXT,
     PROBE_STMT,
+    UNAVAILABLE_RULES,
     Classifier,
     MaskerLike,
     Parked,
@@ -204,7 +205,8 @@ class Requests:
     def _record_refusal(self, sql: str, verdict: Verdict) -> None:
         self._s.stats.statements += 1
         self._s.stats.blocked += 1
-        self._on_statement(StatementEvent(sql, verdict, self._clock(), 0.0, None, 0, "42501"))
+        sqlstate = "57P03" if verdict.rule in UNAVAILABLE_RULES else "42501"  # as refusal_message says
+        self._on_statement(StatementEvent(sql, verdict, self._clock(), 0.0, None, 0, sqlstate))
 
     def _refuse(self, kind: int, sql: str, verdict: Verdict, reason: str | None = None) -> list[bytes]:
         """Refuse a Query or FunctionCall (`kind` QUERY), or an extended message (else)."""

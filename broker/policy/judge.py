@@ -205,7 +205,11 @@ def _overrides(rule: Rule, guard: Rule, subject: Subject, statement: StatementFa
 
 
 def _shadow(verdict: Verdict) -> Verdict:
-    """Observe mode: forward everything, say what would have happened."""
+    """Observe mode: forward everything, say what would have happened; except a change of the
+    lexing settings, which would make the gateway itself misread the session (the server's
+    report of it would end the session anyway): that is refused in every mode."""
+    if verdict.decision is Decision.BLOCK and verdict.rule.endswith("/lexer-setting"):
+        return verdict
     prepares = tuple((name, _shadow(inner)) for name, inner in verdict.prepares)
     return Verdict(
         Decision.ALLOW,
@@ -223,4 +227,5 @@ def _shadow(verdict: Verdict) -> Verdict:
         declares=verdict.declares,
         fetches=verdict.fetches,
         closes=verdict.closes,
+        transactions=verdict.transactions,
     )

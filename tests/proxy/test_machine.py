@@ -318,11 +318,13 @@ def test_prepare_and_execute_in_one_string():
 def test_failing_closed_for_the_recorder_is_57P03_not_a_policy_block():
     from proxy.session import UNRECORDABLE
 
+    events: list[StatementEvent] = []
     mach = SessionMachine(
-        classify=lambda sql: UNRECORDABLE, masker=None, on_statement=lambda e: None, client_user="a", upstream_user="u"
+        classify=lambda sql: UNRECORDABLE, masker=None, on_statement=events.append, client_user="a", upstream_user="u"
     )
     mach.feed_client(m.query_message("select 1"))
     assert sent(mach) == [(ord("Q"), m.cstr(BLOCKED_TEXT))]  # never sent unrecorded
+    assert [e.error_sqlstate for e in events] == ["57P03"]  # recorded as the client is told
     mach.feed_server(m.error_response("42601", "syntax") + m.ready_for_query(b"I"))
     err = m.parse_fields(sent(mach, "out_client")[0][1])
     assert m.field(err, "C") == "57P03"

@@ -487,6 +487,12 @@ def test_observe_allows_and_reports_the_shadow_decision(sql: str, decision: Deci
     assert verdict.reason.startswith(f"would {decision.value}: agent-safe/")
 
 
+def test_observe_still_refuses_changing_the_lexing_settings() -> None:
+    """The gateway's own reading of the session depends on them, in every mode."""
+    verdict = classify("SET client_encoding TO 'LATIN9'", "observe")
+    assert verdict.decision is Decision.BLOCK and verdict.rule.endswith("/lexer-setting")
+
+
 def test_observe_shadows_prepared_statements_too() -> None:
     verdict = classify("prepare p as delete from t", "observe")
     ((name, inner),) = verdict.prepares
