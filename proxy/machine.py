@@ -135,6 +135,11 @@ class SessionMachine:
         return self._state.stats
 
     @property
+    def in_flight(self) -> int:
+        """Messages sent upstream and not yet answered in full."""
+        return len(self._state.inflight)
+
+    @property
     def _inflight(self) -> list[Entry]:  # for tests
         return list(self._state.inflight)
 

@@ -1,14 +1,25 @@
 """The asyncio layer of a session: move bytes between the two sockets through the machine.
 
-Protocols (``data_received``) instead of StreamReaders: one callback per TCP read, one
+Protocols (``buffer_updated``) instead of StreamReaders: one callback per TCP read, one
 ``writelines`` per direction per read, no task switch per message. Backpressure: when one
 side's write buffer passes its high-water mark, reading from the other side pauses, so a
 client that stops reading cannot make the proxy buffer an unbounded result set.
+
+What the gateway holds for a session is bounded in the kernel too: both sockets get fixed
+SO_SNDBUF/SO_RCVBUF (SOCKET_BUFFER) instead of Linux's autotuning, which sizes them up to
+tcp_wmem/tcp_rmem's maximum (MiBs each). Autotuned, a result that the client reads slower
+than the upstream writes piled up in the gateway's sockets by the megabyte, and all of it
+still reached the client after a cancel (the cancel stops the backend, not the bytes it
+already sent): a cancel one row into a large COPY took seconds and hundreds of thousands
+of rows instead of milliseconds. The work per turn of the event loop is bounded as well
+(READ_CHUNK per read, one read per socket per turn), so a cancel request, which needs a
+few turns to be accepted and forwarded, does not wait behind megabytes of results.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -22,23 +33,87 @@ from proxy.side_channel import Lookup
 
 log = structlog.get_logger("jitgate.proxy")
 
-WRITE_HIGH_WATER = 512 * 1024
+#: Bytes waiting in the relay's write buffer toward one side before it stops reading the
+#: other side (resumes at a quarter of it). One read's output may pass it once.
+WRITE_HIGH_WATER = 64 * 1024
+#: SO_SNDBUF and SO_RCVBUF of both sockets (Linux allocates twice this, for its overhead).
+#: Per direction the gateway then holds at most about 2 * (2 * SOCKET_BUFFER) +
+#: WRITE_HIGH_WATER + one read. A window of that size carries ~25 MB/s at 10 ms round trip,
+#: more than the relay itself moves; raise it only for far-away peers.
+SOCKET_BUFFER = 128 * 1024
+#: Bytes taken from a socket per read (asyncio's default is 256 KiB). The relay's work per
+#: read, a turn of the event loop, is proportional: a masked result is processed at a few
+#: MB/s, and everything else on the loop (a cancel request for this very statement, other
+#: sessions) waits for the turn to end.
+READ_CHUNK = 32 * 1024
 #: PostgreSQL's own words and code for its idle_session_timeout.
 IDLE_TIMEOUT = messages.error_response(
     "57P05", "terminating connection due to idle-session timeout", severity="FATAL"
 )
+#: Messages awaiting the server's answer before the client is read from no further (until
+#: half of them are answered). Each one that runs becomes a statement record when its
+#: answer comes, so this bounds what a pipelining client can have run ahead of the
+#: recorder's backpressure (`Backlog`): without it a 150,000-insert pipeline, forwarded
+#: while the recorder was still healthy, overflowed its hard limit and records were lost.
+MAX_IN_FLIGHT = 10_000
 # Bytes a client may send while its statement is parked before it is paused.
 PARKED_INPUT_LIMIT = 1024 * 1024
 
 
-class _Side(asyncio.Protocol):
-    def __init__(self, on_data: Callable[[bytes], None], on_lost: Callable[[Exception | None], None]) -> None:
+class _Side(asyncio.BufferedProtocol):
+    """One socket of the session, and whether it is read.
+
+    Reads land in a buffer of READ_CHUNK bytes, and after a full one the socket is not read
+    again before the event loop has turned (uvloop would otherwise read on while the socket
+    has data): the relay's work per turn is bounded however much the socket holds. Reading
+    is also held, counted, for the relay's reasons (the peer's write buffer is full, a
+    statement is parked, the recorder is behind); it resumes when no reason is left.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_data: Callable[[bytes], None],
+        on_lost: Callable[[Exception | None], None],
+    ) -> None:
         self.on_data = on_data
         self.on_lost = on_lost
         self.paused_peer: Callable[[bool], None] | None = None
+        self.transport: asyncio.Transport | None = None
+        self._loop = loop
+        self._buffer = memoryview(bytearray(READ_CHUNK))
+        self._holds = 0
+        self._yielding = False
 
-    def data_received(self, data: bytes) -> None:
-        self.on_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.on_data(bytes(self._buffer[:nbytes]))
+        if nbytes == READ_CHUNK and not self._yielding:
+            self._yielding = True
+            self.update()
+            self._loop.call_soon(self._turned)
+
+    def _turned(self) -> None:
+        self._yielding = False
+        self.update()
+
+    def hold(self, held: bool) -> None:
+        # (never below zero: a resume_writing for a pause that reached the protocol before
+        # this one was set must not cancel a later hold)
+        self._holds = self._holds + 1 if held else max(self._holds - 1, 0)
+        self.update()
+
+    def update(self) -> None:
+        """Read from the socket exactly when nothing holds it and no turn is awaited."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._holds > 0 or self._yielding:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False
@@ -69,6 +144,18 @@ class Backlog(Protocol):
     async def caught_up(self) -> None: ...
 
 
+def fix_socket_buffers(transport: asyncio.BaseTransport, size: int = SOCKET_BUFFER) -> None:
+    """Fixed kernel buffers for this transport's socket (setting them turns autotuning off)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+        return
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:  # pragma: no cover - a platform without the option: autotuned
+            pass
+
+
 class Relay:
     def __init__(
         self,
@@ -89,27 +176,31 @@ class Relay:
         self._ask = ask
         self._lookup_task: asyncio.Task[None] | None = None
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._client_paused_by = 0
         # Recording backpressure: while the recorder is behind, the client is not read from.
         self._backlog = backlog
         self._throttle_task: asyncio.Task[None] | None = None
         self._parked_pause = False
+        self._deep = False  # the client's pipeline is MAX_IN_FLIGHT deep: not read from
         # Idle timeout: the time of the last bytes either way, checked by a timer (one clock
         # read per TCP read on the data path, no timer re-armed per message).
         self._loop = asyncio.get_running_loop()
         self._active_at = self._loop.time()
         self._idle_timeout = idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._client_side = _Side(self._loop, self._from_client, lambda exc: self._finish("client disconnected"))
+        self._upstream_side = _Side(self._loop, self._from_upstream, lambda exc: self._finish("upstream closed"))
+        # A side whose write buffer passed WRITE_HIGH_WATER holds the reading of the other.
+        self._client_side.paused_peer = self._upstream_side.hold
+        self._upstream_side.paused_peer = self._client_side.hold
 
     async def run(self, client_leftover: bytes, upstream_leftover: bytes) -> str:
-        client_side = _Side(self._from_client, lambda exc: self._finish("client disconnected"))
-        upstream_side = _Side(self._from_upstream, lambda exc: self._finish("upstream closed"))
-        client_side.paused_peer = lambda paused: self._pause(self.upstream, paused)
-        upstream_side.paused_peer = lambda paused: self._pause_client(paused)
-        for transport, side in ((self.client, client_side), (self.upstream, upstream_side)):
+        for transport, side in ((self.client, self._client_side), (self.upstream, self._upstream_side)):
+            side.transport = transport
             transport.set_protocol(side)
+            fix_socket_buffers(transport)
             transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-            transport.resume_reading()
+        for side in (self._client_side, self._upstream_side):
+            side.update()  # (the StreamReader before may have paused it)
         if upstream_leftover:
             self._from_upstream(upstream_leftover)
         if client_leftover:
@@ -134,20 +225,10 @@ class Relay:
         if not self._done.done():
             self._done.set_result(reason)
 
-    @staticmethod
-    def _pause(transport: asyncio.Transport, paused: bool) -> None:
-        if transport.is_closing():
-            return
-        if paused:
-            transport.pause_reading()
-        else:
-            transport.resume_reading()
-
     def _pause_client(self, paused: bool) -> None:
-        # The client is paused both for upstream backpressure and while a statement is
-        # parked; it resumes only when neither holds.
-        self._client_paused_by += 1 if paused else -1
-        self._pause(self.client, self._client_paused_by > 0)
+        # The client is paused for upstream backpressure, while a statement is parked and
+        # while the recorder is behind; it resumes only when none holds.
+        self._client_side.hold(paused)
 
     def _flush(self) -> None:
         machine = self.machine
@@ -179,12 +260,13 @@ class Relay:
         try:
             self.machine.feed_client(data)
         except ProtocolViolation as exc:
-            self._flush()
-            self.client.write(to_error_response(exc))
-            self._finish(f"protocol violation: {exc}")
+            self._client_violation(exc)
             return
         self._flush()
         self._after_client_step()
+        if not self._deep and self.machine.in_flight > MAX_IN_FLIGHT:
+            self._deep = True
+            self._pause_client(True)
         if self._backlog is not None and self._throttle_task is None and self._backlog.backlogged:
             self._throttle()
 
@@ -227,9 +309,7 @@ class Relay:
             # What the client sent while parked is processed on release, and may be malformed:
             # the session ends as it would have on arrival.
             self._review_task = None
-            self._flush()
-            self.client.write(to_error_response(exc))
-            self._finish(f"protocol violation: {exc}")
+            self._client_violation(exc)
             return
         self._review_task = None
         if self._parked_pause:
@@ -263,12 +343,16 @@ class Relay:
         try:
             self.machine.lookup_done(answer)
         except ProtocolViolation as exc:
-            self._flush()
-            self.client.write(to_error_response(exc))
-            self._finish(f"protocol violation: {exc}")
+            self._client_violation(exc)
             return
         self._flush()
         self._after_client_step()
+
+    def _client_violation(self, exc: ProtocolViolation) -> None:
+        """What the client sent is malformed: it is told why, and the session ends."""
+        self._flush()
+        self.client.write(to_error_response(exc))
+        self._finish(f"protocol violation: {exc}")
 
     def _from_upstream(self, data: bytes) -> None:
         if self._done.done():
@@ -284,6 +368,9 @@ class Relay:
         self._flush()
         if self.machine.held_client:
             self._after_client_step()  # client input held for a COPY's answer went on
+        if self._deep and self.machine.in_flight <= MAX_IN_FLIGHT // 2:
+            self._deep = False
+            self._pause_client(False)
 
     def end(self, reason: str, error: bytes) -> None:
         """End the session from outside (its grant expired or was revoked): the client gets

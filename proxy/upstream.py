@@ -177,16 +177,3 @@ async def _until_ready(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             continue
         else:
             raise ProtocolViolation(f"unexpected message {chr(kind)!r} before ReadyForQuery")
-
-
-async def send_cancel(target: UpstreamTarget, pid: int, key: bytes) -> None:
-    """Forward a cancel to the upstream backend (a fresh connection, as the protocol wants)."""
-    if target.host.startswith("/"):
-        _, writer = await asyncio.open_unix_connection(f"{target.host}/.s.PGSQL.{target.port}")
-    else:
-        _, writer = await asyncio.open_connection(target.host, target.port)
-    try:
-        writer.write(messages.build_cancel_request(pid, key))
-        await writer.drain()
-    finally:
-        writer.close()

@@ -35,6 +35,9 @@ class FakeTransport:
     def set_write_buffer_limits(self, high: int) -> None:
         pass
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
 
 class FakeMachine:
     """Forwards client bytes unchanged (one statement per chunk, for the backlog)."""
@@ -46,11 +49,17 @@ class FakeMachine:
         self.parked = None
         self.waiting = None
         self.held_client = False
+        self.in_flight = 0
         self._backlog = backlog
 
     def feed_client(self, data: bytes) -> None:
         self.out_upstream.append(data)
         self._backlog.pending += 1
+        self.in_flight += 1
+
+    def feed_server(self, data: bytes) -> None:
+        self.out_client.append(data)
+        self.in_flight -= len(data)  # (here: one answer per byte)
 
 
 class FakeBacklog:
@@ -108,5 +117,29 @@ async def test_no_backlog_no_throttling() -> None:
     relay._from_client(b"q0")
     relay._from_client(b"q1")
     assert client.reading
+    relay.end("done", b"")
+    assert await run == "done"
+
+
+async def test_a_client_is_not_read_while_its_pipeline_is_too_deep(monkeypatch: Any) -> None:
+    """Every statement forwarded becomes a record when answered: a client may run only so far
+    ahead of the recorder's backpressure."""
+    monkeypatch.setattr("proxy.relay.MAX_IN_FLIGHT", 4)
+    machine = FakeMachine(FakeBacklog(soft=1000))
+    client, upstream = FakeTransport(), FakeTransport()
+
+    async def review(_: Any) -> None:
+        raise AssertionError("no review here")
+
+    relay = Relay(machine, client, upstream, review=review)  # type: ignore[arg-type]
+    run = asyncio.ensure_future(relay.run(b"", b""))
+    await asyncio.sleep(0)
+    for i in range(5):
+        relay._from_client(b"q%d" % i)
+    assert not client.reading  # five in flight, over the limit of four
+    relay._from_upstream(b"a")
+    assert not client.reading  # four: not yet half
+    relay._from_upstream(b"bb")
+    assert client.reading  # two: read again
     relay.end("done", b"")
     assert await run == "done"
