@@ -61,6 +61,15 @@ class SessionRecorder(Protocol):
         """Non-blocking: buffered and written by a background task."""
         ...
 
+    @property
+    def backlogged(self) -> bool:
+        """True while the recorder is behind: the relay stops reading the client meanwhile."""
+        ...
+
+    async def caught_up(self) -> None:
+        """Return once the recorder has caught up (or cannot record at all)."""
+        ...
+
     async def session_ended(self, session_id: str, *, reason: str, stats: object) -> None:
         """Never raises."""
         ...
@@ -87,6 +96,10 @@ class ReviewHook(Protocol):
         the planner's row estimate for a write, when the gateway could EXPLAIN it."""
         ...
 
+    async def session_ended(self, session_id: str) -> None:
+        """The session is gone: what it still has pending (a parked statement) is cancelled."""
+        ...
+
 
 class DenyAllReviews:
     """Until an approval workflow is configured, a statement under review is refused."""
@@ -104,6 +117,9 @@ class DenyAllReviews:
             approved=False,
             reason=f"{verdict.reason} (no approval workflow is configured on this gateway)",
         )
+
+    async def session_ended(self, session_id: str) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,9 +268,7 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         if session is not None:
             stats = machine.stats if machine is not None else None
             await ctx.recorder.session_ended(session.session_id, reason=end_reason, stats=stats)
-            review_ended = getattr(ctx.review, "session_ended", None)
-            if review_ended is not None:
-                await review_ended(session.session_id)
+            await ctx.review.session_ended(session.session_id)
             log.info("session_ended", session_id=session.session_id, reason=end_reason)
         if credential is not None:
             try:
@@ -349,11 +347,10 @@ async def _relay(
         )
         m.resume(approved=outcome.approved, reason=outcome.reason)
 
-    # Recording backpressure: a recorder that reports its backlog (RecorderSink) slows clients
-    # down while it catches up; `classify` above still refuses what cannot be recorded.
-    backlog = recorder if hasattr(recorder, "backlogged") else None
+    # Recording backpressure: the recorder's backlog slows clients down while it catches up;
+    # `classify` above still refuses what cannot be recorded.
     relay = Relay(
-        machine, writer.transport, upstream.writer.transport, review=review, ask=side.answer, backlog=backlog,  # type: ignore[arg-type]
+        machine, writer.transport, upstream.writer.transport, review=review, ask=side.answer, backlog=recorder,  # type: ignore[arg-type]
         idle_timeout=ctx.idle_timeout,
     )
     client_leftover = bytes(reader._buffer)  # type: ignore[attr-defined]

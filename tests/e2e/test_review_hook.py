@@ -33,6 +33,9 @@ class ScriptedReviewer:
             return ReviewOutcome(approved=True)
         return ReviewOutcome(approved=False, reason="denied by the on-call DBA: not during business hours")
 
+    async def session_ended(self, session_id):
+        return None
+
 
 @pytest.fixture(scope="module")
 def reviewed_gateway(upstream, demo_roles) -> Iterator[tuple[Gateway, ScriptedReviewer]]:

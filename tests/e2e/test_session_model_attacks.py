@@ -183,6 +183,9 @@ class Reviewer:
             return ReviewOutcome(approved=True)
         return ReviewOutcome(approved=False, reason="denied by the test reviewer")
 
+    async def session_ended(self, session_id: str) -> None:
+        return None
+
 
 @dataclass
 class Env:
