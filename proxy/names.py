@@ -83,6 +83,8 @@ _NAME_BYTES = 63
 
 
 def key(name: str) -> str:
+    if len(name) < 16:  # at most 4 bytes a character: short names need no cut
+        return name
     raw = name.encode("utf-8", "surrogateescape")
     return name if len(raw) <= _NAME_BYTES else raw[:_NAME_BYTES].decode("utf-8", "surrogateescape")
 

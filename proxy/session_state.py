@@ -30,6 +30,7 @@ class SessionState:
         # The versions the last verdict was composed from (proxy.decide asked `prepared` and
         # `cursor_rows`): the statement runs with those only if they are what the server has.
         self._looked_up: list[Version] = []
+        self._cursors = False  # a DECLAREd cursor may be known (see forget_cursors)
 
     # -- names ------------------------------------------------------------------------------
 
@@ -76,6 +77,7 @@ class SessionState:
             made.append(self.statements.define(name, Statement(sql=sql, verdict=inner)))
         for declared in verdict.declares:
             made.append(self.portals.define(declared, Portal(lineage=verdict.lineage, cursor=True)))
+            self._cursors = True
         return tuple(made)
 
     def forget_cursors(self, keep: tuple[str, ...] = ()) -> None:
@@ -83,10 +85,17 @@ class SessionState:
         code the gateway does not see (a function, a trigger, the query of a cursor being
         fetched): from now on, what they return is masked whole and protocol Execute of them
         is refused, until they are declared again. Protocol portals are the client's own."""
+        if not self._cursors:
+            return  # (the common case: no DECLAREd cursor, nothing to look through)
+        left = False
         for name in self.portals.names():
             version = self.portals.get(name)
-            if isinstance(version, Portal) and version.cursor and name not in keep:
-                self.portals.forget(name)
+            if isinstance(version, Portal) and version.cursor:
+                if name in keep:
+                    left = True
+                else:
+                    self.portals.forget(name)
+        self._cursors = left
 
     def sent(self, sql: str, verdict: Verdict) -> tuple[Version, ...]:
         """A statement string is on its way: the names it makes and drops (`sql_names`), and
@@ -95,7 +104,10 @@ class SessionState:
         """
         cursor_only = verdict.cursor_only or verdict.statement_count == verdict.transactions
         self.forget_cursors(verdict.fetches if cursor_only else ())
-        made = self.sql_names(sql, verdict)
+        if verdict.deallocates or verdict.closes or verdict.prepares or verdict.declares:
+            made = self.sql_names(sql, verdict)
+        else:
+            made = ()
         if not cursor_only and verdict.declares and verdict.statement_count > 1:
             self.forget_cursors()  # its other statements may reopen what it declared
         return made
