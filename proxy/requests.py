@@ -416,7 +416,7 @@ class Requests:
             return self._refuse(c.EXECUTE, f"<execute {name}>", verdict)
         statement = portal.statement
         if statement is None or statement.verdict is None:
-            return self._forward_execute(name, raw)
+            return self._forward_execute(name, raw, portal=portal)
         verdict = statement.verdict
         uses: tuple[Version, ...] = ()
         if _by_name(verdict) and portal.ran is not None:
@@ -436,12 +436,14 @@ class Requests:
                 statement.approved_runs -= 1
             else:
                 return self._park(c.EXECUTE, statement.sql, verdict, raw, uses)
-        return self._forward_execute(name, raw, verdict, uses)
+        return self._forward_execute(name, raw, verdict, uses, portal=portal)
 
     def _forward_execute(
-        self, name: str, raw: bytes, verdict: Verdict | None = None, uses: tuple[Version, ...] = ()
+        self, name: str, raw: bytes, verdict: Verdict | None = None, uses: tuple[Version, ...] = (),
+        *, portal: Portal | None = None,
     ) -> list[bytes] | None:
-        portal = self._s.portal(name)
+        if portal is None:  # (a parked Execute, released: looked up again)
+            portal = self._s.portal(name)
         if portal is None:  # gone while the Execute was parked
             return self._on_execute(name, raw)
         statement = portal.statement

@@ -27,8 +27,6 @@ FRONTEND = frozenset((
     QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH, FUNCTION_CALL,
     COPY_DATA, COPY_DONE, COPY_FAIL, TERMINATE,
 ))
-#: The extended-query messages: an error in one makes the server skip everything to Sync.
-EXTENDED = frozenset((PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, FLUSH))
 #: What a client sends inside COPY FROM STDIN.
 COPY_IN = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
 
