@@ -13,9 +13,10 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import hvac.api.secrets_engines.database as hvac_database
 import hvac.exceptions
@@ -42,6 +43,41 @@ def stopped(openbao: VaultFixture) -> Iterator[None]:
         yield
     finally:
         os.kill(openbao.bao.process.pid, signal.SIGCONT)
+
+
+def _buffered_requests(port: int) -> int:
+    """Bytes waiting unread in the receive queues of the server side of connections to `port`
+    (/proc/net/tcp: the kernel accepts and buffers for a frozen server)."""
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, state, queues = fields[1], fields[3], fields[4]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:  # ESTABLISHED
+                    waiting += int(queues.split(":")[1], 16)
+    return waiting
+
+
+async def _until(what: str, condition: Callable[[], Awaitable[bool] | bool], within: float = 10.0) -> None:
+    """Wait for `condition` to hold, polling; fail naming `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        held = condition()
+        if not isinstance(held, bool):
+            held = await held
+        if held:
+            return
+        assert time.monotonic() < deadline, f"not within {within}s: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _asked(openbao: VaultFixture) -> None:
+    """The issue request sits in the frozen server's socket buffer (not merely: some time passed)."""
+    port = urlsplit(openbao.bao.address).port
+    assert port is not None
+    await _until("the request reaches the stopped server", lambda: _buffered_requests(port) > 0)
 
 
 def _leases(openbao: VaultFixture, role: str = "readonly") -> set[str]:
@@ -80,11 +116,13 @@ async def test_a_lease_issued_after_the_caller_was_cancelled_is_revoked(
     leases, roles, late = _leases(openbao), await vault_roles(upstream), _late()
     with stopped(openbao):
         asking = asyncio.ensure_future(provider.acquire(resource="demo", role="readonly", session_id="gone"))
-        await asyncio.sleep(0.3)  # the request sits in the frozen server's socket buffer
+        await _asked(openbao)
         asking.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asking
     # Continued, the server issues the lease to a caller that is gone: it is revoked at once.
+    # (Waiting for the issue first: before it, the leases are trivially as they were.)
+    await _until("the late lease is issued and counted", lambda: _late() == late + 1)
     await _settles(openbao, upstream, leases, roles)
     assert _late() == late + 1
 
@@ -125,10 +163,19 @@ async def test_a_cancelled_acquire_is_recorded_and_released_through_the_ledger(
         leases, roles = _leases(openbao), await vault_roles(upstream)
         with stopped(openbao):
             asking = asyncio.ensure_future(manager.acquire(resource="demo", role="readonly", session_id=session_id))
-            await asyncio.sleep(0.3)
+            await _asked(openbao)
             asking.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asking
+
+        async def released() -> bool:
+            return [r.type async for r in store.iter_audit() if r.type.startswith("lease.")][2:] == [
+                "lease.issue",
+                "lease.revoke",
+            ]
+
+        # The late lease is issued, recorded and released (before that, nothing has changed yet).
+        await _until("the abandoned lease is recorded and released", released)
         await _settles(openbao, upstream, leases, roles)
         assert manager.ledger is not None and await manager.ledger.outstanding() == []
         trail = [r.type async for r in store.iter_audit() if r.type.startswith("lease.")]
