@@ -105,7 +105,9 @@ def rig(workdir: Path, *, max_connections: int, upstream: Upstream | None = None
         config = workdir / "jitgate.yaml"
         config.write_text(yaml.safe_dump({
             "data_dir": str(workdir / "data"), "store_url": store_url, "log_level": "warning",
-            "proxy": {"listen_port": port, "metrics_port": metrics_port},
+            # A thousand sessions of one token: no concurrent-session caps here.
+            "proxy": {"listen_port": port, "metrics_port": metrics_port,
+                      "max_sessions_per_agent": None, "max_sessions_per_token": None},
             "resources": {"demo": {"upstream": {
                 "host": upstream.host, "port": upstream.port, "dbname": "demo", "sslmode": "disable",
                 "username": roles.rw_user, "password": roles.rw_password,

@@ -146,7 +146,8 @@ def start_jitgate(upstream: Endpoint, workdir: Path, workers: int = 1) -> tuple[
     config.write_text(yaml.safe_dump({
         "data_dir": str(workdir / "data"),
         "log_level": "warning",
-        "proxy": {"listen_port": port},
+        # pgbench's clients share one token: no concurrent-session caps here.
+        "proxy": {"listen_port": port, "max_sessions_per_agent": None, "max_sessions_per_token": None},
         "resources": {upstream.dbname: {
             "upstream": {"host": upstream.host, "port": upstream.port, "dbname": upstream.dbname,
                          "sslmode": "disable", "username": upstream.user,

@@ -176,6 +176,28 @@ class ProxySettings(_Section):
         ),
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address the metrics endpoint listens on")
+    max_sessions_per_agent: int | None = Field(
+        default=10,
+        ge=1,
+        description=(
+            "Concurrent sessions one agent principal (agent:...) may hold, over all its tokens, resources and "
+            "proxy processes sharing the store; one more is refused with 53300 before any upstream connection. "
+            "null: no cap"
+        ),
+    )
+    max_sessions_per_token: int | None = Field(
+        default=5,
+        ge=1,
+        description="Concurrent sessions one gateway token may hold (any principal), likewise; null: no cap",
+    )
+    session_slot_lease_seconds: float = Field(
+        default=30.0,
+        ge=3,
+        description=(
+            "A counted session's slot is a lease its proxy process renews; a process that dies frees its "
+            "slots within this time"
+        ),
+    )
 
     @field_validator("tls_cert_file")
     @classmethod
@@ -279,7 +301,12 @@ class ResourceSettings(_Section):
     upstream: UpstreamSettings
     description: str = ""
     policy: str = Field(
-        default="agent-safe", description="Policy preset name or path to a YAML policy"
+        default="agent-safe",
+        description=(
+            "Policy preset name or path to a YAML policy (rules, notify_channels, and the session timeouts "
+            "sent at start-up: lock_timeout 5s, statement_timeout 5min, idle_in_transaction_session_timeout 3min, "
+            "client_connection_check_interval 10s by default; see broker/policy/loader.py)"
+        ),
     )
     masking: dict[str, Any] = Field(
         default_factory=dict, description="Passed as is to broker.masking's MaskingConfig"

@@ -74,6 +74,12 @@ EGRESS_LIMITS = Counter(
     ["resource", "limit"],
     registry=REGISTRY,
 )
+SESSION_CAP_REFUSALS = Counter(
+    "jitgate_session_cap_refusals_total",
+    "Connections refused because the agent or token already had its maximum of concurrent sessions (53300)",
+    ["resource", "limit"],
+    registry=REGISTRY,
+)
 APPROVALS_OPENED = Counter(
     "jitgate_approvals_opened_total",
     "Approval requests created, by kind (statement, access)",

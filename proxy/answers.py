@@ -18,6 +18,7 @@ from typing import Any
 from broker.masking import MaskingError
 from broker.metrics import DESYNCS
 from proxy import inflight as k
+from proxy import rehearsal as rh
 from proxy.egress import EgressMeter
 from proxy.exceptions import ResultRefused, SessionDesync
 from proxy.inflight import Entry
@@ -72,7 +73,16 @@ class Answers:
         n = len(buf)
         pos = 0
         run = 0
+        # While a write is rehearsed every answer is its (nothing else is in flight then):
+        # held until its rows are counted (proxy.rehearsal).
+        rehearsal = self._s.rehearsal
+        pending = None
         out = self.out
+        if rehearsal is not None:
+            if rehearsal.started:
+                out = rehearsal.held
+            else:
+                pending = rehearsal.start
         unpack = _U32.unpack_from
         inflight = self._s.inflight
         egress = self._egress
@@ -86,11 +96,19 @@ class Answers:
                     break
                 kind = buf[pos]
                 head = inflight[0] if inflight else None
+                if pending is not None and head is pending:
+                    assert rehearsal is not None
+                    if run < pos:
+                        out.append(bytes(buf[run:pos]))
+                    run = pos
+                    out = rehearsal.held
+                    rehearsal.started = True
+                    pending = None
                 if kind == c.DATA_ROW:  # the hot path
                     if head is None or head.phase != _ROWS:
                         self._surprise(kind, head, buf, pos, end)
                     assert head is not None
-                    if egress is not None and egress.drop(head, length + 1):
+                    if egress is not None and head.own is None and egress.drop(head, length + 1):
                         if run < pos:
                             out.append(bytes(buf[run:pos]))
                         pos = run = end
@@ -98,6 +116,12 @@ class Answers:
                     head.rows += 1
                     plan = head.plan
                     if plan is not None:
+                        if head.own is not None:  # the gateway's own count: never relayed
+                            head.own.row(m.parse_data_row(bytes(buf[pos + 5 : end])), head.own_step)
+                            if run < pos:
+                                out.append(bytes(buf[run:pos]))
+                            pos = run = end
+                            continue
                         try:
                             values, count = plan.mask_values(m.parse_data_row(bytes(buf[pos + 5 : end])))
                         except MaskingError as exc:
@@ -154,6 +178,8 @@ class Answers:
         entry_kind = head.kind
         if head.probe is not None:
             return self._probe_answer(kind, body, head, nxt)
+        if head.own is not None:
+            return self._own_answer(kind, body, head, nxt)
         if head.uses and not self._shadow:  # observe enforces nothing: it follows the server
             self._check_uses(head)
         if kind == c.ERROR_RESPONSE:
@@ -162,6 +188,11 @@ class Answers:
             self._s.inflight.popleft()
         if kind == c.READY_FOR_QUERY:
             self._ready(body, head)
+            if self._s.rehearsal is not None:
+                # The end of the rehearsed unit: its status is the gateway's transaction's;
+                # the client gets the one it would have seen, once the rows are counted.
+                self._s.rehearsal.unit_status = body[:1]
+                return b""
         elif kind == c.ROW_DESCRIPTION:
             return self._row_description(body, head)
         elif kind == c.NO_DATA:
@@ -241,6 +272,37 @@ class Answers:
         elif kind == c.READY_FOR_QUERY:
             self._s.txn_status = body[:1]
             probe.done = True
+        return b""
+
+    def _own_answer(self, kind: int, body: bytes, head: Entry, nxt: int) -> bytes:
+        """An answer to one of the gateway's own messages around a rehearsed write: kept by
+        the rehearsal, never relayed (proxy.rehearsal)."""
+        rehearsal = head.own
+        step = head.own_step
+        if kind == c.ERROR_RESPONSE:
+            error = self._server.scrub(kind, body, "") or m.frame(b"E", body)
+            if step == rh.FINAL:
+                rehearsal.final_error = rehearsal.final_error or error
+            elif rehearsal.own_error is None and not (step == rh.MEASURE_AFTER and rehearsal.unit_failed):
+                rehearsal.own_error, rehearsal.own_error_step = error, step
+            if head.kind != k.SYNC:
+                self._s.inflight.popleft()
+                self._s.discard_to_sync()
+            return b""
+        if nxt == _DONE:
+            self._s.inflight.popleft()
+        if kind == c.PARSE_COMPLETE and step == rh.PRE:
+            rehearsal.began = True
+        if kind == c.READY_FOR_QUERY:
+            self._s.txn_status = body[:1]
+            if self._s.txn_status == b"I":
+                self._s.portals.end_transaction()
+            if step == rh.MEASURE_AFTER:
+                rehearsal.measured = True
+            else:
+                rehearsal.finished = True
+        elif kind == c.COMMAND_COMPLETE and body.startswith(b"ROLLBACK"):
+            self._s.forget_cursors()  # what the unit declared is gone with it
         return b""
 
     def _check_uses(self, head: Entry) -> None:
@@ -392,6 +454,12 @@ class Answers:
 
     def complete(self, entry: Entry) -> None:
         if entry.verdict is None or entry.refusal is not None:
+            return
+        rehearsal = self._s.rehearsal
+        if rehearsal is not None and rehearsal.started:
+            # Recorded once its fate is known: as run when kept, not at all when parked (the
+            # decision and the approved run are what the record holds then).
+            rehearsal.completed.append(entry)
             return
         self._s.stats.statements += 1
         self._s.stats.masked += entry.masked

@@ -26,6 +26,7 @@ from broker.approvals.model import Approval, Status
 from broker.approvals.service import ApprovalService, Requester
 from broker.policy import Verdict
 from proxy.hooks import ReviewOutcome, SessionInfo
+from proxy.rehearsal import BlastRadius
 
 log = structlog.get_logger("jitgate.proxy")
 
@@ -45,6 +46,7 @@ class ApprovalReviewHook:
         verdict: Verdict,
         notify: Callable[[str], None],
         estimate: int | None = None,
+        blast_radius: BlastRadius | None = None,
     ) -> ReviewOutcome:
         grant = session.grant
         covering = await self.service.covering(
@@ -61,7 +63,7 @@ class ApprovalReviewHook:
             rule=verdict.rule,
             risk=verdict.reason,
             intent=session.intent or session.application_name,
-            details=_details(verdict, estimate),
+            details=_details(verdict, estimate, blast_radius),
         )
         where = f" at {self.console_url}/approvals/{approval.id}" if self.console_url else ""
         notify(
@@ -117,13 +119,19 @@ class ApprovalReviewHook:
             log.warning("approval_cancel_failed", session_id=session_id, error=type(exc).__name__)
 
 
-def _details(verdict: Verdict, estimate: int | None) -> dict[str, object]:
-    """The blast radius shown to approvers: tables touched and the planner's row estimate."""
+def _details(verdict: Verdict, estimate: int | None, blast: BlastRadius | None = None) -> dict[str, object]:
+    """The blast radius shown to approvers: tables touched, the planner's row estimate, and
+    for a write parked for its size the rows its rehearsal changed per table ("would change
+    406 of 406 rows of orders"), or the planner's estimate marked as such."""
     details: dict[str, object] = {}
     if verdict.tables:
         details["tables"] = list(verdict.tables)
     if estimate is not None:
         details["row_estimate"] = estimate
+    if blast is not None:
+        details.update(blast.details())
+        if blast.estimated and blast.changes:
+            details.setdefault("row_estimate", sum(change.rows for change in blast.changes))
     return details
 
 

@@ -9,6 +9,10 @@ and only here:
   not see declared (one a function opened) is masked whole;
 - a write that would store masked values under unmasked names goes to review
   (`masking/stored-unmasked`, the masker's call: `review_stored`);
+- a statement whose result depends on a masked column other than by showing it masked (a
+  WHERE, ORDER BY, LIMIT, CASE condition ... on it: `broker.policy.flow.controls`) goes to
+  review, or is blocked, as the column's masking rule says (`masking/inference`:
+  `review_inference`);
 - ``COPY ... TO STDOUT`` in the extended protocol must name its columns when results are
   masked (the gateway cannot look them up in the middle of a pipeline);
 - a fast-path FunctionCall is judged as ``SELECT schema.function()``.
@@ -22,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from broker.policy.lineage import UNKNOWN, merge
+from broker.policy.flow import UNKNOWN, merge
 from broker.policy.model import Decision, Lineage, Verdict
 
 STORED_RULE = "masking/stored-unmasked"
+INFERENCE_RULE = "masking/inference"
 
 #: The lineage of rows whose source the gateway cannot know: every field counts as derived
 #: from an unnamed (so masked) column.
@@ -35,6 +40,7 @@ ANY_SOURCE = Lineage(head=(), starred=True, loose=_ANYTHING, named=_ANYTHING)
 
 class StoredChecker(Protocol):
     def exposed(self, stored: Any) -> list[str]: ...
+    def inferred(self, controls: Any) -> list[tuple[str, str, Any]]: ...
 
 
 class Names(Protocol):
@@ -60,7 +66,8 @@ def decide(verdict: Verdict, ctx: Context) -> Verdict:
     several = verdict.statement_count > 1
     if names is not None and verdict.executes and verdict.decision is not Decision.BLOCK:
         lineages: list[Lineage | None] = []
-        strictest, stored = verdict, list(verdict.stored)
+        strictest, stored, controls = verdict, list(verdict.stored), list(verdict.controls)
+        rehearse = verdict.rehearse  # EXECUTE p writes what p writes: rehearsed alike
         for name in verdict.executes:
             # In a string of several statements, EXECUTE p may run a PREPARE p of the string
             # or the p the session had before it (the order is not kept): all count.
@@ -80,10 +87,18 @@ def decide(verdict: Verdict, ctx: Context) -> Verdict:
             for inner in candidates:
                 lineages.append(inner.lineage)
                 stored.extend(inner.stored)
+                controls.extend(inner.controls)
+                rehearse = rehearse or inner.rehearse
                 if inner.decision > strictest.decision:
                     strictest = inner
         verdict = replace(
-            verdict, decision=strictest.decision, rule=strictest.rule, reason=strictest.reason, stored=tuple(stored)
+            verdict,
+            decision=strictest.decision,
+            rule=strictest.rule,
+            reason=strictest.reason,
+            stored=tuple(stored),
+            controls=tuple(controls),
+            rehearse=rehearse,
         )
         verdict = _rows_of(verdict, verdict.lineage, lineages)
     if names is not None and verdict.fetches:
@@ -97,6 +112,8 @@ def decide(verdict: Verdict, ctx: Context) -> Verdict:
         verdict = _rows_of(verdict, verdict.lineage, lineages)
     if verdict.stored:
         verdict = review_stored(verdict, ctx.masker)
+    if verdict.controls:
+        verdict = review_inference(verdict, ctx.masker)
     copy = verdict.copy
     if (
         ctx.extended
@@ -123,13 +140,43 @@ def function_call_sql(schema: str, function: str) -> str:
 def review_stored(verdict: Verdict, masker: StoredChecker | None) -> Verdict:
     """`verdict`, or a review of it when it stores masked values under unmasked names
     (``create table x as select reverse(api_key) k ...``: reads of x would not mask them)."""
-    if not verdict.stored or verdict.decision is not Decision.ALLOW or masker is None:
+    if not verdict.stored or masker is None:
         return verdict
     exposed = masker.exposed(verdict.stored)
     if not exposed:
         return verdict
     reason = "it writes values derived from masked columns where later reads are not masked: " + "; ".join(exposed)
-    return replace(verdict, decision=Decision.REVIEW, rule=STORED_RULE, reason=reason)
+    return _stricter(verdict, Decision.REVIEW, STORED_RULE, reason)
+
+
+def review_inference(verdict: Verdict, masker: StoredChecker | None) -> Verdict:
+    """`verdict`, or a review (or block) of it when its result depends on a masked column
+    other than by showing it masked: which rows come back, how many, in what order or how
+    fast (``where substr(ssn, 1, 1) = '6'``); the reason names each column and how."""
+    if not verdict.controls or masker is None:
+        return verdict
+    found = masker.inferred(verdict.controls)
+    if not found:
+        return verdict
+    decision = Decision.BLOCK if any(mode.value == "block" for _, _, mode in found) else Decision.REVIEW
+    by_column: dict[str, list[str]] = {}
+    for column, how, _ in found:
+        by_column.setdefault(column, []).append(how)
+    detail = "; ".join(f"{column} through {', '.join(hows)}" for column, hows in by_column.items())
+    reason = f"its result depends on masked data other than through a masked output: {detail}"
+    return _stricter(verdict, decision, INFERENCE_RULE, reason)
+
+
+def _stricter(verdict: Verdict, decision: Decision, rule: str, reason: str) -> Verdict:
+    """`verdict` with `decision` when that is stricter; in observe mode only as what would
+    have happened (the statement is still forwarded)."""
+    if verdict.shadow_decision is not None:
+        if decision <= verdict.shadow_decision:
+            return verdict
+        return replace(verdict, shadow_decision=decision, reason=f"would {decision.value}: {rule}: {reason}")
+    if decision <= verdict.decision:
+        return verdict
+    return replace(verdict, decision=decision, rule=rule, reason=reason)
 
 
 def _rows_of(verdict: Verdict, own: Lineage | None, named: list[Lineage | None]) -> Verdict:

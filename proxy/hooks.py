@@ -6,13 +6,14 @@ from: it asks these. Each is a structural Protocol so tests can pass small real 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from broker.policy import Verdict
 from broker.store import Grant
 from proxy.egress import EgressLimits
+from proxy.rehearsal import BlastRadius
 from proxy.results import ResultLimits
 from proxy.upstream import UpstreamCredential, UpstreamTarget
 
@@ -90,10 +91,13 @@ class ReviewHook(Protocol):
         verdict: Verdict,
         notify: Callable[[str], None],
         estimate: int | None = None,
+        blast_radius: BlastRadius | None = None,
     ) -> ReviewOutcome:
         """Park until a reviewer decides (or the wait expires). ``notify`` sends a
         NoticeResponse to the waiting client (e.g. "awaiting approval <id>"); ``estimate`` is
-        the planner's row estimate for a write, when the gateway could EXPLAIN it."""
+        the planner's row estimate for a write, when the gateway could EXPLAIN it;
+        ``blast_radius`` the rows a write parked for its size changed in its rehearsal (or,
+        marked estimated, the planner expects it to change)."""
         ...
 
     async def session_ended(self, session_id: str) -> None:
@@ -112,6 +116,7 @@ class DenyAllReviews:
         verdict: Verdict,
         notify: Callable[[str], None],
         estimate: int | None = None,
+        blast_radius: BlastRadius | None = None,
     ) -> ReviewOutcome:
         return ReviewOutcome(
             approved=False,
@@ -133,3 +138,6 @@ class Resource:
     record_results: ResultLimits | None = None  # None: result rows are not recorded
     egress: EgressLimits | None = None  # None: no caps on returned rows/bytes
     shadow: bool = False  # the observe preset: forward everything, record what would have happened
+    # Session timeouts (ms) sent in the upstream start-up packet, and their ceilings
+    # (broker.policy.timeouts); empty: the gateway sets none.
+    timeouts: Mapping[str, int] = field(default_factory=dict)

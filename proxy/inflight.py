@@ -142,6 +142,10 @@ class Entry:
     cut_sent: bool = False  # the client has had the egress error for it
     muted: bool = False  # after an egress cut in its batch: answers processed, not relayed
     capture: Any = None  # proxy.results.ResultCapture when the resource records results
+    # One of the gateway's own messages around a rehearsed write (proxy.rehearsal): its
+    # answers go to the rehearsal, never to the client; `own_step` says what it is for.
+    own: Any = None
+    own_step: int = 0
 
     @property
     def name(self) -> str:

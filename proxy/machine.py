@@ -94,6 +94,15 @@ class SessionMachine:
         if requests.probing is not None and requests.probing[0].done:
             requests.probed()
             self.held_client = True
+        rehearsal = self._state.rehearsal
+        if rehearsal is not None:
+            rehearsal.count_held()
+            if rehearsal.measured or rehearsal.finished:
+                requests.rehearsal_answered()
+                self.held_client = True
+        if requests.draining and not self._state.inflight:
+            requests.process()  # what the rehearsal waited for is answered
+            self.held_client = True
         if requests.held_for_copy:
             copy = self._state.copy_from
             if copy is None or copy.phase == COPY_IN:

@@ -72,6 +72,9 @@ class Portal(Version):
     # runs such a portal once and keeps its rows, so later Executes return those rows whatever
     # the name means by then.
     ran: Verdict | None = None
+    # Its Execute needs no rehearsal of its own: bound inside a rehearsed unit, approved, or
+    # within the planner's estimate (proxy.rehearsal).
+    covered: bool = False
 
 
 V = TypeVar("V", bound=Version)

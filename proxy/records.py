@@ -33,6 +33,7 @@ class MaskerLike(Protocol):
     def plan_rows(self, columns: Any, lineage: Any = None) -> RowPlan | None: ...
     def plan_copy(self, columns: Any, copy_info: Any, lineage: Any = None) -> CopyPlan | None: ...
     def exposed(self, stored: Any) -> list[str]: ...  # proxy.decide.review_stored
+    def inferred(self, controls: Any) -> list[tuple[str, str, Any]]: ...  # proxy.decide.review_inference
     def mask_message(self, fields: Any, statement: str = "") -> list[tuple[str, str]] | None: ...
     def mask_payload(self, text: str) -> str: ...
 
@@ -63,6 +64,10 @@ class Parked:
     kind: int
     estimate: int | None = None  # the planner's row estimate (EXPLAIN), for approvers
     uses: tuple[Any, ...] = ()  # proxy.names versions its verdict was composed from
+    # A write parked for its blast radius (proxy.rehearsal.BlastRadius): `message` holds the
+    # client's messages to process again; `unit` when they run to a Sync (a Bind ... Sync).
+    blast: Any = None
+    unit: bool = False
 
 
 @dataclass(slots=True)
@@ -113,6 +118,10 @@ INSTEAD: dict[str, str] = {
     "drop-database": "ask an administrator; a whole database is not dropped through the gateway",
     "foreign-servers": "connections to other servers are set up by an administrator",
     "tablespace": "tablespaces are set up by an administrator",
+    "notify-channel": "notify only on a channel the policy lists (notify_channels), named in the statement",
+    "session-timeouts": "lower a timeout or RESET it; the gateway's value is the most a session may have",
+    "prepare-transaction": "COMMIT the transaction; a prepared one outlives the session and holds its locks",
+    "finish-prepared": "leave another session's prepared transaction to its owner or an administrator",
     "unparseable": "fix the SQL syntax; the gateway runs only statements it can parse",
     "copy-alone": "send the COPY as a query of its own",
     "unknown-prepared": "PREPARE the statement through the gateway in this session before EXECUTE",

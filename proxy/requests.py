@@ -17,6 +17,7 @@ from typing import Any
 
 from broker.policy.model import Decision, Verdict
 from proxy import inflight as k
+from proxy import rehearsal as rh
 from proxy.answers import Answers
 from proxy.decide import Context, decide, function_call_sql
 from proxy.inflight import Entry, Probe
@@ -38,9 +39,17 @@ from proxy.records import (
 from proxy.session_state import SessionState
 from proxy.side_channel import FunctionName, Lookup, copy_columns_query
 
+#: Returned by a message handler: the message stays in the buffer, unprocessed, until the
+#: machine goes on (a rehearsal waits for its unit's Sync, or for what is in flight).
+_HOLD: list[bytes] = []
+#: In flight, these leave the transaction status the last ReadyForQuery's.
+_QUIET = frozenset((k.PARSE, k.BIND, k.DESCRIBE_S, k.DESCRIBE_P, k.CLOSE))
+#: Client bytes a rehearsal waits for its unit's Sync before it rehearses no more.
+MAX_UNIT_BYTES = 1024 * 1024
+
 _U32 = struct.Struct("!I")
 #: What may be parked or held needs the whole message.
-_HELD = frozenset((c.QUERY, c.PARSE, c.EXECUTE, c.FUNCTION_CALL))
+_HELD = frozenset((c.QUERY, c.PARSE, c.BIND, c.EXECUTE, c.FUNCTION_CALL))
 
 
 class Requests:
@@ -75,6 +84,18 @@ class Requests:
         self.terminated = False
         self.held_for_copy = False  # client input waits until the server answers a COPY FROM
         self.probing: tuple[Probe, bytes, Any] | None = None  # a COPY held for its probe's answer
+        # Rehearsals (proxy.rehearsal): held until what is in flight is answered; the next
+        # Query, Bind or Execute needs no rehearsal of its own (within the planner's estimate,
+        # or approved); an approved unit runs as sent, to its Sync.
+        self.draining = False
+        self._flushed = False
+        self._cleared_once = False
+        self._approved_unit = False
+        self._estimating: tuple[int, str, Verdict, tuple[Version, ...], str] | None = None
+        self._at = (0, 0)  # the Bind being handled: its start and end in the buffer
+        # Portals covered until their batch's Sync: a later Execute of one runs outside the
+        # unit that was counted (a Bind alone counts nothing), so it is judged again.
+        self._covered: list[Portal] = []
 
     @property
     def buffered(self) -> int:
@@ -91,13 +112,20 @@ class Requests:
 
     def _process_client(self) -> None:
         self.held_for_copy = False
+        self.draining = False
+        if self._flushed and not self._s.inflight:
+            self._flushed = False
         buf = self._cbuf
         n = len(buf)
         pos = 0
         run = 0  # start of a run of messages forwarded unchanged
         out = self.out_upstream
         unpack = _U32.unpack_from
-        while n - pos >= 5 and self.parked is None and self.waiting is None and self.probing is None:
+        state = self._s
+        while (
+            n - pos >= 5 and self.parked is None and self.waiting is None and self.probing is None
+            and (state.rehearsal is None or state.rehearsal.phase == rh.COLLECTING)
+        ):
             (length,) = unpack(buf, pos + 1)
             if length < 4 or length > self._max:
                 self._cbuf = bytearray()
@@ -115,7 +143,8 @@ class Requests:
             if end > n:
                 break
             if self._s.skipping and kind != c.SYNC and kind != c.TERMINATE:
-                # The server would skip it: it is not sent at all.
+                # The server would skip it: it is not sent at all (nor is it cleared to run).
+                self._cleared_once = False
                 if run < pos:
                     out.append(bytes(buf[run:pos]))
                 pos = run = end
@@ -140,12 +169,38 @@ class Requests:
                 entry = Entry(k.SYNC)
                 entry.sync_after_copy = self._s.copy_from
                 self._s.inflight.append(entry)
-                self._s.open_extended = self._s.skipping = False
+                self._s.open_extended = self._s.skipping = self._s.batch_ran = False
+                self._approved_unit = self._cleared_once = False
+                if self._covered:
+                    for covered in self._covered:
+                        covered.covered = False
+                    self._covered.clear()
+                rehearsal = state.rehearsal
+                if rehearsal is not None and rehearsal.phase == rh.COLLECTING:
+                    # The unit is complete: count what it changed (proxy.rehearsal).
+                    out.append(bytes(buf[run:end]))
+                    messages, entries = rehearsal.postamble()
+                    self._s.inflight.extend(entries)
+                    out.extend(messages)
+                    rehearsal.phase = rh.RUNNING
+                    run = end
                 pos = end
                 continue
             body = bytes(buf[pos + 5 : end])
             raw = bytes(buf[pos:end]) if kind in _HELD else b""
+            if kind == c.BIND:
+                self._at = (pos, end)
             replacement = self._on_client_message(kind, body, raw)
+            if replacement is _HOLD:
+                if self.draining and not self._flushed:
+                    # The server sends what is pending only at Sync or Flush: ask for it
+                    # (after what was forwarded before this message).
+                    if run < pos:
+                        out.append(bytes(buf[run:pos]))
+                    run = pos
+                    out.append(m.FLUSH)
+                    self._flushed = True
+                break
             if replacement is not None:
                 if run < pos:
                     out.append(bytes(buf[run:pos]))
@@ -177,7 +232,7 @@ class Requests:
         if kind == c.PARSE:
             return self._on_parse(m.parse_parse(body), raw)
         if kind == c.BIND:
-            return self._on_bind(m.parse_bind(body))
+            return self._on_bind(m.parse_bind(body), raw)
         if kind == c.EXECUTE:
             return self._on_execute(m.parse_execute(body)[0], raw)
         what, name = m.parse_describe_or_close(body)
@@ -229,7 +284,9 @@ class Requests:
             return
         self.parked = None
         kind = parked.kind
-        if self._s.skipping:
+        if parked.blast is not None:
+            self._resume_write(parked, approved, reason)
+        elif self._s.skipping:
             # An error earlier in its batch came in while it waited: the server would have
             # skipped it, so it is not sent at all (and nothing answers it).
             pass
@@ -248,6 +305,21 @@ class Requests:
         # The parked message was removed from the buffer when it was parked.
         self._process_client()
 
+    def _resume_write(self, parked: Parked, approved: bool, reason: str | None) -> None:
+        """A write parked for its blast radius: its messages are processed again, as
+        approved (it runs once, not rehearsed), or the first refused and the rest skipped."""
+        if approved:
+            if parked.unit:
+                self._approved_unit = True
+            else:
+                self._cleared_once = True
+            self._cbuf[:0] = parked.message
+            return
+        first = 1 + _U32.unpack_from(parked.message, 1)[0]
+        self._cbuf[:0] = parked.message[first:]
+        if not self._s.skipping:
+            self.out_upstream.extend(self._refuse(parked.kind, parked.sql, parked.verdict, reason))
+
     def lookup_done(self, answer: Any) -> None:
         """The side channel's answer to `waiting` (None: it could not tell)."""
         lookup, raw = self.waiting, self._held
@@ -255,7 +327,9 @@ class Requests:
         if lookup is None or raw is None:
             return
         if self._s.skipping:
-            pass  # skipped by the server, as above (resume)
+            self._estimating = None  # skipped by the server, as above (resume)
+        elif isinstance(lookup, rh.Estimate):
+            self._estimated(answer, raw)
         else:
             if answer is not None:
                 self._function_names[lookup.oid] = answer
@@ -274,6 +348,205 @@ class Requests:
         self.parked = Parked(sql, verdict, raw, kind, uses=uses)
         return []
 
+    # -- rehearsals: writes judged by the rows they change (proxy.rehearsal) ---------------
+
+    def _rehearse_query(self, sql: str, verdict: Verdict, raw: bytes, uses: tuple[Version, ...]) -> list[bytes] | None:
+        """Run an allowed unbounded write in a simple Query as a rehearsal, or say why not."""
+        if verdict.transactions:
+            return self._estimate(c.QUERY, sql, verdict, raw, uses, "it holds transaction control")
+        if verdict.copy is not None:
+            return self._estimate(c.QUERY, sql, verdict, raw, uses, "it holds a COPY")
+        if self._s.open_extended:
+            return self._estimate(c.QUERY, sql, verdict, raw, uses, "it came inside an extended-protocol batch")
+        if self._s.inflight:
+            return self._drain()
+        if self._s.txn_status not in (b"I", b"T"):
+            return self._forward_query(sql, verdict, raw, uses=uses)  # a failed transaction runs nothing
+        rehearsal = rh.Rehearsal(self._s.txn_status, c.QUERY, sql, verdict, raw, uses=uses)
+        opening, entries = rehearsal.preamble()
+        self._s.inflight.extend(entries)
+        self._s.rehearsal = rehearsal
+        instead = self._forward_query(sql, verdict, raw, uses=uses)
+        assert instead is None  # (no COPY: nothing to probe or refuse)
+        closing, entries = rehearsal.postamble()
+        self._s.inflight.extend(entries)
+        rehearsal.phase = rh.RUNNING
+        return [*opening, raw, *closing]
+
+    def _rehearse_bind(self, statement: Statement, portal: str, raw: bytes) -> list[bytes] | None:
+        """Start the unit of a Bind of an allowed unbounded write: None goes on with the Bind
+        (rehearsed, or in a failed transaction), _HOLD waits, a list waits for an estimate."""
+        verdict = statement.verdict
+        assert verdict is not None
+        if self._s.batch_ran:
+            why = "another statement ran before it in its batch"
+            return self._estimate(c.BIND, statement.sql, verdict, raw, (), why)
+        start, end = self._at
+        unit = self._unit_end(end, portal)
+        if unit is None:
+            return _HOLD  # its Sync is still to come
+        if isinstance(unit, str):
+            return self._estimate(c.BIND, statement.sql, verdict, raw, (), unit)
+        if any(entry.kind not in _QUIET for entry in self._s.inflight):
+            # (Parse, Describe, Close of this batch change no transaction status: their
+            # answers are relayed as they come, the unit's held after them.)
+            return self._drain()
+        if self._s.txn_status not in (b"I", b"T"):
+            return None
+        rehearsal = rh.Rehearsal(self._s.txn_status, c.BIND, statement.sql, verdict, bytes(self._cbuf[start:unit]))
+        rehearsal.opening, entries = rehearsal.preamble()
+        self._s.inflight.extend(entries)
+        self._s.rehearsal = rehearsal
+        self._flushed = False
+        return None
+
+    def _unit_end(self, pos: int, portal: str) -> int | str | None:
+        """Where the unit of the Bind of `portal` ending at `pos` ends (after its Sync); None:
+        the Sync has not arrived; a string: why the unit cannot be rehearsed. Looks only."""
+        buf = self._cbuf
+        n = len(buf)
+        parsed: set[str] = set()
+        bound: set[str] = {portal}
+        while n - pos >= 5:
+            kind = buf[pos]
+            (length,) = _U32.unpack_from(buf, pos + 1)
+            end = pos + 1 + length
+            if length < 4 or length > self._max:
+                return "malformed"  # (processing refuses it)
+            if end > n:
+                break
+            if kind == c.SYNC:
+                return end
+            if kind == c.FLUSH:
+                return "the client asked for answers before its Sync"
+            body = bytes(buf[pos + 5 : end])
+            if kind == c.PARSE:
+                parse = m.parse_parse(body)
+                why = _unrehearsable(self._decide(parse.query, extended=True))
+                if why:
+                    return why
+                parsed.add(parse.name)
+            elif kind == c.BIND:
+                bind = m.parse_bind(body)
+                bound.add(bind.portal)
+                if bind.statement not in parsed:
+                    statement = self._s.statement(bind.statement)
+                    why = _unrehearsable(statement.verdict if statement is not None else None)
+                    if why:
+                        return why
+            elif kind == c.EXECUTE:
+                name = m.parse_execute(body)[0]
+                if name not in bound:
+                    earlier = self._s.portal(name)
+                    if earlier is not None and earlier.statement is not None:
+                        inner = earlier.statement.verdict
+                        why = _unrehearsable(inner)
+                        if why or (inner is not None and inner.rehearse is not None and not earlier.covered):
+                            return why or "it executes a portal bound in an earlier batch"
+            elif kind not in (c.DESCRIBE, c.CLOSE):
+                return "its batch holds a Query, FunctionCall or COPY data"
+            pos = end
+        if n > MAX_UNIT_BYTES:
+            return "its batch is too long to hold"
+        return None
+
+    def _drain(self) -> list[bytes]:
+        """Hold the client's input until what is in flight is answered: the unit's status
+        must be the last ReadyForQuery's. A Flush makes the server send pending answers."""
+        self.draining = True
+        return _HOLD
+
+    def _estimate(
+        self, kind: int, sql: str, verdict: Verdict, raw: bytes, uses: tuple[Version, ...], why: str
+    ) -> list[bytes]:
+        """A write that cannot be rehearsed: the planner's estimate decides (side channel)."""
+        self._estimating = (kind, sql, verdict, uses, f"not rehearsed: {why}")
+        return self._wait(rh.Estimate(sql, verdict.tables), raw)
+
+    def _estimated(self, answer: Any, raw: bytes) -> None:
+        assert self._estimating is not None
+        kind, sql, verdict, uses, why = self._estimating
+        self._estimating = None
+        assert verdict.rehearse is not None
+        blast = rh.estimated(answer, verdict.rehearse, why)
+        if answer is not None and not blast.over:
+            self._cbuf[:0] = raw  # processed again, as cleared
+            self._cleared_once = True
+            return
+        self.parked = Parked(sql, rh.review_verdict(verdict, blast), raw, kind, uses=uses, blast=blast)
+
+    def rehearsal_answered(self) -> None:
+        """The server answered a step of the rehearsal (proxy.machine calls this)."""
+        rehearsal = self._s.rehearsal
+        if rehearsal is None:
+            return
+        if rehearsal.phase == rh.RUNNING and rehearsal.measured:
+            self._measured(rehearsal)
+        if rehearsal.phase == rh.FINISHING and rehearsal.finished:
+            self._finish(rehearsal)
+
+    def _measured(self, rehearsal: rh.Rehearsal) -> None:
+        """The unit ran and its rows are counted: keep it, or end it (proxy.rehearsal)."""
+        counted = rehearsal.own_error is None or rehearsal.own_error_step == rh.MEASURE_AFTER
+        if not rehearsal.began:
+            rehearsal.outcome = rh.RELAY  # skipped after an error before it: nothing ran
+        elif rehearsal.unit_failed and counted:
+            rehearsal.outcome = rh.RELAY  # its own error, as PostgreSQL would answer it
+        elif rehearsal.own_error is not None or rehearsal.unit_status is None:
+            rehearsal.outcome = rh.FAIL  # the gateway's counting failed (a cancel hit it)
+        else:
+            limits = rehearsal.verdict.rehearse
+            assert limits is not None
+            blast = rehearsal.blast(limits)
+            if rehearsal.not_counting:
+                blast = rh.BlastRadius((), note="the server does not count writes (track_counts is off)")
+            elif rehearsal.overflow:
+                blast = rh.BlastRadius(blast.changes, note="its result is larger than the gateway holds")
+            rehearsal.blast_radius = blast
+            unknown = rehearsal.not_counting or rehearsal.overflow
+            rehearsal.outcome = rh.PARK if blast.over or unknown else rh.KEEP
+        keep = rehearsal.outcome == rh.KEEP
+        if rehearsal.txn == b"I":
+            end = self._s.txn_status != b"I"  # the gateway's transaction is still open
+        else:
+            # Inside the client's transaction: a failed unit leaves it failed, as on the server.
+            end = rehearsal.outcome in (rh.KEEP, rh.PARK)
+        if not end:
+            self._finish(rehearsal)
+            return
+        messages, entries = rehearsal.ending(keep=keep)
+        self._s.inflight.extend(entries)
+        self.out_upstream.extend(messages)
+        rehearsal.phase = rh.FINISHING
+
+    def _finish(self, rehearsal: rh.Rehearsal) -> None:
+        rehearsal.phase = rh.DONE
+        self._s.rehearsal = None
+        out = self._answers.out
+        outcome = rehearsal.outcome
+        if outcome == rh.PARK:
+            out.extend(rh.asynchronous(rehearsal.held))  # notifications and settings still count
+            blast = rehearsal.blast_radius
+            assert blast is not None
+            self.parked = Parked(
+                rehearsal.sql, rh.review_verdict(rehearsal.verdict, blast), rehearsal.unit, rehearsal.kind,
+                uses=rehearsal.uses, blast=blast, unit=rehearsal.kind == c.BIND,
+            )
+            return
+        for entry in rehearsal.completed:
+            self._answers.complete(entry)
+        if outcome == rh.FAIL:
+            out.extend(rh.asynchronous(rehearsal.held))
+            assert rehearsal.own_error is not None
+            out.append(rehearsal.own_error)
+        else:
+            out.extend(rehearsal.held)
+            if rehearsal.final_error is not None:
+                out.append(rehearsal.final_error)  # the COMMIT failed: a deferred constraint
+        out.append(m.ready_for_query(self._s.txn_status))
+        self._flushed = False
+        self._process_client()
+
     # -- simple query and function call -----------------------------------------------------
 
     def _on_query(self, sql: str, raw: bytes) -> list[bytes] | None:
@@ -283,6 +556,11 @@ class Requests:
             return self._refuse(c.QUERY, sql, verdict)
         if verdict.decision is Decision.REVIEW:
             return self._park(c.QUERY, sql, verdict, raw, uses)
+        if verdict.rehearse is not None and not self._shadow:
+            if self._cleared_once:
+                self._cleared_once = False
+            else:
+                return self._rehearse_query(sql, verdict, raw, uses)
         return self._forward_query(sql, verdict, raw, uses=uses)
 
     def _forward_query(
@@ -387,21 +665,42 @@ class Requests:
         self._s.inflight.append(Entry(k.PARSE, statement=statement, made=(statement,)))
         return statement
 
-    def _on_bind(self, bind: m.Bind) -> list[bytes] | None:
+    def _on_bind(self, bind: m.Bind, raw: bytes) -> list[bytes] | None:
         statement = self._s.statement(bind.statement)
         if statement is None:
             reason = f"Bind to prepared statement {bind.statement!r} that the gateway cannot account for"
             if self._shadow:  # observe: forwarded (the server says whether it exists)
                 self._s.inflight.append(Entry(k.BIND))
                 return None
-            verdict = Verdict(Decision.BLOCK, "gateway/unknown-prepared", reason)
-            return self._refuse(c.BIND, f"<bind {bind.statement}>", verdict)
+            refused = Verdict(Decision.BLOCK, "gateway/unknown-prepared", reason)
+            return self._refuse(c.BIND, f"<bind {bind.statement}>", refused)
+        covered = False
+        verdict = statement.verdict
+        if verdict is not None and verdict.rehearse is not None and not self._shadow:
+            # A write that needs its blast radius measured: its Bind starts the unit.
+            rehearsal = self._s.rehearsal
+            if rehearsal is not None or self._approved_unit:
+                covered = True  # bound inside a rehearsed (or approved) unit
+            elif self._cleared_once:
+                self._cleared_once, covered = False, True
+            elif verdict.decision is Decision.ALLOW:
+                started = self._rehearse_bind(statement, bind.portal, raw)
+                if started is not None:
+                    return started
+                covered = self._s.rehearsal is not None or self._s.txn_status == b"E"
         # A statement that runs SQL EXECUTE or FETCH returns what the name means when it runs:
         # its portal is described then, never taken from a Describe of the statement.
         described = None if _by_name(statement.verdict) else statement.description
         portal = Portal(name=bind.portal, statement=statement, formats=bind.result_formats, description=described)
+        if covered:
+            portal.covered = True
+            self._covered.append(portal)
         self._s.portals.define(bind.portal, portal)
         self._s.inflight.append(Entry(k.BIND, portal=portal, made=(portal,), uses=(statement,)))
+        rehearsal = self._s.rehearsal
+        if rehearsal is not None and rehearsal.phase == rh.COLLECTING and rehearsal.first:
+            rehearsal.first = False
+            return [*rehearsal.opening, raw]
         return None
 
     def _on_execute(self, name: str, raw: bytes) -> list[bytes] | None:
@@ -427,6 +726,16 @@ class Requests:
             uses = self._s.take_uses()
             if verdict.decision is Decision.BLOCK:
                 return self._refuse(c.EXECUTE, statement.sql, verdict)
+        if (
+            verdict.decision is Decision.ALLOW and verdict.rehearse is not None and not portal.covered
+            and not self._shadow and self._s.rehearsal is None and not self._approved_unit
+        ):
+            # Bound in an earlier batch (or before the unit could start): it cannot be
+            # rehearsed alone, so the planner's estimate decides (proxy.rehearsal).
+            if self._cleared_once:
+                self._cleared_once = False
+            elif self._s.txn_status != b"E" or self._s.inflight:
+                return self._estimate(c.EXECUTE, statement.sql, verdict, raw, uses, "bound in an earlier batch")
         if verdict.decision is Decision.REVIEW:
             # Every execution of a reviewed prepared statement needs an approval: the one
             # given for its Parse covers the first; later ones park again (and run at once
@@ -453,6 +762,7 @@ class Requests:
             verdict = Verdict(Decision.ALLOW, "gateway/cursor", "rows of a declared cursor", lineage=portal.lineage)
         entry = Entry(k.EXECUTE, started=self._clock(), portal=portal, verdict=verdict, phase=k.ROWS)
         entry.uses = (portal, *uses)
+        self._s.batch_ran = True
         if _by_name(statement.verdict if statement is not None else None) and portal.ran is None:
             portal.ran = verdict
         if statement is not None:
@@ -476,6 +786,19 @@ class Requests:
         self._answers.describe_rows(entry, portal)
         self._s.inflight.append(entry)
         return None
+
+
+def _unrehearsable(verdict: Verdict | None) -> str | None:
+    """Why a statement in a unit keeps the unit from being rehearsed (None: it does not)."""
+    if verdict is None:
+        return None  # refused when it comes: nothing runs
+    if verdict.transactions:
+        return "its batch holds transaction control"
+    if verdict.copy is not None:
+        return "its batch holds a COPY"
+    if verdict.decision is Decision.REVIEW or _by_name(verdict):
+        return "its batch holds a statement that needs its own review"
+    return None
 
 
 def _by_name(verdict: Verdict | None) -> bool:

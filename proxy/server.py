@@ -45,6 +45,7 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._renew: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -53,6 +54,8 @@ class ProxyServer:
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("proxy_listening", host=self.host, port=self.port, tls=self.ctx.tls is not None)
+        if self.ctx.admission is not None:  # keep this process's session slots alive
+            self._renew = asyncio.create_task(self.ctx.admission.run(), name="session slot renewal")
         if self.ctx.revoked_tokens is not None:
             self._watch = asyncio.create_task(
                 watch_revocations(
@@ -92,6 +95,10 @@ class ProxyServer:
             task.cancel()
         if sessions:
             await asyncio.wait(sessions, timeout=grace)
+        if self._renew is not None:  # after the sessions: they give their slots back first
+            self._renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renew
         if self._server is not None:
             await self._server.wait_closed()
 

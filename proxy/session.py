@@ -29,6 +29,7 @@ import structlog
 
 from broker.metrics import EGRESS_LIMITS
 from broker.policy.model import Decision, Verdict
+from proxy.admission import Admission, Slot
 from proxy.cancel import CancelMap
 from proxy.egress import AgentBudget
 from proxy.egress_ledger import AgentEgressLedger
@@ -50,7 +51,7 @@ from proxy.records import StatementEvent
 from proxy.relay import Relay
 from proxy.server_messages import PINNED, pinned_violation
 from proxy.side_channel import SideChannel, wants_estimate
-from proxy.startup_params import StartupRefused, sanitize_startup
+from proxy.startup_params import StartupRefused, limit_timeouts, sanitize_startup
 from proxy.upstream import UpstreamConnection, connect_upstream
 
 log = structlog.get_logger("jitgate.proxy")
@@ -85,6 +86,8 @@ class ProxyContext:
     startup_timeout: float = 10.0
     #: A session idle this long outside a transaction is ended (57P05); None: never.
     idle_timeout: float | None = None
+    #: Concurrent-session caps per agent and per token (53300); None: no caps.
+    admission: Admission | None = None
 
 
 def _is_loopback(peer: object) -> bool:
@@ -143,6 +146,7 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
     session: SessionInfo | None = None
     credential = None
     machine: SessionMachine | None = None
+    slot: Slot | None = None
     end_reason = "error"
     # One deadline for everything the client must send before it is in (proxy.startup_timeout_seconds).
     loop = asyncio.get_running_loop()
@@ -165,6 +169,10 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         resource = ctx.resources.get(startup.database)
         if resource is None:
             raise ClientRefused(f'database "{startup.database}" is not served by this gateway', sqlstate="3D000")
+        try:
+            limit_timeouts(startup, resource.timeouts)  # the resource's session timeouts, or lower
+        except StartupRefused as exc:
+            raise ClientRefused(str(exc), sqlstate="42501") from None
         if not tls and ctx.require_tls_for_non_loopback and not _is_loopback(peer):
             raise ClientRefused("the gateway requires TLS for connections from other hosts", hint="use sslmode=require")
 
@@ -174,6 +182,9 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         token = await asyncio.wait_for(_read_password(reader), max(startup_deadline - loop.time(), 0))
         grant = await ctx.tokens.verify(token, resource=resource.name)
         del token
+        # Concurrent-session caps (53300), before a credential or an upstream connection is used.
+        if ctx.admission is not None:
+            slot = await ctx.admission.admit(grant, resource=resource.name)
 
         session_id = await ctx.recorder.session_started(
             grant,
@@ -264,7 +275,9 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         log.exception("session_crashed", client=client_addr)
         _send_error(writer, RuntimeError())
     finally:
-        # 6. Always: record the end, give the credential back, close the socket.
+        # 6. Always: free the session slot, record the end, give the credential back, close.
+        if slot is not None:
+            await slot.release()
         if session is not None:
             stats = machine.stats if machine is not None else None
             await ctx.recorder.session_ended(session.session_id, reason=end_reason, stats=stats)
@@ -338,12 +351,15 @@ async def _relay(
     async def review(m: SessionMachine) -> None:
         parked = m.parked
         assert parked is not None
-        if parked.kind == messages_codes.QUERY and wants_estimate(parked.sql, parked.verdict.statement_count):
+        if (
+            parked.blast is None and parked.kind == messages_codes.QUERY
+            and wants_estimate(parked.sql, parked.verdict.statement_count)
+        ):
             # The planner's row estimate for the approvers, asked on the side channel.
             parked.estimate = await side.estimate(parked.sql)
         outcome = await ctx.review.review(
             session=session, sql=parked.sql, verdict=parked.verdict, notify=relay.notify_client,
-            estimate=parked.estimate,
+            estimate=parked.estimate, blast_radius=parked.blast,
         )
         m.resume(approved=outcome.approved, reason=outcome.reason)
 

@@ -25,6 +25,12 @@ class SessionState:
         # ours or its own): until the client's Sync nothing is forwarded.
         self.skipping = False
         self.copy_from: Entry | None = None  # a COPY FROM STDIN whose data the client has not ended
+        # Something ran in the open extended batch (an Execute): a write after it cannot be
+        # rehearsed alone (proxy.rehearsal), its transaction already holds other work.
+        self.batch_ran = False
+        # The write being rehearsed (proxy.rehearsal.Rehearsal): while set, every answer is
+        # held for it instead of going to the client.
+        self.rehearsal: Any = None
         self.txn_status = b"I"
         self.stats = Stats()
         # The versions the last verdict was composed from (proxy.decide asked `prepared` and

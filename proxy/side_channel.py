@@ -29,11 +29,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pglast
 import structlog
 
 from proxy.protocol import codes as c
 from proxy.protocol import messages as m
 from proxy.protocol.frames import split_messages
+from proxy.rehearsal import Estimate, EstimateAnswer
 
 log = structlog.get_logger("jitgate.proxy")
 
@@ -50,7 +52,7 @@ class FunctionName:
     oid: int
 
 
-Lookup = FunctionName
+Lookup = FunctionName | Estimate
 
 
 def copy_columns_query(copy: Any) -> str | None:
@@ -76,6 +78,63 @@ def plan_rows(plan_json: bytes | None) -> int | None:
         return None
 
 
+def _quoted(name: str) -> str:
+    """A plan's [schema.]relation, quoted for SQL."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def _statements(sql: str) -> list[str]:
+    """The statements of a string, each on its own (EXPLAIN takes one)."""
+    try:
+        return list(pglast.split(sql))
+    except Exception:  # noqa: BLE001 - pglast raises several kinds; unknown then
+        return []
+
+
+#: An index condition that is one equality with a constant or parameter: ``(id = 4)``.
+_ONE_KEY = re.compile(r"\((\w+|\"[^\"]+\") = ('[^']*'(::[\w .\"]+)?|[\w.$]+(::[\w .\"]+)?)\)")
+
+Node = tuple[str, str | None, int, str | None]
+
+
+def write_nodes(plan_json: bytes | None) -> list[Node] | None:
+    """(operation, table, rows planned in, index) of each ModifyTable node of the plan, a
+    writable CTE's too: `index` names the index its rows come from when they are found by
+    one equality on it (at most one row, if it is a unique index on that column alone);
+    None when the plan cannot be read."""
+    try:
+        root = json.loads(plan_json or b"")[0]["Plan"]
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+    nodes: list[Node] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        children = node.get("Plans") or []
+        if node.get("Node Type") == "ModifyTable":
+            inputs = [child for child in children if child.get("Parent Relationship") == "Outer"] or children[:1]
+            schema, name = node.get("Schema"), node.get("Relation Name")
+            table = (f"{schema}.{name}" if schema else str(name)) if name else None
+            planned = int(sum(c.get("Plan Rows", 0) for c in inputs))
+            index = None
+            if len(inputs) == 1 and inputs[0].get("Node Type") in ("Index Scan", "Index Only Scan"):
+                if _ONE_KEY.fullmatch(str(inputs[0].get("Index Cond", ""))) and not inputs[0].get("Filter"):
+                    index = inputs[0].get("Index Name")
+            nodes.append((str(node.get("Operation", "")), table, planned, index))
+        stack.extend(children)
+    return nodes
+
+
+def write_rows(plan_json: bytes | None) -> tuple[int, str | None] | None:
+    """Rows the plan's ModifyTable nodes take in, and the table when there is one; None
+    when the plan writes nothing the planner counts."""
+    nodes = write_nodes(plan_json)
+    if not nodes:
+        return None
+    tables = {node[1] for node in nodes}
+    return sum(node[2] for node in nodes), next(iter(tables)) if len(tables) == 1 else None
+
+
 class SideError(Exception):
     """The side connection could not answer (down, timed out, or an error from the server)."""
 
@@ -93,6 +152,8 @@ class SideChannel:
     async def answer(self, lookup: Lookup) -> Any:
         """The answer the machine waits for (`SessionMachine.lookup_done`); None: unknown."""
         try:
+            if isinstance(lookup, Estimate):
+                return await self.estimate_write(lookup.sql)
             return await self.function_name(lookup.oid)
         except SideError as exc:
             log.warning("side_query_failed", kind=type(lookup).__name__, error=str(exc))
@@ -117,6 +178,75 @@ class SideChannel:
         except SideError:
             return None
         return plan_rows(rows[0][0]) if rows and rows[0] else None
+
+    async def estimate_write(self, sql: str) -> EstimateAnswer | None:
+        """The planner's count of the rows a write that cannot be rehearsed would change (the
+        input of its ModifyTable nodes, CTEs included), ANALYZEd first when a table never
+        was and the role may; and a bound the planner cannot be talked below: an UPDATE,
+        DELETE or MERGE changes at most its whole table (a WHERE the planner misjudges, such
+        as ``lower(s) = lower(s)``, moves the estimate, not the table's size). None: the
+        planner cannot tell (parameters, an object only the client's transaction sees)."""
+        nodes = await self._write_nodes(sql)
+        if not nodes:
+            return None
+        sizes: dict[str, int | None] = {}
+        notes = []
+        for name in dict.fromkeys(node[1] for node in nodes if node[1]):
+            size, never = await self._table_size(name)
+            if never:
+                # ANALYZE needs ownership (or MAINTAIN): without it the server warns and skips.
+                await self._ask("ANALYZE " + _quoted(name), ())
+                size, never = await self._table_size(name)
+                never_text = f"{name} was never analysed and this role may not analyse it"
+                notes.append(never_text if never else f"{name} analysed first")
+                nodes = await self._write_nodes(sql) or nodes
+            sizes[name] = size
+        rows = sum(node[2] for node in nodes)
+        bound: int | None = 0
+        for operation, table, planned, index in nodes:
+            if bound is None:
+                break
+            if operation == "Insert":
+                bound += planned  # no bound but the planner's
+            elif index is not None and await self._unique_key(index):
+                bound += 1  # one equality on a unique key: one row at most
+            elif table is not None and sizes.get(table) is not None:
+                bound += max(sizes[table] or 0, planned)
+            else:
+                bound = None  # a table of unknown size: no bound
+        tables = {node[1] for node in nodes}
+        only = next(iter(tables)) if len(tables) == 1 else None
+        return EstimateAnswer(rows, only, sizes.get(only) if only else None, "; ".join(notes) or None, bound)
+
+    async def _unique_key(self, index: str) -> bool:
+        rows, _ = await self._ask(
+            "SELECT i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1 AND i.indpred IS NULL"
+            " FROM pg_catalog.pg_index i WHERE i.indexrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
+            (_quoted(index).encode(),),
+        )
+        return bool(rows) and rows[0][0] == b"t"
+
+    async def _write_nodes(self, sql: str) -> list[Node] | None:
+        nodes: list[Node] = []
+        for part in _statements(sql):
+            if _DML.match(part):
+                rows, _ = await self._ask("EXPLAIN (FORMAT JSON) " + part, ())
+                found = write_nodes(rows[0][0] if rows and rows[0] else None)
+                if found is None:
+                    return None
+                nodes.extend(found)
+        return nodes
+
+    async def _table_size(self, table: str) -> tuple[int | None, bool]:
+        rows, _ = await self._ask(
+            "SELECT c.reltuples::pg_catalog.int8 FROM pg_catalog.pg_class c"
+            " WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
+            (_quoted(table).encode(),),
+        )
+        if not rows or rows[0][0] is None:
+            return None, False
+        size = int(rows[0][0])
+        return (size, False) if size >= 0 else (None, True)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -12,15 +12,22 @@ sent in every upstream start-up packet; a client may name them only with those v
 other value is refused). A start-up value outranks ALTER DATABASE / ALTER ROLE ... SET
 defaults and becomes the session's reset value, so RESET, SET ... TO DEFAULT, RESET ALL and
 DISCARD ALL return to it rather than to a database default such as SJIS.
+
+The session timeouts (`broker.policy.timeouts`: lock_timeout, statement_timeout,
+idle_in_transaction_session_timeout) are sent the same way, at the resource's values
+(`limit_timeouts`). A client may ask for a lower one at start-up, directly or in
+``options``; a higher one, 0 (disabled), or a value the server would not read is refused.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from broker.policy.facts import PINNED_LEXER_VALUES, is_pinned_value
+from broker.policy.timeouts import TIMEOUT_SETTINGS, format_ms, parse_ms
 
 #: Settings a client may choose at start-up: formatting and timeouts, nothing that changes
 #: identity, privileges or server behaviour for others. The lexer settings
@@ -36,6 +43,7 @@ ALLOWED_SETTINGS = frozenset(
         "statement_timeout",
         "lock_timeout",
         "idle_in_transaction_session_timeout",
+        "client_connection_check_interval",
         "idle_session_timeout",
         "default_transaction_isolation",
         "default_transaction_read_only",
@@ -67,6 +75,11 @@ class ClientStartup:
     intent: str | None = None
     application_name: str | None = None
     protocol_options: list[str] = field(default_factory=list)
+    #: Session timeouts the client asked for (lower case name -> text), as the server would
+    #: take them; `limit_timeouts` checks them (and every other value asked: `asked_timeouts`)
+    #: and puts them in `upstream_params`.
+    timeouts: dict[str, str] = field(default_factory=dict)
+    asked_timeouts: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _parse_options(options: str) -> list[tuple[str, str]]:
@@ -125,6 +138,7 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
     """Split a client's start-up parameters into what goes upstream and what jitgate keeps."""
     user = params.get("user", "")
     startup = ClientStartup(user=user, database=params.get("database") or user)
+    direct = {key.lower() for key in params}
     forwarded_options: list[str] = []
     for key, value in params.items():
         lower = key.lower()
@@ -141,6 +155,12 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
             for name, opt_value in _parse_options(value):
                 if name == INTENT_SETTING:
                     startup.intent = opt_value
+                elif name in TIMEOUT_SETTINGS:
+                    # The server applies `options` in order, then the other parameters: a
+                    # direct parameter of the same name wins, as it would there.
+                    startup.asked_timeouts.append((name, opt_value))
+                    if name not in direct:
+                        startup.timeouts[name] = opt_value
                 elif name in ALLOWED_SETTINGS or name in PINNED_LEXER_VALUES:
                     _check_value(name, opt_value)
                     if name not in PINNED_LEXER_VALUES:  # pinned: sent as a parameter below
@@ -153,6 +173,10 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
             continue
         if lower not in ALLOWED_SETTINGS and lower not in PINNED_LEXER_VALUES:
             raise StartupRefused(f"start-up parameter {key!r} is not allowed through the gateway")
+        if lower in TIMEOUT_SETTINGS:
+            startup.asked_timeouts.append((lower, value))
+            startup.timeouts[lower] = value
+            continue
         _check_value(lower, value)
         if lower in PINNED_LEXER_VALUES:
             continue  # checked above; the pinned value is sent below
@@ -163,3 +187,21 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
         startup.upstream_params["options"] = " ".join(forwarded_options)
     startup.upstream_params.update(PINNED_LEXER_VALUES)
     return startup
+
+
+def limit_timeouts(startup: ClientStartup, ceilings: Mapping[str, int]) -> None:
+    """Put the session timeouts in `startup.upstream_params`: the resource's value (ms) for
+    each of `ceilings`, or the client's own if it is lower; raise StartupRefused for one above
+    its ceiling, 0, or unreadable. A timeout without a ceiling is forwarded as asked."""
+    for name, asked in startup.asked_timeouts:
+        ceiling = ceilings.get(name)
+        ms = parse_ms(asked)
+        if ceiling is not None and (ms is None or ms <= 0 or ms > ceiling):
+            raise StartupRefused(
+                f"{name} {asked!r} is not allowed through the gateway: it may be lowered, not "
+                f"raised above {format_ms(ceiling)} nor disabled with 0"
+            )
+    for name, asked in startup.timeouts.items():
+        startup.upstream_params[name] = asked if name not in ceilings else str(parse_ms(asked))
+    for name, ceiling in ceilings.items():
+        startup.upstream_params.setdefault(name, str(ceiling))

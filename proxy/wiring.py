@@ -21,6 +21,7 @@ from broker.masking import Masker, MaskingConfig
 from broker.policy import PolicyEngine
 from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
+from proxy.admission import Admission, SessionCaps
 from proxy.egress import EgressLimits
 from proxy.egress_ledger import AgentEgressLedger
 from proxy.exceptions import ClientAuthFailed, UpstreamUnavailable
@@ -179,6 +180,7 @@ def build_resource(name: str, settings: ResourceSettings, *, connect_timeout: fl
     return Resource(
         name=name, target=target, policy=engine.bind(name), masker=masker, record_results=limits, egress=egress,
         shadow=engine.document.top.preset == "observe",
+        timeouts=engine.timeouts(name),
     )
 
 
@@ -207,6 +209,14 @@ def build_context(
         egress_ledger=AgentEgressLedger(store),
         startup_timeout=proxy.startup_timeout_seconds,
         idle_timeout=proxy.idle_timeout_seconds,
+        admission=Admission(
+            store,
+            SessionCaps(
+                per_agent=proxy.max_sessions_per_agent,
+                per_token=proxy.max_sessions_per_token,
+                lease_seconds=proxy.session_slot_lease_seconds,
+            ),
+        ),
     )
 
 

@@ -202,8 +202,13 @@ def _blast_radius(details: dict[str, Any]) -> str | None:
         shown = ", ".join(escape(str(t)) for t in tables[:20])
         more = f" and {len(tables) - 20} more" if len(tables) > 20 else ""
         parts.append(f"tables {shown}{more}")
+    measured = details.get("blast_radius")
     estimate = details.get("row_estimate")
-    if isinstance(estimate, int | float) and not isinstance(estimate, bool):
+    if isinstance(measured, str) and measured:
+        # The gateway's count from the write's rehearsal ("would change 406 of 406 rows of
+        # orders"), or the planner's estimate marked as such when it could not rehearse.
+        parts.append(_clip(escape(measured), 500))
+    elif isinstance(estimate, int | float) and not isinstance(estimate, bool):
         parts.append(f"~{int(estimate):,} rows (planner estimate)")
     return " · ".join(parts) or None
 

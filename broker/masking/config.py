@@ -17,6 +17,12 @@ Defaults (what a resource gets with ``masking: {}``):
   string of it for json, NULL for arrays, bytea and other types). Fail closed: large random
   blobs (bytea) nearly always contain a ``@`` or ``$`` byte, so they come back NULL.
 - `enabled`: True. False makes the masker plan nothing (results pass untouched).
+- `inference`: ``review``. What happens to a statement whose result depends on a masked
+  column other than by showing it masked (a WHERE, ORDER BY, LIMIT or CASE condition on it:
+  `broker.policy.flow.controls`): ``review`` parks it for an approver, ``block`` refuses it,
+  ``allow`` lets it run (the agent can then read the column a character at a time).
+  `inference_columns` maps column globs to a mode of their own (first match wins), e.g.
+  ``{"email": allow}`` where agents must filter and sort by e-mail and the risk is accepted.
 
 Precedence: `ignore_columns` > `deterministic_columns` > `columns` + `extra_columns`.
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -52,6 +58,14 @@ DEFAULT_COLUMN_PATTERNS: tuple[str, ...] = (
 MIN_HMAC_KEY_CHARS = 16
 
 
+class InferenceMode(enum.StrEnum):
+    """What a statement gets when its result depends on a masked column (see the module doc)."""
+
+    REVIEW = "review"
+    BLOCK = "block"
+    ALLOW = "allow"
+
+
 class MaskingConfig(BaseModel):
     """Masking settings of one resource (``resources.<name>.masking`` in the YAML)."""
 
@@ -66,6 +80,8 @@ class MaskingConfig(BaseModel):
     deterministic_columns: Sequence[str] = ()
     hmac_key: SecretStr | None = None
     max_value_bytes: int = Field(default=1 << 20, ge=1)
+    inference: InferenceMode = InferenceMode.REVIEW
+    inference_columns: Mapping[str, InferenceMode] = Field(default_factory=dict)
 
     @field_validator(
         "columns", "extra_columns", "ignore_columns", "deterministic_columns", mode="after"
@@ -76,6 +92,14 @@ class MaskingConfig(BaseModel):
             if not p.strip():
                 raise ValueError("column patterns must not be empty")
         return tuple(patterns)
+
+    @field_validator("inference_columns", mode="after")
+    @classmethod
+    def _inference_patterns_not_blank(cls, modes: Mapping[str, InferenceMode]) -> dict[str, InferenceMode]:
+        for pattern in modes:
+            if not pattern.strip():
+                raise ValueError("column patterns must not be empty")
+        return dict(modes)
 
     @field_validator("detectors", mode="after")
     @classmethod
@@ -113,9 +137,11 @@ def compile_globs(patterns: Iterable[str]) -> re.Pattern[str] | None:
 class NameRules:
     """The column-name half of a MaskingConfig, compiled once."""
 
-    __slots__ = ("_ignore", "_mask", "_pseudonym")
+    __slots__ = ("_ignore", "_inference", "_inference_default", "_mask", "_pseudonym")
 
     def __init__(self, config: MaskingConfig) -> None:
+        self._inference = [(compile_globs([glob]), mode) for glob, mode in config.inference_columns.items()]
+        self._inference_default = config.inference
         self._ignore = compile_globs(config.ignore_columns)
         self._pseudonym = compile_globs(config.deterministic_columns)
         self._mask = compile_globs((*config.columns, *config.extra_columns))
@@ -128,3 +154,11 @@ class NameRules:
         if self._mask is not None and self._mask.match(name):
             return ColumnRule.MASK
         return ColumnRule.KEEP
+
+    def inference(self, name: str | None) -> InferenceMode:
+        """The inference mode of a masked column (None: one the gateway cannot name)."""
+        if name is not None:
+            for pattern, mode in self._inference:
+                if pattern is not None and pattern.match(name):
+                    return mode
+        return self._inference_default

@@ -21,11 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from broker.masking.config import ColumnRule, NameRules
+from broker.masking.config import ColumnRule, InferenceMode, NameRules
 from broker.masking.types import ColumnInfo
 
-UNKNOWN_SOURCE = "?"  # broker.policy.lineage.UNKNOWN
-ROW_SOURCE = "*row"  # broker.policy.lineage.ROW: a table's whole row, shown as is (text, JSON)
+UNKNOWN_SOURCE = "?"  # broker.policy.flow.UNKNOWN
+DERIVED_SOURCE = "*derived"  # broker.policy.flow.DERIVED: in `stored`, a computed value
+ROW_SOURCE = "*row"  # broker.policy.flow.ROW: a table's whole row, shown as is (text, JSON)
 
 Sources = frozenset[str] | None
 
@@ -102,10 +103,35 @@ def exposed(stored: Sequence[tuple[str, frozenset[str]]], rules: NameRules) -> l
         # "table.column" from a write; "setting my.k" or "notification on ch" from a sink
         # (no column: a setting or a payload is never masked on its way back).
         column = where.rsplit(".", 1)[1] if "." in where and " " not in where else "*"
-        if column != "*" and rules.rule(column) is not ColumnRule.KEEP:
-            continue  # stored under a masked name: reads of it are masked too
+        if column != "*" and rules.rule(column) is not ColumnRule.KEEP and DERIVED_SOURCE not in sources:
+            continue  # copied under a masked name: reads of it are masked too
+        # Computed from a masked column, it is not stored even under a masked name: reads mask
+        # it, but a safe-form filter on it (``phone = '6'``) would answer for the source.
         # A whole row stored as text or JSON may hold masked columns: the rules cannot tell.
-        masked = sorted(s for s in sources if s in _UNNAMED or rules.rule(s) is not ColumnRule.KEEP)
+        masked = sorted(
+            s for s in sources if s in _UNNAMED or (s != DERIVED_SOURCE and rules.rule(s) is not ColumnRule.KEEP)
+        )
         if masked:
             found.append(f"{where} <- {', '.join(_UNNAMED.get(s, s) for s in masked)}")
     return found
+
+
+def inferred(
+    controls: Sequence[tuple[str, frozenset[str]]], rules: NameRules
+) -> list[tuple[str, str, InferenceMode]]:
+    """Of the values a statement's result depends on other than as outputs
+    (`broker.policy.Verdict.controls`: how, sources), those from a column the name rules mask
+    (or one the gateway cannot name), with the column's inference mode unless it is allow:
+    (column, how, mode) each, ``("ssn", "WHERE", REVIEW)``."""
+    found: dict[tuple[str, str], InferenceMode] = {}
+    for how, sources in controls:
+        for source in sorted(sources):
+            if source in _UNNAMED:
+                mode, column = rules.inference(None), _UNNAMED[source]
+            elif rules.rule(source) is not ColumnRule.KEEP:
+                mode, column = rules.inference(source), source
+            else:
+                continue
+            if mode is not InferenceMode.ALLOW:
+                found.setdefault((column, how), mode)
+    return [(column, how, mode) for (column, how), mode in found.items()]

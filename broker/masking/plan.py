@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from broker.masking.config import MaskingConfig, NameRules
+from broker.masking.config import InferenceMode, MaskingConfig, NameRules
 from broker.masking.copyout import CopyPlan, build_copy_plan
-from broker.masking.derived import LineageLike, derived_rules, exposed
+from broker.masking.derived import LineageLike, derived_rules, exposed, inferred
 from broker.masking.detectors import DETECTORS
 from broker.masking.exceptions import MaskingRefused
 from broker.masking.messages import located_in_statement, mask_fields, mask_text, withhold
@@ -85,6 +85,11 @@ class Masker:
     def exposed(self, stored: Sequence[tuple[str, frozenset[str]]]) -> list[str]:
         """Writes that would put masked values where reads are not masked (`derived.exposed`)."""
         return exposed(stored, self._rules) if self.config.enabled else []
+
+    def inferred(self, controls: Sequence[tuple[str, frozenset[str]]]) -> list[tuple[str, str, InferenceMode]]:
+        """Masked columns a statement's result depends on other than as outputs
+        (`derived.inferred`): (column, how, mode)."""
+        return inferred(controls, self._rules) if self.config.enabled else []
 
     def plan_rows(self, columns: Sequence[ColumnInfo], lineage: LineageLike | None = None) -> RowPlan | None:
         """The plan for DataRows described by `columns` (of a statement with this

@@ -7,10 +7,11 @@ for SQL NULL):
 column                                   | text format              | binary format
 -----------------------------------------|--------------------------|-------------------------
 matched by name, text-like               | shape (`shapes`)         | shape
-derived from a masked column, text-like  | ``********``             | same
+derived from a masked column, text-like  | ``********``, always     | same
 matched by name, json / jsonb            | JSON string of the shape | same (jsonb: 0x01 + it)
 matched by name, anything else           | NULL                     | NULL
-derived from a masked column, json/other | as matched by name       | same
+derived from a masked column, json      | JSON ``"********"``, always | same (jsonb: 0x01 + it)
+derived from a masked column, other      | NULL                     | NULL
 deterministic, text-like / json          | ``pseu_...`` pseudonym   | same
 deterministic, anything else             | NULL                     | NULL
 not matched, numbers/dates/uuid/...      | untouched, never scanned | untouched
@@ -18,6 +19,11 @@ not matched, text-like                   | detected spans masked    | same (raw 
 not matched, json / jsonb                | spans masked, JSON kept  | same; invalid -> string
 not matched, other (citext, arrays, ...) | spans masked             | NULL if anything found
 not matched, bytea                       | hex decoded, NULL if hit | NULL if anything found
+
+"Always": a derived value is replaced whatever it is, NULL and the empty string included, so
+that whether it is NULL or empty tells nothing either (``nullif(substr(ssn, 1, 1), '6')`` is
+NULL exactly for the SSNs that start with 6). A value matched by name keeps its NULL and its
+emptiness, as ``IS NULL`` and ``= ''`` (safe forms) would tell them anyway.
 
 "Anything else" becomes NULL because a driver decodes NULL for every type, while stars in
 an int8 or a binary array would break the whole row. Binary values of types whose layout
@@ -149,7 +155,7 @@ def _scan_bytea_text(scanner: Scanner) -> ValueFn:
 class RowPlan:
     """Masks the values of one DataRow; built by `Masker.plan_rows`, stateless, shareable."""
 
-    __slots__ = ("columns", "_n", "_always", "_scan", "_scan_idx", "_scan_all", "_triggered")
+    __slots__ = ("columns", "_n", "_always", "_nulls", "_scan", "_scan_idx", "_scan_all", "_triggered")
 
     def __init__(
         self,
@@ -157,8 +163,10 @@ class RowPlan:
         always: list[tuple[int, ValueFn]],
         scan: list[tuple[int, ValueFn]],
         scanner: Scanner,
+        nulls: Sequence[tuple[int, bytes]] = (),
     ) -> None:
         self.columns = tuple(columns)
+        self._nulls = tuple(nulls)  # (index, what a NULL there becomes): derived values
         self._n = len(columns)
         self._always = tuple(always)
         self._scan = tuple(scan)
@@ -174,6 +182,12 @@ class RowPlan:
             )
         out: list[bytes | None] | None = None
         n = 0
+        for i, fill in self._nulls:
+            if values[i] is None:
+                if out is None:
+                    out = list(values)
+                out[i] = fill
+                n += 1
         for i, fn in self._always:
             v = values[i]
             if v is None:
@@ -224,11 +238,17 @@ def build_row_plan(
     """
     always: list[tuple[int, ValueFn]] = []
     scan: list[tuple[int, ValueFn]] = []
+    nulls: list[tuple[int, bytes]] = []
     for i, col in enumerate(columns):
         rule = rules.rule(col.name)
         shape = None
         marked = derived.get(i) if derived else None
         if marked is ColumnRule.MASK:
+            redacted = _redacted(col)
+            if redacted is not None:  # text or JSON: every value, NULL and '' included
+                always.append((i, _constant(redacted)))
+                nulls.append((i, redacted))
+                continue
             rule, shape = marked, shapes.Shape.REDACT
         elif marked is ColumnRule.PSEUDONYM and rule is ColumnRule.KEEP:
             rule = marked
@@ -237,7 +257,27 @@ def build_row_plan(
             (scan if scanned else always).append((i, fn))
     if not always and not scan:
         return None
-    return RowPlan(columns, always, scan, scanner)
+    return RowPlan(columns, always, scan, scanner, nulls)
+
+
+def _redacted(col: ColumnInfo) -> bytes | None:
+    """What every value of a derived text or JSON column becomes; None for other types
+    (their values become NULL)."""
+    family = family_of(col.type_oid)
+    binary = col.format == BINARY_FORMAT
+    if family is Family.TEXT or (family is Family.OPAQUE and not binary):
+        return shapes.REDACTED
+    if family is Family.JSON:
+        text = shapes.json_string(shapes.REDACTED)
+        return _JSONB_VERSION + text if binary and col.type_oid == JSONB_OID else text
+    return None
+
+
+def _constant(value: bytes) -> ValueFn:
+    def fn(_: bytes) -> bytes:
+        return value
+
+    return fn
 
 
 def _treatment(

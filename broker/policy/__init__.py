@@ -7,9 +7,11 @@ every statement it sees (simple Query, Parse); see docs/CONTRACTS.md for the con
 Modules, in the order a statement meets them:
 
 - `normalize`: the shape of a statement (literals taken out), the cache key;
-- `facts` (with `kinds`, `consts`, `bodies`, `copyinfo`): parse with pglast and report what
-  the statement does: its kinds, the writes it hides, functions, tables, settings, COPY
-  format;
+- `facts` (with `kinds`, `where_folding`, `bodies`, `copyinfo`): parse with pglast and
+  report what the statement does: its kinds, the writes it hides, functions, tables,
+  settings, COPY format;
+- `flow` (a package): where values come from and go: result lineage, stores under other
+  names, and control flow (what the result depends on other than its outputs);
 - `rules`, `presets`, `loader`: the rules (built-in presets and YAML policy files);
 - `judge`: apply a policy's rules to the facts, producing a `Verdict`;
 - `engine`: `PolicyEngine`, which picks the policy for a resource and caller, and caches.

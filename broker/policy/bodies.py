@@ -8,11 +8,12 @@ which is why such code needs a human in the first place.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from pglast import parser as pg
+
+from .flow.tree import TooDeep, loads, walk
 
 __all__ = ["do_block_sql", "plpgsql_sql"]
 
@@ -26,8 +27,8 @@ def plpgsql_sql(create_function: str) -> list[str] | None:
     """SQL embedded in a ``CREATE FUNCTION ... LANGUAGE plpgsql`` statement's body, or None
     if the body does not compile."""
     try:
-        tree = json.loads(pg.parse_plpgsql_json(create_function))
-    except (pg.ParseError, ValueError, RecursionError):
+        tree = loads(pg.parse_plpgsql_json(create_function))
+    except (pg.ParseError, ValueError, RecursionError, TooDeep):
         return None
     found: list[str] = []
     _collect(tree, found)
@@ -45,26 +46,19 @@ def do_block_sql(body: str) -> list[str] | None:
 
 
 def _collect(node: Any, found: list[str]) -> None:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-            continue
-        if not isinstance(item, dict):
-            continue
-        expr = item.get("PLpgSQL_expr")
-        if isinstance(expr, dict):
-            found.extend(_as_statements(expr))
-            continue
-        dynamic = item.get("PLpgSQL_stmt_dynexecute")
-        if isinstance(dynamic, dict):
+    def visit(key: str, value: Any) -> bool:
+        if key == "PLpgSQL_expr" and isinstance(value, dict):
+            found.extend(_as_statements(value))
+            return False
+        if key == "PLpgSQL_stmt_dynexecute" and isinstance(value, dict):
             # EXECUTE 'literal SQL': the literal is the statement that will run.
-            query = dynamic.get("query", {}).get("PLpgSQL_expr", {}).get("query", "")
+            query = value.get("query", {}).get("PLpgSQL_expr", {}).get("query", "")
             literal = _STRING_LITERAL.fullmatch(query)
             if literal:
                 found.append(literal.group(1).replace("''", "'"))
-        stack.extend(item.values())
+        return True
+
+    walk(node, visit)
 
 
 def _as_statements(expr: dict[str, Any]) -> list[str]:

@@ -13,8 +13,8 @@ from pglast import parse_sql
 from pglast.ast import CopyStmt
 from pglast.stream import RawStream, maybe_double_quote_name
 
-from .consts import parse_bool
 from .model import CopyInfo
+from .where_folding import parse_bool
 
 __all__ = ["copy_info", "deparse_copy_query"]
 

@@ -35,9 +35,10 @@ from .exceptions import PolicyConfigError
 from .facts import extract
 from .judge import Policy, judge
 from .loader import PolicyDocument, Scope, load_policy, parse_policy
-from .model import Verdict
+from .model import DEFAULT_MAX_ROWS, RowLimits, Verdict
 from .normalize import shape
 from .presets import PRESETS
+from .timeouts import DEFAULT_TIMEOUTS
 
 __all__ = ["PolicyEngine", "ScopedPolicy"]
 
@@ -207,6 +208,17 @@ class PolicyEngine:
 
     @staticmethod
     def _policy_from(scopes: list[Scope]) -> Policy:
+        # Most specific first: the first scope naming a preset, channels or a timeout decides.
         preset = next(s.preset for s in scopes if s.preset is not None)
         rules = tuple(rule for s in scopes for rule in s.rules)
-        return Policy(PRESETS[preset], rules)
+        channels = next((s.notify_channels for s in scopes if s.notify_channels is not None), frozenset())
+        timeouts = dict(DEFAULT_TIMEOUTS)
+        for s in reversed(scopes):
+            timeouts.update(s.timeouts)
+        row_limit = next((s.row_limit for s in scopes if s.row_limit is not None), DEFAULT_MAX_ROWS)
+        tables = next((s.table_limits for s in scopes if s.table_limits is not None), ())
+        return Policy(PRESETS[preset], rules, channels, timeouts, row_limits=RowLimits(row_limit, tables))
+
+    def timeouts(self, resource: str | None = None) -> dict[str, int]:
+        """The session timeouts (ms) the gateway sets on `resource`, and their ceilings."""
+        return dict(self.scope(resource, ()).policy.timeouts)

@@ -28,22 +28,22 @@ except where a field's C type names the node type (``relation`` is a bare RangeV
 
 from __future__ import annotations
 
-import json
 import re
-import sys
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pglast import parser as pg
 
 from .bodies import do_block_sql, plpgsql_sql
-from .consts import UNKNOWN, Reader, parse_bool
 from .copyinfo import copy_info, deparse_copy_query
+from .flow import UNKNOWN as UNKNOWN_SOURCE
+from .flow import controls, lineage, stored
+from .flow.tree import TooDeep, loads
 from .kinds import statement_kind, tags_for
-from .lineage import UNKNOWN as UNKNOWN_SOURCE
-from .lineage import lineage, stored
 from .model import CopyInfo, Lineage
+from .timeouts import TIMEOUT_SETTINGS, parse_ms
+from .where_folding import UNKNOWN, Reader, parse_bool
 
 __all__ = [
     "LEXER_SETTINGS", "PINNED_LEXER_VALUES", "Facts", "StatementFacts", "Subject", "extract",
@@ -101,6 +101,14 @@ class Subject:
     where: WhereState | None = None  # UPDATE / DELETE only
     setting: str | None = None  # SET / RESET / set_config: the setting's name, lower case
     language: str | None = None  # CREATE FUNCTION / DO
+    # NOTIFY / pg_notify: the channel, as the server names it; None: not known statically.
+    channel: str | None = None
+    # SET / set_config of a `timeouts.TIMEOUT_SETTINGS` value: in ms as the server reads it;
+    # None: not a literal (or not one the server accepts).
+    timeout_ms: int | None = None
+    # A write whose row count the text does not bound (UPDATE, DELETE, MERGE, INSERT ...
+    # SELECT, INSERT ... ON CONFLICT DO UPDATE): the proxy rehearses it (proxy.rehearsal).
+    unbounded: bool = False
 
 
 @dataclass(slots=True)
@@ -119,8 +127,10 @@ class StatementFacts:
     closes: list[str | None] = field(default_factory=list)  # CLOSE name; None: CLOSE ALL
     copy: CopyInfo | None = None
     lineage: Lineage | None = None  # where the result columns come from (`lineage`)
-    # Values it writes into relations under other names (`lineage.stored`): (where, sources).
+    # Values it writes into relations under other names (`flow.stored`): (where, sources).
     stored: tuple[tuple[str, frozenset[str]], ...] = ()
+    # Values its result depends on other than as outputs (`flow.controls`): (how, sources).
+    controls: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 @dataclass(slots=True)
@@ -139,24 +149,8 @@ def extract(sql: str) -> Facts:
 
 # -- parsing -----------------------------------------------------------------------------
 
-_DEEP_LIMIT = 20000
-_deep_lock = threading.Lock()
-
-
 def _parse_json(sql: str) -> Any:
-    text = pg.parse_sql_json(sql)
-    try:
-        return json.loads(text)
-    except RecursionError:
-        # Long left-deep chains (a || b || c ...) nest deeper than Python's default limit
-        # allows the JSON decoder; raise it briefly rather than refuse valid SQL.
-        with _deep_lock:
-            old = sys.getrecursionlimit()
-            sys.setrecursionlimit(max(old, _DEEP_LIMIT))
-            try:
-                return json.loads(text)
-            finally:
-                sys.setrecursionlimit(old)
+    return loads(pg.parse_sql_json(sql))
 
 
 class _Extractor:
@@ -177,7 +171,7 @@ class _Extractor:
             tree = _parse_json(self.sql)
         except pg.ParseError as exc:
             return Facts([], error=str(exc), literal_sensitive=True)
-        except RecursionError:
+        except (RecursionError, TooDeep):
             return Facts([], error="statement nested too deeply to check", literal_sensitive=True)
         statements = []
         for raw in tree.get("stmts", []):
@@ -193,7 +187,7 @@ class _Extractor:
             return None
         try:
             tree = _parse_json(sql)
-        except (pg.ParseError, RecursionError):
+        except (pg.ParseError, RecursionError, TooDeep):
             return None
         self._depth += 1
         try:
@@ -238,6 +232,7 @@ class _Statement:
             self.facts.kind = kind
             self.facts.lineage = _safe_lineage(node)
             self.facts.stored = _safe_stored(node)
+            self.facts.controls = _safe_controls(node, self.ex.read_literal)
         if name == "DeclareCursorStmt":
             self.facts.declares.append(str(f.get("portalname", "")))
         elif name == "FetchStmt" and not f.get("ismove"):
@@ -268,7 +263,7 @@ class _Statement:
                 where = "always_true"
             else:
                 where = "present"
-        return Subject(kind, tags_for(kind), where=where)
+        return Subject(kind, tags_for(kind), where=where, unbounded=_unbounded(kind, f))
 
     def _explain(self, f: Node, kind: str) -> None:
         self.add(kind)
@@ -307,6 +302,7 @@ class _Statement:
         inner_facts = inner.finish()
         self.facts.prepare = (str(f.get("name", "")), inner_facts)
         self.facts.stored += inner_facts.stored
+        self.facts.controls += inner_facts.controls
         # PREPARE takes the decision of what it prepares.
         self.facts.subjects.extend(inner_facts.subjects)
         self.facts.functions.update(inner_facts.functions)
@@ -345,12 +341,17 @@ class _Statement:
     def _set_subject(self, f: Node, kind: str) -> Subject:
         setting = str(f.get("name") or "all").lower()
         tags = tags_for(kind)
+        timeout_ms: int | None = None
         if setting in LEXER_SETTINGS and f.get("kind", "VAR_SET_VALUE") == "VAR_SET_VALUE":
             args = f.get("args", [])
             value = self._literal(args[0]) if len(args) == 1 else UNKNOWN
             if _unsafe_lexer_value(setting, value):
                 tags = tags | {"unsafe_lexer_setting"}
-        return Subject(kind, tags, setting=setting)
+        if setting in TIMEOUT_SETTINGS and f.get("kind", "VAR_SET_VALUE") == "VAR_SET_VALUE":
+            # The judge compares it with the policy's ceiling (FROM CURRENT: unknown, too).
+            args = f.get("args", [])
+            timeout_ms = parse_ms(self._literal(args[0])) if len(args) == 1 else None
+        return Subject(kind, tags, setting=setting, timeout_ms=timeout_ms)
 
     def _view(self, f: Node, kind: str) -> None:
         self.add(kind)
@@ -438,6 +439,8 @@ class _Statement:
             self.facts.functions.update(inner.functions)
             self.facts.tables.update(inner.tables)
             self.facts.executes.extend(inner.executes)
+            self.facts.stored += inner.stored
+            self.facts.controls += inner.controls
 
     # Walking the tree ---------------------------------------------------------------
 
@@ -477,6 +480,8 @@ class _Statement:
                             facts.executes.append(str(f.get("name", "")))
                     elif name == "VariableSetStmt":  # CREATE/ALTER FUNCTION ... SET x = y
                         facts.subjects.append(self._set_subject(f, statement_kind(name, f)))
+                    elif name == "NotifyStmt":  # CREATE RULE ... DO ALSO NOTIFY x
+                        self._notify(f, "notify")
                     push(reversed(f.values()))
                     continue
             if "relname" in item:  # a RangeVar in a field typed RangeVar*
@@ -495,6 +500,8 @@ class _Statement:
         base = names[-1]
         if base == "set_config":
             self._set_config(f)
+        elif base == "pg_notify":
+            self._pg_notify(f)
         elif base in DYNAMIC_SQL_FUNCTIONS:
             self._dynamic_sql(f)
         elif base in WHOLE_RELATION_FUNCTIONS:
@@ -511,11 +518,24 @@ class _Statement:
             return
         setting = name.strip().lower()
         tags = tags_for("set")
+        timeout_ms: int | None = None
         if setting in LEXER_SETTINGS:
             value = self._literal(value_node) if value_node is not None else UNKNOWN
             if _unsafe_lexer_value(setting, value):
                 tags = tags | {"unsafe_lexer_setting"}
-        self.facts.subjects.append(Subject("set", tags, setting=setting))
+        if setting in TIMEOUT_SETTINGS:
+            timeout_ms = parse_ms(self._literal(value_node)) if value_node is not None else None
+        self.facts.subjects.append(Subject("set", tags, setting=setting, timeout_ms=timeout_ms))
+
+    def _pg_notify(self, f: Node) -> None:
+        """pg_notify(channel, payload): the channel is a text value, used as is (no folding)."""
+        positional, _ = _arguments(f)
+        channel = self._literal(positional[0]) if positional else UNKNOWN
+        self.add("notify", channel=channel if isinstance(channel, str) else None)
+
+    def _notify(self, f: Node, kind: str) -> None:
+        # NOTIFY name: an identifier, already folded by the parser as the server folds it.
+        self.add(kind, channel=str(f.get("conditionname", "")))
 
     def _dynamic_sql(self, f: Node) -> None:
         self.add("dynamic_sql")
@@ -555,6 +575,22 @@ class _Statement:
         return copy_info(f, options, query)
 
 
+def _unbounded(kind: str, f: Node) -> bool:
+    """Whether the text leaves the number of rows a write changes open: every UPDATE,
+    DELETE and MERGE; an INSERT unless it is VALUES (or DEFAULT VALUES) without ON CONFLICT
+    DO UPDATE."""
+    if kind != "insert":
+        return True
+    conflict = f.get("onConflictClause")
+    if isinstance(conflict, dict) and conflict.get("action") == "ONCONFLICT_UPDATE":
+        return True
+    source = f.get("selectStmt")
+    if source is None:
+        return False  # DEFAULT VALUES
+    select = source.get("SelectStmt", {}) if isinstance(source, dict) else {}
+    return not (select.get("valuesLists") and "withClause" not in select)
+
+
 def _safe_lineage(node: Node) -> Lineage | None:
     """`lineage`, failing closed: a tree it cannot read masks every derived-looking output."""
     try:
@@ -564,8 +600,16 @@ def _safe_lineage(node: Node) -> Lineage | None:
         return Lineage(head=(), starred=True, loose=anything, named=anything)
 
 
+def _safe_controls(node: Node, on_literal: Callable[[], None]) -> tuple[tuple[str, frozenset[str]], ...]:
+    """`flow.controls`, failing closed: a statement it cannot follow depends on anything."""
+    try:
+        return controls(node, on_literal)
+    except Exception:  # noqa: BLE001 - a bug here (or a tree too deep) must not fail open
+        return (("a statement the gateway cannot follow", frozenset({UNKNOWN_SOURCE})),)
+
+
 def _safe_stored(node: Node) -> tuple[tuple[str, frozenset[str]], ...]:
-    """`lineage.stored`, failing closed: a write it cannot read counts as storing anything."""
+    """`flow.stored`, failing closed: a write it cannot read counts as storing anything."""
     try:
         return stored(node)
     except Exception:  # noqa: BLE001 - a bug here must not fail classification open
@@ -663,6 +707,7 @@ _TOP_HANDLERS = {
     "AlterSystemStmt": _Statement._alter_with_set,
     "CreateFunctionStmt": _Statement._create_function,
     "DoStmt": _Statement._do,
+    "NotifyStmt": _Statement._notify,
     "CallStmt": _Statement._call,
     "DropStmt": _Statement._drop,
 }

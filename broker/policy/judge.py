@@ -19,13 +19,15 @@ allowed (rule ``empty``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from .facts import Facts, StatementFacts, Subject
-from .lineage import merge
-from .model import CopyInfo, Decision, Verdict
+from .flow import merge
+from .model import CopyInfo, Decision, RowLimits, Verdict
 from .presets import Preset
 from .rules import Rule, render_reason
+from .timeouts import DEFAULT_TIMEOUTS, TIMEOUT_SETTINGS
 
 __all__ = ["Policy", "judge"]
 
@@ -46,6 +48,12 @@ class Policy:
 
     preset: Preset
     rules: tuple[Rule, ...] = ()
+    # Channels NOTIFY / pg_notify may use; any other (or one not known statically) is tagged
+    # ``unlisted_channel``. Timeout ceilings in ms; a SET above one, or 0, ``unsafe_timeout``.
+    notify_channels: frozenset[str] = frozenset()
+    timeouts: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TIMEOUTS))
+    # `max_rows_without_review`: what an unbounded write may change before it needs review.
+    row_limits: RowLimits = RowLimits()
     # Rules filtered by the subject's kind and tags: most rules name kinds, so this leaves a
     # handful to test. Filled lazily; bounded by the (small) vocabulary of kinds and tags.
     _index: dict[tuple[str, frozenset[str]], _Candidates] = field(
@@ -137,11 +145,21 @@ def _enforced(policy: Policy, facts: Facts) -> Verdict:
             else merge([statement.lineage for statement in facts.statements])
         ),
         stored=tuple(entry for statement in facts.statements for entry in statement.stored),
+        controls=tuple(entry for statement in facts.statements for entry in statement.controls),
         declares=tuple(name for statement in facts.statements for name in statement.declares),
         fetches=tuple(name for statement in facts.statements for name in statement.fetches),
         closes=tuple(name for statement in facts.statements for name in statement.closes),
         transactions=sum(1 for statement in facts.statements if statement.kind == "transaction"),
+        rehearse=_rehearse(policy, facts.statements),
     )
+
+
+def _rehearse(policy: Policy, statements: list[StatementFacts]) -> RowLimits | None:
+    """The policy's row limits when a statement writes rows its text does not bound."""
+    for statement in statements:
+        if any(subject.unbounded for subject in statement.subjects):
+            return policy.row_limits
+    return None
 
 
 def _single(policy: Policy, statement: StatementFacts) -> Verdict:
@@ -155,12 +173,15 @@ def _single(policy: Policy, statement: StatementFacts) -> Verdict:
         tables=tuple(statement.tables),
         lineage=statement.lineage,
         stored=statement.stored,
+        controls=statement.controls,
+        rehearse=_rehearse(policy, [statement]),
     )
 
 
 def _statement(policy: Policy, statement: StatementFacts) -> _Outcome:
     worst: _Outcome | None = None
     for subject in statement.subjects:
+        subject = _scoped(policy, subject)
         rule = _rule_for(policy, subject, statement)
         if worst is None or rule.decision > worst.decision:
             worst = _Outcome(rule.decision, rule.id, render_reason(rule, subject, statement))
@@ -170,6 +191,17 @@ def _statement(policy: Policy, statement: StatementFacts) -> _Outcome:
         preset = policy.preset
         return _Outcome(Decision.REVIEW, preset.fallback.id, "statement with nothing to check")
     return worst
+
+
+def _scoped(policy: Policy, subject: Subject) -> Subject:
+    """Tags that depend on this policy's settings rather than on the statement alone."""
+    if subject.kind == "notify" and subject.channel not in policy.notify_channels:
+        return replace(subject, tags=subject.tags | {"unlisted_channel"})
+    if subject.kind == "set" and subject.setting in TIMEOUT_SETTINGS:
+        ms, ceiling = subject.timeout_ms, policy.timeouts.get(subject.setting)
+        if ceiling is not None and (ms is None or ms <= 0 or ms > ceiling):
+            return replace(subject, tags=subject.tags | {"unsafe_timeout"})
+    return subject
 
 
 def _rule_for(policy: Policy, subject: Subject, statement: StatementFacts) -> Rule:
@@ -224,8 +256,10 @@ def _shadow(verdict: Verdict) -> Verdict:
         tables=verdict.tables,
         lineage=verdict.lineage,
         stored=verdict.stored,
+        controls=verdict.controls,
         declares=verdict.declares,
         fetches=verdict.fetches,
         closes=verdict.closes,
         transactions=verdict.transactions,
+        rehearse=verdict.rehearse,
     )

@@ -13,6 +13,8 @@ A *tag* names a family, so that a rule can say ``kinds: [write]``:
 ``read``    select, show, explain, cursors, copy_to, listen/notify, prepare/execute/deallocate
 ``session`` set, reset, discard, transaction control, set_constraints
 ``write``   everything else: any statement that changes data, schema, roles or the server
+            (two-phase commit too: ``prepare_transaction``, ``commit_prepared`` and
+            ``rollback_prepared`` outlive the session; they also carry ``two_phase``)
 ``dml``     insert, update, delete, merge
 ``ddl``     create_*, alter_*, drop_*, truncate, comment, grant/revoke, security_label
 ``create``, ``alter``, ``drop``  the kinds with that prefix
@@ -25,7 +27,10 @@ set_config or function SET clause giving client_encoding, standard_conforming_st
 backslash_quote any value but the one the gateway pins), ``dynamic_setting`` (settings
 chosen at run time: set_config with a name that is not a literal, an UPDATE of pg_settings,
 a view over pg_settings), ``dynamic_sql`` (a function that runs SQL from a string, such as
-query_to_xml).
+query_to_xml). The judge adds two that depend on the policy's settings: ``unlisted_channel``
+(NOTIFY / pg_notify on a channel not in ``notify_channels``, or one not known statically)
+and ``unsafe_timeout`` (a SET of lock_timeout, statement_timeout or
+idle_in_transaction_session_timeout above the policy's ceiling, to 0, or not to a literal).
 """
 
 from __future__ import annotations
@@ -132,6 +137,15 @@ _FIXED: dict[str, str] = {
     "ImportForeignSchemaStmt": "import_foreign_schema",
 }
 
+# Two-phase commit is not session-local: a prepared transaction outlives the session that
+# prepared it (holding its locks until someone finishes it), and COMMIT / ROLLBACK PREPARED
+# finish any session's prepared transaction by its name.
+_TWO_PHASE_KINDS = {
+    "TRANS_STMT_PREPARE": "prepare_transaction",
+    "TRANS_STMT_COMMIT_PREPARED": "commit_prepared",
+    "TRANS_STMT_ROLLBACK_PREPARED": "rollback_prepared",
+}
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
@@ -148,6 +162,8 @@ def statement_kind(node_name: str, fields: dict[str, Any]) -> str:
         if fixed == "set":
             kind = fields.get("kind", "VAR_SET_VALUE")
             return "reset" if kind in ("VAR_RESET", "VAR_RESET_ALL", "VAR_SET_DEFAULT") else "set"
+        if fixed == "transaction":
+            return _TWO_PHASE_KINDS.get(fields.get("kind", ""), "transaction")
         return fixed
     if node_name == "DropStmt":
         return "drop_" + _object_name(fields.get("removeType"))
@@ -202,6 +218,7 @@ def _all_kinds() -> frozenset[str]:
     kinds |= {"select_into", "reset", "move", "fetch", "grant", "revoke", "grant_role"}
     kinds |= {"revoke_role", "vacuum", "analyze", "create_procedure", "create_function"}
     kinds |= {"create_table_as", "create_materialized_view"}
+    kinds |= set(_TWO_PHASE_KINDS.values())
     for member in ObjectType:
         name = _object_name(member.name)
         kinds |= {f"drop_{name}", f"alter_{name}", f"create_{name}"}
@@ -214,10 +231,13 @@ def _all_kinds() -> frozenset[str]:
 KINDS = _all_kinds()
 
 SEMANTIC_TAGS = frozenset(
-    {"server_side", "untrusted_language", "unsafe_lexer_setting", "dynamic_setting"}
-)
+    {
+        "server_side", "untrusted_language", "unsafe_lexer_setting", "dynamic_setting",
+        "unsafe_timeout", "unlisted_channel",
+    }
+)  # fmt: skip
 TAGS = frozenset({"read", "session", "write", "dml", "ddl", "create", "alter", "drop"}) | (
-    SEMANTIC_TAGS | {"dynamic_sql"}
+    SEMANTIC_TAGS | {"dynamic_sql", "two_phase"}
 )
 
 
@@ -248,4 +268,6 @@ def _compute_tags(kind: str) -> frozenset[str]:
         tags.add("ddl")
     if kind == "dynamic_sql":
         tags.add("dynamic_sql")
+    if kind in _TWO_PHASE_KINDS.values():
+        tags.add("two_phase")
     return frozenset(tags)

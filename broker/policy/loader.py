@@ -3,6 +3,13 @@
 Format (YAML; every key is optional)::
 
     preset: agent-safe              # agent-safe (default) | read-only | observe
+    notify_channels: [jobs]         # NOTIFY / pg_notify may use these channels only (default: none)
+    max_rows_without_review: 100    # an allowed write changing more rows of a table is parked
+    max_rows_per_table: {audit_log: 10000, "staging.*": 5000}   # globs; first match wins
+    timeouts:                       # gateway-set session timeouts, also the ceilings an agent
+      lock_timeout: 5s              #   may lower but not raise or disable (0); PostgreSQL units,
+      statement_timeout: 5min       #   ms without one; only at the top level and per resource
+      idle_in_transaction_session_timeout: 3min
     rules:                          # operator rules, checked before the preset's own
       - id: no-touching-payments    # letters, digits, - _ . : (no "/": presets use it)
         match:                      # all given conditions must hold; {} matches anything
@@ -17,6 +24,8 @@ Format (YAML; every key is optional)::
     resources:                      # by resource name, as clients address it
       prod:
         preset: read-only
+        notify_channels: []         # the most specific scope naming a key decides
+        timeouts: {statement_timeout: 30s}
         rules: [...]
         groups:                     # this resource, for members of these groups
           dba: {rules: [...]}
@@ -37,6 +46,11 @@ Preset blocks (ALTER SYSTEM, SET ROLE, file functions ...) are *guards*: a rule 
 replaces one with ``override: true``, and a rule that names a guarded kind with a looser
 decision but without ``override`` is an error, so that nobody believes they loosened
 something they did not. Unparseable SQL is always blocked.
+
+``notify_channels`` and each ``timeouts`` entry come from the most specific scope that names
+them, like the preset. Channel names are compared as the server sees them: ``NOTIFY Jobs``
+folds to ``jobs``, ``pg_notify('Jobs', ...)`` does not. A channel that is not known before
+the statement runs (``pg_notify($1, ...)``, ``pg_notify(col, ...)``) is never listed.
 
 Every problem is reported as ``<key path>: <why>``, e.g. ``rules[2].decision: must be one of
 allow, review, block``, all of them at once, in one `PolicyConfigError`.
@@ -59,6 +73,7 @@ from .kinds import KINDS, TAGS
 from .model import Decision
 from .presets import PRESETS
 from .rules import Match, NamePattern, Rule
+from .timeouts import TIMEOUT_SETTINGS, parse_ms
 
 __all__ = ["PolicyDocument", "Scope", "load_policy", "parse_policy"]
 
@@ -100,6 +115,27 @@ def _check_id(value: str) -> str:
     return value
 
 
+def _check_channel(value: str) -> str:
+    if not value or len(value.encode()) > 63:
+        raise ValueError(f"{value!r} is not a channel name (1 to 63 bytes)")
+    return value
+
+
+def _check_timeout(value: str | int) -> int:
+    ms = parse_ms(value)
+    if ms is None or ms <= 0:
+        raise ValueError(
+            f"{value!r} is not a positive duration as PostgreSQL reads it (5000 in ms, or 5s, 10min, 1h)"
+        )
+    return ms
+
+
+def _check_rows(value: int) -> int:
+    if value < 0:
+        raise ValueError("must be a number of rows, 0 or more")
+    return value
+
+
 def _check_name(value: str) -> str:
     if not _NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a (possibly schema-qualified) name or glob")
@@ -126,27 +162,53 @@ class RuleModel(_Strict):
     override: bool = False
 
 
+Timeout = Annotated[str | int, AfterValidator(_check_timeout)]
+
+
+class TimeoutsModel(_Strict):
+    lock_timeout: Timeout | None = None
+    statement_timeout: Timeout | None = None
+    idle_in_transaction_session_timeout: Timeout | None = None
+    client_connection_check_interval: Timeout | None = None
+
+
 class ScopeModel(_Strict):
     preset: Annotated[str, AfterValidator(_check_preset)] | None = None
     rules: list[RuleModel] = []
+    notify_channels: list[Annotated[str, AfterValidator(_check_channel)]] | None = None
+
+
+Rows = Annotated[int, AfterValidator(_check_rows)]
+TableName = Annotated[str, AfterValidator(_check_name)]
 
 
 class ResourceModel(ScopeModel):
     groups: dict[str, ScopeModel] = {}
+    max_rows_without_review: Rows | None = None
+    max_rows_per_table: dict[TableName, Rows] | None = None
+    timeouts: TimeoutsModel | None = None
 
 
 class FileModel(ScopeModel):
     description: str | None = None
+    max_rows_without_review: Rows | None = None
+    max_rows_per_table: dict[TableName, Rows] | None = None
+    timeouts: TimeoutsModel | None = None
     resources: dict[str, ResourceModel] = {}
     groups: dict[str, ScopeModel] = {}
 
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The preset (if it names one) and the rules of one part of a policy file."""
+    """The preset (if it names one), the rules and the settings of one part of a policy file."""
 
     preset: str | None = None
     rules: tuple[Rule, ...] = ()
+    notify_channels: frozenset[str] | None = None  # None: not named here
+    timeouts: dict[str, int] = field(default_factory=dict)  # ms, the ones named here
+    # max_rows_without_review and max_rows_per_table, as named here (None: not named)
+    row_limit: int | None = None
+    table_limits: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,10 +294,21 @@ def _build(model: FileModel, errors: list[tuple[str, str]], source: str | None) 
             rule = _rule(r)
             _check_guards(rule, guards, where, errors)
             rules.append(rule)
-        return Scope(m.preset, tuple(rules))
+        channels = frozenset(m.notify_channels) if m.notify_channels is not None else None
+        timeouts = getattr(m, "timeouts", None)
+        named = timeouts.model_dump(exclude_none=True) if timeouts is not None else {}
+        per_table = getattr(m, "max_rows_per_table", None)
+        return Scope(
+            m.preset, tuple(rules), channels, {k: v for k, v in named.items() if k in TIMEOUT_SETTINGS},
+            row_limit=getattr(m, "max_rows_without_review", None),
+            table_limits=tuple(per_table.items()) if per_table is not None else None,
+        )
 
     top = scope(model, "", top_preset)
-    top = Scope(top_preset, top.rules)
+    top = Scope(
+        top_preset, top.rules, top.notify_channels, top.timeouts,
+        row_limit=top.row_limit, table_limits=top.table_limits,
+    )
     resources: dict[str, Scope] = {}
     resource_groups: dict[str, dict[str, Scope]] = {}
     for name, res in model.resources.items():
@@ -324,6 +397,8 @@ def _unknown_key_message(loc: tuple[Any, ...]) -> str:
             model, i = RuleModel, i + 2  # skip the list index
         elif part == "match":
             model, i = MatchModel, i + 1
+        elif part == "timeouts":
+            model, i = TimeoutsModel, i + 1
         elif part == "resources" and model is FileModel:
             model, i = ResourceModel, i + 2  # skip the resource name
         elif part == "groups":

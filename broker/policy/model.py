@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-__all__ = ["CopyInfo", "Decision", "Lineage", "Verdict"]
+__all__ = ["CopyInfo", "Decision", "Lineage", "RowLimits", "Verdict"]
+
+#: Rows a write may change without review when the policy names no limit.
+DEFAULT_MAX_ROWS = 100
 
 
 class Decision(StrEnum):
@@ -108,6 +111,16 @@ class Lineage:
 
 
 @dataclass(frozen=True, slots=True)
+class RowLimits:
+    """How many rows a write may change, per table, before it needs review (the proxy
+    rehearses such writes: proxy.rehearsal). `tables` are (glob, limit), first match wins;
+    a table no glob names gets `default`."""
+
+    default: int = DEFAULT_MAX_ROWS
+    tables: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The decision on one statement string (which may hold several statements)."""
 
@@ -126,12 +139,19 @@ class Verdict:
     # Values written into relations under other names than their source columns' (where,
     # sources): the proxy sends a write of masked values to review (reads would not mask them).
     stored: tuple[tuple[str, frozenset[str]], ...] = ()
+    # Values the result depends on other than as outputs (how, sources): a WHERE, ORDER BY,
+    # LIMIT ... (`flow.controls`); the proxy sends masked ones to review (`masking/inference`).
+    controls: tuple[tuple[str, frozenset[str]], ...] = ()
     # Cursors: declared (their rows' lineage is this verdict's), fetched from, closed (None: all).
     declares: tuple[str, ...] = ()
     fetches: tuple[str, ...] = ()
     closes: tuple[str | None, ...] = ()
     # Transaction control statements (BEGIN, COMMIT, SAVEPOINT, ...) in the string.
     transactions: int = 0
+    # Set when the string writes rows its text does not bound (UPDATE, DELETE, MERGE, INSERT
+    # ... SELECT or ON CONFLICT DO UPDATE, anywhere in it): the limits its blast radius is
+    # held to. An allowed one is rehearsed by the proxy and parked when over a limit.
+    rehearse: RowLimits | None = None
 
     @property
     def cursor_only(self) -> bool:
@@ -159,6 +179,13 @@ class Verdict:
             out["executes"] = list(self.executes)
         if self.stored:
             out["stores"] = [{"into": where, "from": sorted(sources)} for where, sources in self.stored]
+        if self.controls:
+            out["controls"] = [{"how": how, "from": sorted(sources)} for how, sources in self.controls]
+        if self.rehearse is not None:  # the proxy counts what it changes before it keeps it
+            out["rehearse"] = {
+                "max_rows_without_review": self.rehearse.default,
+                "max_rows_per_table": dict(self.rehearse.tables),
+            }
         if self.deallocates:
             out["deallocates"] = [name for name in self.deallocates]
         if self.copy is not None:

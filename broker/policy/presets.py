@@ -10,7 +10,11 @@ network functions anywhere in a statement, CREATE EXTENSION, LOAD, code in untru
 languages, DROP DATABASE, foreign servers and user mappings, tablespaces, settings changed
 through names chosen at run time (``set_config(expr, ...)``, UPDATE of ``pg_settings``), and
 settings that would make the server read quotes or bytes differently from the gateway
-(client_encoding, standard_conforming_strings and backslash_quote are pinned).
+(client_encoding, standard_conforming_strings and backslash_quote are pinned), NOTIFY or
+pg_notify on a channel the policy does not list (``notify_channels``), and raising or
+disabling the gateway's session timeouts (``timeouts``). Two-phase commit (PREPARE
+TRANSACTION, COMMIT / ROLLBACK PREPARED) is reviewed: a prepared transaction outlives the
+session and holds its locks until someone, perhaps another session, finishes it.
 
 Every ``block`` rule of a preset is a *guard*: an operator's rule only replaces it when it
 says ``override: true``. Everything else can be tightened or loosened by operator rules,
@@ -130,6 +134,14 @@ def _guards(p: str) -> tuple[Rule, ...]:
                      "alter_subscription")),
         _rule(p, "tablespace", BLOCK, "a tablespace is a directory on the database host",
               kinds=("create_tablespace",)),
+        _rule(p, "notify-channel", BLOCK,
+              "{kind} may only use the channels the policy lists (notify_channels); this "
+              "channel is not listed, or is not known before the statement runs",
+              kinds=("unlisted_channel",)),
+        _rule(p, "session-timeouts", BLOCK,
+              "{setting} may be lowered, not raised above the gateway's ceiling (policy key "
+              "timeouts) nor disabled with 0, and its value must be a literal",
+              kinds=("unsafe_timeout",)),
     )  # fmt: skip
 
 
@@ -160,6 +172,13 @@ def _ordinary(p: str) -> tuple[Rule, ...]:
               kinds=("select_into", "create_table_as", "create_materialized_view")),
         _rule(p, "create", ALLOW, "{kind} adds a table, index or view",
               kinds=("create_table", "create_index", "create_view")),
+        _rule(p, "prepare-transaction", REVIEW,
+              "PREPARE TRANSACTION keeps the transaction, its locks and its changes after the "
+              "session ends, until someone commits or rolls it back",
+              kinds=("prepare_transaction",)),
+        _rule(p, "finish-prepared", REVIEW,
+              "{kind} finishes a prepared transaction, which may be another session's",
+              kinds=("commit_prepared", "rollback_prepared")),
         _rule(p, "session", ALLOW, "{kind} only affects this session",
               kinds=("session",)),
         _rule(p, "notify", ALLOW, "{kind} uses a notification channel",

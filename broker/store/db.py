@@ -29,6 +29,7 @@ from broker.store.access_requests import AccessRequestRepository
 from broker.store.approvals import ApprovalRepository
 from broker.store.base import READ_ONLY_OPTION, Clock, translate_errors, utcnow
 from broker.store.egress_usage import EgressUsageRepository
+from broker.store.session_slots import SessionSlotRepository
 from broker.store.sessions import SessionRepository
 from broker.store.tokens import TokenRepository
 
@@ -126,7 +127,14 @@ async def _first_use_lock(engine: AsyncEngine) -> AsyncIterator[None]:
         os.close(fd)
 
 
-class Store(TokenRepository, SessionRepository, AccessRequestRepository, ApprovalRepository, EgressUsageRepository):
+class Store(
+    TokenRepository,
+    SessionRepository,
+    AccessRequestRepository,
+    ApprovalRepository,
+    EgressUsageRepository,
+    SessionSlotRepository,
+):
     """The broker's persistent state. Methods raise `StoreError` subclasses on failure."""
 
     @classmethod

@@ -358,3 +358,25 @@ class EgressUsage(Base):
     updated_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_egress_usage_window_start", "window_start"),)
+
+
+class SessionSlot(Base):
+    """One open session counted against the concurrent-session caps (proxy.admission), held
+    by the proxy process serving it. The process renews `expires_at` while the session lives
+    and deletes the row when it ends; a process that died leaves rows that lapse at
+    `expires_at`, so a crash frees its slots within the lease time."""
+
+    __tablename__ = "session_slots"
+
+    slot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str | None] = mapped_column(String(64))
+    principal: Mapped[str] = mapped_column(String(255))
+    resource: Mapped[str] = mapped_column(String(63))
+    started_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_session_slots_token_id", "token_id"),
+        Index("ix_session_slots_principal", "principal"),
+        Index("ix_session_slots_expires_at", "expires_at"),
+    )

@@ -111,6 +111,10 @@ def start_gateway(
         **(extra or {}),
     }
     proxy = proxy or ProxySettings(listen_port=0)
+    if not {"max_sessions_per_agent", "max_sessions_per_token"} & proxy.model_fields_set:
+        # Tests of other features open many sessions with one token; the concurrent-session
+        # caps apply where a test sets them (tests/e2e/test_session_caps.py).
+        proxy = proxy.model_copy(update={"max_sessions_per_agent": None, "max_sessions_per_token": None})
     settings = Settings(
         data_dir=data_dir, proxy=proxy, resources=resources, vault=vault,
         **({"approvals": approvals} if approvals is not None else {}),

@@ -135,7 +135,8 @@ def test_execute_and_fetch_return_rows_masked_by_what_they_run(gateway, upstream
     "update orders set status = (select ssn from customers where id = 1) where id = 1",
     "with s as (select reverse(api_key) k from customers) insert into orders_note (note) select k from s",
     "select set_config('jitgate_test.k', reverse(api_key), false) from customers where id = 1",
-    "select pg_notify('launder', reverse(api_key)) from customers where id = 1",
+    # pg_notify on an unlisted channel is blocked outright; on a listed one it goes to review
+    # like these (tests/e2e/test_session_hygiene.py).
 ])
 def test_writing_masked_values_under_another_name_goes_to_review(gateway, upstream, sql) -> None:
     with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
@@ -164,7 +165,7 @@ def test_writes_that_keep_masked_names_or_hold_nothing_masked_run(gateway) -> No
         conn.execute("create temp view v_plain as select id, full_name, reverse(full_name) r from customers")
         conn.execute("create temp table t_notes (note text)")
         conn.execute("insert into t_notes (note) select status from orders where id < 3")
-        assert conn.execute("update customers set email = lower(email) where id = 1").statusmessage == "UPDATE 1"
+        assert conn.execute("update customers set email = email where id = 1").statusmessage == "UPDATE 1"
         assert conn.execute("select count(*) from t_notes").fetchone() == (2,)
 
 

@@ -25,7 +25,7 @@ class ScriptedReviewer:
     def __init__(self) -> None:
         self.seen: list[str] = []
 
-    async def review(self, *, session, sql, verdict, notify, estimate=None):
+    async def review(self, *, session, sql, verdict, notify, estimate=None, blast_radius=None):
         self.seen.append(sql)
         notify(f"jitgate: awaiting approval review-{len(self.seen)} ({verdict.rule})")
         await asyncio.sleep(0.3)

@@ -176,7 +176,9 @@ class Reviewer:
         self.seen: list[str] = []
         self.approve: list[str] = []
 
-    async def review(self, *, session: Any, sql: str, verdict: Any, notify: Any, estimate: Any = None) -> ReviewOutcome:
+    async def review(
+        self, *, session: Any, sql: str, verdict: Any, notify: Any, estimate: Any = None, blast_radius: Any = None
+    ) -> ReviewOutcome:
         self.seen.append(sql)
         if sql in self.approve:
             self.approve.remove(sql)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.startup_params import StartupRefused, sanitize_startup
+from proxy.startup_params import StartupRefused, limit_timeouts, sanitize_startup
 
 
 def test_ordinary_parameters_pass_and_intent_is_kept_back():
@@ -18,7 +18,8 @@ def test_ordinary_parameters_pass_and_intent_is_kept_back():
     assert s.database == "demo"
     assert s.intent == "fix bug 42"
     assert s.application_name == "claude"
-    assert s.upstream_params["options"] == "-c statement_timeout=5s"
+    assert "options" not in s.upstream_params  # the timeout is checked by limit_timeouts
+    assert s.timeouts == {"statement_timeout": "5s"}
     assert "jitgate" not in repr(s.upstream_params)
 
 
@@ -124,3 +125,66 @@ def _pg_split_opts(options: str) -> list[str]:
             i += 1
         out.append(word)
     return out
+
+
+# -- session timeouts (broker.policy.timeouts) ----------------------------------------------
+
+CEILINGS = {"lock_timeout": 5000, "statement_timeout": 300_000, "idle_in_transaction_session_timeout": 60_000}
+
+
+def test_the_gateway_timeouts_are_sent_when_the_client_names_none():
+    s = sanitize_startup({"user": "a", "database": "demo"})
+    limit_timeouts(s, CEILINGS)
+    assert {k: s.upstream_params[k] for k in CEILINGS} == {k: str(v) for k, v in CEILINGS.items()}
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"lock_timeout": "1s"}, {"lock_timeout": "1000"}),
+        ({"Statement_Timeout": "2min"}, {"statement_timeout": "120000"}),
+        ({"options": "-c lock_timeout=250"}, {"lock_timeout": "250"}),
+        ({"options": "--idle-in-transaction-session-timeout=30s"}, {"idle_in_transaction_session_timeout": "30000"}),
+        # Both: the direct parameter wins, as the server applies `options` first.
+        ({"options": "-c lock_timeout=4s", "lock_timeout": "2s"}, {"lock_timeout": "2000"}),
+        ({"lock_timeout": "2s", "options": "-c lock_timeout=4s"}, {"lock_timeout": "2000"}),
+        ({"options": "-c lock_timeout=1s -c lock_timeout=3s"}, {"lock_timeout": "3000"}),
+    ],
+)
+def test_a_client_may_ask_for_lower_timeouts(params, expected):
+    s = sanitize_startup({"user": "a", **params})
+    limit_timeouts(s, CEILINGS)
+    for name, value in expected.items():
+        assert s.upstream_params[name] == value
+    assert "options" not in s.upstream_params  # never a second copy the server could prefer
+    assert [k for k in s.upstream_params if k.lower() in CEILINGS] == [k for k in s.upstream_params if k in CEILINGS]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"statement_timeout": "0"},
+        {"statement_timeout": "1h"},
+        {"lock_timeout": "100us"},  # rounds to 0: disabled
+        {"lock_timeout": "5001"},
+        {"LOCK_TIMEOUT": "0"},
+        {"lock_timeout": "-1"},
+        {"lock_timeout": "5 sec"},
+        {"options": "-c statement_timeout=0"},
+        {"options": "-cstatement_timeout=0"},
+        {"options": "--statement-timeout=0"},
+        {"options": "-c idle_in_transaction_session_timeout=1d"},
+        {"options": "-c lock_timeout=1s", "lock_timeout": "10s"},
+        {"lock_timeout": "1s", "options": "-c lock_timeout=10s"},  # options are checked too
+    ],
+)
+def test_raising_or_disabling_a_timeout_at_start_up_is_refused(params):
+    s = sanitize_startup({"user": "a", **params})
+    with pytest.raises(StartupRefused, match="may be lowered, not raised above"):
+        limit_timeouts(s, CEILINGS)
+
+
+def test_without_ceilings_a_clients_timeouts_are_forwarded():
+    s = sanitize_startup({"user": "a", "options": "-c lock_timeout=3s"})
+    limit_timeouts(s, {})
+    assert s.upstream_params["lock_timeout"] == "3s"

@@ -157,3 +157,15 @@ def test_deny_modal_carries_where_the_click_came_from() -> None:
 def test_fallback_text_is_short_and_plain() -> None:
     approval = make_approval(risk="r" * 10_000, expires_at=datetime.now(UTC) + timedelta(minutes=5))
     assert len(blocks.fallback_text(approval)) <= blocks.FALLBACK_TEXT_MAX
+
+
+def test_prompt_shows_the_rehearsed_count() -> None:
+    """A write parked for its size carries the rehearsal's exact count per table."""
+    details = {
+        "tables": ["orders"], "blast_radius": "would change 406 of 406 rows of orders",
+        "row_count": "rehearsed", "rows_changed": [{"table": "public.orders", "rows": 406, "of": 406, "limit": 100}],
+    }
+    payload = blocks.prompt_blocks(make_approval(details=details))
+    validate_blocks(payload)
+    text = _text(payload)
+    assert "would change 406 of 406 rows of orders" in text and "planner estimate" not in text

@@ -135,8 +135,7 @@ ALLOWED = [
     "create materialized view m as select 1",
     "listen ch",
     "unlisten *",
-    "notify ch, 'x'",
-    "select pg_notify('ch', 'x')",
+    # NOTIFY / pg_notify: only on listed channels (test_session_hygiene.py)
     "copy t to stdout",
     "copy (select * from t) to stdout with (format csv)",
     "select '; select pg_read_file(''x'')'",  # a string, not a call

@@ -7,7 +7,7 @@ import json
 import pytest
 from pglast import parser as pg
 
-from broker.policy.consts import is_always_true, parse_bool
+from broker.policy.where_folding import is_always_true, parse_bool
 
 
 def where_of(sql: str) -> dict[str, object]:

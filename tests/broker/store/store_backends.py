@@ -21,7 +21,7 @@ from broker.store import Store
 
 TABLES = (
     "statements", "sessions", "approval_votes", "approvals", "principals", "access_requests", "leases",
-    "gateway_tokens", "audit_events", "audit_state", "egress_usage",
+    "gateway_tokens", "audit_events", "audit_state", "egress_usage", "session_slots",
 )
 
 

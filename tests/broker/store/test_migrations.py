@@ -31,6 +31,7 @@ EXPECTED_TABLES = {
     "approval_votes",
     "principals",
     "egress_usage",
+    "session_slots",
 }
 
 
