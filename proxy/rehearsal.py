@@ -60,26 +60,33 @@ MAX_HELD_BYTES = 16 * 1024 * 1024
 RULE = "gateway/blast-radius"
 
 _SUM = "(s.n_tup_ins OPERATOR(pg_catalog.+) s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)"
-#: Per table: rows written by this backend and not yet reported. Operators are spelled
-#: schema-qualified: a session may put its own `+` ahead of pg_catalog's on its search_path.
-#: A row with relid 0 says the server is not counting (track_counts off): nothing can be told.
-BEFORE = (
-    f"SELECT s.relid::pg_catalog.int8, {_SUM}::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.text,"
-    " NULL::pg_catalog.int8 FROM pg_catalog.pg_stat_xact_user_tables s"
-    f" WHERE {_SUM} OPERATOR(pg_catalog.>) 0"
+#: Rows written by this backend and not yet reported, per table; a partition's count goes to
+#: its partitioned root (pg_partition_root), so that 5 partitions of 90 rows are one table of
+#: 450 and a limit naming the parent applies. Operators are spelled schema-qualified: a
+#: session may put its own `+` ahead of pg_catalog's on its search_path. A row with relid 0
+#: says the server is not counting (track_counts off): nothing can be told.
+_BY_ROOT = (
+    "SELECT COALESCE(pg_catalog.pg_partition_root(s.relid)::pg_catalog.oid, s.relid) AS root,"
+    f" {_SUM} AS n FROM pg_catalog.pg_stat_xact_user_tables s WHERE {_SUM} OPERATOR(pg_catalog.>) 0"
+)
+_UNCOUNTED = (
     " UNION ALL SELECT 0, 0, NULL, NULL, NULL WHERE NOT pg_catalog.current_setting('track_counts')::pg_catalog.bool"
+)
+BEFORE = (
+    "SELECT r.root::pg_catalog.int8, pg_catalog.sum(r.n)::pg_catalog.int8, NULL::pg_catalog.text,"
+    f" NULL::pg_catalog.text, NULL::pg_catalog.int8 FROM ({_BY_ROOT}) r GROUP BY r.root" + _UNCOUNTED
 )
 #: The same, with each table's name and size (for the approval card).
 AFTER = (
-    f"SELECT s.relid::pg_catalog.int8, {_SUM}::pg_catalog.int8, s.schemaname::pg_catalog.text,"
-    " s.relname::pg_catalog.text,"
-    " CASE WHEN c.reltuples OPERATOR(pg_catalog.>=) 0 THEN c.reltuples::pg_catalog.int8"
-    " ELSE a.n_live_tup END"
-    " FROM pg_catalog.pg_stat_xact_user_tables s"
-    " JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relid"
-    " LEFT JOIN pg_catalog.pg_stat_user_tables a ON a.relid OPERATOR(pg_catalog.=) s.relid"
-    f" WHERE {_SUM} OPERATOR(pg_catalog.>) 0"
-    " UNION ALL SELECT 0, 0, NULL, NULL, NULL WHERE NOT pg_catalog.current_setting('track_counts')::pg_catalog.bool"
+    "SELECT r.root::pg_catalog.int8, pg_catalog.sum(r.n)::pg_catalog.int8, n.nspname::pg_catalog.text,"
+    " c.relname::pg_catalog.text,"
+    " pg_catalog.max(CASE WHEN c.reltuples OPERATOR(pg_catalog.>=) 0 THEN c.reltuples::pg_catalog.int8"
+    " ELSE a.n_live_tup END)"
+    f" FROM ({_BY_ROOT}) r"
+    " JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.root"
+    " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
+    " LEFT JOIN pg_catalog.pg_stat_user_tables a ON a.relid OPERATOR(pg_catalog.=) r.root"
+    " GROUP BY r.root, n.nspname, c.relname" + _UNCOUNTED
 )
 
 # Phases of a rehearsal.

@@ -40,6 +40,13 @@ from proxy.rehearsal import Estimate, EstimateAnswer
 log = structlog.get_logger("jitgate.proxy")
 
 #: Statements whose row estimate an approver wants: writes (a leading comment or WITH is fine).
+#: Statements that write nothing themselves (a query may call a function that writes: a gap
+#: the README names).
+_NO_WRITE = re.compile(
+    r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:begin|start|commit|end|rollback|abort|savepoint|release|set|reset|show"
+    r"|select|values|table)\b",
+    re.I | re.S,
+)
 _DML = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:with\b.*?\b)?(update|delete|insert|merge)\b", re.I | re.S)
 
 TIMEOUT_SECONDS = 5.0
@@ -206,7 +213,9 @@ class SideChannel:
         for operation, table, planned, index in nodes:
             if bound is None:
                 break
-            if operation == "Insert":
+            if table is None or await self._unbounded(table):
+                bound = None  # triggers, cascades, children: rows beyond the plan's
+            elif operation == "Insert":
                 bound += planned  # no bound but the planner's
             elif index is not None and await self._unique_key(index):
                 bound += 1  # one equality on a unique key: one row at most
@@ -227,6 +236,10 @@ class SideChannel:
         return bool(rows) and rows[0][0] == b"t"
 
     async def _write_nodes(self, sql: str) -> list[Node] | None:
+        """The write nodes of every statement of `sql`; None when one may write and cannot be
+        explained here (``EXPLAIN ANALYZE <write>``, ``EXECUTE p``, ``COPY``, ``CALL`` ...:
+        anything but a plain write, transaction control, SET or a query), so that a small
+        write beside it does not stand for the whole string."""
         nodes: list[Node] = []
         for part in _statements(sql):
             if _DML.match(part):
@@ -235,7 +248,26 @@ class SideChannel:
                 if found is None:
                     return None
                 nodes.extend(found)
+            elif not _NO_WRITE.match(part):
+                return None
         return nodes
+
+    async def _unbounded(self, table: str) -> bool:
+        """Whether a write to `table` may change rows its plan does not show: a trigger of its
+        own, a foreign key that cascades (or sets null or a default) into another table, or
+        tables inheriting from it. Then neither the plan nor the table's size bounds it."""
+        rows, _ = await self._ask(
+            "SELECT c.relhassubclass"
+            " OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid"
+            " AND NOT t.tgisinternal)"
+            " OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f WHERE f.confrelid OPERATOR(pg_catalog.=) c.oid"
+            " AND f.contype OPERATOR(pg_catalog.=) 'f'"
+            " AND (f.confdeltype OPERATOR(pg_catalog.<>) ALL ('{a,r}')"
+            " OR f.confupdtype OPERATOR(pg_catalog.<>) ALL ('{a,r}')))"
+            " FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)",
+            (_quoted(table).encode(),),
+        )
+        return not rows or rows[0][0] != b"f"
 
     async def _table_size(self, table: str) -> tuple[int | None, bool]:
         rows, _ = await self._ask(

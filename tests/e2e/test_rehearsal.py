@@ -113,8 +113,9 @@ class Env:
         """What the tests may change, as the admin sees it."""
         with self.admin() as admin:
             return {
-                table: admin.execute(f"select count(*), md5(string_agg(t::text, ',' order by t::text)) from {table} t")
-                .fetchone()
+                table: admin.execute(
+                    f"select count(*), md5(string_agg(t::text, ',' order by t::text)) from {table} t"
+                ).fetchone()
                 for table in ("customers", "orders", "rh_items", "rh_audit", "rh_big", "rh_copy")
             }
 
@@ -438,10 +439,7 @@ SEQUENCES = {
     ],
     "in-block": [query("begin"), query("update rh_big set v = 'b' where id <= 3 returning id"), query("commit")],
     "extended": [
-        parse("", "update rh_big set v = $1 where id <= $2 returning id")
-        + bind("", "", ["e", "4"])
-        + execute()
-        + SYNC
+        parse("", "update rh_big set v = $1 where id <= $2 returning id") + bind("", "", ["e", "4"]) + execute() + SYNC
     ],
     "extended-error": [
         parse("", "update orders set amount = amount / $1 where id <= 2") + bind("", "", ["0"]) + execute() + SYNC
@@ -540,12 +538,14 @@ def test_concurrent_rehearsals_do_not_deadlock(env: Env) -> None:
         try:
             with env.agent(autocommit=True) as conn:
                 for _ in range(5):
-                    results.append(conn.execute(
-                        "update rh_big set v = %s where id in"
-                        " (select id from rh_big where id <= 60 order by id for update)"
-                        " and pg_sleep(0.001) is not null",
-                        (tag,),
-                    ).rowcount)
+                    results.append(
+                        conn.execute(
+                            "update rh_big set v = %s where id in"
+                            " (select id from rh_big where id <= 60 order by id for update)"
+                            " and pg_sleep(0.001) is not null",
+                            (tag,),
+                        ).rowcount
+                    )
         except Exception as exc:  # noqa: BLE001 - reported below
             results.append(exc)
 
@@ -720,3 +720,72 @@ def test_approved_extended_unit_runs_once_inside_a_transaction(env: Env) -> None
     asyncio.run(main())
     with env.admin() as admin:
         assert admin.execute("select count(*) from rh_copy").fetchone() == (0,)
+
+
+# ------------------------------------------------------------------ found by red-teaming
+
+
+def _grant_all(admin: psycopg.Connection[Any], *tables: str) -> None:
+    for table in tables:
+        admin.execute(sql.SQL("grant all on {} to public").format(sql.Identifier(table)))
+
+
+def test_a_write_the_fallback_cannot_explain_is_not_hidden_behind_a_small_one(env: Env) -> None:
+    """A string with BEGIN/COMMIT falls back to the planner; a small write beside an
+    ``EXPLAIN ANALYZE <write>`` (or ``EXECUTE p``) must not stand for the whole string."""
+    before = env.fingerprint()
+    with env.agent(autocommit=True) as conn:
+        for text in (
+            "begin; update orders set status = 'a' where id = 4;"
+            " explain analyze update orders set status = 'zz' where id is not null; commit",
+        ):
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute(text)
+            _refused(caught.value)
+    assert env.fingerprint() == before
+
+
+def test_the_fallback_bound_does_not_hold_over_cascades(env: Env) -> None:
+    """A foreign key that cascades writes rows the plan does not show: one row of the parent
+    by its key, 150 of the child."""
+    with env.admin() as admin:
+        admin.execute("create table rh_par (id int primary key)")
+        admin.execute("create table rh_kid (pid int references rh_par on delete cascade on update cascade)")
+        admin.execute("insert into rh_par values (1); insert into rh_kid select 1 from generate_series(1, 150)")
+        admin.execute("analyze rh_par; analyze rh_kid")
+        _grant_all(admin, "rh_par", "rh_kid")
+    try:
+        with env.agent(autocommit=True) as conn:
+            for text in (
+                "begin; delete from rh_par where id = 1; commit",
+                "begin; update rh_par set id = 3 where id = 1; commit",
+            ):
+                with pytest.raises(psycopg.Error) as caught:
+                    conn.execute(text)
+                _refused(caught.value)
+        with env.admin() as admin:
+            assert admin.execute("select count(*) from rh_kid where pid = 1").fetchone() == (150,)
+    finally:
+        with env.admin() as admin:
+            admin.execute("drop table if exists rh_kid, rh_par")
+
+
+def test_partitions_count_as_their_partitioned_table(env: Env) -> None:
+    """Three partitions of 60 rows each are one table of 180 for the limit (100)."""
+    with env.admin() as admin:
+        admin.execute("create table rh_pt (id int, v text) partition by range (id)")
+        for i in range(3):
+            admin.execute(f"create table rh_pt_{i} partition of rh_pt for values from ({i * 60}) to ({i * 60 + 60})")
+        admin.execute("insert into rh_pt select g, 'v' from generate_series(0, 179) g")
+        _grant_all(admin, "rh_pt", "rh_pt_0", "rh_pt_1", "rh_pt_2")
+    try:
+        with env.agent(autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute("update rh_pt set v = 'zz' where id is not null")
+            _refused(caught.value)
+        assert any("180" in seen.blast.text and "rh_pt" in seen.blast.text for seen in env.reviewer.seen)
+        with env.admin() as admin:
+            assert admin.execute("select count(*) from rh_pt where v = 'zz'").fetchone() == (0,)
+    finally:
+        with env.admin() as admin:
+            admin.execute("drop table if exists rh_pt")
