@@ -115,9 +115,8 @@ class Walker:
             if node is None:
                 continue
             if key in safe.OUTPUT_REFERENCING:  # ORDER BY 2, GROUP BY name: an output
-                for item in node:
-                    target = item.get("SortBy", {}).get("node") if isinstance(item, dict) and "SortBy" in item else item
-                    self.control(how, item, scope, ctes, safe.output_sources(target, outs, self.on_literal))
+                for item in node:  # (output_sources looks through a SortBy itself)
+                    self.control(how, item, scope, ctes, safe.output_sources(item, outs, self.on_literal))
             else:
                 self.control(how, node, scope, ctes)
         for window in f.get("windowClause") or ():
