@@ -62,7 +62,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from broker.approvals.settings import ApprovalSettings, SlackSettings
+from broker.approvals.settings import ApprovalSettings, Installation, SlackSettings
 from broker.console.settings import ConsoleSettings
 from broker.credentials.settings import CredentialSettings, VaultSettings
 from broker.durations import parse_duration
@@ -352,6 +352,38 @@ class SyslogSink(_Section):
     batch_size: int = Field(default=100, ge=1, le=10_000)
 
 
+class WitnessSettings(_Section):
+    """Where the worker writes signed checkpoints of the chain head, outside the store."""
+
+    file: Path | None = Field(
+        default=None,
+        description=(
+            "Append-only JSON Lines file of signed checkpoints and prunes; put it on another volume, "
+            "a WORM bucket mount or a `chattr +a` file (jitgate only ever appends)"
+        ),
+    )
+    webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="Also POST each entry's JSON here (http or https)"
+    )
+    webhook_headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Headers of the webhook POST, e.g. Authorization; kept secret"
+    )
+    webhook_timeout: float = Field(default=5.0, gt=0, description="Seconds per webhook request")
+    to_sink: bool = Field(default=False, description="Also send each entry through `audit.sink`")
+    interval: str = Field(default="60s", description="How often the worker signs and witnesses the head")
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        if parse_duration(value).total_seconds() < 1:
+            raise ValueError("audit.witness.interval must be at least 1s")
+        return value
+
+    @property
+    def configured(self) -> bool:
+        return self.file is not None or self.webhook_url is not None or self.to_sink
+
+
 class AuditSettings(_Section):
     """Retention of the audit log (`jitgate audit prune`), its signed checkpoints, and a SIEM sink."""
 
@@ -369,6 +401,20 @@ class AuditSettings(_Section):
     sink: Annotated[WebhookSink | SyslogSink, Field(discriminator="kind")] | None = Field(
         default=None, description="Also forward every appended audit record to a SIEM (the store stays the truth)"
     )
+    witness: WitnessSettings = Field(
+        default_factory=lambda: WitnessSettings(),
+        description="External witness of signed checkpoints (`jitgate audit verify --witness`)",
+    )
+    prune_interval: str = Field(
+        default="24h", description="How often the worker prunes when retention_days is set"
+    )
+
+    @field_validator("prune_interval")
+    @classmethod
+    def _prune_interval(cls, value: str) -> str:
+        if parse_duration(value).total_seconds() < 60:
+            raise ValueError("audit.prune_interval must be at least 60s")
+        return value
 
 
 class Settings(BaseSettings):
@@ -402,6 +448,13 @@ class Settings(BaseSettings):
     slack: SlackSettings | None = None
     console: ConsoleSettings = Field(default_factory=lambda: ConsoleSettings())
     mcp: McpSettings = Field(default_factory=lambda: McpSettings())
+    installation: Installation = Field(
+        default="default",
+        description=(
+            "This deployment's name in a shared broker: its Celery queue, Celery's keys and the "
+            "approvals channel carry it. Deployments sharing one Redis need different names."
+        ),
+    )
     broker_url: SecretStr = Field(
         default=SecretStr(""),
         description=(

@@ -74,8 +74,9 @@ class StoreIntegrityError(StoreError):
 class AuthError(JitgateError):
     """A credential was refused."""
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, token_id: str | None = None) -> None:
         self.reason = reason
+        self.token_id = token_id  # the refused token's id, when it is a known token (never the token)
         super().__init__(message)
 
 
@@ -86,8 +87,10 @@ class InvalidToken(AuthError):
 class ExpiredToken(AuthError):
     """The gateway token is past its expiry."""
 
-    def __init__(self, message: str = "gateway token expired", *, reason: str = "expired") -> None:
-        super().__init__(message, reason=reason)
+    def __init__(
+        self, message: str = "gateway token expired", *, reason: str = "expired", token_id: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason, token_id=token_id)
 
 
 class RecorderClosed(JitgateError):

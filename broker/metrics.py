@@ -5,9 +5,16 @@ Who increments what:
 - `Recorder.start_session` / `end_session`: SESSIONS_ACTIVE;
 - the proxy: PROXY_BYTES (per direction), AUTH_FAILURES (label: `AuthError.reason`) and
   EGRESS_LIMITS (statements cut by `resources.<name>.egress`).
+
+Every metric here has a test that makes its event happen and sees it move (the mapping in
+tests/broker/test_metrics.py fails for a metric declared without one).
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +24,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -34,12 +43,69 @@ MASKED_VALUES = Counter(
     "Result values masked before reaching a client",
     registry=REGISTRY,
 )
-PROXY_BYTES = Counter(
-    "jitgate_proxy_bytes_total",
-    "Bytes relayed by the proxy; direction is client_to_server or server_to_client",
-    ["direction"],
-    registry=REGISTRY,
-)
+
+
+class ByteTally(Protocol):
+    """What a relay counts as it goes (proxy.relay.Relay): plain ints, one addition per read."""
+
+    bytes_from_client: int
+    bytes_from_upstream: int
+
+
+class RelayedBytes(Collector):
+    """`jitgate_proxy_bytes_total{direction}`: bytes the proxy read from clients
+    (client_to_server) and from upstreams (server_to_client) while relaying sessions.
+
+    The data path pays no metric call: each relay adds the size of every socket read to an
+    int of its own, and this collector sums the live relays' ints with what ended sessions
+    counted when Prometheus scrapes. So a scrape is exact and current (no flush interval, no
+    lag) and the counter never goes back: a session's bytes move from live to ended under
+    the lock that the sum also takes.
+    """
+
+    NAME = "jitgate_proxy_bytes"
+    HELP = "Bytes relayed by the proxy; direction is client_to_server or server_to_client"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._lock = threading.Lock()  # the scrape runs on the metrics server's thread
+        self._live: set[ByteTally] = set()
+        self._ended_from_client = 0
+        self._ended_from_upstream = 0
+        registry.register(self)
+
+    def track(self, tally: ByteTally) -> None:
+        """Count `tally` from now on (at a relay's start)."""
+        with self._lock:
+            self._live.add(tally)
+
+    def untrack(self, tally: ByteTally) -> None:
+        """Keep what `tally` counted and stop reading it (at a relay's end); idempotent."""
+        with self._lock:
+            if tally in self._live:
+                self._live.discard(tally)
+                self._ended_from_client += tally.bytes_from_client
+                self._ended_from_upstream += tally.bytes_from_upstream
+
+    def totals(self) -> tuple[int, int]:
+        """(client_to_server, server_to_client) so far."""
+        with self._lock:
+            return (
+                self._ended_from_client + sum(t.bytes_from_client for t in self._live),
+                self._ended_from_upstream + sum(t.bytes_from_upstream for t in self._live),
+            )
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.NAME, self.HELP, labels=["direction"])
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from_client, from_upstream = self.totals()
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["direction"])
+        family.add_metric(["client_to_server"], from_client)
+        family.add_metric(["server_to_client"], from_upstream)
+        yield family
+
+
+PROXY_BYTES = RelayedBytes(REGISTRY)
 STATEMENT_SECONDS = Histogram(
     "jitgate_statement_seconds",
     "Time from a statement's arrival to its completion, as the proxy saw it",
@@ -48,7 +114,8 @@ STATEMENT_SECONDS = Histogram(
 )
 AUTH_FAILURES = Counter(
     "jitgate_auth_failures_total",
-    "Refused gateway credentials, by reason (malformed, unknown, expired, ...)",
+    "Refused gateway logins, by the check that failed (malformed, unknown, expired, revoked, wrong_resource, "
+    "unknown_resource, tls_required, session_cap, ...)",
     ["reason"],
     registry=REGISTRY,
 )
@@ -107,7 +174,8 @@ APPROVAL_SECONDS = Histogram(
 )
 VAULT_ERRORS = Counter(
     "jitgate_vault_errors_total",
-    "Vault/OpenBao calls that failed, by kind (unreachable, refused; late: issued after its caller left, revoked)",
+    "Vault/OpenBao calls that failed, by kind (unreachable, refused; late: issued after its caller left, revoked;"
+    " revoke_stuck: a lease whose revocation failed 5 times in a row, counted once)",
     ["kind"],
     registry=REGISTRY,
 )
@@ -119,13 +187,14 @@ SLACK_ERRORS = Counter(
 )
 
 
-def render_latest() -> tuple[bytes, str]:
-    """The exposition text and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
 DESYNCS = Counter(
     "jitgate_session_desync_total",
     "Sessions ended because the upstream sent a message the gateway's model of the session did not"
     " expect, or reported a lexing setting the gateway pins (SQLSTATE 08P01)",
     registry=REGISTRY,
 )
+
+
+def render_latest() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

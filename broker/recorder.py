@@ -50,6 +50,7 @@ import operator
 import os
 import signal
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -388,6 +389,10 @@ class Recorder:
         """Start the writer task (call from the event loop that will record)."""
         if self._task is not None:
             raise RuntimeError("recorder already started")
+        # The backlog gauge reads the buffer when scraped: exact during an outage (when the
+        # writer never gets to update a gauge) and nothing to pay per statement.
+        this = weakref.ref(self)
+        metrics.RECORDER_PENDING.set_function(lambda: len(r._buffer) if (r := this()) is not None else 0)
         if self._writer is not None and not self._writer.start(wait=self.writer_start_timeout):
             # Blocks (before the proxy serves) while the child starts, about a second: until
             # it is ready, batches would be written from here, which under full load falls
@@ -432,7 +437,6 @@ class Recorder:
             metrics.RECORDER_DROPPED.labels(cause="shutdown").inc(lost)
             log.error("recorder closed with unwritten records", lost=lost)
             self._buffer.clear()
-        metrics.RECORDER_PENDING.set(0)
         self._progress.set()
         self._caught_up.set()  # nobody waits for a closed recorder: statements get RecorderClosed
         if self._writer is not None:
@@ -531,7 +535,6 @@ class Recorder:
             self._settled += n
             self._failing_since = None
             backoff.reset()
-            metrics.RECORDER_PENDING.set(len(self._buffer))
             self._progress.set()
 
     async def _write_singly(self, batch: list[StatementRecord]) -> None:

@@ -24,13 +24,14 @@ import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal, Protocol
+from typing import Protocol
 
 import structlog
 
 from broker.exceptions import StoreError
 from broker.metrics import SESSION_CAP_REFUSALS
 from broker.store import Grant
+from broker.store.session_slots import Refusal
 from proxy.exceptions import ClientRefused
 
 log = structlog.get_logger("jitgate.proxy")
@@ -49,7 +50,7 @@ class SlotStore(Protocol):
         per_token: int | None,
         per_principal: int | None,
         lease: timedelta,
-    ) -> Literal["token", "agent"] | None: ...
+    ) -> Refusal | None: ...
 
     async def release_session_slot(self, slot_id: str) -> None: ...
 
@@ -67,7 +68,10 @@ class SessionCaps:
 
 class SessionCapReached(ClientRefused):
     def __init__(self, message: str) -> None:
-        super().__init__(message, sqlstate="53300", hint="close a session you no longer need, then connect again")
+        super().__init__(
+            message, sqlstate="53300", hint="close a session you no longer need, then connect again",
+            reason="session_cap",
+        )
 
 
 class Slot:

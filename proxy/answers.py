@@ -255,19 +255,24 @@ class Answers:
         encoded = b"\xff\xff\xff\xff" if masked is None else len(masked).to_bytes(4, "big") + masked
         return m.frame(b"V", encoded)
 
+    def _settle_own(self, kind: int, head: Entry, nxt: int) -> None:
+        """Move the queue past an answer to one of the gateway's own messages: an error ends
+        the message and, as the server does, everything up to its Sync; a last answer ends it."""
+        if kind == c.ERROR_RESPONSE:
+            if head.kind != k.SYNC:
+                self._s.inflight.popleft()
+                self._s.discard_to_sync()
+        elif nxt == _DONE:
+            self._s.inflight.popleft()
+
     def _probe_answer(self, kind: int, body: bytes, head: Entry, nxt: int) -> bytes:
         """An answer to the gateway's own COPY probe: kept, never relayed."""
         probe = head.probe
         assert probe is not None
+        self._settle_own(kind, head, nxt)
         if kind == c.ERROR_RESPONSE:
             probe.failed = True
-            if head.kind != k.SYNC:
-                self._s.inflight.popleft()
-                self._s.discard_to_sync()
-            return b""
-        if nxt == _DONE:
-            self._s.inflight.popleft()
-        if kind == c.ROW_DESCRIPTION:
+        elif kind == c.ROW_DESCRIPTION:
             probe.columns = m.parse_row_description(body)
         elif kind == c.READY_FOR_QUERY:
             self._s.txn_status = body[:1]
@@ -279,18 +284,14 @@ class Answers:
         the rehearsal, never relayed (proxy.rehearsal)."""
         rehearsal = head.own
         step = head.own_step
+        self._settle_own(kind, head, nxt)
         if kind == c.ERROR_RESPONSE:
             error = self._server.scrub(kind, body, "") or m.frame(b"E", body)
             if step == rh.FINAL:
                 rehearsal.final_error = rehearsal.final_error or error
             elif rehearsal.own_error is None and not (step == rh.MEASURE_AFTER and rehearsal.unit_failed):
                 rehearsal.own_error, rehearsal.own_error_step = error, step
-            if head.kind != k.SYNC:
-                self._s.inflight.popleft()
-                self._s.discard_to_sync()
             return b""
-        if nxt == _DONE:
-            self._s.inflight.popleft()
         if kind == c.PARSE_COMPLETE and step == rh.PRE:
             rehearsal.began = True
         if kind == c.READY_FOR_QUERY:

@@ -8,8 +8,9 @@ A statement under `review`:
    client gets a NoticeResponse naming the request and where to decide it, and the proxy
    waits up to `wait_seconds` for the decision, woken by the decision bus;
 3. approved: it runs on the same upstream connection. Denied, expired or cancelled: refused
-   with the reason. Still pending when the wait ends: refused, saying that the request stays
-   open and that re-running the same statement after its approval will run it.
+   with the reason, and a hint true to it (denied: by whom and why; expired or cancelled:
+   re-run to ask again). Still pending when the wait ends: refused, saying that the request
+   stays open and that re-running the same statement after its approval will run it.
 
 If the client goes away while parked, the request is cancelled. Anything failing on the way
 (store down, ...) refuses the statement: the hook fails closed.
@@ -54,7 +55,7 @@ class ApprovalReviewHook:
         )
         if covering is not None:
             notify(f"jitgate: runs under approval {covering.id} ({covering.scope.value if covering.scope else 'once'})")
-            return ReviewOutcome(approved=True)
+            return ReviewOutcome(approved=True, approval_id=covering.id)
         approval = await self.service.park_statement(
             session_id=session.session_id,
             requester=Requester(grant.principal, tuple(grant.groups), _owner(session)),
@@ -62,8 +63,10 @@ class ApprovalReviewHook:
             sql=sql,
             rule=verdict.rule,
             risk=verdict.reason,
-            intent=session.intent or session.application_name,
-            details=_details(verdict, estimate, blast_radius),
+            # The requester's stated intent only (`options=-c jitgate.intent=...`, the MCP
+            # tool's `intent`): application_name is the client program's name, never a reason.
+            intent=session.intent,
+            details={**_details(verdict, estimate, blast_radius), **_client(session)},
         )
         where = f" at {self.console_url}/approvals/{approval.id}" if self.console_url else ""
         notify(
@@ -92,24 +95,8 @@ class ApprovalReviewHook:
         if approval.status is Status.APPROVED:
             # The parked run is the one run a once-approval allows.
             await self.service.store.use_approval(approval.id)
-            return ReviewOutcome(approved=True)
-        if approval.status is Status.PENDING:
-            return ReviewOutcome(
-                approved=False,
-                reason=(
-                    f"approval {approval.id} is still pending after {int(self.wait_seconds)} s; it stays open "
-                    f"until {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC: re-run the same statement in this "
-                    "session once it is approved"
-                ),
-            )
-        who = ", ".join(approval.decided_by)
-        if approval.status is Status.DENIED:
-            return ReviewOutcome(
-                approved=False, reason=f"approval {approval.id} denied by {who}: {approval.decision_reason}"
-            )
-        return ReviewOutcome(
-            approved=False, reason=f"approval {approval.id} {approval.status.value}: {approval.decision_reason}"
-        )
+            return ReviewOutcome(approved=True, approval_id=approval.id)
+        return refused_outcome(approval, waited=self.wait_seconds)
 
     async def session_ended(self, session_id: str) -> None:
         """Cancel what the session left pending (called when a session ends)."""
@@ -117,6 +104,53 @@ class ApprovalReviewHook:
             await self.service.cancel_for_session(session_id, reason="the session ended")
         except Exception as exc:
             log.warning("approval_cancel_failed", session_id=session_id, error=type(exc).__name__)
+
+
+def refused_outcome(approval: Approval, *, waited: float) -> ReviewOutcome:
+    """The refusal of a parked statement whose request was not approved, saying what is true:
+    only a request still pending after the wait is one that a re-run after approval will use."""
+    who = " and ".join(approval.decided_by)
+    if approval.status is Status.PENDING:
+        return ReviewOutcome(
+            approved=False,
+            approval_id=approval.id,
+            reason=(
+                f"approval {approval.id} is still pending after {int(waited)} s; it stays open "
+                f"until {approval.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+            ),
+            hint=(
+                "The request stays open: re-run the same statement in this session once it is approved "
+                "(the MCP tool approval_status reports it)."
+            ),
+        )
+    if approval.status is Status.DENIED:
+        return ReviewOutcome(
+            approved=False,
+            approval_id=approval.id,
+            reason=f"approval {approval.id} denied by {who}: {approval.decision_reason}",
+            hint=(
+                f"{who} denied this statement: {approval.decision_reason}. Re-running it asks for a new "
+                "review; change it as the reason says, or talk to the approver first."
+            ),
+        )
+    if approval.status is Status.EXPIRED:
+        return ReviewOutcome(
+            approved=False,
+            approval_id=approval.id,
+            reason=f"approval {approval.id} expired: {approval.decision_reason}",
+            hint="No approver answered in time: the request expired unanswered; re-run to ask again.",
+        )
+    return ReviewOutcome(
+        approved=False,
+        approval_id=approval.id,
+        reason=f"approval {approval.id} {approval.status.value}: {approval.decision_reason}",
+        hint=f"The request was cancelled ({approval.decision_reason}); re-run to ask again.",
+    )
+
+
+def _client(session: SessionInfo) -> dict[str, str]:
+    """The client program's name for approvers, labelled as what it is (not a reason)."""
+    return {"application_name": session.application_name} if session.application_name else {}
 
 
 def _details(verdict: Verdict, estimate: int | None, blast: BlastRadius | None = None) -> dict[str, object]:

@@ -12,6 +12,11 @@
                                            session did not expect: the session ends
 
 Messages never contain the upstream user name or password, nor the client's token.
+
+`reason`, on an error that refuses a client's login, names the check that failed
+(`AuthError.reason`, `unknown_resource`, `tls_required`, ...): the proxy records it as an
+`auth.login_failed` audit event and counts it in `jitgate_auth_failures_total`. `token_id`
+is the id of the token refused, when it parsed and is known (never the token).
 """
 
 from __future__ import annotations
@@ -23,11 +28,21 @@ from proxy.protocol.frames import ProtocolViolation
 class ProxyError(Exception):
     sqlstate = "XX000"
 
-    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        detail: str | None = None,
+        hint: str | None = None,
+        reason: str | None = None,
+        token_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.reason = reason
+        self.token_id = token_id
 
 
 class ClientAuthFailed(ProxyError):

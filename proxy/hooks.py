@@ -62,6 +62,13 @@ class SessionRecorder(Protocol):
         """Non-blocking: buffered and written by a background task."""
         ...
 
+    def reviewed(self, session_id: str, *, sql: str, approval_id: str | None) -> None:
+        """A review of `sql` ended under `approval_id` (approved, refused or still pending):
+        the session's next recorded statement of that text, the one released by the review,
+        carries the id. Called before the parked statement is released; called again with
+        None when the server skipped it (nothing will be recorded for it)."""
+        ...
+
     @property
     def backlogged(self) -> bool:
         """True while the recorder is behind: the relay stops reading the client meanwhile."""
@@ -75,11 +82,21 @@ class SessionRecorder(Protocol):
         """Never raises."""
         ...
 
+    def login_failed(
+        self, *, user: str | None, resource: str | None, client_addr: str, reason: str, token_id: str | None
+    ) -> None:
+        """A refused login (`reason`: the check that failed). Non-blocking, never raises."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ReviewOutcome:
     approved: bool
     reason: str | None = None
+    hint: str | None = None  # not approved: how to go on, true to how the review ended
+    # The approval it ran under or was refused by (recorded on the statement); None when no
+    # approval was asked for (no workflow configured, or the review failed before asking).
+    approval_id: str | None = None
 
 
 class ReviewHook(Protocol):
@@ -121,6 +138,8 @@ class DenyAllReviews:
         return ReviewOutcome(
             approved=False,
             reason=f"{verdict.reason} (no approval workflow is configured on this gateway)",
+            hint="This gateway cannot ask for approvals, so the statement cannot run as it is; send one the "
+            "policy allows (see DETAIL), or ask the gateway's operator to configure approvals.",
         )
 
     async def session_ended(self, session_id: str) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pglast.parser import ParseError, get_postgresql_version, parse_sql_json
+
 from broker.policy.model import Decision, Verdict
 from proxy.protocol import messages as m
 
@@ -52,6 +54,9 @@ class StatementEvent:
     # Result sets as the client saw them (after masking), when the resource records results:
     # [{"columns": [...], "rows": [[str | None, ...]], "truncated": bool}]
     results: list[dict[str, Any]] | None = None
+    # The approval it ran under or was refused by. The machine leaves it None; the session
+    # recorder fills it in from the review's outcome (`SessionRecorder.reviewed`).
+    approval_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +120,8 @@ INSTEAD: dict[str, str] = {
     "extensions": "ask an administrator to install the extension",
     "load": "ask an administrator to install the library",
     "untrusted-language": "write the function in SQL or PL/pgSQL",
+    "runtime-sql": "send the statement itself, or EXECUTE a string literal, so that the gateway can check it",
+    "unreadable-code": "fix the body's syntax (or that of the string it executes)",
     "drop-database": "ask an administrator; a whole database is not dropped through the gateway",
     "foreign-servers": "connections to other servers are set up by an administrator",
     "tablespace": "tablespaces are set up by an administrator",
@@ -146,10 +153,58 @@ def _instead(rule: str) -> str | None:
     return INSTEAD.get(rule.rpartition("/")[2])
 
 
-def refusal_message(verdict: Verdict, *, denied_reason: str | None = None) -> bytes:
+SYNTAX_HINT = "fix the SQL; the gateway only forwards statements it can parse"
+_PARSER = "PostgreSQL {}.{}".format(*get_postgresql_version())
+
+
+def syntax_error(sql: str) -> tuple[str, int | None] | None:
+    """The parser's error for `sql` as PostgreSQL reports it: the message and the 1-based
+    character position (the ErrorResponse's P field), or None when `sql` parses."""
+    try:
+        parse_sql_json(sql)
+    except ParseError as exc:
+        message = str(exc.args[0])
+        index = exc.args[1] if len(exc.args) > 1 else None
+        if isinstance(index, int):
+            return message, index + 1
+        # pglast drops a position past the last character: PostgreSQL's "at end of input".
+        return message, len(sql) + 1 if message.endswith("at end of input") else None
+    return None
+
+
+def syntax_refusal(sql: str) -> bytes | None:
+    """PostgreSQL's own answer to a statement its parser rejects (42601, message, position),
+    given by the gateway, which never forwards what it cannot parse: the server might parse it
+    differently (a newer version, other lexing) and run it. None when `sql` parses (an
+    `unparseable` verdict for another reason, nesting too deep to check, is refused as such)."""
+    found = syntax_error(sql)
+    if found is None:
+        return None
+    message, position = found
+    fields = [
+        (m.F_SEVERITY, "ERROR"), (m.F_SEVERITY_NONLOCAL, "ERROR"), (m.F_SQLSTATE, "42601"), (m.F_MESSAGE, message),
+        (m.F_DETAIL, f"jitgate: the gateway's parser ({_PARSER}'s) rejects the statement; nothing was run"),
+        (m.F_HINT, SYNTAX_HINT),
+    ]
+    if position is not None:
+        fields.append(("P", str(position)))
+    return m.build_fields(b"E", fields)
+
+
+def refusal_message(
+    verdict: Verdict, *, denied_reason: str | None = None, hint: str | None = None, sql: str | None = None
+) -> bytes:
     """The gateway's ErrorResponse for a refused statement. MESSAGE names the rule and why;
     DETAIL the rule and what would be allowed instead; HINT how to go on (retry, re-run after
-    an approval, or how to request access), so that an agent can act on it."""
+    an approval, or how to request access), so that an agent can act on it.
+
+    `denied_reason` and `hint` come from a review that ended without an approval (the hook
+    says what is true: denied, expired, cancelled, still pending). A statement the parser
+    rejects (`sql` given) gets PostgreSQL's own syntax error instead (`syntax_refusal`)."""
+    if sql is not None and verdict.rule.endswith("/unparseable"):
+        syntax = syntax_refusal(sql)
+        if syntax is not None:
+            return syntax
     retry_hint = UNAVAILABLE_RULES.get(verdict.rule)
     if retry_hint is not None:
         text = f"jitgate: statement not run ({verdict.rule}): {verdict.reason}"
@@ -160,9 +215,10 @@ def refusal_message(verdict: Verdict, *, denied_reason: str | None = None) -> by
         text = f"jitgate: statement requires approval ({verdict.rule}): {verdict.reason}"
         if denied_reason:
             text = f"jitgate: approval not granted ({verdict.rule}): {denied_reason}"
-        hint = (
-            "A reviewer must approve this statement; re-run the same statement in this session once it "
-            "is approved (the MCP tool approval_status reports it)."
+        # Without a hint from the review, no approval was asked for (a fast-path call).
+        hint = hint or (
+            "A reviewer must approve this statement: send it as a query, which the gateway parks until "
+            "a reviewer decides (the MCP tool approval_status reports the request)."
         )
     else:
         text = f"jitgate: statement blocked by policy rule {verdict.rule}: {verdict.reason}"

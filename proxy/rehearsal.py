@@ -42,8 +42,10 @@ unit's answers.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.policy.model import Decision, RowLimits, Verdict
 from broker.policy.rules import NamePattern
@@ -52,12 +54,18 @@ from proxy.inflight import Entry
 from proxy.protocol import codes as c
 from proxy.protocol import messages as m
 
+if TYPE_CHECKING:
+    from proxy.session_state import SessionState
+
 #: The gateway's prepared statement and portal for its own messages, and its savepoint.
 REHEARSAL_NAME = "__jitgate_rehearsal"
 #: Answers held for one unit at most; a larger result cannot wait for its count and is
 #: treated as over the limit (rolled back, parked): fail closed.
 MAX_HELD_BYTES = 16 * 1024 * 1024
 RULE = "gateway/blast-radius"
+#: Client bytes a rehearsal waits for its unit's Sync before it rehearses no more.
+MAX_UNIT_BYTES = 1024 * 1024
+_U32 = struct.Struct("!I")
 
 _SUM = "(s.n_tup_ins OPERATOR(pg_catalog.+) s.n_tup_upd OPERATOR(pg_catalog.+) s.n_tup_del)"
 #: Rows written by this backend and not yet reported, per table; a partition's count goes to
@@ -348,3 +356,78 @@ def estimated(answer: EstimateAnswer | None, limits: RowLimits, why: str) -> Bla
     note = why + (f"; {answer.note}" if answer.note else "")
     bound = answer.bound if answer.bound is not None else max(answer.rows, limit + 1)  # unknown: over
     return BlastRadius((TableChange(table, answer.rows, answer.size, limit, bound),), estimated=True, note=note)
+
+
+# -- which messages form a rehearsed unit ----------------------------------------------------
+
+
+def unit_end(
+    buf: bytes | bytearray, pos: int, portal: str, state: SessionState, *,
+    max_message: int, decide: Callable[..., Verdict],
+) -> int | str | None:
+    """Where the unit of the Bind of `portal` ending at `pos` in the client's buffer ends
+    (after its Sync); None: the Sync has not arrived; a string: why the unit cannot be
+    rehearsed. Looks only: `decide` judges a Parse in the unit, `state` knows the names."""
+    n = len(buf)
+    parsed: set[str] = set()
+    bound: set[str] = {portal}
+    while n - pos >= 5:
+        kind = buf[pos]
+        (length,) = _U32.unpack_from(buf, pos + 1)
+        end = pos + 1 + length
+        if length < 4 or length > max_message:
+            return "malformed"  # (processing refuses it)
+        if end > n:
+            break
+        if kind == c.SYNC:
+            return end
+        if kind == c.FLUSH:
+            return "the client asked for answers before its Sync"
+        body = bytes(buf[pos + 5 : end])
+        if kind == c.PARSE:
+            parse = m.parse_parse(body)
+            why = unrehearsable(decide(parse.query, extended=True))
+            if why:
+                return why
+            parsed.add(parse.name)
+        elif kind == c.BIND:
+            bind = m.parse_bind(body)
+            bound.add(bind.portal)
+            if bind.statement not in parsed:
+                statement = state.statement(bind.statement)
+                why = unrehearsable(statement.verdict if statement is not None else None)
+                if why:
+                    return why
+        elif kind == c.EXECUTE:
+            name = m.parse_execute(body)[0]
+            if name not in bound:
+                earlier = state.portal(name)
+                if earlier is not None and earlier.statement is not None:
+                    inner = earlier.statement.verdict
+                    why = unrehearsable(inner)
+                    if why or (inner is not None and inner.rehearse is not None and not earlier.covered):
+                        return why or "it executes a portal bound in an earlier batch"
+        elif kind not in (c.DESCRIBE, c.CLOSE):
+            return "its batch holds a Query, FunctionCall or COPY data"
+        pos = end
+    if n > MAX_UNIT_BYTES:
+        return "its batch is too long to hold"
+    return None
+
+
+def unrehearsable(verdict: Verdict | None) -> str | None:
+    """Why a statement in a unit keeps the unit from being rehearsed (None: it does not)."""
+    if verdict is None:
+        return None  # refused when it comes: nothing runs
+    if verdict.transactions:
+        return "its batch holds transaction control"
+    if verdict.copy is not None:
+        return "its batch holds a COPY"
+    if verdict.decision is Decision.REVIEW or by_name(verdict):
+        return "its batch holds a statement that needs its own review"
+    return None
+
+
+def by_name(verdict: Verdict | None) -> bool:
+    """The statement runs SQL EXECUTE or FETCH: what it returns depends on names at run time."""
+    return verdict is not None and bool(verdict.executes or verdict.fetches)

@@ -187,6 +187,10 @@ class Relay:
         self._active_at = self._loop.time()
         self._idle_timeout = idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
+        # Bytes read from each side, one addition per read (never per message): summed into
+        # jitgate_proxy_bytes_total when scraped (broker.metrics.RelayedBytes).
+        self.bytes_from_client = 0
+        self.bytes_from_upstream = 0
         self._client_side = _Side(self._loop, self._from_client, lambda exc: self._finish("client disconnected"))
         self._upstream_side = _Side(self._loop, self._from_upstream, lambda exc: self._finish("upstream closed"))
         # A side whose write buffer passed WRITE_HIGH_WATER holds the reading of the other.
@@ -256,6 +260,7 @@ class Relay:
     def _from_client(self, data: bytes) -> None:
         if self._done.done():
             return
+        self.bytes_from_client += len(data)
         self._active_at = self._loop.time()
         try:
             self.machine.feed_client(data)
@@ -304,7 +309,11 @@ class Relay:
                 raise
             except Exception as exc:  # fail closed: the statement is refused
                 log.error("review_failed", error=type(exc).__name__)
-                self.machine.resume(approved=False, reason="the approval service is unavailable")
+                self.machine.resume(
+                    approved=False, reason="the approval service is unavailable",
+                    hint="Nothing was run and no approval is pending: retry shortly; if it persists, tell the "
+                    "gateway's operator.",
+                )
         except ProtocolViolation as exc:
             # What the client sent while parked is processed on release, and may be malformed:
             # the session ends as it would have on arrival.
@@ -357,6 +366,7 @@ class Relay:
     def _from_upstream(self, data: bytes) -> None:
         if self._done.done():
             return
+        self.bytes_from_upstream += len(data)
         self._active_at = self._loop.time()
         try:
             self.machine.feed_server(data)

@@ -29,7 +29,6 @@ from proxy.records import (
     BLOCKED_STMT,
     BLOCKED_TEXT,
     PROBE_STMT,
-    UNAVAILABLE_RULES,
     Classifier,
     MaskerLike,
     Parked,
@@ -44,8 +43,6 @@ from proxy.side_channel import FunctionName, Lookup, copy_columns_query
 _HOLD: list[bytes] = []
 #: In flight, these leave the transaction status the last ReadyForQuery's.
 _QUIET = frozenset((k.PARSE, k.BIND, k.DESCRIBE_S, k.DESCRIBE_P, k.CLOSE))
-#: Client bytes a rehearsal waits for its unit's Sync before it rehearses no more.
-MAX_UNIT_BYTES = 1024 * 1024
 
 _U32 = struct.Struct("!I")
 #: What may be parked or held needs the whole message.
@@ -257,16 +254,21 @@ class Requests:
         self._s.take_uses()  # what the last decision looked up is not this one's
         return decide(self._classify(sql), Context(masker=self._masker, names=self._s, extended=extended))
 
-    def _record_refusal(self, sql: str, verdict: Verdict) -> None:
+    def _record_refusal(self, sql: str, verdict: Verdict, sqlstate: str) -> None:
         self._s.stats.statements += 1
         self._s.stats.blocked += 1
-        sqlstate = "57P03" if verdict.rule in UNAVAILABLE_RULES else "42501"  # as refusal_message says
         self._on_statement(StatementEvent(sql, verdict, self._clock(), 0.0, None, 0, sqlstate))
 
-    def _refuse(self, kind: int, sql: str, verdict: Verdict, reason: str | None = None) -> list[bytes]:
-        """Refuse a Query or FunctionCall (`kind` QUERY), or an extended message (else)."""
-        self._record_refusal(sql, verdict)
-        refusal = refusal_message(verdict, denied_reason=reason)
+    def _refuse(
+        self, kind: int, sql: str, verdict: Verdict, reason: str | None = None, hint: str | None = None
+    ) -> list[bytes]:
+        """Refuse a Query or FunctionCall (`kind` QUERY), or an extended message (else).
+
+        The upstream gets `BLOCKED_TEXT` instead, a syntax error it answers in its own way
+        (in a transaction block, the block fails), and its ErrorResponse is replaced by the
+        refusal: the transaction state stays the server's."""
+        refusal = refusal_message(verdict, denied_reason=reason, hint=hint, sql=sql)
+        self._record_refusal(sql, verdict, m.field(m.parse_fields(refusal[5:]), "C") or "42501")
         if kind == c.QUERY:
             self._s.inflight.append(Entry(k.REFUSED_QUERY, sql=sql, verdict=verdict, refusal=refusal))
             return [m.query_message(BLOCKED_TEXT)]
@@ -277,21 +279,24 @@ class Requests:
 
     # -- waiting: parked for review, or for the side channel ---------------------------------
 
-    def resume(self, *, approved: bool, reason: str | None = None) -> None:
-        """Release the parked statement: run it, or refuse it with the reviewer's reason."""
+    def resume(self, *, approved: bool, reason: str | None = None, hint: str | None = None) -> bool:
+        """Release the parked statement: run it, or refuse it with the reviewer's reason (and
+        the review's hint on how to go on). False: it does neither, because an error earlier
+        in its batch made the server skip it (nothing will be recorded for it)."""
         parked = self.parked
         if parked is None:
-            return
+            return False
         self.parked = None
+        goes_on = not self._s.skipping
         kind = parked.kind
         if parked.blast is not None:
-            self._resume_write(parked, approved, reason)
+            self._resume_write(parked, approved, reason, hint)
         elif self._s.skipping:
             # An error earlier in its batch came in while it waited: the server would have
             # skipped it, so it is not sent at all (and nothing answers it).
             pass
         elif not approved:
-            self.out_upstream.extend(self._refuse(kind, parked.sql, parked.verdict, reason))
+            self.out_upstream.extend(self._refuse(kind, parked.sql, parked.verdict, reason, hint))
         elif kind == c.QUERY:
             instead = self._forward_query(parked.sql, parked.verdict, parked.message, uses=parked.uses)
             self._send(instead, parked.message)
@@ -304,8 +309,9 @@ class Requests:
             self.out_upstream.append(parked.message)
         # The parked message was removed from the buffer when it was parked.
         self._process_client()
+        return goes_on
 
-    def _resume_write(self, parked: Parked, approved: bool, reason: str | None) -> None:
+    def _resume_write(self, parked: Parked, approved: bool, reason: str | None, hint: str | None) -> None:
         """A write parked for its blast radius: its messages are processed again, as
         approved (it runs once, not rehearsed), or the first refused and the rest skipped."""
         if approved:
@@ -318,7 +324,7 @@ class Requests:
         first = 1 + _U32.unpack_from(parked.message, 1)[0]
         self._cbuf[:0] = parked.message[first:]
         if not self._s.skipping:
-            self.out_upstream.extend(self._refuse(parked.kind, parked.sql, parked.verdict, reason))
+            self.out_upstream.extend(self._refuse(parked.kind, parked.sql, parked.verdict, reason, hint))
 
     def lookup_done(self, answer: Any) -> None:
         """The side channel's answer to `waiting` (None: it could not tell)."""
@@ -382,7 +388,7 @@ class Requests:
             why = "another statement ran before it in its batch"
             return self._estimate(c.BIND, statement.sql, verdict, raw, (), why)
         start, end = self._at
-        unit = self._unit_end(end, portal)
+        unit = rh.unit_end(self._cbuf, end, portal, self._s, max_message=self._max, decide=self._decide)
         if unit is None:
             return _HOLD  # its Sync is still to come
         if isinstance(unit, str):
@@ -398,56 +404,6 @@ class Requests:
         self._s.inflight.extend(entries)
         self._s.rehearsal = rehearsal
         self._flushed = False
-        return None
-
-    def _unit_end(self, pos: int, portal: str) -> int | str | None:
-        """Where the unit of the Bind of `portal` ending at `pos` ends (after its Sync); None:
-        the Sync has not arrived; a string: why the unit cannot be rehearsed. Looks only."""
-        buf = self._cbuf
-        n = len(buf)
-        parsed: set[str] = set()
-        bound: set[str] = {portal}
-        while n - pos >= 5:
-            kind = buf[pos]
-            (length,) = _U32.unpack_from(buf, pos + 1)
-            end = pos + 1 + length
-            if length < 4 or length > self._max:
-                return "malformed"  # (processing refuses it)
-            if end > n:
-                break
-            if kind == c.SYNC:
-                return end
-            if kind == c.FLUSH:
-                return "the client asked for answers before its Sync"
-            body = bytes(buf[pos + 5 : end])
-            if kind == c.PARSE:
-                parse = m.parse_parse(body)
-                why = _unrehearsable(self._decide(parse.query, extended=True))
-                if why:
-                    return why
-                parsed.add(parse.name)
-            elif kind == c.BIND:
-                bind = m.parse_bind(body)
-                bound.add(bind.portal)
-                if bind.statement not in parsed:
-                    statement = self._s.statement(bind.statement)
-                    why = _unrehearsable(statement.verdict if statement is not None else None)
-                    if why:
-                        return why
-            elif kind == c.EXECUTE:
-                name = m.parse_execute(body)[0]
-                if name not in bound:
-                    earlier = self._s.portal(name)
-                    if earlier is not None and earlier.statement is not None:
-                        inner = earlier.statement.verdict
-                        why = _unrehearsable(inner)
-                        if why or (inner is not None and inner.rehearse is not None and not earlier.covered):
-                            return why or "it executes a portal bound in an earlier batch"
-            elif kind not in (c.DESCRIBE, c.CLOSE):
-                return "its batch holds a Query, FunctionCall or COPY data"
-            pos = end
-        if n > MAX_UNIT_BYTES:
-            return "its batch is too long to hold"
         return None
 
     def _drain(self) -> list[bytes]:
@@ -690,7 +646,7 @@ class Requests:
                 covered = self._s.rehearsal is not None or self._s.txn_status == b"E"
         # A statement that runs SQL EXECUTE or FETCH returns what the name means when it runs:
         # its portal is described then, never taken from a Describe of the statement.
-        described = None if _by_name(statement.verdict) else statement.description
+        described = None if rh.by_name(statement.verdict) else statement.description
         portal = Portal(name=bind.portal, statement=statement, formats=bind.result_formats, description=described)
         if covered:
             portal.covered = True
@@ -718,9 +674,9 @@ class Requests:
             return self._forward_execute(name, raw, portal=portal)
         verdict = statement.verdict
         uses: tuple[Version, ...] = ()
-        if _by_name(verdict) and portal.ran is not None:
+        if rh.by_name(verdict) and portal.ran is not None:
             verdict = portal.ran  # a suspended portal goes on with the rows of its first run
-        elif _by_name(verdict):
+        elif rh.by_name(verdict):
             # SQL EXECUTE s / FETCH c run what s and c are now, not what they were at Parse.
             verdict = self._decide(statement.sql, extended=True)
             uses = self._s.take_uses()
@@ -763,7 +719,7 @@ class Requests:
         entry = Entry(k.EXECUTE, started=self._clock(), portal=portal, verdict=verdict, phase=k.ROWS)
         entry.uses = (portal, *uses)
         self._s.batch_ran = True
-        if _by_name(statement.verdict if statement is not None else None) and portal.ran is None:
+        if rh.by_name(statement.verdict if statement is not None else None) and portal.ran is None:
             portal.ran = verdict
         if statement is not None:
             entry.sql = statement.sql
@@ -787,20 +743,3 @@ class Requests:
         self._s.inflight.append(entry)
         return None
 
-
-def _unrehearsable(verdict: Verdict | None) -> str | None:
-    """Why a statement in a unit keeps the unit from being rehearsed (None: it does not)."""
-    if verdict is None:
-        return None  # refused when it comes: nothing runs
-    if verdict.transactions:
-        return "its batch holds transaction control"
-    if verdict.copy is not None:
-        return "its batch holds a COPY"
-    if verdict.decision is Decision.REVIEW or _by_name(verdict):
-        return "its batch holds a statement that needs its own review"
-    return None
-
-
-def _by_name(verdict: Verdict | None) -> bool:
-    """The statement runs SQL EXECUTE or FETCH: what it returns depends on names at run time."""
-    return verdict is not None and bool(verdict.executes or verdict.fetches)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from broker.metrics import EGRESS_LIMITS
+from broker.metrics import EGRESS_LIMITS, PROXY_BYTES
 from broker.policy.model import Decision, Verdict
 from proxy.admission import Admission, Slot
 from proxy.cancel import CancelMap
@@ -148,6 +148,7 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
     machine: SessionMachine | None = None
     slot: Slot | None = None
     end_reason = "error"
+    claimed: Mapping[str, str] = {}  # the start-up parameters, for the record of a refused login
     # One deadline for everything the client must send before it is in (proxy.startup_timeout_seconds).
     loop = asyncio.get_running_loop()
     startup_deadline = loop.time() + ctx.startup_timeout
@@ -157,10 +158,11 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             await ctx.cancel_map.cancel(packet.pid, packet.key)
             return
         assert isinstance(packet, messages.StartupMessage)
+        claimed = packet.params
         try:
             startup = sanitize_startup(packet.params)
         except StartupRefused as exc:
-            raise ClientRefused(str(exc), sqlstate="42501") from None
+            raise ClientRefused(str(exc), sqlstate="42501", reason="startup_refused") from None
         if packet.protocol != messages.PROTOCOL_3_0 or startup.protocol_options:
             # We speak 3.0; tell a 3.2 client so instead of failing its start-up.
             writer.write(messages.negotiate_protocol_version(0, startup.protocol_options))
@@ -168,13 +170,19 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         # 1. Which database, under which rules.
         resource = ctx.resources.get(startup.database)
         if resource is None:
-            raise ClientRefused(f'database "{startup.database}" is not served by this gateway', sqlstate="3D000")
+            raise ClientRefused(
+                f'database "{startup.database}" is not served by this gateway', sqlstate="3D000",
+                reason="unknown_resource",
+            )
         try:
             limit_timeouts(startup, resource.timeouts)  # the resource's session timeouts, or lower
         except StartupRefused as exc:
-            raise ClientRefused(str(exc), sqlstate="42501") from None
+            raise ClientRefused(str(exc), sqlstate="42501", reason="startup_refused") from None
         if not tls and ctx.require_tls_for_non_loopback and not _is_loopback(peer):
-            raise ClientRefused("the gateway requires TLS for connections from other hosts", hint="use sslmode=require")
+            raise ClientRefused(
+                "the gateway requires TLS for connections from other hosts", hint="use sslmode=require",
+                reason="tls_required",
+            )
 
         # 2. Authenticate the client: its password is the gateway token.
         writer.write(messages.AUTH_CLEARTEXT)
@@ -268,6 +276,16 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         _send_error(writer, ClientRefused("timed out waiting for the client", sqlstate="08006"))
     except (ProxyError, ProtocolViolation) as exc:
         end_reason = f"refused: {exc}"
+        if session is None and isinstance(exc, ProxyError) and exc.reason:
+            # A refused login: an audit record (who claimed to be whom, from where, which
+            # check failed) and AUTH_FAILURES, queued without waiting for the store.
+            ctx.recorder.login_failed(
+                user=claimed.get("user"),
+                resource=claimed.get("database") or claimed.get("user"),
+                client_addr=client_addr,
+                reason=exc.reason,
+                token_id=exc.token_id,
+            )
         if isinstance(exc, ClientAuthFailed):
             log.warning("client_auth_failed", client=client_addr, reason=str(exc))
         _send_error(writer, exc)
@@ -361,7 +379,11 @@ async def _relay(
             session=session, sql=parked.sql, verdict=parked.verdict, notify=relay.notify_client,
             estimate=parked.estimate, blast_radius=parked.blast,
         )
-        m.resume(approved=outcome.approved, reason=outcome.reason)
+        recorder.reviewed(session_id, sql=parked.sql, approval_id=outcome.approval_id)
+        if not m.resume(approved=outcome.approved, reason=outcome.reason, hint=outcome.hint):
+            # Skipped by the server: nothing of it will be recorded, so the id must not wait
+            # for a later statement of the same text.
+            recorder.reviewed(session_id, sql=parked.sql, approval_id=None)
 
     # Recording backpressure: the recorder's backlog slows clients down while it catches up;
     # `classify` above still refuses what cannot be recorded.
@@ -374,9 +396,11 @@ async def _relay(
     # The grant bounds the whole session, not only its start: at its expiry or revocation the
     # relay ends, and handle_connection's `finally` revokes the credential as at any end.
     unbind = bind_grant(session.grant, session_id=session_id, end=relay.end, live=ctx.live)
+    PROXY_BYTES.track(relay)
     try:
         reason = await relay.run(client_leftover, upstream_leftover)
     finally:
+        PROXY_BYTES.untrack(relay)
         unbind()
         if budget is not None and ledger is not None:
             await ledger.close(budget)

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from broker.audit.logins import FailedLogins
 from broker.config import ResourceSettings, Settings
 from broker.credentials.base import Credential
 from broker.credentials.manager import CredentialManager, build_manager
@@ -44,11 +45,16 @@ class StoreTokenVerifier:
     async def verify(self, token: str, *, resource: str) -> Grant:
         try:
             return await self._store.verify_token(token, resource)
-        except ExpiredToken:
-            raise ClientAuthFailed("gateway token expired", hint="request a new one with `jitgate connect`") from None
+        except ExpiredToken as exc:
+            raise ClientAuthFailed(
+                "gateway token expired", hint="request a new one with `jitgate connect`", reason=exc.reason,
+                token_id=exc.token_id,
+            ) from None
         except InvalidToken as exc:
             # Say why (revoked, another resource, already used) but never echo the token.
-            raise ClientAuthFailed(f"gateway token rejected: {exc.reason}") from None
+            raise ClientAuthFailed(
+                f"gateway token rejected: {exc.reason}", reason=exc.reason, token_id=exc.token_id
+            ) from None
         except StoreError:
             raise UpstreamUnavailable("the gateway cannot check tokens right now") from None
 
@@ -86,11 +92,15 @@ class ManagedCredentials:
 
 
 class RecorderSink:
-    """Adapts the broker's buffered Recorder to the proxy's SessionRecorder protocol."""
+    """Adapts the broker's buffered Recorder to the proxy's SessionRecorder protocol; refused
+    logins go to `FailedLogins`, a bounded queue of their own (a flood cannot evict statements)."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, logins: FailedLogins | None = None) -> None:
         self._recorder = recorder
+        self.logins = logins
         self._seq: dict[str, int] = {}
+        # Per session, the approval of each reviewed statement text until its record is made.
+        self._reviewed: dict[str, dict[str, str]] = {}
         # Monotonic clock readings from the machine are turned into wall-clock times.
         self._offset = time.time() - time.monotonic()
 
@@ -118,11 +128,21 @@ class RecorderSink:
         self._seq[session_id] = 0
         return session_id
 
+    def reviewed(self, session_id: str, *, sql: str, approval_id: str | None) -> None:
+        if approval_id is not None:
+            self._reviewed.setdefault(session_id, {})[sql] = approval_id
+        elif (waiting := self._reviewed.get(session_id)) is not None:
+            waiting.pop(sql, None)
+
     def statement(self, session_id: str, event: object) -> None:
         assert isinstance(event, StatementEvent)
         seq = self._seq.get(session_id, 0) + 1
         self._seq[session_id] = seq
         verdict = event.verdict
+        approval_id = event.approval_id
+        reviewed = self._reviewed.get(session_id)
+        if approval_id is None and reviewed:
+            approval_id = reviewed.pop(event.sql, None)
         self._recorder.record_statement(
             StatementRecord(
                 session_id=session_id,
@@ -138,11 +158,13 @@ class RecorderSink:
                 masked_values=event.masked,
                 error_sqlstate=event.error_sqlstate,
                 results=event.results,
+                approval_id=approval_id,
             )
         )
 
     async def session_ended(self, session_id: str, *, reason: str, stats: object) -> None:
         self._seq.pop(session_id, None)
+        self._reviewed.pop(session_id, None)
         totals = None
         if isinstance(stats, Stats):
             totals = SessionStats(
@@ -151,6 +173,13 @@ class RecorderSink:
                 bytes_out=stats.bytes_to_client,
             )
         await self._recorder.end_session(session_id, reason=reason, stats=totals)
+
+    def login_failed(
+        self, *, user: str | None, resource: str | None, client_addr: str, reason: str, token_id: str | None
+    ) -> None:
+        if self.logins is not None:
+            self.logins.record(user=user, resource=resource, client_addr=client_addr, reason=reason,
+                               token_id=token_id)
 
 
 def build_resource(name: str, settings: ResourceSettings, *, connect_timeout: float = 10.0) -> Resource:
@@ -191,7 +220,10 @@ def build_context(
     *,
     review: ReviewHook | None = None,
     credentials: Any = None,
+    logins: FailedLogins | None = None,
 ) -> ProxyContext:
+    """The proxy's context. Like `recorder`, `logins` belongs to the caller, who closes it
+    after the server (a queue made here when none is given is left to the process's end)."""
     proxy = settings.proxy
     tls = None
     if proxy.tls_cert_file and proxy.tls_key_file:
@@ -200,7 +232,7 @@ def build_context(
         resources=_build_resources(settings),
         tokens=StoreTokenVerifier(store),
         credentials=credentials or ManagedCredentials(build_manager(settings, store)),
-        recorder=RecorderSink(recorder),
+        recorder=RecorderSink(recorder, logins or FailedLogins(store)),
         review=review or DenyAllReviews(),
         tls=tls,
         require_tls_for_non_loopback=proxy.require_tls_for_non_loopback,

@@ -214,10 +214,15 @@ def _blast_radius(details: dict[str, Any]) -> str | None:
 
 
 def _reason(approval: Approval) -> list[Block]:
-    if not approval.reason:
-        return []
-    label = "Reason" if approval.kind == "access" else "Intent"
-    return [_section(f"*{label}*\n{escape(approval.reason)}")]
+    """The requester's stated reason (access) or intent (statement). A statement's client
+    program (`application_name`) is shown labelled as what it is, never as the intent."""
+    if approval.kind == "access":
+        return [_section(f"*Reason*\n{escape(approval.reason)}")] if approval.reason else []
+    text = f"*Intent*\n{escape(approval.reason)}" if approval.reason else "*Intent*\n_no reason given_"
+    app = approval.details.get("application_name")
+    if isinstance(app, str) and app:
+        text += f"\n*application_name* (the client program): {_clip(escape(app), 200)}"
+    return [_section(text)]
 
 
 def action_buttons(approval: Approval, *, block_id: str = "jitgate_actions") -> Block:
@@ -292,6 +297,17 @@ def reminder_text(approval: Approval) -> str:
     return (
         f":bell: Still waiting for {groups}: {quorum_text(approval)}; "
         f"expires {slack_date(approval.expires_at)}. Request `{escape(approval.id)}`."
+    )
+
+
+def break_glass_text(approval: Approval) -> str:
+    """The page to the approvers' channel when a requester approved their own request."""
+    glass = next((v for v in approval.votes if v.break_glass), None)
+    voter = escape(glass.voter) if glass else "the requester"
+    reason = escape(glass.reason or "") if glass else ""
+    return (
+        f"<!channel> Break-glass: {voter} approved their own request {escape(approval.id)} "
+        f"on {escape(approval.resource)}. Reason: {reason}"
     )
 
 

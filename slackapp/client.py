@@ -1,29 +1,40 @@
 """Posting and updating approval prompts: a thin layer over slack_sdk's `AsyncWebClient`.
 
+Each approval's messages (its prompt, an escalation, a break-glass page) are posted once:
+the poster claims the message in a `MessageLedger` (the store's `slack_messages` table)
+before `chat.postMessage` and records its channel and `ts` after, so a task delivered twice
+(Celery is at least once) updates the recorded message with `chat.update` instead of posting
+a second one; a delivery that finds a fresh claim without a `ts` (another worker is posting
+right now) raises `SlackDeliveryError("post_in_flight")` and is retried by Celery. The app
+never searches a channel's history, so it needs no `*:history` scope.
+
 Retries happen at two levels, because they answer two different questions:
 
 - inside slack_sdk (`make_web_client`): a 429 is retried after its `Retry-After`, and a
   connection that could not be opened is retried with backoff. In both cases Slack never
   processed the request, so repeating it is always safe;
-- here (`SlackPoster`): a 5xx, a dropped connection or a timeout leaves it unknown whether
-  Slack posted the message. `post_prompt` and `escalate` are therefore idempotent: every
-  message carries Slack message metadata (`event_type` + the approval id), and each attempt
-  first looks for it with `conversations.history` (only messages newer than the approval
-  can match), so neither a retried attempt nor a retried Celery task posts twice.
+- here: a 5xx is retried (Slack answered that it failed), and `chat.update`, which is
+  idempotent, also after a dropped connection or a timeout. `chat.postMessage` is not
+  repeated when no answer came back, because Slack may have posted: the claim is kept, and
+  only once it is `claim_ttl` old may another delivery post again. So an answer lost on the
+  wire costs at most one extra prompt, after `claim_ttl`; when Slack answered with an error
+  the claim is released and the next delivery posts at once.
 
 After the attempts run out, a `SlackDeliveryError` says which method failed and how, with
 `retry_after` when Slack asked to slow down: the caller (a Celery task) retries later.
 
-Scopes: chat:write, and channels:history (groups:history for a private channel) for the
-metadata look-up.
+Scopes: chat:write (post, update, ephemeral notices).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -35,18 +46,34 @@ from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryInterv
 from slack_sdk.web.async_client import AsyncWebClient
 
 from broker.approvals.model import Approval
-from slackapp.blocks import fallback_text, prompt_blocks, reminder_text
+from slackapp.blocks import break_glass_text, fallback_text, prompt_blocks, reminder_text
 from slackapp.exceptions import SlackDeliveryError
+from slackapp.ports import MessageLedger
 from slackapp.settings import SlackConfig, api_base_url
 
 log = logging.getLogger(__name__)
 
+PROMPT = "prompt"
+ESCALATION = "escalation"
+BREAK_GLASS = "break_glass"
+# Message metadata (chat:write posts it): tells people and tools which approval a message is for.
 PROMPT_EVENT = "jitgate_approval"
 ESCALATION_EVENT = "jitgate_escalation"
 REMINDER_EVENT = "jitgate_reminder"
-HISTORY_PAGES = 5  # x 200 messages since the approval was created; plenty for a prompt channel
+BREAK_GLASS_EVENT = "jitgate_break_glass"
+_EVENTS = {PROMPT: PROMPT_EVENT, ESCALATION: ESCALATION_EVENT, BREAK_GLASS: BREAK_GLASS_EVENT}
+# Longer than one delivery's whole attempt (3 tries x 10 s timeout, plus Retry-After waits);
+# JITGATE_SLACK_CLAIM_TTL (seconds) shortens it for tests.
+CLAIM_TTL = timedelta(seconds=float(os.environ.get("JITGATE_SLACK_CLAIM_TTL", "60")))
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Posted:
+    channel: str
+    ts: str
+    new: bool  # False: the message was posted earlier (and was updated now, for a prompt)
 
 
 def make_web_client(
@@ -91,6 +118,13 @@ def _slack_error(method: str, exc: Exception) -> SlackDeliveryError:
     return SlackDeliveryError(method, type(exc).__name__)
 
 
+def _unanswered(exc: Exception) -> bool:
+    """The request may have reached Slack but no answer came back (timeout, dropped connection):
+    whether a post happened is unknown. Slack's own answers (errors and 5xx included) and a
+    connection that never opened are not."""
+    return not isinstance(exc, SlackApiError | aiohttp.ClientConnectorError)
+
+
 def _final(exc: Exception) -> bool:
     """No point repeating now: Slack refused the call (bad token, bad channel, ...), or it is still
     rate limited after slack_sdk waited out `Retry-After`; the caller reschedules."""
@@ -100,27 +134,37 @@ def _final(exc: Exception) -> bool:
 
 
 class SlackPoster:
-    """Posts, finds and updates approval prompts. Stateless apart from its client."""
+    """Posts approval messages once (through the ledger) and updates them in place."""
 
     def __init__(
-        self, client: AsyncWebClient, *, console_url: str | None = None, attempts: int = 3, backoff: float = 0.5,
+        self, client: AsyncWebClient, *, ledger: MessageLedger, console_url: str | None = None, attempts: int = 3,
+        backoff: float = 0.5, claim_ttl: timedelta = CLAIM_TTL,
     ) -> None:
         self.client = client
+        self.ledger = ledger
         self.console_url = console_url.rstrip("/") if console_url else None
         self.attempts = max(1, attempts)
         self.backoff = backoff
+        self.claim_ttl = claim_ttl
 
     @classmethod
-    def from_settings(cls, settings: SlackConfig, *, attempts: int = 3) -> SlackPoster:
-        return cls(make_web_client(settings, attempts=attempts), console_url=settings.console_url, attempts=attempts)
+    def from_settings(cls, settings: SlackConfig, *, ledger: MessageLedger, attempts: int = 3) -> SlackPoster:
+        return cls(make_web_client(settings, attempts=attempts), ledger=ledger, console_url=settings.console_url,
+                   attempts=attempts, claim_ttl=CLAIM_TTL)
 
-    async def post_prompt(self, approval: Approval, channel: str) -> tuple[str, str]:
-        """Post the prompt for `approval` to `channel` once; returns (channel id, message ts)."""
-        return await self._post_once(approval, channel, PROMPT_EVENT)
+    async def post_prompt(self, approval: Approval, channel: str) -> Posted:
+        """Post the prompt for `approval` to `channel` once; a prompt posted earlier is updated instead."""
+        return await self._post_once(approval, channel, PROMPT)
 
-    async def escalate(self, approval: Approval, channel: str) -> tuple[str, str]:
+    async def escalate(self, approval: Approval, channel: str) -> Posted:
         """Post the prompt, with its buttons, to a second channel (once), for approvers who were not reached."""
-        return await self._post_once(approval, channel, ESCALATION_EVENT)
+        return await self._post_once(approval, channel, ESCALATION)
+
+    async def page_break_glass(self, approval: Approval, channel: str) -> Posted | None:
+        """Page `channel` (once) when the requester approved their own request under break-glass."""
+        if not any(v.break_glass for v in approval.votes):
+            return None
+        return await self._post_once(approval, channel, BREAK_GLASS)
 
     async def post_reminder(self, approval: Approval, channel: str, ts: str) -> str:
         """A reply in the prompt's thread; returns its ts. Not deduplicated: the caller marks
@@ -138,49 +182,45 @@ class SlackPoster:
             blocks=prompt_blocks(approval, console_url=self.console_url),
         ))
 
-    async def find_message(self, approval: Approval, channel: str, event_type: str) -> tuple[str, str] | None:
-        """The (channel, ts) of the message carrying `event_type` metadata for this approval, if any."""
-        oldest = f"{approval.created_at.timestamp() - 60:.6f}"  # some clock skew between us and Slack
-        cursor: str | None = None
-        for _ in range(HISTORY_PAGES):
-            response = await self.client.conversations_history(
-                channel=channel, oldest=oldest, limit=200, include_all_metadata=True, cursor=cursor,
-            )
-            for message in response.get("messages") or []:
-                metadata = message.get("metadata") or {}
-                payload = metadata.get("event_payload") or {}
-                if metadata.get("event_type") == event_type and payload.get("approval_id") == approval.id:
-                    return channel, str(message["ts"])
-            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
-            if not response.get("has_more") or not cursor:
-                return None
-        return None
+    async def _post_once(self, approval: Approval, channel: str, kind: str) -> Posted:
+        claim = await self.ledger.claim_slack_message(approval.id, kind, channel=channel, stale_after=self.claim_ttl)
+        if claim is not None:
+            recorded_channel, recorded_ts = claim
+            if recorded_ts is None:
+                raise SlackDeliveryError("chat.postMessage", "post_in_flight")
+            if kind != BREAK_GLASS:
+                await self.update_prompt(approval, recorded_channel, recorded_ts)
+            return Posted(recorded_channel, recorded_ts, new=False)
+        message: dict[str, Any] = (
+            {"text": break_glass_text(approval)} if kind == BREAK_GLASS
+            else {"text": fallback_text(approval), "blocks": prompt_blocks(approval, console_url=self.console_url)}
+        )
+        try:
+            response = await self._retrying("chat.postMessage", lambda: self.client.chat_postMessage(
+                channel=channel, **message, unfurl_links=False, unfurl_media=False,
+                metadata={"event_type": _EVENTS[kind], "event_payload": {"approval_id": approval.id}},
+            ), retry_unanswered=False)
+        except SlackDeliveryError as exc:
+            if isinstance(exc.__cause__, Exception) and _unanswered(exc.__cause__):
+                log.warning("slack chat.postMessage for %s %s: no answer (%s); not posted again before %ss",
+                            kind, approval.id, exc.error, int(self.claim_ttl.total_seconds()))
+            else:
+                await self.ledger.release_slack_message(approval.id, kind)
+            raise
+        posted = Posted(str(response["channel"]), str(response["ts"]), new=True)
+        await self.ledger.record_slack_message(approval.id, kind, channel=posted.channel, ts=posted.ts)
+        return posted
 
-    async def _post_once(self, approval: Approval, channel: str, event_type: str) -> tuple[str, str]:
-        async def attempt() -> tuple[str, str]:
-            found = await self.find_message(approval, channel, event_type)
-            if found is not None:
-                return found
-            response = await self.client.chat_postMessage(
-                channel=channel,
-                text=fallback_text(approval),
-                blocks=prompt_blocks(approval, console_url=self.console_url),
-                metadata={"event_type": event_type, "event_payload": {"approval_id": approval.id}},
-                unfurl_links=False,
-                unfurl_media=False,
-            )
-            return str(response["channel"]), str(response["ts"])
-
-        return await self._retrying("chat.postMessage", attempt)
-
-    async def _retrying(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, method: str, call: Callable[[], Awaitable[T]], *, retry_unanswered: bool = True,
+    ) -> T:
         last: Exception | None = None
         for number in range(1, self.attempts + 1):
             try:
                 return await call()
             except (TimeoutError, SlackApiError, aiohttp.ClientError) as exc:
                 last = exc
-                if _final(exc) or number == self.attempts:
+                if _final(exc) or number == self.attempts or (_unanswered(exc) and not retry_unanswered):
                     break
                 delay = self.backoff * 2 ** (number - 1)
                 log.warning("slack %s attempt %d failed (%s); retrying in %.1fs",

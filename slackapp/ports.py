@@ -1,12 +1,14 @@
-"""What the Slack app needs from the broker: `ApprovalActions`.
+"""What the Slack app needs from the broker: `ApprovalActions` and `MessageLedger`.
 
-`broker.approvals.service.ApprovalService` implements it; the Slack app only ever sees this
-Protocol, so its listeners hold no approval rules of their own (the rules are
-`broker.approvals.model.cast_vote`).
+`broker.approvals.service.ApprovalService` implements `ApprovalActions`; the Slack app only
+ever sees this Protocol, so its listeners hold no approval rules of their own (the rules are
+`broker.approvals.model.cast_vote`). `broker.store.Store` implements `MessageLedger`: where
+each approval's prompt went, so the poster never searches a channel's history.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal, Protocol
 
 from broker.approvals.model import Approval, Voter, VoteResult
@@ -37,4 +39,21 @@ class ApprovalActions(Protocol):
 
     async def request_access(self, *, email: str, resource: str, role: str, reason: str, ttl: str) -> str:
         """Ask for access as `person:<email>`; a one-line outcome for the user (granted, pending id, denied)."""
+        ...
+
+
+class MessageLedger(Protocol):
+    """The (channel, ts) of each message posted once per approval and kind, claimed before the post."""
+
+    async def claim_slack_message(
+        self, approval_id: str, kind: str, *, channel: str, stale_after: timedelta,
+    ) -> tuple[str, str | None] | None:
+        """None: claimed, post it now. (channel, ts): posted already. (channel, None): another
+        delivery holds a claim younger than `stale_after`."""
+        ...
+
+    async def record_slack_message(self, approval_id: str, kind: str, *, channel: str, ts: str) -> None: ...
+
+    async def release_slack_message(self, approval_id: str, kind: str) -> None:
+        """Drop an unposted claim (the post surely failed), so the next delivery posts at once."""
         ...

@@ -3,9 +3,8 @@
 Example::
 
     slack:
-      bot_token: xoxb-...                  # scopes: chat:write, channels:history (groups:history
-                                           # for a private channel), users:read, users:read.email,
-                                           # commands
+      bot_token: xoxb-...                  # scopes: chat:write, users:read, users:read.email,
+                                           # commands (infra/slack/manifest.yaml)
       signing_secret: 8f14e45f...          # HTTP mode: verifies every request Slack sends
       app_token: xapp-...                  # Socket Mode instead of a public /slack/events URL
       channel: C0123456789                 # where approval prompts are posted

@@ -83,7 +83,9 @@ async def upstream() -> AsyncIterator[Upstream]:
     # another account when we are root; a short path also keeps the unix socket in data_dir.
     data_dir = Path(tempfile.mkdtemp(prefix="jitgate-upstream-"))
     try:
-        up = await asyncio.to_thread(start_upstream, data_dir)
+        # With the roles that let the proxy's tests speak every upstream auth method; the
+        # demo's upstream has none of them (tests/demo/test_upstream.py).
+        up = await asyncio.to_thread(start_upstream, data_dir, auth_test_roles=True)
     except UpstreamError as exc:
         shutil.rmtree(data_dir, ignore_errors=True)
         unavailable(f"embedded PostgreSQL did not start: {exc}")

@@ -1,8 +1,9 @@
 """Real OpenBao for credential tests, and a TCP proxy in front of it that can take it "down".
 
     openbao     session  VaultFixture: `bao server -dev` with the database engine configured for
-                         the session's `upstream` (short TTLs, so renewal happens within a test)
-                         and the gateway's AppRole login; stopped at the end
+                         the session's `upstream`, connected to its `demo` database (where
+                         revocation reassigns what sessions own), short TTLs (so renewal happens
+                         within a test) and the gateway's AppRole login; stopped at the end
     FlakyTcp             a threaded TCP forwarder: `.down()` drops every connection and refuses
                          new ones (Vault unreachable), `.up()` listens again on the same port
 

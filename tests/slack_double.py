@@ -11,7 +11,11 @@ Base URL: `http://127.0.0.1:PORT/api/`; slash-command and interaction response_u
 `slack.response_url()` and are recorded as method `response_url`.
 
 What it checks, as Slack does: `Authorization: Bearer` equal to its bot token (its app token
-for `apps.connections.open`), else `invalid_auth`; a form or JSON body (GET query strings
+for `apps.connections.open`), else `invalid_auth`; the OAuth scope Slack documents for each
+method (`METHOD_SCOPES`) among the token's scopes, else `missing_scope` with `needed` and
+`provided` (the bot token's scopes are the manifest's, `infra/slack/manifest.yaml`, unless a
+test passes `scopes=`; `users.info` leaves out the email without `users:read.email`, as
+Slack does); a form or JSON body (GET query strings
 too); the required arguments of each method it knows; Block Kit structure (known block
 types, text objects, length limits, at most 50 blocks in a message and 100 in a view, unique
 block ids, unique action ids within a block, buttons with text and action_id). It answers
@@ -21,7 +25,8 @@ records every call (`calls`, `calls_to`, `count`).
 
 Failure injection: `fail_next(method, status=429, retry_after=1, times=k)` (or status 500);
 `drop_next(method)` processes the call, then closes the connection without an answer, the
-way a response lost on the wire looks to a client.
+way a response lost on the wire looks to a client; `delay_next(method, seconds=s)` processes
+it after `s` seconds (past a client's timeout).
 """
 
 from __future__ import annotations
@@ -31,10 +36,14 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import yaml
 
 BOT_TOKEN = "xoxb-1111-2222-double"
 APP_TOKEN = "xapp-1-A111-double"
@@ -58,6 +67,32 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "conversations.history": ("channel",),
 }
 JSON_ARGS = ("blocks", "attachments", "metadata", "view")
+
+# The scope each Web API method requires of a bot token (None: any token of the app), from
+# Slack's reference (docs.slack.dev/reference/methods/<method>, "Required scopes").
+# conversations.history takes the scope of the conversation's type; the double's channels
+# are public channels (a private one would need groups:history, a DM im:history).
+METHOD_SCOPES: dict[str, str | None] = {
+    "auth.test": None,
+    "apps.connections.open": "connections:write",  # app-level token (xapp-)
+    "chat.postMessage": "chat:write",
+    "chat.update": "chat:write",
+    "chat.postEphemeral": "chat:write",
+    "conversations.history": "channels:history",
+    "users.info": "users:read",
+    "views.open": None,
+    "views.publish": None,
+}
+# Fields Slack only returns with an extra scope: users.info's profile.email.
+FIELD_SCOPES: dict[tuple[str, str], str] = {("users.info", "email"): "users:read.email"}
+APP_TOKEN_SCOPES = ("connections:write",)
+MANIFEST = Path(__file__).resolve().parent.parent / "infra" / "slack" / "manifest.yaml"
+
+
+def manifest_bot_scopes(path: Path = MANIFEST) -> tuple[str, ...]:
+    """The bot scopes `infra/slack/manifest.yaml` asks for: what an installed app's token holds."""
+    manifest = yaml.safe_load(path.read_text())
+    return tuple(manifest["oauth_config"]["scopes"]["bot"])
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -83,6 +118,7 @@ class _Failure:
     times: int
     retry_after: int | None = None
     drop: bool = False
+    delay: float = 0.0
 
 
 @dataclass
@@ -205,9 +241,11 @@ class SlackDouble:
     def __init__(
         self, *, bot_token: str = BOT_TOKEN, app_token: str = APP_TOKEN,
         users: dict[str, str | None] | None = None, channels: tuple[str, ...] = ("C_APPROVALS", "C_ESCALATE"),
+        scopes: Iterable[str] | None = None,
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
+        self.scopes = frozenset(manifest_bot_scopes() if scopes is None else scopes)  # the bot token's
         self.users = dict(users or {})  # Slack user id -> email (None: a profile without one)
         self._lock = threading.Lock()
         self._state = _State(channels={c: [] for c in channels})
@@ -331,6 +369,11 @@ class SlackDouble:
         with self._lock:
             self._state.failures.setdefault(method, []).append(_Failure(0, times, drop=True))
 
+    def delay_next(self, method: str, *, seconds: float, times: int = 1) -> None:
+        """Process the call after `seconds` (a slow Slack: the client may time out first)."""
+        with self._lock:
+            self._state.failures.setdefault(method, []).append(_Failure(0, times, delay=seconds))
+
     def _take_failure(self, method: str) -> _Failure | None:
         with self._lock:
             queue = self._state.failures.get(method) or []
@@ -353,6 +396,12 @@ class SlackDouble:
         expected = self.app_token if method == "apps.connections.open" else self.bot_token
         if auth != f"Bearer {expected}":
             return 200, {"ok": False, "error": "not_authed" if not auth else "invalid_auth"}
+        if method not in METHOD_SCOPES:
+            return 404, {"ok": False, "error": "unknown_method"}
+        granted = APP_TOKEN_SCOPES if method == "apps.connections.open" else sorted(self.scopes)
+        needed = METHOD_SCOPES[method]
+        if needed is not None and needed not in granted:
+            return 200, {"ok": False, "error": "missing_scope", "needed": needed, "provided": ",".join(granted)}
         missing = [name for name in REQUIRED.get(method, ()) if args.get(name) in (None, "")]
         if missing:
             return 200, {"ok": False, "error": f"missing_argument:{missing[0]}" if method != "chat.postMessage"
@@ -461,7 +510,7 @@ class SlackDouble:
         if user_id not in self.users:
             return {"ok": False, "error": "user_not_found"}
         profile: dict[str, Any] = {"real_name": user_id.lower(), "display_name": user_id.lower()}
-        if self.users[user_id]:
+        if self.users[user_id] and FIELD_SCOPES[("users.info", "email")] in self.scopes:
             profile["email"] = self.users[user_id]
         return {"ok": True, "user": {"id": user_id, "team_id": TEAM_ID, "name": user_id.lower(), "deleted": False,
                                      "is_bot": False, "profile": profile}}
@@ -539,6 +588,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._answer(200, {"ok": False, "error": "invalid_form_data"})
                 return
         failure = self.double._take_failure(method)
+        if failure is not None and failure.delay:
+            time.sleep(failure.delay)
+            failure = None
         if failure is not None and not failure.drop:
             with self.double._lock:
                 self.double._state.calls.append(Call(method, args, headers))

@@ -12,10 +12,11 @@ twice with the same pytest options:
              unmasked, decisions only recorded), whose upstream login is such a dynamic role.
 
 The suite creates tables and types in `public`, so for the run `demo_rw` (the group both
-logins inherit from) gets CREATE on schema `public`, and an event trigger hands what a member
-of `demo_rw` creates there to `demo_rw`: the gateway logs in as a new role per session, and a
-table one session created must be droppable by the next, as it is for the single direct role.
-All of it (grant, trigger, created objects, the direct role) is removed afterwards.
+logins are members of and run as) gets CREATE on schema `public`. The gateway logs in as a new
+role per session, and a table one session created must be droppable by the next: it is,
+because each login's `role` setting makes the group the owner of what it creates (the direct
+role is set up the same way). All of it (grant, created objects, the direct role) is removed
+afterwards.
 
 Without --info-file the script starts its own demo (free ports, a throw-away data dir) and
 stops it at the end. It pip-installs into this interpreter's environment what the suite's
@@ -119,42 +120,11 @@ ALLOWED: dict[str, str] = {
 # conftest imports / fixtures of the suite that a jitgate venv may lack (module -> package).
 SUITE_DEPS = {"pytest": "pytest", "anyio": "anyio", "pproxy": "pproxy"}
 
-_SETUP = f"""
-GRANT CREATE ON SCHEMA public TO {GROUP_ROLE};
-CREATE OR REPLACE FUNCTION public.jitgate_conformance_owner() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-DECLARE r record;
-BEGIN
-    IF session_user = '{GROUP_ROLE}' OR NOT pg_has_role(session_user, '{GROUP_ROLE}', 'MEMBER')
-    THEN RETURN; END IF;
-    FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
-             WHERE schema_name = 'public' AND object_type IN
-                   ('table', 'view', 'materialized view', 'type', 'composite type',
-                    'function', 'procedure', 'domain')
-    LOOP
-        BEGIN
-            EXECUTE format('ALTER %s %s OWNER TO {GROUP_ROLE}',
-                           CASE r.object_type WHEN 'composite type' THEN 'TYPE'
-                                              WHEN 'domain' THEN 'DOMAIN'
-                                              ELSE upper(r.object_type) END,
-                           r.object_identity);
-        EXCEPTION WHEN others THEN NULL;  -- best effort: ownership only eases clean-up
-        END;
-    END LOOP;
-END $$;
-DROP EVENT TRIGGER IF EXISTS jitgate_conformance_owner;
-CREATE EVENT TRIGGER jitgate_conformance_owner ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE VIEW',
-                 'CREATE MATERIALIZED VIEW', 'CREATE TYPE', 'CREATE FUNCTION',
-                 'CREATE PROCEDURE', 'CREATE DOMAIN')
-    EXECUTE FUNCTION public.jitgate_conformance_owner();
-"""
+# The suite creates tables and types in `public`. Every login runs as the group (its `role`
+# setting, as broker/credentials/statements.py sets for each lease), so the group owns them.
+_GROUP_SETUP = f"GRANT CREATE ON SCHEMA public TO {GROUP_ROLE}"
 
-_TEARDOWN = f"""
-DROP EVENT TRIGGER IF EXISTS jitgate_conformance_owner;
-DROP FUNCTION IF EXISTS public.jitgate_conformance_owner();
-REVOKE CREATE ON SCHEMA public FROM {GROUP_ROLE};
-"""
+_TEARDOWN = f"REVOKE CREATE ON SCHEMA public FROM {GROUP_ROLE}"
 
 # What the runs left in `public`, owned by the group or the direct role.
 _LEFTOVERS = """
@@ -286,11 +256,12 @@ def _setup(admin_dsn: str, password: str) -> None:
         # As the demo's OpenBao `readwrite` role creates each session's login (VALID UNTIL aside).
         conn.execute(f"DROP ROLE IF EXISTS {DIRECT_ROLE}")
         conn.execute(f"CREATE ROLE {DIRECT_ROLE} LOGIN IN ROLE {GROUP_ROLE}")
+        conn.execute(f"ALTER ROLE {DIRECT_ROLE} SET role = {GROUP_ROLE}")
         stmt = conn.execute("SELECT format('ALTER ROLE %%I PASSWORD %%L', %s::text, %s::text)",
                             (DIRECT_ROLE, password)).fetchone()
         assert stmt is not None
         conn.execute(stmt[0])
-        conn.execute(_SETUP)
+        conn.execute(_GROUP_SETUP)
 
 
 def _teardown(admin_dsn: str) -> None:

@@ -2,9 +2,11 @@
 
 Used by the proxy and the API (through `broker.cli.approvals_runtime`). Sending is by task
 name over the broker connection, so the sender needs neither the worker code nor its
-configuration. Sending happens off the event loop (a broker round trip must not stall the
-relay), and a failure to enqueue is logged, never raised: the decision itself is committed,
-and the worker's periodic tasks and the next change bring the prompt up to date.
+configuration beyond the installation: tasks go to that installation's queue, with its key
+prefix (`workers.app.broker_options`), and only its workers take them. Sending happens off
+the event loop (a broker round trip must not stall the relay), and a failure to enqueue is
+logged, never raised: the decision itself is committed, and the worker's periodic tasks and
+the next change bring the prompt up to date.
 """
 
 from __future__ import annotations
@@ -16,23 +18,20 @@ import structlog
 from celery import Celery
 
 from broker.approvals.model import Approval
-from workers.app import QUEUE, VISIBILITY_TIMEOUT_SECONDS
+from workers.app import broker_options
 
 log = structlog.get_logger("jitgate.workers")
 
 
 class CeleryDispatcher:
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, *, installation: str) -> None:
         self.app = Celery("jitgate-dispatch", broker=broker_url)
-        self.app.conf.update(
-            task_default_queue=QUEUE,
-            broker_connection_retry_on_startup=True,
-            broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
-        )
+        self.app.conf.update(**broker_options(installation))
+        self.queue: str = self.app.conf.task_default_queue
 
     def _send(self, name: str, approval_id: str) -> None:
         try:
-            self.app.send_task(name, args=[approval_id], queue=QUEUE, retry=True,
+            self.app.send_task(name, args=[approval_id], queue=self.queue, retry=True,
                                retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5})
         except Exception as exc:
             log.warning("enqueue_failed", task=name, approval_id=approval_id, error=type(exc).__name__)

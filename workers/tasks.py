@@ -1,21 +1,29 @@
 """Celery tasks. Each is idempotent, because delivery is at least once.
 
-- `post_prompt(id)`: the Slack prompt of a new request. A prompt already recorded for the
-  request is updated instead; an unrecorded one (the worker died between Slack's answer and
-  the store write) is found by its message metadata (`SlackPoster` looks before posting).
+- `post_prompt(id)`: the Slack prompt of a new request. The prompt is claimed in the store
+  before it is posted and its channel and ts recorded after, so a redelivered task updates
+  it instead of posting again (`SlackPoster`; a claim held by a delivery in flight is retried).
 - `update_prompt(id)`: rewrite the prompt with the current state (who decided, votes so far).
-- `expire_pending()`: expire what is past its timeout; each expiry updates its prompt.
+- `expire_pending()`: expire what is past its timeout; each expiry is published on the
+  approvals bus (the proxy that parked the statement answers its client at once) and updates
+  its prompt. Beat runs it every `approvals.expiry_check_interval`.
 - `nudge_pending()`: remind the prompt's thread after `approvals.reminder_after`, escalate to
   `slack.escalation_channel` after `approvals.escalate_after` (each once per request).
 - `reap_leases()`: revoke upstream credential leases whose session or grant ended.
 - `export_audit()`: the previous day's audit as JSONL under `<data_dir>/exports/`.
+- `witness_checkpoint()`: sign the audit chain's head and write it to the external witness
+  (`broker.audit.witness`); every `audit.witness.interval` when a signing key and a witness
+  are configured.
+- `prune_audit()`: with `audit.retention_days`, archive and prune what is older, the archive
+  witnessed before anything is deleted; every `audit.prune_interval`.
 
 Slack rate limits (429 + Retry-After) are first retried inside the Slack client; when its
 attempts run out the task is retried by Celery after Retry-After (or with exponential
 backoff for network errors), up to `MAX_RETRIES`.
 
-The tasks run async code on one event loop per worker process, with one store and one Slack
-client, opened on first use (after the prefork pool forked).
+The tasks run async code on one event loop per worker process, with one store, one Slack
+client and the approvals service of `open_approvals` (the configured bus, publishing only),
+opened on first use (after the prefork pool forked).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from celery import shared_task
 from broker import metrics
 from broker.approvals.model import Approval, Status
 from broker.approvals.service import ApprovalService
+from broker.cli.approvals_runtime import open_approvals
 from broker.config import Settings, load_settings
 from broker.durations import parse_duration
 from broker.store import Store
@@ -75,8 +84,11 @@ def runtime() -> Runtime:
         if settings.slack is not None:
             from slackapp.client import SlackPoster
 
-            poster = SlackPoster.from_settings(settings.slack)
-        service = ApprovalService(store, settings.approvals, dispatcher=TaskDispatcher())
+            poster = SlackPoster.from_settings(settings.slack, ledger=store)
+        # The configured bus, so that what the tasks decide (expiry) reaches the waiting proxy.
+        service, _ = loop.run_until_complete(
+            open_approvals(settings, store, dispatcher=TaskDispatcher(), listen=False)
+        )
         _runtime = Runtime(settings, loop, store, service, poster)
     return _runtime
 
@@ -101,40 +113,11 @@ async def _post_or_update(rt: Runtime, approval_id: str) -> str:
         return "unknown approval"
     if rt.poster is None or rt.settings.slack is None:
         return "slack not configured"
-    await _page_break_glass(rt, approval)
-    recorded = await rt.store.approval_message(approval_id)
-    if recorded is not None:
-        await rt.poster.update_prompt(approval, *recorded)
-        return "updated"
-    channel, ts = await rt.poster.post_prompt(approval, rt.settings.slack.channel)
-    await rt.store.set_approval_message(approval_id, channel=channel, ts=ts)
-    if approval.final:
-        # Decided before the prompt went out: show the outcome, not live buttons.
-        await rt.poster.update_prompt(approval, channel, ts)
-    return "posted"
-
-
-BREAK_GLASS_EVENT = "jitgate_break_glass"
-
-
-async def _page_break_glass(rt: Runtime, approval: Approval) -> None:
-    """A self-approval under break-glass pages the approver channel, once."""
-    glass = next((v for v in approval.votes if v.break_glass), None)
-    if glass is None or rt.poster is None or rt.settings.slack is None:
-        return
-    channel = rt.settings.slack.channel
-    if await rt.poster.find_message(approval, channel, BREAK_GLASS_EVENT) is not None:
-        return
-    from slackapp.blocks import escape
-
-    await rt.poster.client.chat_postMessage(
-        channel=channel,
-        text=(
-            f"<!channel> Break-glass: {escape(glass.voter)} approved their own request {approval.id} "
-            f"on {escape(approval.resource)}. Reason: {escape(glass.reason or '')}"
-        ),
-        metadata={"event_type": BREAK_GLASS_EVENT, "event_payload": {"approval_id": approval.id}},
-    )
+    # A self-approval under break-glass pages the approver channel, once.
+    await rt.poster.page_break_glass(approval, rt.settings.slack.channel)
+    # Posted once (claimed in the store first); a prompt posted earlier is updated in place.
+    posted = await rt.poster.post_prompt(approval, rt.settings.slack.channel)
+    return "posted" if posted.new else "updated"
 
 
 @shared_task(name="jitgate.post_prompt", bind=True, max_retries=MAX_RETRIES)
@@ -239,3 +222,56 @@ async def _export(rt: Runtime, day: datetime) -> Path:
 def export_audit(day: str | None = None) -> str:
     when = datetime.fromisoformat(day) if day else datetime.now(UTC) - timedelta(days=1)
     return str(run(_export(runtime(), when)))
+
+
+async def _witness(rt: Runtime) -> dict[str, Any] | None:
+    from broker.audit.witness import build_setup, witness_head
+
+    setup = build_setup(rt.settings)
+    try:
+        return await witness_head(rt.store, setup)
+    finally:
+        await setup.aclose()
+
+
+@shared_task(name="jitgate.witness_checkpoint")
+def witness_checkpoint() -> dict[str, Any] | None:
+    from broker.audit.witness import WitnessError
+
+    try:
+        done = run(_witness(runtime()))
+    except (ValueError, WitnessError) as exc:
+        # Not retried: the next beat tick runs it again; a rewritten chain must be looked at.
+        log.error("audit_witness_refused", error=str(exc))
+        return {"error": str(exc)}
+    if done is not None:
+        log.info("audit_witnessed", seq=done["seq"], witnesses=done["witnesses"])
+    return done
+
+
+async def _prune(rt: Runtime) -> str | None:
+    from broker.audit.witness import build_setup, prune_witnessed
+
+    days = rt.settings.audit.retention_days
+    if days is None:
+        return None
+    archive_dir = rt.settings.audit.archive_dir or Path(rt.settings.data_dir) / "audit-archive"
+    setup = build_setup(rt.settings)
+    try:
+        summary = await prune_witnessed(
+            rt.store, setup, before=datetime.now(UTC) - timedelta(days=days), archive_dir=archive_dir
+        )
+    finally:
+        await setup.aclose()
+    return None if summary is None else str(summary.path)
+
+
+@shared_task(name="jitgate.prune_audit")
+def prune_audit() -> str | None:
+    from broker.audit.witness import WitnessError
+
+    try:
+        return run(_prune(runtime()))
+    except (ValueError, WitnessError) as exc:
+        log.error("audit_prune_refused", error=str(exc))
+        return None

@@ -9,7 +9,12 @@
 Who sees what: an OIDC caller sees the requests they made and those their groups may
 approve; an API-token caller (operators, automation) sees all but cannot vote, because a
 vote needs a person with groups. Refusals answer with a stable `code`: 403 self_approval /
-not_approver, 409 not_pending, 422 reason_required / scope_not_allowed.
+not_approver, 409 not_pending (the message says who decided it and when, also to the person
+whose own earlier vote decided it) / already_voted (the caller's vote is already counted and
+the request waits for another approver), 422 reason_required / scope_not_allowed.
+
+Path ids are exact; `GET /v1/approvals?id_prefix=` finds requests by a prefix of their id
+(at least 8 characters), which is how the CLI accepts short ids.
 """
 
 from __future__ import annotations
@@ -22,13 +27,18 @@ from pydantic import BaseModel, Field
 
 from broker.api.auth import Caller, CallerDep
 from broker.approvals.model import Approval, ApprovalRefused, Scope, Status, Voter
-from broker.approvals.service import ApprovalService
+from broker.approvals.service import ApprovalService, repeated_vote
 from broker.store.approvals import ApprovalNotFound
 
 router = APIRouter(tags=["approvals"])
 
+#: The shortest id prefix `?id_prefix=` (and so the CLI) accepts: 8 hex digits of a uuid4 are
+#: 32 random bits, unique among any realistic number of requests.
+MIN_PREFIX = 8
+
 _REFUSAL_STATUS = {
     "not_pending": status.HTTP_409_CONFLICT,
+    "already_voted": status.HTTP_409_CONFLICT,
     "self_approval": status.HTTP_403_FORBIDDEN,
     "not_approver": status.HTTP_403_FORBIDDEN,
     "reason_required": 422,
@@ -42,6 +52,12 @@ def _service(request: Request) -> ApprovalService:
 
 
 ServiceDep = Annotated[ApprovalService, Depends(_service)]
+
+_CONFLICT = (
+    "Nothing changed: `not_pending`, the request was already decided (the message says by whom and "
+    "when, also when the caller's own earlier vote decided it), or `already_voted`, the caller's vote "
+    "is already counted and the request waits for another approver"
+)
 
 
 class VoteOut(BaseModel):
@@ -140,8 +156,15 @@ async def list_approvals(
     caller: CallerDep,
     service: ServiceDep,
     status_: Annotated[Status | None, Query(alias="status", description="e.g. pending")] = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            min_length=MIN_PREFIX, max_length=64, pattern=r"^[0-9A-Za-z-]+$",
+            description=f"Only requests whose id starts with this (at least {MIN_PREFIX} characters)",
+        ),
+    ] = None,
 ) -> list[ApprovalOut]:
-    found = await service.find(status=status_)
+    found = await service.find(status=status_, id_prefix=id_prefix)
     return [ApprovalOut.of(a) for a in found if _visible(caller, a)]
 
 
@@ -155,20 +178,27 @@ async def _vote(
     reason: str | None, scope: Scope | None, via: str,
 ) -> ApprovalOut:
     await _get_visible(service, caller, approval_id)
+    voter = _voter(caller, via)
     try:
-        result = await service.vote(approval_id, _voter(caller, via), choice, reason=reason, scope=scope)
+        result = await service.vote(approval_id, voter, choice, reason=reason, scope=scope)
     except ApprovalRefused as exc:
         raise refusal(exc) from None
     except ApprovalNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="approval not found") from None
+    repeated = repeated_vote(result, voter)
+    if repeated is not None:  # nothing changed: say so rather than answer like a fresh vote
+        raise refusal(repeated)
     return ApprovalOut.of(result.approval)
 
 
 @router.post(
     "/v1/approvals/{approval_id}/approve",
     response_model=ApprovalOut,
-    summary="Approve (counts towards the quorum; a second click by the same person counts once)",
-    responses={403: {"description": "Not an approver, or own request"}, 409: {"description": "Not pending"}},
+    summary="Approve (counts towards the quorum)",
+    responses={
+        403: {"description": "Not an approver, or own request"},
+        409: {"description": _CONFLICT},
+    },
 )
 async def approve(
     approval_id: str, caller: CallerDep, service: ServiceDep, body: ApproveIn | None = None
@@ -181,7 +211,10 @@ async def approve(
     "/v1/approvals/{approval_id}/deny",
     response_model=ApprovalOut,
     summary="Deny with a reason (one denial decides)",
-    responses={403: {"description": "Not an approver, or own request"}, 409: {"description": "Not pending"}},
+    responses={
+        403: {"description": "Not an approver, or own request"},
+        409: {"description": _CONFLICT},
+    },
 )
 async def deny(approval_id: str, body: DenyIn, caller: CallerDep, service: ServiceDep) -> ApprovalOut:
     return await _vote(service, caller, approval_id, "deny", body.reason, None, "api")

@@ -1,11 +1,14 @@
 """`/v1/audit`: verify the hash chain, stream exports.
 
 Both read the chain in chunks (keyset pagination in the store), so neither holds more than
-one chunk in memory however long the chain is.
+one chunk in memory however long the chain is. Verify checks signatures with the configured
+public keys and the chain against `audit.witness.file` (as `jitgate audit verify` does);
+what it could not check is listed in `unanchored`, and `anchored` is false then.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -15,7 +18,8 @@ from pydantic import BaseModel, Field
 
 from broker.api.auth import require_caller
 from broker.audit.export import MEDIA_TYPES, render
-from broker.audit.signing import verifier_for
+from broker.audit.signing import load_public_key, verifier_for
+from broker.audit.witness import WitnessError, WitnessLog, read_witness
 from broker.config import Settings
 from broker.store import Store
 
@@ -26,7 +30,10 @@ class BreakOut(BaseModel):
     seq: int = Field(description="Where the chain first fails to hold")
     id: str | None = Field(description="Id of the record found there, if there is one")
     kind: str = Field(
-        description="altered, missing, broken_link, truncated, head_mismatch, unexpected_tail or bad_checkpoint"
+        description=(
+            "altered, missing, broken_link, truncated, head_mismatch, unexpected_tail, bad_checkpoint, "
+            "witness_mismatch or unwitnessed_prune"
+        )
     )
     detail: str
 
@@ -38,6 +45,11 @@ class VerifyOut(BaseModel):
     last_seq: int | None = Field(description="Last record that checked out")
     last_hash: str | None
     signed_through: int | None = Field(description="Last seq covered by a verified signed checkpoint")
+    witnessed_through: int | None = Field(description="Last seq found in the chain as the witness signed it")
+    anchored: bool = Field(
+        description="Signatures and the external witness were both checked; false: see `unanchored`"
+    )
+    unanchored: list[str] = Field(description="What could not be checked, and so what a forger could hide")
     break_: BreakOut | None = Field(default=None, alias="break")
 
     model_config = {"populate_by_name": True}
@@ -73,8 +85,28 @@ async def verify(
     settings: Settings = request.app.state.settings
     # Key files are small and read per request, so a rotated key is picked up without restart.
     checkpoints = verifier_for(settings.audit.signing_key_file, settings.audit.verify_key_files)
-    report = await store.verify_audit(from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints)
-    return report.to_json()
+    witness, why_not = await asyncio.to_thread(_witness, settings)
+    report = await store.verify_audit(from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=witness)
+    out = report.to_json()
+    if why_not is not None:
+        out["unanchored"] = [why_not, *(w for w in out["unanchored"] if not w.startswith("no witness"))]
+        out["anchored"] = False
+    return out
+
+
+def _witness(settings: Settings) -> tuple[WitnessLog | None, str | None]:
+    """The configured witness, verified; or why it cannot be used (None, None: none configured)."""
+    where = settings.audit.witness.file
+    if where is None:
+        return None, None
+    audit = settings.audit
+    key_files = list(audit.verify_key_files) or ([audit.signing_key_file] if audit.signing_key_file else [])
+    if not key_files:
+        return None, f"the witness {where.name} cannot be checked: no public key"
+    try:
+        return read_witness(where, [load_public_key(p) for p in key_files]), None
+    except WitnessError as exc:
+        return None, f"witness not trusted: {exc}"
 
 
 @router.get(

@@ -1,4 +1,11 @@
-"""`/v1/sessions`: recorded proxy sessions and their statements (read-only)."""
+"""`/v1/sessions`: recorded proxy sessions and their statements (read-only).
+
+Every statement of `/v1/sessions/{id}` is checked against its record in the audit chain
+(`broker.audit.coverage`): `verified` true when what is shown matches the chained record,
+else `tampered` lists what does not (a field such as `sql` or `results`, `row_deleted`,
+`no_audit_record`, `audit_record_altered`). The session's own `verified` is false when any
+statement is tampered with.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +67,8 @@ class SessionOut(BaseModel):
 
 
 class StatementOut(BaseModel):
-    """A statement the proxy saw, with the policy decision taken on it."""
+    """A statement the proxy saw, with the policy decision taken on it, checked against its
+    record in the audit chain."""
 
     seq: int
     sql: str
@@ -76,6 +84,21 @@ class StatementOut(BaseModel):
     rows: int | None
     masked_values: int
     error_sqlstate: str | None
+    approval_id: str | None = Field(
+        description="The approval it ran under, or was refused by (denied, expired, still pending)"
+    )
+    verified: bool = Field(
+        description="What is shown here matches the statement's record in the audit chain"
+    )
+    tampered: list[str] = Field(
+        description=(
+            "What does not match the audit chain: a field name (sql, decision, rule, reason, rows, "
+            "masked_values, results, ...), row_deleted (the row is gone: shown from the chained record), "
+            "no_audit_record (a row the chain never had) or audit_record_altered. Empty when verified, "
+            "and for a statement whose audit record was pruned (verified false: not checked)"
+        )
+    )
+    audit_seq: int | None = Field(description="Seq of the chained record it was checked against")
 
     @classmethod
     def of(cls, s: StatementInfo) -> StatementOut:
@@ -92,11 +115,17 @@ class StatementOut(BaseModel):
             rows=s.rows,
             masked_values=s.masked_values,
             error_sqlstate=s.error_sqlstate,
+            approval_id=s.approval_id,
+            verified=s.verified,
+            tampered=list(s.tampered),
+            audit_seq=s.audit_seq,
         )
 
 
 class SessionDetailOut(SessionOut):
     statements: list[StatementOut] = Field(description="The session's statements, in order")
+    verified: bool = Field(description="False when any statement shown does not match the audit chain")
+    tampered: list[int] = Field(description="Seq of every statement whose shown content does not match the chain")
 
 
 def _store(request: Request) -> Store:
@@ -131,4 +160,7 @@ async def get_session(session_id: str, store: StoreDep) -> SessionDetailOut:
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="session not found")
     base = SessionOut.of(detail.session).model_dump()
-    return SessionDetailOut(**base, statements=[StatementOut.of(s) for s in detail.statements])
+    tampered = [s.seq for s in detail.tampered]
+    return SessionDetailOut(
+        **base, statements=[StatementOut.of(s) for s in detail.statements], verified=not tampered, tampered=tampered
+    )

@@ -6,9 +6,12 @@ future that resolves with the next published status of that request. The waiter 
 missed. The store stays the truth: a waiter only says "look again now".
 
 - `LocalBus`: one process (the demo, tests, a single-process deployment on SQLite).
-- `RedisBus`: Redis pub/sub on channel ``jitgate:approvals``: any API instance or worker
-  publishes, every proxy process hears. A lost Redis connection is re-established with
-  backoff; meanwhile waiters still wake at their deadline and read the store.
+- `RedisBus`: Redis pub/sub on the installation's channel, ``jitgate:<installation>:approvals``
+  (`channel_for`): any API instance or worker publishes, every proxy process of that
+  installation hears, and another installation on the same Redis hears nothing (pub/sub
+  channels are server-wide, not per database number). A lost Redis connection is
+  re-established with backoff; meanwhile waiters still wake at their deadline and read the
+  store. A process that only decides (the worker) publishes without `start()`ing a listener.
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from broker.backoff import Backoff
 
 log = structlog.get_logger("jitgate.approvals")
 
-CHANNEL = "jitgate:approvals"
+
+
+def channel_for(installation: str) -> str:
+    return f"jitgate:{installation}:approvals"
+
+
+CHANNEL = channel_for("default")  # the channel of the default installation
 
 
 class DecisionBus(Protocol):
@@ -80,10 +89,11 @@ def _resolve(future: asyncio.Future[str], status: str) -> None:
 class RedisBus(LocalBus):
     """Publishes to Redis and delivers what Redis brings to this process's waiters."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, channel: str = CHANNEL) -> None:
         super().__init__()
         import redis.asyncio as redis
 
+        self.channel = channel
         self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -99,7 +109,7 @@ class RedisBus(LocalBus):
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(self.channel)
                 self._ready.set()
                 backoff.reset()
                 async for message in pubsub.listen():
@@ -123,7 +133,7 @@ class RedisBus(LocalBus):
         self.deliver(approval_id, status)
         try:
             await asyncio.wait_for(
-                self._redis.publish(CHANNEL, json.dumps({"id": approval_id, "status": status})), 2
+                self._redis.publish(self.channel, json.dumps({"id": approval_id, "status": status})), 2
             )
         except Exception as exc:
             log.warning("approvals_bus_publish_failed", error=type(exc).__name__)

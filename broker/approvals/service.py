@@ -14,14 +14,24 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from broker import metrics
 from broker.approvals.bus import DecisionBus, LocalBus
-from broker.approvals.model import Approval, ApprovalRefused, Choice, Kind, Scope, Status, Voter, VoteResult
+from broker.approvals.model import (
+    Approval,
+    ApprovalRefused,
+    Choice,
+    Kind,
+    NotPending,
+    Scope,
+    Status,
+    Voter,
+    VoteResult,
+)
 from broker.approvals.settings import ApprovalSettings, Terms, terms_for
 from broker.durations import parse_duration
 from broker.policy.normalize import shape
@@ -57,6 +67,55 @@ def statement_hash(sql: str) -> str:
 def statement_fingerprint(sql: str) -> str:
     """The literal-free shape's digest: `delete from t where id = 1` and `... = 2` share it."""
     return hashlib.sha256((shape(sql) or sql).encode()).hexdigest()
+
+
+class AlreadyDecided(NotPending):
+    """A vote on a request that is no longer pending; the message says who decided it, when."""
+
+
+class AlreadyVoted(ApprovalRefused):
+    """The same person voting twice on a request still waiting for more votes."""
+
+    code = "already_voted"
+
+
+def _at(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment is not None else "an unknown time"
+
+
+def decided_text(approval: Approval) -> str:
+    """How a decided request came to be decided: "request X was already approved by Y at T"."""
+    who = " and ".join(approval.decided_by)
+    at = _at(approval.decided_at)
+    match approval.status:
+        case Status.APPROVED:
+            return f"request {approval.id} was already approved by {who} at {at}"
+        case Status.DENIED:
+            return f"request {approval.id} was already denied by {who} at {at}: {approval.decision_reason}"
+        case Status.EXPIRED:
+            return f"request {approval.id} already expired unanswered at {at}"
+        case Status.CANCELLED:
+            return f"request {approval.id} was already cancelled at {at} ({approval.decision_reason})"
+        case _:
+            return f"request {approval.id} is still pending"
+
+
+def repeated_vote(result: VoteResult, voter: Voter) -> ApprovalRefused | None:
+    """What to tell `voter` when `result` did not count their vote (they had voted before):
+    `AlreadyDecided` once the request is decided, `AlreadyVoted` while it waits for others.
+    None for a counted vote."""
+    if result.counted:
+        return None
+    approval = result.approval
+    if approval.final:
+        return AlreadyDecided(decided_text(approval))
+    mine = next((v for v in approval.votes if v.voter == voter.principal), None)
+    missing = approval.quorum - len(approval.approvals)
+    return AlreadyVoted(
+        f"you already voted to {mine.choice if mine else 'approve'} request {approval.id} at "
+        f"{_at(mine.at if mine else None)}; it still needs {missing} more approval"
+        f"{'' if missing == 1 else 's'} from another approver ({len(approval.approvals)} of {approval.quorum})"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +222,20 @@ class ApprovalService:
         reason: str | None = None,
         scope: Scope | str | None = None,
     ) -> VoteResult:
-        """Raises `ApprovalRefused` (with a stable `.code`) or `ApprovalNotFound`."""
+        """Raises `ApprovalRefused` (with a stable `.code`) or `ApprovalNotFound`.
+
+        A repeated vote by the same voter is not an error here (`VoteResult.counted` is
+        False, so a retried call is harmless); a person at the API, the CLI or the console is
+        told with `repeated_vote`. A vote on a request decided by others raises
+        `AlreadyDecided`, which says who decided it and when."""
         try:
             result = await self.store.vote_approval(approval_id, voter, choice, reason=reason, scope=scope)
         except ApprovalRefused as exc:
             metrics.APPROVAL_VOTES.labels(voter.via, exc.code).inc()
+            if isinstance(exc, NotPending):
+                current = await self.store.get_approval(approval_id)
+                if current is not None and current.final:
+                    raise AlreadyDecided(decided_text(current)) from None
             raise
         metrics.APPROVAL_VOTES.labels(voter.via, "counted" if result.counted else "duplicate").inc()
         if result.counted:
@@ -198,14 +266,20 @@ class ApprovalService:
     async def expire_due(self) -> list[Approval]:
         expired = []
         for approval_id in await self.store.due_approvals():
-            try:
-                approval = await self.store.expire_approval(approval_id)
-            except ApprovalRefused:
-                continue  # decided between the query and the transition
-            expired.append(approval)
-            await self.bus.publish(approval.id, approval.status.value)
-            self._dispatch("changed", approval)
+            approval = await self._expire(approval_id)
+            if approval is not None:
+                expired.append(approval)
         return expired
+
+    async def _expire(self, approval_id: str) -> Approval | None:
+        """Expire a due request, publish and dispatch it; None when it was decided meanwhile."""
+        try:
+            approval = await self.store.expire_approval(approval_id)
+        except ApprovalRefused:
+            return None
+        await self.bus.publish(approval.id, approval.status.value)
+        self._dispatch("changed", approval)
+        return approval
 
     # -- waiting (the proxy) -------------------------------------------------------------------
 
@@ -214,7 +288,9 @@ class ApprovalService:
 
         Woken by the bus; the store is read before waiting and after each wake-up, so a
         decision published before the wait began is not missed, and a lost message costs
-        at most the timeout, never a wrong outcome.
+        at most the timeout, never a wrong outcome. A request still pending at its own expiry
+        is expired here, at that moment (the worker's sweep would do it up to
+        `expiry_check_interval` later, and not at all without a worker).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
@@ -227,8 +303,11 @@ class ApprovalService:
                 remaining = deadline - loop.time()
                 if approval.final or remaining <= 0:
                     return approval
+                due_in = (approval.expires_at - self.store.clock()).total_seconds()
+                if due_in <= 0 and await self._expire(approval_id) is not None:
+                    continue  # read back what was committed
                 try:
-                    await asyncio.wait_for(asyncio.shield(future), remaining)
+                    await asyncio.wait_for(asyncio.shield(future), remaining if due_in <= 0 else min(remaining, due_in))
                 except TimeoutError:
                     pass
             finally:
@@ -246,8 +325,10 @@ class ApprovalService:
     async def get(self, approval_id: str) -> Approval | None:
         return await self.store.get_approval(approval_id)
 
-    async def find(self, *, status: Status | None = None, requester: str | None = None) -> list[Approval]:
-        return await self.store.list_approvals(status=status, requester=requester)
+    async def find(
+        self, *, status: Status | None = None, requester: str | None = None, id_prefix: str | None = None
+    ) -> list[Approval]:
+        return await self.store.list_approvals(status=status, requester=requester, id_prefix=id_prefix)
 
     async def list_pending(self, *, approver: Voter | None = None, requester: str | None = None) -> list[Approval]:
         """Pending requests; for an approver, only those they may decide (not their own)."""

@@ -1,7 +1,9 @@
-"""The `approvals:`, `slack:` and `broker_url` settings, and matching a request to its terms.
+"""The `approvals:`, `slack:`, `installation` and `broker_url` settings, and matching a request
+to its terms.
 
 Example::
 
+    installation: prod-eu     # names this deployment's queue and channel in a shared Redis
     approvals:
       default_approvers: [dba]          # when no rule matches
       default_timeout: 1h
@@ -32,14 +34,35 @@ Example::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from fnmatch import fnmatchcase
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from broker.approvals.model import Kind, Scope
 from broker.durations import parse_duration
+
+_INSTALLATION = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+
+
+def _check_installation(value: str) -> str:
+    if not _INSTALLATION.match(value):
+        raise PydanticCustomError(
+            "installation",
+            "invalid installation name '{value}': use 1-32 lower-case letters, digits and '-' "
+            "(it names the Celery queue and the approvals channel in Redis)",
+            {"value": value[:40]},
+        )
+    return value
+
+
+# Deployments that share one Redis keep apart by this name: their Celery queues, Celery's own
+# keys and the decision channel all carry it (`workers.app`, `broker.approvals.bus`).
+Installation = Annotated[str, AfterValidator(_check_installation)]
 
 
 class _Section(BaseModel):
@@ -94,9 +117,14 @@ class ApprovalSettings(_Section):
     directory_max_age: str = Field(
         default="30d", description="A Slack approver must have logged in through OIDC within this"
     )
+    expiry_check_interval: str = Field(
+        default="1s",
+        description="How often the worker expires requests past their timeout and publishes it "
+        "(the proxy of a parked statement also expires it itself at the deadline)",
+    )
 
     _durations = field_validator(
-        "default_timeout", "reminder_after", "escalate_after", "directory_max_age"
+        "default_timeout", "reminder_after", "escalate_after", "directory_max_age", "expiry_check_interval"
     )(_check_duration)
 
 

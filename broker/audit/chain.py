@@ -8,7 +8,10 @@ breaking the link after it. Changing any field breaks the record's own hash.
 
 What the chain alone cannot show is a cut tail: the last records deleted leave a valid,
 shorter chain. The store therefore keeps the head (last seq and hash) beside the chain,
-written in the same transaction as every append, and `ChainVerifier.finish` compares.
+written in the same transaction as every append, and `ChainVerifier.finish` compares. Whoever
+can write the chain can write the head too, so that only catches careless edits; what catches
+a careful one is a witness outside the store (`broker.audit.witness`): signed (seq, hash)
+pairs the chain must still contain, checked through the `WitnessCheck` port.
 
 `ChainVerifier` is fed one record at a time, so verification runs in constant memory over
 any number of records read in chunks.
@@ -25,13 +28,24 @@ from typing import Any, Literal, Protocol
 GENESIS_HASH = "0" * 64
 
 BreakKind = Literal[
-    "altered", "missing", "broken_link", "truncated", "head_mismatch", "unexpected_tail", "bad_checkpoint"
+    "altered", "missing", "broken_link", "truncated", "head_mismatch", "unexpected_tail", "bad_checkpoint",
+    "witness_mismatch", "unwitnessed_prune",
 ]
 
 
 class CheckpointCheck(Protocol):
     def check(self, *, seq: int, prev_hash: str, data: dict[str, Any]) -> str | None: ...
 
+
+class WitnessCheck(Protocol):
+    """What an external witness says the chain must contain. Each check returns None, or the
+    kind and detail of the break it finds."""
+
+    witnessed_through: int | None  # last witnessed seq the chain was found to contain
+
+    def check_start(self, *, anchor_seq: int, anchor_hash: str) -> tuple[BreakKind, str] | None: ...
+    def check_record(self, record: AuditRecord) -> tuple[BreakKind, str] | None: ...
+    def check_end(self, *, last_seq: int) -> tuple[BreakKind, str] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +183,14 @@ class VerifyReport:
     last_hash: str | None
     broken: Break | None = None
     signed_through: int | None = None  # last seq covered by a checked signed checkpoint
+    witnessed_through: int | None = None  # last seq matched against the external witness
+    # What could not be checked (no public key, no witness, ...): a report with any is not
+    # anchored outside the store, and callers say so loudly (see `jitgate audit verify`).
+    unanchored: tuple[str, ...] = ()
+
+    @property
+    def anchored(self) -> bool:
+        return not self.unanchored
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -178,6 +200,9 @@ class VerifyReport:
             "last_seq": self.last_seq,
             "last_hash": self.last_hash,
             "signed_through": self.signed_through,
+            "witnessed_through": self.witnessed_through,
+            "anchored": self.anchored,
+            "unanchored": list(self.unanchored),
         }
         if self.broken is not None:
             out["break"] = {
@@ -195,6 +220,10 @@ class ChainVerifier:
     `prev_hash`/`prev_seq` describe what the first record must follow: the genesis (or the
     retention anchor) for a whole-chain check, or the record before a range. `prev_hash`
     None trusts the first record's link (a range whose predecessor is unknown).
+
+    With a `witness`, every record is also compared with what the witness signed; with
+    `witness_bounds` (a whole-chain check) the starting point must be a witnessed prune and
+    the chain must reach the last witnessed record.
     """
 
     def __init__(
@@ -204,9 +233,14 @@ class ChainVerifier:
         prev_seq: int | None = 0,
         head: tuple[int, str] | None = None,
         checkpoints: CheckpointCheck | None = None,
+        witness: WitnessCheck | None = None,
+        witness_bounds: bool = False,
     ) -> None:
         # With `checkpoints`, every `audit.checkpoint` record's signature is checked too.
         self._checkpoints = checkpoints
+        self._witness = witness
+        self._start_pending = witness is not None and witness_bounds and prev_hash is not None
+        self._witness_bounds = witness_bounds
         self.signed_through: int | None = None
         self._prev_hash = prev_hash
         self._prev_seq = prev_seq
@@ -224,7 +258,8 @@ class ChainVerifier:
     def feed(self, record: AuditRecord) -> Break | None:
         if self.broken is not None:
             return self.broken
-        found = self._check(record)
+        found = self._check_start(record.seq, record.id) if self._start_pending else None
+        found = found or self._check(record)
         if found is None and self._head is not None and record.seq == self._head[0]:
             if record.hash != self._head[1]:
                 found = Break(
@@ -236,6 +271,10 @@ class ChainVerifier:
                 found = Break(record.seq, record.id, "bad_checkpoint", why)
             else:
                 self.signed_through = record.seq - 1
+        if found is None and self._witness is not None:
+            witnessed = self._witness.check_record(record)
+            if witnessed is not None:
+                found = Break(record.seq, record.id, *witnessed)
         if found is not None:
             self.broken = found
             return found
@@ -245,6 +284,13 @@ class ChainVerifier:
         self._prev_hash = record.hash
         self._prev_seq = record.seq
         return None
+
+    def _check_start(self, seq: int, id: str | None) -> Break | None:
+        """Where the chain starts (genesis or a prune's anchor) must be witnessed."""
+        self._start_pending = False
+        assert self._witness is not None and self._prev_hash is not None
+        found = self._witness.check_start(anchor_seq=self._prev_seq or 0, anchor_hash=self._prev_hash)
+        return None if found is None else Break(seq, id, *found)
 
     def _check(self, r: AuditRecord) -> Break | None:
         # Order matters: a record's own hash first (an edit), then its place in the chain.
@@ -272,6 +318,8 @@ class ChainVerifier:
         (a cut tail) and, with `head_now` (the head re-read after reading), that no record
         lies beyond the head (records added without going through the store)."""
         last = self._prev_seq or 0
+        if self.broken is None and self._start_pending:
+            self.broken = self._check_start(last + 1, None)
         if self.broken is None and self._head is not None and last < self._head[0]:
             self.broken = Break(
                 last + 1, None, "truncated", f"chain ends at seq {last}, its head is at {self._head[0]}"
@@ -280,6 +328,10 @@ class ChainVerifier:
             self.broken = Break(
                 head_now + 1, None, "unexpected_tail", f"records beyond the chain head (seq {head_now})"
             )
+        if self.broken is None and self._witness is not None and self._witness_bounds:
+            cut = self._witness.check_end(last_seq=last)
+            if cut is not None:
+                self.broken = Break(last + 1, None, *cut)
         return VerifyReport(
             ok=self.broken is None,
             checked=self.checked,
@@ -288,4 +340,5 @@ class ChainVerifier:
             last_hash=self._prev_hash if self.checked else None,
             broken=self.broken,
             signed_through=self.signed_through,
+            witnessed_through=self._witness.witnessed_through if self._witness is not None else None,
         )

@@ -4,15 +4,19 @@ An event is (type, actor, session_id, data). `data` holds JSON values only and n
 secret: no gateway token or its digest, no upstream username or password, no result
 values (statements carry only counts of masked values). Types are dotted nouns and verbs,
 stable, because exports and OCSF mapping key on them.
+
+`EVENT_TYPES` names every type a record in the chain can have, with the constructor that
+builds it (`None` for the one built elsewhere: `broker.audit.signing.checkpoint_event`);
+the OCSF export is tested against one record of each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.audit.chain import format_ts
 
@@ -23,6 +27,21 @@ class AuditEvent:
     actor: str | None = None
     session_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+
+
+_F = TypeVar("_F", bound=Callable[..., "AuditEvent"])
+
+#: Every audit record type, and the constructor here that builds it.
+EVENT_TYPES: dict[str, Callable[..., AuditEvent] | None] = {"audit.checkpoint": None}
+
+
+def _emits(*types: str) -> Callable[[_F], _F]:
+    def register(constructor: _F) -> _F:
+        for t in types:
+            EVENT_TYPES[t] = constructor
+        return constructor
+
+    return register
 
 
 def _value(v: object) -> Any:
@@ -48,6 +67,7 @@ def _owner(owner: str | None) -> dict[str, str]:
 # -- identity and grants --------------------------------------------------------------------
 
 
+@_emits("auth.login")
 def login(*, principal: str, method: str, groups: Iterable[str] = (), ok: bool = True,
           client_addr: str | None = None, reason: str | None = None) -> AuditEvent:
     return AuditEvent(
@@ -57,10 +77,30 @@ def login(*, principal: str, method: str, groups: Iterable[str] = (), ok: bool =
     )
 
 
+@_emits("auth.token_exchange")
 def token_exchange(*, principal: str, issuer: str, ok: bool = True, reason: str | None = None) -> AuditEvent:
     return AuditEvent("auth.token_exchange", principal, data=_data(issuer=issuer, ok=ok, reason=reason))
 
 
+@_emits("auth.login_failed")
+def login_failed(*, user: str | None, resource: str | None, client_addr: str | None, reason: str,
+                 via: str = "proxy", token_id: str | None = None, suppressed: int = 0) -> AuditEvent:
+    """A login the gateway refused: the user name the client claimed, from where, to which
+    resource, and which check failed (`reason`: the `AuthError` label, or the gateway's own
+    check such as `unknown_resource`, `tls_required`, `session_cap`). Never the token or a
+    password, nor any part of one: only the id of a token that parsed and is known.
+    `suppressed`: failures before this one that were counted but not recorded one by one,
+    because they came faster than they could be written (a flood)."""
+    extra = {"suppressed": suppressed} if suppressed else {}
+    return AuditEvent(
+        "auth.login_failed",
+        None,
+        data=_data(user=user or None, resource=resource, client_addr=client_addr, reason=reason, via=via,
+                   token_id=token_id, ok=False, **extra),
+    )
+
+
+@_emits("token.issue")
 def token_issued(*, token_id: str, principal: str, groups: Iterable[str], resource: str, role: str,
                  expires_at: datetime, reusable: bool, owner: str | None = None) -> AuditEvent:
     """A gateway token was minted. The token and its digest stay out: only its id."""
@@ -72,10 +112,12 @@ def token_issued(*, token_id: str, principal: str, groups: Iterable[str], resour
     )
 
 
+@_emits("token.revoke")
 def token_revoked(*, token_id: str, actor: str | None = None) -> AuditEvent:
     return AuditEvent("token.revoke", actor, data=_data(token_id=token_id))
 
 
+@_emits("access.request")
 def access_requested(*, request_id: str, principal: str, resource: str, role: str, reason: str,
                      ttl_seconds: float | None = None, status: str | None = None) -> AuditEvent:
     """`status` is the request's outcome as recorded: granted, pending or denied."""
@@ -87,6 +129,7 @@ def access_requested(*, request_id: str, principal: str, resource: str, role: st
     )
 
 
+@_emits("approval.request")
 def approval_requested(*, approval_id: str, kind: str, requester: str, resource: str, approvers: Iterable[str],
                        quorum: int, expires_at: datetime, session_id: str | None = None, sql: str | None = None,
                        rule: str | None = None, role: str | None = None, owner: str | None = None) -> AuditEvent:
@@ -98,6 +141,7 @@ def approval_requested(*, approval_id: str, kind: str, requester: str, resource:
     )
 
 
+@_emits("approval.vote")
 def approval_vote(*, approval_id: str, approver: str, approve: bool, reason: str | None = None,
                   session_id: str | None = None, scope: str | None = None, break_glass: bool = False,
                   via: str | None = None) -> AuditEvent:
@@ -108,6 +152,7 @@ def approval_vote(*, approval_id: str, approver: str, approve: bool, reason: str
     )
 
 
+@_emits("approval.decide")
 def approval_decided(*, approval_id: str, status: str, actor: str | None, reason: str | None = None,
                      decided_by: Iterable[str] = (), scope: str | None = None,
                      session_id: str | None = None) -> AuditEvent:
@@ -118,6 +163,7 @@ def approval_decided(*, approval_id: str, status: str, actor: str | None, reason
     )
 
 
+@_emits("access.grant")
 def access_granted(*, request_id: str, principal: str, resource: str, role: str, token_id: str | None) -> AuditEvent:
     return AuditEvent(
         "access.grant", principal, data=_data(request_id=request_id, resource=resource, role=role, token_id=token_id)
@@ -127,6 +173,7 @@ def access_granted(*, request_id: str, principal: str, resource: str, role: str,
 # -- sessions and statements ----------------------------------------------------------------
 
 
+@_emits("session.start")
 def session_started(*, session_id: str, principal: str, groups: Iterable[str], resource: str, role: str,
                     token_id: str | None, client_addr: str | None, application_name: str | None,
                     intent: str | None, owner: str | None = None) -> AuditEvent:
@@ -139,37 +186,47 @@ def session_started(*, session_id: str, principal: str, groups: Iterable[str], r
     )
 
 
+@_emits("session.end")
 def session_ended(*, session_id: str, reason: str, statements: int | None = None, bytes_in: int | None = None,
-                  bytes_out: int | None = None) -> AuditEvent:
+                  bytes_out: int | None = None, resource: str | None = None) -> AuditEvent:
     return AuditEvent(
         "session.end",
         None,
         session_id,
-        _data(reason=reason, statements=statements, bytes_in=bytes_in, bytes_out=bytes_out),
+        _data(reason=reason, resource=resource, statements=statements, bytes_in=bytes_in, bytes_out=bytes_out),
     )
 
 
+@_emits("statement")
 def statement(*, session_id: str, seq: int, sql: str, decision: object, started_at: datetime,
               principal: str | None = None, client_addr: str | None = None,
               fingerprint: str | None = None, rule: str | None = None, reason: str | None = None,
               shadow_decision: object = None, duration_ms: float | None = None, rows: int | None = None,
-              masked_values: int = 0, error_sqlstate: str | None = None, intent: str | None = None) -> AuditEvent:
-    """A statement with its decision. `sql` is the text as recorded (placeholders if so configured);
-    `intent` is what the agent said its session is for."""
+              masked_values: int = 0, error_sqlstate: str | None = None, intent: str | None = None,
+              resource: str | None = None, approval_id: str | None = None,
+              results_digest: str | None = None) -> AuditEvent:
+    """A statement with its decision: everything replay and `sessions show` display of it
+    (`broker.audit.coverage` compares the `statements` row with this). `sql` is the text as
+    recorded (placeholders if so configured); `intent` is what the agent said its session is
+    for; `approval_id` the approval it ran under or was refused by; `results_digest` the
+    SHA-256 of the recorded (masked) results, never the values. Its record's `ts` is
+    `started_at`, the event's own time."""
     return AuditEvent(
         "statement",
         principal,
         session_id,
-        _data(client_addr=client_addr, seq=seq, sql=sql, fingerprint=fingerprint, decision=decision, rule=rule,
-              reason=reason,
+        _data(client_addr=client_addr, resource=resource, seq=seq, sql=sql, fingerprint=fingerprint,
+              decision=decision, rule=rule, reason=reason,
               shadow_decision=shadow_decision, started_at=started_at, duration_ms=duration_ms, rows=rows,
-              masked_values=masked_values, error_sqlstate=error_sqlstate, intent=intent),
+              masked_values=masked_values, error_sqlstate=error_sqlstate, intent=intent, approval_id=approval_id,
+              results_digest=results_digest),
     )
 
 
 # -- credentials and configuration ----------------------------------------------------------
 
 
+@_emits("lease.issue", "lease.renew", "lease.revoke")
 def lease(*, action: str, lease_id: str, resource: str, role: str, session_id: str | None = None,
           ttl_seconds: float | None = None) -> AuditEvent:
     """`action` is issue, renew or revoke. The lease id names the lease; it is not a credential."""
@@ -183,14 +240,17 @@ def lease(*, action: str, lease_id: str, resource: str, role: str, session_id: s
     )
 
 
+@_emits("config.change")
 def config_changed(*, actor: str | None, what: str, detail: dict[str, Any] | None = None) -> AuditEvent:
     return AuditEvent("config.change", actor, data=_data(what=what, detail=detail or {}))
 
 
+@_emits("policy.reload")
 def policy_reloaded(*, resource: str | None, source: str, ok: bool = True, error: str | None = None) -> AuditEvent:
     return AuditEvent("policy.reload", None, data=_data(resource=resource, source=source, ok=ok, error=error))
 
 
+@_emits("audit.prune")
 def audit_pruned(*, archive: str, through_seq: int, through_hash: str, records: int) -> AuditEvent:
     return AuditEvent(
         "audit.prune", None, data=_data(archive=archive, through_seq=through_seq, through_hash=through_hash,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 from broker.audit.chain import AuditRecord, canonical
-from broker.audit.ocsf import to_ocsf
+from broker.audit.ocsf import OcsfMapper, to_ocsf
 
 Format = Literal["jsonl", "csv", "ocsf"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "ocsf")
@@ -32,8 +32,10 @@ def jsonl_line(record: AuditRecord) -> str:
     return json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def ocsf_line(record: AuditRecord) -> str:
-    return json.dumps(to_ocsf(record), ensure_ascii=False, separators=(",", ":")) + "\n"
+def ocsf_line(record: AuditRecord, mapper: OcsfMapper | None = None) -> str:
+    """`mapper`: the export's, so a statement names its session's database (see ocsf.py)."""
+    event = mapper.map(record) if mapper is not None else to_ocsf(record)
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 def _csv_line(values: list[object]) -> str:
@@ -56,7 +58,8 @@ async def render(records: AsyncIterator[AuditRecord], fmt: str) -> AsyncIterator
     """Text chunks for `records` in `fmt`; raises ValueError for an unknown format."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (use {', '.join(FORMATS)})")
-    line = {"jsonl": jsonl_line, "csv": csv_line, "ocsf": ocsf_line}[fmt]
+    mapper = OcsfMapper()
+    line = {"jsonl": jsonl_line, "csv": csv_line, "ocsf": lambda r: ocsf_line(r, mapper)}[fmt]
     # Lines are gathered into chunks of about CHUNK_CHARS: one write per line would make
     # the transport, not the formatting, the cost of a large export.
     pending: list[str] = [csv_header()] if fmt == "csv" else []

@@ -55,8 +55,9 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
-class WebhookTransport:
-    """POSTs each batch as a JSON array of records (as `jitgate audit export` writes them)."""
+class JsonPoster:
+    """POSTs JSON bodies to one URL with fixed headers (which may hold a secret: never
+    logged); the webhook transport here and the audit witness's webhook share it."""
 
     def __init__(
         self, url: str, *, headers: dict[str, str] | None = None, timeout: float = 5.0,
@@ -67,15 +68,22 @@ class WebhookTransport:
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._own = client is None
 
-    async def send(self, records: Sequence[AuditRecord]) -> None:
-        body = json.dumps([r.to_json() for r in records], ensure_ascii=False, separators=(",", ":"))
-        resp = await self._client.post(self._url, content=body.encode(), headers=self._headers)
-        if resp.status_code >= 300:
-            raise httpx.HTTPStatusError(f"sink answered {resp.status_code}", request=resp.request, response=resp)
+    async def _post(self, body: bytes) -> httpx.Response:
+        return await self._client.post(self._url, content=body, headers=self._headers)
 
     async def aclose(self) -> None:
         if self._own:
             await self._client.aclose()
+
+
+class WebhookTransport(JsonPoster):
+    """POSTs each batch as a JSON array of records (as `jitgate audit export` writes them)."""
+
+    async def send(self, records: Sequence[AuditRecord]) -> None:
+        body = json.dumps([r.to_json() for r in records], ensure_ascii=False, separators=(",", ":"))
+        resp = await self._post(body.encode())
+        if resp.status_code >= 300:
+            raise httpx.HTTPStatusError(f"sink answered {resp.status_code}", request=resp.request, response=resp)
 
 
 class SyslogTransport:

@@ -1,20 +1,32 @@
-"""Audit records as OCSF 1.x events (schema version `OCSF_VERSION`).
+"""Audit records as OCSF events, schema version `OCSF_VERSION` (no profiles, no extensions).
 
 Which class an event becomes:
-  auth.*                      Authentication (3002, IAM 3): Logon 1, Authentication Ticket 3
+  auth.*                      Authentication (3002, IAM 3): Logon 1 (`auth.login`, and
+                              `auth.login_failed` with status Failure), Authentication
+                              Ticket 3 (`auth.token_exchange`)
   session.*, statement        Datastore Activity (6005, Application Activity 6): Connect 3,
                               Query 4, Other 99 ("Disconnect")
   everything else             API Activity (6003, Application Activity 6): Create 1, Read 2,
-                              Update 3, Delete 4 (token, access, approval, lease, config, ...)
+                              Update 3, Delete 4, Other 99 (token, access, approval, lease,
+                              config, policy, prune, checkpoint)
+
+Every event validates against the compiled OCSF schema of that version
+(`infra/ocsf/`, made by `tools/ocsf_schema.py`; tests/broker/audit/test_ocsf.py checks a
+record of every type in `events.EVENT_TYPES`): Authentication names the `service` logged
+into, Datastore Activity names the `database` (the record's own `resource`: statements and
+session ends carry it; for records written before they did, the resource of the session's
+start, remembered by `OcsfMapper` across an export, "unknown" when the start is not in it),
+API Activity its `api` and `actor`.
 
 `type_uid` is `class_uid * 100 + activity_id`; `time` is epoch milliseconds. The chain
-position and hashes go in `metadata` (`uid`, `sequence`) and `unmapped`, so an OCSF
-consumer can still check a record against the chain.
+position goes in `metadata` (`uid`, `sequence`) and the hashes and the record's own `data`
+in `unmapped`, so an OCSF consumer can still check a record against the chain.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from datetime import UTC
 from typing import Any
 
@@ -26,6 +38,7 @@ PRODUCT = {"name": "jitgate", "vendor_name": "jitgate"}
 AUTHENTICATION = (3002, 3, "Authentication", "Identity & Access Management")
 API_ACTIVITY = (6003, 6, "API Activity", "Application Activity")
 DATASTORE_ACTIVITY = (6005, 6, "Datastore Activity", "Application Activity")
+CLASSES = (AUTHENTICATION, API_ACTIVITY, DATASTORE_ACTIVITY)
 
 _API_ACTIVITY_IDS = {"create": 1, "read": 2, "update": 3, "delete": 4}
 # Which API activity each broker event is; unlisted types are Other (99).
@@ -43,12 +56,30 @@ _API_VERBS = {
     "config.change": "update",
     "policy.reload": "update",
     "audit.prune": "delete",
+    "audit.checkpoint": "create",
 }
+# Which record fields name the thing an API event is about, and what kind of thing it is.
+_API_RESOURCES = (
+    ("token_id", "gateway token"),
+    ("request_id", "access request"),
+    ("approval_id", "approval"),
+    ("lease_id", "credential lease"),
+    ("archive", "audit archive"),
+    ("resource", "database"),
+)
+# OCSF auth_protocol_id by the login method a record names (the caption must be the schema's).
+_AUTH_PROTOCOLS = {"oidc": (4, "OpenID"), "oidc-device": (4, "OpenID"), "console": (4, "OpenID")}
+_GATEWAY_TOKEN_AUTH = (99, "jitgate gateway token (PostgreSQL password message)")
 
 SEVERITY_INFORMATIONAL = 1
 SEVERITY_MEDIUM = 3
 STATUS_SUCCESS = 1
 STATUS_FAILURE = 2
+_STATUS = {STATUS_SUCCESS: "Success", STATUS_FAILURE: "Failure"}
+_SEVERITY = {SEVERITY_INFORMATIONAL: "Informational", SEVERITY_MEDIUM: "Medium"}
+# string_t's max_len in the schema; what is longer is cut (the whole text stays in `unmapped`).
+MAX_STRING = 65_535
+UNKNOWN = "unknown"
 
 
 def endpoint(client_addr: str | None) -> dict[str, Any]:
@@ -66,76 +97,178 @@ def endpoint(client_addr: str | None) -> dict[str, Any]:
         out["ip"] = str(ipaddress.ip_address(host))
     except ValueError:
         out["hostname" if not host.startswith("/") else "name"] = host
-    if port and port.isdigit():
+    if port and port.isdigit() and int(port) <= 65535:
         out["port"] = int(port)
     return out
 
 
-def to_ocsf(record: AuditRecord) -> dict[str, Any]:
-    data = record.data
-    if record.type.startswith("auth."):
-        cls = AUTHENTICATION
-        activity_id, activity = (1, "Logon") if record.type == "auth.login" else (3, "Authentication Ticket")
-    elif record.type == "statement":
-        cls, activity_id, activity = DATASTORE_ACTIVITY, 4, "Query"
-    elif record.type == "session.start":
-        cls, activity_id, activity = DATASTORE_ACTIVITY, 3, "Connect"
-    elif record.type == "session.end":
-        cls, activity_id, activity = DATASTORE_ACTIVITY, 99, "Disconnect"
-    else:
-        cls = API_ACTIVITY
-        verb = _API_VERBS.get(record.type)
-        activity_id = _API_ACTIVITY_IDS[verb] if verb else 99
-        activity = verb.capitalize() if verb else record.type
-    class_uid, category_uid, class_name, category_name = cls
+def _classify(record_type: str) -> tuple[tuple[int, int, str, str], int, str]:
+    """(class, activity_id, activity_name) of a record type."""
+    if record_type.startswith("auth."):
+        if record_type == "auth.token_exchange":
+            return AUTHENTICATION, 3, "Authentication Ticket"
+        return AUTHENTICATION, 1, "Logon"
+    if record_type == "statement":
+        return DATASTORE_ACTIVITY, 4, "Query"
+    if record_type == "session.start":
+        return DATASTORE_ACTIVITY, 3, "Connect"
+    if record_type == "session.end":
+        return DATASTORE_ACTIVITY, 99, "Disconnect"
+    verb = _API_VERBS.get(record_type)
+    if verb:
+        return API_ACTIVITY, _API_ACTIVITY_IDS[verb], verb.capitalize()
+    return API_ACTIVITY, 99, record_type
 
-    failed = data.get("ok") is False or data.get("decision") in ("block", "review") or bool(
-        data.get("error_sqlstate")
+
+def _failed(record: AuditRecord) -> bool:
+    data = record.data
+    return (
+        record.type == "auth.login_failed"
+        or data.get("ok") is False
+        or data.get("decision") in ("block", "review")
+        or bool(data.get("error_sqlstate"))
     )
-    user: dict[str, Any] = {"name": record.actor or "unknown"}
+
+
+def _user(name: str | None, data: dict[str, Any]) -> dict[str, Any]:
+    user: dict[str, Any] = {"name": name or UNKNOWN}
     if data.get("groups"):
-        user["groups"] = [{"name": g} for g in data["groups"]]
-    actor: dict[str, Any] = {"user": user}
+        user["groups"] = [{"name": str(g)} for g in data["groups"]]
+    return user
+
+
+def _actor(record: AuditRecord) -> dict[str, Any]:
+    actor: dict[str, Any] = {}
+    if record.actor:
+        actor["user"] = _user(record.actor, record.data)
     if record.session_id:
         actor["session"] = {"uid": record.session_id}
+    if not actor:
+        actor["app_name"] = "jitgate"  # the gateway itself (a lease, a prune, a checkpoint)
+    return actor
 
-    event: dict[str, Any] = {
-        "class_uid": class_uid,
-        "class_name": class_name,
-        "category_uid": category_uid,
-        "category_name": category_name,
-        "activity_id": activity_id,
-        "activity_name": activity,
-        "type_uid": class_uid * 100 + activity_id,
-        "time": int(record.ts.astimezone(UTC).timestamp() * 1000),
-        "severity_id": SEVERITY_MEDIUM if failed else SEVERITY_INFORMATIONAL,
-        "status_id": STATUS_FAILURE if failed else STATUS_SUCCESS,
-        "metadata": {
-            "version": OCSF_VERSION,
-            "product": PRODUCT,
-            "uid": record.id,
-            "sequence": record.seq,
-            "log_name": "jitgate.audit",
-            "event_code": record.type,
-        },
-        "actor": actor,
-        "src_endpoint": endpoint(data.get("client_addr")),
-        "unmapped": {"prev_hash": record.prev_hash, "hash": record.hash, "data": data},
-    }
-    if failed:
-        detail = data.get("reason") or data.get("error") or data.get("error_sqlstate")
-        if detail:
-            event["status_detail"] = str(detail)
-    if class_uid == AUTHENTICATION[0]:
-        event["user"] = user
-        event["auth_protocol"] = str(data.get("method") or data.get("issuer") or "OIDC")
-    elif class_uid == DATASTORE_ACTIVITY[0]:
-        if data.get("resource"):
-            event["database"] = {"name": data["resource"], "type": "PostgreSQL", "type_id": 99}
-        if record.type == "statement":
-            event["query_info"] = {"query_string": data.get("sql", "")}
-            if data.get("duration_ms") is not None:
-                event["duration"] = int(data["duration_ms"])
-    else:
-        event["api"] = {"operation": record.type, "service": {"name": "jitgate-broker"}}
-    return event
+
+def _database(resource: str | None) -> dict[str, Any]:
+    return {"name": resource or UNKNOWN, "type": "Relational", "type_id": 1}
+
+
+class OcsfMapper:
+    """Maps the records of one export, in chain order, to OCSF events.
+
+    A record's own `resource` names its database. For older statement and session-end
+    records, which lack it, each open session's resource is remembered from its
+    `session.start` (at most `max_sessions`, least recently used first out).
+    """
+
+    def __init__(self, *, max_sessions: int = 10_000) -> None:
+        self._resources: OrderedDict[str, str] = OrderedDict()
+        self._max = max_sessions
+
+    def _resource_of(self, record: AuditRecord) -> str | None:
+        resource = record.data.get("resource")
+        sid = record.session_id
+        if sid is None:
+            return str(resource) if resource else None
+        if record.type == "session.start" and resource:
+            self._resources[sid] = str(resource)
+            if len(self._resources) > self._max:
+                self._resources.popitem(last=False)
+        elif not resource:
+            resource = self._resources.get(sid)
+            if resource is not None:
+                self._resources.move_to_end(sid)
+        if record.type == "session.end":
+            self._resources.pop(sid, None)
+        return str(resource) if resource else None
+
+    def map(self, record: AuditRecord) -> dict[str, Any]:
+        data = record.data
+        cls, activity_id, activity = _classify(record.type)
+        class_uid, category_uid, class_name, category_name = cls
+        failed = _failed(record)
+        status_id = STATUS_FAILURE if failed else STATUS_SUCCESS
+        severity_id = SEVERITY_MEDIUM if failed else SEVERITY_INFORMATIONAL
+
+        event: dict[str, Any] = {
+            "class_uid": class_uid,
+            "class_name": class_name,
+            "category_uid": category_uid,
+            "category_name": category_name,
+            "activity_id": activity_id,
+            "activity_name": activity,
+            "type_uid": class_uid * 100 + activity_id,
+            "time": int(record.ts.astimezone(UTC).timestamp() * 1000),
+            "severity_id": severity_id,
+            "severity": _SEVERITY[severity_id],
+            "status_id": status_id,
+            "status": _STATUS[status_id],
+            "metadata": {
+                "version": OCSF_VERSION,
+                "product": PRODUCT,
+                "uid": record.id,
+                "sequence": record.seq,
+                "log_name": "jitgate.audit",
+                "event_code": record.type,
+            },
+            "actor": _actor(record),
+            "unmapped": {"prev_hash": record.prev_hash, "hash": record.hash, "data": data},
+        }
+        if failed:
+            detail = data.get("reason") or data.get("error") or data.get("error_sqlstate")
+            if detail:
+                event["status_detail"] = str(detail)[:MAX_STRING]
+        resource = self._resource_of(record)
+        if class_uid == AUTHENTICATION[0]:
+            self._authentication(event, record, resource)
+        elif class_uid == DATASTORE_ACTIVITY[0]:
+            event["src_endpoint"] = endpoint(data.get("client_addr"))
+            event["database"] = _database(resource)
+            if record.type == "statement":
+                event["query_info"] = {
+                    "uid": str(data.get("fingerprint") or f"{record.session_id}/{data.get('seq')}"),
+                    "query_string": str(data.get("sql") or "")[:MAX_STRING],
+                }
+                if data.get("duration_ms") is not None:
+                    event["duration"] = int(data["duration_ms"])
+        else:
+            event["src_endpoint"] = endpoint(data.get("client_addr"))
+            event["api"] = {"operation": record.type, "service": {"name": "jitgate-broker"}}
+            resources = [
+                {"uid": str(data[key]), "type": kind} for key, kind in _API_RESOURCES if data.get(key)
+            ]
+            if resources:
+                event["resources"] = resources
+        return event
+
+    @staticmethod
+    def _authentication(event: dict[str, Any], record: AuditRecord, resource: str | None) -> None:
+        data = record.data
+        if record.type == "auth.login_failed":
+            # Who the client said it was; what it tried to reach is the proxy's resource.
+            event["user"] = _user(data.get("user"), {})
+            via = str(data.get("via") or "proxy")
+            event["service"] = {"name": f"jitgate-{via}"}
+            protocol_id, protocol = _GATEWAY_TOKEN_AUTH if via == "proxy" else _auth_protocol(data)
+            event["message"] = f"login to {resource or 'jitgate'} refused: {data.get('reason')}"[:MAX_STRING]
+        else:
+            event["user"] = _user(record.actor, data)
+            event["service"] = {"name": "jitgate-broker"}
+            protocol_id, protocol = _auth_protocol(data)
+        event["auth_protocol_id"] = protocol_id
+        event["auth_protocol"] = protocol
+        if data.get("client_addr"):
+            event["src_endpoint"] = endpoint(data["client_addr"])
+
+
+def _auth_protocol(data: dict[str, Any]) -> tuple[int, str]:
+    method = str(data.get("method") or "")
+    if method in _AUTH_PROTOCOLS:
+        return _AUTH_PROTOCOLS[method]
+    if data.get("issuer"):
+        return 4, "OpenID"  # a workload identity token exchanged (OIDC)
+    return 99, method or UNKNOWN
+
+
+def to_ocsf(record: AuditRecord) -> dict[str, Any]:
+    """One record on its own (a statement's database is only known from its own data)."""
+    return OcsfMapper().map(record)

@@ -1,13 +1,17 @@
-"""Composition of the approvals service for a process (`jitgate proxy`, `api`, `demo`).
+"""Composition of the approvals service for a process (`jitgate proxy`, `api`, `demo`,
+`slack`, and the `worker`'s tasks): `open_approvals` is the one place a process gets its
+`ApprovalService`, so none can forget the bus and decide where no waiter hears it.
 
-- The decision bus: Redis pub/sub when `broker_url` is a redis:// URL (or, unset, when Redis
-  answers at 127.0.0.1:6379), so a decision taken through any API instance reaches the proxy
+- The decision bus: Redis pub/sub on the installation's channel when `broker_url` is a
+  redis:// URL (or, unset, when Redis answers at 127.0.0.1:6379), so a decision taken in any
+  process (an API instance, the Slack app, the worker expiring a request) reaches the proxy
   that parked the statement; otherwise in-process only.
-- The dispatcher: Celery tasks that post and update Slack prompts, when `slack` is
-  configured; otherwise none (decide in the console, CLI or API).
+- The dispatcher: Celery tasks (on the installation's queue) that post and update Slack
+  prompts, when `slack` is configured; otherwise none (decide in the console, CLI or API).
 
 An explicitly configured Redis that does not answer is an error at start: a proxy that
 would never hear decisions must not start pretending it can park statements.
+`listen=False` (the worker) publishes without subscribing: it decides but never waits.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI
 
-from broker.approvals.bus import DecisionBus, LocalBus, RedisBus
+from broker.approvals.bus import DecisionBus, LocalBus, RedisBus, channel_for
 from broker.approvals.service import ApprovalService, Dispatcher
 from broker.config import Settings
 from broker.exceptions import ConfigError
@@ -49,14 +53,15 @@ def resolve_broker_url(settings: Settings) -> str:
 
 
 async def open_approvals(
-    settings: Settings, store: Store, *, dispatcher: Dispatcher | None = None
+    settings: Settings, store: Store, *, dispatcher: Dispatcher | None = None, listen: bool = True
 ) -> tuple[ApprovalService, Callable[[], Awaitable[None]]]:
     url = resolve_broker_url(settings)
     bus: DecisionBus
     if url.startswith(("redis://", "rediss://")):
-        redis_bus = RedisBus(url)
+        redis_bus = RedisBus(url, channel=channel_for(settings.installation))
         try:
-            await redis_bus.start()
+            if listen:
+                await redis_bus.start()
         except Exception as exc:
             await redis_bus.close()
             raise ConfigError(
@@ -68,8 +73,11 @@ async def open_approvals(
     if dispatcher is None and settings.slack is not None:
         from workers.dispatch import CeleryDispatcher
 
-        dispatcher = CeleryDispatcher(url)
-    log.info("approvals_ready", bus=type(bus).__name__, slack=settings.slack is not None)
+        dispatcher = CeleryDispatcher(url, installation=settings.installation)
+    log.info(
+        "approvals_ready", bus=type(bus).__name__, installation=settings.installation,
+        slack=settings.slack is not None,
+    )
     service = ApprovalService(store, settings.approvals, bus=bus, dispatcher=dispatcher)
     return service, bus.close
 
@@ -81,6 +89,9 @@ def attach_slack(app: FastAPI, settings: Settings, service: ApprovalService) -> 
     from slackapp.actions import BrokerActions
     from slackapp.app import build_app
     from slackapp.http import mount
+    from slackapp.middleware.replay import replay_cache_for
 
-    mount(app, build_app(settings.slack, BrokerActions(service, settings)))
+    # The replay cache is shared through the installation's Redis when there is one.
+    replay = replay_cache_for(resolve_broker_url(settings))
+    mount(app, build_app(settings.slack, BrokerActions(service, settings), replay=replay))
     return True

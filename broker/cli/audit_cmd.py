@@ -1,11 +1,17 @@
 """`jitgate audit ...`: verify the hash chain and export the audit trail.
 
-    jitgate audit verify [--from-seq N] [--to-seq M] [--json]      exit 1 on a break
+    jitgate audit verify [--witness FILE] [--key PUB] [--allow-unanchored] [--from-seq N] [--to-seq M] [--json]
+                                                 exit 1 on a break, 3 when not anchored
     jitgate audit export --format jsonl|csv|ocsf [--since T] [--until T] [--out FILE]
-    jitgate audit prune [--older-than 90d] [--archive-dir DIR]       archive, then delete
-    jitgate audit verify-archive FILE [--json]                       exit 1 on a break
+    jitgate audit prune [--older-than 90d] [--archive-dir DIR]       archive (witnessed), then delete
+    jitgate audit verify-archive FILE... [--witness FILE] [--store]  exit 1 on a break
     jitgate audit keygen --out FILE                                  Ed25519 signing key
-    jitgate audit checkpoint                                         sign the current head
+    jitgate audit checkpoint                                         sign the head (and witness it)
+
+`verify` is anchored when it checks signatures with a public key and the chain against a
+witness (`audit.witness.file` or `--witness`, a file in the witness's JSON Lines format: the
+file witness itself, or what a webhook witness's receiver kept). Without either it says what
+it could not check and exits 3, unless `--allow-unanchored`.
 
 T is an ISO 8601 time (UTC if no zone) or an age such as 7d or 12h (that long ago). An
 export goes to stdout unless `--out` is given; the progress bar goes to stderr.
@@ -19,16 +25,17 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, TextIO, TypeVar
+from typing import Annotated, Any, TextIO, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from broker.audit.archive import verify_archive
-from broker.audit.chain import AuditRecord, VerifyReport
+from broker.audit.archive import ArchiveSummary, verify_archive
+from broker.audit.chain import GENESIS_HASH, AuditRecord, VerifyReport
 from broker.audit.export import FORMATS, render
-from broker.audit.signing import CheckpointVerifier, load_private_key, verifier_for
+from broker.audit.signing import CheckpointVerifier, load_private_key, load_public_key, verifier_for
+from broker.audit.witness import WitnessError, WitnessLog, build_setup, prune_witnessed, read_witness, witness_head
 from broker.config import Settings, load_settings
 from broker.durations import parse_duration
 from broker.exceptions import ConfigError, StoreError
@@ -40,6 +47,18 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Config file (default: $JITGATE_CONFIG)", show_default=False),
 ]
+WitnessOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--witness", help="Witness JSON Lines file (default: audit.witness.file)", dir_okay=False,
+        show_default=False,
+    ),
+]
+KeyOption = Annotated[
+    list[Path] | None,
+    typer.Option("--key", help="Ed25519 public key (PEM); repeatable (default: audit.verify_key_files)"),
+]
+EXIT_UNANCHORED = 3
 
 
 def register(app: typer.Typer) -> None:
@@ -88,12 +107,39 @@ def run_with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T
         raise typer.Exit(2) from None
 
 
-def _checkpoint_verifier(settings: Settings) -> CheckpointVerifier | None:
+def _public_keys(settings: Settings, keys: list[Path] | None) -> list[Path]:
+    if keys:
+        return keys
+    audit = settings.audit
+    return list(audit.verify_key_files) or ([audit.signing_key_file] if audit.signing_key_file else [])
+
+
+def _checkpoint_verifier(settings: Settings, keys: list[Path] | None = None) -> CheckpointVerifier | None:
     try:
-        return verifier_for(settings.audit.signing_key_file, settings.audit.verify_key_files)
+        return verifier_for(None, _public_keys(settings, keys))
     except (OSError, ValueError) as exc:
         typer.echo(f"cannot load audit keys: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _witness(settings: Settings, path: Path | None, keys: list[Path] | None) -> WitnessLog | None:
+    """The witness's verified entries; None when none is configured. Exit 2 when it is given
+    but cannot be checked (no key), exit 1 when a line does not verify."""
+    where = path or settings.audit.witness.file
+    if where is None:
+        return None
+    key_files = _public_keys(settings, keys)
+    if not key_files:
+        typer.echo(f"cannot check the witness {where}: no public key (--key or audit.verify_key_files)", err=True)
+        raise typer.Exit(2)
+    try:
+        return read_witness(where, [load_public_key(p) for p in key_files])
+    except (OSError, ValueError) as exc:
+        typer.echo(f"cannot load audit keys: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except WitnessError as exc:
+        typer.echo(f"witness not trusted: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def print_report(report: VerifyReport, console: Console) -> None:
@@ -104,11 +150,16 @@ def print_report(report: VerifyReport, console: Console) -> None:
         )
         if report.signed_through is not None:
             console.print(f"signed checkpoints hold through seq {report.signed_through}")
+        if report.witnessed_through is not None:
+            console.print(f"the witness holds the chain through seq {report.witnessed_through}")
+        for why in report.unanchored:
+            console.print(f"[bold yellow]NOT ANCHORED[/bold yellow]: {why}", highlight=False, soft_wrap=True)
         return
     b = report.broken
     assert b is not None
     console.print(
-        f"[red]BROKEN[/red] at seq {b.seq}" + (f" (record {b.id})" if b.id else "") + f": {b.kind}: {b.detail}"
+        f"[red]BROKEN[/red] at seq {b.seq}" + (f" (record {b.id})" if b.id else "") + f": {b.kind}: {b.detail}",
+        soft_wrap=True, highlight=False,
     )
     console.print(f"{report.checked} records verified before the break")
 
@@ -118,13 +169,21 @@ def verify(
     from_seq: Annotated[int | None, typer.Option("--from-seq", min=1, help="First record to check")] = None,
     to_seq: Annotated[int | None, typer.Option("--to-seq", min=1, help="Last record to check")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object")] = False,
+    witness: WitnessOption = None,
+    keys: KeyOption = None,
+    allow_unanchored: Annotated[
+        bool, typer.Option("--allow-unanchored", help="Exit 0 even without a public key or a witness")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Check the hash chain; exit 1 and name the first broken record if it does not hold."""
+    """Check the hash chain against its signatures and the witness; exit 1 and name the first
+    broken record if it does not hold, 3 if it could not be anchored (no key or no witness)."""
     settings = settings_or_exit(config)
-    checkpoints = _checkpoint_verifier(settings)
+    checkpoints = _checkpoint_verifier(settings, keys)
+    log = _witness(settings, witness, keys)
     report = run_with_store(
-        settings, lambda s: s.verify_audit(from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints)
+        settings,
+        lambda s: s.verify_audit(from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=log),
     )
     if as_json:
         typer.echo(json.dumps(report.to_json()))
@@ -132,6 +191,13 @@ def verify(
         print_report(report, Console())
     if not report.ok:
         raise typer.Exit(1)
+    if report.unanchored:
+        for why in report.unanchored:
+            typer.echo(f"NOT ANCHORED: {why}", err=True)
+        if not allow_unanchored:
+            typer.echo("exit 3: the chain holds, but was not checked against anything outside the store "
+                       "(--allow-unanchored to accept that)", err=True)
+            raise typer.Exit(EXIT_UNANCHORED)
 
 
 @audit_app.command("export")
@@ -210,9 +276,32 @@ def prune(
         raise typer.Exit(2)
     assert cutoff is not None
     where = archive_dir or settings.audit.archive_dir or settings.data_dir / "audit-archive"
+    if settings.audit.witness.configured:
+        try:
+            setup = build_setup(settings)
+        except ValueError as exc:
+            typer.echo(f"not pruning without a witness: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+        async def witnessed(s: Store) -> ArchiveSummary | None:
+            try:
+                return await prune_witnessed(s, setup, before=cutoff, archive_dir=where)
+            finally:
+                await setup.aclose()
+
+        run: Callable[[Store], Awaitable[ArchiveSummary | None]] = witnessed
+    else:
+        typer.echo(
+            "NOT ANCHORED: no witness configured (audit.witness): this prune is not witnessed, and a "
+            "deleted start of the chain will look the same to a verifier", err=True,
+        )
+
+        def run(s: Store) -> Awaitable[ArchiveSummary | None]:
+            return s.prune_audit(before=cutoff, archive_dir=where)
+
     try:
-        summary = run_with_store(settings, lambda s: s.prune_audit(before=cutoff, archive_dir=where))
-    except ValueError as exc:
+        summary = run_with_store(settings, run)
+    except (ValueError, WitnessError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     if summary is None:
@@ -226,19 +315,79 @@ def prune(
 
 @audit_app.command("verify-archive")
 def verify_archive_cmd(
-    path: Annotated[Path, typer.Argument(help="An archive written by `audit prune`", exists=True, dir_okay=False)],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object")] = False,
+    paths: Annotated[
+        list[Path], typer.Argument(help="Archives written by `audit prune`", exists=True, dir_okay=False)
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object per archive")] = False,
+    witness: WitnessOption = None,
+    keys: KeyOption = None,
+    against_store: Annotated[
+        bool, typer.Option("--store", help="The last archive must end at the live store's anchor")
+    ] = False,
+    config: ConfigOption = None,
 ) -> None:
-    """Check an archive's chain, trailer and digest; exit 1 if anything does not hold."""
-    report, trailer = verify_archive(path)
-    if as_json:
-        typer.echo(json.dumps({**report.to_json(), "archive": trailer}))
-    else:
-        print_report(report, Console())
-        if trailer is not None:
-            typer.echo(f"follows {trailer['prev_hash']}; anchor {trailer['through_hash']}")
-    if not report.ok:
+    """Check archives' chains, trailers and digests, that they chain onto each other (and, with
+    --witness, that each was witnessed at its prune; with --store, onto the live chain)."""
+    checked: list[tuple[Path, dict[str, Any]]] = []
+    failed = False
+    for path in paths:
+        report, trailer = verify_archive(path)
+        if as_json:
+            typer.echo(json.dumps({**report.to_json(), "file": str(path), "archive": trailer}))
+        else:
+            typer.echo(f"{path}:")
+            print_report(report, Console())
+            if trailer is not None:
+                typer.echo(f"follows {trailer['prev_hash']}; anchor {trailer['through_hash']}")
+        if not report.ok or trailer is None:
+            failed = True
+        else:
+            checked.append((path, trailer))
+    problems = _archive_chain(sorted(checked, key=lambda pt: int(pt[1]["from_seq"])))
+    if witness is not None or against_store:
+        settings = settings_or_exit(config)
+        if witness is not None:
+            log = _witness(settings, witness, keys)
+            assert log is not None
+            problems += _archives_witnessed(checked, log)
+        if against_store and checked:
+            problems += _archives_reach_store(settings, max(t["through_seq"] for _, t in checked), checked)
+    for problem in problems:
+        typer.echo(f"BROKEN: {problem}", err=True)
+    if failed or problems:
         raise typer.Exit(1)
+
+
+def _archive_chain(ordered: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    problems: list[str] = []
+    if ordered and ordered[0][1]["from_seq"] == 1 and ordered[0][1]["prev_hash"] != GENESIS_HASH:
+        problems.append(f"{ordered[0][0]}: starts at seq 1 but does not follow the genesis")
+    for (prev_path, prev), (path, cur) in zip(ordered, ordered[1:], strict=False):
+        if cur["from_seq"] != prev["through_seq"] + 1 or cur["prev_hash"] != prev["through_hash"]:
+            problems.append(f"{path} does not follow {prev_path} (seq {prev['through_seq']}, {prev['through_hash']})")
+    return problems
+
+
+def _archives_witnessed(checked: list[tuple[Path, dict[str, Any]]], log: WitnessLog) -> list[str]:
+    problems: list[str] = []
+    for path, trailer in checked:
+        entry = log.prunes.get(int(trailer["through_seq"]))
+        signed = entry.archive if entry is not None else None
+        if signed is None or any(signed.get(k) != trailer[k] for k in ("from_seq", "through_hash", "sha256")):
+            problems.append(f"{path}: no witnessed prune matches its seq range, last hash and digest")
+    return problems
+
+
+def _archives_reach_store(settings: Settings, last_seq: int, checked: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    state = run_with_store(settings, lambda s: s.audit_state())
+    anchor_seq = state.anchor_seq if state is not None else 0
+    anchor_hash = state.anchor_hash if state is not None else GENESIS_HASH
+    last = next(t for _, t in checked if t["through_seq"] == last_seq)
+    if anchor_seq == last_seq and anchor_hash == last["through_hash"]:
+        return []
+    if anchor_seq > last_seq:
+        return [f"the store's chain starts after seq {anchor_seq}; archives after seq {last_seq} were not given"]
+    return [f"the store's anchor (seq {anchor_seq}, {anchor_hash}) is not where the archives end (seq {last_seq})"]
 
 
 @audit_app.command("keygen")
@@ -268,11 +417,39 @@ def keygen(
 
 @audit_app.command("checkpoint")
 def checkpoint(config: ConfigOption = None) -> None:
-    """Append a checkpoint signing the chain's current head (run it periodically, e.g. cron)."""
+    """Append a checkpoint signing the chain's head and, with `audit.witness`, write it to the
+    witness (the worker does this every `audit.witness.interval`)."""
     settings = settings_or_exit(config)
     if settings.audit.signing_key_file is None:
         typer.echo("no audit.signing_key_file configured", err=True)
         raise typer.Exit(2)
+    if settings.audit.witness.configured:
+        try:
+            setup = build_setup(settings)
+        except ValueError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+
+        async def witnessed(s: Store) -> dict[str, Any] | None:
+            try:
+                return await witness_head(s, setup)
+            finally:
+                await setup.aclose()
+
+        try:
+            done = run_with_store(settings, witnessed)
+        except WitnessError as exc:
+            typer.echo(f"not signed: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if done is None:
+            typer.echo("the audit chain is empty; nothing to sign", err=True)
+            return
+        typer.echo(f"checkpoint seq {done['seq']} ({done['hash']}) witnessed: {done['witnesses']}")
+        if "failed" in done["witnesses"].values():
+            raise typer.Exit(1)
+        return
+    typer.echo("NOT ANCHORED: no witness configured (audit.witness); the checkpoint stays in the store only",
+               err=True)
     try:
         key = load_private_key(settings.audit.signing_key_file)
     except (OSError, ValueError) as exc:

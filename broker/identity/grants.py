@@ -1,7 +1,7 @@
 """Turning an access request into a decision, a record and (when granted) a gateway token.
 
     result = await request_access(store, settings, principal, resource=..., role=...,
-                                  reason=..., ttl=timedelta(minutes=30))
+                                  reason=..., ttl=timedelta(minutes=30), approvals=service)
 
 The API and token exchange call this; a later approval flow grants pending requests the same
 way. The token is minted first (`issue_token` stores only its hash and audits the issue),
@@ -43,9 +43,10 @@ async def request_access(
     role: str,
     reason: str,
     ttl: timedelta,
-    approvals: ApprovalService | None = None,
+    approvals: ApprovalService,
 ) -> AccessResult:
-    """`approvals` opens (and announces) the approval of a request that needs one."""
+    """`approvals` (the process's service, with its bus and dispatcher) opens and announces
+    the approval of a request that needs one."""
     if not reason.strip():
         raise ValueError("a reason is required for an access request")
     decision = decide(settings.access.rules, principal, resource, role, ttl, settings.access.agent_rules)
@@ -62,10 +63,9 @@ async def request_access(
     if decision.outcome != "grant":
         info = await store.create_access_request(ttl=decision.ttl or ttl, **common)  # type: ignore[arg-type]
         if decision.outcome == "approval":
-            from broker.approvals.service import ApprovalService, Requester
+            from broker.approvals.service import Requester
 
-            service = approvals or ApprovalService(store, settings.approvals)
-            await service.open_access_request(
+            await approvals.open_access_request(
                 request_id=info.id,
                 requester=Requester(principal.id, principal.groups, principal.owner_id),
                 resource=resource,

@@ -9,7 +9,11 @@ of every statement in the string. It decides nothing; it reports facts that rule
   ``query_to_xml``), plus the settings that ``set_config(...)`` calls change (and an
   UPDATE of ``pg_settings`` or a view over it, which changes settings by name). Each subject
   has a kind and tags (`kinds`), a WHERE state for UPDATE/DELETE, and the setting name for
-  SET;
+  SET. A DO block or function whose body does not parse, or runs SQL built at run time
+  (`bodies`), is tagged ``unreadable_code`` / ``runtime_sql``; so is a string-running
+  function given a query that is not a literal;
+- what the code of a DO block or function body runs, in a few words for people
+  (`StatementFacts.code`);
 - the functions called anywhere in the tree (as written: ``pg_read_file``,
   ``pg_catalog.pg_read_file``), in subqueries, defaults, casts, CTEs, arguments, ORDER BY,
   function bodies ...;
@@ -35,7 +39,7 @@ from typing import Any, Literal
 
 from pglast import parser as pg
 
-from .bodies import do_block_sql, plpgsql_sql
+from .bodies import do_block_code, plpgsql_code
 from .copyinfo import copy_info, deparse_copy_query
 from .flow import UNKNOWN as UNKNOWN_SOURCE
 from .flow import controls, lineage, stored
@@ -62,6 +66,15 @@ DYNAMIC_SQL_FUNCTIONS = frozenset(
         "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby", "xpath_table",
     }
 )  # fmt: skip
+# The positions where each of them takes SQL (or names it builds SQL from); None: all. An
+# argument there, or given by name (any name: a wrong one fails anyway), that is not a literal
+# is SQL built at run time, which nobody can check before it runs (tag ``runtime_sql``).
+_SQL_ARGUMENTS: dict[str, tuple[int, ...] | None] = {
+    "query_to_xml": (0,), "query_to_xmlschema": (0,), "query_to_xml_and_xmlschema": (0,),
+    "ts_stat": (0,), "ts_rewrite": (1,),  # ts_rewrite(query, select), not (query, target, with)
+    "crosstab": (0, 1), "crosstab2": (0,), "crosstab3": (0,), "crosstab4": (0,),
+    "connectby": None, "xpath_table": None,
+}  # fmt: skip
 # Functions that read whole relations (or a cursor) named in an argument and return their rows
 # as one text value: the parse tree names no column, so neither lineage nor the masking rules
 # can follow what they return. Judged like dynamic SQL.
@@ -131,6 +144,9 @@ class StatementFacts:
     stored: tuple[tuple[str, frozenset[str]], ...] = ()
     # Values its result depends on other than as outputs (`flow.controls`): (how, sources).
     controls: tuple[tuple[str, frozenset[str]], ...] = ()
+    # What the code of a DO block or function body runs, for people: "UPDATE orders",
+    # "EXECUTE q" (an expression run as SQL). See `rules.render_reason`'s ``{body}``.
+    code: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -396,19 +412,40 @@ class _Statement:
         self._code(kind, language, bodies, is_do=True)
 
     def _code(self, kind: str, language: str | None, bodies: list[str], *, is_do: bool) -> None:
-        """Code the server will run later: judge the SQL inside it as if it ran now."""
+        """Code the server will run later: judge the SQL inside it as if it ran now. Code the
+        gateway cannot read, or SQL built at run time, is tagged (blocked by the presets)."""
         tags = tags_for(kind)
         if language not in TRUSTED_LANGUAGES:
             tags = tags | {"untrusted_language"}
-        self.facts.subjects.append(Subject(kind, tags, language=language))
+        at = len(self.facts.subjects)
+        self.facts.subjects.append(Subject(kind, tags, language=language))  # first: its reason
+        runs: list[str] = []
+        texts: list[str]
+        dynamic: tuple[str, ...]
         for body in bodies:
             if language == "sql":
-                self._merge(self.ex.nested(body))
+                texts, dynamic = [body], ()
             elif language == "plpgsql":
                 self.ex.read_literal()
-                found = do_block_sql(body) if is_do else plpgsql_sql(self.text())
-                for sql in found or ():
-                    self._merge(self.ex.nested(sql))
+                code = do_block_code(body) if is_do else plpgsql_code(self.text())
+                if code is None:
+                    tags = tags | {"unreadable_code"}
+                    continue
+                texts, dynamic = list(code.statements), code.dynamic
+            else:
+                continue
+            for text in texts:
+                inner = self.ex.nested(text)
+                if inner is None:
+                    tags = tags | {"unreadable_code"}
+                    continue
+                self._merge(inner)
+                runs.extend(_summary(statement) for statement in inner)
+            if dynamic:
+                tags = tags | {"runtime_sql"}
+                runs.extend(f"EXECUTE {_shortened(expression)}" for expression in dynamic)
+        self.facts.subjects[at] = Subject(kind, tags, language=language)
+        self.facts.code += tuple(entry for entry in dict.fromkeys(runs) if entry)
 
     def _drop(self, f: Node, kind: str) -> None:
         self.add(kind)
@@ -503,7 +540,7 @@ class _Statement:
         elif base == "pg_notify":
             self._pg_notify(f)
         elif base in DYNAMIC_SQL_FUNCTIONS:
-            self._dynamic_sql(f)
+            self._dynamic_sql(f, base)
         elif base in WHOLE_RELATION_FUNCTIONS:
             self.add("dynamic_sql")
 
@@ -537,13 +574,29 @@ class _Statement:
         # NOTIFY name: an identifier, already folded by the parser as the server folds it.
         self.add(kind, channel=str(f.get("conditionname", "")))
 
-    def _dynamic_sql(self, f: Node) -> None:
-        self.add("dynamic_sql")
+    def _dynamic_sql(self, f: Node, base: str) -> None:
         positional, named = _arguments(f)
-        for node in [*positional, *named.values()]:
-            value = self._literal(node)
-            if isinstance(value, str) and value.strip():
-                self._merge(self.ex.nested(value))
+        tags = tags_for("dynamic_sql")
+        at = len(self.facts.subjects)
+        self.facts.subjects.append(Subject("dynamic_sql", tags))  # before what its SQL does
+        where = _SQL_ARGUMENTS.get(base)
+        if base == "ts_rewrite" and len(positional) + len(named) != 2:
+            where = ()
+        for index, node in enumerate(positional):
+            if where is None or index in where:
+                tags |= self._sql_argument(node)
+        for node in named.values():
+            tags |= self._sql_argument(node)
+        self.facts.subjects[at] = Subject("dynamic_sql", tags)
+
+    def _sql_argument(self, node: Any) -> frozenset[str]:
+        """Read SQL given to a string-running function; its tags if it is not a literal."""
+        value = self._literal(node)
+        if value is UNKNOWN:
+            return frozenset({"runtime_sql"})
+        if isinstance(value, str) and value.strip():
+            self._merge(self.ex.nested(value))
+        return frozenset()
 
     # Literals -------------------------------------------------------------------------
 
@@ -573,6 +626,26 @@ class _Statement:
             options[str(d.get("defname", ""))] = self._literal(d["arg"]) if "arg" in d else True
         query = deparse_copy_query(self.text()) if "query" in f else None
         return copy_info(f, options, query)
+
+
+_SUMMARY_VERBS = {"insert": "INSERT INTO", "delete": "DELETE FROM", "select": "SELECT FROM"}
+
+
+def _summary(statement: StatementFacts) -> str:
+    """One statement a body runs, for people: ``UPDATE orders``, ``INSERT INTO audit``,
+    ``SELECT f()`` (an expression calling functions). A bare expression (``x := 1``, ``IF
+    found``) is not worth a line: empty."""
+    tables = ", ".join(statement.tables)
+    if statement.kind == "select" and not tables:
+        calls = ", ".join(f"{name}()" for name in statement.functions)
+        return f"SELECT {calls}" if calls else ""
+    verb = _SUMMARY_VERBS.get(statement.kind) or statement.kind.replace("_", " ").upper()
+    return f"{verb} {tables}".strip()
+
+
+def _shortened(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unbounded(kind: str, f: Node) -> bool:

@@ -27,7 +27,10 @@ set_config or function SET clause giving client_encoding, standard_conforming_st
 backslash_quote any value but the one the gateway pins), ``dynamic_setting`` (settings
 chosen at run time: set_config with a name that is not a literal, an UPDATE of pg_settings,
 a view over pg_settings), ``dynamic_sql`` (a function that runs SQL from a string, such as
-query_to_xml). The judge adds two that depend on the policy's settings: ``unlisted_channel``
+query_to_xml), ``runtime_sql`` (SQL built at run time: PL/pgSQL ``EXECUTE`` of anything but
+one string literal, in a DO block or function body; a string-running function given a query
+that is not a literal) and ``unreadable_code`` (a DO block or function body, or a string it
+executes, that the gateway cannot parse). The judge adds two that depend on the policy's settings: ``unlisted_channel``
 (NOTIFY / pg_notify on a channel not in ``notify_channels``, or one not known statically)
 and ``unsafe_timeout`` (a SET of lock_timeout, statement_timeout or
 idle_in_transaction_session_timeout above the policy's ceiling, to 0, or not to a literal).
@@ -233,7 +236,7 @@ KINDS = _all_kinds()
 SEMANTIC_TAGS = frozenset(
     {
         "server_side", "untrusted_language", "unsafe_lexer_setting", "dynamic_setting",
-        "unsafe_timeout", "unlisted_channel",
+        "unsafe_timeout", "unlisted_channel", "runtime_sql", "unreadable_code",
     }
 )  # fmt: skip
 TAGS = frozenset({"read", "session", "write", "dml", "ddl", "create", "alter", "drop"}) | (

@@ -7,7 +7,9 @@ STDIN, and any statement kind not listed); and it blocks what escapes the databa
 sandbox: ALTER SYSTEM, role changes, SET ROLE / SESSION AUTHORIZATION and
 ``set_config('role', ...)``, COPY to or from a server file or program, file / process /
 network functions anywhere in a statement, CREATE EXTENSION, LOAD, code in untrusted
-languages, DROP DATABASE, foreign servers and user mappings, tablespaces, settings changed
+languages, SQL built at run time (PL/pgSQL ``EXECUTE`` of an expression in a DO block or
+function body, a query given to ``query_to_xml`` and the like that is not a literal) and code
+the gateway cannot parse, DROP DATABASE, foreign servers and user mappings, tablespaces, settings changed
 through names chosen at run time (``set_config(expr, ...)``, UPDATE of ``pg_settings``), and
 settings that would make the server read quotes or bytes differently from the gateway
 (client_encoding, standard_conforming_strings and backslash_quote are pinned), NOTIFY or
@@ -124,6 +126,15 @@ def _guards(p: str) -> tuple[Rule, ...]:
         _rule(p, "untrusted-language", BLOCK,
               "code in language {language} runs outside the database's sandbox",
               kinds=("untrusted_language",)),
+        _rule(p, "runtime-sql", BLOCK,
+              "this statement runs SQL built at run time, which the gateway cannot check "
+              "(PL/pgSQL EXECUTE of an expression, or a query given to a function as one); "
+              "write the statement itself, or EXECUTE a string literal",
+              kinds=("runtime_sql",)),
+        _rule(p, "unreadable-code", BLOCK,
+              "the gateway cannot parse the code of this {kind} (its body, or a string it "
+              "executes), so what it runs cannot be checked",
+              kinds=("unreadable_code",)),
         _rule(p, "drop-database", BLOCK, "DROP DATABASE destroys a whole database",
               kinds=("drop_database",)),
         _rule(p, "foreign-servers", BLOCK,
@@ -160,7 +171,7 @@ def _ordinary(p: str) -> tuple[Rule, ...]:
               kinds=("grant", "revoke", "grant_role", "revoke_role",
                      "alter_default_privileges")),
         _rule(p, "alter", REVIEW, "{kind} changes the schema", kinds=("alter",)),
-        _rule(p, "do", REVIEW, "a DO block runs procedural code", kinds=("do",)),
+        _rule(p, "do", REVIEW, "a DO block runs procedural code: {body}", kinds=("do",)),
         _rule(p, "call", REVIEW, "CALL runs a procedure", kinds=("call",)),
         _rule(p, "copy-from", REVIEW, "COPY FROM STDIN loads rows into {tables}",
               kinds=("copy_from",)),

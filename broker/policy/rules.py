@@ -18,8 +18,9 @@ compared with the names as PostgreSQL folds them (unquoted names in lower case).
 without a schema matches the name in any schema; a pattern with a schema also matches a name
 written without one, because the session's search_path decides where that name resolves.
 
-A reason may mention ``{kind}``, ``{tables}``, ``{functions}``, ``{setting}``, ``{language}``
-and ``{where}``; they are filled in from the statement that matched.
+A reason may mention ``{kind}``, ``{tables}``, ``{functions}``, ``{setting}``, ``{language}``,
+``{where}`` and ``{body}`` (what the code of a DO block or function body runs: ``UPDATE
+orders, INSERT INTO audit``); they are filled in from the statement that matched.
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ class Rule:
     override: bool = False
 
 
-_FIELD = re.compile(r"\{(kind|tables|functions|setting|language|where)\}")
+_FIELD = re.compile(r"\{(kind|tables|functions|setting|language|where|body)\}")
+# A card has room for a few lines of it; the statement's text is on the card too.
+_BODY_ITEMS = 6
 
 _WHERE_TEXT = {
     "missing": "without a WHERE clause",
@@ -136,6 +139,16 @@ def render_reason(rule: Rule, subject: Subject, statement: StatementFacts) -> st
             return subject.setting or "(computed name)"
         if name == "language":
             return subject.language or "(none given)"
+        if name == "body":
+            return _body(statement.code)
         return _WHERE_TEXT.get(subject.where or "", "")
 
     return _FIELD.sub(value, rule.reason)
+
+
+def _body(code: tuple[str, ...]) -> str:
+    if not code:
+        return "no SQL statement"
+    shown = ", ".join(code[:_BODY_ITEMS])
+    more = len(code) - _BODY_ITEMS
+    return f"{shown} and {more} more" if more > 0 else shown

@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.approvals.model import (
@@ -34,7 +37,7 @@ from broker.approvals.model import (
 from broker.audit import events
 from broker.identity.oidc import Principal
 from broker.store.audit import AuditRepository
-from broker.store.models import AccessRequest, ApprovalRow, ApprovalVoteRow, PrincipalRow
+from broker.store.models import AccessRequest, ApprovalRow, ApprovalVoteRow, PrincipalRow, SlackMessageRow
 
 
 class ApprovalNotFound(LookupError):
@@ -184,9 +187,13 @@ class ApprovalRepository(AuditRepository):
         status: Status | None = None,
         requester: str | None = None,
         session_id: str | None = None,
+        id_prefix: str | None = None,
         limit: int = 200,
     ) -> list[Approval]:
         query = select(ApprovalRow).order_by(ApprovalRow.created_at.desc()).limit(limit)
+        if id_prefix is not None:
+            # autoescape: a % or _ in the prefix is a character to match, not a wildcard.
+            query = query.where(ApprovalRow.id.startswith(id_prefix.lower(), autoescape=True))
         if status is not None:
             query = query.where(ApprovalRow.status == status.value)
         if requester is not None:
@@ -368,18 +375,77 @@ class ApprovalRepository(AuditRepository):
                 pass  # decided meanwhile: that decision stands
         return cancelled
 
-    async def set_approval_message(self, approval_id: str, *, channel: str, ts: str) -> None:
-        async with self.transaction("set approval message") as session:
+    # -- the Slack messages of an approval (slackapp.ports.MessageLedger) ----------------------
+
+    async def claim_slack_message(
+        self, approval_id: str, kind: str, *, channel: str, stale_after: timedelta,
+    ) -> tuple[str, str | None] | None:
+        """Claim the right to post the `kind` message of an approval, before posting it.
+
+        None: claimed; post, then `record_slack_message` (or `release_slack_message` if
+        Slack surely did not post). (channel, ts): already posted there. (channel, None):
+        another delivery claimed it less than `stale_after` ago and may be posting now. A
+        claim older than that (its poster died) is taken over.
+        """
+        table = cast(Table, SlackMessageRow.__table__)
+        now = self.clock()
+        upsert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        async with self.transaction("claim slack message") as session:
+            inserted = await session.execute(
+                upsert(table)
+                .values(approval_id=approval_id, kind=kind, channel=channel, ts=None, claimed_at=now)
+                .on_conflict_do_nothing()
+            )
+            if inserted.rowcount == 1:  # type: ignore[attr-defined]
+                return None
+            row = (
+                await session.execute(
+                    select(table.c.channel, table.c.ts, table.c.claimed_at)
+                    .where(table.c.approval_id == approval_id, table.c.kind == kind)
+                    .with_for_update()
+                )
+            ).one()
+            if row.ts is not None:
+                return row.channel, row.ts
+            if row.claimed_at > now - stale_after:
+                return row.channel, None
             await session.execute(
-                update(ApprovalRow).where(ApprovalRow.id == approval_id).values(slack_channel=channel, slack_ts=ts)
+                update(table)
+                .where(table.c.approval_id == approval_id, table.c.kind == kind)
+                .values(channel=channel, claimed_at=now)
+            )
+            return None
+
+    async def record_slack_message(self, approval_id: str, kind: str, *, channel: str, ts: str) -> None:
+        """The claimed message is posted: keep where, so later deliveries update it."""
+        table = cast(Table, SlackMessageRow.__table__)
+        async with self.transaction("record slack message") as session:
+            await session.execute(
+                update(table)
+                .where(table.c.approval_id == approval_id, table.c.kind == kind)
+                .values(channel=channel, ts=ts)
             )
 
-    async def approval_message(self, approval_id: str) -> tuple[str, str] | None:
-        async with self.transaction("approval message") as session:
-            row = await session.get(ApprovalRow, approval_id)
-            if row is None or row.slack_channel is None or row.slack_ts is None:
-                return None
-            return row.slack_channel, row.slack_ts
+    async def release_slack_message(self, approval_id: str, kind: str) -> None:
+        """Give up a claim whose post surely failed, so the next delivery posts at once."""
+        table = cast(Table, SlackMessageRow.__table__)
+        async with self.transaction("release slack message") as session:
+            await session.execute(
+                delete(table).where(table.c.approval_id == approval_id, table.c.kind == kind, table.c.ts.is_(None))
+            )
+
+    async def approval_message(self, approval_id: str, kind: str = "prompt") -> tuple[str, str] | None:
+        """(channel, ts) of the approval's posted prompt (or other `kind`), if it was posted."""
+        table = cast(Table, SlackMessageRow.__table__)
+        async with self.transaction("approval message", read_only=True) as session:
+            row = (
+                await session.execute(
+                    select(table.c.channel, table.c.ts).where(
+                        table.c.approval_id == approval_id, table.c.kind == kind, table.c.ts.is_not(None)
+                    )
+                )
+            ).first()
+            return None if row is None else (row.channel, row.ts)
 
     async def mark_approval_nudged(self, approval_id: str, *, escalated: bool) -> bool:
         """Record a reminder (or escalation) once; False if it was already recorded."""

@@ -14,9 +14,10 @@ verification and exports run in constant memory and never hold a long read trans
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from broker.audit.chain import (
     ChainVerifier,
     CheckpointCheck,
     VerifyReport,
+    WitnessCheck,
     canonical_json,
     content_canonical,
     format_ts,
@@ -78,10 +80,15 @@ def _uuid4_text(hex32: str) -> str:
 
 
 def chain_rows(
-    prev_seq: int, prev_hash: str, entries: Sequence[AuditEntry], now: datetime, *, sqlite: bool, keep: bool
+    prev_seq: int, prev_hash: str, entries: Sequence[AuditEntry], now: datetime, *, sqlite: bool, keep: bool,
+    times: Sequence[datetime] | None = None,
 ) -> tuple[list[tuple[Any, ...]], list[AuditRecord]]:
     """Seal `entries` onto the head `(prev_seq, prev_hash)`: the rows to insert, in
     `_AUDIT_COLUMNS` order (SQLite form when `sqlite`), and, with `keep`, the records.
+
+    A record's `ts` is its event's time: `times[i]` when given (a statement's start, however
+    late its batch is written), else `now`. `seq` is the order of appending, so `ts` may
+    go backwards across sessions; the chain's order is `seq`.
 
     Per record this costs one SHA-256 over `content_canonical` (which is
     `canonical(record.content())` byte for byte, so `seal` and the verifier agree), with
@@ -94,6 +101,9 @@ def chain_rows(
     rows: list[tuple[Any, ...]] = []
     records: list[AuditRecord] = []
     for i, (type_, actor, session_id, data, data_json) in enumerate(entries):
+        if times is not None:
+            now = times[i]
+            ts_text, ts_db = format_ts(now), (_sqlite_datetime(now) if sqlite else now)
         seq = prev_seq + 1
         id_ = _uuid4_text(randomness[32 * i : 32 * i + 32])
         digest = hash_canonical(
@@ -137,7 +147,8 @@ def sqlite_insert_rows(db: sqlite3.Connection, insert_sql: str, rows: Sequence[t
 
 
 def sqlite_append_audit(
-    db: sqlite3.Connection, entries: Sequence[AuditEntry], now: datetime, *, keep: bool
+    db: sqlite3.Connection, entries: Sequence[AuditEntry], now: datetime, *, keep: bool,
+    times: Sequence[datetime] | None = None,
 ) -> list[AuditRecord]:
     """`_append_audit_data` on a plain sqlite3 connection, inside the caller's transaction
     (which holds SQLite's write lock: `BEGIN IMMEDIATE`). For work done in one call on the
@@ -149,7 +160,7 @@ def sqlite_append_audit(
             (_STATE_ID, GENESIS_HASH, GENESIS_HASH),
         )
         head = (0, GENESIS_HASH)
-    rows, records = chain_rows(head[0], head[1], entries, now, sqlite=True, keep=keep)
+    rows, records = chain_rows(head[0], head[1], entries, now, sqlite=True, keep=keep, times=times)
     sqlite_insert_rows(db, SQLITE_AUDIT_INSERT, rows)
     db.execute(
         f"UPDATE {_STATE} SET head_seq = ?, head_hash = ? WHERE id = ?", (rows[-1][0], rows[-1][-1], _STATE_ID)
@@ -171,8 +182,11 @@ class AuditRepository(StoreBase):
             session, [(e.type, e.actor, e.session_id, e.data, canonical_json(e.data)) for e in events]
         )
 
-    async def _append_audit_data(self, session: AsyncSession, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
-        """The append itself, for `(type, actor, session_id, data, canonical_json(data))` entries."""
+    async def _append_audit_data(
+        self, session: AsyncSession, entries: Sequence[AuditEntry], times: Sequence[datetime] | None = None
+    ) -> list[AuditRecord]:
+        """The append itself, for `(type, actor, session_id, data, canonical_json(data))` entries
+        (`times`: their event times, see `chain_rows`)."""
         if not entries:
             return []
         state = await session.get(AuditState, _STATE_ID)
@@ -182,7 +196,9 @@ class AuditRepository(StoreBase):
             )
             session.add(state)
         sqlite = self.dialect == "sqlite"
-        rows, records = chain_rows(state.head_seq, state.head_hash, entries, self.clock(), sqlite=sqlite, keep=True)
+        rows, records = chain_rows(
+            state.head_seq, state.head_hash, entries, self.clock(), sqlite=sqlite, keep=True, times=times
+        )
         if sqlite:
             # Straight to the driver: the values are already what SQLAlchemy would bind (naive
             # UTC timestamp text, the JSON column as text), without its per-row processing.
@@ -264,11 +280,15 @@ class AuditRepository(StoreBase):
         to_seq: int | None = None,
         chunk: int = DEFAULT_CHUNK,
         checkpoints: CheckpointCheck | None = None,
+        witness: WitnessCheck | None = None,
     ) -> VerifyReport:
         """Walk the chain (or a seq range of it) and report the first break.
 
         A whole-chain check starts from the retention anchor and ends at the stored head; a
         range starts from the record before it (trusted, not re-checked) and ends at `to_seq`.
+        With a `witness`, witnessed records must be in the chain unchanged and, for the whole
+        chain, its start must be a witnessed prune and its end at or past the last witnessed
+        record. The report lists in `unanchored` what could not be checked.
         """
         state = await self.audit_state()
         anchor_seq = state.anchor_seq if state is not None else 0
@@ -278,12 +298,14 @@ class AuditRepository(StoreBase):
         start = max(from_seq or 0, anchor_seq + 1)
         if start <= anchor_seq + 1:
             verifier = ChainVerifier(
-                prev_hash=anchor_hash, prev_seq=anchor_seq, head=head, checkpoints=checkpoints
+                prev_hash=anchor_hash, prev_seq=anchor_seq, head=head, checkpoints=checkpoints,
+                witness=witness, witness_bounds=whole,
             )
         else:
             prev = await self._audit_record(start - 1)
             verifier = ChainVerifier(
-                prev_hash=prev.hash if prev else None, prev_seq=start - 1, head=head, checkpoints=checkpoints
+                prev_hash=prev.hash if prev else None, prev_seq=start - 1, head=head, checkpoints=checkpoints,
+                witness=witness,
             )
         async for record in self.iter_audit(from_seq=start, to_seq=to_seq, chunk=chunk):
             if verifier.feed(record) is not None:
@@ -295,16 +317,24 @@ class AuditRepository(StoreBase):
         if whole and verifier.broken is None:
             after = await self.audit_state()
             head_now = after.head_seq if after is not None else 0
-        return verifier.finish(head_now=head_now)
+        report = verifier.finish(head_now=head_now)
+        return dataclasses.replace(report, unanchored=_unanchored(report, checkpoints, witness))
 
-    async def prune_audit(self, *, before: datetime, archive_dir: Path) -> ArchiveSummary | None:
+    async def prune_audit(
+        self,
+        *,
+        before: datetime,
+        archive_dir: Path,
+        on_archived: Callable[[ArchiveSummary], Awaitable[None]] | None = None,
+    ) -> ArchiveSummary | None:
         """Archive records older than `before` to a JSONL.gz file, then delete them.
 
         Only a prefix of the chain goes (up to the last record older than `before`); the
-        archive is written and checked first, then one transaction deletes the records,
-        moves the anchor to the last one archived and appends an `audit.prune` record. If
-        another prune ran meanwhile (the anchor moved), nothing is deleted. Returns None
-        when nothing is old enough.
+        archive is written and checked first, then `on_archived` runs (the witness signs the
+        archive there; if it raises, the archive is removed and nothing is deleted), then one
+        transaction deletes the records, moves the anchor to the last one archived and appends
+        an `audit.prune` record. If another prune ran meanwhile (the anchor moved), nothing is
+        deleted. Returns None when nothing is old enough.
         """
         state = await self.audit_state()
         if state is None:
@@ -324,6 +354,12 @@ class AuditRepository(StoreBase):
             prev_seq=state.anchor_seq,
             prev_hash=state.anchor_hash,
         )
+        if on_archived is not None:
+            try:
+                await on_archived(summary)
+            except BaseException:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                raise
         async with self.transaction("prune audit") as session:
             await self._lock_audit(session)
             current = await session.get(AuditState, _STATE_ID)
@@ -347,10 +383,40 @@ class AuditRepository(StoreBase):
             )
         return summary
 
+    async def audit_head(self) -> AuditRecord | None:
+        """The record at the stored head, or None for an empty chain (or a missing head record)."""
+        state = await self.audit_state()
+        if state is None or state.head_seq == 0:
+            return None
+        return await self._audit_record(state.head_seq)
+
+    async def audit_record(self, seq: int) -> AuditRecord | None:
+        return await self._audit_record(seq)
+
     async def _audit_record(self, seq: int) -> AuditRecord | None:
         async with self.transaction("read audit") as session:
             row = (await session.execute(select(_EVENTS).where(_EVENTS.c.seq == seq))).first()
             return None if row is None else _record(row)
+
+
+def _unanchored(
+    report: VerifyReport, checkpoints: CheckpointCheck | None, witness: WitnessCheck | None
+) -> tuple[str, ...]:
+    """What this verification could not check, in words an auditor reads."""
+    out: list[str] = []
+    if checkpoints is None:
+        out.append(
+            "no public key (audit.verify_key_files or audit.signing_key_file): signatures were not "
+            "checked, so a chain rewritten with recomputed hashes would pass"
+        )
+    if witness is None:
+        out.append(
+            "no witness (--witness or audit.witness.file): a deleted tail, a deleted start or a "
+            "rewrite since the last checkpoint cannot be told from a valid chain"
+        )
+    elif report.ok and report.checked and report.witnessed_through is None:
+        out.append("the witness holds none of the checked records: nothing here was anchored")
+    return tuple(out)
 
 
 def _record(row: Row[Any]) -> AuditRecord:

@@ -153,6 +153,9 @@ class Statement(Base):
     error_sqlstate: Mapped[str | None] = mapped_column(String(5))
     # Recorded result rows (JSON), only for resources with record_results (0005_results).
     results: Mapped[Any | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # The approval it ran under or was refused by (0011_statement_approval); not a foreign
+    # key: the approval may live on after this row's session is gone, and the reverse.
+    approval_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     session: Mapped[Session] = relationship(back_populates="statement_rows")
 
@@ -161,6 +164,7 @@ class Statement(Base):
         UniqueConstraint("session_id", "seq"),
         Index("ix_statements_started_at", "started_at"),
         Index("ix_statements_fingerprint", "fingerprint"),
+        Index("ix_statements_approval_id", "approval_id"),
     )
 
 
@@ -297,8 +301,6 @@ class ApprovalRow(Base):
     scope: Mapped[str | None] = mapped_column(String(16))
     covers_until: Mapped[datetime | None]
     used: Mapped[int] = mapped_column(Integer, default=0)
-    slack_channel: Mapped[str | None] = mapped_column(String(64))
-    slack_ts: Mapped[str | None] = mapped_column(String(32))
     reminded_at: Mapped[datetime | None]
     escalated_at: Mapped[datetime | None]
 
@@ -307,6 +309,23 @@ class ApprovalRow(Base):
         Index("ix_approvals_session", "session_id", "statement_hash"),
         Index("ix_approvals_fingerprint", "requester", "fingerprint"),
     )
+
+
+class SlackMessageRow(Base):
+    """A Slack message posted once per approval and kind (prompt, escalation, break-glass page).
+
+    The row is claimed (ts NULL) before the post and gets the message's channel and ts after
+    it, so a redelivered task updates that message instead of posting again, with no need to
+    search the channel's history (the app holds no `*:history` scope).
+    """
+
+    __tablename__ = "slack_messages"
+
+    approval_id: Mapped[str] = mapped_column(String(36), ForeignKey("approvals.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[str | None] = mapped_column(String(32))
+    claimed_at: Mapped[datetime]
 
 
 class ApprovalVoteRow(Base):

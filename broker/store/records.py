@@ -38,7 +38,9 @@ class StatementRecord:
     makes a retried batch idempotent. `decision`/`shadow_decision` take the policy's
     `Decision` or its string value. `duration_ms` and `rows` are None when unknown (blocked,
     parked, or failed before completion); `error_sqlstate` is the SQLSTATE the client got,
-    from the upstream or from the gateway itself (`42501` for a block).
+    from the upstream or from the gateway itself (`42501` for a block). `approval_id` names
+    the approval a reviewed statement ran under, or was refused by (denied, expired, still
+    pending).
     """
 
     session_id: str
@@ -56,6 +58,7 @@ class StatementRecord:
     error_sqlstate: str | None = None
     # Result sets as the client saw them, when the resource records results (see proxy.results).
     results: list[dict[str, Any]] | None = None
+    approval_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,13 @@ class SessionInfo:
 
 @dataclass(frozen=True, slots=True)
 class StatementInfo:
+    """A statement as shown (replay, `sessions show`, the API, the console), checked against
+    its chained audit record (`broker.audit.coverage`): `verified` when the row matches the
+    record and the record its own hash; else `tampered` names what does not match (a field
+    name, `row_deleted`: shown from the record, `no_audit_record`: a row the chain never
+    had, `audit_record_altered`). Neither, for a statement whose record was pruned
+    (`audit_seq` None): it could not be checked."""
+
     seq: int
     sql: str
     fingerprint: str | None
@@ -124,9 +134,18 @@ class StatementInfo:
     masked_values: int
     error_sqlstate: str | None
     results: list[dict[str, Any]] | None = None
+    approval_id: str | None = None
+    verified: bool = False
+    tampered: tuple[str, ...] = ()
+    audit_seq: int | None = None  # the chained record it was checked against
 
 
 @dataclass(frozen=True, slots=True)
 class SessionDetail:
     session: SessionInfo
     statements: tuple[StatementInfo, ...]
+
+    @property
+    def tampered(self) -> list[StatementInfo]:
+        """The statements whose shown content does not match the audit chain."""
+        return [s for s in self.statements if s.tampered]

@@ -13,12 +13,21 @@ from sqlalchemy import Table, and_, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.audit import events
+from broker.audit import coverage, events
 from broker.audit.chain import AuditRecord, canonical_json, format_ts
 from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
-from broker.store.audit import AuditEntry, AuditRepository, _sqlite_datetime, sqlite_append_audit, sqlite_insert_rows
+from broker.store.audit import (
+    _EVENTS,
+    _STATE_ID,
+    AuditEntry,
+    AuditRepository,
+    _record,
+    _sqlite_datetime,
+    sqlite_append_audit,
+    sqlite_insert_rows,
+)
 from broker.store.base import enum_value, translate_errors
-from broker.store.models import Session, Statement
+from broker.store.models import AuditState, Session, Statement
 from broker.store.records import (
     Grant,
     SessionDetail,
@@ -99,7 +108,9 @@ class SessionRepository(AuditRepository):
         session raises `StoreIntegrityError` and nothing of the batch is written.
 
         Each statement written gets its audit record in the same transaction; a skipped
-        duplicate gets none, so a retried batch leaves one audit record per statement.
+        duplicate gets none, so a retried batch leaves one audit record per statement. The
+        record's `ts` is the statement's `started_at` (the event's time, not the batch's),
+        and it carries what the views show of the row (`broker.audit.coverage`).
         """
         if not records:
             return
@@ -127,14 +138,14 @@ class SessionRepository(AuditRepository):
                 await session.execute(stmt, [_statement_values(r) for r in fresh])
             # Who ran it and from where, so each audit record stands on its own in an export.
             owners = {
-                sid: (principal, addr, intent)
-                for sid, principal, addr, intent in await session.execute(
-                    select(Session.id, Session.principal, Session.client_addr, Session.intent).where(
+                sid: (principal, addr, intent, resource)
+                for sid, principal, addr, intent, resource in await session.execute(
+                    select(Session.id, Session.principal, Session.client_addr, Session.intent, Session.resource).where(
                         Session.id.in_({r.session_id for r in fresh})
                     )
                 )
             }
-            await self._append_audit_data(session, _statement_entries(fresh, owners))
+            await self._append_audit_data(session, _statement_entries(fresh, owners), [r.started_at for r in fresh])
 
     async def _record_statements_sqlite(self, records: Sequence[StatementRecord]) -> list[AuditRecord] | None:
         """The whole batch in one call on the SQLite connection's own thread.
@@ -191,6 +202,12 @@ class SessionRepository(AuditRepository):
         ended: list[bool] = []
         async with self.transaction("end session") as session:
             await self._lock_audit(session)
+            resources: dict[str, str] = {
+                sid: resource
+                for sid, resource in await session.execute(
+                    select(Session.id, Session.resource).where(Session.id.in_({e.session_id for e in ends}))
+                )
+            }
             audit = []
             for end in ends:
                 values: dict[str, Any] = {"ended_at": now, "end_reason": end.reason}
@@ -213,6 +230,7 @@ class SessionRepository(AuditRepository):
                             statements=None if stats is None else stats.statements,
                             bytes_in=None if stats is None else stats.bytes_in,
                             bytes_out=None if stats is None else stats.bytes_out,
+                            resource=resources.get(end.session_id),
                         )
                     )
             await self._append_audit(session, audit)
@@ -236,20 +254,41 @@ class SessionRepository(AuditRepository):
             return [_session_info(row, count) for row, count in result]
 
     async def get_session(self, session_id: str) -> SessionDetail | None:
-        """A session with its statements in order, or None if there is no such session."""
+        """A session with its statements in order, or None if there is no such session.
+
+        Each statement is checked against its chained audit record (`broker.audit.coverage`):
+        a row edited, deleted or added behind the chain's back comes back marked `tampered`.
+        """
         async with self.transaction("get session") as session:
             found = (
                 await session.execute(_session_query().where(Session.id == session_id))
             ).first()
             if found is None:
                 return None
-            statements = await session.scalars(
-                select(Statement).where(Statement.session_id == session_id).order_by(Statement.seq)
-            )
-            return SessionDetail(
-                session=_session_info(found[0], found[1]),
-                statements=tuple(_statement_info(s) for s in statements),
-            )
+            statements = [
+                _statement_info(s)
+                for s in await session.scalars(
+                    select(Statement).where(Statement.session_id == session_id).order_by(Statement.seq)
+                )
+            ]
+            records = [
+                _record(row)
+                for row in await session.execute(
+                    select(_EVENTS)
+                    .where(_EVENTS.c.session_id == session_id, _EVENTS.c.type.in_(("statement", "session.start")))
+                    .order_by(_EVENTS.c.seq)
+                )
+            ]
+            state = await session.get(AuditState, _STATE_ID)
+        # The session's records were archived by retention: what has no record is unchecked.
+        pruned = (state is not None and state.anchor_seq > 0) and not any(
+            r.type == "session.start" for r in records
+        )
+        return SessionDetail(
+            session=_session_info(found[0], found[1]),
+            statements=coverage.check(statements, (r for r in records if r.type == "statement"),
+                                      records_pruned=pruned),
+        )
 
 
 async def _stored_keys(session: AsyncSession, records: Sequence[StatementRecord]) -> set[tuple[str, int]]:
@@ -285,12 +324,12 @@ def _spans(records: Sequence[StatementRecord]) -> dict[str, tuple[int, int]]:
 
 
 def _statement_entries(
-    fresh: Sequence[StatementRecord], owners: Mapping[str, tuple[str | None, str | None, str | None]]
+    fresh: Sequence[StatementRecord], owners: Mapping[str, tuple[str | None, str | None, str | None, str | None]]
 ) -> list[AuditEntry]:
     entries: list[AuditEntry] = []
     for r in fresh:
-        principal, addr, intent = owners.get(r.session_id, (None, None, None))
-        data = statement_data(r, addr, intent)
+        principal, addr, intent, resource = owners.get(r.session_id, (None, None, None, None))
+        data = statement_data(r, addr, intent, resource)
         entries.append(("statement", principal, r.session_id, data, canonical_json(data)))
     return entries
 
@@ -318,14 +357,16 @@ def _write_batch_sqlite(
             sqlite_insert_rows(db, _SQLITE_STATEMENT_INSERT, [_sqlite_statement_row(r) for r in fresh])
             sids = list({r.session_id for r in fresh})
             owners = {
-                sid: (principal, addr, intent)
-                for sid, principal, addr, intent in db.execute(
-                    "SELECT id, principal, client_addr, intent FROM sessions"
+                sid: (principal, addr, intent, resource)
+                for sid, principal, addr, intent, resource in db.execute(
+                    "SELECT id, principal, client_addr, intent, resource FROM sessions"
                     f" WHERE id IN ({', '.join('?' * len(sids))})",
                     sids,
                 )
             }
-            appended = sqlite_append_audit(db, _statement_entries(fresh, owners), now, keep=keep)
+            appended = sqlite_append_audit(
+                db, _statement_entries(fresh, owners), now, keep=keep, times=[r.started_at for r in fresh]
+            )
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -334,7 +375,9 @@ def _write_batch_sqlite(
     return appended
 
 
-def statement_data(r: StatementRecord, client_addr: str | None, intent: str | None = None) -> dict[str, Any]:
+def statement_data(
+    r: StatementRecord, client_addr: str | None, intent: str | None = None, resource: str | None = None
+) -> dict[str, Any]:
     """The `data` of a statement's audit record: `events.statement(...).data`, built directly.
 
     (That generic path converts every field on its own; this runs for every statement the
@@ -342,6 +385,7 @@ def statement_data(r: StatementRecord, client_addr: str | None, intent: str | No
     """
     return {
         "client_addr": client_addr,
+        "resource": resource,
         "seq": r.seq,
         "sql": r.sql,
         "fingerprint": r.fingerprint,
@@ -355,11 +399,14 @@ def statement_data(r: StatementRecord, client_addr: str | None, intent: str | No
         "masked_values": r.masked_values,
         "error_sqlstate": r.error_sqlstate,
         "intent": intent,
+        "approval_id": r.approval_id,
+        "results_digest": coverage.results_digest(r.results),
     }
 
 
 def _statement_event(
-    r: StatementRecord, principal: str | None, client_addr: str | None, intent: str | None = None
+    r: StatementRecord, principal: str | None, client_addr: str | None, intent: str | None = None,
+    resource: str | None = None,
 ) -> events.AuditEvent:
     """The generic form of a statement's audit event (what `statement_data` must match)."""
     return events.statement(
@@ -379,6 +426,9 @@ def _statement_event(
         masked_values=r.masked_values,
         error_sqlstate=r.error_sqlstate,
         intent=intent,
+        resource=resource,
+        approval_id=r.approval_id,
+        results_digest=coverage.results_digest(r.results),
     )
 
 
@@ -400,7 +450,7 @@ def _session_query() -> Any:
 
 _STATEMENT_COLUMNS = (
     "session_id", "seq", "sql", "fingerprint", "decision", "rule", "reason", "shadow_decision", "started_at",
-    "duration_ms", "rows", "masked_values", "error_sqlstate", "results",
+    "duration_ms", "rows", "masked_values", "error_sqlstate", "results", "approval_id",
 )
 _SQLITE_STATEMENT_INSERT = (
     f"INSERT INTO statements ({', '.join(_STATEMENT_COLUMNS)}) VALUES ({', '.join('?' * len(_STATEMENT_COLUMNS))})"
@@ -425,6 +475,7 @@ def _sqlite_statement_row(r: StatementRecord) -> tuple[Any, ...]:
         r.masked_values,
         r.error_sqlstate,
         None if r.results is None else json.dumps(r.results),
+        r.approval_id,
     )
 
 
@@ -444,6 +495,7 @@ def _statement_values(r: StatementRecord) -> dict[str, Any]:
         "masked_values": r.masked_values,
         "error_sqlstate": r.error_sqlstate,
         "results": r.results,
+        "approval_id": r.approval_id,
     }
 
 
@@ -482,4 +534,5 @@ def _statement_info(s: Statement) -> StatementInfo:
         masked_values=s.masked_values,
         error_sqlstate=s.error_sqlstate,
         results=s.results,
+        approval_id=s.approval_id,
     )

@@ -113,15 +113,15 @@ class TokenRepository(AuditRepository):
             if row is None or not hmac.compare_digest(row.token_hash, digest):
                 raise InvalidToken("unknown gateway token", reason="unknown")
             if row.revoked_at is not None:
-                raise InvalidToken(f"gateway token {row.id} was revoked", reason="revoked")
+                raise InvalidToken(f"gateway token {row.id} was revoked", reason="revoked", token_id=row.id)
             if row.resource != resource:
                 raise InvalidToken(
-                    f"gateway token {row.id} is for another resource", reason="wrong_resource"
+                    f"gateway token {row.id} is for another resource", reason="wrong_resource", token_id=row.id
                 )
             now = self.clock()
             if now >= row.expires_at:
                 raise ExpiredToken(
-                    f"gateway token {row.id} expired at {row.expires_at.isoformat()}"
+                    f"gateway token {row.id} expired at {row.expires_at.isoformat()}", token_id=row.id
                 )
         if not row.reusable:
             async with self.transaction("consume token") as session:
@@ -137,7 +137,7 @@ class TokenRepository(AuditRepository):
                 )
                 if consumed.rowcount != 1:  # type: ignore[attr-defined]
                     raise InvalidToken(
-                        f"single-session gateway token {row.id} was already used", reason="used"
+                        f"single-session gateway token {row.id} was already used", reason="used", token_id=row.id
                     )
         return Grant(
             token_id=row.id,

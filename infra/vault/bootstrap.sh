@@ -3,14 +3,16 @@
 # when already done, so it can run at every deploy.
 #
 #   VAULT_ADDR=https://vault:8200 VAULT_TOKEN=<admin token> \
-#   PG_HOST=db PG_ADMIN_USER=vault_admin PG_ADMIN_PASSWORD=... infra/vault/bootstrap.sh
+#   PG_HOST=db PG_DATABASE=app PG_ADMIN_USER=vault_admin PG_ADMIN_PASSWORD=... infra/vault/bootstrap.sh
 #
 # What it sets up:
-#   <DB_MOUNT>/ (database engine)   connection <CONNECTION> to PostgreSQL as PG_ADMIN_USER;
+#   <DB_MOUNT>/ (database engine)   connection <CONNECTION> to PG_DATABASE as PG_ADMIN_USER;
 #                                   roles `readonly` and `readwrite`: each lease is a fresh
 #                                   login, VALID UNTIL its expiry, member of READONLY_MEMBER_OF
-#                                   or READWRITE_MEMBER_OF; revoking it ends the login's
-#                                   backends and drops it
+#                                   or READWRITE_MEMBER_OF and running as it (so that group owns
+#                                   what every session creates); revoking it ends the login's
+#                                   backends, gives what it still owns to the group and drops it
+#                                   (the statements: infra/vault/README.md)
 #   policy <POLICY>                 exactly what the gateway calls (broker/credentials/vault.py):
 #                                   read <DB_MOUNT>/creds/{readonly,readwrite}, update
 #                                   sys/leases/renew and sys/leases/revoke, and renew its own
@@ -37,9 +39,13 @@ VAULT_CLI="${VAULT_CLI:-$(command -v bao || command -v vault || true)}"
 
 PG_HOST="${PG_HOST:?set PG_HOST}"
 PG_PORT="${PG_PORT:-5432}"
-PG_DATABASE="${PG_DATABASE:-postgres}"
-# Vault logs in as this role: it needs CREATEROLE, ADMIN OPTION on the two member roles (to
-# grant them) and pg_signal_backend (to end a revoked login's backends); not a superuser.
+# The database the gateway's sessions work in: revocation's REASSIGN OWNED / DROP OWNED act
+# only on the database Vault is connected to (one connection per database).
+PG_DATABASE="${PG_DATABASE:?set PG_DATABASE to the database the sessions of the gateway use (revocation reassigns what they own there)}"
+# Vault logs in as this role: it needs LOGIN and CREATEROLE, ADMIN OPTION on the two member
+# roles (to make logins members), pg_signal_backend (to end a revoked login's backends) and
+# CONNECT on PG_DATABASE; not a superuser. On PostgreSQL 16+ it keeps the INHERIT attribute
+# (the default): revocation grants it each login before REASSIGN OWNED (infra/vault/README.md).
 PG_ADMIN_USER="${PG_ADMIN_USER:?set PG_ADMIN_USER}"
 PG_ADMIN_PASSWORD="${PG_ADMIN_PASSWORD:?set PG_ADMIN_PASSWORD}"
 PG_SSLMODE="${PG_SSLMODE:-require}"
@@ -86,17 +92,34 @@ v write "$DB_MOUNT/config/$CONNECTION" \
     verify_connection=true >/dev/null
 log "configured connection $CONNECTION ($PG_HOST:$PG_PORT/$PG_DATABASE)"
 
-# A revoked lease must end the session's access now, not when the client next reconnects.
-REVOKE_SQL="SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'; DROP ROLE IF EXISTS \"{{name}}\";"
+# The statements, one JSON array element each (a `key=value` argument would be split at
+# commas). Identical to broker/credentials/statements.py; infra/vault/README.md explains them.
+json_str() { local s="${1//\\/\\\\}"; printf '"%s"' "${s//\"/\\\"}"; }
+ident() { printf '"%s"' "${1//\"/\"\"}"; }
+literal() { local q="'"; printf "'%s'" "${1//$q/$q$q}"; }
+role_json() {
+    local group_id group_lit
+    group_id="$(ident "$1")"
+    group_lit="$(literal "$1")"
+    local create=(
+        "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE ${group_id};"
+        "ALTER ROLE \"{{name}}\" SET role = ${group_lit};"
+    )
+    local revoke=(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';"
+        "DO \$\$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{{name}}') THEN GRANT \"{{name}}\" TO CURRENT_USER; REASSIGN OWNED BY \"{{name}}\" TO ${group_id}; DROP OWNED BY \"{{name}}\"; END IF; END \$\$;"
+        "DROP ROLE IF EXISTS \"{{name}}\";"
+    )
+    local c r
+    c="$(json_str "${create[0]}"),$(json_str "${create[1]}")"
+    r="$(json_str "${revoke[0]}"),$(json_str "${revoke[1]}"),$(json_str "${revoke[2]}")"
+    printf '{"db_name": %s, "creation_statements": [%s], "revocation_statements": [%s], "default_ttl": %s, "max_ttl": %s}' \
+        "$(json_str "$CONNECTION")" "$c" "$r" "$(json_str "$DEFAULT_TTL")" "$(json_str "$MAX_TTL")"
+}
 for role in readonly readwrite; do
     if [[ "$role" == readonly ]]; then member_of="$READONLY_MEMBER_OF"; else member_of="$READWRITE_MEMBER_OF"; fi
-    v write "$DB_MOUNT/roles/$role" \
-        db_name="$CONNECTION" \
-        creation_statements="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE \"${member_of}\";" \
-        revocation_statements="$REVOKE_SQL" \
-        default_ttl="$DEFAULT_TTL" \
-        max_ttl="$MAX_TTL" >/dev/null
-    log "role $role: logins become members of $member_of"
+    role_json "$member_of" | v write "$DB_MOUNT/roles/$role" - >/dev/null
+    log "role $role: logins run as $member_of"
 done
 
 # --- the gateway's policy ------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """`/jit`: list what waits for me and what I asked for, request access, help.
 
-    /jit [list]                                   pending requests: mine, and those I can decide
+    /jit list                                     pending requests: mine, and those I can decide
     /jit request <resource> <role> <ttl> <reason> ask for access, e.g. /jit request demo readonly 1h debugging
     /jit help
+
+`/jit` alone, `/jit help` and an unknown subcommand answer with the usage. `USAGE` is the one
+spelling of it: the manifest's `usage_hint` (infra/slack/manifest.yaml) must equal it, and a
+test holds them together.
 
 Answers are ephemeral, through the command's response_url (it works in any channel, DMs
 included, without the bot being a member).
@@ -26,25 +30,29 @@ from slackapp.listeners.votes import VoteDesk
 log = logging.getLogger(__name__)
 
 COMMAND = "/jit"
-HELP = (
-    "*/jit* — just-in-time access\n"
-    "• `/jit` or `/jit list`: requests waiting for your approval, and your own pending requests\n"
-    "• `/jit request <resource> <role> <ttl> <reason…>`: ask for access, "
-    "e.g. `/jit request demo readonly 1h investigating ticket 123`\n"
-    "• `/jit help`: this message"
+REQUEST = "request <resource> <role> <ttl> <reason>"
+SUBCOMMANDS = {
+    "list": "requests waiting for your approval, and your own pending requests",
+    REQUEST: "ask for access, e.g. `/jit request demo readonly 1h investigating ticket 123`",
+    "help": "this message",
+}
+USAGE = " | ".join(SUBCOMMANDS)  # the manifest's usage_hint
+# mrkdwn: `<` and `>` must be escaped even inside code spans, or Slack reads <resource> as a link.
+HELP = f"*{COMMAND}* — just-in-time access. Usage: `{COMMAND} {escape(USAGE)}`\n" + "\n".join(
+    f"• `{COMMAND} {escape(sub)}`: {what}" for sub, what in SUBCOMMANDS.items()
 )
 
 
 def register(app: AsyncApp, desk: VoteDesk) -> None:
     async def jit(ack: AsyncAck, command: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond) -> None:
         words = str(command.get("text") or "").split()
-        sub = words[0].lower() if words else "list"
-        if sub == "help" or sub not in ("list", "request"):
+        sub = words[0].lower() if words else "help"
+        if sub not in ("list", "request"):
             prefix = "" if sub == "help" else f"Unknown subcommand `{escape(sub)}`.\n\n"
             await ack(text=prefix + HELP)
             return
         if sub == "request" and len(words) < 5:
-            await ack(text="Usage: `/jit request <resource> <role> <ttl> <reason…>`")
+            await ack(text=f"Usage: `{COMMAND} {escape(REQUEST)}`")
             return
         await ack()
         user_id = str(command["user_id"])

@@ -19,6 +19,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from broker.approvals.model import Approval, ApprovalRefused, NotPending
+from broker.approvals.service import repeated_vote
 from slackapp.blocks import escape, fallback_text, home_view, outcome_text, prompt_blocks
 from slackapp.exceptions import SlackDeliveryError
 from slackapp.identity import UNLINKED, voter_for_slack_user
@@ -89,8 +90,9 @@ class VoteDesk:
             await self.tell(client, origin, "Your vote could not be recorded (internal error); nothing changed.")
             return
         await self.refresh(client, origin, result.approval)
-        if not result.counted:
-            await self.tell(client, origin, "You had already voted on this request; your vote counts once.")
+        repeated = repeated_vote(result, voter)
+        if repeated is not None:
+            await self.tell(client, origin, f"Not recorded: {escape(repeated.message)}")
 
     async def refresh(self, client: AsyncWebClient, origin: Origin, approval: Approval) -> None:
         try:

@@ -10,6 +10,7 @@ import pytest
 
 from broker.api.app import create_app
 from broker.approvals.service import ApprovalService, Requester
+from broker.approvals.settings import ApprovalRuleSettings
 from broker.config import ApiSettings, ResourceSettings, Settings, UpstreamSettings, hash_api_token
 from broker.identity.settings import AccessRuleSettings, AccessSettings
 from broker.store import Store
@@ -65,7 +66,9 @@ async def test_access_request_approved_in_the_api_and_collected_by_its_requester
     approved = await client.post(f"/v1/approvals/{request_id}/approve", headers=dana)
     assert approved.status_code == 200 and approved.json()["status"] == "approved"
     twice = await client.post(f"/v1/approvals/{request_id}/approve", headers=dana)  # double click
-    assert twice.status_code == 200 and len(twice.json()["votes"]) == 1
+    assert twice.status_code == 409 and twice.json()["detail"]["code"] == "not_pending"
+    assert "already approved by person:dana@example.com at " in twice.json()["detail"]["message"]
+    assert len((await client.get(f"/v1/approvals/{request_id}", headers=dana)).json()["votes"]) == 1
 
     assert (await client.post(f"/v1/access-requests/{request_id}/token", headers=eve)).status_code == 404
     collected = await client.post(f"/v1/access-requests/{request_id}/token", headers=olga)
@@ -98,4 +101,50 @@ async def test_parked_statement_deny_needs_a_reason_and_api_tokens_cannot_vote(e
     late = await client.post(f"/v1/approvals/{parked.id}/approve", headers=bearer(
         idp.mint(sub="sam", email="sam@example.com", groups=["dba"])))
     assert late.status_code == 409 and late.json()["detail"]["code"] == "not_pending"
+    assert "already denied by person:dana@example.com at " in late.json()["detail"]["message"]
+    assert "use a WHERE" in late.json()["detail"]["message"]
     assert (await client.get("/v1/approvals")).status_code == 401
+
+
+async def test_a_second_vote_by_the_same_approver_is_409_already_voted(env):
+    client, idp, service = env
+    # This request needs two approvers.
+    service.settings.rules.append(ApprovalRuleSettings(rules=["agent-safe/truncate"], approvers=["dba"], quorum=2))
+    parked = await service.park_statement(
+        session_id="s1", requester=Requester("agent:bot", ("ai-agents",)), resource="prod",
+        sql="truncate orders", rule="agent-safe/truncate", risk="all rows",
+    )
+    assert parked.quorum == 2
+    dana = bearer(idp.mint(sub="dana", email="dana@example.com", groups=["dba"]))
+    sam = bearer(idp.mint(sub="sam", email="sam@example.com", groups=["dba"]))
+    assert (await client.post(f"/v1/approvals/{parked.id}/approve", headers=dana)).status_code == 200
+    again = await client.post(f"/v1/approvals/{parked.id}/approve", headers=dana)
+    assert again.status_code == 409 and again.json()["detail"]["code"] == "already_voted"
+    assert "1 more approval" in again.json()["detail"]["message"]
+    deny = await client.post(f"/v1/approvals/{parked.id}/deny", headers=dana, json={"reason": "changed my mind"})
+    assert deny.status_code == 409  # one vote per person: nothing changed
+    assert (await service.get(parked.id)).status.value == "pending"
+    done = await client.post(f"/v1/approvals/{parked.id}/approve", headers=sam)
+    assert done.status_code == 200 and done.json()["status"] == "approved"
+
+
+async def test_id_prefix_finds_requests_and_path_ids_stay_exact(env):
+    client, idp, service = env
+    parked = await service.park_statement(
+        session_id="s1", requester=Requester("agent:bot", ("ai-agents",)), resource="prod",
+        sql="delete from orders", rule="agent-safe/write-without-where", risk="no WHERE",
+    )
+    dana = bearer(idp.mint(sub="dana", email="dana@example.com", groups=["dba"]))
+    found = await client.get(f"/v1/approvals?id_prefix={parked.id[:8]}", headers=dana)
+    assert [a["id"] for a in found.json()] == [parked.id]
+    assert (await client.get("/v1/approvals?id_prefix=%25%25%25%25%25%25%25%25", headers=dana)).status_code == 422
+    assert (await client.get(f"/v1/approvals?id_prefix={parked.id[:7]}", headers=dana)).status_code == 422
+    assert (await client.get(f"/v1/approvals/{parked.id[:8]}", headers=dana)).status_code == 404
+
+
+async def test_openapi_lists_the_409_of_a_vote(env):
+    client, _, _ = env
+    spec = (await client.get("/openapi.json")).json()
+    for action in ("approve", "deny"):
+        conflict = spec["paths"][f"/v1/approvals/{{approval_id}}/{action}"]["post"]["responses"]["409"]
+        assert "already_voted" in conflict["description"] and "not_pending" in conflict["description"]

@@ -63,6 +63,8 @@ async def test_verify_reports_ok_then_the_first_break(client: httpx.AsyncClient,
     await seed(store)
     body = (await client.get("/v1/audit/verify", headers=AUTH)).json()
     assert body["ok"] is True and body["checked"] == 6 and body["last_seq"] == 6
+    # Nothing configured to anchor it: said, not hidden behind ok.
+    assert body["anchored"] is False and [w.split(" ")[1] for w in body["unanchored"]] == ["public", "witness"]
     tamper(store, "UPDATE audit_events SET actor = 'someone-else' WHERE seq = 4")
     body = (await client.get("/v1/audit/verify", headers=AUTH)).json()
     assert body["ok"] is False
@@ -94,3 +96,35 @@ async def test_export_formats(client: httpx.AsyncClient, store: Store) -> None:
     r = await client.get("/v1/audit/export", params={"format": "jsonl", "since": future}, headers=AUTH)
     assert r.status_code == 200 and r.text == ""
     assert (await client.get("/v1/audit/export", params={"format": "xml"}, headers=AUTH)).status_code == 422
+
+
+async def test_verify_with_key_and_witness_is_anchored_and_names_a_rewrite(store: Store, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from broker.audit.witness import FileWitness, WitnessSetup, witness_head
+
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "audit.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    witness = tmp_path / "witness.jsonl"
+    settings = make_settings().model_copy(update={"audit": make_settings().audit.model_copy(update={
+        "signing_key_file": key_file,
+        "witness": make_settings().audit.witness.model_copy(update={"file": witness}),
+    })})
+    await seed(store)
+    await witness_head(store, WitnessSetup(key, [FileWitness(witness)], tmp_path / "state"))
+    app = create_app(settings, store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://jitgate.test") as c:
+        body = (await c.get("/v1/audit/verify", headers=AUTH)).json()
+        assert body["ok"] and body["anchored"] and body["unanchored"] == [] and body["witnessed_through"] == 7
+        tamper(store, "DELETE FROM audit_events WHERE seq > 5")
+        record5 = sqlite3.connect(store.engine.url.database or "").execute(
+            "SELECT hash FROM audit_events WHERE seq = 5").fetchone()[0]
+        tamper(store, f"UPDATE audit_state SET head_seq = 5, head_hash = '{record5}'")
+        body = (await c.get("/v1/audit/verify", headers=AUTH)).json()
+        assert body["ok"] is False and (body["break"]["seq"], body["break"]["kind"]) == (6, "truncated")
+        witness.write_text(witness.read_text().replace('"seq":7', '"seq":8'))
+        body = (await c.get("/v1/audit/verify", headers=AUTH)).json()
+        assert body["anchored"] is False and body["unanchored"][0].startswith("witness not trusted")

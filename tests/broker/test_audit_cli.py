@@ -72,7 +72,12 @@ def invoke(app: typer.Typer, config: Path, *args: str):  # type: ignore[no-untyp
 
 def test_verify_ok_then_broken_exits_1(app: typer.Typer, config: Path) -> None:
     seed(config)
-    ok = invoke(app, config, "audit", "verify", "--json")
+    # No key and no witness: the chain holds, but nothing outside the store vouches for it.
+    loud = invoke(app, config, "audit", "verify", "--json")
+    assert loud.exit_code == 3, loud.output
+    assert json.loads(loud.stdout)["anchored"] is False
+    assert "NOT ANCHORED: no public key" in loud.stderr and "NOT ANCHORED: no witness" in loud.stderr
+    ok = invoke(app, config, "audit", "verify", "--json", "--allow-unanchored")
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["ok"] is True
     db = sqlite3.connect(db_path(config))
@@ -85,7 +90,7 @@ def test_verify_ok_then_broken_exits_1(app: typer.Typer, config: Path) -> None:
     assert report["ok"] is False and report["break"]["seq"] == 4 and report["break"]["kind"] == "missing"
     text = invoke(app, config, "audit", "verify")
     assert text.exit_code == 1 and "BROKEN at seq 4" in text.stdout
-    assert invoke(app, config, "audit", "verify", "--to-seq", "2").exit_code == 0
+    assert invoke(app, config, "audit", "verify", "--to-seq", "2", "--allow-unanchored").exit_code == 0
 
 
 def test_export_to_file_reverifies(app: typer.Typer, config: Path, tmp_path: Path) -> None:
@@ -140,7 +145,8 @@ def test_prune_then_verify_across_the_cut(app: typer.Typer, config: Path, tmp_pa
     (archive,) = (tmp_path / "arch").iterdir()
     checked = CliRunner().invoke(app, ["audit", "verify-archive", str(archive), "--json"])
     assert checked.exit_code == 0 and json.loads(checked.stdout)["checked"] == 5
-    after = json.loads(invoke(app, config, "audit", "verify", "--json").stdout)
+    assert "NOT ANCHORED: no witness configured" in result.stderr
+    after = json.loads(invoke(app, config, "audit", "verify", "--json", "--allow-unanchored").stdout)
     assert after["ok"] and after["first_seq"] == 6 and after["checked"] == 1  # just the prune record
 
 
@@ -153,6 +159,78 @@ def test_keygen_checkpoint_and_signed_verify(app: typer.Typer, config: Path, tmp
     seed(config)
     signed = invoke(app, config, "audit", "checkpoint")
     assert signed.exit_code == 0 and "signs seq 5" in signed.stdout
-    report = json.loads(invoke(app, config, "audit", "verify", "--json").stdout)
-    assert report["ok"] and report["signed_through"] == 5
+    unwitnessed = invoke(app, config, "audit", "verify", "--json")
+    assert unwitnessed.exit_code == 3  # signed, but no witness
+    report = json.loads(unwitnessed.stdout)
+    assert report["ok"] and report["signed_through"] == 5 and report["unanchored"][0].startswith("no witness")
     assert CliRunner().invoke(app, ["audit", "keygen", "--out", str(key)]).exit_code == 2
+
+
+def anchored_config(app: typer.Typer, config: Path, tmp_path: Path) -> tuple[Path, Path]:
+    key = tmp_path / "keys" / "audit.pem"
+    public = tmp_path / "keys" / "audit.pub"
+    made = CliRunner().invoke(app, ["audit", "keygen", "--out", str(key)])
+    public.write_text(made.stdout)
+    witness = tmp_path / "worm" / "witness.jsonl"
+    config.write_text(config.read_text() + f"audit: {{signing_key_file: {key}, witness: {{file: {witness}}}}}\n")
+    return public, witness
+
+
+def test_witnessed_verify_is_anchored_and_names_a_cut_tail(app: typer.Typer, config: Path, tmp_path: Path) -> None:
+    public, witness = anchored_config(app, config, tmp_path)
+    seed(config)
+    signed = invoke(app, config, "audit", "checkpoint")
+    assert signed.exit_code == 0 and "checkpoint seq 6" in signed.stdout and "'file': 'written'" in signed.stdout
+    ok = invoke(app, config, "audit", "verify", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout) | {"last_hash": None} == json.loads(ok.stdout) | {
+        "ok": True, "anchored": True, "unanchored": [], "witnessed_through": 6, "signed_through": 5, "last_hash": None}
+    # An auditor with the public key and a copy of the witness only.
+    copy = tmp_path / "auditor-copy.jsonl"
+    copy.write_text(witness.read_text())
+    config.write_text("data_dir: data\nresources: {}\n")
+    assert invoke(app, config, "audit", "verify", "--witness", str(copy), "--key", str(public)).exit_code == 0
+    assert invoke(app, config, "audit", "verify", "--witness", str(copy)).exit_code == 2  # no key to check it
+    # Cut the tail (with the head rewritten to match) and the witness names where.
+    db = sqlite3.connect(db_path(config))
+    head = db.execute("SELECT hash FROM audit_events WHERE seq = 4").fetchone()[0]
+    db.execute("DELETE FROM audit_events WHERE seq > 4")
+    db.execute("UPDATE audit_state SET head_seq = 4, head_hash = ?", (head,))
+    db.commit()
+    db.close()
+    assert invoke(app, config, "audit", "verify", "--allow-unanchored").exit_code == 0  # the store alone
+    cut = invoke(app, config, "audit", "verify", "--witness", str(copy), "--key", str(public))
+    assert cut.exit_code == 1 and "BROKEN at seq 5: truncated" in cut.stdout and "witness signed seq 6" in cut.stdout
+    # A forged witness line is refused outright.
+    forged = json.loads(copy.read_text().splitlines()[0]) | {"seq": 4}
+    copy.write_text(json.dumps(forged) + "\n")
+    bad = invoke(app, config, "audit", "verify", "--witness", str(copy), "--key", str(public))
+    assert bad.exit_code == 1 and "signature is not valid" in bad.stderr
+
+
+def test_witnessed_prune_and_archives_chained_to_the_store(app: typer.Typer, config: Path, tmp_path: Path) -> None:
+    _, witness = anchored_config(app, config, tmp_path)
+    seed(config)
+    future = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    arch = tmp_path / "arch"
+    first = invoke(app, config, "audit", "prune", "--older-than", future, "--archive-dir", str(arch))
+    assert first.exit_code == 0, first.output
+    kinds = [json.loads(line)["kind"] for line in witness.read_text().splitlines()]
+    assert kinds == ["prune", "checkpoint"]
+    seed(config)
+    future = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()
+    assert invoke(app, config, "audit", "prune", "--older-than", future, "--archive-dir", str(arch)).exit_code == 0
+    archives = sorted(str(p) for p in arch.iterdir())
+    assert len(archives) == 2
+    verified = invoke(app, config, "audit", "verify-archive", *archives, "--witness", str(witness), "--store")
+    assert verified.exit_code == 0, verified.output
+    assert invoke(app, config, "audit", "verify").exit_code == 0
+    # The first archive alone does not reach the store's anchor; the second alone does not
+    # follow the genesis chain... but is still witnessed.
+    assert invoke(app, config, "audit", "verify-archive", archives[0], "--store").exit_code == 1
+    assert invoke(app, config, "audit", "verify-archive", archives[1], "--witness", str(witness)).exit_code == 0
+    # A prune not in the witness (an archive of someone else's making) is refused.
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(witness.read_text().splitlines()[1:]) + "\n")
+    stray = invoke(app, config, "audit", "verify-archive", archives[0], "--witness", str(other))
+    assert stray.exit_code == 1 and "no witnessed prune matches" in stray.stderr

@@ -1,10 +1,13 @@
-"""The embedded upstream and the shared fixtures: every auth method, seeding, stop."""
+"""The embedded upstream and the shared fixtures: every auth method, seeding, stop; and the
+demo's own upstream, where every role on every transport needs a password."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -13,7 +16,7 @@ import psycopg
 import pytest
 
 from broker.demo.pii import generate_orders
-from broker.demo.seed import DemoRoles, seed_demo
+from broker.demo.seed import DEMO_DB, DemoRoles, seed_demo
 from broker.demo.upstream import MD5_USER, TRUST_USER, Upstream, is_alive, start_upstream
 
 
@@ -117,7 +120,7 @@ async def test_seed_is_idempotent(upstream: Upstream, demo_roles: DemoRoles) -> 
 def test_start_is_idempotent_and_reprs_hide_passwords(upstream: Upstream,
                                                       demo_roles: DemoRoles) -> None:
     started = time.monotonic()
-    again = start_upstream(upstream.data_dir)
+    again = start_upstream(upstream.data_dir, auth_test_roles=True)
     assert time.monotonic() - started < 2
     assert again == upstream
     for obj, secret in ((upstream, upstream.superuser_password),
@@ -182,3 +185,79 @@ def test_require_binary_skips_locally_and_fails_in_ci(monkeypatch: pytest.Monkey
     monkeypatch.setattr(conftest, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception):
         conftest.require_binary("no-such-binary-jitgate")
+
+
+# --- the demo's upstream: no side doors ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+async def demo_upstream() -> AsyncIterator[Upstream]:
+    """An upstream started as `jitgate demo` starts it: without the auth-method test roles."""
+    data_dir = Path(tempfile.mkdtemp(prefix="jitgate-upstream-demo-"))
+    up = start_upstream(data_dir)
+    try:
+        await seed_demo(up, group_logins=False)
+        yield up
+    finally:
+        up.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# Every role an attacker on the machine can name: from the README, the tests, the banner, the
+# agent file (its DSN's user) and the proxy's own answers.
+_NAMEABLE_ROLES = [TRUST_USER, MD5_USER, "postgres", "demo_rw", "demo_ro", "demo-agent", "agent"]
+
+
+@pytest.mark.parametrize("user", _NAMEABLE_ROLES)
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_demo_upstream_lets_no_role_in_without_its_password(
+        demo_upstream: Upstream, user: str, transport: str) -> None:
+    host = demo_upstream.host if transport == "tcp" else str(demo_upstream.socket_dir)
+    for password in (None, "", "not-the-password"):
+        with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+            await asyncpg.connect(host=host, port=demo_upstream.port, user=user,
+                                  password=password, database=DEMO_DB)
+
+
+async def test_demo_upstream_authenticates_everyone_with_scram(demo_upstream: Upstream) -> None:
+    over_socket = await asyncpg.connect(
+        host=str(demo_upstream.socket_dir), port=demo_upstream.port, user="postgres",
+        password=demo_upstream.superuser_password, database=DEMO_DB)
+    try:
+        assert await over_socket.fetchval("SELECT system_user") == "scram-sha-256:postgres"
+        rules = await over_socket.fetch("SELECT type, user_name, auth_method FROM pg_hba_file_rules")
+        # The roles that exist only for the proxy's auth-method tests do not exist here.
+        test_roles = await over_socket.fetch(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[])", [TRUST_USER, MD5_USER])
+    finally:
+        await over_socket.close()
+    assert {r["auth_method"] for r in rules} == {"scram-sha-256"}, rules
+    assert {r["type"] for r in rules} == {"local", "host"}
+    assert test_roles == []
+    assert demo_upstream.md5user_password == ""
+
+
+async def test_auth_test_roles_are_opt_in(upstream: Upstream) -> None:
+    # The session's shared upstream opts in (tests/conftest.py): the proxy's tests need them.
+    assert upstream.auth_test_roles
+    conn = await asyncpg.connect(upstream.dsn("postgres"))
+    try:
+        methods = {r["auth_method"] for r in await conn.fetch("SELECT auth_method FROM pg_hba_file_rules")}
+    finally:
+        await conn.close()
+    assert methods == {"trust", "md5", "scram-sha-256"}
+
+
+async def test_seeded_tables_are_analysed(demo_upstream: Upstream) -> None:
+    # Without ANALYZE the planner guesses from page counts (2550 rows for a 1-row table), and
+    # the approval card shows that guess as the statement's reach.
+    conn = await asyncpg.connect(demo_upstream.dsn(DEMO_DB))
+    try:
+        for table in ("customers", "orders"):
+            actual = await conn.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608 - fixed names
+            plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT * FROM {table}")  # noqa: S608
+            assert json.loads(plan)[0]["Plan"]["Plan Rows"] == actual, table
+            analysed = await conn.fetchval(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = $1", table)
+            assert analysed, table
+    finally:
+        await conn.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
+from broker.approvals.model import Approval, Status
 from broker.approvals.service import ApprovalService
 from broker.approvals.settings import ApprovalSettings, SlackSettings
 from broker.cli.approvals_runtime import open_approvals
@@ -171,6 +173,24 @@ def stop_gateway(gw: Gateway) -> None:
     gw.loop.call_soon_threadsafe(gw.loop.stop)
     gw.thread.join(10)
     gw.loop.close()
+
+
+def approval_service(gw: Gateway) -> ApprovalService:
+    """The approvals service behind a gateway started with `approvals=`."""
+    hook = gw.server.ctx.review
+    assert isinstance(hook, ApprovalReviewHook)
+    return hook.service
+
+
+def wait_pending(gw: Gateway, sql: str, timeout: float = 15) -> Approval:
+    """The pending approval request of `sql`, once the gateway has parked it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for approval in gw.call(approval_service(gw).find(status=Status.PENDING)):
+            if approval.sql == sql:
+                return approval
+        time.sleep(0.05)
+    raise AssertionError(f"no pending approval for {sql!r}")
 
 
 @pytest.fixture(scope="session")

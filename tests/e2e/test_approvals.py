@@ -20,9 +20,9 @@ import pytest
 from broker.approvals.model import Approval, ApprovalRefused, Scope, Status, Voter
 from broker.approvals.settings import ApprovalRuleSettings, ApprovalSettings
 from broker.config import ProxySettings
-from proxy.approvals import ApprovalReviewHook
 from tests.conftest import require_binary
-from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
+from tests.e2e.conftest import Gateway, start_gateway, stop_gateway, wait_pending
+from tests.e2e.conftest import approval_service as service
 
 pytestmark = pytest.mark.e2e
 
@@ -50,22 +50,6 @@ def gw(upstream, demo_roles) -> Iterator[Gateway]:
             yield gateway
         finally:
             stop_gateway(gateway)
-
-
-def service(gw: Gateway):
-    hook = gw.server.ctx.review
-    assert isinstance(hook, ApprovalReviewHook)
-    return hook.service
-
-
-def wait_pending(gw: Gateway, sql: str, timeout: float = 15) -> Approval:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for a in gw.call(service(gw).find(status=Status.PENDING)):
-            if a.sql == sql:
-                return a
-        time.sleep(0.05)
-    raise AssertionError(f"no pending approval for {sql!r}")
 
 
 def vote(gw: Gateway, approval_id: str, voter: Voter, choice: str = "approve", **kw):

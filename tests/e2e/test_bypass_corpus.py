@@ -15,6 +15,8 @@ import psycopg
 import pytest
 import yaml
 
+from proxy.records import syntax_error
+
 ROOT = Path(__file__).parents[2]
 CORPUS = ROOT / "tests" / "corpus" / "bypass.yaml"
 CASES: list[dict[str, str]] = yaml.safe_load(CORPUS.read_text(encoding="utf-8"))
@@ -49,6 +51,11 @@ def test_corpus_on_the_wire(gateway, upstream, case: dict[str, str]) -> None:
         user = conn.execute("select current_user").fetchone()
         if case["expect"] == "allow":
             conn.execute(case["sql"])
+        elif syntax_error(case["sql"]) is not None:
+            # What the gateway's parser rejects is answered as PostgreSQL's syntax error.
+            with pytest.raises(psycopg.errors.SyntaxError) as err:
+                conn.execute(case["sql"])
+            assert "jitgate" in (err.value.diag.message_detail or "")
         else:
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
                 conn.execute(case["sql"])

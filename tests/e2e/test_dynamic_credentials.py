@@ -12,7 +12,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,10 +40,11 @@ from tests.openbao_fixture import TEST_TTL, FlakyTcp, VaultFixture, role_exists,
 pytestmark = pytest.mark.e2e
 
 
-def _resource(upstream: Upstream, credentials: CredentialSettings) -> ResourceSettings:
+def _resource(upstream: Upstream, credentials: CredentialSettings, **kw: str) -> ResourceSettings:
     return ResourceSettings(
         upstream=UpstreamSettings(host=upstream.host, port=upstream.port, dbname="demo", sslmode="disable"),
         credentials=credentials,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -60,11 +61,21 @@ def dyn_gateway(
 ) -> Iterator[Gateway]:
     extra = {
         "vault_demo": _resource(upstream, CredentialSettings(provider="vault")),
+        # Policy out of the way (observe forwards everything): what is tested is ownership.
+        "vault_observe": _resource(upstream, CredentialSettings(provider="vault"), policy="observe"),
         "local_demo": _resource(
             upstream,
             CredentialSettings(
                 provider="local", admin_dsn=SecretStr(upstream.dsn("postgres")), roles={"readwrite": RW_ROLE}
             ),
+        ),
+        "local_observe": _resource(
+            upstream,
+            # The admin connection names the database sessions create objects in.
+            CredentialSettings(
+                provider="local", admin_dsn=SecretStr(upstream.dsn("demo")), roles={"readwrite": RW_ROLE}
+            ),
+            policy="observe",
         ),
     }
     vault = openbao.settings(address=vault_path.address, timeout_seconds=1)
@@ -92,8 +103,9 @@ def _issued_passwords(gw: Gateway) -> list[str]:
 async def test_vault_session_uses_and_revokes_a_dynamic_role(dyn_gateway: Gateway, upstream: Upstream) -> None:
     conn = await asyncpg.connect(dyn_gateway.dsn("vault_demo"))
     try:
-        user = await conn.fetchval("select current_user")
+        user = await conn.fetchval("select session_user")
         assert user.startswith("v-") and user != RW_ROLE  # Vault's generated name, not a standing login
+        assert await conn.fetchval("select current_user") == RW_ROLE  # it runs as the resource's group
         assert await role_exists(upstream, user)
         (lease_id,) = [c.lease_id for c, _ in dyn_gateway.server.ctx.credentials._issued.values()]  # type: ignore[attr-defined]
         # readwrite: SELECT, INSERT, UPDATE, DELETE through membership in demo_rw (rolled back).
@@ -114,10 +126,99 @@ async def test_vault_session_uses_and_revokes_a_dynamic_role(dyn_gateway: Gatewa
     assert lease_id not in [lease.lease_id for lease in outstanding]
 
 
+@pytest.fixture
+async def agent_schema(upstream: Upstream) -> AsyncIterator[str]:
+    """A schema where the readwrite group may create tables (the seed grants none on public)."""
+    admin = await asyncpg.connect(upstream.dsn("demo"))
+    try:
+        await admin.execute(f"create schema agent_work; grant usage, create on schema agent_work to {RW_ROLE}")
+        yield "agent_work"
+    finally:
+        await admin.execute("drop schema if exists agent_work cascade")
+        await admin.close()
+
+
+async def _owner(upstream: Upstream, table: str) -> str | None:
+    conn = await asyncpg.connect(upstream.dsn("demo"))
+    try:
+        return await conn.fetchval("select tableowner from pg_tables where schemaname || '.' || tablename = $1", table)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("resource", ["vault_observe", "local_observe"])
+async def test_two_sessions_of_one_agent_see_one_owner(
+    dyn_gateway: Gateway, upstream: Upstream, agent_schema: str, resource: str
+) -> None:
+    """Each session logs in as a fresh role, yet what session 1 creates belongs to the group,
+    so session 2 may alter and drop it, and neither login outlives its session."""
+    table = f"{agent_schema}.t"
+    one = await asyncpg.connect(dyn_gateway.dsn(resource))
+    try:
+        login1, user1 = await one.fetchrow("select session_user, current_user")
+        assert user1 == RW_ROLE  # sessions run as the group ...
+        assert login1 != RW_ROLE  # ... logged in as their own role
+        await one.execute(f"create table {table} (id int primary key, v text)")
+        await one.execute(f"insert into {table} values (1, 'one')")
+    finally:
+        await one.close()
+    assert await _owner(upstream, table) == RW_ROLE
+    assert await _gone(upstream, login1), "session 1's login outlived it (a table it created blocks DROP ROLE?)"
+
+    two = await asyncpg.connect(dyn_gateway.dsn(resource))
+    try:
+        login2 = await two.fetchval("select session_user")
+        assert login2 != login1
+        assert await two.fetch(f"select id, v from {table}") == [(1, "one")]
+        await two.execute(f"insert into {table} values (2, 'two')")
+        await two.execute(f"alter table {table} add column w int")
+        await two.execute(f"create table {table}2 (id int)")  # left behind: must not block revocation
+        await two.execute(f"drop table {table}")
+    finally:
+        await two.close()
+    assert await _gone(upstream, login2), "session 2's login outlived it"
+    assert await _owner(upstream, f"{table}2") == RW_ROLE
+
+
+@pytest.mark.parametrize("resource", ["vault_observe", "local_observe"])
+async def test_revocation_copes_with_objects_the_login_itself_owns(
+    dyn_gateway: Gateway, upstream: Upstream, agent_schema: str, resource: str
+) -> None:
+    """A session that got out of the group (`SET ROLE NONE`, which agent-safe refuses and
+    observe forwards) creates objects owned by its login: revocation gives them to the group
+    and still drops the login."""
+    conn = await asyncpg.connect(dyn_gateway.dsn(resource))
+    try:
+        login = await conn.fetchval("select session_user")
+        await conn.execute("set role none")
+        assert await conn.fetchval("select current_user") == login
+        await conn.execute(f"create table {agent_schema}.mine (id int)")
+        await conn.execute(f"grant select on {agent_schema}.mine to {RW_ROLE}")
+    finally:
+        await conn.close()
+    assert await _gone(upstream, login), "the login outlived its session because it owned a table"
+    assert await _owner(upstream, f"{agent_schema}.mine") == RW_ROLE
+
+
+def test_agent_safe_keeps_sessions_in_the_group(dyn_gateway: Gateway) -> None:
+    """Statements that would leave the group role are refused; those that return to the
+    role's default (RESET ROLE, DISCARD ALL, SET SESSION AUTHORIZATION DEFAULT) stay in it."""
+    with psycopg.connect(dyn_gateway.dsn("vault_demo"), autocommit=True) as conn:
+        login = conn.execute("select session_user").fetchone()[0]  # type: ignore[index]
+        for sql in ("set role none", f'set session authorization "{login}"',
+                    "select set_config('role', 'none', false)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql)  # type: ignore[arg-type]
+        for sql in ("reset role", "set role to default", "discard all", "reset all",
+                    "set session authorization default", "reset session authorization"):
+            conn.execute(sql)  # type: ignore[arg-type]
+            assert conn.execute("select current_user").fetchone() == (RW_ROLE,), sql
+
+
 async def test_local_issuer_session(dyn_gateway: Gateway, upstream: Upstream) -> None:
     conn = await asyncpg.connect(dyn_gateway.dsn("local_demo"))
     try:
-        user = await conn.fetchval("select current_user")
+        user = await conn.fetchval("select session_user")
         assert user.startswith("jit_readwrite_")
         assert await conn.fetchval("select count(*) from customers") > 0
     finally:
@@ -168,7 +269,7 @@ async def test_vault_frozen_at_connect_refuses_in_bounded_time_and_leaves_no_lea
         await asyncio.sleep(0.05)
     conn = await asyncpg.connect(dyn_gateway.dsn("vault_demo"))  # Vault back: sessions work again
     try:
-        assert await conn.fetchval("select current_user") not in before
+        assert await conn.fetchval("select session_user") not in before
     finally:
         await conn.close()
         await other.close()
@@ -181,7 +282,7 @@ async def test_vault_down_mid_session_keeps_the_session_and_reaps_later(
     manager = dyn_gateway.server.ctx.credentials.manager  # type: ignore[attr-defined]
     provider = manager.providers["vault_demo"]
     try:
-        user = await conn.fetchval("select current_user")
+        user = await conn.fetchval("select session_user")
         vault_path.down()
         # Past the renewal point (2/3 of the TTL), before the lease would lapse.
         await asyncio.sleep(TEST_TTL * 2 / 3 + 0.5)
@@ -206,7 +307,7 @@ async def test_no_secret_reaches_the_client_logs_or_store(dyn_gateway: Gateway, 
     with structlog.testing.capture_logs() as logs:
         conn = await asyncpg.connect(dyn_gateway.dsn("vault_demo", application_name="leak-scan"))
         try:
-            user = await conn.fetchval("select current_user")
+            user = await conn.fetchval("select session_user")
             (password,) = _issued_passwords(dyn_gateway)
             visible = [repr(conn.get_settings())]
             for sql in ("select 1/0", "select pg_read_file('/etc/passwd')", "select * from no_such_table"):
@@ -274,7 +375,7 @@ def test_access_request_and_vault_session_are_audited_without_secrets(
 
     token = granted["token"]
     with psycopg.connect(gw.dsn("vault_demo", token=token), sslmode="disable", connect_timeout=10) as conn:
-        user = conn.execute("select current_user").fetchone()[0]  # type: ignore[index]
+        user = conn.execute("select session_user").fetchone()[0]  # type: ignore[index]
         (password,) = _issued_passwords(gw)
         time.sleep(TEST_TTL * 0.8)  # past the renewal point (2/3 of the TTL)
     assert gw.call(_gone(upstream, user))
@@ -313,7 +414,7 @@ async def test_grant_expiry_mid_session_revokes_the_dynamic_role(dyn_gateway: Ga
     )
     conn = await asyncpg.connect(dyn_gateway.dsn("vault_demo", token=token.token))
     try:
-        user = await conn.fetchval("select current_user")
+        user = await conn.fetchval("select session_user")
         # The client keeps its connection open; the gateway ends it and revokes the lease.
         assert await _gone(upstream, user, within=6), "the Vault role outlived the grant"
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):

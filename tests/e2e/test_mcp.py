@@ -25,9 +25,9 @@ from broker.approvals.model import Status, Voter
 from broker.approvals.settings import ApprovalRuleSettings, ApprovalSettings
 from broker.audit.export import render
 from broker.config import ProxySettings
-from proxy.approvals import ApprovalReviewHook
 from tests.conftest import free_port
 from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
+from tests.e2e.conftest import approval_service as service
 
 pytestmark = pytest.mark.e2e
 
@@ -84,12 +84,6 @@ async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
     assert not result.is_error, result
     assert result.structured_content is not None
     return result.structured_content
-
-
-def service(gw: Gateway):
-    hook = gw.server.ctx.review
-    assert isinstance(hook, ApprovalReviewHook)
-    return hook.service
 
 
 async def test_tools_over_stdio(gw, mcp_config, upstream):
@@ -329,7 +323,7 @@ async def test_vault_credentials_behind_mcp(upstream, demo_roles, openbao, tmp_p
             command=JITGATE, args=["mcp", "--config", str(config)], env=_env(vgw.token("vault_demo"))
         )
         async with Client(params, read_timeout_seconds=60) as client:
-            who = await call(client, "query", resource="vault_demo", sql="select current_user", intent="who am i")
+            who = await call(client, "query", resource="vault_demo", sql="select session_user", intent="who am i")
             role = who["rows"][0][0]
             assert role.startswith("v-"), who  # an OpenBao-generated login
             masked = await call(client, "query", resource="vault_demo",

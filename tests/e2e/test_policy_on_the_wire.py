@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from proxy.records import syntax_error
+
 pytestmark = pytest.mark.e2e
 
 # (sql, decision) from design.md's table; review is refused until approvals land.
@@ -36,9 +38,11 @@ async def test_design_examples_on_the_wire(gateway, upstream, sql, decision):
         if decision == "allow":
             await conn.execute(sql)
         else:
-            with pytest.raises(asyncpg.InsufficientPrivilegeError) as err:
+            # Blocked by policy: 42501; unparseable: PostgreSQL's own 42601, from the gateway.
+            error = asyncpg.PostgresSyntaxError if syntax_error(sql) else asyncpg.InsufficientPrivilegeError
+            with pytest.raises(error) as err:
                 await conn.execute(sql)
-            assert "jitgate" in str(err.value)
+            assert "jitgate" in str(err.value) + str(err.value.detail)
             # the session stays usable
             assert await conn.fetchval("select 1") == 1
         after = (
@@ -94,3 +98,37 @@ async def test_observe_mode_forwards_and_records_shadow_decision(gateway, upstre
 
     rows = gateway.call(shadow_decisions())
     assert ("delete from orders", "allow", "review") in rows
+
+
+async def test_a_do_block_running_sql_built_at_run_time_is_blocked(gateway, upstream, demo_roles):
+    """The red team's bypass: the ALTER ROLE text sits in a table, a DO block EXECUTEs it. It
+    used to be reviewed as "a DO block runs procedural code"; approved, it let the agent set
+    the gateway's upstream password and log in directly."""
+    admin = await asyncpg.connect(upstream.dsn("demo"))
+    conn = await asyncpg.connect(gateway.dsn())
+    rolpassword = "select rolpassword from pg_authid where rolname = $1"
+    try:
+        before = await admin.fetchval(rolpassword, demo_roles.rw_user)
+        await conn.execute("create temp table cfg(k text, v text)")
+        await conn.execute(
+            "insert into cfg values ('a', 'ALTER ROLE demo_rw PASSWORD ''agent-owns-this''')"
+        )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as err:
+            await conn.execute(
+                "do $$declare r text; begin select v into r from cfg where k = 'a'; execute r; end$$"
+            )
+        assert err.value.sqlstate == "42501"
+        assert "blocked by policy rule agent-safe/runtime-sql" in str(err.value)
+        assert "runs SQL built at run time, which the gateway cannot check" in str(err.value)
+        # nothing ran: the password is the gateway's, and the agent's does not log in
+        assert await admin.fetchval(rolpassword, demo_roles.rw_user) == before
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(upstream.dsn("demo", demo_roles.rw_user, "agent-owns-this"))
+        # the session goes on; the same string as a constant is judged as the ALTER ROLE it is
+        with pytest.raises(asyncpg.InsufficientPrivilegeError) as err:
+            await conn.execute("do $$begin execute 'ALTER ROLE demo_rw PASSWORD ''x'''; end$$")
+        assert "agent-safe/roles" in str(err.value)
+        assert await conn.fetchval("select count(*) from cfg") == 1
+    finally:
+        await conn.close()
+        await admin.close()

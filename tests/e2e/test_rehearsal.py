@@ -17,7 +17,6 @@ what it was shown and denies unless told to approve.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
 import tempfile
 import threading
@@ -34,51 +33,19 @@ from psycopg import sql
 
 from broker.demo.seed import DemoRoles
 from broker.demo.upstream import Upstream
-from proxy.hooks import ReviewOutcome
 from proxy.protocol import messages as m
 from tests.e2e.conftest import Gateway, _resource, start_gateway, stop_gateway
+from tests.e2e.scratch import TestReviewer, scratch_database
 from tests.wire_client import SYNC, WireClient, bind, execute, parse, query
 
 pytestmark = pytest.mark.e2e
 
 RESOURCE = "rehearse"
-_PRISTINE_DB = "demo_pristine"
 POLICY = """
 max_rows_without_review: 100
 max_rows_per_table:
   rh_big: 1000
 """
-
-
-@dataclass
-class Seen:
-    sql: str
-    rule: str
-    blast: Any
-
-
-class Reviewer:
-    """Records what each review showed; approves a statement text it was told to, once;
-    denies the rest (or waits `hold` seconds first, to look at the server meanwhile)."""
-
-    def __init__(self) -> None:
-        self.seen: list[Seen] = []
-        self.approve: list[str] = []
-        self.hold = 0.0
-
-    async def review(
-        self, *, session: Any, sql: str, verdict: Any, notify: Any, estimate: Any = None, blast_radius: Any = None
-    ) -> ReviewOutcome:
-        self.seen.append(Seen(sql, verdict.rule, blast_radius))
-        if self.hold:
-            await asyncio.sleep(self.hold)
-        if sql in self.approve:
-            self.approve.remove(sql)
-            return ReviewOutcome(approved=True)
-        return ReviewOutcome(approved=False, reason="denied by the test reviewer")
-
-    async def session_ended(self, session_id: str) -> None:
-        return None
 
 
 @dataclass
@@ -89,7 +56,7 @@ class Env:
     login: str
     password: str
     token: str
-    reviewer: Reviewer
+    reviewer: TestReviewer
     sizes: dict[str, int] = field(default_factory=dict)
 
     def admin(self) -> psycopg.Connection[Any]:
@@ -122,18 +89,9 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(upstream: Upstream, demo_roles: DemoRoles) -> Iterator[Env]:
-    suffix = secrets.token_hex(3)
-    login, db = f"jg_rh_{suffix}", f"jg_rh_{suffix}"
-    password = secrets.token_urlsafe(18)
-    with psycopg.connect(upstream.dsn("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("create role {} login password {}").format(sql.Identifier(login), sql.Literal(password)))
-        admin.execute(sql.SQL("grant {} to {}").format(sql.Identifier(demo_roles.rw_user), sql.Identifier(login)))
-        admin.execute(
-            sql.SQL("create database {} template {}").format(sql.Identifier(db), sql.Identifier(_PRISTINE_DB))
-        )
-    reviewer = Reviewer()
-    try:
-        with psycopg.connect(upstream.dsn(db), autocommit=True) as admin:
+    reviewer = TestReviewer()
+    with scratch_database(upstream, demo_roles, "jg_rh") as scratch:
+        with psycopg.connect(upstream.dsn(scratch.db), autocommit=True) as admin:
             admin.execute("create table rh_items (id int primary key, v text)")
             admin.execute("create table rh_audit (item int, n int)")
             admin.execute("create table rh_big (id int primary key, v text)")
@@ -159,16 +117,14 @@ def env(upstream: Upstream, demo_roles: DemoRoles) -> Iterator[Env]:
         with tempfile.TemporaryDirectory(prefix="jitgate-rehearsal-") as tmp:
             policy = Path(tmp) / "policy.yaml"
             policy.write_text(POLICY)
-            extra = {RESOURCE: _resource(upstream, login, password, dbname=db, policy=str(policy))}
+            resource = _resource(upstream, scratch.login, scratch.password, dbname=scratch.db, policy=str(policy))
+            extra = {RESOURCE: resource}
             gw = start_gateway(upstream, demo_roles, Path(tmp), extra=extra, review=reviewer)
             try:
-                yield Env(gw, upstream, db, login, password, gw.issue(RESOURCE), reviewer, sizes)
+                token = gw.issue(RESOURCE)
+                yield Env(gw, upstream, scratch.db, scratch.login, scratch.password, token, reviewer, sizes)
             finally:
                 stop_gateway(gw)
-    finally:
-        with psycopg.connect(upstream.dsn("postgres"), autocommit=True) as admin:
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(db)))
-            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(login)))
 
 
 @pytest.fixture(autouse=True)
@@ -181,9 +137,7 @@ def _pristine(env: Env) -> Iterator[None]:
         admin.execute("update customers set notes = null where notes is not null")
         admin.execute("select setval('rh_seq', 1, false)")
         admin.execute("analyze")
-    env.reviewer.seen.clear()
-    env.reviewer.approve.clear()
-    env.reviewer.hold = 0.0
+    env.reviewer.reset()
     yield
 
 

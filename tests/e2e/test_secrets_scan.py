@@ -104,7 +104,7 @@ def test_no_secret_anywhere_after_a_full_run(gw, upstream, demo_roles, slack):
     with structlog.testing.capture_logs() as logs:
         with psycopg.connect(gw.dsn("vault_demo", token=token), autocommit=True, application_name="scan") as conn:
             conn.add_notice_handler(lambda n: seen.append(f"{n.severity} {n.message_primary} {n.message_detail}"))
-            dyn_user = conn.execute("select current_user").fetchone()[0]
+            dyn_user = conn.execute("select session_user").fetchone()[0]
             dyn_passwords = [c.password for c, _ in gw.server.ctx.credentials._issued.values()]
             assert dyn_passwords
             seen.append(repr(conn.info.parameter_status("session_authorization")))

@@ -18,7 +18,6 @@ an API key.
 
 from __future__ import annotations
 
-import secrets
 import socket
 import struct
 import tempfile
@@ -34,15 +33,14 @@ from psycopg import sql
 
 from broker.demo.seed import DemoRoles
 from broker.demo.upstream import Upstream
-from proxy.hooks import ReviewOutcome
 from proxy.protocol import messages as m
 from proxy.protocol.frames import split_messages
 from tests.e2e.conftest import Gateway, _resource, start_gateway, stop_gateway
+from tests.e2e.scratch import TestReviewer, scratch_database
 
 pytestmark = pytest.mark.e2e
 
 RESOURCE = "attack"
-_PRISTINE_DB = "demo_pristine"  # tests/conftest.py: the seeded demo, cloned per database
 
 Msg = tuple[str, bytes]
 
@@ -168,27 +166,6 @@ def connect(gw: Gateway, token: str, **params: str) -> tuple[Wire, list[Msg]]:
 # ------------------------------------------------------------------ the gateway under test
 
 
-class Reviewer:
-    """Approves each statement text it was told to, once; denies everything else (a second
-    review of the same text too: an approval covers one execution)."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        self.approve: list[str] = []
-
-    async def review(
-        self, *, session: Any, sql: str, verdict: Any, notify: Any, estimate: Any = None, blast_radius: Any = None
-    ) -> ReviewOutcome:
-        self.seen.append(sql)
-        if sql in self.approve:
-            self.approve.remove(sql)
-            return ReviewOutcome(approved=True)
-        return ReviewOutcome(approved=False, reason="denied by the test reviewer")
-
-    async def session_ended(self, session_id: str) -> None:
-        return None
-
-
 @dataclass
 class Env:
     gw: Gateway
@@ -197,7 +174,7 @@ class Env:
     login: str  # the upstream role the gateway logs in as
     target: str  # a role `login` is a member of: where a role switch would land
     token: str
-    reviewer: Reviewer
+    reviewer: TestReviewer
     pii: dict[str, list[str]] = field(default_factory=dict)  # column -> raw values
 
     def admin(self) -> psycopg.Connection[Any]:
@@ -224,23 +201,10 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(upstream: Upstream, demo_roles: DemoRoles) -> Iterator[Env]:
-    suffix = secrets.token_hex(3)
-    login, target, db = f"jg_attack_{suffix}", f"jg_target_{suffix}", f"jg_attack_{suffix}"
-    password = secrets.token_urlsafe(18)
-    with psycopg.connect(upstream.dsn("postgres"), autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("create role {} login password {}").format(sql.Identifier(login), sql.Literal(password))
-        )
-        admin.execute(sql.SQL("create role {} nologin").format(sql.Identifier(target)))
-        admin.execute(sql.SQL("grant {}, {} to {}").format(
-            sql.Identifier(target), sql.Identifier(demo_roles.rw_user), sql.Identifier(login)
-        ))
-        admin.execute(
-            sql.SQL("create database {} template {}").format(sql.Identifier(db), sql.Identifier(_PRISTINE_DB))
-        )
-    reviewer = Reviewer()
-    try:
-        with psycopg.connect(upstream.dsn(db), autocommit=True) as admin:
+    reviewer = TestReviewer()
+    with scratch_database(upstream, demo_roles, "jg_attack", extra_roles=1) as scratch:
+        (target,) = scratch.extra_roles
+        with psycopg.connect(upstream.dsn(scratch.db), autocommit=True) as admin:
             admin.execute("create table jg_whoami (who name not null default current_user, tag text)")
             admin.execute("create table jg_scratch (id int primary key, note text)")
             admin.execute("grant select, insert, update, delete on jg_whoami, jg_scratch to public")
@@ -258,17 +222,12 @@ def env(upstream: Upstream, demo_roles: DemoRoles) -> Iterator[Env]:
             got = admin.execute(f"select {', '.join(cols)} from customers order by id").fetchall()
         pii = {col: [row[i] for row in got if row[i]] for i, col in enumerate(cols)}
         with tempfile.TemporaryDirectory(prefix="jitgate-attacks-") as tmp:
-            extra = {RESOURCE: _resource(upstream, login, password, dbname=db)}
+            extra = {RESOURCE: _resource(upstream, scratch.login, scratch.password, dbname=scratch.db)}
             gw = start_gateway(upstream, demo_roles, Path(tmp), extra=extra, review=reviewer)
             try:
-                yield Env(gw, upstream, db, login, target, gw.issue(RESOURCE), reviewer, pii)
+                yield Env(gw, upstream, scratch.db, scratch.login, target, gw.issue(RESOURCE), reviewer, pii)
             finally:
                 stop_gateway(gw)
-    finally:
-        with psycopg.connect(upstream.dsn("postgres"), autocommit=True) as admin:
-            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(db)))
-            for role in (login, target):
-                admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture(autouse=True)
@@ -278,8 +237,7 @@ def _pristine(env: Env) -> Iterator[None]:
         admin.execute("delete from jg_scratch")
         admin.execute("insert into jg_scratch select g, 'keep' from generate_series(1, 20) g")
         admin.execute("delete from jg_whoami")
-    env.reviewer.seen.clear()
-    env.reviewer.approve.clear()
+    env.reviewer.reset()
     yield
     with env.admin() as admin:
         admin.execute(sql.SQL("alter role {} reset all").format(sql.Identifier(env.login)))

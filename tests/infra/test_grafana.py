@@ -80,3 +80,66 @@ def test_counters_are_only_queried_through_rate(dashboard: dict[str, Any]) -> No
         for name in METRIC.findall(expr):
             if name.endswith(("_total", "_bucket", "_sum", "_count")):
                 assert re.search(rf"(rate|increase)\({name}\b", expr), (title, expr)
+
+
+def series_labels() -> dict[str, set[str]]:
+    """Every series name jitgate exposes -> the label names its samples carry."""
+    import importlib
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    labels: dict[str, set[str]] = {}
+    for module_name in ("broker.metrics", *REGISTERING_MODULES):
+        module = importlib.import_module(module_name)
+        for value in vars(module).values():
+            if isinstance(value, MetricWrapperBase):
+                names, kind = set(value._labelnames), value._type
+                base = value._name
+            elif isinstance(value, metrics.RelayedBytes):
+                names, kind, base = {"direction"}, "counter", value.NAME
+            else:
+                continue
+            if kind == "counter":
+                labels[base + "_total"] = names
+            elif kind == "histogram":
+                labels.update({base + "_bucket": names | {"le"}, base + "_sum": names, base + "_count": names})
+            else:
+                labels[base] = names
+    return labels
+
+
+#: The values a dashboard may match a label against: what the code can put there.
+LABEL_VALUES: dict[str, set[str]] = {
+    "decision": {"allow", "review", "block"},
+    "direction": {"client_to_server", "server_to_client"},
+}
+BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+MATCHER = re.compile(r"(jitgate_[a-z0-9_]+)\{([^}]*)\}")
+
+
+def test_every_label_a_panel_groups_or_filters_by_exists(dashboard: dict[str, Any]) -> None:
+    from broker.policy.model import Decision
+
+    assert {d.value for d in Decision} == LABEL_VALUES["decision"]
+    known = series_labels()
+    wrong = []
+    for title, expr in expressions(dashboard):
+        names = METRIC.findall(expr)
+        for group in BY.findall(expr):
+            for label in filter(None, (g.strip() for g in group.split(","))):
+                wrong += [(title, name, label) for name in names if label not in known[name]]
+        for name, body in MATCHER.findall(expr):
+            for matcher in filter(None, (m.strip() for m in body.split(","))):
+                label, _, value = re.split(r"(=~|!=|!~|=)", matcher, maxsplit=1)
+                if label not in known[name]:
+                    wrong.append((title, name, label))
+                elif value.strip('"') not in LABEL_VALUES.get(label, set()):
+                    wrong.append((title, name, matcher))
+    assert not wrong, f"panels group or filter by labels or values jitgate never sets: {wrong}"
+
+
+def test_the_label_check_catches_a_typo() -> None:
+    bad = {"panels": [{"title": "x", "targets": [
+        {"expr": 'sum by (decisions) (rate(jitgate_statements_total{decision="blocked"}[5m]))'}]}]}
+    with pytest.raises(AssertionError, match="decisions"):
+        test_every_label_a_panel_groups_or_filters_by_exists(bad)

@@ -6,6 +6,7 @@ revoke) and nothing else; a second run changes nothing."""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from dotenv import dotenv_values
 from pydantic import SecretStr
 
 from broker.credentials.settings import CredentialSettings, VaultAuthSettings, VaultSettings
+from broker.credentials.statements import creation_statements, revocation_statements
 from broker.credentials.vault import VaultProvider
 from broker.demo.openbao import OpenBao, OpenBaoError, bao_binary, start_openbao
 from broker.demo.seed import RO_ROLE, RW_ROLE
@@ -53,7 +55,7 @@ def run_bootstrap(bao: OpenBao, upstream: Upstream, **extra: str) -> subprocess.
         "BAO_TOKEN": bao.root_token,
         "PG_HOST": upstream.host,
         "PG_PORT": str(upstream.port),
-        "PG_DATABASE": "postgres",
+        "PG_DATABASE": "demo",  # where sessions work: revocation reassigns what they own there
         "PG_ADMIN_USER": upstream.superuser,
         "PG_ADMIN_PASSWORD": upstream.superuser_password,
         "PG_SSLMODE": "disable",
@@ -175,3 +177,66 @@ def test_missing_settings_stop_the_script_early(bao: OpenBao, upstream: Upstream
     result = run_bootstrap(bao, upstream, PG_HOST="")
     assert result.returncode != 0
     assert "PG_HOST" in result.stderr
+    result = run_bootstrap(bao, upstream, PG_DATABASE="")
+    assert result.returncode != 0
+    assert "PG_DATABASE" in result.stderr
+
+
+def test_roles_run_the_documented_statements(bao: OpenBao, bootstrapped: Path) -> None:
+    """bootstrap.sh, broker/credentials/statements.py (the demo's) and infra/vault/README.md
+    give Vault the same creation and revocation statements."""
+    client = hvac.Client(url=bao.address, token=bao.root_token)
+    for role, group in (("readonly", RO_ROLE), ("readwrite", RW_ROLE)):
+        data = client.secrets.database.read_role(name=role)["data"]
+        assert data["creation_statements"] == creation_statements(group)
+        assert data["revocation_statements"] == revocation_statements(group)
+    documented = (INFRA / "vault" / "README.md").read_text()
+    for statement in creation_statements("app_readwrite") + revocation_statements("app_readwrite"):
+        assert statement in documented, statement
+
+
+async def test_a_non_superuser_admin_with_the_documented_privileges(upstream: Upstream, tmp_path: Path) -> None:
+    """Vault logs in as a CREATEROLE role with ADMIN OPTION (no INHERIT, no SET) on the groups,
+    pg_signal_backend and CONNECT: sessions run as the group, and revocation drops a login that
+    owns a table of its own (PostgreSQL 16+ semantics: the embedded server is 18)."""
+    admin_name, admin_password = f"vault_admin_{secrets.token_hex(3)}", secrets.token_urlsafe(16)
+    root = await asyncpg.connect(upstream.dsn("demo"))
+    assert int(await root.fetchval("show server_version_num")) >= 160000
+    await root.execute(
+        f"create role {admin_name} with login createrole password '{admin_password}';"
+        f"grant {RW_ROLE}, {RO_ROLE} to {admin_name} with admin option, inherit false, set false;"
+        f"grant pg_signal_backend to {admin_name}; grant connect on database demo to {admin_name};"
+        f"create schema boot_work; grant usage, create on schema boot_work to {RW_ROLE}"
+    )
+    server = start_openbao()
+    provider: VaultProvider | None = None
+    try:
+        out = tmp_path / "approle.env"
+        result = run_bootstrap(server, upstream, APPROLE_OUT=str(out),
+                               PG_ADMIN_USER=admin_name, PG_ADMIN_PASSWORD=admin_password)
+        assert result.returncode == 0, result.stderr
+        provider = VaultProvider(gateway_settings(out, server.address),
+                                 {"app": CredentialSettings(provider="vault")})
+        for round_ in ("first", "second"):
+            credential = await provider.acquire(resource="app", role="readwrite", session_id=round_)
+            conn = await asyncpg.connect(upstream.dsn("demo", credential.username, credential.password))
+            try:
+                assert await conn.fetchval("select current_user") == RW_ROLE
+                if round_ == "first":
+                    await conn.execute("create table boot_work.shared (id int)")
+                else:  # another login, the same owner
+                    await conn.execute("alter table boot_work.shared add column v text")
+                await conn.execute("set role none")
+                await conn.execute(f"create table boot_work.own_{round_} (id int)")
+            finally:
+                await conn.close()
+            await provider.release(credential)
+            assert not await root.fetchval("select count(*) from pg_roles where rolname = $1", credential.username)
+        owners = await root.fetch("select distinct tableowner from pg_tables where schemaname = 'boot_work'")
+        assert [r[0] for r in owners] == [RW_ROLE]
+    finally:
+        if provider is not None:
+            await provider.aclose()
+        server.stop()
+        await root.execute(f"drop schema boot_work cascade; drop owned by {admin_name}; drop role {admin_name}")
+        await root.close()

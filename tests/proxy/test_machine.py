@@ -143,7 +143,7 @@ def test_review_parks_and_resumes_on_approval():
     q = m.query_message("truncate risky")
     mach.feed_client(q + m.query_message("select 2"))
     assert mach.parked is not None and mach.out_upstream == []
-    mach.resume(approved=True)
+    assert mach.resume(approved=True) is True
     assert b"".join(mach.out_upstream) == q + m.query_message("select 2")
 
 
@@ -163,7 +163,7 @@ def test_a_parked_write_is_parked_at_once_and_nothing_is_asked_on_the_client_con
     mach.feed_client(q + m.query_message("select 2"))
     # The planner's estimate is asked on the side channel (proxy.side_channel), never here.
     assert mach.parked is not None and mach.out_upstream == []
-    mach.resume(approved=True)
+    assert mach.resume(approved=True) is True
     assert b"".join(mach.out_upstream) == q + m.query_message("select 2")
 
 

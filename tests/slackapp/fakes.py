@@ -94,3 +94,27 @@ class InMemoryApprovals:
 
     def expire(self, approval_id: str) -> None:
         self.approvals[approval_id] = replace(self.approvals[approval_id], status=Status.EXPIRED)
+
+
+class InMemoryLedger:
+    """What the store's `slack_messages` table does (`slackapp.ports.MessageLedger`), in memory."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], tuple[str, str | None, datetime]] = {}  # -> (channel, ts, claimed_at)
+
+    async def claim_slack_message(
+        self, approval_id: str, kind: str, *, channel: str, stale_after: timedelta,
+    ) -> tuple[str, str | None] | None:
+        now = datetime.now(UTC)
+        row = self.rows.get((approval_id, kind))
+        if row is not None and (row[1] is not None or row[2] > now - stale_after):
+            return row[0], row[1]
+        self.rows[(approval_id, kind)] = (channel, None, now)
+        return None
+
+    async def record_slack_message(self, approval_id: str, kind: str, *, channel: str, ts: str) -> None:
+        self.rows[(approval_id, kind)] = (channel, ts, self.rows[(approval_id, kind)][2])
+
+    async def release_slack_message(self, approval_id: str, kind: str) -> None:
+        if (approval_id, kind) in self.rows and self.rows[(approval_id, kind)][1] is None:
+            del self.rows[(approval_id, kind)]

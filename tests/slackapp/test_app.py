@@ -6,13 +6,16 @@ import json
 import time
 
 import httpx
+import pytest
 
 from broker.approvals.model import Approval, Scope, Status
+from slackapp.blocks import escape
 from slackapp.client import SlackPoster, make_web_client
+from slackapp.listeners.commands import USAGE
 from slackapp.settings import SlackSettings
 from tests.slack_double import SlackDouble
 from tests.slack_signing import SignedRequest, SlackSigner
-from tests.slackapp.fakes import InMemoryApprovals, make_approval
+from tests.slackapp.fakes import InMemoryApprovals, InMemoryLedger, make_approval
 
 
 async def send(http: httpx.AsyncClient, request: SignedRequest) -> httpx.Response:
@@ -21,7 +24,9 @@ async def send(http: httpx.AsyncClient, request: SignedRequest) -> httpx.Respons
 
 async def posted(settings: SlackSettings, approval: Approval) -> tuple[str, str]:
     """Post the prompt the way the worker does, so chat.update has a message to rewrite."""
-    return await SlackPoster(make_web_client(settings)).post_prompt(approval, settings.channel)
+    poster = SlackPoster(make_web_client(settings), ledger=InMemoryLedger())
+    prompt = await poster.post_prompt(approval, settings.channel)
+    return prompt.channel, prompt.ts
 
 
 def click(signer: SlackSigner, user: str, approval: Approval, ts: str, action: str = "jitgate_approve",
@@ -102,6 +107,21 @@ async def test_double_click_counts_once(
     assert "1 of 2 approvals (alice@example.com)" in json.dumps(updates[-1].args["blocks"])
     assert [b for b in updates[-1].args["blocks"] if b["type"] == "actions"]  # still waiting for a second
     assert "already voted" in ephemerals(slack)[0]
+
+
+async def test_a_click_on_a_decided_request_says_who_decided_it(
+    http: httpx.AsyncClient, slack: SlackDouble, settings: SlackSettings, approvals: InMemoryApprovals,
+    signer: SlackSigner,
+) -> None:
+    approval = approvals.add(make_approval())
+    _, ts = await posted(settings, approval)
+    await send(http, click(signer, "U_ALICE", approval, ts))
+    await slack.wait_for_async("chat.update")
+    await send(http, click(signer, "U_ALICE", approval, ts))
+    await slack.wait_for_async("chat.postEphemeral")
+    (told,) = ephemerals(slack)
+    assert told.startswith("Not recorded:") and "already approved by person:alice@example.com" in told, told
+    assert len(approvals.votes) == 1
 
 
 async def test_quorum_of_two_is_reached_by_a_second_approver(
@@ -243,7 +263,7 @@ async def test_jit_help_list_and_request(
     response = await send(http, signer.slash_command(user_id="U_ALICE", text="help", response_url=url))
     assert response.status_code == 200 and "/jit request" in response.text  # ack(text): the ephemeral answer
 
-    await send(http, signer.slash_command(user_id="U_ALICE", text="", response_url=url))
+    await send(http, signer.slash_command(user_id="U_ALICE", text="list", response_url=url))
     (listing,) = await slack.wait_for_async("response_url")
     assert listing.args["response_type"] == "ephemeral"
     text = json.dumps(listing.args["blocks"])
@@ -263,7 +283,18 @@ async def test_jit_help_list_and_request(
     assert "Request refused" in answers[-1].args["text"]
 
     usage = await send(http, signer.slash_command(user_id="U_ALICE", text="request demo", response_url=url))
-    assert "Usage" in usage.text
+    assert "Usage: `/jit request &lt;resource&gt; &lt;role&gt; &lt;ttl&gt; &lt;reason&gt;`" in usage.text
+
+
+@pytest.mark.parametrize("text", ["", "pending", "frobnicate now"])
+async def test_jit_alone_or_unknown_answers_with_the_real_usage(
+    http: httpx.AsyncClient, slack: SlackDouble, approvals: InMemoryApprovals, signer: SlackSigner, text: str,
+) -> None:
+    response = await send(http, signer.slash_command(user_id="U_ALICE", text=text, response_url=slack.response_url()))
+    assert response.status_code == 200
+    assert f"Usage: `/jit {escape(USAGE)}`" in response.text
+    assert ("Unknown subcommand" in response.text) is bool(text)
+    assert slack.count("users.info") == 0 and approvals.access_requests == []
 
 
 async def test_jit_for_an_unlinked_user(http: httpx.AsyncClient, slack: SlackDouble, signer: SlackSigner) -> None:

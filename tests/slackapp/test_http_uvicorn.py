@@ -16,14 +16,15 @@ from slackapp.settings import SlackSettings
 from tests.conftest import free_port
 from tests.slack_double import SlackDouble
 from tests.slack_signing import SlackSigner
-from tests.slackapp.fakes import InMemoryApprovals, make_approval
+from tests.slackapp.fakes import InMemoryApprovals, InMemoryLedger, make_approval
 
 
 async def test_signed_click_through_uvicorn(
     slack: SlackDouble, settings: SlackSettings, approvals: InMemoryApprovals, signer: SlackSigner,
 ) -> None:
     approval = approvals.add(make_approval())
-    _, ts = await SlackPoster(make_web_client(settings)).post_prompt(approval, settings.channel)
+    poster = SlackPoster(make_web_client(settings), ledger=InMemoryLedger())
+    ts = (await poster.post_prompt(approval, settings.channel)).ts
     api = FastAPI()
     mount(api, build_app(settings, approvals))
     port = free_port()

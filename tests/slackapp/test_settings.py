@@ -8,7 +8,7 @@ from slackapp.app import build_app
 from slackapp.client import SlackPoster
 from slackapp.http import mount
 from slackapp.settings import SlackSettings
-from tests.slackapp.fakes import InMemoryApprovals
+from tests.slackapp.fakes import InMemoryApprovals, InMemoryLedger
 
 
 def test_tokens_never_show() -> None:
@@ -46,4 +46,4 @@ def test_the_brokers_own_slack_section_works_too() -> None:
                                    api_url="https://slack-gov.com/api", console_url="https://c.example/")
     bolt = build_app(settings, InMemoryApprovals({}))
     assert bolt.client.base_url == "https://slack-gov.com/api/"
-    assert SlackPoster.from_settings(settings).console_url == "https://c.example"
+    assert SlackPoster.from_settings(settings, ledger=InMemoryLedger()).console_url == "https://c.example"

@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from tests.slack_double import BOT_TOKEN, SlackDouble
+from tests.slack_double import APP_TOKEN, BOT_TOKEN, METHOD_SCOPES, SlackDouble, manifest_bot_scopes
 
 AUTH = {"Authorization": f"Bearer {BOT_TOKEN}"}
 BUTTON = {"type": "button", "action_id": "a", "text": {"type": "plain_text", "text": "Go"}, "value": "1"}
@@ -48,7 +48,7 @@ def test_block_kit_is_checked() -> None:
 
 
 def test_form_bodies_metadata_and_failures() -> None:
-    with SlackDouble() as slack:
+    with SlackDouble(scopes=("chat:write", "channels:history")) as slack:
         form = {"channel": "C_APPROVALS", "text": "hi", "blocks": json.dumps([{"type": "divider"}]),
                 "metadata": json.dumps({"event_type": "e", "event_payload": {"k": "v"}})}
         posted = httpx.post(slack.base_url + "chat.postMessage", data=form, headers=AUTH).json()
@@ -68,3 +68,26 @@ def test_form_bodies_metadata_and_failures() -> None:
         assert httpx.post(slack.base_url + "auth.test", headers=AUTH).status_code == 500
         assert httpx.post(slack.base_url + "auth.test", headers=AUTH).status_code == 200
         assert slack.count("auth.test") == 4
+
+
+def test_scopes_are_enforced_as_slack_does() -> None:
+    with SlackDouble(users={"U1": "u1@example.com"}, scopes=("commands", "users:read")) as slack:
+        refused = call(slack, "chat.postMessage", channel="C_APPROVALS", text="x")
+        assert refused == {"ok": False, "error": "missing_scope", "needed": "chat:write",
+                           "provided": "commands,users:read"}
+        assert call(slack, "conversations.history", channel="C_APPROVALS")["needed"] == "channels:history"
+        assert slack.messages("C_APPROVALS") == []
+        # users.info answers with users:read, but the email only comes with users:read.email.
+        assert "email" not in call(slack, "users.info", user="U1")["user"]["profile"]
+        assert call(slack, "auth.test")["ok"] is True and call(slack, "views.publish", user_id="U1", view={
+            "type": "home", "blocks": []})["ok"] is True  # no scope beyond the bot token's
+        app = {"Authorization": f"Bearer {APP_TOKEN}"}
+        assert call(slack, "apps.connections.open", headers=app)["ok"] is True  # connections:write
+    with SlackDouble(users={"U1": "u1@example.com"}) as slack:
+        assert slack.scopes == frozenset(manifest_bot_scopes())
+        assert call(slack, "users.info", user="U1")["user"]["profile"]["email"] == "u1@example.com"
+
+
+def test_every_method_the_double_serves_has_its_documented_scope() -> None:
+    served = {name[len("_api_"):].replace("_", ".") for name in dir(SlackDouble) if name.startswith("_api_")}
+    assert served == set(METHOD_SCOPES)

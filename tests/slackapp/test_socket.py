@@ -17,7 +17,7 @@ from slackapp.socket import run_socket_mode, socket_mode_handler
 from tests.conftest import free_port
 from tests.slack_double import APP_TOKEN, SlackDouble
 from tests.slack_signing import trigger_id
-from tests.slackapp.fakes import InMemoryApprovals, make_approval
+from tests.slackapp.fakes import InMemoryApprovals, InMemoryLedger, make_approval
 
 
 class SocketEndpoint:
@@ -71,7 +71,8 @@ async def test_a_click_over_socket_mode_is_acked_and_votes(
     slack: SlackDouble, settings: SlackSettings, approvals: InMemoryApprovals, endpoint: SocketEndpoint,
 ) -> None:
     approval = approvals.add(make_approval())
-    _, ts = await SlackPoster(make_web_client(settings)).post_prompt(approval, settings.channel)
+    poster = SlackPoster(make_web_client(settings), ledger=InMemoryLedger())
+    ts = (await poster.post_prompt(approval, settings.channel)).ts
     endpoint.envelopes.append({
         "envelope_id": "env-1", "type": "interactive", "accepts_response_payload": False,
         "payload": {

@@ -38,7 +38,7 @@ async def rt(tmp_path: Path, slack: SlackDouble) -> AsyncIterator[tasks.Runtime]
         ),
     )
     store = await Store.open(settings.store_url.get_secret_value())
-    poster = SlackPoster.from_settings(settings.slack)
+    poster = SlackPoster.from_settings(settings.slack, ledger=store)
     yield tasks.Runtime(settings, asyncio.get_running_loop(), store, ApprovalService(store, settings.approvals),
                         poster)
     await store.close()

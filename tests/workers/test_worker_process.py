@@ -1,13 +1,17 @@
 """A real `jitgate worker` process on the real Redis, posting to the Slack double.
 
 The broker side enqueues with `CeleryDispatcher`, as the proxy and API do; the worker posts
-and updates prompts, expires requests from its beat schedule, and survives being killed in
-the middle of a post without posting twice.
+and updates prompts, expires requests from its beat schedule (and publishes each expiry on the
+installation's decision bus, where a parked statement's proxy hears it), and survives being
+killed in the middle of a post (posting once more after the claim lapses, as the answer was
+lost and the app reads no channel history). The installation is not the default
+one, so every test here also goes through the installation's own queue and key prefix.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.approvals.bus import RedisBus, channel_for
 from broker.approvals.model import Status, Voter
 from broker.approvals.service import ApprovalService, Requester
 from broker.config import load_settings
@@ -28,6 +33,7 @@ from tests.slack_double import SlackDouble
 from workers.dispatch import CeleryDispatcher
 
 DANA = Voter("person:dana@example.com", ("dba",))
+INSTALLATION = "worker-test"
 
 
 class HoldingSlack(SlackDouble):
@@ -55,6 +61,7 @@ def config(tmp_path: Path, redis_url: str, slack: HoldingSlack) -> Path:
         "data_dir": str(tmp_path / "data"),
         "store_url": f"sqlite+aiosqlite:///{tmp_path}/jitgate.db",
         "broker_url": redis_url,
+        "installation": INSTALLATION,
         "slack": {
             "bot_token": slack.bot_token, "signing_secret": "s3cret", "channel": "C_APPROVALS",
             "api_url": slack.base_url,
@@ -72,7 +79,8 @@ class Worker:
     def start(self) -> None:
         self.proc = start(
             ["worker", "--config", str(self.config), "--concurrency", "1"], log=self.log,
-            env={"JITGATE_CONFIG": str(self.config), "JITGATE_TASK_VISIBILITY_TIMEOUT": "3"},
+            env={"JITGATE_CONFIG": str(self.config), "JITGATE_TASK_VISIBILITY_TIMEOUT": "3",
+                 "JITGATE_SLACK_CLAIM_TTL": "5"},
         )
 
     def kill(self) -> None:
@@ -101,7 +109,8 @@ async def service(config: Path) -> AsyncIterator[ApprovalService]:
     store = await Store.open(settings.store_url.get_secret_value())
     try:
         yield ApprovalService(
-            store, settings.approvals, dispatcher=CeleryDispatcher(settings.broker_url.get_secret_value())
+            store, settings.approvals,
+            dispatcher=CeleryDispatcher(settings.broker_url.get_secret_value(), installation=settings.installation),
         )
     finally:
         await store.close()
@@ -149,7 +158,7 @@ async def test_rate_limited_post_is_retried_after_retry_after(service, worker, s
     assert slack.count("chat.postMessage") >= 5
 
 
-async def test_worker_killed_mid_post_restarts_without_a_duplicate(service, worker, slack):
+async def test_worker_killed_mid_post_reposts_once_after_the_claim_lapses(service, worker, slack):
     slack.hold_post_seconds = 8
     approval = await park(service, "truncate orders")
 
@@ -162,15 +171,19 @@ async def test_worker_killed_mid_post_restarts_without_a_duplicate(service, work
     assert await service.store.approval_message(approval.id) is None
     worker.start()
     message = await until(lambda: service.store.approval_message(approval.id), 60, "the redelivered task")
-    assert len(slack.prompts_for(approval.id)) == 1
-    assert message[1] == slack.prompts_for(approval.id)[0]["ts"]
+    # Without reading the channel's history (no *:history scope) a post whose answer was lost
+    # cannot be found: the redelivered task waits for the claim to lapse, then posts once more.
+    prompts = slack.prompts_for(approval.id)
+    assert len(prompts) == 2 and message[1] == prompts[-1]["ts"]
+    await asyncio.sleep(6)  # another lapse posts nothing: the recorded prompt is updated instead
+    await service.vote(approval.id, DANA, "approve")
+    await until(lambda: _updated(slack, message[1]), 30, "the recorded prompt to be updated")
+    assert len(slack.prompts_for(approval.id)) == 2 and slack.count("conversations.history") == 0
 
 
 async def test_pending_request_expires_from_the_beat_schedule(service, worker, slack, config):
-    import dataclasses
-
     approval = await park(service, "drop table orders")
-    # Make it due: the worker's beat runs expire_pending every 10 s.
+    # Make it due: the worker's beat runs expire_pending every `expiry_check_interval`.
     await service.store.create_approval(
         dataclasses.replace(approval, id=approval.id + "-x", expires_at=approval.created_at)
     )
@@ -181,6 +194,37 @@ async def test_pending_request_expires_from_the_beat_schedule(service, worker, s
     assert (await service.get(approval.id)).status is Status.PENDING
 
 
+async def _updated(slack: SlackDouble, ts: str) -> bool:
+    return any(c.args.get("ts") == ts for c in slack.calls_to("chat.update"))
+
+
 async def _status(service: ApprovalService, approval_id: str, status: Status) -> bool:
     approval = await service.get(approval_id)
     return approval is not None and approval.status is status
+
+
+async def _worker_ready(w: Worker, seconds: float = 30.0) -> None:
+    async def ready() -> bool:
+        return w.log.exists() and " ready." in w.log.read_text(errors="replace")
+
+    await until(ready, seconds, "the worker to be ready")
+
+
+async def test_expiry_by_the_worker_is_pushed_on_the_installations_bus(service, worker, config):
+    """The worker's expiry reaches a waiter in another process through Redis, within the
+    expiry interval (1 s) and a second, not when the waiter's own deadline runs out."""
+    settings = load_settings(config)
+    bus = RedisBus(settings.broker_url.get_secret_value(), channel=channel_for(INSTALLATION))
+    await bus.start()
+    try:
+        await _worker_ready(worker)
+        approval = await park(service, "drop table invoices")
+        due = dataclasses.replace(approval, id=approval.id + "-due", expires_at=approval.created_at)
+        heard = bus.waiter(due.id)
+        await service.store.create_approval(due)
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(heard, 10) == "expired"
+        assert time.monotonic() - t0 < 2.5, "the expiry was pushed late"
+        assert (await service.get(due.id)).status is Status.EXPIRED
+    finally:
+        await bus.close()

@@ -1,4 +1,5 @@
-"""Export formats: JSONL and CSV re-verify as a chain, OCSF validates against the schema,
+"""Export formats: JSONL and CSV re-verify as a chain, OCSF validates against the real OCSF
+schema (tests/broker/audit/test_ocsf.py covers every record type and the validator itself),
 and a large export runs in bounded memory."""
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import jsonschema
 import pytest
 
 from broker.audit import events
@@ -19,13 +19,15 @@ from broker.audit.chain import GENESIS_HASH, AuditRecord, ChainVerifier, seal
 from broker.audit.export import render
 from broker.audit.ocsf import endpoint, to_ocsf
 from broker.store import Store
-from tests.broker.audit.ocsf_schema import SCHEMA
+from tests.broker.audit.ocsf_schema import errors
 
 T0 = datetime(2030, 1, 1, 12, tzinfo=UTC)
 
 SAMPLES: list[events.AuditEvent] = [
     events.login(principal="alice@example.com", method="oidc-device", groups=["dba"], client_addr="10.1.2.3"),
     events.login(principal="mallory", method="oidc-device", ok=False, reason="bad signature"),
+    events.login_failed(user="agent:ci", resource="demo", client_addr="127.0.0.1:40000", reason="expired",
+                        token_id="t0"),
     events.token_exchange(principal="agent:ci", issuer="https://token.actions.githubusercontent.com"),
     events.access_requested(request_id="r1", principal="agent:ci", resource="demo", role="readwrite",
                             reason="fix invoice", ttl_seconds=1800),
@@ -82,18 +84,17 @@ def _from_json(d: dict) -> AuditRecord:
                        d["session_id"] or None, d["data"], d["prev_hash"], d["hash"])
 
 
-VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
-
-
-def test_ocsf_events_validate_and_map_to_the_right_classes() -> None:
+async def test_ocsf_export_validates_and_maps_to_the_right_classes() -> None:
     expected_class = {
         "auth.login": 3002, "auth.token_exchange": 3002, "statement": 6005, "session.start": 6005,
-        "session.end": 6005,
+        "session.end": 6005, "auth.login_failed": 3002,
     }
-    for record in chain_of(SAMPLES):
-        event = to_ocsf(record)
-        errors = list(VALIDATOR.iter_errors(event))
-        assert errors == [], (record.type, [e.message for e in errors])
+    records = chain_of(SAMPLES)
+    lines = (await rendered(records, "ocsf")).splitlines()
+    assert len(lines) == len(records)
+    for record, line in zip(records, lines, strict=True):
+        event = json.loads(line)
+        assert errors(event) == [], (record.type, errors(event))
         assert event["class_uid"] == expected_class.get(record.type, 6003), record.type
         assert event["type_uid"] == event["class_uid"] * 100 + event["activity_id"]
         assert event["category_uid"] == event["class_uid"] // 1000
@@ -112,18 +113,6 @@ def test_ocsf_activity_and_status_details() -> None:
     assert by_type["session.start"]["activity_id"] == 3
     assert by_type["auth.login"]["activity_id"] == 1 and by_type["auth.login"]["user"]["name"]
     assert by_type["token.revoke"]["activity_id"] == 4 and by_type["token.issue"]["activity_id"] == 1
-
-
-def test_schema_rejects_what_is_not_ocsf() -> None:
-    event = to_ocsf(chain_of(SAMPLES)[8])
-    for broken in (
-        {k: v for k, v in event.items() if k != "class_uid"},
-        {**event, "category_uid": 3},
-        {**event, "activity_id": 42},
-        {**event, "src_endpoint": {"ip": "not-an-ip"}},
-        {k: v for k, v in event.items() if k != "actor"},
-    ):
-        assert not VALIDATOR.is_valid(broken)
 
 
 @pytest.mark.parametrize(

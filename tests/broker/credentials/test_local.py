@@ -32,7 +32,7 @@ async def test_issue_login_membership_and_drop(upstream: Upstream) -> None:
         assert await conn.fetchval("select count(*) from customers") > 0
         with pytest.raises(asyncpg.InsufficientPrivilegeError):  # readonly: member of demo_ro only
             await conn.execute("delete from orders where id = -1")
-        valid_until = await conn.fetchval("select rolvaliduntil from pg_roles where rolname = current_user")
+        valid_until = await conn.fetchval("select rolvaliduntil from pg_roles where rolname = session_user")
         assert valid_until is not None
         # Release ends the role's backends first, so a revoked credential stops working now.
         await issuer.release(cred)

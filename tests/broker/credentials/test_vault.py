@@ -9,6 +9,7 @@ import pytest
 
 from broker.credentials.settings import CredentialSettings
 from broker.credentials.vault import VaultProvider
+from broker.demo.seed import RW_ROLE
 from broker.demo.upstream import Upstream
 from broker.exceptions import CredentialError, CredentialSourceUnavailable
 from tests.conftest import free_port
@@ -17,13 +18,14 @@ from tests.openbao_fixture import TEST_TTL, FlakyTcp, VaultFixture, role_exists
 RESOURCES = {"demo": CredentialSettings(provider="vault")}
 
 
-async def _current_user(upstream: Upstream, username: str, password: str) -> str:
+async def _whoami(upstream: Upstream, username: str, password: str) -> tuple[str, str]:
     conn = await asyncpg.connect(host=upstream.host, port=upstream.port, user=username, password=password,
                                  database="demo")
     try:
         # Privileges come through membership in demo_rw: the issued role can read the tables.
         assert await conn.fetchval("SELECT count(*) FROM customers") > 0
-        return str(await conn.fetchval("SELECT current_user"))
+        session_user, current_user = await conn.fetchrow("SELECT session_user, current_user")
+        return str(session_user), str(current_user)
     finally:
         await conn.close()
 
@@ -35,7 +37,8 @@ async def test_issue_login_and_revoke(openbao: VaultFixture, upstream: Upstream)
         assert cred.lease_id and cred.lease_id.startswith("database/creds/readwrite/")
         assert cred.renewable and cred.lease_duration == TEST_TTL
         assert cred.username not in repr(cred) and cred.password not in repr(cred)
-        assert await _current_user(upstream, cred.username, cred.password) == cred.username
+        # Logged in as its own role, running as the group: what it creates is the group's.
+        assert await _whoami(upstream, cred.username, cred.password) == (cred.username, RW_ROLE)
         await provider.release(cred)
         assert not await role_exists(upstream, cred.username)
         # Revoking again (the reaper after a lost ack) is harmless.

@@ -20,8 +20,8 @@ from sqlalchemy import make_url, text
 from broker.store import Store
 
 TABLES = (
-    "statements", "sessions", "approval_votes", "approvals", "principals", "access_requests", "leases",
-    "gateway_tokens", "audit_events", "audit_state", "egress_usage", "session_slots",
+    "statements", "sessions", "approval_votes", "slack_messages", "approvals", "principals", "access_requests",
+    "leases", "gateway_tokens", "audit_events", "audit_state", "egress_usage", "session_slots",
 )
 
 

@@ -32,6 +32,7 @@ EXPECTED_TABLES = {
     "principals",
     "egress_usage",
     "session_slots",
+    "slack_messages",
 }
 
 

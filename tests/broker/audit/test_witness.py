@@ -1,0 +1,210 @@
+"""The external witness against someone with write access to the store, on SQLite and
+PostgreSQL: each attack passes the chain's own check (shown first) and is caught by the
+witness with the first bad record named."""
+
+# Fixtures imported from store_backends are redefined as test arguments, as pytest intends.
+# ruff: noqa: F811
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import text
+
+from broker.audit import events
+from broker.audit.chain import GENESIS_HASH, seal
+from broker.audit.signing import CheckpointVerifier
+from broker.audit.witness import (
+    WITNESSED,
+    FileWitness,
+    WitnessError,
+    WitnessSetup,
+    prune_witnessed,
+    read_witness,
+    witness_head,
+)
+from broker.store import Store
+from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
+
+KEY = Ed25519PrivateKey.generate()
+CHECKPOINTS = CheckpointVerifier([KEY.public_key()])
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> WitnessSetup:
+    return WitnessSetup(KEY, [FileWitness(tmp_path / "witness" / "audit.jsonl")], tmp_path / "state")
+
+
+def witness_path(setup: WitnessSetup) -> Path:
+    witness = setup.witnesses[0]
+    assert isinstance(witness, FileWitness)
+    return witness.path
+
+
+async def append(store: Store, n: int, start: int = 0) -> None:
+    await store.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(start, start + n)))
+
+
+async def build(store: Store, setup: WitnessSetup) -> None:
+    """seq 1..5, checkpoint 6 (witnessed), seq 7..9, checkpoint 10 (witnessed), seq 11..12."""
+    await append(store, 5)
+    assert (await witness_head(store, setup)) == {"seq": 6, "hash": (await store.audit_head()).hash,  # type: ignore[union-attr]
+                                                  "witnesses": {"file": "written"}}
+    await append(store, 3, 5)
+    await witness_head(store, setup)
+    await append(store, 2, 8)
+
+
+async def verify(store: Store, setup: WitnessSetup):  # type: ignore[no-untyped-def]
+    witness = read_witness(witness_path(setup), [KEY.public_key()])
+    return await store.verify_audit(checkpoints=CHECKPOINTS, witness=witness)
+
+
+async def sql(store: Store, stmt: str, **params: object) -> None:
+    async with store.engine.begin() as conn:
+        await conn.execute(text(stmt), params)
+
+
+async def record_id(store: Store, seq: int) -> str:
+    record = await store.audit_record(seq)
+    assert record is not None
+    return record.id
+
+
+async def rehash(store: Store, *, edit_seq: int | None = None, drop_types: tuple[str, ...] = ()) -> None:
+    """What a forger with write access and no key does: edit or drop records, renumber, then
+    recompute every hash and rewrite `audit_state` to match."""
+    records = [r async for r in store.iter_audit()]
+    kept = [r for r in records if r.type not in drop_types]
+    prev = GENESIS_HASH
+    async with store.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM audit_events"))
+        for seq, r in enumerate(kept, 1):
+            data = {**r.data, "what": "forged"} if r.seq == edit_seq else r.data
+            new = seal(seq=seq, id=r.id, ts=r.ts, type=r.type, actor=r.actor, session_id=r.session_id, data=data,
+                       prev_hash=prev)
+            await conn.execute(
+                text("INSERT INTO audit_events (seq, id, ts, type, actor, session_id, data, prev_hash, hash) "
+                     "VALUES (:s, :i, :t, :ty, :a, :sid, :d, :p, :h)"),
+                {"s": seq, "i": r.id, "t": r.ts, "ty": r.type, "a": r.actor, "sid": r.session_id,
+                 "d": json.dumps(new.data), "p": new.prev_hash, "h": new.hash},
+            )
+            prev = new.hash
+        await conn.execute(text("UPDATE audit_state SET head_seq = :s, head_hash = :h"), {"s": len(kept), "h": prev})
+
+
+def written(witness: str = "file") -> float:
+    return WITNESSED.labels(witness, "written")._value.get()
+
+
+async def test_witnessed_chain_verifies_anchored(store: Store, setup: WitnessSetup) -> None:
+    before = written()
+    await build(store, setup)
+    assert written() == before + 2  # jitgate_audit_witness_total{witness="file",outcome="written"}
+    lines = [json.loads(line) for line in witness_path(setup).read_text().splitlines()]
+    assert [(e["kind"], e["seq"]) for e in lines] == [("checkpoint", 6), ("checkpoint", 10)]
+    report = await verify(store, setup)
+    assert report.ok and report.anchored and report.witnessed_through == 10 and report.signed_through == 9
+    # An idle chain is not signed again: the head already is a witnessed checkpoint.
+    await witness_head(store, setup)
+    await witness_head(store, setup)
+    assert len(witness_path(setup).read_text().splitlines()) == 3
+
+
+async def test_tail_truncation_with_the_head_rewritten(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    await sql(store, "DELETE FROM audit_events WHERE seq > 7")
+    last = await store.audit_record(7)
+    assert last is not None
+    await sql(store, "UPDATE audit_state SET head_seq = 7, head_hash = :h", h=last.hash)
+    assert (await store.verify_audit(checkpoints=CHECKPOINTS)).ok  # the store alone cannot tell
+    report = await verify(store, setup)
+    assert not report.ok and report.broken is not None
+    assert (report.broken.seq, report.broken.kind) == (8, "truncated")
+    assert "witness signed seq 10" in report.broken.detail
+
+
+async def test_prefix_deletion_with_the_anchor_moved(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    fourth = await store.audit_record(4)
+    assert fourth is not None
+    first_left = await record_id(store, 5)
+    await sql(store, "DELETE FROM audit_events WHERE seq <= 4")
+    await sql(store, "UPDATE audit_state SET anchor_seq = 4, anchor_hash = :h", h=fourth.hash)
+    assert (await store.verify_audit(checkpoints=CHECKPOINTS)).ok  # passes as a prune
+    b = (await verify(store, setup)).broken
+    assert b is not None and (b.seq, b.id, b.kind) == (5, first_left, "unwitnessed_prune")
+
+
+async def test_checkpoint_deletion_with_a_rehash(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    await rehash(store, drop_types=("audit.checkpoint",))
+    assert (await store.verify_audit()).ok
+    # The in-store checkpoints are gone with the signature checks they carried ...
+    assert (await store.verify_audit(checkpoints=CHECKPOINTS)).signed_through is None
+    # ... but seq 6 was witnessed as the first checkpoint, and now holds another record.
+    b = (await verify(store, setup)).broken
+    assert b is not None and (b.seq, b.id, b.kind) == (6, await record_id(store, 6), "witness_mismatch")
+    assert "after seq 0 up to this one were rewritten" in b.detail
+
+
+async def test_full_rehash_without_the_key(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    await rehash(store, edit_seq=8)
+    assert (await store.verify_audit()).ok
+    tenth = await record_id(store, 10)
+    # Seq 6 still matches; the first witnessed record after the edit is where it shows: the
+    # in-store checkpoint there no longer verifies, and the witness holds another hash.
+    b = (await verify(store, setup)).broken
+    assert b is not None and (b.seq, b.id, b.kind) == (10, tenth, "bad_checkpoint")
+    witness = read_witness(witness_path(setup), [KEY.public_key()])
+    b = (await store.verify_audit(witness=witness)).broken
+    assert b is not None and (b.seq, b.id, b.kind) == (10, tenth, "witness_mismatch")
+    assert "records after seq 6 up to this one were rewritten" in b.detail
+
+
+async def test_witnessed_prune_verifies_and_an_unwitnessed_one_does_not(
+    store: Store, clock: FakeClock, setup: WitnessSetup, tmp_path: Path
+) -> None:
+    await build(store, setup)
+    clock.advance(timedelta(days=2))
+    await append(store, 3, 20)
+    summary = await prune_witnessed(store, setup, before=clock.now - timedelta(days=1), archive_dir=tmp_path / "a")
+    assert summary is not None and summary.through_seq == 12
+    entries = [json.loads(line) for line in witness_path(setup).read_text().splitlines()]
+    prune = [e for e in entries if e["kind"] == "prune"]
+    assert len(prune) == 1 and prune[0]["archive"]["sha256"] == summary.sha256
+    assert prune[0]["archive"]["through_hash"] == summary.through_hash
+    # The prune record is signed in the store and witnessed after it.
+    assert entries[-1]["kind"] == "checkpoint" and entries[-1]["seq"] == (await store.audit_head()).seq  # type: ignore[union-attr]
+    report = await verify(store, setup)
+    assert report.ok and report.anchored, report
+
+    # A prune the witness never saw: the anchor matches no witnessed prune.
+    clock.advance(timedelta(days=2))
+    await append(store, 2, 30)
+    bare = await store.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path / "a")
+    assert bare is not None
+    b = (await verify(store, setup)).broken
+    assert b is not None and b.kind == "unwitnessed_prune" and b.seq == bare.through_seq + 1
+
+
+async def test_witness_refuses_to_sign_a_rewritten_chain(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    await rehash(store, edit_seq=8)
+    before = witness_path(setup).read_text()
+    with pytest.raises(WitnessError, match="no longer holds witnessed seq 10"):
+        await witness_head(store, setup)
+    assert witness_path(setup).read_text() == before
+
+
+async def test_unanchored_verification_says_what_was_not_checked(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    bare = await store.verify_audit()
+    assert bare.ok and not bare.anchored
+    assert any("no public key" in why for why in bare.unanchored)
+    assert any("no witness" in why for why in bare.unanchored)
+    assert (await verify(store, setup)).unanchored == ()

@@ -1,0 +1,71 @@
+"""`jitgate demo --reset` and the one-demo-per-data-dir lock (the full demo: tests/e2e/test_demo.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from broker.cli.demo_cmd import LOCK_NAME, DemoLock, DemoRunning, reset_demo
+from broker.demo.upstream import is_alive, start_upstream
+
+JITGATE = str(Path(sys.executable).parent / "jitgate")
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Under /tmp: as root the server runs as another account, which must reach the files.
+    path = Path(tempfile.mkdtemp(prefix="jitgate-demo-reset-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_reset_stops_a_crashed_demos_upstream_and_deletes_its_state(data_dir: Path, tmp_path: Path) -> None:
+    lock = DemoLock.acquire(data_dir)
+    try:
+        # What a demo killed with SIGKILL leaves behind: its PostgreSQL, its files, its info files.
+        up = start_upstream(data_dir / "upstream")
+        postmaster = psutil.Process(up.pid)
+        (data_dir / "jitgate.db").write_text("store")
+        (data_dir / "worker.yaml").write_text("secrets")
+        info_files = [tmp_path / "demo.json", tmp_path / "agent.json"]
+        for path in info_files:
+            path.write_text("{}")
+        unrelated = tmp_path / "keep.json"
+        unrelated.write_text("{}")
+
+        reset_demo(lock.data_dir, info_files)
+
+        assert not is_alive(postmaster)
+        assert sorted(p.name for p in data_dir.iterdir()) == [LOCK_NAME]
+        assert not any(p.exists() for p in info_files)
+        assert unrelated.exists()
+        reset_demo(lock.data_dir, info_files)  # nothing left to delete: still fine
+    finally:
+        lock.release()
+
+
+def test_one_demo_per_data_dir(data_dir: Path) -> None:
+    first = DemoLock.acquire(data_dir)
+    try:
+        with pytest.raises(DemoRunning, match="another `jitgate demo` is running"):
+            DemoLock.acquire(data_dir)
+        # --reset refuses too, before it deletes anything.
+        (data_dir / "jitgate.db").write_text("store")
+        refused = subprocess.run([JITGATE, "demo", "--reset", "--data-dir", str(data_dir),
+                                  "--info-file", str(data_dir / "demo.json")],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1
+        assert "another `jitgate demo` is running" in refused.stderr
+        assert (data_dir / "jitgate.db").exists()
+    finally:
+        first.release()
+    DemoLock.acquire(data_dir).release()  # released with its holder
