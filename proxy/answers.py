@@ -475,6 +475,7 @@ class Answers:
                 entry.masked,
                 entry.error,
                 entry.capture.as_list() if entry.capture is not None else None,
+                approval_id=entry.verdict.approval_id,
             )
         )
 

@@ -62,13 +62,6 @@ class SessionRecorder(Protocol):
         """Non-blocking: buffered and written by a background task."""
         ...
 
-    def reviewed(self, session_id: str, *, sql: str, approval_id: str | None) -> None:
-        """A review of `sql` ended under `approval_id` (approved, refused or still pending):
-        the session's next recorded statement of that text, the one released by the review,
-        carries the id. Called before the parked statement is released; called again with
-        None when the server skipped it (nothing will be recorded for it)."""
-        ...
-
     @property
     def backlogged(self) -> bool:
         """True while the recorder is behind: the relay stops reading the client meanwhile."""

@@ -109,10 +109,13 @@ class SessionMachine:
                 requests.process()
                 self.held_client = True
 
-    def resume(self, *, approved: bool, reason: str | None = None, hint: str | None = None) -> bool:
-        """Release the parked statement: run it, or refuse it with the reviewer's reason.
-        False: the server would skip it (an error earlier in its batch), so neither happens."""
-        return self._requests.resume(approved=approved, reason=reason, hint=hint)
+    def resume(
+        self, *, approved: bool, reason: str | None = None, hint: str | None = None, approval_id: str | None = None
+    ) -> bool:
+        """Release the parked statement: run it, or refuse it with the reviewer's reason; its
+        record carries `approval_id`. False: the server would skip it (an error earlier in its
+        batch), so neither happens."""
+        return self._requests.resume(approved=approved, reason=reason, hint=hint, approval_id=approval_id)
 
     def lookup_done(self, answer: Any) -> None:
         """The side channel's answer to `waiting` (None: it could not tell)."""

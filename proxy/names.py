@@ -75,6 +75,8 @@ class Portal(Version):
     # Its Execute needs no rehearsal of its own: bound inside a rehearsed unit, approved, or
     # within the planner's estimate (proxy.rehearsal).
     covered: bool = False
+    # The approval it was covered by (an approved unit), for the record of its Execute.
+    approval: str | None = None
 
 
 V = TypeVar("V", bound=Version)

@@ -54,8 +54,7 @@ class StatementEvent:
     # Result sets as the client saw them (after masking), when the resource records results:
     # [{"columns": [...], "rows": [[str | None, ...]], "truncated": bool}]
     results: list[dict[str, Any]] | None = None
-    # The approval it ran under or was refused by. The machine leaves it None; the session
-    # recorder fills it in from the review's outcome (`SessionRecorder.reviewed`).
+    # The approval it ran under or was refused by (the verdict's, set when a review released it).
     approval_id: str | None = None
 
 

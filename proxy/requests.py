@@ -88,6 +88,9 @@ class Requests:
         self._flushed = False
         self._cleared_once = False
         self._approved_unit = False
+        # The approval of the write released last (`resume`): what its messages run under when
+        # they are processed again (cleared once, or an approved unit).
+        self._approval: str | None = None
         self._estimating: tuple[int, str, Verdict, tuple[Version, ...], str] | None = None
         self._at = (0, 0)  # the Bind being handled: its start and end in the buffer
         # Portals covered until their batch's Sync: a later Execute of one runs outside the
@@ -257,7 +260,9 @@ class Requests:
     def _record_refusal(self, sql: str, verdict: Verdict, sqlstate: str) -> None:
         self._s.stats.statements += 1
         self._s.stats.blocked += 1
-        self._on_statement(StatementEvent(sql, verdict, self._clock(), 0.0, None, 0, sqlstate))
+        self._on_statement(
+            StatementEvent(sql, verdict, self._clock(), 0.0, None, 0, sqlstate, approval_id=verdict.approval_id)
+        )
 
     def _refuse(
         self, kind: int, sql: str, verdict: Verdict, reason: str | None = None, hint: str | None = None
@@ -279,15 +284,20 @@ class Requests:
 
     # -- waiting: parked for review, or for the side channel ---------------------------------
 
-    def resume(self, *, approved: bool, reason: str | None = None, hint: str | None = None) -> bool:
+    def resume(
+        self, *, approved: bool, reason: str | None = None, hint: str | None = None, approval_id: str | None = None
+    ) -> bool:
         """Release the parked statement: run it, or refuse it with the reviewer's reason (and
-        the review's hint on how to go on). False: it does neither, because an error earlier
-        in its batch made the server skip it (nothing will be recorded for it)."""
+        the review's hint on how to go on), recorded under `approval_id`. False: it does
+        neither, because an error earlier in its batch made the server skip it."""
         parked = self.parked
         if parked is None:
             return False
         self.parked = None
         goes_on = not self._s.skipping
+        if approval_id is not None:
+            parked = replace(parked, verdict=replace(parked.verdict, approval_id=approval_id))
+        self._approval = approval_id
         kind = parked.kind
         if parked.blast is not None:
             self._resume_write(parked, approved, reason, hint)
@@ -310,6 +320,10 @@ class Requests:
         # The parked message was removed from the buffer when it was parked.
         self._process_client()
         return goes_on
+
+    def _under_approval(self, verdict: Verdict) -> Verdict:
+        """`verdict` of a write cleared once: under the approval that released it, if one did."""
+        return verdict if self._approval is None else replace(verdict, approval_id=self._approval)
 
     def _resume_write(self, parked: Parked, approved: bool, reason: str | None, hint: str | None) -> None:
         """A write parked for its blast radius: its messages are processed again, as
@@ -426,8 +440,9 @@ class Requests:
         assert verdict.rehearse is not None
         blast = rh.estimated(answer, verdict.rehearse, why)
         if answer is not None and not blast.over:
-            self._cbuf[:0] = raw  # processed again, as cleared
+            self._cbuf[:0] = raw  # processed again, as cleared (by the estimate, not approved)
             self._cleared_once = True
+            self._approval = None
             return
         self.parked = Parked(sql, rh.review_verdict(verdict, blast), raw, kind, uses=uses, blast=blast)
 
@@ -515,6 +530,7 @@ class Requests:
         if verdict.rehearse is not None and not self._shadow:
             if self._cleared_once:
                 self._cleared_once = False
+                verdict = self._under_approval(verdict)
             else:
                 return self._rehearse_query(sql, verdict, raw, uses)
         return self._forward_query(sql, verdict, raw, uses=uses)
@@ -631,14 +647,17 @@ class Requests:
             refused = Verdict(Decision.BLOCK, "gateway/unknown-prepared", reason)
             return self._refuse(c.BIND, f"<bind {bind.statement}>", refused)
         covered = False
+        approval: str | None = None
         verdict = statement.verdict
         if verdict is not None and verdict.rehearse is not None and not self._shadow:
             # A write that needs its blast radius measured: its Bind starts the unit.
             rehearsal = self._s.rehearsal
             if rehearsal is not None or self._approved_unit:
                 covered = True  # bound inside a rehearsed (or approved) unit
+                approval = self._approval if self._approved_unit else None
             elif self._cleared_once:
                 self._cleared_once, covered = False, True
+                approval = self._approval
             elif verdict.decision is Decision.ALLOW:
                 started = self._rehearse_bind(statement, bind.portal, raw)
                 if started is not None:
@@ -650,6 +669,7 @@ class Requests:
         portal = Portal(name=bind.portal, statement=statement, formats=bind.result_formats, description=described)
         if covered:
             portal.covered = True
+            portal.approval = approval
             self._covered.append(portal)
         self._s.portals.define(bind.portal, portal)
         self._s.inflight.append(Entry(k.BIND, portal=portal, made=(portal,), uses=(statement,)))
@@ -690,6 +710,7 @@ class Requests:
             # rehearsed alone, so the planner's estimate decides (proxy.rehearsal).
             if self._cleared_once:
                 self._cleared_once = False
+                verdict = self._under_approval(verdict)
             elif self._s.txn_status != b"E" or self._s.inflight:
                 return self._estimate(c.EXECUTE, statement.sql, verdict, raw, uses, "bound in an earlier batch")
         if verdict.decision is Decision.REVIEW:
@@ -701,6 +722,8 @@ class Requests:
                 statement.approved_runs -= 1
             else:
                 return self._park(c.EXECUTE, statement.sql, verdict, raw, uses)
+        elif portal.approval is not None and verdict.approval_id is None:
+            verdict = replace(verdict, approval_id=portal.approval)  # run inside an approved unit
         return self._forward_execute(name, raw, verdict, uses, portal=portal)
 
     def _forward_execute(

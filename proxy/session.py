@@ -379,11 +379,9 @@ async def _relay(
             session=session, sql=parked.sql, verdict=parked.verdict, notify=relay.notify_client,
             estimate=parked.estimate, blast_radius=parked.blast,
         )
-        recorder.reviewed(session_id, sql=parked.sql, approval_id=outcome.approval_id)
-        if not m.resume(approved=outcome.approved, reason=outcome.reason, hint=outcome.hint):
-            # Skipped by the server: nothing of it will be recorded, so the id must not wait
-            # for a later statement of the same text.
-            recorder.reviewed(session_id, sql=parked.sql, approval_id=None)
+        m.resume(
+            approved=outcome.approved, reason=outcome.reason, hint=outcome.hint, approval_id=outcome.approval_id
+        )
 
     # Recording backpressure: the recorder's backlog slows clients down while it catches up;
     # `classify` above still refuses what cannot be recorded.

@@ -99,8 +99,6 @@ class RecorderSink:
         self._recorder = recorder
         self.logins = logins
         self._seq: dict[str, int] = {}
-        # Per session, the approval of each reviewed statement text until its record is made.
-        self._reviewed: dict[str, dict[str, str]] = {}
         # Monotonic clock readings from the machine are turned into wall-clock times.
         self._offset = time.time() - time.monotonic()
 
@@ -128,21 +126,11 @@ class RecorderSink:
         self._seq[session_id] = 0
         return session_id
 
-    def reviewed(self, session_id: str, *, sql: str, approval_id: str | None) -> None:
-        if approval_id is not None:
-            self._reviewed.setdefault(session_id, {})[sql] = approval_id
-        elif (waiting := self._reviewed.get(session_id)) is not None:
-            waiting.pop(sql, None)
-
     def statement(self, session_id: str, event: object) -> None:
         assert isinstance(event, StatementEvent)
         seq = self._seq.get(session_id, 0) + 1
         self._seq[session_id] = seq
         verdict = event.verdict
-        approval_id = event.approval_id
-        reviewed = self._reviewed.get(session_id)
-        if approval_id is None and reviewed:
-            approval_id = reviewed.pop(event.sql, None)
         self._recorder.record_statement(
             StatementRecord(
                 session_id=session_id,
@@ -158,13 +146,12 @@ class RecorderSink:
                 masked_values=event.masked,
                 error_sqlstate=event.error_sqlstate,
                 results=event.results,
-                approval_id=approval_id,
+                approval_id=event.approval_id,
             )
         )
 
     async def session_ended(self, session_id: str, *, reason: str, stats: object) -> None:
         self._seq.pop(session_id, None)
-        self._reviewed.pop(session_id, None)
         totals = None
         if isinstance(stats, Stats):
             totals = SessionStats(

@@ -8,7 +8,7 @@ SQL-level prepared statements through `prepares` / `executes` / `deallocates`, a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
@@ -152,6 +152,9 @@ class Verdict:
     # ... SELECT or ON CONFLICT DO UPDATE, anywhere in it): the limits its blast radius is
     # held to. An allowed one is rehearsed by the proxy and parked when over a limit.
     rehearse: RowLimits | None = None
+    # The approval the statement runs (or is refused) under: set by the proxy when a review
+    # releases it, never by the policy. Not part of equality: the same decision either way.
+    approval_id: str | None = field(default=None, compare=False)
 
     @property
     def cursor_only(self) -> bool:

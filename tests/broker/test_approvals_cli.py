@@ -61,7 +61,8 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     store = await Store.open(settings.store_url.get_secret_value())
     app = create_app(settings, store, oidc=idp.verifier(idp.settings()))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           log_config=None))
     task = asyncio.get_running_loop().create_task(server.serve())
     try:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on

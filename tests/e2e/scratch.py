@@ -50,10 +50,11 @@ class TestReviewer:
         self.seen.append(Seen(sql, verdict.rule, blast_radius))
         if self.hold:
             await asyncio.sleep(self.hold)
+        approval_id = f"test-approval-{len(self.seen)}"  # what the record of its run carries
         if sql in self.approve:
             self.approve.remove(sql)
-            return ReviewOutcome(approved=True)
-        return ReviewOutcome(approved=False, reason="denied by the test reviewer")
+            return ReviewOutcome(approved=True, approval_id=approval_id)
+        return ReviewOutcome(approved=False, reason="denied by the test reviewer", approval_id=approval_id)
 
     async def session_ended(self, session_id: str) -> None:
         return None

@@ -97,7 +97,8 @@ def stack(upstream, demo_roles, tmp_path_factory) -> Iterator[Stack]:
         server["http"] = httpx.AsyncClient(transport=httpx.ASGITransport(app))
         app.state.oidc = OIDCVerifier(settings.oidc.issuers, http=server["http"])
         server["app"] = app
-        uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+        uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           log_config=None))
         uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         server["uv"] = uv
         server["task"] = asyncio.ensure_future(uv.serve())

@@ -74,7 +74,8 @@ def broker_api(gateway) -> Iterator[BrokerApi]:
         app = create_app(settings, gateway.store, dev_issuer=dev)
         # The broker fetches the dev issuer's discovery and JWKS from its own app in-process.
         app.state.oidc = OIDCVerifier(settings.oidc.issuers, http=httpx.AsyncClient(transport=httpx.ASGITransport(app)))
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           log_config=None))
         task = asyncio.get_running_loop().create_task(server.serve())
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
             await asyncio.sleep(0.01)

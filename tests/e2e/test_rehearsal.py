@@ -141,6 +141,21 @@ def _pristine(env: Env) -> Iterator[None]:
     yield
 
 
+def recorded_approvals(env: Env, sql: str) -> list[str | None]:
+    """The approval id of every recorded run of `sql` in this module's sessions, oldest first."""
+
+    async def read() -> list[tuple[Any, str | None]]:
+        await env.gw.recorder.flush()
+        found = []
+        for info in await env.gw.store.list_sessions(limit=1000):
+            detail = await env.gw.store.get_session(info.id)
+            assert detail is not None
+            found += [(st.started_at, st.approval_id) for st in detail.statements if st.sql == sql]
+        return sorted(found, key=lambda item: item[0])
+
+    return [approval for _, approval in env.gw.call(read())]
+
+
 def _refused(exc: BaseException) -> None:
     assert getattr(exc, "sqlstate", None) == "42501", exc
 
@@ -244,6 +259,7 @@ def test_approval_runs_the_statement_once(env: Env) -> None:
         assert admin.execute("select count(*) from rh_copy").fetchone() == (500,)
     (seen,) = env.reviewer.seen
     assert [(c.table, c.rows) for c in seen.blast.changes] == [("public.rh_copy", 500)]
+    assert recorded_approvals(env, text)[-1] == "test-approval-1"  # the run, under its approval
 
 
 def test_approval_of_a_cte_delete_deletes_once(env: Env) -> None:
@@ -668,6 +684,7 @@ def test_approved_extended_unit_runs_once_inside_a_transaction(env: Env) -> None
             sql_text = "delete from rh_copy where id > $1"
             env.reviewer.approve.append(sql_text)
             assert await conn.execute(sql_text, 0) == "DELETE 500"
+            assert recorded_approvals(env, sql_text)[-1] == "test-approval-2"  # an approved unit
         finally:
             await conn.close()
 

@@ -142,7 +142,8 @@ def stack(upstream, demo_roles, tmp_path_factory) -> Iterator[Stack]:
                 )
             app = create_app(gw.settings, gw.store, approvals_service=gw.server.ctx.review.service)
             assert attach_slack(app, gw.settings, gw.server.ctx.review.service)
-            uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+            uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           log_config=None))
             uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             server["uv"] = uv
             server["task"] = asyncio.ensure_future(uv.serve())

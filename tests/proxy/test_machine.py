@@ -157,6 +157,31 @@ def test_review_denied_is_refused_with_reason():
     assert "not on a Friday" in m.field(err, "M")
 
 
+def test_each_released_statement_is_recorded_under_its_own_approval():
+    """The same text twice, each approved while the first still runs: every record carries
+    the approval that released that statement, not the last one given for the text."""
+    events: list[StatementEvent] = []
+    mach = machine(events=events)
+    mach.feed_client(m.query_message("truncate risky") * 2)
+    assert mach.resume(approved=True, approval_id="a-1") is True
+    assert mach.parked is not None  # the second one, parked in turn
+    assert mach.resume(approved=True, approval_id="a-2") is True
+    done = complete("TRUNCATE TABLE") + m.ready_for_query(b"I")
+    mach.feed_server(done + done)
+    assert [e.approval_id for e in events] == ["a-1", "a-2"]
+
+
+def test_a_refusal_by_review_is_recorded_under_its_approval():
+    events: list[StatementEvent] = []
+    mach = machine(events=events)
+    mach.feed_client(m.query_message("truncate risky"))
+    mach.resume(approved=False, reason="not on a Friday", approval_id="a-9")
+    mach.feed_client(m.query_message("select 1"))
+    mach.feed_server(m.error_response("42601", "syntax") + m.ready_for_query(b"I"))
+    mach.feed_server(complete("SELECT 1") + m.ready_for_query(b"I"))
+    assert [(e.sql, e.approval_id) for e in events] == [("truncate risky", "a-9"), ("select 1", None)]
+
+
 def test_a_parked_write_is_parked_at_once_and_nothing_is_asked_on_the_client_connection():
     mach = machine()
     q = m.query_message("delete risky")

@@ -28,7 +28,8 @@ async def test_signed_click_through_uvicorn(
     api = FastAPI()
     mount(api, build_app(settings, approvals))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           log_config=None))
     task = asyncio.get_running_loop().create_task(server.serve())
     try:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
