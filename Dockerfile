@@ -20,6 +20,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 jitgate \
     && useradd --system --uid 10001 --gid jitgate --home-dir /var/lib/jitgate --shell /usr/sbin/nologin jitgate \
     && install -d -o jitgate -g jitgate -m 0700 /var/lib/jitgate \
+    && install -d -o jitgate -g jitgate -m 0700 /var/lib/jitgate-keys /var/lib/jitgate-witness \
+    && install -d -o jitgate -g jitgate -m 0755 /var/lib/jitgate-pub \
     && install -d -m 0755 /etc/jitgate
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

@@ -26,6 +26,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from broker.audit.redact import client_text
 from broker.policy.facts import PINNED_LEXER_VALUES, is_pinned_value
 from broker.policy.timeouts import TIMEOUT_SETTINGS, format_ms, parse_ms
 
@@ -72,6 +73,8 @@ class ClientStartup:
     user: str
     database: str
     upstream_params: dict[str, str] = field(default_factory=dict)
+    # As jitgate keeps them, secrets masked (broker.audit.redact); upstream_params has the
+    # application_name the client sent.
     intent: str | None = None
     application_name: str | None = None
     protocol_options: list[str] = field(default_factory=list)
@@ -154,7 +157,7 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
         if lower == "options":
             for name, opt_value in _parse_options(value):
                 if name == INTENT_SETTING:
-                    startup.intent = opt_value
+                    startup.intent = client_text(opt_value)
                 elif name in TIMEOUT_SETTINGS:
                     # The server applies `options` in order, then the other parameters: a
                     # direct parameter of the same name wins, as it would there.
@@ -169,7 +172,7 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
                     raise StartupRefused(f"setting {name!r} cannot be chosen at connect time through the gateway")
             continue
         if lower == INTENT_SETTING:
-            startup.intent = value
+            startup.intent = client_text(value)
             continue
         if lower not in ALLOWED_SETTINGS and lower not in PINNED_LEXER_VALUES:
             raise StartupRefused(f"start-up parameter {key!r} is not allowed through the gateway")
@@ -182,7 +185,9 @@ def sanitize_startup(params: dict[str, str]) -> ClientStartup:
             continue  # checked above; the pinned value is sent below
         startup.upstream_params[key] = value
         if lower == "application_name":
-            startup.application_name = value
+            # What jitgate keeps (session and audit records, approvals, logs) holds no
+            # secret pasted into it; the server gets the value as sent.
+            startup.application_name = client_text(value)
     if forwarded_options:
         startup.upstream_params["options"] = " ".join(forwarded_options)
     startup.upstream_params.update(PINNED_LEXER_VALUES)

@@ -225,7 +225,7 @@ def export_audit(day: str | None = None) -> str:
 
 
 async def _witness(rt: Runtime) -> dict[str, Any] | None:
-    from broker.audit.witness import build_setup, witness_head
+    from broker.audit.witnessing import build_setup, witness_head
 
     setup = build_setup(rt.settings)
     try:
@@ -250,7 +250,7 @@ def witness_checkpoint() -> dict[str, Any] | None:
 
 
 async def _prune(rt: Runtime) -> str | None:
-    from broker.audit.witness import build_setup, prune_witnessed
+    from broker.audit.witnessing import build_setup, prune_witnessed
 
     days = rt.settings.audit.retention_days
     if days is None:

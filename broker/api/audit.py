@@ -3,7 +3,11 @@
 Both read the chain in chunks (keyset pagination in the store), so neither holds more than
 one chunk in memory however long the chain is. Verify checks signatures with the configured
 public keys and the chain against `audit.witness.file` (as `jitgate audit verify` does);
-what it could not check is listed in `unanchored`, and `anchored` is false then.
+what it could not check is listed in `unanchored`, and `anchored` is false then. The witness's
+verified lines are kept between requests (only lines appended since are verified); a witness
+file seen to shrink, or to change in lines already verified, is listed there too. It also
+names the unwitnessed tail (`unwitnessed`), and `max_unwitnessed`/`max_witness_age` turn a
+longer or older one into a break (`unwitnessed_tail`).
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from broker.api.auth import require_caller
+from broker.audit.chain import TailLimits
 from broker.audit.export import MEDIA_TYPES, render
-from broker.audit.signing import load_public_key, verifier_for
-from broker.audit.witness import WitnessError, WitnessLog, read_witness
+from broker.audit.signing import verifier_for
+from broker.audit.witness import WitnessCache, WitnessError, WitnessKeyError, WitnessLog, load_witness
 from broker.config import Settings
+from broker.durations import parse_duration
 from broker.store import Store
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(require_caller)])
@@ -32,10 +38,28 @@ class BreakOut(BaseModel):
     kind: str = Field(
         description=(
             "altered, missing, broken_link, truncated, head_mismatch, unexpected_tail, bad_checkpoint, "
-            "witness_mismatch or unwitnessed_prune"
+            "witness_mismatch, unwitnessed_prune or unwitnessed_tail (past max_unwitnessed or max_witness_age)"
         )
     )
     detail: str
+
+
+class SessionSweepOut(BaseModel):
+    ok: bool
+    checked: int = Field(description="session.start records of the range compared with their sessions rows")
+    rows: int = Field(description="sessions rows looked up in the chain (0 for a seq range)")
+    count: int = Field(description="Sessions found not matching the chain")
+    problems: list[str] = Field(
+        description="The first of them, 'session ID: what' (row_deleted, no_audit_record or the fields)"
+    )
+    whole: bool = Field(description="The whole live chain was read, so rows without a record were looked for")
+
+
+class UnwitnessedOut(BaseModel):
+    from_seq: int
+    to_seq: int
+    records: int
+    since: str | None = Field(description="Since when they have waited for a witness")
 
 
 class VerifyOut(BaseModel):
@@ -49,8 +73,26 @@ class VerifyOut(BaseModel):
     anchored: bool = Field(
         description="Signatures and the external witness were both checked; false: see `unanchored`"
     )
-    unanchored: list[str] = Field(description="What could not be checked, and so what a forger could hide")
+    unanchored: list[str] = Field(
+        description=(
+            "What could not be checked, and so what a forger could hide; also a witness file seen to shrink or "
+            "change in lines an earlier request verified (said until the API restarts)"
+        )
+    )
+    partially_anchored: bool = Field(
+        description="The unwitnessed tail has waited past two witness intervals: the worker is not signing"
+    )
+    unwitnessed: UnwitnessedOut | None = Field(
+        description="Records after the last witnessed one: only the store vouches for them (null: none)"
+    )
+    last_witness_ts: str | None = Field(description="When the witness's last entry was signed")
+    trusted_start: int | None = Field(
+        description="A range: the link into this seq was taken as given (records before it were not checked)"
+    )
     break_: BreakOut | None = Field(default=None, alias="break")
+    sessions: SessionSweepOut | None = Field(
+        default=None, description="Sessions against their chained records (ok false here makes `ok` false)"
+    )
 
     model_config = {"populate_by_name": True}
 
@@ -81,32 +123,53 @@ async def verify(
     store: StoreDep,
     from_seq: Annotated[int | None, Query(ge=1, description="First record to check")] = None,
     to_seq: Annotated[int | None, Query(ge=1, description="Last record to check")] = None,
+    max_unwitnessed: Annotated[
+        int | None, Query(ge=0, description="Break if more records than this follow the last witnessed one")
+    ] = None,
+    max_witness_age: Annotated[
+        str | None, Query(description="Break if unwitnessed records have waited longer than this (e.g. 10m)")
+    ] = None,
 ) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
+    try:
+        max_age = parse_duration(max_witness_age) if max_witness_age is not None else None
+    except ValueError as exc:
+        raise HTTPException(422, f"max_witness_age: {exc}") from None
+    limits = TailLimits(parse_duration(settings.audit.witness.interval), max_unwitnessed, max_age)
     # Key files are small and read per request, so a rotated key is picked up without restart.
     checkpoints = verifier_for(settings.audit.signing_key_file, settings.audit.verify_key_files)
-    witness, why_not = await asyncio.to_thread(_witness, settings)
-    report = await store.verify_audit(from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=witness)
+    witness, why_not = await asyncio.to_thread(_witness, settings, _witness_cache(request))
+    report = await store.verify_audit(
+        from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=witness, limits=limits
+    )
     out = report.to_json()
-    if why_not is not None:
-        out["unanchored"] = [why_not, *(w for w in out["unanchored"] if not w.startswith("no witness"))]
+    out["sessions"] = (await store.sweep_sessions(from_seq=from_seq, to_seq=to_seq)).to_json()
+    out["ok"] = out["ok"] and out["sessions"]["ok"]
+    if why_not:
+        out["unanchored"] = [*why_not, *(w for w in out["unanchored"] if not w.startswith("no witness"))]
         out["anchored"] = False
     return out
 
 
-def _witness(settings: Settings) -> tuple[WitnessLog | None, str | None]:
-    """The configured witness, verified; or why it cannot be used (None, None: none configured)."""
+def _witness_cache(request: Request) -> WitnessCache:
+    cache: WitnessCache | None = getattr(request.app.state, "witness_cache", None)
+    if cache is None:
+        cache = request.app.state.witness_cache = WitnessCache()
+    return cache
+
+
+def _witness(settings: Settings, cache: WitnessCache) -> tuple[WitnessLog | None, list[str]]:
+    """The configured witness, verified (lines seen by an earlier request are not verified
+    again); and why it cannot be used, or was found rewritten (a rewrite seen once is said
+    until the process restarts)."""
     where = settings.audit.witness.file
-    if where is None:
-        return None, None
-    audit = settings.audit
-    key_files = list(audit.verify_key_files) or ([audit.signing_key_file] if audit.signing_key_file else [])
-    if not key_files:
-        return None, f"the witness {where.name} cannot be checked: no public key"
     try:
-        return read_witness(where, [load_public_key(p) for p in key_files]), None
+        witness = load_witness(settings, read=cache.read)
+    except WitnessKeyError as exc:
+        return None, [str(exc)]
     except WitnessError as exc:
-        return None, f"witness not trusted: {exc}"
+        return None, [f"witness not trusted: {exc}", *(cache.findings(where) if where else [])]
+    return witness, cache.findings(where) if where else []
 
 
 @router.get(

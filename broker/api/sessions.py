@@ -3,8 +3,13 @@
 Every statement of `/v1/sessions/{id}` is checked against its record in the audit chain
 (`broker.audit.coverage`): `verified` true when what is shown matches the chained record,
 else `tampered` lists what does not (a field such as `sql` or `results`, `row_deleted`,
-`no_audit_record`, `audit_record_altered`). The session's own `verified` is false when any
-statement is tampered with.
+`no_audit_record`, `audit_record_altered`). The session itself is checked against its
+`session.start` and `session.end` records: `session_tampered` names the fields of the
+`sessions` row that do not match (`principal`, `intent`, `started_at`, `ended_at`, ...), or
+`row_deleted` (the row is gone: the session is shown from the chain), `no_audit_record` (a
+row the chain never had), `audit_record_altered`. The session's own `verified` is false when
+the session or any statement is tampered with. The list includes sessions whose row is gone
+(`session_tampered: ["row_deleted"]`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,18 @@ class SessionOut(BaseModel):
     )
     bytes_in: int = Field(description="Bytes from client to server, reported at session end")
     bytes_out: int = Field(description="Bytes from server to client, reported at session end")
+    session_tampered: list[str] = Field(
+        description=(
+            "What of the session does not match its session.start/session.end records in the audit chain: "
+            "a field name (principal, groups, resource, role, token_id, client_addr, application_name, intent, "
+            "started_at, ended_at, end_reason, statements, bytes_in, bytes_out), row_deleted (the row is gone: "
+            "shown from the chain), no_audit_record (a row the chain never had, and no prune lists it) or "
+            "audit_record_altered. Empty when it matches, and when its records were pruned (not checked)"
+        )
+    )
+    audit_seq: int | None = Field(
+        description="Seq of the session.start record it was checked against; null: pruned, not checked"
+    )
 
     @classmethod
     def of(cls, s: SessionInfo) -> SessionOut:
@@ -63,6 +80,8 @@ class SessionOut(BaseModel):
             statement_count=s.statements,
             bytes_in=s.bytes_in,
             bytes_out=s.bytes_out,
+            session_tampered=list(s.tampered),
+            audit_seq=s.audit_seq,
         )
 
 
@@ -124,7 +143,9 @@ class StatementOut(BaseModel):
 
 class SessionDetailOut(SessionOut):
     statements: list[StatementOut] = Field(description="The session's statements, in order")
-    verified: bool = Field(description="False when any statement shown does not match the audit chain")
+    verified: bool = Field(
+        description="False when the session (session_tampered) or any statement shown does not match the audit chain"
+    )
     tampered: list[int] = Field(description="Seq of every statement whose shown content does not match the chain")
 
 
@@ -136,7 +157,11 @@ def _store(request: Request) -> Store:
 StoreDep = Annotated[Store, Depends(_store)]
 
 
-@router.get("", response_model=list[SessionOut], summary="List sessions, newest first")
+@router.get(
+    "",
+    response_model=list[SessionOut],
+    summary="List sessions, newest first, each checked against the audit chain (deleted rows included)",
+)
 async def list_sessions(
     store: StoreDep,
     active: Annotated[bool, Query(description="Only sessions still open")] = False,
@@ -153,7 +178,7 @@ async def list_sessions(
     "/{session_id}",
     response_model=SessionDetailOut,
     summary="One session with its statements",
-    responses={404: {"description": "No such session"}},
+    responses={404: {"description": "No such session (no row, and no session.start in the live chain)"}},
 )
 async def get_session(session_id: str, store: StoreDep) -> SessionDetailOut:
     detail = await store.get_session(session_id)
@@ -162,5 +187,6 @@ async def get_session(session_id: str, store: StoreDep) -> SessionDetailOut:
     base = SessionOut.of(detail.session).model_dump()
     tampered = [s.seq for s in detail.tampered]
     return SessionDetailOut(
-        **base, statements=[StatementOut.of(s) for s in detail.statements], verified=not tampered, tampered=tampered
+        **base, statements=[StatementOut.of(s) for s in detail.statements], verified=detail.verified,
+        tampered=tampered,
     )

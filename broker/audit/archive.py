@@ -2,13 +2,23 @@
 
     line 1..n   the records, exactly as exported in JSONL (re-verifiable)
     last line   {"archive": {"from_seq", "through_seq", "prev_hash", "through_hash",
-                             "records", "sha256"}}
+                             "records", "sha256", "sessions_sha256"}}
 
 `prev_hash` is the hash the first record follows (genesis, or the previous archive's
 `through_hash`), `through_hash` the last record's hash, which the store keeps as its anchor
 after pruning: the first remaining record must follow it, so the chain stays verifiable
 across the cut, and archives chain onto each other the same way. `sha256` is over the
 record lines' bytes, a cheap check that the file is the one written.
+
+`sessions` (kept in the summary, listed in the `audit.prune` record the store appends) are
+the sessions whose `session.start` record is archived here, plus those listed by the
+`audit.prune` records archived here (an earlier prune's list is carried over, so the live
+chain's prune records always list every archived session); `sessions_sha256` is the digest
+of that sorted list (`sessions_digest`), in the trailer the witness signs. The list
+is what lets the session views tell a pruned session from an invented one
+(`broker.audit.coverage.PruneEvidence`). It grows with every session ever archived: about
+40 bytes a session in the prune record, read by the views when a row has no live
+`session.start`.
 """
 
 from __future__ import annotations
@@ -16,14 +26,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from broker.audit.chain import AuditRecord, Break, ChainVerifier, VerifyReport
+from broker.audit.chain import AuditRecord, Break, ChainVerifier, VerifyReport, canonical_json
 from broker.audit.export import jsonl_line
+
+
+def sessions_digest(session_ids: Iterable[str]) -> str:
+    """SHA-256 of the sorted session ids as canonical JSON (the trailer's `sessions_sha256`)."""
+    return hashlib.sha256(canonical_json(sorted(session_ids)).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +50,11 @@ class ArchiveSummary:
     through_hash: str
     records: int
     sha256: str
+    sessions: tuple[str, ...] = ()  # sorted: the sessions archived (see the module's docstring)
+
+    @property
+    def sessions_sha256(self) -> str:
+        return sessions_digest(self.sessions)
 
     def trailer(self) -> dict[str, Any]:
         return {
@@ -45,6 +65,7 @@ class ArchiveSummary:
                 "through_hash": self.through_hash,
                 "records": self.records,
                 "sha256": self.sha256,
+                "sessions_sha256": self.sessions_sha256,
             }
         }
 
@@ -62,6 +83,7 @@ async def write_archive(
     tmp = path.with_name(path.name + ".partial")
     first: int | None = None
     last: AuditRecord | None = None
+    sessions: set[str] = set()
     try:
         with gzip.open(tmp, "wt", encoding="utf-8") as out:
             async for record in records:
@@ -71,12 +93,17 @@ async def write_archive(
                 line = jsonl_line(record)
                 digest.update(line.encode())
                 out.write(line)
+                if record.type == "session.start" and record.session_id:
+                    sessions.add(record.session_id)
+                elif record.type == "audit.prune" and isinstance(record.data.get("sessions"), list):
+                    sessions.update(str(x) for x in record.data["sessions"])
                 first = record.seq if first is None else first
                 last = record
             if last is None or first is None:
                 raise ValueError("nothing to archive")
             summary = ArchiveSummary(
-                path, first, last.seq, prev_hash, last.hash, verifier.checked, digest.hexdigest()
+                path, first, last.seq, prev_hash, last.hash, verifier.checked, digest.hexdigest(),
+                tuple(sorted(sessions)),
             )
             out.write(json.dumps(summary.trailer()) + "\n")
         tmp.replace(path)

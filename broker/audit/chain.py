@@ -13,6 +13,14 @@ can write the chain can write the head too, so that only catches careless edits;
 a careful one is a witness outside the store (`broker.audit.witness`): signed (seq, hash)
 pairs the chain must still contain, checked through the `WitnessCheck` port.
 
+A witness signs the head every interval, so the records after the last witnessed one (the
+unwitnessed tail) are only as safe as the store: the report names that tail, how long it has
+waited, and `TailLimits` can make a verification fail when it is too long or too old.
+
+A range check (`to_seq`, or a `from_seq` past the chain's start) trusts the link into its
+first record; it must still reach `min(to_seq, head)`, and every witnessed seq inside it must
+be found.
+
 `ChainVerifier` is fed one record at a time, so verification runs in constant memory over
 any number of records read in chunks.
 """
@@ -22,14 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 GENESIS_HASH = "0" * 64
 
 BreakKind = Literal[
     "altered", "missing", "broken_link", "truncated", "head_mismatch", "unexpected_tail", "bad_checkpoint",
-    "witness_mismatch", "unwitnessed_prune",
+    "witness_mismatch", "unwitnessed_prune", "unwitnessed_tail",
 ]
 
 
@@ -43,9 +51,27 @@ class WitnessCheck(Protocol):
 
     witnessed_through: int | None  # last witnessed seq the chain was found to contain
 
+    @property
+    def last_entry_ts(self) -> datetime | None:
+        """When the witness's last entry was signed."""
+        ...
+
     def check_start(self, *, anchor_seq: int, anchor_hash: str) -> tuple[BreakKind, str] | None: ...
     def check_record(self, record: AuditRecord) -> tuple[BreakKind, str] | None: ...
-    def check_end(self, *, last_seq: int) -> tuple[BreakKind, str] | None: ...
+    def check_end(self, *, last_seq: int, upto: int | None = None) -> tuple[BreakKind, str] | None:
+        """Every witnessed seq up to `upto` (all, when None) must be at or before `last_seq`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TailLimits:
+    """How much of the chain may sit unwitnessed: `interval` is the witness's signing interval
+    (past about two of them the report says "partially anchored"); `max_records` and
+    `max_age` make the verification fail (`unwitnessed_tail`) past them."""
+
+    interval: timedelta = timedelta(seconds=60)
+    max_records: int | None = None
+    max_age: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +213,17 @@ class VerifyReport:
     # What could not be checked (no public key, no witness, ...): a report with any is not
     # anchored outside the store, and callers say so loudly (see `jitgate audit verify`).
     unanchored: tuple[str, ...] = ()
+    # The records after the last witnessed one (seq from..to), and since when they have waited
+    # (the later of the first one's time and the witness's last entry): only the store vouches
+    # for them. None when there is no such tail.
+    unwitnessed_from: int | None = None
+    unwitnessed_to: int | None = None
+    unwitnessed_since: datetime | None = None
+    last_witness_ts: datetime | None = None
+    # The tail has waited past about two witness intervals: the worker is not signing.
+    partially_anchored: bool = False
+    # A range: the first record's link to the one before it was taken as given, not checked.
+    trusted_start: int | None = None
 
     @property
     def anchored(self) -> bool:
@@ -203,6 +240,17 @@ class VerifyReport:
             "witnessed_through": self.witnessed_through,
             "anchored": self.anchored,
             "unanchored": list(self.unanchored),
+            "partially_anchored": self.partially_anchored,
+            "unwitnessed": (
+                None if self.unwitnessed_from is None else {
+                    "from_seq": self.unwitnessed_from,
+                    "to_seq": self.unwitnessed_to,
+                    "records": (self.unwitnessed_to or 0) - self.unwitnessed_from + 1,
+                    "since": format_ts(self.unwitnessed_since) if self.unwitnessed_since else None,
+                }
+            ),
+            "last_witness_ts": format_ts(self.last_witness_ts) if self.last_witness_ts else None,
+            "trusted_start": self.trusted_start,
         }
         if self.broken is not None:
             out["break"] = {
@@ -221,9 +269,11 @@ class ChainVerifier:
     retention anchor) for a whole-chain check, or the record before a range. `prev_hash`
     None trusts the first record's link (a range whose predecessor is unknown).
 
-    With a `witness`, every record is also compared with what the witness signed; with
-    `witness_bounds` (a whole-chain check) the starting point must be a witnessed prune and
-    the chain must reach the last witnessed record.
+    `head` is the stored head: the record at its seq must carry its hash, and the chain must
+    reach it, or `to_seq` when that comes first (a range). With a `witness`, every record is
+    also compared with what the witness signed, and every witnessed seq up to `to_seq` must be
+    found; with `witness_start` the starting point must be the witness's last prune (or the
+    genesis).
     """
 
     def __init__(
@@ -232,15 +282,18 @@ class ChainVerifier:
         prev_hash: str | None = GENESIS_HASH,
         prev_seq: int | None = 0,
         head: tuple[int, str] | None = None,
+        to_seq: int | None = None,
         checkpoints: CheckpointCheck | None = None,
         witness: WitnessCheck | None = None,
-        witness_bounds: bool = False,
+        witness_start: bool = False,
+        trusted_start: int | None = None,
     ) -> None:
         # With `checkpoints`, every `audit.checkpoint` record's signature is checked too.
         self._checkpoints = checkpoints
         self._witness = witness
-        self._start_pending = witness is not None and witness_bounds and prev_hash is not None
-        self._witness_bounds = witness_bounds
+        self._start_pending = witness is not None and witness_start and prev_hash is not None
+        self._to_seq = to_seq
+        self._trusted_start = trusted_start
         self.signed_through: int | None = None
         self._prev_hash = prev_hash
         self._prev_seq = prev_seq
@@ -249,11 +302,19 @@ class ChainVerifier:
         self.checked = 0
         self.first_seq: int | None = None
         self.broken: Break | None = None
+        # The first record after the last witnessed one: where the unwitnessed tail starts.
+        self._tail: AuditRecord | None = None
 
     @property
     def last_seq(self) -> int:
         """Seq of the last record accepted (or of the starting point)."""
         return self._prev_seq or 0
+
+    def reject(self, record: AuditRecord, kind: BreakKind, detail: str) -> Break:
+        """Record a break found outside the chain's own checks (how the record was stored)."""
+        if self.broken is None:
+            self.broken = Break(record.seq, record.id, kind, detail)
+        return self.broken
 
     def feed(self, record: AuditRecord) -> Break | None:
         if self.broken is not None:
@@ -283,6 +344,10 @@ class ChainVerifier:
         self.checked += 1
         self._prev_hash = record.hash
         self._prev_seq = record.seq
+        if self._witness is not None and self._witness.witnessed_through == record.seq:
+            self._tail = None
+        elif self._tail is None:
+            self._tail = record
         return None
 
     def _check_start(self, seq: int, id: str | None) -> Break | None:
@@ -313,25 +378,52 @@ class ChainVerifier:
             )
         return None
 
-    def finish(self, *, head_now: int | None = None) -> VerifyReport:
-        """The report. With a head given at construction, also check the chain reaches it
-        (a cut tail) and, with `head_now` (the head re-read after reading), that no record
-        lies beyond the head (records added without going through the store)."""
+    def finish(
+        self, *, head_now: int | None = None, now: datetime | None = None, limits: TailLimits | None = None
+    ) -> VerifyReport:
+        """The report. The chain must reach the head given at construction (or `to_seq`, if
+        lower): else a cut tail. With `head_now` (the head re-read after reading), no record may
+        lie beyond the head (records added without going through the store). With `now`, the
+        unwitnessed tail is measured against `limits`."""
         last = self._prev_seq or 0
         if self.broken is None and self._start_pending:
             self.broken = self._check_start(last + 1, None)
-        if self.broken is None and self._head is not None and last < self._head[0]:
+        must_reach = self._must_reach()
+        if self.broken is None and must_reach is not None and last < must_reach:
             self.broken = Break(
-                last + 1, None, "truncated", f"chain ends at seq {last}, its head is at {self._head[0]}"
+                last + 1, None, "truncated",
+                f"chain ends at seq {last}, its head is at {self._head[0]}" if self._head else
+                f"chain ends at seq {last}, the range at {must_reach}",
             )
         if self.broken is None and head_now is not None and last > head_now:
             self.broken = Break(
                 head_now + 1, None, "unexpected_tail", f"records beyond the chain head (seq {head_now})"
             )
-        if self.broken is None and self._witness is not None and self._witness_bounds:
-            cut = self._witness.check_end(last_seq=last)
+        if self.broken is None and self._witness is not None:
+            cut = self._witness.check_end(last_seq=last, upto=self._to_seq)
             if cut is not None:
                 self.broken = Break(last + 1, None, *cut)
+        tail = self._tail if self.checked else None
+        last_entry = self._witness.last_entry_ts if self._witness is not None else None
+        since = None if tail is None else max(tail.ts, last_entry) if last_entry else tail.ts
+        partial = False
+        if self.broken is None and tail is not None and since is not None and now is not None:
+            limits = limits or TailLimits()
+            waited = now - since
+            partial = waited > 2 * limits.interval
+            records = last - tail.seq + 1
+            if limits.max_records is not None and records > limits.max_records:
+                self.broken = Break(
+                    tail.seq, tail.id, "unwitnessed_tail",
+                    f"{records} records (seq {tail.seq}..{last}) are not witnessed, more than the "
+                    f"{limits.max_records} allowed: nothing outside the store vouches for them",
+                )
+            elif limits.max_age is not None and waited > limits.max_age:
+                self.broken = Break(
+                    tail.seq, tail.id, "unwitnessed_tail",
+                    f"records from seq {tail.seq} have waited unwitnessed since {format_ts(since)}, longer "
+                    f"than the {limits.max_age} allowed: the witness is not being written",
+                )
         return VerifyReport(
             ok=self.broken is None,
             checked=self.checked,
@@ -341,4 +433,16 @@ class ChainVerifier:
             broken=self.broken,
             signed_through=self.signed_through,
             witnessed_through=self._witness.witnessed_through if self._witness is not None else None,
+            unwitnessed_from=tail.seq if tail is not None else None,
+            unwitnessed_to=last if tail is not None else None,
+            unwitnessed_since=since,
+            last_witness_ts=last_entry,
+            partially_anchored=partial,
+            trusted_start=self._trusted_start,
         )
+
+    def _must_reach(self) -> int | None:
+        """The last seq the records read must reach: the head, or the range's end if lower."""
+        if self._head is None:
+            return None
+        return self._head[0] if self._to_seq is None else min(self._to_seq, self._head[0])

@@ -84,14 +84,19 @@ def token_exchange(*, principal: str, issuer: str, ok: bool = True, reason: str 
 
 @_emits("auth.login_failed")
 def login_failed(*, user: str | None, resource: str | None, client_addr: str | None, reason: str,
-                 via: str = "proxy", token_id: str | None = None, suppressed: int = 0) -> AuditEvent:
+                 via: str = "proxy", token_id: str | None = None, suppressed: int = 0,
+                 network: str | None = None, first_seen: datetime | None = None,
+                 last_seen: datetime | None = None) -> AuditEvent:
     """A login the gateway refused: the user name the client claimed, from where, to which
     resource, and which check failed (`reason`: the `AuthError` label, or the gateway's own
     check such as `unknown_resource`, `tls_required`, `session_cap`). Never the token or a
     password, nor any part of one: only the id of a token that parsed and is known.
-    `suppressed`: failures before this one that were counted but not recorded one by one,
-    because they came faster than they could be written (a flood)."""
-    extra = {"suppressed": suppressed} if suppressed else {}
+    A summary of a flood (`broker.audit.logins`) sets `suppressed`: how many failures alike
+    but for the address inside `network` (a /24 or /64) this one record stands for, seen
+    from `first_seen` to `last_seen`; `client_addr` is the first of them."""
+    extra: dict[str, object] = {}
+    if suppressed:
+        extra = {"suppressed": suppressed, "network": network, "first_seen": first_seen, "last_seen": last_seen}
     return AuditEvent(
         "auth.login_failed",
         None,
@@ -251,8 +256,17 @@ def policy_reloaded(*, resource: str | None, source: str, ok: bool = True, error
 
 
 @_emits("audit.prune")
-def audit_pruned(*, archive: str, through_seq: int, through_hash: str, records: int) -> AuditEvent:
+def audit_pruned(*, archive: str, through_seq: int, through_hash: str, records: int,
+                 sessions: Iterable[str] | None = None) -> AuditEvent:
+    """`sessions`: every session archived so far (sorted), with `sessions_sha256`, the digest
+    the archive trailer carries (`broker.audit.coverage.PruneEvidence` reads them)."""
+    extra: dict[str, Any] = {}
+    if sessions is not None:
+        from broker.audit.archive import sessions_digest
+
+        listed = sorted(sessions)
+        extra = {"sessions": listed, "sessions_sha256": sessions_digest(listed)}
     return AuditEvent(
         "audit.prune", None, data=_data(archive=archive, through_seq=through_seq, through_hash=through_hash,
-                                         records=records)
+                                         records=records, **extra)
     )

@@ -215,15 +215,18 @@ class AuditForwarder:
         await self._transport.aclose()
 
 
-def build_forwarder(sink: Any) -> AuditForwarder:
-    """An AuditForwarder for `settings.audit.sink` (WebhookSink or SyslogSink)."""
-    transport: Transport
+def transport_for(sink: Any) -> WebhookTransport | SyslogTransport:
+    """The transport of `settings.audit.sink` (WebhookSink or SyslogSink): the forwarder's, and
+    the audit witness's when `audit.witness.to_sink` is set."""
     if sink.kind == "webhook":
         headers = {k: v.get_secret_value() for k, v in sink.headers.items()}
-        transport = WebhookTransport(sink.url, headers=headers, timeout=sink.timeout)
-    else:
-        transport = SyslogTransport(sink.address, facility=sink.facility)
-    return AuditForwarder(transport, batch_size=sink.batch_size)
+        return WebhookTransport(sink.url, headers=headers, timeout=sink.timeout)
+    return SyslogTransport(sink.address, facility=sink.facility)
+
+
+def build_forwarder(sink: Any) -> AuditForwarder:
+    """An AuditForwarder for `settings.audit.sink` (WebhookSink or SyslogSink)."""
+    return AuditForwarder(transport_for(sink), batch_size=sink.batch_size)
 
 
 def attach_forwarder(store: Any, sink: Any) -> AuditForwarder | None:

@@ -18,6 +18,14 @@ session ends carry it; for records written before they did, the resource of the 
 start, remembered by `OcsfMapper` across an export, "unknown" when the start is not in it),
 API Activity its `api` and `actor`.
 
+`status` is the outcome of what the record describes, never the policy decision alone:
+Failure for a refused login or token exchange (`ok` false), a statement blocked, refused
+under review (its refusal's SQLSTATE in `status_code`) or failed in the database, and an
+approval or access request that ended denied, expired or cancelled (severity Low for the
+last two: nobody said no); a reviewed statement that ran under its approval is a Success.
+A record's approval id is `metadata.correlation_uid`: the approval's request, votes and
+decision and the statements it let run or refused share it.
+
 `type_uid` is `class_uid * 100 + activity_id`; `time` is epoch milliseconds. The chain
 position goes in `metadata` (`uid`, `sequence`) and the hashes and the record's own `data`
 in `unmapped`, so an OCSF consumer can still check a record against the chain.
@@ -27,7 +35,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.audit.chain import AuditRecord
@@ -72,11 +81,14 @@ _AUTH_PROTOCOLS = {"oidc": (4, "OpenID"), "oidc-device": (4, "OpenID"), "console
 _GATEWAY_TOKEN_AUTH = (99, "jitgate gateway token (PostgreSQL password message)")
 
 SEVERITY_INFORMATIONAL = 1
+SEVERITY_LOW = 2
 SEVERITY_MEDIUM = 3
 STATUS_SUCCESS = 1
 STATUS_FAILURE = 2
 _STATUS = {STATUS_SUCCESS: "Success", STATUS_FAILURE: "Failure"}
-_SEVERITY = {SEVERITY_INFORMATIONAL: "Informational", SEVERITY_MEDIUM: "Medium"}
+_SEVERITY = {SEVERITY_INFORMATIONAL: "Informational", SEVERITY_LOW: "Low", SEVERITY_MEDIUM: "Medium"}
+# A request or approval that ended with nobody saying no is less alarming than a denial.
+_SEVERITY_BY_STATUS = {"expired": SEVERITY_LOW, "cancelled": SEVERITY_LOW}
 # string_t's max_len in the schema; what is longer is cut (the whole text stays in `unmapped`).
 MAX_STRING = 65_535
 UNKNOWN = "unknown"
@@ -120,14 +132,46 @@ def _classify(record_type: str) -> tuple[tuple[int, int, str, str], int, str]:
     return API_ACTIVITY, 99, record_type
 
 
-def _failed(record: AuditRecord) -> bool:
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a record's outcome is a failure: OCSF `severity_id`, `status_detail`, `status_code`."""
+
+    severity_id: int
+    detail: str | None = None
+    code: str | None = None
+
+
+def _statement_failure(data: dict[str, Any]) -> Failure | None:
+    """Blocked, refused under review (denied, expired, cancelled, still pending: the refusal's
+    SQLSTATE) or failed in the database (its SQLSTATE). A reviewed statement that ran, under
+    its approval, is a success."""
+    sqlstate = data.get("error_sqlstate")
+    # The rule's reason says why it was held or refused; the SQLSTATE goes in status_code.
+    reason = data.get("reason") if data.get("decision") in ("block", "review") else None
+    if sqlstate:
+        return Failure(SEVERITY_MEDIUM, str(reason or f"SQLSTATE {sqlstate}"), str(sqlstate))
+    if data.get("decision") == "block":
+        return Failure(SEVERITY_MEDIUM, str(reason or "blocked"))
+    return None
+
+
+def _failure(record: AuditRecord) -> Failure | None:
+    """What failed, by the outcome the record describes; None for a success."""
     data = record.data
-    return (
-        record.type == "auth.login_failed"
-        or data.get("ok") is False
-        or data.get("decision") in ("block", "review")
-        or bool(data.get("error_sqlstate"))
-    )
+    if record.type == "statement":
+        return _statement_failure(data)
+    if record.type == "approval.decide" and data.get("status") not in (None, "approved"):
+        status, reason = data["status"], data.get("reason")
+        return Failure(_SEVERITY_BY_STATUS.get(status, SEVERITY_MEDIUM),
+                       f"approval {status}" + (f": {reason}" if reason else ""))
+    if record.type == "access.request" and data.get("status") not in (None, "granted", "pending"):
+        # The record's `reason` is the requester's justification, not why the request failed.
+        status = data["status"]
+        return Failure(_SEVERITY_BY_STATUS.get(status, SEVERITY_MEDIUM), f"access request {status}")
+    if record.type == "auth.login_failed" or data.get("ok") is False:
+        detail = data.get("reason") or data.get("error")
+        return Failure(SEVERITY_MEDIUM, str(detail) if detail else None)
+    return None
 
 
 def _user(name: str | None, data: dict[str, Any]) -> dict[str, Any]:
@@ -185,9 +229,9 @@ class OcsfMapper:
         data = record.data
         cls, activity_id, activity = _classify(record.type)
         class_uid, category_uid, class_name, category_name = cls
-        failed = _failed(record)
-        status_id = STATUS_FAILURE if failed else STATUS_SUCCESS
-        severity_id = SEVERITY_MEDIUM if failed else SEVERITY_INFORMATIONAL
+        failure = _failure(record)
+        status_id = STATUS_FAILURE if failure else STATUS_SUCCESS
+        severity_id = failure.severity_id if failure else SEVERITY_INFORMATIONAL
 
         event: dict[str, Any] = {
             "class_uid": class_uid,
@@ -213,10 +257,15 @@ class OcsfMapper:
             "actor": _actor(record),
             "unmapped": {"prev_hash": record.prev_hash, "hash": record.hash, "data": data},
         }
-        if failed:
-            detail = data.get("reason") or data.get("error") or data.get("error_sqlstate")
-            if detail:
-                event["status_detail"] = str(detail)[:MAX_STRING]
+        if data.get("approval_id"):
+            # The approval's request, votes, decision and the statements run under it or
+            # refused by it share this: a SIEM joins on it.
+            event["metadata"]["correlation_uid"] = str(data["approval_id"])
+        if failure is not None:
+            if failure.detail:
+                event["status_detail"] = failure.detail[:MAX_STRING]
+            if failure.code:
+                event["status_code"] = failure.code
         resource = self._resource_of(record)
         if class_uid == AUTHENTICATION[0]:
             self._authentication(event, record, resource)
@@ -250,6 +299,14 @@ class OcsfMapper:
             event["service"] = {"name": f"jitgate-{via}"}
             protocol_id, protocol = _GATEWAY_TOKEN_AUTH if via == "proxy" else _auth_protocol(data)
             event["message"] = f"login to {resource or 'jitgate'} refused: {data.get('reason')}"[:MAX_STRING]
+            if data.get("suppressed"):
+                # A flood's summary (broker.audit.logins): how many, from which network, when.
+                event["count"] = int(data["suppressed"])
+                event["message"] = (f"{data['suppressed']} logins to {resource or 'jitgate'} from "
+                                    f"{data.get('network') or 'anywhere'} refused: {data.get('reason')}")[:MAX_STRING]
+                for key, attr in (("first_seen", "start_time"), ("last_seen", "end_time")):
+                    if (ms := _epoch_ms(data.get(key))) is not None:
+                        event[attr] = ms
         else:
             event["user"] = _user(record.actor, data)
             event["service"] = {"name": "jitgate-broker"}
@@ -258,6 +315,13 @@ class OcsfMapper:
         event["auth_protocol"] = protocol
         if data.get("client_addr"):
             event["src_endpoint"] = endpoint(data["client_addr"])
+
+
+def _epoch_ms(text: object) -> int | None:
+    try:
+        return int(datetime.fromisoformat(str(text)).timestamp() * 1000) if text else None
+    except ValueError:
+        return None
 
 
 def _auth_protocol(data: dict[str, Any]) -> tuple[int, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -88,9 +89,15 @@ class CheckpointVerifier:
         return None
 
 
-def verifier_for(signing_key_file: Path | None, verify_key_files: list[Path]) -> CheckpointVerifier | None:
+def public_key_files(signing_key_file: Path | None, verify_key_files: Sequence[Path]) -> list[Path]:
+    """The key files to verify with: `audit.verify_key_files`, else the signing key (whose
+    public half is read from it); empty when neither is configured."""
+    return list(verify_key_files) or ([signing_key_file] if signing_key_file else [])
+
+
+def verifier_for(signing_key_file: Path | None, verify_key_files: Sequence[Path]) -> CheckpointVerifier | None:
     """The checkpoint verifier for the configured keys, or None when none are configured."""
-    paths = list(verify_key_files) or ([signing_key_file] if signing_key_file else [])
+    paths = public_key_files(signing_key_file, verify_key_files)
     if not paths:
         return None
     return CheckpointVerifier([load_public_key(p) for p in paths])

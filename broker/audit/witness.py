@@ -21,8 +21,10 @@ Witnesses: an append-only file (opened O_APPEND, one write and an fsync per line
 rewritten by jitgate: put it on another volume, a WORM bucket mount or a `chattr +a` file),
 an HTTP endpoint (the entry JSON POSTed; its receiver keeps the same JSON Lines), and the SIEM
 sink (`audit.sink`, the entry as an `audit.witness` item). A delivery that fails is kept in an
-outbox in the worker's data dir and retried by the next run; failures are logged and counted
-(`jitgate_audit_witness_total{witness,outcome}`).
+outbox in the worker's data dir and delivered first by the next run, before it checks or signs
+anything; failures are logged and counted (`jitgate_audit_witness_total{witness,outcome}`).
+Runs that overlap take turns on `witness.lock` there. Writing and scheduling are in
+`broker.audit.witnessing`; this module holds the entries and the verifier's side.
 
 `WitnessLog.check()` is the verifier's side (`chain.WitnessCheck`): every line's signature,
 then each witnessed record still in the chain with the same hash, the chain's start (genesis
@@ -32,13 +34,15 @@ or the anchor of a witnessed prune), and its end at or past the last witnessed s
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 from cryptography.exceptions import InvalidSignature
@@ -47,9 +51,8 @@ from prometheus_client import Counter
 
 from broker import metrics
 from broker.audit.archive import ArchiveSummary
-from broker.audit.chain import AuditRecord, BreakKind, canonical_json, format_ts
-from broker.audit.forward import JsonPoster, SyslogTransport, Transport, WebhookTransport
-from broker.audit.signing import key_id
+from broker.audit.chain import GENESIS_HASH, AuditRecord, BreakKind, canonical_json, format_ts
+from broker.audit.signing import key_id, load_public_key, public_key_files
 
 log = structlog.get_logger("jitgate.audit.witness")
 
@@ -58,7 +61,8 @@ Kind = Literal["checkpoint", "prune"]
 
 WITNESSED = Counter(
     "jitgate_audit_witness_total",
-    "Witness entries delivered, by witness (file, webhook, sink) and outcome (written, failed)",
+    "Witness entries, by witness (file, webhook, sink) and outcome (written, failed; refused: the chain "
+    "no longer holds what the witness took last, nothing signed)",
     ["witness", "outcome"],
     registry=metrics.REGISTRY,
 )
@@ -164,17 +168,70 @@ class WitnessLog:
     def last_seq(self) -> int:
         return max(self.by_seq, default=0)
 
+    @property
+    def last_entry_ts(self) -> datetime | None:
+        if not self.entries:
+            return None
+        try:
+            return datetime.fromisoformat(self.entries[-1].ts)
+        except ValueError:
+            return None
+
+    def prune_history(self) -> tuple[list[WitnessEntry], str | None]:
+        """The prunes in the order they were witnessed, each starting where the one before
+        ended (its `from_seq` the previous anchor + 1, its `prev_hash` that anchor's hash);
+        and a description of the first that does not, if one does not.
+
+        Two prunes from the same start (a race lost, or a prune signed, never applied and
+        redone) do not chain: which one was applied cannot be told from the witness, and
+        accepting either would let whoever writes the store pick the later cut. Prunes are
+        serialised (`AuditRepository.prune_audit`) so that jitgate does not write such pairs."""
+        applied: list[WitnessEntry] = []
+        for entry in self.entries:
+            if entry.kind != "prune" or entry.archive is None:
+                continue
+            a = entry.archive
+            if applied and applied[-1].archive == a:
+                continue  # the same prune delivered twice (a retried delivery)
+            if applied:
+                prev = applied[-1].archive
+                assert prev is not None
+                if a["from_seq"] != prev["through_seq"] + 1 or a["prev_hash"] != prev["through_hash"]:
+                    return applied, (
+                        f"the witness holds a prune of seq {a['from_seq']}..{a['through_seq']} signed at "
+                        f"{entry.ts}, but the prune before it ended at seq {prev['through_seq']}: prunes "
+                        f"must follow each other"
+                    )
+            applied.append(entry)
+        return applied, None
+
     def check_start(self, *, anchor_seq: int, anchor_hash: str) -> tuple[BreakKind, str] | None:
-        if anchor_seq == 0:
+        """The chain's start must be the genesis or the anchor of the witness's last prune
+        (or of the one before, when the last was signed but not yet applied: its records are
+        then still in the chain, and `check_record` compares its last one)."""
+        applied, broken = self.prune_history()
+        if broken is not None:
+            return "unwitnessed_prune", broken
+        archives = [e.archive for e in applied if e.archive is not None]
+        ends = [(0, GENESIS_HASH)] if not archives or archives[0]["from_seq"] == 1 else []
+        ends += [(int(a["through_seq"]), str(a["through_hash"])) for a in archives]
+        if (anchor_seq, anchor_hash) in ends[-2:]:
+            if anchor_seq:
+                self.witnessed_through = anchor_seq
             return None
-        prune = self.prunes.get(anchor_seq)
-        if prune is not None and prune.archive is not None and prune.archive["through_hash"] == anchor_hash:
-            self.witnessed_through = anchor_seq
-            return None
+        if not applied:
+            return (
+                "unwitnessed_prune",
+                f"the chain starts after seq {anchor_seq}, but no witnessed prune ends there: records up to "
+                f"seq {anchor_seq} were removed without a witnessed prune and archive",
+            )
+        last = applied[-1].archive
+        assert last is not None
         return (
             "unwitnessed_prune",
-            f"the chain starts after seq {anchor_seq}, but no witnessed prune ends there: records up to "
-            f"seq {anchor_seq} were removed without a witnessed prune and archive",
+            f"the chain starts after seq {anchor_seq} (anchor {anchor_hash}), but the witness's last prune "
+            f"(signed at {applied[-1].ts}) ends at seq {last['through_seq']} ({last['through_hash']}): the "
+            f"anchor was moved, or records removed, without a witnessed prune",
         )
 
     def check_record(self, record: AuditRecord) -> tuple[BreakKind, str] | None:
@@ -192,8 +249,8 @@ class WitnessLog:
         self.witnessed_through = record.seq
         return None
 
-    def check_end(self, *, last_seq: int) -> tuple[BreakKind, str] | None:
-        last = self.last_seq
+    def check_end(self, *, last_seq: int, upto: int | None = None) -> tuple[BreakKind, str] | None:
+        last = max((seq for seq in self.by_seq if upto is None or seq <= upto), default=0)
         if last <= last_seq:
             return None
         entry = self.by_seq[last]
@@ -204,11 +261,12 @@ class WitnessLog:
         )
 
 
-def read_entries(lines: Iterable[str], keys: Sequence[Ed25519PublicKey]) -> WitnessLog:
-    """Parse and verify every line; WitnessError names the first line that does not hold."""
+def read_entries(lines: Iterable[str], keys: Sequence[Ed25519PublicKey], *, first_line: int = 1) -> WitnessLog:
+    """Parse and verify every line; WitnessError names the first line that does not hold
+    (numbered from `first_line`)."""
     by_id = {key_id(k): k for k in keys}
     entries: list[WitnessEntry] = []
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(lines, first_line):
         if not line.strip():
             continue
         try:
@@ -234,270 +292,119 @@ def read_witness(path: Path, keys: Sequence[Ed25519PublicKey]) -> WitnessLog:
         raise WitnessError(f"cannot read the witness {path}: {exc.strerror or exc}") from None
 
 
-# -- writing ------------------------------------------------------------------------------
+class WitnessKeyError(ValueError):
+    """A witness is configured but cannot be checked: no public key, or a key file that does not load."""
 
 
-class Witness(Protocol):
-    name: str
-
-    async def write(self, entries: Sequence[WitnessEntry]) -> None:
-        """Deliver `entries` in order, or raise."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class FileWitness:
-    """An append-only JSON Lines file: O_APPEND, one write and an fsync per entry."""
-
-    name = "file"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def write(self, entries: Sequence[WitnessEntry]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            for entry in entries:
-                os.write(fd, entry.line().encode())
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def last(self) -> WitnessEntry | None:
-        """The last complete entry (unverified: used only to skip a repeat), or None."""
-        try:
-            with self.path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 65536))
-                tail = f.read().decode("utf-8", errors="replace").splitlines()
-        except FileNotFoundError:
-            return None
-        for line in reversed(tail):
-            try:
-                return WitnessEntry.from_json(json.loads(line))
-            except ValueError:
-                continue
+def load_witness(
+    settings: Any, *, path: Path | None = None, key_files: Sequence[Path] | None = None,
+    read: Callable[[Path, Sequence[Ed25519PublicKey]], WitnessLog] = read_witness,
+) -> WitnessLog | None:
+    """The witness file (`path`, else `audit.witness.file`) read and verified (`read`) with the
+    public keys in `key_files`, else `audit.verify_key_files` or the signing key's public half;
+    None when no witness file is configured. WitnessKeyError: no key, or one that does not load;
+    WitnessError: the witness cannot be read or a line does not verify."""
+    where = path or settings.audit.witness.file
+    if where is None:
         return None
-
-    async def aclose(self) -> None:
-        return None
-
-
-class WebhookWitness(JsonPoster):
-    """POSTs each entry's JSON; the receiver keeps one line per entry (the file's format)."""
-
-    name = "webhook"
-
-    async def write(self, entries: Sequence[WitnessEntry]) -> None:
-        for entry in entries:
-            resp = await self._post(entry.line().encode())
-            if resp.status_code >= 300:
-                raise WitnessError(f"witness webhook answered {resp.status_code}")
+    audit = settings.audit
+    files = list(key_files or public_key_files(audit.signing_key_file, audit.verify_key_files))
+    if not files:
+        raise WitnessKeyError(
+            f"cannot check the witness {where}: no public key (audit.verify_key_files or audit.signing_key_file)"
+        )
+    try:
+        keys = [load_public_key(p) for p in files]
+    except (OSError, ValueError) as exc:
+        raise WitnessKeyError(f"cannot load audit keys: {exc}") from None
+    return read(where, keys)
 
 
 @dataclass(frozen=True, slots=True)
-class _Forwarded:
-    """A witness entry in the shape the SIEM transports send (`forward.Forwardable`)."""
-
-    entry: WitnessEntry
-    ts: datetime
-    type: str = "audit.witness"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "witness": self.entry.to_json()}
-
-
-class SinkWitness:
-    """The SIEM sink (`audit.sink`) through its forwarder's transport."""
-
-    name = "sink"
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-
-    async def write(self, entries: Sequence[WitnessEntry]) -> None:
-        now = datetime.now(UTC)
-        await self._transport.send([_Forwarded(e, now) for e in entries])
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
+class _Verified:
+    stat: tuple[int, int, int]  # inode, size, mtime_ns of the file when read
+    keys: frozenset[str]
+    length: int  # bytes of complete lines verified
+    digest: bytes  # their SHA-256: they must still be there, unchanged, next time
+    lines: int
+    entries: tuple[WitnessEntry, ...]
+    tail: tuple[WitnessEntry, ...]  # past the last newline: verified each time, not kept
 
 
-class Outbox:
-    """Entries a witness has not taken yet (`<state_dir>/witness-<name>.outbox.jsonl`), and the
-    last checkpoint seq it took, so that an idle chain is not re-sent every run."""
+class WitnessCache:
+    """Verified witness entries kept between reads (`GET /v1/audit/verify` reads the witness
+    per request): `read` is `read_witness` that checks only what was appended since.
 
-    def __init__(self, state_dir: Path, name: str) -> None:
-        self._pending = state_dir / f"witness-{name}.outbox.jsonl"
-        self._done = state_dir / f"witness-{name}.last"
-
-    def pending(self) -> list[WitnessEntry]:
-        try:
-            text = self._pending.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        return [WitnessEntry.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
-
-    def last_seq(self) -> int:
-        try:
-            return int(self._done.read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def save(self, pending: Sequence[WitnessEntry], last_seq: int) -> None:
-        self._pending.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self._pending.with_suffix(".tmp")
-        tmp.write_text("".join(e.line() for e in pending), encoding="utf-8")
-        tmp.replace(self._pending)
-        self._done.write_text(str(last_seq))
-
-
-async def deliver(witnesses: Sequence[Witness], entry: WitnessEntry, *, state_dir: Path) -> dict[str, str]:
-    """Give `entry` to every witness: what each did ("written", "already", "failed").
-
-    A checkpoint a witness already holds (same or later seq) is not sent again; a prune entry
-    always is. A failed delivery stays in the witness's outbox for the next run (the file
-    witness is retried the same way: its outbox is in `state_dir`, not beside the file).
+    A file whose (inode, size, mtime_ns) did not change is not read again. A longer one is
+    hashed up to what was verified last time (SHA-256, far cheaper than a signature per line)
+    and, if those bytes are unchanged, only its new lines are parsed and verified. A file that
+    shrank, or whose verified part changed, is read and verified whole again, and that is a
+    finding (`findings(path)`, kept until the process restarts): the witness is append-only,
+    so entries were removed or rewritten. `verified` counts the lines whose signature was checked.
     """
-    outcome: dict[str, str] = {}
-    for witness in witnesses:
-        outbox = Outbox(state_dir, witness.name)
-        pending = outbox.pending()
-        done = outbox.last_seq()
-        if isinstance(witness, FileWitness):
-            last = witness.last()
-            done = max(done, last.seq if last is not None and last.kind == "checkpoint" else 0)
-        queued = max((e.seq for e in pending if e.kind == "checkpoint"), default=0)
-        fresh = entry.kind == "prune" or entry.seq > max(done, queued)
-        batch = [*pending, entry] if fresh else pending
-        if not batch:
-            outcome[witness.name] = "already"
-            continue
-        try:
-            await witness.write(batch)
-        except Exception as exc:  # any witness fault: keep the entries and retry next run
-            outbox.save(batch, done)
-            WITNESSED.labels(witness.name, "failed").inc(len(batch))
-            # The error's type and the status only: a webhook's headers never reach the log.
-            log.warning("audit_witness_failed", witness=witness.name, entries=len(batch),
-                        error=type(exc).__name__, detail=str(exc)[:200])
-            outcome[witness.name] = "failed"
-            continue
-        delivered = max([done, *(e.seq for e in batch if e.kind == "checkpoint")])
-        outbox.save([], delivered)
-        WITNESSED.labels(witness.name, "written").inc(len(batch))
-        outcome[witness.name] = "written"
-    return outcome
 
+    def __init__(self) -> None:
+        self._seen: dict[Path, _Verified] = {}
+        self._findings: dict[Path, list[str]] = {}
+        self._lock = threading.Lock()  # requests read in worker threads
+        self.verified = 0
 
-# -- the worker's runs --------------------------------------------------------------------
+    def findings(self, path: Path) -> list[str]:
+        with self._lock:
+            return list(self._findings.get(path, ()))
 
+    def read(self, path: Path, keys: Sequence[Ed25519PublicKey]) -> WitnessLog:
+        with self._lock:
+            try:
+                seen = self._read(path, keys)
+            except OSError as exc:
+                raise WitnessError(f"cannot read the witness {path}: {exc.strerror or exc}") from None
+            self._seen[path] = seen
+            return WitnessLog([*seen.entries, *seen.tail])  # fresh: the verifier marks it
 
-class WitnessedStore(Protocol):
-    async def audit_head(self) -> AuditRecord | None: ...
-    async def audit_record(self, seq: int) -> AuditRecord | None: ...
-    async def checkpoint_audit(self, key: Ed25519PrivateKey) -> AuditRecord | None: ...
-    async def prune_audit(
-        self, *, before: datetime, archive_dir: Path,
-        on_archived: Callable[[ArchiveSummary], Awaitable[None]] | None = None,
-    ) -> ArchiveSummary | None: ...
-
-
-@dataclass
-class WitnessSetup:
-    key: Ed25519PrivateKey
-    witnesses: list[Witness]
-    state_dir: Path
-
-    async def aclose(self) -> None:
-        for witness in self.witnesses:
-            await witness.aclose()
-
-
-def build_setup(settings: Any) -> WitnessSetup:
-    """The signing key and witnesses of `settings.audit`; ValueError says which key is missing."""
-    from broker.audit.signing import load_private_key
-
-    audit = settings.audit
-    if audit.signing_key_file is None:
-        raise ValueError("audit.signing_key_file is not set: nothing can sign checkpoints")
-    if not audit.witness.configured:
-        raise ValueError("no witness configured: set audit.witness.file (or webhook_url, or to_sink)")
-    try:
-        key = load_private_key(audit.signing_key_file)
-    except OSError as exc:
-        raise ValueError(f"audit.signing_key_file: cannot read {audit.signing_key_file}: {exc.strerror}") from None
-    witnesses: list[Witness] = []
-    if audit.witness.file is not None:
-        witnesses.append(FileWitness(audit.witness.file))
-    if audit.witness.webhook_url is not None:
-        headers = {k: v.get_secret_value() for k, v in audit.witness.webhook_headers.items()}
-        witnesses.append(
-            WebhookWitness(audit.witness.webhook_url, headers=headers, timeout=audit.witness.webhook_timeout)
+    def _read(self, path: Path, keys: Sequence[Ed25519PublicKey]) -> _Verified:
+        ids = frozenset(key_id(k) for k in keys)
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            stat = (st.st_ino, st.st_size, st.st_mtime_ns)
+            seen = self._seen.get(path)
+            if seen is not None and seen.keys != ids:
+                seen = None  # other keys: what verified before proves nothing now
+            if seen is not None and seen.stat == stat:
+                return seen
+            start = _Verified(stat, ids, 0, hashlib.sha256().digest(), 0, (), ())
+            digest = hashlib.sha256()
+            if seen is not None and st.st_size < seen.length:
+                self._finding(path, f"the witness {path.name} shrank from {seen.length} to {st.st_size} bytes "
+                                    f"since it was last read: entries were removed from an append-only witness")
+            elif seen is not None:
+                prefix, left = hashlib.sha256(), seen.length
+                while chunk := f.read(min(left, 1 << 20)):
+                    prefix.update(chunk)
+                    left -= len(chunk)
+                if prefix.digest() == seen.digest:
+                    start, digest = seen, prefix
+                else:
+                    self._finding(path, f"the first {seen.length} bytes of the witness {path.name} changed since "
+                                        f"it was last read: entries of an append-only witness were rewritten")
+            f.seek(start.length)
+            data = f.read(st.st_size - start.length)
+        end = data.rfind(b"\n") + 1
+        complete, lines = data[:end], start.lines + data[:end].count(b"\n")
+        # Split on newlines only, as iterating the file does (`read_witness`).
+        new = read_entries(complete.decode("utf-8", "replace").split("\n"), keys, first_line=start.lines + 1)
+        tail = read_entries([data[end:].decode("utf-8", "replace")], keys, first_line=lines + 1)
+        self.verified += len(new.entries) + len(tail.entries)
+        digest.update(complete)
+        return _Verified(
+            stat, ids, start.length + end, digest.digest(), lines, (*start.entries, *new.entries), tuple(tail.entries)
         )
-    if audit.witness.to_sink:
-        if audit.sink is None:
-            raise ValueError("audit.witness.to_sink is true but audit.sink is not set")
-        # The forwarder's transports; the entry goes out as one `audit.witness` item.
-        sink = audit.sink
-        transport: Transport
-        if sink.kind == "webhook":
-            headers = {k: v.get_secret_value() for k, v in sink.headers.items()}
-            transport = WebhookTransport(sink.url, headers=headers, timeout=sink.timeout)
-        else:
-            transport = SyslogTransport(sink.address, facility=sink.facility)
-        witnesses.append(SinkWitness(transport))
-    return WitnessSetup(key, witnesses, Path(settings.data_dir) / "witness")
+
+    def _finding(self, path: Path, what: str) -> None:
+        found = self._findings.setdefault(path, [])
+        if what not in found:
+            log.warning("audit_witness_rewritten", witness=str(path), detail=what)
+            found.append(what)
 
 
-async def witness_head(store: WitnessedStore, setup: WitnessSetup) -> dict[str, Any] | None:
-    """Sign the chain head and give it to every witness; None when the chain is empty.
-
-    Unless the head already is a checkpoint, an `audit.checkpoint` record is appended first,
-    so the head signed is a checkpoint and an idle chain is not signed again. Before signing,
-    the last entry of the file witness must still be in the chain: a chain found rewritten is
-    not signed (WitnessError), it is reported.
-    """
-    head = await store.audit_head()
-    if head is None:
-        return None
-    for witness in setup.witnesses:
-        if isinstance(witness, FileWitness):
-            last = witness.last()
-            if last is not None and last.kind == "checkpoint" and last.seq <= head.seq:
-                held = await store.audit_record(last.seq)
-                if held is None or held.hash != last.hash:
-                    raise WitnessError(
-                        f"the chain no longer holds witnessed seq {last.seq} (hash {last.hash}): "
-                        "not signing a rewritten chain; run `jitgate audit verify --witness`"
-                    )
-            elif last is not None and last.kind == "checkpoint" and last.seq > head.seq:
-                raise WitnessError(
-                    f"the chain ends at seq {head.seq} but seq {last.seq} was witnessed: not signing a "
-                    "truncated chain; run `jitgate audit verify --witness`"
-                )
-    if head.type != "audit.checkpoint":
-        signed = await store.checkpoint_audit(setup.key)
-        head = signed or head
-    entry = checkpoint_entry(setup.key, head)
-    outcome = await deliver(setup.witnesses, entry, state_dir=setup.state_dir)
-    return {"seq": entry.seq, "hash": entry.hash, "witnesses": outcome}
-
-
-async def prune_witnessed(
-    store: WitnessedStore, setup: WitnessSetup, *, before: datetime, archive_dir: Path
-) -> ArchiveSummary | None:
-    """Prune with the archive signed and witnessed before anything is deleted, then sign the
-    new head (the `audit.prune` record). If no witness takes the prune entry, nothing is pruned."""
-
-    async def witnessed(summary: ArchiveSummary) -> None:
-        outcome = await deliver(setup.witnesses, prune_entry(setup.key, summary), state_dir=setup.state_dir)
-        if "written" not in outcome.values():
-            raise WitnessError(f"no witness took the prune entry ({outcome}); not pruning")
-
-    summary = await store.prune_audit(before=before, archive_dir=archive_dir, on_archived=witnessed)
-    if summary is not None:
-        await witness_head(store, setup)
-    return summary
+# -- writing ------------------------------------------------------------------------------

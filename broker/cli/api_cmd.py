@@ -66,13 +66,13 @@ async def serve(settings: Settings) -> None:
     store = await Store.open(settings.store_url.get_secret_value())
     # Records this process appends (logins, access requests, approvals) reach the SIEM too.
     forwarder = attach_forwarder(store, settings.audit.sink)
-    close_bus = None
+    close_bus = close_slack = None
     try:
         # Decisions taken here must reach the proxy that parked the statement (Redis bus),
         # and new requests must reach Slack (Celery dispatcher), as in `jitgate proxy`.
         approvals, close_bus = await open_approvals(settings, store)
         app = create_app(settings, store, approvals_service=approvals)
-        attach_slack(app, settings, approvals)  # POST /slack/events when `slack` is configured
+        close_slack = attach_slack(app, settings, approvals)  # POST /slack/events when `slack` is configured
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -93,6 +93,8 @@ async def serve(settings: Settings) -> None:
             signal.signal(sig, stop)
         await server.serve()
     finally:
+        if close_slack is not None:
+            await close_slack()
         if close_bus is not None:
             await close_bus()
         if forwarder is not None:

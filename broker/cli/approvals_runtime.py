@@ -82,10 +82,13 @@ async def open_approvals(
     return service, bus.close
 
 
-def attach_slack(app: FastAPI, settings: Settings, service: ApprovalService) -> bool:
-    """Serve the Slack app at POST /slack/events (HTTP mode) when `slack` is configured."""
+def attach_slack(
+    app: FastAPI, settings: Settings, service: ApprovalService
+) -> Callable[[], Awaitable[None]] | None:
+    """Serve the Slack app at POST /slack/events (HTTP mode) when `slack` is configured; the
+    callable it returns closes what the app holds (its replay cache's connection)."""
     if settings.slack is None:
-        return False
+        return None
     from slackapp.actions import BrokerActions
     from slackapp.app import build_app
     from slackapp.http import mount
@@ -94,4 +97,4 @@ def attach_slack(app: FastAPI, settings: Settings, service: ApprovalService) -> 
     # The replay cache is shared through the installation's Redis when there is one.
     replay = replay_cache_for(resolve_broker_url(settings))
     mount(app, build_app(settings.slack, BrokerActions(service, settings), replay=replay))
-    return True
+    return replay.aclose

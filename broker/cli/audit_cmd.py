@@ -1,6 +1,7 @@
 """`jitgate audit ...`: verify the hash chain and export the audit trail.
 
     jitgate audit verify [--witness FILE] [--key PUB] [--allow-unanchored] [--from-seq N] [--to-seq M] [--json]
+                         [--max-unwitnessed N] [--max-witness-age 10m]
                                                  exit 1 on a break, 3 when not anchored
     jitgate audit export --format jsonl|csv|ocsf [--since T] [--until T] [--out FILE]
     jitgate audit prune [--older-than 90d] [--archive-dir DIR]       archive (witnessed), then delete
@@ -11,7 +12,11 @@
 `verify` is anchored when it checks signatures with a public key and the chain against a
 witness (`audit.witness.file` or `--witness`, a file in the witness's JSON Lines format: the
 file witness itself, or what a webhook witness's receiver kept). Without either it says what
-it could not check and exits 3, unless `--allow-unanchored`.
+it could not check and exits 3, unless `--allow-unanchored`. It names the unwitnessed tail
+(records after the last witnessed one, which only the store vouches for) and says "partially
+anchored" once that tail has waited past two witness intervals; `--max-unwitnessed` and
+`--max-witness-age` turn a longer or older tail into a break (`unwitnessed_tail`, exit 1). A
+range (`--from-seq` past the chain's start) trusts the link into its first record.
 
 T is an ISO 8601 time (UTC if no zone) or an age such as 7d or 12h (that long ago). An
 export goes to stdout unless `--out` is given; the progress bar goes to stderr.
@@ -32,10 +37,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from broker.audit.archive import ArchiveSummary, verify_archive
-from broker.audit.chain import GENESIS_HASH, AuditRecord, VerifyReport
+from broker.audit.chain import GENESIS_HASH, AuditRecord, TailLimits, VerifyReport, format_ts
 from broker.audit.export import FORMATS, render
-from broker.audit.signing import CheckpointVerifier, load_private_key, load_public_key, verifier_for
-from broker.audit.witness import WitnessError, WitnessLog, build_setup, prune_witnessed, read_witness, witness_head
+from broker.audit.signing import CheckpointVerifier, load_private_key, public_key_files, verifier_for
+from broker.audit.witness import WitnessError, WitnessKeyError, WitnessLog, load_witness
+from broker.audit.witnessing import build_setup, prune_witnessed, witness_head
 from broker.config import Settings, load_settings
 from broker.durations import parse_duration
 from broker.exceptions import ConfigError, StoreError
@@ -107,16 +113,10 @@ def run_with_store(settings: Settings, fn: Callable[[Store], Awaitable[T]]) -> T
         raise typer.Exit(2) from None
 
 
-def _public_keys(settings: Settings, keys: list[Path] | None) -> list[Path]:
-    if keys:
-        return keys
-    audit = settings.audit
-    return list(audit.verify_key_files) or ([audit.signing_key_file] if audit.signing_key_file else [])
-
-
 def _checkpoint_verifier(settings: Settings, keys: list[Path] | None = None) -> CheckpointVerifier | None:
+    audit = settings.audit
     try:
-        return verifier_for(None, _public_keys(settings, keys))
+        return verifier_for(None, keys or public_key_files(audit.signing_key_file, audit.verify_key_files))
     except (OSError, ValueError) as exc:
         typer.echo(f"cannot load audit keys: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -125,17 +125,10 @@ def _checkpoint_verifier(settings: Settings, keys: list[Path] | None = None) -> 
 def _witness(settings: Settings, path: Path | None, keys: list[Path] | None) -> WitnessLog | None:
     """The witness's verified entries; None when none is configured. Exit 2 when it is given
     but cannot be checked (no key), exit 1 when a line does not verify."""
-    where = path or settings.audit.witness.file
-    if where is None:
-        return None
-    key_files = _public_keys(settings, keys)
-    if not key_files:
-        typer.echo(f"cannot check the witness {where}: no public key (--key or audit.verify_key_files)", err=True)
-        raise typer.Exit(2)
     try:
-        return read_witness(where, [load_public_key(p) for p in key_files])
-    except (OSError, ValueError) as exc:
-        typer.echo(f"cannot load audit keys: {exc}", err=True)
+        return load_witness(settings, path=path, key_files=keys)
+    except WitnessKeyError as exc:
+        typer.echo(f"{exc}; or pass --key", err=True)
         raise typer.Exit(2) from None
     except WitnessError as exc:
         typer.echo(f"witness not trusted: {exc}", err=True)
@@ -152,6 +145,21 @@ def print_report(report: VerifyReport, console: Console) -> None:
             console.print(f"signed checkpoints hold through seq {report.signed_through}")
         if report.witnessed_through is not None:
             console.print(f"the witness holds the chain through seq {report.witnessed_through}")
+        if report.trusted_start is not None:
+            console.print(f"range: the link into seq {report.trusted_start} is trusted (records before it "
+                          "were not checked)", highlight=False)
+        if report.unwitnessed_from is not None:
+            since = format_ts(report.unwitnessed_since) if report.unwitnessed_since else "?"
+            last = format_ts(report.last_witness_ts) if report.last_witness_ts else "never"
+            console.print(
+                f"unwitnessed: seq {report.unwitnessed_from}..{report.unwitnessed_to} (waiting since {since}; "
+                f"last witness entry {last}): only the store vouches for these", highlight=False, soft_wrap=True,
+            )
+        if report.partially_anchored:
+            console.print(
+                "[bold yellow]PARTIALLY ANCHORED[/bold yellow]: the unwitnessed tail is older than two witness "
+                "intervals; is the worker signing (audit.witness.interval)?", highlight=False, soft_wrap=True,
+            )
         for why in report.unanchored:
             console.print(f"[bold yellow]NOT ANCHORED[/bold yellow]: {why}", highlight=False, soft_wrap=True)
         return
@@ -174,22 +182,45 @@ def verify(
     allow_unanchored: Annotated[
         bool, typer.Option("--allow-unanchored", help="Exit 0 even without a public key or a witness")
     ] = False,
+    max_unwitnessed: Annotated[
+        int | None,
+        typer.Option("--max-unwitnessed", min=0, help="Fail if more records than this follow the last witnessed one"),
+    ] = None,
+    max_witness_age: Annotated[
+        str | None,
+        typer.Option("--max-witness-age", help="Fail if unwitnessed records have waited longer than this (e.g. 10m)"),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Check the hash chain against its signatures and the witness; exit 1 and name the first
-    broken record if it does not hold, 3 if it could not be anchored (no key or no witness)."""
+    broken record if it does not hold (or the unwitnessed tail is past a --max-* limit), 3 if it
+    could not be anchored (no key or no witness). Sessions are swept too: exit 1 naming each
+    session whose row and chained records disagree."""
     settings = settings_or_exit(config)
+    try:
+        max_age = parse_duration(max_witness_age) if max_witness_age is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-witness-age") from None
+    limits = TailLimits(parse_duration(settings.audit.witness.interval), max_unwitnessed, max_age)
     checkpoints = _checkpoint_verifier(settings, keys)
     log = _witness(settings, witness, keys)
     report = run_with_store(
         settings,
-        lambda s: s.verify_audit(from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=log),
+        lambda s: s.verify_audit(
+            from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=log, limits=limits
+        ),
     )
+    # Sessions against their chained records, both ways (`SessionRepository.sweep_sessions`).
+    sweep = run_with_store(settings, lambda s: s.sweep_sessions(from_seq=from_seq, to_seq=to_seq))
     if as_json:
-        typer.echo(json.dumps(report.to_json()))
+        typer.echo(json.dumps({**report.to_json(), "sessions": sweep.to_json()}))
     else:
         print_report(report, Console())
-    if not report.ok:
+        for problem in sweep.problems:
+            typer.echo(f"SESSION COVERAGE: {problem}")
+        if sweep.count > len(sweep.problems):
+            typer.echo(f"SESSION COVERAGE: ... {sweep.count - len(sweep.problems)} more")
+    if not report.ok or not sweep.ok:
         raise typer.Exit(1)
     if report.unanchored:
         for why in report.unanchored:

@@ -92,7 +92,7 @@ def demo(
     with private_umask():
         try:
             lock = DemoLock.acquire(data_dir, [files.operator.parent, files.agent.parent], console)
-        except DemoRunning as exc:
+        except (DemoRunning, NotADemoDir) as exc:
             console.print(str(exc), markup=False)
             raise typer.Exit(1) from None
         try:
@@ -110,6 +110,35 @@ class DemoRunning(RuntimeError):
     """Another `jitgate demo` holds the data dir."""
 
 
+class NotADemoDir(RuntimeError):
+    """--data-dir names a directory that holds something else than a demo's state."""
+
+
+#: In a data dir the demo made (or adopted from an older demo): only such a directory is
+#: tightened to 0700/0600 and emptied by --reset.
+MARKER = ".jitgate-demo"
+#: What an older demo's data dir holds, before there was a marker.
+_OLDER_DEMO = ("upstream", "jitgate.db")
+
+
+def claim_data_dir(data_dir: Path) -> None:
+    """Mark `data_dir` as the demo's: a new or empty one, or an older demo's; refuse any other
+    (`--data-dir .` must not chmod or, with --reset, delete a project)."""
+    marker = data_dir / MARKER
+    if marker.is_file():
+        return
+    if data_dir.is_dir() and any(data_dir.iterdir()):
+        if not any((data_dir / name).exists() for name in _OLDER_DEMO):
+            raise NotADemoDir(
+                f"{data_dir} is not empty and holds no jitgate demo: pass a new or empty --data-dir "
+                f"(the demo makes its files private and --reset deletes them all); if it really is a "
+                f"demo's, create {marker} to say so"
+            )
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    marker.write_text("jitgate demo state: `jitgate demo --reset` deletes everything here\n")
+    marker.chmod(0o600)
+
+
 @dataclass
 class DemoLock:
     """An exclusive flock on `<data_dir>/demo.lock`, held for the demo's life (the kernel drops
@@ -125,6 +154,7 @@ class DemoLock:
         from broker.demo.private import prepare_demo_dirs
 
         data_dir = data_dir.resolve()
+        claim_data_dir(data_dir)
         for notice in prepare_demo_dirs(data_dir, [d.resolve() for d in info_dirs]):
             if console is not None:
                 console.print(notice, markup=False)
@@ -149,9 +179,11 @@ def reset_demo(data_dir: Path, info_files: Sequence[Path]) -> None:
     stopped, since nothing else of a demo outlives the process that holds the lock."""
     from broker.demo.upstream import remove_upstream
 
+    if not (data_dir / MARKER).is_file():  # (DemoLock.acquire claimed it: never reached)
+        raise NotADemoDir(f"{data_dir} is not marked as a jitgate demo's: nothing deleted")
     remove_upstream(data_dir / "upstream")
     for child in data_dir.iterdir():
-        if child.name == LOCK_NAME:
+        if child.name in (LOCK_NAME, MARKER):
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)

@@ -21,6 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 import typer
@@ -90,12 +91,28 @@ def _api_url(api: str | None, saved: dict[str, Any]) -> str:
 
 
 def _demo_api_url() -> str | None:
+    """The API of a demo running here, from its operator file, trusted only as the demo writes
+    it: owned by this user, mode 0600, and a loopback http URL. Anything else (a file someone
+    else could have put in this directory) would receive the bearer token: it is ignored."""
+    path = Path(DEMO_INFO_FILE)
     try:
-        data = json.loads(Path(DEMO_INFO_FILE).read_text())
+        with path.open("rb") as handle:
+            st = os.fstat(handle.fileno())
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                return None
+            data = json.loads(handle.read())
     except (OSError, ValueError):
         return None
     url = data.get("api_url") if isinstance(data, dict) else None
-    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    return url if loopback and port is not None and not parts.path.strip("/") else None
 
 
 def _detail(response: httpx.Response) -> str:

@@ -13,7 +13,12 @@ line (a `session` line, then one `statement` line each, then `end`), for machine
 What `show` and `replay` print of a statement is checked against its record in the audit
 chain (`broker.audit.coverage`): a statement whose row was edited, deleted (then shown from
 the chained record) or added behind the chain's back is marked TAMPERED with what does not
-match, and the command exits with status 3 (`verified`/`tampered` in `--json`).
+match, and the command exits with status 3 (`verified`/`tampered` in `--json`). The session
+itself likewise, against its `session.start` and `session.end` records: a field edited in the
+`sessions` table is named, a session whose row was deleted is shown from the chain
+(`row_deleted`), a row the chain never had is `no_audit_record` (`session_tampered` in
+`--json`). `list` shows sessions whose row is gone too, and marks every tampered session
+(exit 3 when it lists one).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ def _jsonable(obj: Any) -> Any:
 def session_json(s: SessionInfo) -> dict[str, Any]:
     out: dict[str, Any] = _jsonable(asdict(s))
     out["active"] = s.active
+    out["session_tampered"] = out.pop("tampered")
     return out
 
 
@@ -88,34 +94,59 @@ def list_sessions(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Sessions, newest first."""
+    """Sessions, newest first, each checked against the audit chain; sessions whose row was
+    deleted are listed from the chain (exit 3 when any listed session is tampered with)."""
     settings = settings_or_exit(config)
     found = run_with_store(settings, lambda s: s.list_sessions(active_only=active, limit=limit))
     if as_json:
         for s in found:
             typer.echo(json.dumps(session_json(s)))
+        if any(s.tampered for s in found):
+            raise typer.Exit(EXIT_TAMPERED)
         return
     table = Table("id", "principal", "resource/role", "client", "application", "started", "ended", "stmts")
     for s in found:
         table.add_row(
-            s.id, s.principal, f"{s.resource}/{s.role}", s.client_addr or "", s.application_name or "",
+            s.id, Text(s.principal), Text(f"{s.resource}/{s.role}"), Text(s.client_addr or ""),
+            Text(s.application_name or ""),
             s.started_at.isoformat(timespec="seconds"),
             s.ended_at.isoformat(timespec="seconds") if s.ended_at else "[green]active[/green]",
             str(s.statements),
+            style="red" if s.tampered else None,
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    tampered = [s for s in found if s.tampered]
+    for s in tampered:
+        console.print(_session_tampered_text(s), soft_wrap=True)
+    if tampered:
+        raise typer.Exit(EXIT_TAMPERED)
 
 
 def _header(console: Console, s: SessionInfo) -> None:
-    console.print(f"[bold]session {s.id}[/bold]  {s.principal} ({', '.join(s.groups)})")
+    if s.tampered:
+        # First, so no one reads the forged header below as what happened.
+        console.print(_session_tampered_text(s), soft_wrap=True)
+    console.print(Text.assemble(Text(f"session {s.id}", style="bold"), f"  {s.principal} ({', '.join(s.groups)})"))
     console.print(
-        f"  resource {s.resource} as {s.role}, from {s.client_addr or '?'}, application_name "
-        f"{s.application_name or '?'}"
+        Text(
+            f"  resource {s.resource} as {s.role}, from {s.client_addr or '?'}, application_name "
+            f"{s.application_name or '?'}"
+        )
     )
-    console.print(f"  intent: {s.intent}" if s.intent else "  intent: no reason given")
+    console.print(Text(f"  intent: {s.intent}") if s.intent else "  intent: no reason given")
     ended = f"ended {s.ended_at.isoformat()} ({s.end_reason})" if s.ended_at else "still active"
-    console.print(f"  started {s.started_at.isoformat()}, {ended}")
+    console.print(Text(f"  started {s.started_at.isoformat()}, {ended}"))
     console.print(f"  {s.statements} statements, {s.bytes_in} bytes in, {s.bytes_out} bytes out")
+
+
+def _session_tampered_text(s: SessionInfo) -> Text:
+    what = ", ".join(s.tampered)
+    return Text(
+        f"TAMPERED session {s.id}: does not match its audit records"
+        f"{f' (session.start seq {s.audit_seq})' if s.audit_seq is not None else ''}: {what}",
+        style="bold red",
+    )
 
 
 def _tampered_text(st: StatementInfo) -> Text:
@@ -130,6 +161,8 @@ def _tampered_text(st: StatementInfo) -> Text:
 def _verdict(console: Console, detail: SessionDetail) -> None:
     """The coverage summary after what was printed; exits 3 when anything was tampered with."""
     tampered = detail.tampered
+    if detail.session.tampered:
+        console.print(_session_tampered_text(detail.session), soft_wrap=True)
     if tampered:
         for st in tampered:
             console.print(_tampered_text(st), soft_wrap=True)
@@ -141,7 +174,10 @@ def _verdict(console: Console, detail: SessionDetail) -> None:
             ),
             soft_wrap=True,
         )
+    if not detail.verified:
         raise typer.Exit(EXIT_TAMPERED)
+    if detail.session.audit_seq is None:
+        console.print("session not checked: its session.start record was pruned (archived)", style="yellow")
     unchecked = [st for st in detail.statements if not st.verified]
     if unchecked:
         console.print(
@@ -160,10 +196,10 @@ def show(
     if as_json:
         out = session_json(detail.session)
         out["statements"] = [statement_json(st, detail.session.started_at) for st in detail.statements]
-        out["verified"] = not detail.tampered
+        out["verified"] = detail.verified
         out["tampered"] = [st.seq for st in detail.tampered]
         typer.echo(json.dumps(out))
-        if detail.tampered:
+        if not detail.verified:
             raise typer.Exit(EXIT_TAMPERED)
         return
     console = Console()
@@ -201,7 +237,7 @@ def replay(
             typer.echo(json.dumps({"event": "statement", **statement_json(st, s.started_at)}))
         if s.ended_at is not None:
             typer.echo(json.dumps({"event": "end", "at": s.ended_at.isoformat(), "reason": s.end_reason}))
-        if detail.tampered:
+        if not detail.verified:
             raise typer.Exit(EXIT_TAMPERED)
         return
     console = Console()

@@ -12,6 +12,7 @@ from broker.store.records import (
     SessionDetail,
     SessionInfo,
     SessionStats,
+    SessionSweep,
     StatementInfo,
     StatementRecord,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "SessionDetail",
     "SessionInfo",
     "SessionStats",
+    "SessionSweep",
     "StatementInfo",
     "StatementRecord",
     "Store",

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Row, Table, delete, func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, Table, Text, cast, delete, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from broker.audit.archive import ArchiveSummary, write_archive
 from broker.audit.chain import (
@@ -33,6 +36,7 @@ from broker.audit.chain import (
     Break,
     ChainVerifier,
     CheckpointCheck,
+    TailLimits,
     VerifyReport,
     WitnessCheck,
     canonical_json,
@@ -42,17 +46,41 @@ from broker.audit.chain import (
 )
 from broker.audit.events import AuditEvent, audit_pruned
 from broker.audit.signing import checkpoint_event
-from broker.store.base import StoreBase
+from broker.exceptions import StoreError
+from broker.store.base import StoreBase, file_lock, translate_errors
 from broker.store.models import AuditEventRow, AuditState
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 # "jitaudit" in ASCII; distinct from the migration lock.
 _PG_AUDIT_LOCK_KEY = 0x6A69746175646974
+# "jitprune": serialises prunes only, never appends.
+_PG_PRUNE_LOCK_KEY = 0x6A69747072756E65
+# The prune lock of an in-memory SQLite store (one process, so one lock per engine suffices).
+_LOCAL_PRUNE_LOCKS: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
 _STATE_ID = 1
 DEFAULT_CHUNK = 1000
 # Core, not ORM, for the rows: several times cheaper for bulk inserts and chunked reads.
 _EVENTS: Table = AuditEventRow.__table__  # type: ignore[assignment]
 _AUDIT_COLUMNS = ("seq", "id", "ts", "type", "actor", "session_id", "data", "prev_hash", "hash")
 _STATE = AuditState.__tablename__
+# `data` as the text stored (json on PostgreSQL keeps it as written, duplicate keys included).
+_STORED_COLUMNS = [cast(c, Text).label("data") if c.name == "data" else c for c in _EVENTS.columns]
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
 SQLITE_AUDIT_INSERT = (
     f"INSERT INTO {_EVENTS.name} ({', '.join(_AUDIT_COLUMNS)}) VALUES ({', '.join('?' * len(_AUDIT_COLUMNS))})"
 )
@@ -281,44 +309,77 @@ class AuditRepository(StoreBase):
         chunk: int = DEFAULT_CHUNK,
         checkpoints: CheckpointCheck | None = None,
         witness: WitnessCheck | None = None,
+        limits: TailLimits | None = None,
     ) -> VerifyReport:
         """Walk the chain (or a seq range of it) and report the first break.
 
-        A whole-chain check starts from the retention anchor and ends at the stored head; a
-        range starts from the record before it (trusted, not re-checked) and ends at `to_seq`.
-        With a `witness`, witnessed records must be in the chain unchanged and, for the whole
-        chain, its start must be a witnessed prune and its end at or past the last witnessed
-        record. The report lists in `unanchored` what could not be checked.
+        A whole-chain check starts from the retention anchor and ends at the stored head. A
+        range starts from the record before it (trusted, not re-checked: the report's
+        `trusted_start`) unless it starts at the anchor, and must reach `to_seq` or the head,
+        whichever is lower. With a `witness`, witnessed records must be in the chain unchanged,
+        every witnessed seq up to the range's end must be found and, from the anchor, the start
+        must be the witness's last prune. `limits` bound the unwitnessed tail. The report lists
+        in `unanchored` what could not be checked.
         """
         state = await self.audit_state()
         anchor_seq = state.anchor_seq if state is not None else 0
         anchor_hash = state.anchor_hash if state is not None else GENESIS_HASH
         whole = to_seq is None
-        head = (state.head_seq, state.head_hash) if state is not None and whole else None
+        head = (state.head_seq, state.head_hash) if state is not None else None
         start = max(from_seq or 0, anchor_seq + 1)
         if start <= anchor_seq + 1:
             verifier = ChainVerifier(
-                prev_hash=anchor_hash, prev_seq=anchor_seq, head=head, checkpoints=checkpoints,
-                witness=witness, witness_bounds=whole,
+                prev_hash=anchor_hash, prev_seq=anchor_seq, head=head, to_seq=to_seq, checkpoints=checkpoints,
+                witness=witness, witness_start=True,
             )
         else:
             prev = await self._audit_record(start - 1)
             verifier = ChainVerifier(
-                prev_hash=prev.hash if prev else None, prev_seq=start - 1, head=head, checkpoints=checkpoints,
-                witness=witness,
+                prev_hash=prev.hash if prev else None, prev_seq=start - 1, head=head, to_seq=to_seq,
+                checkpoints=checkpoints, witness=witness, trusted_start=start,
             )
-        async for record in self.iter_audit(from_seq=start, to_seq=to_seq, chunk=chunk):
+        async for record, stored_wrong in self._iter_audit_stored(from_seq=start, to_seq=to_seq, chunk=chunk):
+            if stored_wrong is not None:
+                verifier.reject(record, "altered", stored_wrong)
+                break
             if verifier.feed(record) is not None:
                 break
-        if state is None and whole and verifier.checked and verifier.broken is None:
+        if state is None and verifier.checked and verifier.broken is None:
             # Records without a head: the head row itself was removed.
             verifier.broken = Break(verifier.last_seq + 1, None, "truncated", "the chain head record is missing")
         head_now = None
         if whole and verifier.broken is None:
             after = await self.audit_state()
             head_now = after.head_seq if after is not None else 0
-        report = verifier.finish(head_now=head_now)
+        report = verifier.finish(head_now=head_now, now=self.clock(), limits=limits)
         return dataclasses.replace(report, unanchored=_unanchored(report, checkpoints, witness))
+
+    async def _iter_audit_stored(
+        self, *, from_seq: int, to_seq: int | None, chunk: int
+    ) -> AsyncIterator[tuple[AuditRecord, str | None]]:
+        """Records in seq order with their `data` parsed from the stored text, each with why
+        that text is not what was hashed (None if it is): a duplicate key is read as its last
+        value here, and may be read as another by anything else that parses the row."""
+        last = from_seq - 1
+        while True:
+            query = select(*_STORED_COLUMNS).where(_EVENTS.c.seq > last).order_by(_EVENTS.c.seq).limit(chunk)
+            if to_seq is not None:
+                query = query.where(_EVENTS.c.seq <= to_seq)
+            async with self.transaction("read audit", read_only=True) as session:
+                rows = list(await session.execute(query))
+            for row in rows:
+                try:
+                    data = _STRICT_JSON.decode(row.data)
+                    wrong = None if isinstance(data, dict) else "stored data is not a JSON object"
+                except ValueError as exc:
+                    data, wrong = {}, f"stored data is not one JSON object with unique keys: {exc}"
+                yield AuditRecord(
+                    row.seq, row.id, row.ts, row.type, row.actor, row.session_id,
+                    data if isinstance(data, dict) else {}, row.prev_hash, row.hash,
+                ), wrong
+            if len(rows) < chunk:
+                return
+            last = rows[-1].seq
 
     async def prune_audit(
         self,
@@ -329,21 +390,34 @@ class AuditRepository(StoreBase):
     ) -> ArchiveSummary | None:
         """Archive records older than `before` to a JSONL.gz file, then delete them.
 
-        Only a prefix of the chain goes (up to the last record older than `before`); the
-        archive is written and checked first, then `on_archived` runs (the witness signs the
-        archive there; if it raises, the archive is removed and nothing is deleted), then one
-        transaction deletes the records, moves the anchor to the last one archived and appends
-        an `audit.prune` record. If another prune ran meanwhile (the anchor moved), nothing is
-        deleted. Returns None when nothing is old enough.
+        Only a prefix of the chain goes: up to the record before the first one at or after
+        `before` (`ts` is the event's time and may go backwards, so one old record further on
+        never takes younger ones with it). The archive is written and checked first, then
+        `on_archived` runs (the witness signs the archive there; if it raises, the archive is
+        removed and nothing is deleted), then one transaction deletes the records, moves the
+        anchor to the last one archived and appends an `audit.prune` record. Prunes are
+        serialised across processes (`_prune_lock`), so a witness never holds the entry of a
+        prune that lost a race. Returns None when nothing is old enough.
         """
+        async with self._prune_lock():
+            return await self._prune_audit(before=before, archive_dir=archive_dir, on_archived=on_archived)
+
+    async def _prune_audit(
+        self,
+        *,
+        before: datetime,
+        archive_dir: Path,
+        on_archived: Callable[[ArchiveSummary], Awaitable[None]] | None,
+    ) -> ArchiveSummary | None:
         state = await self.audit_state()
-        if state is None:
+        if state is None or state.head_seq <= state.anchor_seq:
             return None
-        async with self.transaction("find audit cut") as session:
-            through = await session.scalar(
-                select(func.max(_EVENTS.c.seq)).where(_EVENTS.c.ts < before, _EVENTS.c.seq > state.anchor_seq)
+        async with self.transaction("find audit cut", read_only=True) as session:
+            young = await session.scalar(
+                select(func.min(_EVENTS.c.seq)).where(_EVENTS.c.ts >= before, _EVENTS.c.seq > state.anchor_seq)
             )
-        if through is None:
+        through = state.head_seq if young is None else int(young) - 1
+        if through <= state.anchor_seq:
             return None
         # An admin operation, not the data path: the file I/O may block this loop briefly.
         await asyncio.to_thread(archive_dir.mkdir, parents=True, exist_ok=True)
@@ -364,8 +438,12 @@ class AuditRepository(StoreBase):
             await self._lock_audit(session)
             current = await session.get(AuditState, _STATE_ID)
             if current is None or current.anchor_seq != state.anchor_seq:
-                await asyncio.to_thread(path.unlink, missing_ok=True)
-                return None
+                # Moved by something that does not take the prune lock. The archive stays: its
+                # prune may already be witnessed, and the witness's entry must keep its file.
+                raise StoreError(
+                    f"the audit anchor moved from seq {state.anchor_seq} during the prune; nothing deleted, "
+                    f"{path.name} kept"
+                )
             await session.execute(
                 delete(_EVENTS).where(_EVENTS.c.seq > state.anchor_seq, _EVENTS.c.seq <= through)
             )
@@ -378,10 +456,35 @@ class AuditRepository(StoreBase):
                         through_seq=summary.through_seq,
                         through_hash=summary.through_hash,
                         records=summary.records,
+                        sessions=summary.sessions,
                     )
                 ],
             )
         return summary
+
+    @asynccontextmanager
+    async def _prune_lock(self) -> AsyncIterator[None]:
+        """One prune at a time for this store, across processes: on PostgreSQL an advisory
+        lock held by a connection of its own for the whole prune (appends are not blocked); on
+        SQLite an exclusive lock on a sidecar file (`<db>.prune.lock`), since holding SQLite's
+        write lock that long would stall every append."""
+        if self.dialect == "postgresql":
+            async with translate_errors("lock audit prune"), self.engine.connect() as conn:
+                await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_PRUNE_LOCK_KEY})
+                await conn.commit()
+                try:
+                    yield
+                finally:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_PRUNE_LOCK_KEY})
+                    await conn.commit()
+            return
+        database = self.engine.url.database or ""
+        if fcntl is None or database in ("", ":memory:") or self.engine.url.query.get("mode") == "memory":
+            async with _LOCAL_PRUNE_LOCKS.setdefault(self.engine, asyncio.Lock()):
+                yield
+            return
+        async with file_lock(_prune_lock_file(database)):
+            yield
 
     async def audit_head(self) -> AuditRecord | None:
         """The record at the stored head, or None for an empty chain (or a missing head record)."""
@@ -397,6 +500,10 @@ class AuditRepository(StoreBase):
         async with self.transaction("read audit") as session:
             row = (await session.execute(select(_EVENTS).where(_EVENTS.c.seq == seq))).first()
             return None if row is None else _record(row)
+
+
+def _prune_lock_file(database: str) -> str:
+    return f"{Path(database).expanduser()}.prune.lock"
 
 
 def _unanchored(

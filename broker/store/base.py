@@ -3,6 +3,8 @@ one place where driver errors become `StoreError`s."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -14,6 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 Clock = Callable[[], datetime]
 # Execution option of a connection whose transaction only reads (`StoreBase.transaction`).
@@ -102,3 +109,19 @@ class StoreBase:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def file_lock(path: str) -> AsyncIterator[None]:
+    """An exclusive flock on `path` (created 0600), across processes; waited for in a thread
+    so the event loop goes on meanwhile. POSIX only: callers check `fcntl` is not None."""
+    assert fcntl is not None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

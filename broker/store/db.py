@@ -13,8 +13,6 @@ instead of waits). PostgreSQL goes through asyncpg with pre-ping on pooled conne
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,7 +25,7 @@ from broker.exceptions import StoreError
 from broker.store import migrate as migrations
 from broker.store.access_requests import AccessRequestRepository
 from broker.store.approvals import ApprovalRepository
-from broker.store.base import READ_ONLY_OPTION, Clock, translate_errors, utcnow
+from broker.store.base import READ_ONLY_OPTION, Clock, file_lock, translate_errors, utcnow
 from broker.store.egress_usage import EgressUsageRepository
 from broker.store.session_slots import SessionSlotRepository
 from broker.store.sessions import SessionRepository
@@ -116,15 +114,8 @@ async def _first_use_lock(engine: AsyncEngine) -> AsyncIterator[None]:
     if path is None or fcntl is None:
         yield
         return
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    async with file_lock(f"{path}.lock"):
+        yield
 
 
 class Store(

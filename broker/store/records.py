@@ -91,6 +91,12 @@ class SessionStats:
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
+    """A session as shown, checked against its chained `session.start` and `session.end`
+    records (`broker.audit.coverage`): `tampered` names what does not match (a field name,
+    `row_deleted`: shown from the chain, `no_audit_record`: a row the chain never had,
+    `audit_record_altered`); `audit_seq` is the `session.start` record it was checked
+    against, None when that record was pruned (archived) and the session is not checked."""
+
     id: str
     token_id: str | None
     principal: str
@@ -106,6 +112,8 @@ class SessionInfo:
     statements: int
     bytes_in: int
     bytes_out: int
+    tampered: tuple[str, ...] = ()
+    audit_seq: int | None = None
 
     @property
     def active(self) -> bool:
@@ -149,3 +157,35 @@ class SessionDetail:
     def tampered(self) -> list[StatementInfo]:
         """The statements whose shown content does not match the audit chain."""
         return [s for s in self.statements if s.tampered]
+
+    @property
+    def verified(self) -> bool:
+        """Nothing shown (the session's fields, its statements) contradicts the audit chain;
+        true also for what could not be checked (pruned)."""
+        return not self.session.tampered and not any(s.tampered for s in self.statements)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSweep:
+    """`SessionRepository.sweep_sessions`: sessions and their chained records, both ways.
+
+    `checked`: `session.start` records compared with their rows; `rows`: rows looked up in
+    the chain (0 when only a seq range was read: then a row without a record is not looked
+    for). `problems` holds the first of `count` findings, each "session ID: what" (the
+    names of `SessionInfo.tampered`)."""
+
+    checked: int
+    rows: int
+    count: int
+    problems: list[str]
+    whole: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.count == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "checked": self.checked, "rows": self.rows, "count": self.count,
+            "problems": list(self.problems), "whole": self.whole,
+        }

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, case, func, or_, select, update
+from sqlalchemy import Table, and_, case, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,7 +18,7 @@ from broker.audit.chain import AuditRecord, canonical_json, format_ts
 from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
 from broker.store.audit import (
     _EVENTS,
-    _STATE_ID,
+    DEFAULT_CHUNK,
     AuditEntry,
     AuditRepository,
     _record,
@@ -27,7 +27,7 @@ from broker.store.audit import (
     sqlite_insert_rows,
 )
 from broker.store.base import enum_value, translate_errors
-from broker.store.models import AuditState, Session, Statement
+from broker.store.models import Session, Statement
 from broker.store.records import (
     Grant,
     SessionDetail,
@@ -35,6 +35,7 @@ from broker.store.records import (
     SessionInfo,
     SessionStart,
     SessionStats,
+    SessionSweep,
     StatementInfo,
     StatementRecord,
 )
@@ -80,7 +81,9 @@ class SessionRepository(AuditRepository):
         async with self.transaction("start session") as session:
             await self._lock_audit(session)
             session.add_all(rows)
-            await self._append_audit(
+            # The record's ts is the row's started_at (one reading of the clock): the views
+            # compare the two (`coverage.check_session`).
+            await self._append_events_at(
                 session,
                 [
                     events.session_started(
@@ -97,8 +100,19 @@ class SessionRepository(AuditRepository):
                     )
                     for row, s in zip(rows, starts, strict=True)
                 ],
+                now,
             )
         return [row.id for row in rows]
+
+    async def _append_events_at(
+        self, session: AsyncSession, audit: Sequence[events.AuditEvent], at: datetime
+    ) -> None:
+        """`_append_audit` with every record's ts `at` (the time written in the rows)."""
+        if audit:
+            await self._append_audit_data(
+                session, [(e.type, e.actor, e.session_id, e.data, canonical_json(e.data)) for e in audit],
+                [at] * len(audit),
+            )
 
     async def record_statements(self, records: Sequence[StatementRecord]) -> None:
         """Insert a batch of statements in one transaction.
@@ -212,10 +226,16 @@ class SessionRepository(AuditRepository):
             for end in ends:
                 values: dict[str, Any] = {"ended_at": now, "end_reason": end.reason}
                 stats = end.stats
+                counted: int | None = None
                 if stats is not None:
                     values.update(statements=stats.statements, bytes_in=stats.bytes_in, bytes_out=stats.bytes_out)
                 else:
-                    values["statements"] = _recorded_count()
+                    # Counted here (under the audit lock: no statement lands meanwhile) so that
+                    # the chained record carries the count the row gets.
+                    counted = int(await session.scalar(
+                        select(func.count()).select_from(Statement).where(Statement.session_id == end.session_id)
+                    ) or 0)
+                    values["statements"] = counted
                 result = await session.execute(
                     update(Session)
                     .where(Session.id == end.session_id, Session.ended_at.is_(None))
@@ -227,13 +247,13 @@ class SessionRepository(AuditRepository):
                         events.session_ended(
                             session_id=end.session_id,
                             reason=end.reason,
-                            statements=None if stats is None else stats.statements,
+                            statements=counted if stats is None else stats.statements,
                             bytes_in=None if stats is None else stats.bytes_in,
                             bytes_out=None if stats is None else stats.bytes_out,
                             resource=resources.get(end.session_id),
                         )
                     )
-            await self._append_audit(session, audit)
+            await self._append_events_at(session, audit, now)
         return ended
 
     async def list_sessions(
@@ -243,52 +263,245 @@ class SessionRepository(AuditRepository):
         limit: int = 100,
         started_before: datetime | None = None,
     ) -> list[SessionInfo]:
-        """Sessions, newest first. `started_before` pages backwards through older ones."""
+        """Sessions, newest first. `started_before` pages backwards through older ones.
+
+        Each is checked against its chained records (`coverage.check_session`), and a session
+        whose row is gone while the chain has its `session.start` is listed from the chain,
+        `row_deleted`. The chain is searched for those over the page's time span only (all
+        of it while the page is not full).
+        """
         query = _session_query().order_by(Session.started_at.desc(), Session.id.desc())
         if active_only:
             query = query.where(Session.ended_at.is_(None))
         if started_before is not None:
             query = query.where(Session.started_at < started_before)
         async with self.transaction("list sessions") as session:
+            await _snapshot(session, self.dialect)
             result = await session.execute(query.limit(limit))
-            return [_session_info(row, count) for row, count in result]
+            infos = [_session_info(row, count) for row, count in result]
+            gone = await _deleted_sessions(
+                session, active_only=active_only, limit=limit, started_before=started_before,
+                since=infos[-1].started_at if len(infos) >= limit else None,
+            )
+            ids = [i.id for i in infos] + [str(r.session_id) for r in gone]
+            starts, ends = await _session_records(session, ids)
+            counts = await _statement_record_counts(session, [str(r.session_id) for r in gone])
+            prunes = (
+                await _prune_evidence(session) if any(i.id not in starts for i in infos) else coverage.PruneEvidence(())
+            )
+        checked = [
+            coverage.check_session(
+                i, starts.get(i.id), ends.get(i.id), pruned=i.id not in starts and prunes.covers(i.id, i.started_at)
+            )
+            for i in infos
+        ]
+        checked += [
+            coverage.session_from_records(r, ends.get(str(r.session_id)), statements=counts.get(str(r.session_id), 0))
+            for r in gone
+        ]
+        checked.sort(key=lambda i: (i.started_at, i.id), reverse=True)
+        return checked[:limit]
 
     async def get_session(self, session_id: str) -> SessionDetail | None:
         """A session with its statements in order, or None if there is no such session.
 
-        Each statement is checked against its chained audit record (`broker.audit.coverage`):
-        a row edited, deleted or added behind the chain's back comes back marked `tampered`.
+        The session and each statement are checked against their chained audit records
+        (`broker.audit.coverage`): a row edited, deleted or added behind the chain's back
+        comes back marked `tampered`. A session whose row is gone is shown from its records
+        (`row_deleted`) as long as the chain holds its `session.start`.
         """
         async with self.transaction("get session") as session:
+            await _snapshot(session, self.dialect)
             found = (
                 await session.execute(_session_query().where(Session.id == session_id))
             ).first()
-            if found is None:
-                return None
             statements = [
                 _statement_info(s)
                 for s in await session.scalars(
                     select(Statement).where(Statement.session_id == session_id).order_by(Statement.seq)
                 )
-            ]
+            ] if found is not None else []
             records = [
                 _record(row)
                 for row in await session.execute(
                     select(_EVENTS)
-                    .where(_EVENTS.c.session_id == session_id, _EVENTS.c.type.in_(("statement", "session.start")))
+                    .where(_EVENTS.c.session_id == session_id, _EVENTS.c.type.in_(_SESSION_RECORD_TYPES))
                     .order_by(_EVENTS.c.seq)
                 )
             ]
-            state = await session.get(AuditState, _STATE_ID)
-        # The session's records were archived by retention: what has no record is unchecked.
-        pruned = (state is not None and state.anchor_seq > 0) and not any(
-            r.type == "session.start" for r in records
-        )
+            start = next((r for r in records if r.type == "session.start"), None)
+            end = next((r for r in records if r.type == "session.end"), None)
+            prunes = (
+                await _prune_evidence(session) if found is not None and start is None else coverage.PruneEvidence(())
+            )
+        chained = [r for r in records if r.type == "statement"]
+        if found is None:
+            if start is None:
+                return None
+            info = coverage.session_from_records(start, end, statements=len(chained))
+            pruned = False
+        else:
+            info = _session_info(found[0], found[1])
+            # Its records were archived by retention (an intact prune record lists it): what
+            # has no record is unchecked. Anything else without a session.start is tampering.
+            pruned = start is None and prunes.covers(info.id, info.started_at)
+            info = coverage.check_session(info, start, end, pruned=pruned)
         return SessionDetail(
-            session=_session_info(found[0], found[1]),
-            statements=coverage.check(statements, (r for r in records if r.type == "statement"),
-                                      records_pruned=pruned),
+            session=info,
+            statements=coverage.check(statements, chained, records_pruned=pruned),
         )
+
+    async def sweep_sessions(
+        self, *, from_seq: int | None = None, to_seq: int | None = None, chunk: int = DEFAULT_CHUNK,
+        keep: int = 100,
+    ) -> SessionSweep:
+        """Every `session.start` record of the range against its row (missing: `row_deleted`;
+        different: the fields), and, when the whole live chain is read, every row against the
+        chain (no `session.start` and no prune listing it: `no_audit_record`).
+
+        Reads in chunks of `chunk`; what it holds is the ids of the `session.start` records
+        seen (for the second pass: about 100 bytes a session, so some hundreds of MB at
+        millions of live sessions) and the first `keep` findings.
+        """
+        state = await self.audit_state()
+        anchor = state.anchor_seq if state is not None else 0
+        whole = to_seq is None and (from_seq or 0) <= anchor + 1
+        seen: set[str] = set()
+        problems: list[str] = []
+        count = checked = rows_checked = 0
+
+        def found(sid: str, what: Sequence[str]) -> None:
+            nonlocal count
+            count += 1
+            if len(problems) < keep:
+                problems.append(f"session {sid}: {', '.join(what)}")
+
+        last = max(from_seq or 0, anchor + 1) - 1
+        while True:
+            query = (
+                select(_EVENTS)
+                .where(_EVENTS.c.type == "session.start", _EVENTS.c.seq > last)
+                .order_by(_EVENTS.c.seq)
+                .limit(chunk)
+            )
+            if to_seq is not None:
+                query = query.where(_EVENTS.c.seq <= to_seq)
+            async with self.transaction("sweep sessions") as session:
+                await _snapshot(session, self.dialect)
+                starts = [_record(r) for r in await session.execute(query)]
+                ids = [str(r.session_id) for r in starts]
+                rows = {
+                    row.id: _session_info(row, n)
+                    for row, n in await session.execute(_session_query().where(Session.id.in_(ids)))
+                } if ids else {}
+                _, ends = await _session_records(session, ids, types=("session.end",))
+            for start in starts:
+                sid = str(start.session_id)
+                checked += 1
+                if whole:
+                    seen.add(sid)
+                info = rows.get(sid)
+                if info is None:
+                    found(sid, [coverage.ROW_DELETED])
+                    continue
+                marked = coverage.check_session(info, start, ends.get(sid), pruned=False)
+                if marked.tampered:
+                    found(sid, marked.tampered)
+            if len(starts) < chunk:
+                break
+            last = starts[-1].seq
+        if whole:
+            prunes: coverage.PruneEvidence | None = None
+            after = ""
+            while True:
+                async with self.transaction("sweep sessions") as session:
+                    query_rows = select(Session.id, Session.started_at).where(Session.id > after)
+                    batch = list(await session.execute(query_rows.order_by(Session.id).limit(chunk)))
+                    if prunes is None and any(sid not in seen for sid, _ in batch):
+                        prunes = await _prune_evidence(session)
+                for sid, started_at in batch:
+                    rows_checked += 1
+                    if sid not in seen and not (prunes is not None and prunes.covers(sid, started_at)):
+                        found(sid, [coverage.NO_AUDIT_RECORD])
+                if len(batch) < chunk:
+                    break
+                after = batch[-1][0]
+        return SessionSweep(checked=checked, rows=rows_checked, count=count, problems=problems, whole=whole)
+
+
+_SESSION_RECORD_TYPES = ("statement", "session.start", "session.end")
+
+
+async def _snapshot(session: AsyncSession, dialect: str) -> None:
+    """Rows and records read from one snapshot (first thing in the transaction): under
+    PostgreSQL's default READ COMMITTED each statement sees its own, so a statement or an end
+    committed between reading the rows and reading the records would show as tampering.
+    SQLite's transactions already read one snapshot."""
+    if dialect == "postgresql":
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+_ID_CHUNK = 500  # ids per IN (...): well under both backends' bound-parameter limits
+
+
+async def _session_records(
+    session: AsyncSession, ids: Sequence[str], *, types: Sequence[str] = ("session.start", "session.end")
+) -> tuple[dict[str, AuditRecord], dict[str, AuditRecord]]:
+    """The `session.start` and `session.end` records of `ids`, by session id (the first of each)."""
+    starts: dict[str, AuditRecord] = {}
+    ends: dict[str, AuditRecord] = {}
+    for i in range(0, len(ids), _ID_CHUNK):
+        part = ids[i : i + _ID_CHUNK]
+        for row in await session.execute(
+            select(_EVENTS)
+            .where(_EVENTS.c.session_id.in_(part), _EVENTS.c.type.in_(types))
+            .order_by(_EVENTS.c.seq)
+        ):
+            record = _record(row)
+            into = starts if record.type == "session.start" else ends
+            into.setdefault(str(record.session_id), record)
+    return starts, ends
+
+
+async def _statement_record_counts(session: AsyncSession, ids: Sequence[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i in range(0, len(ids), _ID_CHUNK):
+        part = ids[i : i + _ID_CHUNK]
+        for sid, n in await session.execute(
+            select(_EVENTS.c.session_id, func.count())
+            .where(_EVENTS.c.session_id.in_(part), _EVENTS.c.type == "statement")
+            .group_by(_EVENTS.c.session_id)
+        ):
+            counts[str(sid)] = int(n)
+    return counts
+
+
+async def _deleted_sessions(
+    session: AsyncSession, *, active_only: bool, limit: int, started_before: datetime | None,
+    since: datetime | None,
+) -> list[AuditRecord]:
+    """`session.start` records whose row is gone, newest first (at most `limit`)."""
+    ends = _EVENTS.alias("ends")
+    query = (
+        select(_EVENTS)
+        .where(_EVENTS.c.type == "session.start", ~exists().where(Session.id == _EVENTS.c.session_id))
+        .order_by(_EVENTS.c.ts.desc(), _EVENTS.c.seq.desc())
+        .limit(limit)
+    )
+    if active_only:
+        query = query.where(
+            ~exists().where(ends.c.session_id == _EVENTS.c.session_id, ends.c.type == "session.end")
+        )
+    if started_before is not None:
+        query = query.where(_EVENTS.c.ts < started_before)
+    if since is not None:
+        query = query.where(_EVENTS.c.ts >= since)
+    return [_record(row) for row in await session.execute(query)]
+
+
+async def _prune_evidence(session: AsyncSession) -> coverage.PruneEvidence:
+    """What the live chain's `audit.prune` records say was archived (a scan for them: run
+    only when a row has no live `session.start`)."""
+    rows = await session.execute(select(_EVENTS).where(_EVENTS.c.type == "audit.prune").order_by(_EVENTS.c.seq))
+    return coverage.PruneEvidence(_record(r) for r in rows)
 
 
 async def _stored_keys(session: AsyncSession, records: Sequence[StatementRecord]) -> set[tuple[str, int]]:

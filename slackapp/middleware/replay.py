@@ -41,6 +41,8 @@ class ReplayCache(Protocol):
         """Record `key` for `ttl` seconds; True unless it was already recorded (atomically)."""
         ...
 
+    async def aclose(self) -> None: ...
+
 
 class MemoryReplayCache:
     """One process's cache; right only when one process serves Slack."""
@@ -60,6 +62,9 @@ class MemoryReplayCache:
             del self._seen[old]
         self._seen[key] = now + ttl
         return True
+
+    async def aclose(self) -> None:
+        return None
 
 
 class RedisReplayCache:

@@ -9,11 +9,16 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.api import create_app
+from broker.audit.witnessing import FileWitness, WitnessSetup, witness_head
+from broker.config import Settings
 from broker.store import SessionStats, StatementRecord, Store
 from tests.broker.test_api import AUTH, make_settings
 
@@ -52,6 +57,20 @@ def tamper(store: Store, stmt: str) -> None:
         db.commit()
     finally:
         db.close()
+
+
+def anchored(tmp_path: Path) -> tuple[Settings, WitnessSetup]:
+    """Settings with a signing key and a witness file, and the worker's setup writing to it."""
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "audit.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    witness = tmp_path / "witness.jsonl"
+    settings = make_settings().model_copy(update={"audit": make_settings().audit.model_copy(update={
+        "signing_key_file": key_file,
+        "witness": make_settings().audit.witness.model_copy(update={"file": witness}),
+    })})
+    return settings, WitnessSetup(key, [FileWitness(witness)], tmp_path / "state")
 
 
 async def test_audit_endpoints_need_a_bearer(client: httpx.AsyncClient) -> None:
@@ -99,22 +118,10 @@ async def test_export_formats(client: httpx.AsyncClient, store: Store) -> None:
 
 
 async def test_verify_with_key_and_witness_is_anchored_and_names_a_rewrite(store: Store, tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from broker.audit.witness import FileWitness, WitnessSetup, witness_head
-
-    key = Ed25519PrivateKey.generate()
-    key_file = tmp_path / "audit.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    settings, setup = anchored(tmp_path)
     witness = tmp_path / "witness.jsonl"
-    settings = make_settings().model_copy(update={"audit": make_settings().audit.model_copy(update={
-        "signing_key_file": key_file,
-        "witness": make_settings().audit.witness.model_copy(update={"file": witness}),
-    })})
     await seed(store)
-    await witness_head(store, WitnessSetup(key, [FileWitness(witness)], tmp_path / "state"))
+    await witness_head(store, setup)
     app = create_app(settings, store)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://jitgate.test") as c:
         body = (await c.get("/v1/audit/verify", headers=AUTH)).json()
@@ -128,3 +135,69 @@ async def test_verify_with_key_and_witness_is_anchored_and_names_a_rewrite(store
         witness.write_text(witness.read_text().replace('"seq":7', '"seq":8'))
         body = (await c.get("/v1/audit/verify", headers=AUTH)).json()
         assert body["anchored"] is False and body["unanchored"][0].startswith("witness not trusted")
+
+
+async def test_verify_ranges_reach_their_end_and_limits_bound_the_unwitnessed_tail(
+    store: Store, tmp_path: Path
+) -> None:
+    settings, setup = anchored(tmp_path)
+    await seed(store)  # seq 1..6
+    await witness_head(store, setup)  # checkpoint 7
+    await seed(store)  # seq 8..13
+    app = create_app(settings, store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://jitgate.test") as c:
+        body = (await c.get("/v1/audit/verify", headers=AUTH)).json()
+        assert body["ok"] and body["unwitnessed"]["from_seq"] == 8 and body["unwitnessed"]["records"] == 6
+        assert body["last_witness_ts"] and body["partially_anchored"] is False and body["trusted_start"] is None
+        over = (await c.get("/v1/audit/verify", params={"max_unwitnessed": 5}, headers=AUTH)).json()
+        assert over["ok"] is False and (over["break"]["seq"], over["break"]["kind"]) == (8, "unwitnessed_tail")
+        fine = (await c.get("/v1/audit/verify", params={"max_unwitnessed": 6, "max_witness_age": "1h"},
+                            headers=AUTH)).json()
+        assert fine["ok"] is True
+        bad = await c.get("/v1/audit/verify", params={"max_witness_age": "soon"}, headers=AUTH)
+        assert bad.status_code == 422
+        ranged = (await c.get("/v1/audit/verify", params={"from_seq": 3, "to_seq": 11}, headers=AUTH)).json()
+        assert ranged["ok"] and ranged["trusted_start"] == 3
+        # Seq 6.. deleted and the head set back to 5: a range over the cut fails too.
+        tamper(store, "DELETE FROM audit_events WHERE seq > 5")
+        record5 = sqlite3.connect(store.engine.url.database or "").execute(
+            "SELECT hash FROM audit_events WHERE seq = 5").fetchone()[0]
+        tamper(store, f"UPDATE audit_state SET head_seq = 5, head_hash = '{record5}'")
+        cut = (await c.get("/v1/audit/verify", params={"to_seq": 11}, headers=AUTH)).json()
+        assert cut["ok"] is False and (cut["break"]["seq"], cut["break"]["kind"]) == (6, "truncated")
+
+
+async def test_verify_checks_only_appended_witness_lines_and_reports_a_shrunk_witness(
+    store: Store, tmp_path: Path
+) -> None:
+    settings, setup = anchored(tmp_path)
+    witness = tmp_path / "witness.jsonl"
+    await seed(store)
+    await witness_head(store, setup)  # checkpoint 7
+    await seed(store)
+    await witness_head(store, setup)  # checkpoint 14
+    app = create_app(settings, store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://jitgate.test") as c:
+        async def verify() -> dict[str, Any]:
+            body: dict[str, Any] = (await c.get("/v1/audit/verify", headers=AUTH)).json()
+            return body
+
+        first = await verify()
+        assert first["ok"] and first["anchored"] and first["witnessed_through"] == 14
+        assert app.state.witness_cache.verified == 2
+        again = await verify()
+        assert again["anchored"] and again["witnessed_through"] == 14 and app.state.witness_cache.verified == 2
+        await seed(store)
+        await witness_head(store, setup)  # checkpoint 21: one line appended
+        grown = await verify()
+        assert grown["anchored"] and grown["witnessed_through"] == 21 and app.state.witness_cache.verified == 3
+
+        # Cut back to its first line: what is left verifies, but an append-only file shrank.
+        size = witness.stat().st_size
+        witness.write_text(witness.read_text().splitlines(keepends=True)[0])
+        shrank = f"the witness witness.jsonl shrank from {size} to {witness.stat().st_size} bytes"
+        for _ in range(2):  # and it is still said on the next request
+            cut = await verify()
+            assert cut["ok"] and cut["anchored"] is False and cut["witnessed_through"] == 7
+            assert [w for w in cut["unanchored"] if w.startswith(shrank)] != []
+        assert app.state.witness_cache.verified == 4  # the shrunk file verified whole again, once

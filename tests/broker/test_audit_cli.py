@@ -178,7 +178,7 @@ def anchored_config(app: typer.Typer, config: Path, tmp_path: Path) -> tuple[Pat
 
 def test_witnessed_verify_is_anchored_and_names_a_cut_tail(app: typer.Typer, config: Path, tmp_path: Path) -> None:
     public, witness = anchored_config(app, config, tmp_path)
-    seed(config)
+    sid = seed(config)
     signed = invoke(app, config, "audit", "checkpoint")
     assert signed.exit_code == 0 and "checkpoint seq 6" in signed.stdout and "'file': 'written'" in signed.stdout
     ok = invoke(app, config, "audit", "verify", "--json")
@@ -198,7 +198,10 @@ def test_witnessed_verify_is_anchored_and_names_a_cut_tail(app: typer.Typer, con
     db.execute("UPDATE audit_state SET head_seq = 4, head_hash = ?", (head,))
     db.commit()
     db.close()
-    assert invoke(app, config, "audit", "verify", "--allow-unanchored").exit_code == 0  # the store alone
+    alone = invoke(app, config, "audit", "verify", "--allow-unanchored", "--json")  # the store alone
+    # The chain holds; only the session sweep sees that the ended session lost its session.end.
+    assert json.loads(alone.stdout)["ok"] is True and alone.exit_code == 1
+    assert json.loads(alone.stdout)["sessions"]["problems"] == [f"session {sid}: ended_at"]
     cut = invoke(app, config, "audit", "verify", "--witness", str(copy), "--key", str(public))
     assert cut.exit_code == 1 and "BROKEN at seq 5: truncated" in cut.stdout and "witness signed seq 6" in cut.stdout
     # A forged witness line is refused outright.
@@ -234,3 +237,37 @@ def test_witnessed_prune_and_archives_chained_to_the_store(app: typer.Typer, con
     other.write_text("\n".join(witness.read_text().splitlines()[1:]) + "\n")
     stray = invoke(app, config, "audit", "verify-archive", archives[0], "--witness", str(other))
     assert stray.exit_code == 1 and "no witnessed prune matches" in stray.stderr
+
+
+def test_range_verify_names_a_cut_tail_and_the_unwitnessed_tail_is_bounded(
+    app: typer.Typer, config: Path, tmp_path: Path
+) -> None:
+    public, witness = anchored_config(app, config, tmp_path)
+    seed(config)  # seq 1..5
+    assert invoke(app, config, "audit", "checkpoint").exit_code == 0  # seq 6, witnessed
+    seed(config)  # seq 7..11
+    assert invoke(app, config, "audit", "checkpoint").exit_code == 0  # seq 12, witnessed
+    seed(config)  # seq 13..17: not witnessed yet
+    ok = invoke(app, config, "audit", "verify")
+    assert ok.exit_code == 0, ok.output
+    assert "unwitnessed: seq 13..17" in ok.stdout and "last witness entry 20" in ok.stdout
+    ranged = invoke(app, config, "audit", "verify", "--from-seq", "3", "--to-seq", "11")
+    assert ranged.exit_code == 0 and "the link into seq 3 is trusted" in ranged.stdout
+    # The unwitnessed tail past a limit is a break naming its first record.
+    over = invoke(app, config, "audit", "verify", "--max-unwitnessed", "4", "--json")
+    assert over.exit_code == 1, over.output
+    b = json.loads(over.stdout)["break"]
+    assert (b["seq"], b["kind"]) == (13, "unwitnessed_tail") and b["id"]
+    assert invoke(app, config, "audit", "verify", "--max-unwitnessed", "5", "--max-witness-age", "1h").exit_code == 0
+    assert invoke(app, config, "audit", "verify", "--max-witness-age", "soon").exit_code == 2
+    # Seq 5..17 deleted and the head set back to 4: ranges holding witnessed seq 6 no longer pass.
+    db = sqlite3.connect(db_path(config))
+    fourth = db.execute("SELECT hash FROM audit_events WHERE seq = 4").fetchone()[0]
+    db.execute("DELETE FROM audit_events WHERE seq > 4")
+    db.execute("UPDATE audit_state SET head_seq = 4, head_hash = ?", (fourth,))
+    db.commit()
+    db.close()
+    cut = invoke(app, config, "audit", "verify", "--witness", str(witness), "--key", str(public), "--to-seq", "11")
+    assert cut.exit_code == 1 and "BROKEN at seq 5: truncated" in cut.stdout, cut.output
+    wide = invoke(app, config, "audit", "verify", "--from-seq", "1", "--to-seq", "100", "--json")
+    assert wide.exit_code == 1 and json.loads(wide.stdout)["break"]["seq"] == 5

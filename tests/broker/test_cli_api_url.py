@@ -18,9 +18,12 @@ def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _demo_file(cwd: Path, data: object) -> None:
-    (cwd / ".jitgate").mkdir()
-    (cwd / ".jitgate" / "demo.json").write_text(json.dumps(data))
+def _demo_file(cwd: Path, data: object, mode: int = 0o600) -> Path:
+    (cwd / ".jitgate").mkdir(exist_ok=True)
+    path = cwd / ".jitgate" / "demo.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    path.chmod(mode)
+    return path
 
 
 def test_the_running_demos_api_is_the_default(cwd: Path) -> None:
@@ -39,6 +42,22 @@ def test_explicit_choices_beat_the_demo_file(cwd: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("content", ["not json", "[]", '{"api_url": 5}', '{"api_url": "file:///etc/passwd"}'])
 def test_an_unusable_demo_file_is_ignored(cwd: Path, content: str) -> None:
-    (cwd / ".jitgate").mkdir()
-    (cwd / ".jitgate" / "demo.json").write_text(content)
+    _demo_file(cwd, content)
+    assert _api_url(None, {}) == DEFAULT_API
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://attacker.example", "http://attacker.example:8080", "http://127.0.0.1.attacker.example:80",
+     "http://10.0.0.5:8080", "http://127.0.0.1", "http://127.0.0.1:8080/elsewhere", "http://127.0.0.1:99999"],
+)
+def test_a_demo_file_pointing_anywhere_but_this_machine_is_ignored(cwd: Path, url: str) -> None:
+    """The CLI sends its bearer token (an approver's, as the README exports it) to this URL: a
+    demo.json planted in a cloned repository must not redirect it."""
+    _demo_file(cwd, {"api_url": url})
+    assert _api_url(None, {}) == DEFAULT_API
+
+
+def test_a_demo_file_others_could_have_written_is_ignored(cwd: Path) -> None:
+    _demo_file(cwd, {"api_url": "http://127.0.0.1:41234"}, mode=0o644)
     assert _api_url(None, {}) == DEFAULT_API

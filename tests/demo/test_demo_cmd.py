@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from broker.cli.demo_cmd import LOCK_NAME, DemoLock, DemoRunning, reset_demo
+from broker.cli.demo_cmd import LOCK_NAME, MARKER, DemoLock, DemoRunning, NotADemoDir, reset_demo
 from broker.demo.upstream import is_alive, start_upstream
 
 JITGATE = str(Path(sys.executable).parent / "jitgate")
@@ -45,7 +45,7 @@ def test_reset_stops_a_crashed_demos_upstream_and_deletes_its_state(data_dir: Pa
         reset_demo(lock.data_dir, info_files)
 
         assert not is_alive(postmaster)
-        assert sorted(p.name for p in data_dir.iterdir()) == [LOCK_NAME]
+        assert sorted(p.name for p in data_dir.iterdir()) == sorted([LOCK_NAME, MARKER])
         assert not any(p.exists() for p in info_files)
         assert unrelated.exists()
         reset_demo(lock.data_dir, info_files)  # nothing left to delete: still fine
@@ -69,3 +69,29 @@ def test_one_demo_per_data_dir(data_dir: Path) -> None:
     finally:
         first.release()
     DemoLock.acquire(data_dir).release()  # released with its holder
+
+
+def test_a_directory_holding_something_else_is_never_tightened_or_emptied(tmp_path: Path) -> None:
+    """`--data-dir .` in a project: refused before anything is changed, --reset included."""
+    project = tmp_path / "project"
+    project.mkdir(mode=0o755)
+    source = project / "main.py"
+    source.write_text("print('mine')")
+    source.chmod(0o644)
+    with pytest.raises(NotADemoDir, match="holds no jitgate demo"):
+        DemoLock.acquire(project)
+    refused = subprocess.run([JITGATE, "demo", "--reset", "--data-dir", str(project),
+                              "--info-file", str(tmp_path / "demo.json")],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "holds no jitgate demo" in refused.stderr
+    assert source.read_text() == "print('mine')"
+    assert source.stat().st_mode & 0o777 == 0o644 and project.stat().st_mode & 0o777 == 0o755
+    assert not (project / MARKER).exists() and not (project / LOCK_NAME).exists()
+    with pytest.raises(NotADemoDir):  # and reset_demo itself checks the mark
+        reset_demo(project, [])
+
+
+def test_an_older_demos_directory_is_adopted(data_dir: Path) -> None:
+    (data_dir / "jitgate.db").write_text("store")  # an older demo's, from before the mark
+    DemoLock.acquire(data_dir).release()
+    assert (data_dir / MARKER).is_file()

@@ -154,3 +154,35 @@ def test_a_failed_login_exports_as_an_ocsf_authentication_failure(gw: Gateway) -
     assert errors(event) == []
     assert (event["class_uid"], event["status_id"], event["status_detail"]) == (3002, 2, "unknown")
     assert event["user"]["name"] == "mallory" and event["src_endpoint"]["ip"] == "127.0.0.1"
+
+
+def test_a_token_in_application_name_or_intent_is_not_kept(gw: Gateway) -> None:
+    """A successful login's start-up text is stored in the session, its `session.start` record
+    and every statement record, and exported: a gateway token or a password pasted into
+    application_name or jitgate.intent must be in none of them (issue 16)."""
+    leaked = gw.issue(principal="agent:other")  # another agent's token, pasted by mistake
+    with structlog.testing.capture_logs() as logs:
+        for params in (
+            {"application_name": f"deploy {leaked}"},
+            {"options": f"-c jitgate.intent=retry-with-{leaked}"},
+            {"application_name": "etl", "options": "-c jitgate.intent=rotate-db_password=hunter22-secret"},
+        ):
+            with psycopg.connect(gw.dsn("demo", **params), connect_timeout=10) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+            gw.flush()
+    assert sum(e["event"] == "session_started" for e in logs) >= 3  # the logs were captured
+    assert leaked not in repr(logs) and "hunter22-secret" not in repr(logs)
+    records = audit(gw)
+    starts = [r.data for r in records if r.type == "session.start"][-3:]
+    assert starts[0]["application_name"] == "(not recorded: looks like a gateway token)"
+    assert starts[1]["intent"] == "(not recorded: looks like a gateway token)"
+    assert (starts[2]["application_name"], starts[2]["intent"]) == ("etl", "rotate-db_password=****")
+    text = repr([(r.type, r.data) for r in records])
+    for secret in (leaked, leaked[4:20], "hunter22-secret"):
+        assert secret not in text
+    sessions = gw.call(gw.store.list_sessions(limit=10))
+    assert not any(leaked in repr(s) or "hunter22" in repr(s) for s in sessions)
+    for path in Path(gw.settings.data_dir).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert leaked.encode() not in data and b"hunter22-secret" not in data, path

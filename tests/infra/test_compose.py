@@ -117,3 +117,38 @@ def test_example_config_loads_with_the_compose_environment(monkeypatch: pytest.M
     assert settings.store_url.get_secret_value().startswith("postgresql+asyncpg://jitgate:")
     assert settings.resources["app"].credentials.provider == "vault"
     assert settings.resources["app"].upstream.host == "postgres"
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path -> (volume or bind source, read-only) of a service's volumes."""
+    out = {}
+    for spec in service.get("volumes", []):
+        source, target, *mode = spec.split(":")
+        out[target] = (source, mode == ["ro"])
+    return out
+
+
+def test_the_audit_chain_is_anchored_in_the_stack(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack signs checkpoints into a witness: the key, its public half and the witness
+    file the config names are on volumes, made once by audit-keygen, written by the worker
+    alone, and present in the image with the jitgate user's ownership (a named volume takes
+    the image directory's owner; a missing one would be root's, unwritable)."""
+    environment = {**dotenv_values(INFRA / "jitgate.env"), **compose["x-jitgate"]["environment"]}
+    for key, value in environment.items():
+        monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value or ""))
+    audit = load_settings(INFRA / "jitgate.yaml").audit
+    assert audit.signing_key_file is not None and audit.witness.file is not None
+    key_dir, pub_dir, witness_dir = (str(p.parent) for p in (audit.signing_key_file, audit.verify_key_files[0],
+                                                              audit.witness.file))
+    services = compose["services"]
+    keygen, worker, api = _mounts(services["audit-keygen"]), _mounts(services["worker"]), _mounts(services["api"])
+    assert str(audit.signing_key_file) in " ".join(services["audit-keygen"]["command"])
+    assert str(audit.verify_key_files[0]) in " ".join(services["audit-keygen"]["command"])
+    assert keygen[key_dir] == (worker[key_dir][0], False) and worker[key_dir][1]  # worker: read only
+    assert keygen[pub_dir][0] == api[pub_dir][0] and key_dir not in api  # the API never sees the key
+    assert worker[witness_dir] == (api[witness_dir][0], False) and api[witness_dir][1]
+    for name in ("api", "proxy", "worker"):
+        assert services[name]["depends_on"]["audit-keygen"] == {"condition": "service_completed_successfully"}
+    dockerfile = (INFRA.parent / "Dockerfile").read_text()
+    for directory in (key_dir, pub_dir, witness_dir):
+        assert re.search(rf"install -d -o jitgate -g jitgate -m 07[05][05] [^\n]*{re.escape(directory)}\b", dockerfile)

@@ -129,3 +129,23 @@ def test_range_check_can_trust_its_first_link() -> None:
     for r in chain[4:]:
         assert v.feed(r) is None
     assert v.finish().ok
+
+
+def test_a_range_must_reach_its_end_or_the_head() -> None:
+    chain = make_chain(10)
+    head = (10, chain[-1].hash)
+    # Records 1..6 read for a range ending at 8: the cut shows at 7.
+    b = verify_range(chain[:6], head=head, to_seq=8).broken
+    assert b is not None and (b.seq, b.kind) == (7, "truncated") and "the range" not in b.detail
+    assert verify_range(chain[:8], head=head, to_seq=8).ok
+    # A range past the head need only reach the head.
+    assert verify_range(chain, head=head, to_seq=50).ok
+    b = verify_range(chain[:9], head=head, to_seq=50).broken
+    assert b is not None and (b.seq, b.kind) == (10, "truncated")
+
+
+def verify_range(records: list[AuditRecord], *, head: tuple[int, str], to_seq: int):  # type: ignore[no-untyped-def]
+    v = ChainVerifier(head=head, to_seq=to_seq)
+    for r in records:
+        assert v.feed(r) is None
+    return v.finish()

@@ -92,19 +92,73 @@ async def test_a_flood_is_bounded_counted_and_summarised_in_the_chain(store: Sto
     dropped = sample("jitgate_recorder_dropped_total", cause="login_flood")
     failures = sample("jitgate_auth_failures_total", reason="unknown")
     for i in range(350):
-        logins.record(user=f"u{i}", resource="demo", client_addr="192.0.2.1:1", reason="unknown")
+        logins.record(user="mallory", resource="demo", client_addr=f"192.0.2.{i % 200}:1", reason="unknown")
     assert logins.pending == 100  # bounded
     assert sample("jitgate_auth_failures_total", reason="unknown") == failures + 350  # every one counted
     assert sample("jitgate_recorder_dropped_total", cause="login_flood") == dropped + 250
     gated.gate.set()
     await logins.flush()
     records = await failed(store)
-    assert len(records) == 101
-    assert records[-1]["reason"] == "suppressed" and records[-1]["suppressed"] == 250
+    # One record each for the first 100; the other 250 differ only in their address inside one
+    # /24: one summary, saying how many, from where, and when.
+    assert len(records) == 101 and not any("suppressed" in r for r in records[:100])
+    summary = records[-1]
+    assert summary["suppressed"] == 250 and summary["network"] == "192.0.2.0/24"
+    assert (summary["reason"], summary["user"], summary["resource"]) == ("unknown", "mallory", "demo")
+    assert summary["client_addr"] == "192.0.2.100:1"  # the first one seen
+    assert summary["first_seen"] <= summary["last_seen"]
     # The next failure after the summary carries no stale count.
     logins.record(user="late", resource="demo", client_addr=None, reason="unknown")
     await logins.flush()
     assert "suppressed" not in (await failed(store))[-1]
+    assert (await store.verify_audit()).ok
+
+
+async def test_a_flood_does_not_fold_another_attempt_into_its_count(store: Store) -> None:
+    """The red team's case: a flood from one address hides a stolen token tried from another."""
+    gated = GatedStore(store)
+    logins = FailedLogins(gated, limit=50, batch_size=20)
+    for _ in range(500):
+        logins.record(user="x", resource="demo", client_addr="203.0.113.9:4000", reason="malformed")
+    logins.record(user="agent:billing", resource="ledger", client_addr="198.51.100.23:5000", reason="revoked",
+                  token_id="t-stolen")
+    for _ in range(500):
+        logins.record(user="x", resource="demo", client_addr="203.0.113.9:4000", reason="malformed")
+    gated.gate.set()
+    await logins.flush()
+    records = await failed(store)
+    [real] = [r for r in records if r["user"] == "agent:billing"]
+    assert real["suppressed"] == 1 and real["network"] == "198.51.100.0/24"
+    assert (real["reason"], real["resource"], real["token_id"]) == ("revoked", "ledger", "t-stolen")
+    assert real["client_addr"] == "198.51.100.23:5000"
+    # Every failure is in the chain once: one by one or in a summary of its own kind.
+    flood = [r for r in records if r["user"] == "x"]
+    assert all(r["reason"] == "malformed" for r in flood)
+    assert sum(r.get("suppressed", 1) for r in flood) == 1000
+
+
+async def test_a_flood_of_distinct_claims_is_bounded_per_network_and_overall(store: Store) -> None:
+    """Varying the claimed user cannot take every slot: one network gets `per_network` kinds
+    and one bucket for the rest, and past `max_keys` kinds all go to one bucket."""
+    gated = GatedStore(store)
+    logins = FailedLogins(gated, limit=10, batch_size=10, max_keys=20, per_network=4)
+    for i in range(10 + 300):
+        logins.record(user=f"u{i}", resource="demo", client_addr="192.0.2.1:1", reason="unknown")
+    logins.record(user="bob", resource="demo", client_addr="198.51.100.1:1", reason="expired")
+    for n in range(30):  # 30 networks: past max_keys
+        logins.record(user="eve", resource="demo", client_addr=f"10.{n}.0.1:1", reason="unknown")
+    assert logins.tallied <= 20 + 1
+    gated.gate.set()
+    await logins.flush()
+    records = (await failed(store))[10:]
+    flood = [r for r in records if r.get("network") == "192.0.2.0/24"]
+    assert len(flood) == 5 and sum(r["suppressed"] for r in flood) == 300
+    [rest] = [r for r in flood if r["reason"] == "suppressed"]
+    assert rest["suppressed"] == 296 and rest["user"] is None
+    assert [r["user"] for r in records if r.get("network") == "198.51.100.0/24"] == ["bob"]
+    [other] = [r for r in records if r["reason"] == "suppressed" and r.get("network") is None]
+    assert sum(r["suppressed"] for r in records) == 300 + 1 + 30
+    assert other["suppressed"] == 30 - (20 - 6)
 
 
 async def test_a_failing_store_is_retried_not_dropped(store: Store) -> None:

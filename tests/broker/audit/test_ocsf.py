@@ -89,7 +89,15 @@ def all_samples() -> list[events.AuditEvent]:
                          reason="no drops", error_sqlstate="42501"),
         events.login_failed(user="", resource=None, client_addr=None, reason="unknown_resource"),
         events.login_failed(user="agent:ci", resource="demo", client_addr="[2001:db8::5]:40000", reason="revoked",
-                            token_id="t-1", suppressed=12),
+                            token_id="t-1", suppressed=12, network="2001:db8::/64", first_seen=T0,
+                            last_seen=T0 + timedelta(seconds=3)),
+        events.statement(session_id="s1", seq=10, sql="update t set a = 1", decision="review", started_at=T0,
+                         reason="writes need review", approval_id="ap-1", rows=1),
+        events.statement(session_id="s1", seq=11, sql="update t set a = 2", decision="review", started_at=T0,
+                         reason="writes need review", approval_id="ap-2", error_sqlstate="42501"),
+        events.approval_decided(approval_id="ap-2", status="denied", actor="alice", reason="too broad"),
+        events.access_requested(request_id="r-1", principal="agent:ci", resource="demo", role="rw", reason="x",
+                                status="denied"),
         events.policy_reloaded(resource=None, source="x.yaml", ok=False, error="bad rule"),
     ]
     return out

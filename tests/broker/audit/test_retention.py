@@ -5,6 +5,7 @@ cut; the archive verifies on its own, and tampering with it shows."""
 # ruff: noqa: F811
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -15,8 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from broker.audit import events
-from broker.audit.archive import verify_archive
-from broker.store import Store
+from broker.audit.archive import ArchiveSummary, verify_archive
+from broker.store import Grant, StatementRecord, Store
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 
@@ -92,3 +93,49 @@ async def test_a_tampered_archive_is_detected(store: Store, clock: FakeClock, tm
     with gzip.open(forged, "wt") as f:
         f.write("\n".join(lines[:3]) + "\n")
     assert not verify_archive(forged)[0].ok
+
+
+async def test_one_old_event_time_does_not_pull_younger_records_into_the_prune(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    await append_days(store, clock, 4)  # seq 1..12, three a day from day 0
+    # A statement recorded now whose event time is long ago (its batch was written late).
+    grant = Grant(None, "agent:demo", ("ai-agents",), "demo", "readwrite", clock.now + timedelta(days=30), True)
+    sid = await store.start_session(grant, client_addr="10.0.0.7:5000", application_name="psql")
+    await store.record_statements([StatementRecord(session_id=sid, seq=1, sql="select 1", decision="allow",
+                                                   started_at=clock.now - timedelta(days=10))])
+    old = [r async for r in store.iter_audit() if r.type == "statement"]
+    assert len(old) == 1 and old[0].seq == 14
+    # Retention of two days: only days 0 and 1 (seq 1..6) are older than the cutoff.
+    summary = await store.prune_audit(before=clock.now - timedelta(days=2), archive_dir=tmp_path)
+    assert summary is not None and (summary.from_seq, summary.through_seq) == (1, 6)
+    assert (await store.verify_audit()).ok
+
+
+async def test_prunes_are_serialised_and_a_waiting_one_signs_nothing_stale(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    await append_days(store, clock, 4)
+    signed: list[tuple[int, int]] = []
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(summary: ArchiveSummary) -> None:
+        signed.append((summary.from_seq, summary.through_seq))
+        entered.set()
+        await release.wait()
+
+    async def quick(summary: ArchiveSummary) -> None:
+        signed.append((summary.from_seq, summary.through_seq))
+
+    first = asyncio.create_task(store.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path / "1",
+                                                  on_archived=slow))
+    await asyncio.wait_for(entered.wait(), 10)
+    second = asyncio.create_task(store.prune_audit(before=clock.now, archive_dir=tmp_path / "2", on_archived=quick))
+    await asyncio.sleep(0.5)
+    assert signed == [(1, 9)] and not second.done()  # waits for the first, has signed nothing
+    release.set()
+    assert (await first) is not None
+    done = await asyncio.wait_for(second, 10)
+    # It starts where the first ended: the signed prunes follow each other.
+    assert done is not None and signed == [(1, 9), (10, 12)]  # seq 13, the prune record, is not older
+    assert (await store.verify_audit()).ok

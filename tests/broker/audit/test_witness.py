@@ -7,25 +7,21 @@ witness with the first bad record named."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from broker.audit import events
-from broker.audit.chain import GENESIS_HASH, seal
+from broker.audit.archive import ArchiveSummary, write_archive
+from broker.audit.chain import GENESIS_HASH, TailLimits, canonical_json, seal
 from broker.audit.signing import CheckpointVerifier
-from broker.audit.witness import (
-    WITNESSED,
-    FileWitness,
-    WitnessError,
-    WitnessSetup,
-    prune_witnessed,
-    read_witness,
-    witness_head,
-)
+from broker.audit.witness import WITNESSED, WitnessEntry, WitnessError, prune_entry, read_witness
+from broker.audit.witnessing import FileWitness, Outbox, WitnessSetup, deliver, prune_witnessed, witness_head
 from broker.store import Store
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
@@ -52,7 +48,7 @@ async def build(store: Store, setup: WitnessSetup) -> None:
     """seq 1..5, checkpoint 6 (witnessed), seq 7..9, checkpoint 10 (witnessed), seq 11..12."""
     await append(store, 5)
     assert (await witness_head(store, setup)) == {"seq": 6, "hash": (await store.audit_head()).hash,  # type: ignore[union-attr]
-                                                  "witnesses": {"file": "written"}}
+                                                  "witnesses": {w.name: "written" for w in setup.witnesses}}
     await append(store, 3, 5)
     await witness_head(store, setup)
     await append(store, 2, 8)
@@ -208,3 +204,195 @@ async def test_unanchored_verification_says_what_was_not_checked(store: Store, s
     assert any("no public key" in why for why in bare.unanchored)
     assert any("no witness" in why for why in bare.unanchored)
     assert (await verify(store, setup)).unanchored == ()
+
+
+# -- issue 16, red-team findings ------------------------------------------------------------
+
+
+async def verify_range(store: Store, setup: WitnessSetup, **kw: Any):  # type: ignore[no-untyped-def]
+    witness = read_witness(witness_path(setup), [KEY.public_key()])
+    return await store.verify_audit(checkpoints=CHECKPOINTS, witness=witness, **kw)
+
+
+async def test_a_range_must_reach_its_end_and_every_witnessed_seq_in_it(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    # The clean case: a range verifies, and says its start was taken on trust.
+    clean = await verify_range(store, setup, from_seq=3, to_seq=11)
+    assert clean.ok and clean.checked == 9 and clean.trusted_start == 3, clean
+    assert (await verify_range(store, setup, to_seq=11)).trusted_start is None  # from the chain's start
+    # Seq 8..11 deleted and the head moved back to 7: the whole chain was already caught ...
+    seventh = await store.audit_record(7)
+    assert seventh is not None
+    await sql(store, "DELETE FROM audit_events WHERE seq BETWEEN 8 AND 12")
+    await sql(store, "UPDATE audit_state SET head_seq = 7, head_hash = :h", h=seventh.hash)
+    assert (await verify(store, setup)).broken.kind == "truncated"  # type: ignore[union-attr]
+    # ... and now ranges are too: witnessed seq 10 lies inside them.
+    for kw in ({"to_seq": 11}, {"from_seq": 1, "to_seq": 100}, {"from_seq": 5, "to_seq": 11}):
+        b = (await verify_range(store, setup, **kw)).broken
+        assert b is not None and (b.seq, b.kind) == (8, "truncated"), (kw, b)
+        assert "witness signed seq 10" in b.detail
+    # A range below the cut still holds.
+    assert (await verify_range(store, setup, to_seq=7)).ok
+
+
+async def test_a_range_must_reach_the_head_without_a_witness(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    await sql(store, "DELETE FROM audit_events WHERE seq BETWEEN 8 AND 11")  # the head (12) untouched
+    b = (await store.verify_audit(to_seq=11)).broken
+    assert b is not None and (b.seq, b.kind) == (8, "truncated")
+    assert (await store.verify_audit(to_seq=7)).ok
+
+
+async def test_the_unwitnessed_tail_is_reported_and_can_fail_verify(
+    store: Store, setup: WitnessSetup, clock: FakeClock
+) -> None:
+    await build(store, setup)  # seq 11..12 come after the last witnessed checkpoint (10)
+    report = await verify(store, setup)
+    assert report.ok and (report.unwitnessed_from, report.unwitnessed_to) == (11, 12)
+    assert report.last_witness_ts is not None and not report.partially_anchored
+    out = report.to_json()
+    assert out["unwitnessed"]["records"] == 2 and out["last_witness_ts"].endswith("Z")
+    eleventh = await record_id(store, 11)
+    b = (await verify_range(store, setup, limits=TailLimits(max_records=1))).broken
+    assert b is not None and (b.seq, b.id, b.kind) == (11, eleventh, "unwitnessed_tail")
+    assert (await verify_range(store, setup, limits=TailLimits(max_records=2))).ok
+    # Five minutes without a witness entry: past two intervals, and past a 4-minute limit.
+    clock.advance(timedelta(minutes=5))
+    late = await verify(store, setup)
+    assert late.ok and late.anchored and late.partially_anchored
+    b = (await verify_range(store, setup, limits=TailLimits(max_age=timedelta(minutes=4)))).broken
+    assert b is not None and (b.seq, b.kind) == (11, "unwitnessed_tail") and "longer than" in b.detail
+    slower = await verify_range(store, setup, limits=TailLimits(interval=timedelta(minutes=3)))
+    assert slower.partially_anchored is False
+    # Witnessed again: no tail, and the limits pass.
+    await witness_head(store, setup)
+    fresh = await verify_range(store, setup, limits=TailLimits(max_records=0, max_age=timedelta(seconds=1)))
+    assert fresh.ok and fresh.unwitnessed_from is None and fresh.to_json()["unwitnessed"] is None
+
+
+class ListWitness:
+    """A witness that only keeps what it is given, as a webhook's receiver would."""
+
+    def __init__(self, name: str = "webhook") -> None:
+        self.name = name
+        self.lines: list[str] = []
+
+    async def write(self, entries: Sequence[WitnessEntry]) -> None:
+        self.lines += [e.line() for e in entries]
+
+    async def aclose(self) -> None:
+        return None
+
+
+def refused(witness: str) -> float:
+    return WITNESSED.labels(witness, "refused")._value.get()
+
+
+async def test_a_webhook_only_worker_refuses_to_sign_a_rewritten_chain(store: Store, tmp_path: Path) -> None:
+    hook = ListWitness()
+    setup = WitnessSetup(KEY, [hook], tmp_path / "state")
+    await build(store, setup)
+    assert len(hook.lines) == 2
+    state = json.loads((tmp_path / "state" / "witness-webhook.last").read_text())
+    assert (state["seq"], state["hash"]) == (10, (await store.audit_record(10)).hash)  # type: ignore[union-attr]
+    await rehash(store, edit_seq=8)
+    before = refused("webhook")
+    with pytest.raises(WitnessError, match="no longer holds witnessed seq 10"):
+        await witness_head(store, setup)
+    assert refused("webhook") == before + 1 and len(hook.lines) == 2  # nothing signed
+
+
+async def test_a_worker_refuses_when_the_anchor_left_the_last_witnessed_prune(
+    store: Store, setup: WitnessSetup, clock: FakeClock, tmp_path: Path
+) -> None:
+    await build(store, setup)
+    clock.advance(timedelta(days=2))
+    await append(store, 3, 20)  # seq 13..15
+
+    async def witnessed(summary: ArchiveSummary) -> None:
+        await deliver(setup.witnesses, prune_entry(KEY, summary), state_dir=setup.state_dir)
+
+    # A prune whose witness entry is the file's last line (no checkpoint after it).
+    summary = await store.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path / "a",
+                                      on_archived=witnessed)
+    assert summary is not None and summary.through_seq == 12
+    assert json.loads(witness_path(setup).read_text().splitlines()[-1])["kind"] == "prune"
+    # The insider cuts further and moves the anchor to match.
+    fourteenth = await store.audit_record(14)
+    assert fourteenth is not None
+    await sql(store, "DELETE FROM audit_events WHERE seq <= 14")
+    await sql(store, "UPDATE audit_state SET anchor_seq = 14, anchor_hash = :h", h=fourteenth.hash)
+    before = witness_path(setup).read_text()
+    with pytest.raises(WitnessError, match="the prune through seq 12"):
+        await witness_head(store, setup)
+    assert witness_path(setup).read_text() == before
+    with pytest.raises(WitnessError):
+        await prune_witnessed(store, setup, before=clock.now, archive_dir=tmp_path / "a")
+
+
+async def test_the_clean_prune_is_still_signed(
+    store: Store, setup: WitnessSetup, clock: FakeClock, tmp_path: Path
+) -> None:
+    hook = ListWitness()
+    setup.witnesses.append(hook)
+    await build(store, setup)
+    clock.advance(timedelta(days=2))
+    await append(store, 3, 20)
+    assert await prune_witnessed(store, setup, before=clock.now - timedelta(days=1), archive_dir=tmp_path / "a")
+    await append(store, 1, 40)
+    done = await witness_head(store, setup)
+    assert done is not None and done["witnesses"] == {"file": "written", "webhook": "written"}
+    assert (await verify(store, setup)).ok
+
+
+async def test_a_duplicate_key_in_stored_data_is_caught(store: Store, setup: WitnessSetup) -> None:
+    await build(store, setup)
+    record = await store.audit_record(2)
+    assert record is not None and record.data["what"] == "k1"
+    forged = canonical_json(record.data).replace('"what":"k1"', '"what":"k1-FORGED","what":"k1"')
+    await sql(store, "UPDATE audit_events SET data = :d WHERE seq = 2", d=forged)
+    b = (await verify(store, setup)).broken
+    assert b is not None and (b.seq, b.id, b.kind) == (2, record.id, "altered")
+    assert "duplicate key 'what'" in b.detail
+    # The same text without the duplicate is what was hashed: fine again.
+    await sql(store, "UPDATE audit_events SET data = :d WHERE seq = 2", d=canonical_json(record.data))
+    assert (await verify(store, setup)).ok
+
+
+async def test_prunes_in_the_witness_must_follow_each_other(
+    store: Store, setup: WitnessSetup, clock: FakeClock, tmp_path: Path
+) -> None:
+    await build(store, setup)
+    clock.advance(timedelta(days=2))
+    await append(store, 3, 20)  # seq 13..15
+    # What a lost race left before prunes were serialised: a second signed prune from the same
+    # start (through seq 14), its archive deleted.
+    loser = await write_archive(tmp_path / "loser.jsonl.gz", store.iter_audit(to_seq=14), prev_seq=0,
+                                prev_hash=GENESIS_HASH)
+    await FileWitness(witness_path(setup)).write([prune_entry(KEY, loser)])
+    summary = await prune_witnessed(store, setup, before=clock.now - timedelta(days=1), archive_dir=tmp_path / "a")
+    assert summary is not None and summary.through_seq == 12
+    # The insider deletes up to the loser's cut and sets the anchor there.
+    await sql(store, "DELETE FROM audit_events WHERE seq <= 14")
+    await sql(store, "UPDATE audit_state SET anchor_seq = 14, anchor_hash = :h", h=loser.through_hash)
+    b = (await verify(store, setup)).broken
+    assert b is not None and (b.seq, b.kind) == (15, "unwitnessed_prune")
+    assert "prunes must follow each other" in b.detail
+
+
+class DownWitness(ListWitness):
+    async def write(self, entries: Sequence[WitnessEntry]) -> None:
+        raise OSError("down")
+
+
+async def test_a_prune_no_witness_took_is_not_queued_for_later(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    setup = WitnessSetup(KEY, [DownWitness()], tmp_path / "state")
+    await append(store, 3)
+    clock.advance(timedelta(days=2))
+    with pytest.raises(WitnessError, match="no witness took the prune entry"):
+        await prune_witnessed(store, setup, before=clock.now - timedelta(days=1), archive_dir=tmp_path / "a")
+    # Nothing was pruned, so the witness must never get that entry on a later run.
+    assert Outbox(tmp_path / "state", "webhook").pending() == []
+    assert (await store.audit_state()).anchor_seq == 0  # type: ignore[union-attr]

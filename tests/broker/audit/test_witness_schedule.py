@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit.witness import build_setup
+from broker.audit.witnessing import build_setup
 from broker.cli.demo_cmd import demo_audit_settings
 from broker.config import Settings
 from workers.app import make_app, queue_for

@@ -6,25 +6,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import structlog.testing
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.forward import WebhookTransport
-from broker.audit.witness import (
-    WITNESSED,
-    FileWitness,
-    SinkWitness,
-    WebhookWitness,
-    WitnessEntry,
-    WitnessError,
-    deliver,
-    read_entries,
-    sign_entry,
-)
+from broker.audit.witness import WITNESSED, WitnessCache, WitnessEntry, WitnessError, read_entries, sign_entry
+from broker.audit.witnessing import FileWitness, SinkWitness, WebhookWitness, build_setup, deliver
+from broker.config import Settings
 
 KEY = Ed25519PrivateKey.generate()
 
@@ -112,3 +108,51 @@ async def test_siem_sink_gets_the_entry_through_the_forwarders_transport(tmp_pat
     assert item["type"] == "audit.witness" and item["witness"]["seq"] == 12
     assert read_entries([json.dumps(item["witness"])], [KEY.public_key()]).last_seq == 12
     await client.aclose()
+
+
+async def test_the_configured_siem_sink_takes_entries_through_the_forwarders_transport(tmp_path: Path) -> None:
+    """`build_setup` with `audit.witness.to_sink` and a syslog sink: the entry reaches a real UDP
+    receiver as the forwarder would send it (`forward.transport_for`)."""
+    (tmp_path / "audit.pem").write_bytes(KEY.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        settings = Settings.model_validate({"data_dir": str(tmp_path), "audit": {
+            "signing_key_file": str(tmp_path / "audit.pem"), "witness": {"to_sink": True},
+            "sink": {"kind": "syslog", "address": f"127.0.0.1:{receiver.getsockname()[1]}", "facility": "local3"},
+        }})
+        setup = build_setup(settings)
+        try:
+            assert await deliver(setup.witnesses, entry(5), state_dir=setup.state_dir) == {"sink": "written"}
+        finally:
+            await setup.aclose()
+        datagram = receiver.recv(65536).decode()
+    assert datagram.startswith(f"<{19 * 8 + 6}>1 ")  # local3, info
+    item = json.loads(datagram.split(" audit.witness - ", 1)[1])
+    assert read_entries([json.dumps(item["witness"])], [KEY.public_key()]).last_seq == 5
+
+
+def test_the_witness_cache_verifies_appended_lines_only_and_notices_a_rewrite(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text(entry(3).line() + entry(7).line())
+    cache = WitnessCache()
+    assert cache.read(path, [KEY.public_key()]).last_seq == 7 and cache.verified == 2
+    # A line not finished yet is verified, but not kept as verified: it may still change.
+    with path.open("a") as f:
+        f.write(entry(9).line().rstrip("\n"))
+    assert cache.read(path, [KEY.public_key()]).last_seq == 9 and cache.verified == 3
+    with path.open("a") as f:
+        f.write("\n")
+    assert cache.read(path, [KEY.public_key()]).last_seq == 9 and cache.verified == 4
+    assert cache.findings(path) == []
+    # Two lines swapped: the same size, every signature still good, but not what was verified.
+    first, second, third = path.read_text().splitlines(keepends=True)
+    path.write_text(second + first + third)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))  # a coarse clock could hide the write
+    assert [e.seq for e in cache.read(path, [KEY.public_key()]).entries] == [7, 3, 9]
+    assert cache.verified == 7  # read whole again
+    assert cache.findings(path) == [
+        f"the first {len(first + second + third)} bytes of the witness audit.jsonl changed since it was last read: "
+        "entries of an append-only witness were rewritten"
+    ]

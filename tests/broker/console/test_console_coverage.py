@@ -39,3 +39,30 @@ async def test_replay_and_live_pages_warn_of_tampering(env):  # type: ignore[no-
         assert "Tampering" in fragment
         live = (await dana.get("/console/fragments/sessions")).text
         assert "TAMPERED" in live
+
+
+async def test_session_pages_warn_of_session_tampering_and_show_deleted_sessions(env):  # type: ignore[no-untyped-def]
+    store = env.app.state.store
+    issued = await store.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
+    grant = await store.verify_token(issued.token, "prod")
+    forged = await store.start_session(grant, application_name="psql", intent="fix orders")
+    deleted = await store.start_session(grant, application_name="psql", intent="drop things")
+    await store.record_statements([StatementRecord(deleted, 1, "delete from orders", "allow", datetime.now(UTC))])
+    async with env.as_person("dana", ("dba",)) as dana:
+        clean = (await dana.get(f"/console/sessions/{forged}")).text
+        assert "Tampering" not in clean and "TAMPERED" not in clean
+        async with store.engine.begin() as conn:
+            await conn.execute(text("UPDATE sessions SET principal = 'agent:innocent', intent = 'routine'"
+                                    " WHERE id = :s"), {"s": forged})
+            await conn.execute(text("DELETE FROM statements WHERE session_id = :s"), {"s": deleted})
+            await conn.execute(text("DELETE FROM sessions WHERE id = :s"), {"s": deleted})
+        page = (await dana.get(f"/console/sessions/{forged}")).text
+        assert "Tampering" in page and "this session does not match its audit records: principal, intent" in page
+        assert "Tampering" in (await dana.get(f"/console/fragments/sessions/{forged}")).text
+        gone = await dana.get(f"/console/sessions/{deleted}")
+        assert gone.status_code == 200
+        assert "row_deleted" in gone.text and "delete from orders" in gone.text and "drop things" in gone.text
+        listing = (await dana.get("/console/sessions")).text
+        assert listing.count("TAMPERED") >= 2 and deleted in listing
+        live = (await dana.get("/console/fragments/sessions")).text
+        assert f"session-{deleted}" in live and "TAMPERED" in live
