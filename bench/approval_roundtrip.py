@@ -127,7 +127,7 @@ def main() -> None:
 
             async def remember() -> None:
                 store = await Store.open(f"sqlite+aiosqlite:///{tmp}/jitgate.db")
-                await store.remember_principal(
+                await store.approvals.remember_principal(
                     Principal(subject="dana", issuer="https://idp", email="dana@example.com", groups=("dba",))
                 )
                 await store.close()

@@ -104,7 +104,7 @@ async def export(url: str, fmt: str, limit: int | None) -> dict[str, Any]:
     try:
         async def counted() -> AsyncIterator[AuditRecord]:
             nonlocal count
-            async for record in store.iter_audit(to_seq=limit):
+            async for record in store.audit.iter_audit(to_seq=limit):
                 count += 1
                 yield record
 
@@ -123,7 +123,7 @@ async def verify(url: str) -> tuple[bool, int, float]:
     store = await Store.open(url, migrate=False)
     start = time.perf_counter()
     try:
-        report = await store.verify_audit()
+        report = await store.audit.verify_audit()
     finally:
         await store.close()
     return report.ok, report.checked, time.perf_counter() - start

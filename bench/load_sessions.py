@@ -86,7 +86,7 @@ class Rig:
     async def open_store_sessions(self) -> int:
         store = await Store.open(self.store_url)
         try:
-            return len(await store.list_sessions(active_only=True, limit=100_000))
+            return len(await store.sessions.list_sessions(active_only=True, limit=100_000))
         finally:
             await store.close()
 

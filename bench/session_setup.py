@@ -87,14 +87,15 @@ async def main(n: int) -> None:
             },
         )
         store = await Store.open(settings.store_url.get_secret_value())
-        recorder = Recorder(store)
+        recorder = Recorder(store.sessions)
         recorder.start()
         manager = build_manager(settings, store)
         server = ProxyServer(build_context(settings, store, recorder, credentials=ManagedCredentials(manager)), port=0)
         await server.start()
         token = {}
         for name in ("vault", "static"):
-            issued = await store.issue_token("agent:bench", ["ai-agents"], name, "readwrite", timedelta(hours=1), True)
+            issued = await store.tokens.issue_token("agent:bench", ["ai-agents"], name, "readwrite",
+                timedelta(hours=1), True)
             token[name] = issued.token
 
         def through(resource: str) -> object:
@@ -122,18 +123,18 @@ async def main(n: int) -> None:
             revoke_t.append(time.perf_counter() - t1)
 
         async def token_check() -> None:
-            await store.verify_token(token["vault"], "vault")
+            await store.tokens.verify_token(token["vault"], "vault")
 
         ledger_t: list[float] = []
         for _ in range(n):
-            session_id = await store.start_session(
-                await store.verify_token(token["vault"], "vault"), client_addr="bench"
+            session_id = await store.sessions.start_session(
+                await store.tokens.verify_token(token["vault"], "vault"), client_addr="bench"
             )
             t0 = time.perf_counter()
             cred = await manager.acquire(resource="vault", role="readwrite", session_id=session_id)
             ledger_t.append(time.perf_counter() - t0)
             await manager.release(cred)
-            await store.end_session(session_id, reason="bench")
+            await store.sessions.end_session(session_id, reason="bench")
 
         rows = {
             "token check": await _time(token_check, n),

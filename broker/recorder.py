@@ -1,7 +1,7 @@
 """The proxy's recording sink: statements go to a buffer, a background task writes them.
 
 The hot path (`record_statement`) never awaits the store: it appends to an in-memory deque
-and returns. A task started by `start()` writes batches with `Store.record_statements`
+and returns. A task started by `start()` writes batches with `Store.sessions.record_statements`
 every `flush_interval` seconds, or as soon as `batch_size` records wait. Session start and
 end are rare and awaited directly.
 
@@ -70,6 +70,7 @@ from broker.store.records import Grant, SessionEnd, SessionStart, SessionStats, 
 
 if TYPE_CHECKING:
     from broker.store import Store
+    from broker.store.sessions import SessionRepository
 
 log = structlog.get_logger("jitgate.recorder")
 
@@ -78,7 +79,7 @@ _TRANSIENT = (StoreUnavailable, OSError, TimeoutError)
 
 
 class RecordingStore(Protocol):
-    """The part of `Store` the recorder uses."""
+    """What the recorder writes through: `Store.sessions` (`SessionRepository`)."""
 
     async def record_statements(self, records: Sequence[StatementRecord]) -> None: ...
 
@@ -101,24 +102,24 @@ class RecordingStore(Protocol):
 
 
 class ProcessWriter:
-    """`record_statements` of a `Store`, run in a child process on the same store URL.
+    """`record_statements` of a `SessionRepository`, run in a child process on the same store URL.
 
     The child opens its own `Store` (no migration: this process did it) and writes each batch
-    with `Store.record_statements`, so idempotence, the audit chain (appends serialised by the
+    with `Store.sessions.record_statements`, so idempotence, the audit chain (appends serialised by the
     store's lock, across processes) and the errors are the store's own; they come back here as
     raised. The audit records the child appended are sent back only when this store has
     `audit_listeners` (the SIEM forwarder), which are then called here as after any commit.
     Session start and end go to this process's store directly.
     """
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._url = store.engine.url.render_as_string(hide_password=False)
+    def __init__(self, sessions: SessionRepository) -> None:
+        self._store = sessions
+        self._url = sessions.core.engine.url.render_as_string(hide_password=False)
         self._pool: ProcessPoolExecutor | None = None
         self._ready: Future[None] | None = None
 
     @property
-    def store(self) -> Store:
+    def store(self) -> SessionRepository:
         return self._store
 
     def start(self, wait: float = 0.0) -> bool:
@@ -148,7 +149,7 @@ class ProcessWriter:
             # A new child (after one died) is starting; meanwhile write from here.
             await self._store.record_statements(records)
             return
-        keep = bool(self._store.audit_listeners)
+        keep = bool(self._store.core.audit_listeners)
         try:
             # As plain tuples: pickling dataclass instances costs three times as much, and it
             # happens in this process, under the GIL the relay needs.
@@ -161,7 +162,7 @@ class ProcessWriter:
             self._pool = None
             raise StoreUnavailable("the recorder's writer process exited") from exc
         if appended:
-            for listener in self._store.audit_listeners:
+            for listener in self._store.core.audit_listeners:
                 listener(appended)
 
     async def start_session(
@@ -218,7 +219,7 @@ def _child_record(rows: list[tuple[Any, ...]], keep: bool) -> list[Any]:
     store: Store = _child["store"]
     appended: list[Any] = []
     store.audit_listeners[:] = [appended.extend] if keep else []
-    loop.run_until_complete(store.record_statements([StatementRecord(*row) for row in rows]))
+    loop.run_until_complete(store.sessions.record_statements([StatementRecord(*row) for row in rows]))
     return appended
 
 
@@ -231,16 +232,16 @@ _RECORD_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Statem
 
 
 def _use_process(store: object) -> bool:
-    """A child process can reach the same store: a `Store` on a file or a server, with the
-    real clock (a test's fake clock would not follow it into the child)."""
-    from broker.store import Store
+    """A child process can reach the same store: a `SessionRepository` on a file or a server,
+    with the real clock (a test's fake clock would not follow it into the child)."""
     from broker.store.base import utcnow
+    from broker.store.sessions import SessionRepository
 
-    if not isinstance(store, Store) or store.clock is not utcnow:
+    if not isinstance(store, SessionRepository) or store.core.clock is not utcnow:
         return False
     if os.environ.get("JITGATE_RECORDER_PROCESS", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    url = store.engine.url
+    url = store.core.engine.url
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
         return database not in ("", ":memory:") and url.query.get("mode") != "memory"
@@ -264,7 +265,7 @@ class Recorder:
         soft_limit: int | None = None,
     ) -> None:
         """`writer_process`: write batches from a child process (see the module docstring);
-        None decides by the store (yes for a `Store` on a file or a server)."""
+        None decides by the store (yes for `Store.sessions` on a file or a server)."""
         if not 0 < batch_size <= high_water <= hard_limit:
             raise ValueError("need 0 < batch_size <= high_water <= hard_limit")
         self.soft_limit = soft_limit if soft_limit is not None else max(1, high_water // 2)

@@ -5,7 +5,7 @@ One token that opens hundreds of sessions uses up the database's connection slot
 other client gets ``53300 too_many_connections`` from PostgreSQL. The gateway refuses the
 excess itself, with the same SQLSTATE and a message naming the limit (never the token)::
 
-    admission = Admission(store, SessionCaps(per_agent=10, per_token=5))
+    admission = Admission(store.slots, SessionCaps(per_agent=10, per_token=5))
     slot = await admission.admit(grant, resource="demo")     # SessionCapReached: 53300
     try:
         ...                                                 # the session

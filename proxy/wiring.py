@@ -44,7 +44,7 @@ class StoreTokenVerifier:
 
     async def verify(self, token: str, *, resource: str) -> Grant:
         try:
-            return await self._store.verify_token(token, resource)
+            return await self._store.tokens.verify_token(token, resource)
         except ExpiredToken as exc:
             raise ClientAuthFailed(
                 "gateway token expired", hint="request a new one with `jitgate connect`", reason=exc.reason,
@@ -219,17 +219,17 @@ def build_context(
         resources=_build_resources(settings),
         tokens=StoreTokenVerifier(store),
         credentials=credentials or ManagedCredentials(build_manager(settings, store)),
-        recorder=RecorderSink(recorder, logins or FailedLogins(store)),
+        recorder=RecorderSink(recorder, logins or FailedLogins(store.audit)),
         review=review or DenyAllReviews(),
         tls=tls,
         require_tls_for_non_loopback=proxy.require_tls_for_non_loopback,
         max_message_bytes=proxy.max_message_bytes,
-        revoked_tokens=store.revoked_token_ids,
-        egress_ledger=AgentEgressLedger(store),
+        revoked_tokens=store.tokens.revoked_token_ids,
+        egress_ledger=AgentEgressLedger(store.egress),
         startup_timeout=proxy.startup_timeout_seconds,
         idle_timeout=proxy.idle_timeout_seconds,
         admission=Admission(
-            store,
+            store.slots,
             SessionCaps(
                 per_agent=proxy.max_sessions_per_agent,
                 per_token=proxy.max_sessions_per_token,

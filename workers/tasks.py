@@ -84,7 +84,7 @@ def runtime() -> Runtime:
         if settings.slack is not None:
             from slackapp.client import SlackPoster
 
-            poster = SlackPoster.from_settings(settings.slack, ledger=store)
+            poster = SlackPoster.from_settings(settings.slack, ledger=store.approvals)
         # The configured bus, so that what the tasks decide (expiry) reaches the waiting proxy.
         service, _ = loop.run_until_complete(
             open_approvals(settings, store, dispatcher=TaskDispatcher(), listen=False)
@@ -108,7 +108,7 @@ def _retry(task: Any, exc: Exception) -> None:
 
 
 async def _post_or_update(rt: Runtime, approval_id: str) -> str:
-    approval = await rt.store.get_approval(approval_id)
+    approval = await rt.store.approvals.get_approval(approval_id)
     if approval is None:
         return "unknown approval"
     if rt.poster is None or rt.settings.slack is None:
@@ -149,13 +149,14 @@ async def _nudge(rt: Runtime) -> int:
     approvals, slack = rt.settings.approvals, rt.settings.slack
     done = 0
     if approvals.reminder_after:
-        for approval_id in await rt.store.pending_older_than(parse_duration(approvals.reminder_after), escalated=False):
-            recorded = await rt.store.approval_message(approval_id)
-            approval = await rt.store.get_approval(approval_id)
+        due = await rt.store.approvals.pending_older_than(parse_duration(approvals.reminder_after), escalated=False)
+        for approval_id in due:
+            recorded = await rt.store.approvals.approval_message(approval_id)
+            approval = await rt.store.approvals.get_approval(approval_id)
             if recorded is None or approval is None or approval.status is not Status.PENDING:
                 continue
             # Marked first: a reminder is at most once (a lost one is harmless, a double is noise).
-            if await rt.store.mark_approval_nudged(approval_id, escalated=False):
+            if await rt.store.approvals.mark_approval_nudged(approval_id, escalated=False):
                 await rt.poster.client.chat_postMessage(
                     channel=recorded[0], thread_ts=recorded[1],
                     text=f"Reminder: request {approval_id} is still waiting for "
@@ -163,13 +164,14 @@ async def _nudge(rt: Runtime) -> int:
                 )
                 done += 1
     if approvals.escalate_after and slack.escalation_channel:
-        for approval_id in await rt.store.pending_older_than(parse_duration(approvals.escalate_after), escalated=True):
-            approval = await rt.store.get_approval(approval_id)
+        due = await rt.store.approvals.pending_older_than(parse_duration(approvals.escalate_after), escalated=True)
+        for approval_id in due:
+            approval = await rt.store.approvals.get_approval(approval_id)
             if approval is None or approval.status is not Status.PENDING:
                 continue
             # Escalation is idempotent in Slack (message metadata); marked after it is posted.
             await rt.poster.escalate(approval, slack.escalation_channel)
-            await rt.store.mark_approval_nudged(approval_id, escalated=True)
+            await rt.store.approvals.mark_approval_nudged(approval_id, escalated=True)
             done += 1
     return done
 
@@ -212,7 +214,7 @@ async def _export(rt: Runtime, day: datetime) -> Path:
     path = out_dir / f"audit-{since:%Y-%m-%d}.jsonl"
     partial = path.with_suffix(".jsonl.partial")
     with partial.open("w") as f:
-        async for chunk in render(rt.store.iter_audit(since=since, until=until), "jsonl"):
+        async for chunk in render(rt.store.audit.iter_audit(since=since, until=until), "jsonl"):
             f.write(chunk)
     partial.replace(path)  # a re-run rewrites the same file: idempotent
     return path
@@ -229,7 +231,7 @@ async def _witness(rt: Runtime) -> dict[str, Any] | None:
 
     setup = build_setup(rt.settings)
     try:
-        return await witness_head(rt.store, setup)
+        return await witness_head(rt.store.audit, setup)
     finally:
         await setup.aclose()
 
@@ -259,7 +261,7 @@ async def _prune(rt: Runtime) -> str | None:
     setup = build_setup(rt.settings)
     try:
         summary = await prune_witnessed(
-            rt.store, setup, before=datetime.now(UTC) - timedelta(days=days), archive_dir=archive_dir
+            rt.store.audit, setup, before=datetime.now(UTC) - timedelta(days=days), archive_dir=archive_dir
         )
     finally:
         await setup.aclose()

@@ -139,11 +139,11 @@ async def verify(
     # Key files are small and read per request, so a rotated key is picked up without restart.
     checkpoints = verifier_for(settings.audit.signing_key_file, settings.audit.verify_key_files)
     witness, why_not = await asyncio.to_thread(_witness, settings, _witness_cache(request))
-    report = await store.verify_audit(
+    report = await store.audit.verify_audit(
         from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=witness, limits=limits
     )
     out = report.to_json()
-    out["sessions"] = (await store.sweep_sessions(from_seq=from_seq, to_seq=to_seq)).to_json()
+    out["sessions"] = (await store.sessions.sweep_sessions(from_seq=from_seq, to_seq=to_seq)).to_json()
     out["ok"] = out["ok"] and out["sessions"]["ok"]
     if why_not:
         out["unanchored"] = [*why_not, *(w for w in out["unanchored"] if not w.startswith("no witness"))]
@@ -184,7 +184,7 @@ async def export(
     since: Annotated[datetime | None, Query(description="Records at or after this time")] = None,
     until: Annotated[datetime | None, Query(description="Records before this time")] = None,
 ) -> StreamingResponse:
-    records = store.iter_audit(since=_utc(since), until=_utc(until))
+    records = store.audit.iter_audit(since=_utc(since), until=_utc(until))
     ext = "csv" if format == "csv" else "jsonl"
     return StreamingResponse(
         render(records, format),

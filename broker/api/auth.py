@@ -62,7 +62,7 @@ async def require_caller(
         except IssuerUnavailable:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "identity provider unavailable") from None
         # The directory: Slack approvers are matched to the groups of their last OIDC login.
-        await request.app.state.store.remember_principal(identity)
+        await request.app.state.store.approvals.remember_principal(identity)
         return Caller(principal=identity.id, groups=identity.groups, identity=identity)
     raise _unauthorized("missing or invalid bearer token")
 

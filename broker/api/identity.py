@@ -160,7 +160,7 @@ async def create_access_request(
     # The broker sees an OIDC login (device flow, browser or a workload token) when the
     # identity is first used for something; the token itself stays out of the record.
     principal = caller.identity
-    await store.append_audit(
+    await store.audit.append_audit(
         events.login(principal=principal.id, method="oidc", groups=principal.groups, client_addr=_client(request))
     )
     return await _request_access(request.app.state.settings, store, principal, body, request.app.state.approvals)
@@ -173,7 +173,7 @@ async def create_access_request(
     summary="One access request (never includes the token)",
 )
 async def get_access_request(request_id: str, caller: CallerDep, store: StoreDep) -> AccessRequestOut:
-    info = await store.get_access_request(request_id)
+    info = await store.access.get_access_request(request_id)
     # Someone else's request answers like a missing one: ids are not for enumerating.
     if info is None or (caller.identity is not None and info.principal != caller.principal):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="access request not found")
@@ -205,10 +205,10 @@ async def collect_access_token(
 
 @router.post("/v1/grants/{token_id}/revoke", response_model=RevokeOut, summary="Revoke a granted gateway token")
 async def revoke_grant(token_id: str, caller: CallerDep, store: StoreDep) -> RevokeOut:
-    owner = await store.token_owner(token_id)
+    owner = await store.access.token_owner(token_id)
     if owner is None or (caller.identity is not None and owner.principal != caller.principal):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="grant not found")
-    return RevokeOut(token_id=token_id, revoked=await store.revoke_token(token_id))
+    return RevokeOut(token_id=token_id, revoked=await store.tokens.revoke_token(token_id))
 
 
 @router.post(
@@ -228,13 +228,13 @@ async def exchange(body: ExchangeIn, request: Request, store: StoreDep) -> Acces
     except IdentityError as exc:
         # A refused exchange is audited too, with the reason only: an unverified token's
         # claims are not evidence of who sent it.
-        await store.append_audit(
+        await store.audit.append_audit(
             events.token_exchange(principal="unverified", issuer="unverified", ok=False, reason=exc.reason)
         )
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=f"invalid subject token: {exc}") from None
     except IssuerUnavailable:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="identity provider unavailable") from None
-    await store.append_audit(events.token_exchange(principal=principal.id, issuer=principal.issuer))
+    await store.audit.append_audit(events.token_exchange(principal=principal.id, issuer=principal.issuer))
     return await _request_access(request.app.state.settings, store, principal, body, request.app.state.approvals)
 
 

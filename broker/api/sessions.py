@@ -170,7 +170,7 @@ async def list_sessions(
         datetime | None, Query(description="Only sessions started before this time (paging)")
     ] = None,
 ) -> list[SessionOut]:
-    sessions = await store.list_sessions(active_only=active, limit=limit, started_before=before)
+    sessions = await store.sessions.list_sessions(active_only=active, limit=limit, started_before=before)
     return [SessionOut.of(s) for s in sessions]
 
 
@@ -181,7 +181,7 @@ async def list_sessions(
     responses={404: {"description": "No such session (no row, and no session.start in the live chain)"}},
 )
 async def get_session(session_id: str, store: StoreDep) -> SessionDetailOut:
-    detail = await store.get_session(session_id)
+    detail = await store.sessions.get_session(session_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="session not found")
     base = SessionOut.of(detail.session).model_dump()

@@ -1,6 +1,6 @@
 """Failed logins as audit records, written off the connection's path and bounded.
 
-    logins = FailedLogins(store)
+    logins = FailedLogins(store.audit)
     logins.record(user="agent:ci", resource="demo", client_addr="10.0.0.7:51234", reason="revoked")
 
 `record` never awaits and never raises: it counts the failure in `jitgate_auth_failures_total`

@@ -206,12 +206,12 @@ def verify(
     log = _witness(settings, witness, keys)
     report = run_with_store(
         settings,
-        lambda s: s.verify_audit(
+        lambda s: s.audit.verify_audit(
             from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=log, limits=limits
         ),
     )
     # Sessions against their chained records, both ways (`SessionRepository.sweep_sessions`).
-    sweep = run_with_store(settings, lambda s: s.sweep_sessions(from_seq=from_seq, to_seq=to_seq))
+    sweep = run_with_store(settings, lambda s: s.sessions.sweep_sessions(from_seq=from_seq, to_seq=to_seq))
     if as_json:
         typer.echo(json.dumps({**report.to_json(), "sessions": sweep.to_json()}))
     else:
@@ -248,7 +248,7 @@ def export(
     settings = settings_or_exit(config)
 
     async def run(store: Store) -> int:
-        total = await store.count_audit(since=start, until=end) if progress else None
+        total = await store.audit.count_audit(since=start, until=end) if progress else None
         stream: TextIO = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
         written = 0
         bar = Progress(
@@ -261,7 +261,7 @@ def export(
 
                 async def counted() -> AsyncIterator[AuditRecord]:
                     nonlocal written
-                    async for record in store.iter_audit(since=start, until=end):
+                    async for record in store.audit.iter_audit(since=start, until=end):
                         written += 1
                         if written % 1000 == 0:
                             bar.update(task, completed=written)
@@ -316,7 +316,7 @@ def prune(
 
         async def witnessed(s: Store) -> ArchiveSummary | None:
             try:
-                return await prune_witnessed(s, setup, before=cutoff, archive_dir=where)
+                return await prune_witnessed(s.audit, setup, before=cutoff, archive_dir=where)
             finally:
                 await setup.aclose()
 
@@ -328,7 +328,7 @@ def prune(
         )
 
         def run(s: Store) -> Awaitable[ArchiveSummary | None]:
-            return s.prune_audit(before=cutoff, archive_dir=where)
+            return s.audit.prune_audit(before=cutoff, archive_dir=where)
 
     try:
         summary = run_with_store(settings, run)
@@ -410,7 +410,7 @@ def _archives_witnessed(checked: list[tuple[Path, dict[str, Any]]], log: Witness
 
 
 def _archives_reach_store(settings: Settings, last_seq: int, checked: list[tuple[Path, dict[str, Any]]]) -> list[str]:
-    state = run_with_store(settings, lambda s: s.audit_state())
+    state = run_with_store(settings, lambda s: s.audit.audit_state())
     anchor_seq = state.anchor_seq if state is not None else 0
     anchor_hash = state.anchor_hash if state is not None else GENESIS_HASH
     last = next(t for _, t in checked if t["through_seq"] == last_seq)
@@ -463,7 +463,7 @@ def checkpoint(config: ConfigOption = None) -> None:
 
         async def witnessed(s: Store) -> dict[str, Any] | None:
             try:
-                return await witness_head(s, setup)
+                return await witness_head(s.audit, setup)
             finally:
                 await setup.aclose()
 
@@ -486,7 +486,7 @@ def checkpoint(config: ConfigOption = None) -> None:
     except (OSError, ValueError) as exc:
         typer.echo(f"cannot load the signing key: {exc}", err=True)
         raise typer.Exit(2) from None
-    record = run_with_store(settings, lambda s: s.checkpoint_audit(key))
+    record = run_with_store(settings, lambda s: s.audit.checkpoint_audit(key))
     if record is None:
         typer.echo("the audit chain is empty; nothing to sign", err=True)
         return

@@ -345,11 +345,11 @@ async def run_demo(
         # Slack prompts when `slack` is configured), on the same store and broker.
         worker = _start_worker(settings)
         cleanups.append(lambda: asyncio.to_thread(_stop_worker, worker))
-        recorder = Recorder(store)
+        recorder = Recorder(store.sessions)
         recorder.start()
         cleanups.append(recorder.aclose)
 
-        issued = await store.issue_token(
+        issued = await store.tokens.issue_token(
             DEMO_AGENT, ["ai-agents"], DEMO_DB, "readwrite", timedelta(hours=8), reusable=True
         )
 
@@ -392,7 +392,7 @@ async def run_demo(
             await manager.aclose()
 
         cleanups.append(revoke_all)
-        logins = FailedLogins(store)
+        logins = FailedLogins(store.audit)
         cleanups.append(logins.aclose)
         server = ProxyServer(
             build_context(

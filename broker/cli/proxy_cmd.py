@@ -101,7 +101,7 @@ async def serve(
     from proxy.wiring import ManagedCredentials, build_context, reload_resources
 
     store = await Store.open(settings.store_url.get_secret_value())
-    recorder = Recorder(store)
+    recorder = Recorder(store.sessions)
     recorder.start()
     # A SIEM sink, when configured, gets every record this process appends after it commits.
     forwarder = attach_forwarder(store, settings.audit.sink)
@@ -114,7 +114,7 @@ async def serve(
     review = ApprovalReviewHook(
         approvals, wait_seconds=settings.proxy.review_wait_seconds, console_url=settings.approvals.console_url
     )
-    logins = FailedLogins(store)
+    logins = FailedLogins(store.audit)
     server = ProxyServer(
         build_context(
             settings, store, recorder, review=review, credentials=ManagedCredentials(credentials), logins=logins
@@ -137,11 +137,13 @@ async def serve(
             error = str(exc)[:2000]
             log.error("policy_reload_failed", source=source, error=error)
             with contextlib.suppress(Exception):
-                await store.append_audit(events.policy_reloaded(resource=None, source=source, ok=False, error=error))
+                await store.audit.append_audit(
+                    events.policy_reloaded(resource=None, source=source, ok=False, error=error)
+                )
             return
         log.info("policy_reloaded", source=source, resources=names)
         with contextlib.suppress(Exception):
-            await store.append_audit(*(events.policy_reloaded(resource=n, source=source) for n in names))
+            await store.audit.append_audit(*(events.policy_reloaded(resource=n, source=source) for n in names))
 
     reload_tasks: set[asyncio.Future[None]] = set()
 

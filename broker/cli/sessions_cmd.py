@@ -80,7 +80,7 @@ def statement_json(st: StatementInfo, started: datetime) -> dict[str, Any]:
 
 def _load(settings_path: Path | None, session_id: str) -> SessionDetail:
     settings = settings_or_exit(settings_path)
-    detail = run_with_store(settings, lambda s: s.get_session(session_id))
+    detail = run_with_store(settings, lambda s: s.sessions.get_session(session_id))
     if detail is None:
         typer.echo(f"no session {session_id}", err=True)
         raise typer.Exit(1)
@@ -97,7 +97,7 @@ def list_sessions(
     """Sessions, newest first, each checked against the audit chain; sessions whose row was
     deleted are listed from the chain (exit 3 when any listed session is tampered with)."""
     settings = settings_or_exit(config)
-    found = run_with_store(settings, lambda s: s.list_sessions(active_only=active, limit=limit))
+    found = run_with_store(settings, lambda s: s.sessions.list_sessions(active_only=active, limit=limit))
     if as_json:
         for s in found:
             typer.echo(json.dumps(session_json(s)))

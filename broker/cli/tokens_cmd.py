@@ -79,7 +79,7 @@ def issue(
     async def run() -> IssuedToken:
         store = await Store.open(settings.store_url.get_secret_value())
         try:
-            return await store.issue_token(
+            return await store.tokens.issue_token(
                 principal, group or [], resource, role, lifetime, reusable, owner=owner
             )
         finally:
@@ -126,7 +126,7 @@ def revoke(
     async def run() -> bool:
         store = await Store.open(settings.store_url.get_secret_value())
         try:
-            return await store.revoke_token(token_id)
+            return await store.tokens.revoke_token(token_id)
         finally:
             await store.close()
 

@@ -177,12 +177,12 @@ async def callback(
             code=code, state=state,
         )
     except LoginFailed as exc:
-        await store.append_audit(events.login(principal="unknown", method="console", ok=False, reason=str(exc),
+        await store.audit.append_audit(events.login(principal="unknown", method="console", ok=False, reason=str(exc),
                                               client_addr=client_addr))
         return console.render(request, "error.html", status_code=403, message=str(exc))
     # The directory: Slack approvers are matched to the groups of their last OIDC login.
-    await store.remember_principal(principal)
-    await store.append_audit(events.login(principal=principal.id, method="console", groups=principal.groups,
+    await store.approvals.remember_principal(principal)
+    await store.audit.append_audit(events.login(principal=principal.id, method="console", groups=principal.groups,
                                           client_addr=client_addr))
     expires_at = min(token_exp, time.time() + console.settings.console.session_ttl_delta.total_seconds())
     response = RedirectResponse(

@@ -45,15 +45,15 @@ def _store(request: Request) -> Store:
 
 
 async def _live(store: Store) -> list[tuple[object, list[object]]]:
-    sessions = await store.list_sessions(active_only=True, limit=LIVE_SESSIONS)
-    details = await asyncio.gather(*(store.get_session(s.id) for s in sessions))
+    sessions = await store.sessions.list_sessions(active_only=True, limit=LIVE_SESSIONS)
+    details = await asyncio.gather(*(store.sessions.get_session(s.id) for s in sessions))
     return [(d.session, list(d.statements[-LIVE_STATEMENTS:])) for d in details if d is not None]
 
 
 @router.get("/sessions", response_class=HTMLResponse)
 async def sessions(request: Request, console: ConsoleDep, _user: AdminDep) -> Response:
     store = _store(request)
-    recent = await store.list_sessions(limit=20)
+    recent = await store.sessions.list_sessions(limit=20)
     return console.render(request, "sessions.html", live=await _live(store), recent=recent)
 
 
@@ -63,7 +63,7 @@ async def sessions_fragment(request: Request, console: ConsoleDep, _user: AdminD
 
 
 async def _replay_context(request: Request, session_id: str) -> dict[str, Any]:
-    detail = await _store(request).get_session(session_id)
+    detail = await _store(request).sessions.get_session(session_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "session not found")
     service: ApprovalService = request.app.state.approvals
@@ -95,7 +95,7 @@ def _time(value: str | None) -> datetime | None:
 async def _filtered(
     store: Store, *, type_: str | None, actor: str | None, since: datetime | None, until: datetime | None
 ) -> AsyncIterator[AuditRecord]:
-    async for record in store.iter_audit(since=since, until=until):
+    async for record in store.audit.iter_audit(since=since, until=until):
         if type_ and not record.type.startswith(type_):
             continue
         if actor and actor.lower() not in (record.actor or "").lower():

@@ -40,7 +40,7 @@ class LeaseLedger:
         now = self._store.clock()
         store = self._store
         async with store.transaction("record a lease") as db:
-            await store._lock_audit(db)  # lock order: the audit lock first
+            await store.audit.lock(db)  # lock order: the audit lock first
             db.add(
                 Lease(
                     lease_id=credential.lease_id,
@@ -52,7 +52,7 @@ class LeaseLedger:
                     attempts=0,
                 )
             )
-            await store._append_audit(
+            await store.audit.append(
                 db,
                 [
                     events.lease(
@@ -65,13 +65,13 @@ class LeaseLedger:
     async def renewed(self, lease_id: str, expires_at: datetime) -> None:
         store = self._store
         async with store.transaction("renew a lease") as db:
-            await store._lock_audit(db)
+            await store.audit.lock(db)
             row = await db.get(Lease, lease_id)
             if row is None or row.revoked_at is not None:
                 return
             ttl = (expires_at - store.clock()).total_seconds()
             row.expires_at = expires_at
-            await store._append_audit(
+            await store.audit.append(
                 db,
                 [
                     events.lease(
@@ -84,12 +84,12 @@ class LeaseLedger:
     async def revoked(self, lease_id: str) -> None:
         store = self._store
         async with store.transaction("mark a lease revoked") as db:
-            await store._lock_audit(db)
+            await store.audit.lock(db)
             row = await db.get(Lease, lease_id)
             if row is None or row.revoked_at is not None:
                 return  # audited once, by whoever revoked it first
             row.revoked_at = store.clock()
-            await store._append_audit(
+            await store.audit.append(
                 db,
                 [
                     events.lease(

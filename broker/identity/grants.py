@@ -61,7 +61,7 @@ async def request_access(
         "status": _STATUS[decision.outcome],
     }
     if decision.outcome != "grant":
-        info = await store.create_access_request(ttl=decision.ttl or ttl, **common)  # type: ignore[arg-type]
+        info = await store.access.create_access_request(ttl=decision.ttl or ttl, **common)  # type: ignore[arg-type]
         if decision.outcome == "approval":
             from broker.approvals.service import Requester
 
@@ -75,15 +75,15 @@ async def request_access(
                 approvers=decision.approvers,
             )
         return AccessResult(info, decision)
-    issued = await store.issue_token(
+    issued = await store.tokens.issue_token(
         principal.id, principal.groups, resource, role, decision.ttl, decision.reusable, owner=principal.owner_id
     )
     try:
-        info = await store.create_access_request(
+        info = await store.access.create_access_request(
             ttl=decision.ttl, token_id=issued.token_id, expires_at=issued.expires_at, **common  # type: ignore[arg-type]
         )
     except BaseException:
-        await store.revoke_token(issued.token_id)
+        await store.tokens.revoke_token(issued.token_id)
         raise
     return AccessResult(info, decision, issued.token)
 
@@ -98,21 +98,21 @@ async def collect_grant(store: Store, principal: Principal, request_id: str) -> 
     The token is minted when the requester comes for it, not when the approver clicks: the
     approver never handles it, and it is shown exactly once, to the person who asked.
     """
-    info = await store.get_access_request(request_id)
+    info = await store.access.get_access_request(request_id)
     if info is None or info.principal != principal.id:
         raise NotCollectable("access request not found")
     if info.status != "approved":
         raise NotCollectable(f"access request {request_id} is {info.status}, not approved")
-    issued = await store.issue_token(
+    issued = await store.tokens.issue_token(
         principal.id, info.groups, info.resource, info.role, info.ttl, info.reusable, owner=principal.owner_id
     )
     try:
-        claimed = await store.mark_access_request_granted(request_id, token_id=issued.token_id)
+        claimed = await store.access.mark_access_request_granted(request_id, token_id=issued.token_id)
     except BaseException:
-        await store.revoke_token(issued.token_id)
+        await store.tokens.revoke_token(issued.token_id)
         raise
     if claimed is None:  # collected by a concurrent call: this token must not live
-        await store.revoke_token(issued.token_id)
+        await store.tokens.revoke_token(issued.token_id)
         raise NotCollectable(f"access request {request_id} was already collected")
     decision = AccessDecision("grant", "approved", ttl=info.ttl, reusable=info.reusable, approvers=info.approvers)
     return AccessResult(replace(claimed, expires_at=issued.expires_at), decision, issued.token)

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from broker.audit import events
 from broker.store.audit import AuditRepository
+from broker.store.base import StoreBase
 from broker.store.models import AccessRequest, GatewayToken
 
 # approved: an approver said yes and the requester has not collected the token yet.
@@ -65,7 +66,11 @@ def _info(row: AccessRequest, expires_at: datetime | None) -> AccessRequestInfo:
     )
 
 
-class AccessRequestRepository(AuditRepository):
+class AccessRequestRepository:
+    def __init__(self, core: StoreBase, audit: AuditRepository) -> None:
+        self.core = core
+        self._audit = audit
+
     async def create_access_request(
         self,
         *,
@@ -86,7 +91,7 @@ class AccessRequestRepository(AuditRepository):
             raise ValueError(f"unknown access request status {status!r}")
         if (status == "granted") != (token_id is not None):
             raise ValueError("a granted request, and only a granted one, names its token")
-        now = self.clock()
+        now = self.core.clock()
         row = AccessRequest(
             id=str(uuid.uuid4()),
             principal=principal,
@@ -116,14 +121,14 @@ class AccessRequestRepository(AuditRepository):
                     request_id=row.id, principal=principal, resource=resource, role=role, token_id=token_id
                 )
             )
-        async with self.transaction("create access request") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("create access request") as session:
+            await self._audit.lock(session)
             session.add(row)
-            await self._append_audit(session, audit)
+            await self._audit.append(session, audit)
         return _info(row, expires_at)
 
     async def get_access_request(self, request_id: str) -> AccessRequestInfo | None:
-        async with self.transaction("get access request") as session:
+        async with self.core.transaction("get access request") as session:
             found = (
                 await session.execute(
                     select(AccessRequest, GatewayToken.expires_at)
@@ -137,7 +142,7 @@ class AccessRequestRepository(AuditRepository):
 
     async def token_owner(self, token_id: str) -> TokenOwner | None:
         """Who holds a gateway token (for deciding who may revoke it)."""
-        async with self.transaction("token owner") as session:
+        async with self.core.transaction("token owner") as session:
             row = await session.get(GatewayToken, token_id)
             if row is None:
                 return None
@@ -145,8 +150,8 @@ class AccessRequestRepository(AuditRepository):
 
     async def mark_access_request_granted(self, request_id: str, *, token_id: str) -> AccessRequestInfo | None:
         """approved → granted, naming the token; None if it was not `approved` any more."""
-        async with self.transaction("grant access request") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("grant access request") as session:
+            await self._audit.lock(session)
             done = await session.execute(
                 update(AccessRequest)
                 .where(AccessRequest.id == request_id, AccessRequest.status == "approved")
@@ -156,7 +161,7 @@ class AccessRequestRepository(AuditRepository):
                 return None
             row = await session.get(AccessRequest, request_id)
             assert row is not None
-            await self._append_audit(
+            await self._audit.append(
                 session,
                 [
                     events.access_granted(

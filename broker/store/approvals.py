@@ -37,6 +37,7 @@ from broker.approvals.model import (
 from broker.audit import events
 from broker.identity.oidc import Principal
 from broker.store.audit import AuditRepository
+from broker.store.base import StoreBase
 from broker.store.models import AccessRequest, ApprovalRow, ApprovalVoteRow, PrincipalRow, SlackMessageRow
 
 
@@ -116,7 +117,11 @@ def _decided_event(approval: Approval, actor: str | None) -> events.AuditEvent:
     )
 
 
-class ApprovalRepository(AuditRepository):
+class ApprovalRepository:
+    def __init__(self, core: StoreBase, audit: AuditRepository) -> None:
+        self.core = core
+        self._audit = audit
+
     async def create_approval(self, approval: Approval) -> Approval:
         row = ApprovalRow(
             id=approval.id,
@@ -149,10 +154,10 @@ class ApprovalRepository(AuditRepository):
             covers_until=None,
             used=0,
         )
-        async with self.transaction("create approval") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("create approval") as session:
+            await self._audit.lock(session)
             session.add(row)
-            await self._append_audit(
+            await self._audit.append(
                 session,
                 [
                     events.approval_requested(
@@ -175,7 +180,7 @@ class ApprovalRepository(AuditRepository):
         return row, _to_model(row, votes)
 
     async def get_approval(self, approval_id: str) -> Approval | None:
-        async with self.transaction("get approval") as session:
+        async with self.core.transaction("get approval") as session:
             try:
                 return (await self._load(session, approval_id))[1]
             except ApprovalNotFound:
@@ -200,7 +205,7 @@ class ApprovalRepository(AuditRepository):
             query = query.where(ApprovalRow.requester == requester)
         if session_id is not None:
             query = query.where(ApprovalRow.session_id == session_id)
-        async with self.transaction("list approvals") as session:
+        async with self.core.transaction("list approvals") as session:
             rows = list((await session.execute(query)).scalars())
             votes: dict[str, list[ApprovalVoteRow]] = {r.id: [] for r in rows}
             if rows:
@@ -221,14 +226,14 @@ class ApprovalRepository(AuditRepository):
     ) -> VoteResult:
         """Apply a vote under the append lock. Refusals are audited too, then re-raised."""
         refused: ApprovalRefused | None = None
-        async with self.transaction("vote approval") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("vote approval") as session:
+            await self._audit.lock(session)
             row, approval = await self._load(session, approval_id)
             try:
-                result = cast_vote(approval, voter, choice, now=self.clock(), reason=reason, scope=scope)
+                result = cast_vote(approval, voter, choice, now=self.core.clock(), reason=reason, scope=scope)
             except ApprovalRefused as exc:
                 refused = exc
-                await self._append_audit(
+                await self._audit.append(
                     session,
                     [
                         events.approval_vote(
@@ -260,7 +265,7 @@ class ApprovalRepository(AuditRepository):
                         audit.append(_decided_event(result.approval, vote.voter))
                         if approval.kind == "access":
                             await self._settle_access_request(session, result.approval)
-                    await self._append_audit(session, audit)
+                    await self._audit.append(session, audit)
         if refused is not None:
             raise refused
         return result
@@ -275,29 +280,29 @@ class ApprovalRepository(AuditRepository):
     async def _transition(
         self, approval_id: str, action: str, change: Callable[[Approval], Approval], actor: str | None
     ) -> Approval:
-        async with self.transaction(action) as session:
-            await self._lock_audit(session)
+        async with self.core.transaction(action) as session:
+            await self._audit.lock(session)
             row, approval = await self._load(session, approval_id)
             changed = change(approval)
             for key, value in _state(changed).items():
                 setattr(row, key, value)
             if approval.kind == "access":
                 await self._settle_access_request(session, changed)
-            await self._append_audit(session, [_decided_event(changed, actor)])
+            await self._audit.append(session, [_decided_event(changed, actor)])
         return changed
 
     async def expire_approval(self, approval_id: str) -> Approval:
-        return await self._transition(approval_id, "expire approval", lambda a: expire(a, now=self.clock()), None)
+        return await self._transition(approval_id, "expire approval", lambda a: expire(a, now=self.core.clock()), None)
 
     async def cancel_approval(self, approval_id: str, *, reason: str, actor: str | None = None) -> Approval:
         return await self._transition(
-            approval_id, "cancel approval", lambda a: cancel(a, now=self.clock(), reason=reason), actor
+            approval_id, "cancel approval", lambda a: cancel(a, now=self.core.clock(), reason=reason), actor
         )
 
     async def due_approvals(self, *, now: datetime | None = None, limit: int = 500) -> list[str]:
         """Ids of pending requests past their expiry."""
-        now = now or self.clock()
-        async with self.transaction("due approvals") as session:
+        now = now or self.core.clock()
+        async with self.core.transaction("due approvals") as session:
             rows = await session.execute(
                 select(ApprovalRow.id)
                 .where(ApprovalRow.status == Status.PENDING.value, ApprovalRow.expires_at <= now)
@@ -319,7 +324,7 @@ class ApprovalRepository(AuditRepository):
         Consuming is a conditional update (`used = 0` → 1) in the same transaction, so a
         once-approval lets exactly one run through even when two sessions race for it.
         """
-        now = self.clock()
+        now = self.core.clock()
         query = select(ApprovalRow).where(
             ApprovalRow.status == Status.APPROVED.value,
             ApprovalRow.kind == "statement",
@@ -328,7 +333,7 @@ class ApprovalRepository(AuditRepository):
             (ApprovalRow.session_id == session_id) & (ApprovalRow.statement_hash == statement_hash)
             | (ApprovalRow.fingerprint == fingerprint) & (ApprovalRow.scope == Scope.FINGERPRINT.value),
         )
-        async with self.transaction("find covering approval") as session:
+        async with self.core.transaction("find covering approval") as session:
             for row in (await session.execute(query)).scalars():
                 approval = _to_model(row, ())
                 if not covers(
@@ -351,14 +356,14 @@ class ApprovalRepository(AuditRepository):
 
     async def use_approval(self, approval_id: str) -> None:
         """Count a run under an approval (a once-approval is then spent)."""
-        async with self.transaction("use approval") as session:
+        async with self.core.transaction("use approval") as session:
             await session.execute(
                 update(ApprovalRow).where(ApprovalRow.id == approval_id).values(used=ApprovalRow.used + 1)
             )
 
     async def cancel_session_approvals(self, session_id: str, *, reason: str) -> list[Approval]:
         """Cancel what a session left pending when it ended."""
-        async with self.transaction("session approvals") as session:
+        async with self.core.transaction("session approvals") as session:
             ids = [
                 r[0]
                 for r in await session.execute(
@@ -388,9 +393,9 @@ class ApprovalRepository(AuditRepository):
         claim older than that (its poster died) is taken over.
         """
         table = cast(Table, SlackMessageRow.__table__)
-        now = self.clock()
-        upsert = pg_insert if self.dialect == "postgresql" else sqlite_insert
-        async with self.transaction("claim slack message") as session:
+        now = self.core.clock()
+        upsert = pg_insert if self.core.dialect == "postgresql" else sqlite_insert
+        async with self.core.transaction("claim slack message") as session:
             inserted = await session.execute(
                 upsert(table)
                 .values(approval_id=approval_id, kind=kind, channel=channel, ts=None, claimed_at=now)
@@ -419,7 +424,7 @@ class ApprovalRepository(AuditRepository):
     async def record_slack_message(self, approval_id: str, kind: str, *, channel: str, ts: str) -> None:
         """The claimed message is posted: keep where, so later deliveries update it."""
         table = cast(Table, SlackMessageRow.__table__)
-        async with self.transaction("record slack message") as session:
+        async with self.core.transaction("record slack message") as session:
             await session.execute(
                 update(table)
                 .where(table.c.approval_id == approval_id, table.c.kind == kind)
@@ -429,7 +434,7 @@ class ApprovalRepository(AuditRepository):
     async def release_slack_message(self, approval_id: str, kind: str) -> None:
         """Give up a claim whose post surely failed, so the next delivery posts at once."""
         table = cast(Table, SlackMessageRow.__table__)
-        async with self.transaction("release slack message") as session:
+        async with self.core.transaction("release slack message") as session:
             await session.execute(
                 delete(table).where(table.c.approval_id == approval_id, table.c.kind == kind, table.c.ts.is_(None))
             )
@@ -437,7 +442,7 @@ class ApprovalRepository(AuditRepository):
     async def approval_message(self, approval_id: str, kind: str = "prompt") -> tuple[str, str] | None:
         """(channel, ts) of the approval's posted prompt (or other `kind`), if it was posted."""
         table = cast(Table, SlackMessageRow.__table__)
-        async with self.transaction("approval message", read_only=True) as session:
+        async with self.core.transaction("approval message", read_only=True) as session:
             row = (
                 await session.execute(
                     select(table.c.channel, table.c.ts).where(
@@ -450,22 +455,22 @@ class ApprovalRepository(AuditRepository):
     async def mark_approval_nudged(self, approval_id: str, *, escalated: bool) -> bool:
         """Record a reminder (or escalation) once; False if it was already recorded."""
         column = ApprovalRow.escalated_at if escalated else ApprovalRow.reminded_at
-        async with self.transaction("mark approval nudged") as session:
+        async with self.core.transaction("mark approval nudged") as session:
             done = await session.execute(
                 update(ApprovalRow)
                 .where(ApprovalRow.id == approval_id, column.is_(None), ApprovalRow.status == Status.PENDING.value)
-                .values({column.key: self.clock()})
+                .values({column.key: self.core.clock()})
             )
             return bool(done.rowcount)  # type: ignore[attr-defined]
 
     async def pending_older_than(self, age: timedelta, *, escalated: bool) -> list[str]:
         """Pending ids created before now-age and not yet reminded (or escalated)."""
         column = ApprovalRow.escalated_at if escalated else ApprovalRow.reminded_at
-        async with self.transaction("pending approvals") as session:
+        async with self.core.transaction("pending approvals") as session:
             rows = await session.execute(
                 select(ApprovalRow.id).where(
                     ApprovalRow.status == Status.PENDING.value,
-                    ApprovalRow.created_at <= self.clock() - age,
+                    ApprovalRow.created_at <= self.core.clock() - age,
                     column.is_(None),
                 )
             )
@@ -479,11 +484,11 @@ class ApprovalRepository(AuditRepository):
         Called on every OIDC-authenticated API request: an unchanged principal seen within
         the last minute is not written again."""
         email = principal.email.lower() if principal.email else None
-        async with self.transaction("remember principal") as session:
+        async with self.core.transaction("remember principal") as session:
             row = await session.get(PrincipalRow, principal.id)
             if (
                 row is not None
-                and row.last_seen > self.clock() - timedelta(minutes=1)
+                and row.last_seen > self.core.clock() - timedelta(minutes=1)
                 and (row.kind, row.email, row.groups, row.owner, row.issuer)
                 == (principal.kind, email, list(principal.groups), principal.owner, principal.issuer)
             ):
@@ -496,11 +501,11 @@ class ApprovalRepository(AuditRepository):
             row.groups = list(principal.groups)
             row.owner = principal.owner
             row.issuer = principal.issuer
-            row.last_seen = self.clock()
+            row.last_seen = self.core.clock()
 
     async def voter_for_email(self, email: str, *, via: str, max_age: timedelta) -> Voter | None:
         """The person with this email, as last seen through OIDC within `max_age`."""
-        async with self.transaction("principal by email") as session:
+        async with self.core.transaction("principal by email") as session:
             row = (
                 await session.execute(
                     select(PrincipalRow)
@@ -509,6 +514,6 @@ class ApprovalRepository(AuditRepository):
                     .limit(1)
                 )
             ).scalar_one_or_none()
-        if row is None or row.last_seen < self.clock() - max_age:
+        if row is None or row.last_seen < self.core.clock() - max_age:
             return None
         return Voter(row.id, tuple(row.groups), via)

@@ -1,6 +1,6 @@
 """The audit log in the store: appends serialised across processes, reads in chunks.
 
-Appends happen inside the caller's transaction (`_append_audit`), so a session row, a batch
+Appends happen inside the caller's transaction (`AuditRepository.append`), so a session row, a batch
 of statements or a token and their audit records commit or roll back together. Serialising:
 SQLite transactions here start with `BEGIN IMMEDIATE` and so already hold the database's
 single write lock; PostgreSQL takes a transaction-scoped advisory lock before reading the
@@ -178,7 +178,7 @@ def sqlite_append_audit(
     db: sqlite3.Connection, entries: Sequence[AuditEntry], now: datetime, *, keep: bool,
     times: Sequence[datetime] | None = None,
 ) -> list[AuditRecord]:
-    """`_append_audit_data` on a plain sqlite3 connection, inside the caller's transaction
+    """`append_entries` on a plain sqlite3 connection, inside the caller's transaction
     (which holds SQLite's write lock: `BEGIN IMMEDIATE`). For work done in one call on the
     database's own thread (see `SessionRepository.record_statements`)."""
     head = db.execute(f"SELECT head_seq, head_hash FROM {_STATE} WHERE id = ?", (_STATE_ID,)).fetchone()
@@ -196,21 +196,24 @@ def sqlite_append_audit(
     return records
 
 
-class AuditRepository(StoreBase):
-    async def _lock_audit(self, session: AsyncSession) -> None:
+class AuditRepository:
+    def __init__(self, core: StoreBase) -> None:
+        self.core = core
+
+    async def lock(self, session: AsyncSession) -> None:
         """Take the append lock first thing in a transaction that will append (lock order)."""
-        if self.dialect == "postgresql":
+        if self.core.dialect == "postgresql":
             await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_AUDIT_LOCK_KEY})
 
-    async def _append_audit(self, session: AsyncSession, events: Sequence[AuditEvent]) -> list[AuditRecord]:
+    async def append(self, session: AsyncSession, events: Sequence[AuditEvent]) -> list[AuditRecord]:
         """Chain `events` onto the head within `session`'s transaction (lock already held)."""
         if not events:
             return []
-        return await self._append_audit_data(
+        return await self.append_entries(
             session, [(e.type, e.actor, e.session_id, e.data, canonical_json(e.data)) for e in events]
         )
 
-    async def _append_audit_data(
+    async def append_entries(
         self, session: AsyncSession, entries: Sequence[AuditEntry], times: Sequence[datetime] | None = None
     ) -> list[AuditRecord]:
         """The append itself, for `(type, actor, session_id, data, canonical_json(data))` entries
@@ -223,9 +226,9 @@ class AuditRepository(StoreBase):
                 id=_STATE_ID, head_seq=0, head_hash=GENESIS_HASH, anchor_seq=0, anchor_hash=GENESIS_HASH
             )
             session.add(state)
-        sqlite = self.dialect == "sqlite"
+        sqlite = self.core.dialect == "sqlite"
         rows, records = chain_rows(
-            state.head_seq, state.head_hash, entries, self.clock(), sqlite=sqlite, keep=True, times=times
+            state.head_seq, state.head_hash, entries, self.core.clock(), sqlite=sqlite, keep=True, times=times
         )
         if sqlite:
             # Straight to the driver: the values are already what SQLAlchemy would bind (naive
@@ -235,18 +238,18 @@ class AuditRepository(StoreBase):
         else:
             await session.execute(insert(_EVENTS), [dict(zip(_AUDIT_COLUMNS, row, strict=True)) for row in rows])
         state.head_seq, state.head_hash = rows[-1][0], rows[-1][-1]
-        if self.audit_listeners:
+        if self.core.audit_listeners:
             session.info.setdefault("audit_appended", []).extend(records)
         return records
 
     async def append_audit(self, *events: AuditEvent) -> list[AuditRecord]:
         """Append events on their own (for events with no row of their own to commit with)."""
-        async with self.transaction("append audit") as session:
-            await self._lock_audit(session)
-            return await self._append_audit(session, events)
+        async with self.core.transaction("append audit") as session:
+            await self.lock(session)
+            return await self.append(session, events)
 
     async def audit_state(self) -> AuditState | None:
-        async with self.transaction("read audit head") as session:
+        async with self.core.transaction("read audit head") as session:
             state = await session.get(AuditState, _STATE_ID)
             if state is not None:
                 session.expunge(state)
@@ -273,7 +276,7 @@ class AuditRepository(StoreBase):
                 query = query.where(_EVENTS.c.ts >= since)
             if until is not None:
                 query = query.where(_EVENTS.c.ts < until)
-            async with self.transaction("read audit") as session:
+            async with self.core.transaction("read audit") as session:
                 batch = [_record(r) for r in await session.execute(query)]
             for record in batch:
                 yield record
@@ -287,18 +290,18 @@ class AuditRepository(StoreBase):
             query = query.where(_EVENTS.c.ts >= since)
         if until is not None:
             query = query.where(_EVENTS.c.ts < until)
-        async with self.transaction("count audit") as session:
+        async with self.core.transaction("count audit") as session:
             return int(await session.scalar(query) or 0)
 
     async def checkpoint_audit(self, key: Ed25519PrivateKey) -> AuditRecord | None:
         """Append a signed checkpoint over the current head; None if the chain is empty."""
-        async with self.transaction("checkpoint audit") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("checkpoint audit") as session:
+            await self.lock(session)
             state = await session.get(AuditState, _STATE_ID)
             if state is None or state.head_seq == 0:
                 return None
             event = checkpoint_event(key, seq=state.head_seq, hash_=state.head_hash)
-            (record,) = await self._append_audit(session, [event])
+            (record,) = await self.append(session, [event])
             return record
 
     async def verify_audit(
@@ -351,7 +354,7 @@ class AuditRepository(StoreBase):
         if whole and verifier.broken is None:
             after = await self.audit_state()
             head_now = after.head_seq if after is not None else 0
-        report = verifier.finish(head_now=head_now, now=self.clock(), limits=limits)
+        report = verifier.finish(head_now=head_now, now=self.core.clock(), limits=limits)
         return dataclasses.replace(report, unanchored=_unanchored(report, checkpoints, witness))
 
     async def _iter_audit_stored(
@@ -365,7 +368,7 @@ class AuditRepository(StoreBase):
             query = select(*_STORED_COLUMNS).where(_EVENTS.c.seq > last).order_by(_EVENTS.c.seq).limit(chunk)
             if to_seq is not None:
                 query = query.where(_EVENTS.c.seq <= to_seq)
-            async with self.transaction("read audit", read_only=True) as session:
+            async with self.core.transaction("read audit", read_only=True) as session:
                 rows = list(await session.execute(query))
             for row in rows:
                 try:
@@ -412,7 +415,7 @@ class AuditRepository(StoreBase):
         state = await self.audit_state()
         if state is None or state.head_seq <= state.anchor_seq:
             return None
-        async with self.transaction("find audit cut", read_only=True) as session:
+        async with self.core.transaction("find audit cut", read_only=True) as session:
             young = await session.scalar(
                 select(func.min(_EVENTS.c.seq)).where(_EVENTS.c.ts >= before, _EVENTS.c.seq > state.anchor_seq)
             )
@@ -434,8 +437,8 @@ class AuditRepository(StoreBase):
             except BaseException:
                 await asyncio.to_thread(path.unlink, missing_ok=True)
                 raise
-        async with self.transaction("prune audit") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("prune audit") as session:
+            await self.lock(session)
             current = await session.get(AuditState, _STATE_ID)
             if current is None or current.anchor_seq != state.anchor_seq:
                 # Moved by something that does not take the prune lock. The archive stays: its
@@ -448,7 +451,7 @@ class AuditRepository(StoreBase):
                 delete(_EVENTS).where(_EVENTS.c.seq > state.anchor_seq, _EVENTS.c.seq <= through)
             )
             current.anchor_seq, current.anchor_hash = summary.through_seq, summary.through_hash
-            await self._append_audit(
+            await self.append(
                 session,
                 [
                     audit_pruned(
@@ -468,8 +471,8 @@ class AuditRepository(StoreBase):
         lock held by a connection of its own for the whole prune (appends are not blocked); on
         SQLite an exclusive lock on a sidecar file (`<db>.prune.lock`), since holding SQLite's
         write lock that long would stall every append."""
-        if self.dialect == "postgresql":
-            async with translate_errors("lock audit prune"), self.engine.connect() as conn:
+        if self.core.dialect == "postgresql":
+            async with translate_errors("lock audit prune"), self.core.engine.connect() as conn:
                 await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_PRUNE_LOCK_KEY})
                 await conn.commit()
                 try:
@@ -478,9 +481,9 @@ class AuditRepository(StoreBase):
                     await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_PRUNE_LOCK_KEY})
                     await conn.commit()
             return
-        database = self.engine.url.database or ""
-        if fcntl is None or database in ("", ":memory:") or self.engine.url.query.get("mode") == "memory":
-            async with _LOCAL_PRUNE_LOCKS.setdefault(self.engine, asyncio.Lock()):
+        database = self.core.engine.url.database or ""
+        if fcntl is None or database in ("", ":memory:") or self.core.engine.url.query.get("mode") == "memory":
+            async with _LOCAL_PRUNE_LOCKS.setdefault(self.core.engine, asyncio.Lock()):
                 yield
             return
         async with file_lock(_prune_lock_file(database)):
@@ -497,7 +500,7 @@ class AuditRepository(StoreBase):
         return await self._audit_record(seq)
 
     async def _audit_record(self, seq: int) -> AuditRecord | None:
-        async with self.transaction("read audit") as session:
+        async with self.core.transaction("read audit") as session:
             row = (await session.execute(select(_EVENTS).where(_EVENTS.c.seq == seq))).first()
             return None if row is None else _record(row)
 

@@ -69,12 +69,13 @@ def _origin(exc: BaseException) -> str:
 
 
 class StoreBase:
-    """Holds the engine; the repositories (`tokens.py`, `sessions.py`) build on it."""
+    """The engine, its transactions and the clock: what every repository (`tokens.py`,
+    `sessions.py`, ...) is given, and what `Store` extends."""
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
         self.engine = engine
         self.clock = clock
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._session_factory = async_sessionmaker(engine, expire_on_commit=False)
         # Called with the audit records a transaction appended, once it has committed (the
         # SIEM forwarder, broker.audit.forward); must not block or raise.
         self.audit_listeners: list[Callable[[Sequence[Any]], None]] = []
@@ -91,7 +92,7 @@ class StoreBase:
         write lock up front (`BEGIN` instead of `BEGIN IMMEDIATE`, see `broker.store.db`):
         reads then run beside each other and beside a writer (WAL). A write in it may fail.
         """
-        async with translate_errors(action), self._sessions() as session:
+        async with translate_errors(action), self._session_factory() as session:
             async with session.begin():
                 if read_only:  # procures the connection, with the option its BEGIN reads
                     await session.connection(execution_options={READ_ONLY_OPTION: True})

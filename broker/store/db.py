@@ -1,7 +1,7 @@
 """The store: engine creation and the `Store` facade the rest of jitgate calls.
 
     store = await Store.open(settings.store_url.get_secret_value())   # migrates to head
-    grant = await store.verify_token(token, resource)
+    grant = await store.tokens.verify_token(token, resource)
     ...
     await store.close()
 
@@ -25,7 +25,8 @@ from broker.exceptions import StoreError
 from broker.store import migrate as migrations
 from broker.store.access_requests import AccessRequestRepository
 from broker.store.approvals import ApprovalRepository
-from broker.store.base import READ_ONLY_OPTION, Clock, file_lock, translate_errors, utcnow
+from broker.store.audit import AuditRepository
+from broker.store.base import READ_ONLY_OPTION, Clock, StoreBase, file_lock, translate_errors, utcnow
 from broker.store.egress_usage import EgressUsageRepository
 from broker.store.session_slots import SessionSlotRepository
 from broker.store.sessions import SessionRepository
@@ -118,15 +119,21 @@ async def _first_use_lock(engine: AsyncEngine) -> AsyncIterator[None]:
         yield
 
 
-class Store(
-    TokenRepository,
-    SessionRepository,
-    AccessRequestRepository,
-    ApprovalRepository,
-    EgressUsageRepository,
-    SessionSlotRepository,
-):
-    """The broker's persistent state. Methods raise `StoreError` subclasses on failure."""
+class Store(StoreBase):
+    """The broker's persistent state: the engine, its transactions, and one repository per
+    concept. Repositories share this object (engine, clock, audit listeners), not a base
+    class; one that appends audit records holds `audit` and appends within its own
+    transaction. Methods raise `StoreError` subclasses on failure."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+        super().__init__(engine, clock=clock)
+        self.audit = AuditRepository(self)
+        self.tokens = TokenRepository(self, self.audit)
+        self.sessions = SessionRepository(self, self.audit)
+        self.access = AccessRequestRepository(self, self.audit)
+        self.approvals = ApprovalRepository(self, self.audit)
+        self.egress = EgressUsageRepository(self)
+        self.slots = SessionSlotRepository(self)
 
     @classmethod
     async def open(

@@ -38,7 +38,10 @@ class EgressCharge:
         return (self.principal, self.resource, self.window_seconds, self.window_start)
 
 
-class EgressUsageRepository(StoreBase):
+class EgressUsageRepository:
+    def __init__(self, core: StoreBase) -> None:
+        self.core = core
+
     async def charge_egress(self, charges: Sequence[EgressCharge]) -> list[tuple[int, int]]:
         """Add each charge to its window's totals in one transaction; the (rows, bytes) totals
         after it, in the order given (a window never charged reads as (0, 0)).
@@ -49,13 +52,13 @@ class EgressUsageRepository(StoreBase):
             return []
         totals: dict[int, tuple[int, int]] = {}
         table = cast(Table, EgressUsage.__table__)
-        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
-        now = self.clock()
+        insert = pg_insert if self.core.dialect == "postgresql" else sqlite_insert
+        now = self.core.clock()
         order = sorted(range(len(charges)), key=lambda i: charges[i].key)
         # Charges of nothing (an idle sync, a session start) only read: on SQLite they need not
         # take the write lock the recorder and token checks wait on.
         reads_only = not any(charge.rows or charge.bytes for charge in charges)
-        async with self.transaction("charge egress usage", read_only=reads_only) as session:
+        async with self.core.transaction("charge egress usage", read_only=reads_only) as session:
             for i in order:
                 charge = charges[i]
                 if charge.rows < 0 or charge.bytes < 0:
@@ -94,7 +97,7 @@ class EgressUsageRepository(StoreBase):
     async def prune_egress_usage(self, before: int) -> int:
         """Delete the usage of windows that ended before `before` (Unix seconds); how many."""
         table = cast(Table, EgressUsage.__table__)
-        async with self.transaction("prune egress usage") as session:
+        async with self.core.transaction("prune egress usage") as session:
             result: Any = await session.execute(
                 delete(table).where(table.c.window_start + table.c.window_seconds < before)
             )

@@ -29,7 +29,10 @@ _PG_SLOT_LOCK_KEY = 0x6A6974736C6F74
 Refusal = Literal["token", "agent"]
 
 
-class SessionSlotRepository(StoreBase):
+class SessionSlotRepository:
+    def __init__(self, core: StoreBase) -> None:
+        self.core = core
+
     async def admit_session(
         self,
         slot_id: str,
@@ -44,9 +47,9 @@ class SessionSlotRepository(StoreBase):
         """Take a slot for a new session, or say which cap is full ("token" or "agent");
         None for a cap means no cap. Expired slots (a dead process's) are dropped first."""
         table = cast(Table, SessionSlot.__table__)
-        now = self.clock()
-        async with self.transaction("admit a session") as session:
-            if self.dialect == "postgresql":
+        now = self.core.clock()
+        async with self.core.transaction("admit a session") as session:
+            if self.core.dialect == "postgresql":
                 await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SLOT_LOCK_KEY})
             await session.execute(delete(table).where(table.c.expires_at < now))
             if per_token is not None and token_id is not None:
@@ -71,7 +74,7 @@ class SessionSlotRepository(StoreBase):
 
     async def release_session_slot(self, slot_id: str) -> None:
         table = cast(Table, SessionSlot.__table__)
-        async with self.transaction("release a session slot") as session:
+        async with self.core.transaction("release a session slot") as session:
             await session.execute(delete(table).where(table.c.slot_id == slot_id))
 
     async def renew_session_slots(self, slot_ids: Collection[str], lease: timedelta) -> int:
@@ -79,19 +82,19 @@ class SessionSlotRepository(StoreBase):
         if not slot_ids:
             return 0
         table = cast(Table, SessionSlot.__table__)
-        async with self.transaction("renew session slots") as session:
+        async with self.core.transaction("renew session slots") as session:
             result: Any = await session.execute(
-                update(table).where(table.c.slot_id.in_(list(slot_ids))).values(expires_at=self.clock() + lease)
+                update(table).where(table.c.slot_id.in_(list(slot_ids))).values(expires_at=self.core.clock() + lease)
             )
             return int(result.rowcount or 0)
 
     async def session_slots(self, *, token_id: str | None = None, principal: str | None = None) -> int:
         """Live slots of a token or a principal (expired ones not counted)."""
         table = cast(Table, SessionSlot.__table__)
-        query = select(func.count()).where(table.c.expires_at >= self.clock())
+        query = select(func.count()).where(table.c.expires_at >= self.core.clock())
         if token_id is not None:
             query = query.where(table.c.token_id == token_id)
         if principal is not None:
             query = query.where(table.c.principal == principal)
-        async with self.transaction("count session slots", read_only=True) as session:
+        async with self.core.transaction("count session slots", read_only=True) as session:
             return int(await session.scalar(query) or 0)

@@ -26,7 +26,7 @@ from broker.store.audit import (
     sqlite_append_audit,
     sqlite_insert_rows,
 )
-from broker.store.base import enum_value, translate_errors
+from broker.store.base import StoreBase, enum_value, translate_errors
 from broker.store.models import Session, Statement
 from broker.store.records import (
     Grant,
@@ -41,7 +41,11 @@ from broker.store.records import (
 )
 
 
-class SessionRepository(AuditRepository):
+class SessionRepository:
+    def __init__(self, core: StoreBase, audit: AuditRepository) -> None:
+        self.core = core
+        self._audit = audit
+
     async def start_session(
         self,
         grant: Grant,
@@ -59,7 +63,7 @@ class SessionRepository(AuditRepository):
         `broker.store.group_commit`); their ids, in order. All or none are recorded."""
         if not starts:
             return []
-        now = self.clock()
+        now = self.core.clock()
         rows = [
             Session(
                 id=str(uuid.uuid4()),
@@ -78,8 +82,8 @@ class SessionRepository(AuditRepository):
             )
             for s in starts
         ]
-        async with self.transaction("start session") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("start session") as session:
+            await self._audit.lock(session)
             session.add_all(rows)
             # The record's ts is the row's started_at (one reading of the clock): the views
             # compare the two (`coverage.check_session`).
@@ -107,9 +111,9 @@ class SessionRepository(AuditRepository):
     async def _append_events_at(
         self, session: AsyncSession, audit: Sequence[events.AuditEvent], at: datetime
     ) -> None:
-        """`_append_audit` with every record's ts `at` (the time written in the rows)."""
+        """`AuditRepository.append` with every record's ts `at` (the time written in the rows)."""
         if audit:
-            await self._append_audit_data(
+            await self._audit.append_entries(
                 session, [(e.type, e.actor, e.session_id, e.data, canonical_json(e.data)) for e in audit],
                 [at] * len(audit),
             )
@@ -128,22 +132,22 @@ class SessionRepository(AuditRepository):
         """
         if not records:
             return
-        if self.dialect == "sqlite":
+        if self.core.dialect == "sqlite":
             appended = await self._record_statements_sqlite(records)
             if appended is not None:
                 if appended:
-                    for listener in self.audit_listeners:
+                    for listener in self.core.audit_listeners:
                         listener(appended)
                 return
-        async with self.transaction("record statements") as session:
+        async with self.core.transaction("record statements") as session:
             # The audit lock also serialises racing retries of one batch on PostgreSQL, so
             # the "already stored" check below cannot go stale before the insert.
-            await self._lock_audit(session)
+            await self._audit.lock(session)
             stored = await _stored_keys(session, records)
             fresh = _fresh(records, stored)
             if not fresh:
                 return
-            if self.dialect == "sqlite":
+            if self.core.dialect == "sqlite":
                 conn = await session.connection()
                 await conn.exec_driver_sql(_SQLITE_STATEMENT_INSERT, [_sqlite_statement_row(r) for r in fresh])
             else:
@@ -159,7 +163,7 @@ class SessionRepository(AuditRepository):
                     )
                 )
             }
-            await self._append_audit_data(session, _statement_entries(fresh, owners), [r.started_at for r in fresh])
+            await self._audit.append_entries(session, _statement_entries(fresh, owners), [r.started_at for r in fresh])
 
     async def _record_statements_sqlite(self, records: Sequence[StatementRecord]) -> list[AuditRecord] | None:
         """The whole batch in one call on the SQLite connection's own thread.
@@ -172,8 +176,8 @@ class SessionRepository(AuditRepository):
         round trip per batch. Returns the audit records appended, or None when the driver
         connection is not the expected aiosqlite one (the caller then takes the general path).
         """
-        keep = bool(self.audit_listeners)
-        async with translate_errors("record statements"), self.engine.connect() as conn:
+        keep = bool(self.core.audit_listeners)
+        async with translate_errors("record statements"), self.core.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver = raw.driver_connection
             run = getattr(driver, "_execute", None)
@@ -186,7 +190,7 @@ class SessionRepository(AuditRepository):
                     naive = ValueError("naive datetime given to the store; use an aware UTC datetime")
                     raise StoreError(f"record statements: {naive!r}")
             try:
-                appended: list[AuditRecord] = await run(_write_batch_sqlite, db, list(records), self.clock(), keep)
+                appended: list[AuditRecord] = await run(_write_batch_sqlite, db, list(records), self.core.clock(), keep)
             except sqlite3.IntegrityError as exc:
                 raise StoreIntegrityError(f"record statements: constraint violated ({type(exc).__name__})") from exc
             except sqlite3.OperationalError as exc:
@@ -212,10 +216,10 @@ class SessionRepository(AuditRepository):
         """Mark several sessions ended in one transaction; for each, whether it ended it."""
         if not ends:
             return []
-        now = self.clock()
+        now = self.core.clock()
         ended: list[bool] = []
-        async with self.transaction("end session") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("end session") as session:
+            await self._audit.lock(session)
             resources: dict[str, str] = {
                 sid: resource
                 for sid, resource in await session.execute(
@@ -275,8 +279,8 @@ class SessionRepository(AuditRepository):
             query = query.where(Session.ended_at.is_(None))
         if started_before is not None:
             query = query.where(Session.started_at < started_before)
-        async with self.transaction("list sessions") as session:
-            await _snapshot(session, self.dialect)
+        async with self.core.transaction("list sessions") as session:
+            await _snapshot(session, self.core.dialect)
             result = await session.execute(query.limit(limit))
             infos = [_session_info(row, count) for row, count in result]
             gone = await _deleted_sessions(
@@ -310,8 +314,8 @@ class SessionRepository(AuditRepository):
         comes back marked `tampered`. A session whose row is gone is shown from its records
         (`row_deleted`) as long as the chain holds its `session.start`.
         """
-        async with self.transaction("get session") as session:
-            await _snapshot(session, self.dialect)
+        async with self.core.transaction("get session") as session:
+            await _snapshot(session, self.core.dialect)
             found = (
                 await session.execute(_session_query().where(Session.id == session_id))
             ).first()
@@ -363,7 +367,7 @@ class SessionRepository(AuditRepository):
         seen (for the second pass: about 100 bytes a session, so some hundreds of MB at
         millions of live sessions) and the first `keep` findings.
         """
-        state = await self.audit_state()
+        state = await self._audit.audit_state()
         anchor = state.anchor_seq if state is not None else 0
         whole = to_seq is None and (from_seq or 0) <= anchor + 1
         seen: set[str] = set()
@@ -386,8 +390,8 @@ class SessionRepository(AuditRepository):
             )
             if to_seq is not None:
                 query = query.where(_EVENTS.c.seq <= to_seq)
-            async with self.transaction("sweep sessions") as session:
-                await _snapshot(session, self.dialect)
+            async with self.core.transaction("sweep sessions") as session:
+                await _snapshot(session, self.core.dialect)
                 starts = [_record(r) for r in await session.execute(query)]
                 ids = [str(r.session_id) for r in starts]
                 rows = {
@@ -414,7 +418,7 @@ class SessionRepository(AuditRepository):
             prunes: coverage.PruneEvidence | None = None
             after = ""
             while True:
-                async with self.transaction("sweep sessions") as session:
+                async with self.core.transaction("sweep sessions") as session:
                     query_rows = select(Session.id, Session.started_at).where(Session.id > after)
                     batch = list(await session.execute(query_rows.order_by(Session.id).limit(chunk)))
                     if prunes is None and any(sid not in seen for sid, _ in batch):

@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from broker.audit import events
 from broker.exceptions import ExpiredToken, InvalidToken
 from broker.store.audit import AuditRepository
+from broker.store.base import StoreBase
 from broker.store.models import GatewayToken
 from broker.store.records import Grant, IssuedToken
 
@@ -42,7 +43,11 @@ def looks_like_token(value: str) -> bool:
     return bool(_TOKEN_RE.match(value))
 
 
-class TokenRepository(AuditRepository):
+class TokenRepository:
+    def __init__(self, core: StoreBase, audit: AuditRepository) -> None:
+        self.core = core
+        self._audit = audit
+
     async def issue_token(
         self,
         principal: str,
@@ -60,7 +65,7 @@ class TokenRepository(AuditRepository):
         if ttl <= timedelta(0):
             raise ValueError("ttl must be positive")
         token = new_token()
-        now = self.clock()
+        now = self.core.clock()
         row = GatewayToken(
             id=str(uuid.uuid4()),
             token_hash=hash_token(token),
@@ -73,10 +78,10 @@ class TokenRepository(AuditRepository):
             expires_at=now + ttl,
             reusable=reusable,
         )
-        async with self.transaction("issue token") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("issue token") as session:
+            await self._audit.lock(session)
             session.add(row)
-            await self._append_audit(
+            await self._audit.append(
                 session,
                 [
                     events.token_issued(
@@ -104,7 +109,7 @@ class TokenRepository(AuditRepository):
         digest = hash_token(token)
         # A read: a connect burst's verifications run side by side instead of queueing for
         # the write lock. Only a single-use token is then consumed, in a write of its own.
-        async with self.transaction("verify token", read_only=True) as session:
+        async with self.core.transaction("verify token", read_only=True) as session:
             row = await session.scalar(
                 select(GatewayToken).where(GatewayToken.token_hash == digest)
             )
@@ -118,13 +123,13 @@ class TokenRepository(AuditRepository):
                 raise InvalidToken(
                     f"gateway token {row.id} is for another resource", reason="wrong_resource", token_id=row.id
                 )
-            now = self.clock()
+            now = self.core.clock()
             if now >= row.expires_at:
                 raise ExpiredToken(
                     f"gateway token {row.id} expired at {row.expires_at.isoformat()}", token_id=row.id
                 )
         if not row.reusable:
-            async with self.transaction("consume token") as session:
+            async with self.core.transaction("consume token") as session:
                 # Atomic: of two connects racing with one token, one updates the row.
                 consumed = await session.execute(
                     update(GatewayToken)
@@ -155,7 +160,7 @@ class TokenRepository(AuditRepository):
         check that ends the open sessions of a revoked grant."""
         ids = list(dict.fromkeys(token_ids))
         revoked: set[str] = set()
-        async with self.transaction("check revoked tokens") as session:
+        async with self.core.transaction("check revoked tokens") as session:
             for start in range(0, len(ids), 500):
                 query = select(GatewayToken.id).where(
                     GatewayToken.id.in_(ids[start : start + 500]), GatewayToken.revoked_at.is_not(None)
@@ -165,14 +170,14 @@ class TokenRepository(AuditRepository):
 
     async def revoke_token(self, token_id: str) -> bool:
         """Revoke a token; True if it was live until now. Sessions already open are not cut."""
-        async with self.transaction("revoke token") as session:
-            await self._lock_audit(session)
+        async with self.core.transaction("revoke token") as session:
+            await self._audit.lock(session)
             result = await session.execute(
                 update(GatewayToken)
                 .where(GatewayToken.id == token_id, GatewayToken.revoked_at.is_(None))
-                .values(revoked_at=self.clock())
+                .values(revoked_at=self.core.clock())
             )
             revoked = bool(result.rowcount)  # type: ignore[attr-defined]
             if revoked:
-                await self._append_audit(session, [events.token_revoked(token_id=token_id)])
+                await self._audit.append(session, [events.token_revoked(token_id=token_id)])
             return revoked

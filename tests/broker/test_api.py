@@ -54,13 +54,13 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 async def seed(store: Store) -> tuple[str, str, str]:
     """One ended session with two statements and one active session; returns ids + token."""
-    issued = await store.issue_token(
+    issued = await store.tokens.issue_token(
         "agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True
     )
-    grant = await store.verify_token(issued.token, "demo")
-    ended = await store.start_session(grant, application_name="psql", intent="cleanup")
+    grant = await store.tokens.verify_token(issued.token, "demo")
+    ended = await store.sessions.start_session(grant, application_name="psql", intent="cleanup")
     now = datetime.now(UTC)
-    await store.record_statements(
+    await store.sessions.record_statements(
         [
             StatementRecord(ended, 1, "select * from customers", "allow", now, rows=2),
             StatementRecord(
@@ -74,8 +74,8 @@ async def seed(store: Store) -> tuple[str, str, str]:
             ),
         ]
     )
-    await store.end_session(ended, reason="client closed", stats=SessionStats(2, 100, 200))
-    active = await store.start_session(grant)
+    await store.sessions.end_session(ended, reason="client closed", stats=SessionStats(2, 100, 200))
+    active = await store.sessions.start_session(grant)
     return ended, active, issued.token
 
 

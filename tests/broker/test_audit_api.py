@@ -38,15 +38,15 @@ async def client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def seed(store: Store) -> str:
-    issued = await store.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
-    grant = await store.verify_token(issued.token, "demo")
-    sid = await store.start_session(grant, client_addr="127.0.0.1:40000", application_name="psql")
+    issued = await store.tokens.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
+    grant = await store.tokens.verify_token(issued.token, "demo")
+    sid = await store.sessions.start_session(grant, client_addr="127.0.0.1:40000", application_name="psql")
     now = datetime.now(UTC)
-    await store.record_statements(
+    await store.sessions.record_statements(
         [StatementRecord(session_id=sid, seq=i, sql=f"select {i}", decision="allow", started_at=now, rows=1)
          for i in (1, 2, 3)]
     )
-    await store.end_session(sid, reason="client terminated", stats=SessionStats(3, 1, 1))
+    await store.sessions.end_session(sid, reason="client terminated", stats=SessionStats(3, 1, 1))
     return issued.token
 
 
@@ -121,7 +121,7 @@ async def test_verify_with_key_and_witness_is_anchored_and_names_a_rewrite(store
     settings, setup = anchored(tmp_path)
     witness = tmp_path / "witness.jsonl"
     await seed(store)
-    await witness_head(store, setup)
+    await witness_head(store.audit, setup)
     app = create_app(settings, store)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://jitgate.test") as c:
         body = (await c.get("/v1/audit/verify", headers=AUTH)).json()
@@ -142,7 +142,7 @@ async def test_verify_ranges_reach_their_end_and_limits_bound_the_unwitnessed_ta
 ) -> None:
     settings, setup = anchored(tmp_path)
     await seed(store)  # seq 1..6
-    await witness_head(store, setup)  # checkpoint 7
+    await witness_head(store.audit, setup)  # checkpoint 7
     await seed(store)  # seq 8..13
     app = create_app(settings, store)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://jitgate.test") as c:
@@ -173,9 +173,9 @@ async def test_verify_checks_only_appended_witness_lines_and_reports_a_shrunk_wi
     settings, setup = anchored(tmp_path)
     witness = tmp_path / "witness.jsonl"
     await seed(store)
-    await witness_head(store, setup)  # checkpoint 7
+    await witness_head(store.audit, setup)  # checkpoint 7
     await seed(store)
-    await witness_head(store, setup)  # checkpoint 14
+    await witness_head(store.audit, setup)  # checkpoint 14
     app = create_app(settings, store)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://jitgate.test") as c:
         async def verify() -> dict[str, Any]:
@@ -188,7 +188,7 @@ async def test_verify_checks_only_appended_witness_lines_and_reports_a_shrunk_wi
         again = await verify()
         assert again["anchored"] and again["witnessed_through"] == 14 and app.state.witness_cache.verified == 2
         await seed(store)
-        await witness_head(store, setup)  # checkpoint 21: one line appended
+        await witness_head(store.audit, setup)  # checkpoint 21: one line appended
         grown = await verify()
         assert grown["anchored"] and grown["witnessed_through"] == 21 and app.state.witness_cache.verified == 3
 

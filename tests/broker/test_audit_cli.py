@@ -46,19 +46,20 @@ def seed(config: Path) -> str:
     async def run() -> str:
         store = await Store.open(f"sqlite+aiosqlite:///{db_path(config)}")
         try:
-            issued = await store.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1),
+            issued = await store.tokens.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite",
+                timedelta(hours=1),
                                              True)
-            grant = await store.verify_token(issued.token, "demo")
-            sid = await store.start_session(grant, client_addr="127.0.0.1:40000", application_name="psql",
+            grant = await store.tokens.verify_token(issued.token, "demo")
+            sid = await store.sessions.start_session(grant, client_addr="127.0.0.1:40000", application_name="psql",
                                             intent="look around")
-            await store.record_statements([
+            await store.sessions.record_statements([
                 StatementRecord(session_id=sid, seq=1, sql="select email from customers limit 2", decision="allow",
                                 started_at=datetime.now(UTC), rows=2, masked_values=2, duration_ms=1.5),
                 StatementRecord(session_id=sid, seq=2, sql="drop table customers", decision="block",
                                 started_at=datetime.now(UTC), rule="drop", reason="no drops",
                                 error_sqlstate="42501"),
             ])
-            await store.end_session(sid, reason="client terminated", stats=SessionStats(2, 10, 20))
+            await store.sessions.end_session(sid, reason="client terminated", stats=SessionStats(2, 10, 20))
             return sid
         finally:
             await store.close()

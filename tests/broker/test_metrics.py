@@ -24,6 +24,7 @@ from broker.audit.forward import AuditForwarder
 from broker.exceptions import StoreUnavailable
 from broker.recorder import Recorder
 from broker.store import Grant, StatementRecord, Store
+from broker.store.sessions import SessionRepository
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("broker", "proxy", "workers", "slackapp")
@@ -208,19 +209,20 @@ GRANT = Grant(
 
 
 class FlakyStore:
-    """The real store behind a switch that makes `record_statements` fail like an outage."""
+    """The real sessions repository behind a switch that makes `record_statements` fail like an
+    outage."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, sessions: SessionRepository) -> None:
+        self.sessions = sessions
         self.down = False
 
     async def record_statements(self, records: Sequence[StatementRecord]) -> None:
         if self.down:
             raise StoreUnavailable("record statements: store unavailable (ConnectionRefused)")
-        await self.store.record_statements(records)
+        await self.sessions.record_statements(records)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
+        return getattr(self.sessions, name)
 
 
 @pytest.fixture
@@ -237,7 +239,7 @@ def rec(session_id: str, seq: int) -> StatementRecord:
 
 
 async def test_recorder_pending_is_the_backlog_during_an_outage(store: Store) -> None:
-    flaky = FlakyStore(store)
+    flaky = FlakyStore(store.sessions)
     recorder = Recorder(flaky, flush_interval=0.01, batch_size=5, high_water=100, max_backoff=0.02)  # type: ignore[arg-type]
     recorder.start()
     sid = await recorder.start_session(GRANT)
@@ -261,7 +263,7 @@ async def test_recorder_drops_are_counted_by_cause(store: Store) -> None:
 
     before = {cause: dropped(cause) for cause in ("invalid", "overflow", "shutdown")}
     # invalid: the store refuses a record (its session does not exist); the good ones are kept.
-    recorder = Recorder(store, flush_interval=0.01, batch_size=10, high_water=100, writer_process=False)
+    recorder = Recorder(store.sessions, flush_interval=0.01, batch_size=10, high_water=100, writer_process=False)
     recorder.start()
     sid = await recorder.start_session(GRANT)
     recorder.record_statement(rec(sid, 1))
@@ -272,7 +274,7 @@ async def test_recorder_drops_are_counted_by_cause(store: Store) -> None:
     await recorder.aclose()
 
     # overflow: past the hard limit while the store is down; shutdown: still unwritten at close.
-    flaky = FlakyStore(store)
+    flaky = FlakyStore(store.sessions)
     recorder = Recorder(
         flaky, flush_interval=0.01, batch_size=2, high_water=4, hard_limit=6, max_backoff=0.02,  # type: ignore[arg-type]
         close_timeout=0.2, writer_process=False,

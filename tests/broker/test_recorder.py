@@ -40,23 +40,23 @@ class FlakyStore:
             self.failures += 1
             raise StoreUnavailable("record statements: store unavailable (ConnectionRefused)")
         self.batches.append(len(records))
-        await self.store.record_statements(records)
+        await self.store.sessions.record_statements(records)
 
     async def start_session(self, grant: Grant, **kw: str | None) -> str:
-        return await self.store.start_session(grant, **kw)  # type: ignore[arg-type]
+        return await self.store.sessions.start_session(grant, **kw)  # type: ignore[arg-type]
 
     async def end_session(
         self, session_id: str, *, reason: str, stats: SessionStats | None = None
     ) -> bool:
-        return await self.store.end_session(session_id, reason=reason, stats=stats)
+        return await self.store.sessions.end_session(session_id, reason=reason, stats=stats)
 
     async def start_sessions(self, starts: Sequence[SessionStart]) -> list[str]:
         if self.down:
             raise StoreUnavailable("start session: store unavailable (ConnectionRefused)")
-        return await self.store.start_sessions(starts)
+        return await self.store.sessions.start_sessions(starts)
 
     async def end_sessions(self, ends: Sequence[SessionEnd]) -> list[bool]:
-        return await self.store.end_sessions(ends)
+        return await self.store.sessions.end_sessions(ends)
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def rec(session_id: str, seq: int, **kw: object) -> StatementRecord:
 
 
 async def recorded(store: Store, session_id: str) -> list[int]:
-    detail = await store.get_session(session_id)
+    detail = await store.sessions.get_session(session_id)
     assert detail is not None
     return [s.seq for s in detail.statements]
 
@@ -188,7 +188,7 @@ async def test_backlog_over_high_water_is_overloaded_but_kept(
 
 
 async def test_a_bad_record_is_dropped_without_blocking_the_others(store: Store) -> None:
-    recorder = Recorder(store, flush_interval=0.01, batch_size=10, high_water=100)
+    recorder = Recorder(store.sessions, flush_interval=0.01, batch_size=10, high_water=100)
     recorder.start()
     sid = await recorder.start_session(GRANT)
     recorder.record_statement(rec(sid, 1))
@@ -202,7 +202,7 @@ async def test_a_bad_record_is_dropped_without_blocking_the_others(store: Store)
 
 
 async def test_end_session_writes_statements_first(store: Store) -> None:
-    recorder = Recorder(store, flush_interval=10, batch_size=100, high_water=1000)
+    recorder = Recorder(store.sessions, flush_interval=10, batch_size=100, high_water=1000)
     recorder.start()
     active_before = sample("jitgate_sessions_active")
     sid = await recorder.start_session(GRANT)
@@ -215,7 +215,7 @@ async def test_end_session_writes_statements_first(store: Store) -> None:
     )
     assert ended
     assert sample("jitgate_sessions_active") == active_before
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and detail.session.end_reason == "client closed"
     assert [s.seq for s in detail.statements] == [1, 2]
     await recorder.aclose()
@@ -235,18 +235,18 @@ async def test_end_session_does_not_raise_when_the_store_fails(flaky: FlakyStore
 
 
 async def test_a_connect_burst_shares_transactions_and_every_session_is_recorded(store: Store) -> None:
-    recorder = Recorder(store, writer_process=False)
+    recorder = Recorder(store.sessions, writer_process=False)
     recorder.start()
     active_before = sample("jitgate_sessions_active")
     ids = await asyncio.gather(*(recorder.start_session(GRANT, client_addr=f"c{i}") for i in range(100)))
     assert len(set(ids)) == 100
     assert recorder._starts.batches < 10  # not one transaction per session
     assert sample("jitgate_sessions_active") == active_before + 100
-    assert len(await store.list_sessions(active_only=True, limit=1000)) == 100
+    assert len(await store.sessions.list_sessions(active_only=True, limit=1000)) == 100
     ended = await asyncio.gather(*(recorder.end_session(sid, reason="bye") for sid in ids))
     assert all(ended) and recorder._ends.batches < 10
-    assert await store.list_sessions(active_only=True, limit=1000) == []
-    assert (await store.verify_audit()).ok
+    assert await store.sessions.list_sessions(active_only=True, limit=1000) == []
+    assert (await store.audit.verify_audit()).ok
     await recorder.aclose()
 
 
@@ -257,7 +257,7 @@ class SlowStarts(FlakyStore):
 
     async def start_sessions(self, starts: Sequence[SessionStart]) -> list[str]:
         self.writing.set()
-        ids = await self.store.start_sessions(starts)
+        ids = await self.store.sessions.start_sessions(starts)
         await asyncio.sleep(0.05)  # committed; the answer is on its way back
         return ids
 
@@ -270,7 +270,7 @@ async def test_a_start_recorded_after_its_connection_gave_up_is_ended(store: Sto
     await slow.writing.wait()
     gone.cancel()  # the client went away while its start was being written
     for _ in range(100):
-        (orphan,) = await store.list_sessions(limit=10)
+        (orphan,) = await store.sessions.list_sessions(limit=10)
         if orphan.ended_at is not None:
             break
         await asyncio.sleep(0.02)
@@ -289,13 +289,13 @@ async def test_a_start_cancelled_while_queued_is_not_recorded(store: Store) -> N
     gone.cancel()
     sid = await first
     await asyncio.sleep(0.1)
-    assert [s.client_addr for s in await store.list_sessions(limit=10)] == ["first"]
+    assert [s.client_addr for s in await store.sessions.list_sessions(limit=10)] == ["first"]
     await recorder.end_session(sid, reason="bye")
     await recorder.aclose()
 
 
 async def test_aclose_writes_everything_then_refuses(store: Store) -> None:
-    recorder = Recorder(store, flush_interval=10, batch_size=500, high_water=1000)
+    recorder = Recorder(store.sessions, flush_interval=10, batch_size=500, high_water=1000)
     recorder.start()
     sid = await recorder.start_session(GRANT)
     for seq in range(1, 8):
@@ -322,7 +322,7 @@ async def test_aclose_gives_up_after_close_timeout(flaky: FlakyStore) -> None:
 
 
 async def test_metrics_count_decisions_masking_and_durations(store: Store) -> None:
-    recorder = Recorder(store)
+    recorder = Recorder(store.sessions)
     recorder.start()
     sid = await recorder.start_session(GRANT)
     blocked = sample("jitgate_statements_total", decision="block")
@@ -341,7 +341,7 @@ async def test_metrics_count_decisions_masking_and_durations(store: Store) -> No
 
 
 async def test_naive_started_at_is_refused_on_the_hot_path(store: Store) -> None:
-    recorder = Recorder(store)
+    recorder = Recorder(store.sessions)
     with pytest.raises(ValueError, match="aware"):
         recorder.record_statement(
             StatementRecord(
@@ -353,12 +353,12 @@ async def test_naive_started_at_is_refused_on_the_hot_path(store: Store) -> None
 
 def test_limits_must_be_ordered(store: Store) -> None:
     with pytest.raises(ValueError):
-        Recorder(store, batch_size=100, high_water=10)
+        Recorder(store.sessions, batch_size=100, high_water=10)
 
 
 async def test_records_before_start_are_written_by_aclose(store: Store) -> None:
-    recorder = Recorder(store)
-    sid = await store.start_session(GRANT)
+    recorder = Recorder(store.sessions)
+    sid = await store.sessions.start_session(GRANT)
     recorder.record_statement(rec(sid, 1))
     await recorder.aclose()
     assert await recorded(store, sid) == [1]

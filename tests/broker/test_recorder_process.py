@@ -47,11 +47,11 @@ def child_pids(writer: ProcessWriter) -> list[int]:
 
 
 async def test_a_file_store_gets_a_writer_process_and_a_memory_one_does_not(store: Store) -> None:
-    assert Recorder(store)._writer is not None
-    assert Recorder(store, writer_process=False)._writer is None
+    assert Recorder(store.sessions)._writer is not None
+    assert Recorder(store.sessions, writer_process=False)._writer is None
     memory = await Store.open("sqlite+aiosqlite://")
     try:
-        assert Recorder(memory)._writer is None
+        assert Recorder(memory.sessions)._writer is None
     finally:
         await memory.close()
 
@@ -59,7 +59,7 @@ async def test_a_file_store_gets_a_writer_process_and_a_memory_one_does_not(stor
 async def test_batches_are_written_by_the_child_and_chained(store: Store) -> None:
     forwarded: list[Any] = []
     store.audit_listeners.append(forwarded.extend)
-    recorder = Recorder(store, flush_interval=0.05, batch_size=100)
+    recorder = Recorder(store.sessions, flush_interval=0.05, batch_size=100)
     recorder.start()
     writer = recorder._writer
     assert writer is not None
@@ -70,21 +70,21 @@ async def test_batches_are_written_by_the_child_and_chained(store: Store) -> Non
     for seq in range(1, 351):
         recorder.record_statement(rec(sid, seq))
     await recorder.flush()
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and [s.seq for s in detail.statements] == list(range(1, 351))
-    statements = [r async for r in store.iter_audit() if r.type == "statement"]
+    statements = [r async for r in store.audit.iter_audit() if r.type == "statement"]
     assert [r.data["seq"] for r in statements] == list(range(1, 351))
     assert all(r.actor == "agent:proc" for r in statements)
     # The SIEM forwarder in this process still sees every statement record, after its commit.
     assert [r.hash for r in forwarded if r.type == "statement"] == [r.hash for r in statements]
-    report = await store.verify_audit()
+    report = await store.audit.verify_audit()
     assert report.ok and report.checked == 351
     await recorder.aclose()
     assert writer._pool is None
 
 
 async def test_a_dead_child_is_a_transient_failure_and_nothing_is_lost(store: Store) -> None:
-    recorder = Recorder(store, flush_interval=0.05, batch_size=50)
+    recorder = Recorder(store.sessions, flush_interval=0.05, batch_size=50)
     recorder.start()
     writer = recorder._writer
     assert writer is not None
@@ -99,16 +99,16 @@ async def test_a_dead_child_is_a_transient_failure_and_nothing_is_lost(store: St
     for seq in range(101, 201):
         recorder.record_statement(rec(sid, seq))
     await asyncio.wait_for(recorder.flush(), 60)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and [s.seq for s in detail.statements] == list(range(1, 201))
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok
     await recorder.aclose()
 
 
 async def test_backlog_still_makes_the_recorder_unhealthy(store: Store) -> None:
     # Failing closed does not depend on where batches are written: past high_water the
     # proxy refuses statements (57P03) until the writer catches up.
-    recorder = Recorder(store, flush_interval=10, batch_size=10, high_water=20, hard_limit=40)
+    recorder = Recorder(store.sessions, flush_interval=10, batch_size=10, high_water=20, hard_limit=40)
     recorder.start()
     assert recorder._writer is not None
     sid = await recorder.start_session(GRANT)
@@ -123,7 +123,7 @@ async def test_backlog_still_makes_the_recorder_unhealthy(store: Store) -> None:
 
 
 async def test_backlog_slows_clients_before_failing_closed(store: Store) -> None:
-    recorder = Recorder(store, flush_interval=10, batch_size=10, high_water=40, hard_limit=80, soft_limit=20,
+    recorder = Recorder(store.sessions, flush_interval=10, batch_size=10, high_water=40, hard_limit=80, soft_limit=20,
                         writer_process=False)
     recorder.start()
     sid = await recorder.start_session(GRANT)

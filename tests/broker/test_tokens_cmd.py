@@ -46,7 +46,7 @@ def verify(config: Path, token: str, resource: str = "demo"):
     async def run():
         store = await Store.open(f"sqlite+aiosqlite:///{config.parent}/data/jitgate.db")
         try:
-            return await store.verify_token(token, resource)
+            return await store.tokens.verify_token(token, resource)
         finally:
             await store.close()
 

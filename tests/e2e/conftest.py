@@ -64,7 +64,7 @@ class Gateway:
         reusable: bool = True,
         principal: str = "agent:test",
     ) -> str:
-        issued = self.call(self.store.issue_token(principal, list(groups), resource, role, ttl, reusable))
+        issued = self.call(self.store.tokens.issue_token(principal, list(groups), resource, role, ttl, reusable))
         return issued.token
 
     def token(self, resource: str = "demo") -> str:
@@ -131,7 +131,7 @@ def start_gateway(
 
         async def main() -> None:
             store = await Store.open(settings.store_url.get_secret_value())
-            recorder = Recorder(store, flush_interval=0.05)
+            recorder = Recorder(store.sessions, flush_interval=0.05)
             recorder.start()
             hook = review
             if approvals is not None:

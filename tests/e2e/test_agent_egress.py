@@ -53,7 +53,7 @@ def gateways(upstream: Upstream, demo_roles: DemoRoles, clock: Clock) -> Iterato
         second = start_gateway(upstream, demo_roles, Path(tmp), extra=extra)
         try:
             for gw in (first, second):
-                gw.server.ctx.egress_ledger = AgentEgressLedger(gw.store, clock=clock, interval=0.2)
+                gw.server.ctx.egress_ledger = AgentEgressLedger(gw.store.egress, clock=clock, interval=0.2)
             yield first, second
         finally:
             stop_gateway(second)
@@ -71,7 +71,7 @@ def dsn(gw: Gateway, principal: str, app: str) -> str:
 
 def used(gw: Gateway, principal: str, clock: Clock) -> int:
     start = int(clock.now) // HOUR * HOUR
-    [(rows, _)] = gw.call(gw.store.charge_egress([EgressCharge(principal, RESOURCE, HOUR, start)]))
+    [(rows, _)] = gw.call(gw.store.egress.charge_egress([EgressCharge(principal, RESOURCE, HOUR, start)]))
     return int(rows)
 
 

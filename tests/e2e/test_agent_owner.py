@@ -21,7 +21,7 @@ OWNER = Voter("person:olga@example.com", ("dba",), "api")
 
 def test_agents_statement_approval_names_owner_who_cannot_approve(gw: Gateway) -> None:  # noqa: F811
     issued = gw.call(
-        gw.store.issue_token(
+        gw.store.tokens.issue_token(
             "agent:bot", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True, owner=OWNER.principal
         )
     )

@@ -64,10 +64,10 @@ def _psql(gw: Gateway, sql: str, *, intent: str | None = None) -> subprocess.Pop
 def _ended_session_with(gw: Gateway, sql: str, timeout: float = 15) -> SessionDetail:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for s in gw.call(gw.store.list_sessions(limit=200)):
+        for s in gw.call(gw.store.sessions.list_sessions(limit=200)):
             if s.ended_at is None:
                 continue
-            detail = gw.call(gw.store.get_session(s.id))
+            detail = gw.call(gw.store.sessions.get_session(s.id))
             if detail is not None and any(st.sql == sql for st in detail.statements):
                 return detail
         time.sleep(0.1)
@@ -76,7 +76,7 @@ def _ended_session_with(gw: Gateway, sql: str, timeout: float = 15) -> SessionDe
 
 def _records(gw: Gateway, session_id: str) -> list[AuditRecord]:
     async def collect() -> list[AuditRecord]:
-        return [r async for r in gw.store.iter_audit() if r.session_id == session_id]
+        return [r async for r in gw.store.audit.iter_audit() if r.session_id == session_id]
 
     records: list[AuditRecord] = gw.call(collect())
     return records

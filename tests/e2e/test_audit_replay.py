@@ -30,7 +30,7 @@ def _ended_session(gateway) -> str:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         gateway.flush()
-        for s in gateway.call(gateway.store.list_sessions(limit=200)):
+        for s in gateway.call(gateway.store.sessions.list_sessions(limit=200)):
             if s.application_name == APP_NAME and not s.active:
                 return str(s.id)
         time.sleep(0.05)
@@ -73,11 +73,11 @@ def test_replay_matches_what_psql_saw(gateway, tmp_path: Path) -> None:  # type:
     audit = [r for r in gateway.call(_collect(gateway.store)) if r.session_id == sid]
     assert [r.type for r in audit] == ["session.start", "statement", "statement", "statement", "session.end"]
     assert audit[0].data["application_name"] == APP_NAME
-    assert gateway.call(gateway.store.verify_audit()).ok
+    assert gateway.call(gateway.store.audit.verify_audit()).ok
 
 
 async def _collect(store):  # type: ignore[no-untyped-def]
-    return [r async for r in store.iter_audit()]
+    return [r async for r in store.audit.iter_audit()]
 
 
 def test_intent_is_on_every_statement_record(gateway) -> None:  # type: ignore[no-untyped-def]
@@ -90,7 +90,7 @@ def test_intent_is_on_every_statement_record(gateway) -> None:  # type: ignore[n
     gateway.flush()
 
     async def statements() -> list[dict]:  # type: ignore[type-arg]
-        return [r.data async for r in gateway.store.iter_audit() if r.type == "statement"
+        return [r.data async for r in gateway.store.audit.iter_audit() if r.type == "statement"
                 and "intent-marker" in str(r.data.get("sql"))]
 
     found = gateway.call(statements())

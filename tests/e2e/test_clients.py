@@ -245,9 +245,9 @@ def test_statements_are_recorded_with_decisions(gateway):
     gateway.flush()
 
     async def fetch():
-        sessions = await gateway.store.list_sessions()
+        sessions = await gateway.store.sessions.list_sessions()
         mine = [s for s in sessions if s.principal == "agent:recorded"]
-        detail = await gateway.store.get_session(mine[0].id)
+        detail = await gateway.store.sessions.get_session(mine[0].id)
         return detail
 
     import time

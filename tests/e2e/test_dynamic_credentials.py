@@ -398,10 +398,10 @@ def test_access_request_and_vault_session_are_audited_without_secrets(
     gw.flush()
 
     async def export() -> str:
-        return "".join([chunk async for chunk in render(gw.store.iter_audit(), "jsonl")])
+        return "".join([chunk async for chunk in render(gw.store.audit.iter_audit(), "jsonl")])
 
     text = gw.call(export())
-    assert gw.call(gw.store.verify_audit()).ok
+    assert gw.call(gw.store.audit.verify_audit()).ok
     records = [json.loads(line) for line in text.splitlines()]
     (start,) = [r for r in records if r["type"] == "session.start" and r["data"]["token_id"] == granted["token_id"]]
     session_id = start["session_id"]
@@ -424,7 +424,8 @@ def test_access_request_and_vault_session_are_audited_without_secrets(
 async def test_grant_expiry_mid_session_revokes_the_dynamic_role(dyn_gateway: Gateway, upstream: Upstream) -> None:
     token = await asyncio.wrap_future(
         asyncio.run_coroutine_threadsafe(
-            dyn_gateway.store.issue_token("agent:test", ["ai-agents"], "vault_demo", "readwrite", timedelta(seconds=2)),
+            dyn_gateway.store.tokens.issue_token("agent:test", ["ai-agents"], "vault_demo", "readwrite",
+                timedelta(seconds=2)),
             dyn_gateway.loop,
         )
     )

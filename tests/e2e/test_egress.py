@@ -47,9 +47,9 @@ def _statements(gw: Gateway, app: str) -> list[StatementInfo]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         gw.flush()
-        for s in gw.call(gw.store.list_sessions(limit=200)):
+        for s in gw.call(gw.store.sessions.list_sessions(limit=200)):
             if s.application_name == app and not s.active:
-                return list(gw.call(gw.store.get_session(s.id)).statements)
+                return list(gw.call(gw.store.sessions.get_session(s.id)).statements)
         time.sleep(0.05)
     raise AssertionError(f"no ended session {app}")
 

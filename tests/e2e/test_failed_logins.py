@@ -45,7 +45,7 @@ def failures(reason: str) -> float:
 def audit(gw: Gateway) -> list[Any]:
     async def read() -> list[Any]:
         await gw.server.ctx.recorder.logins.flush()  # type: ignore[attr-defined]
-        return [r async for r in gw.store.iter_audit()]
+        return [r async for r in gw.store.audit.iter_audit()]
 
     return gw.call(read())
 
@@ -83,8 +83,8 @@ def expired(gw: Gateway) -> str:
 
 def revoked(gw: Gateway) -> str:
     token = gw.issue()
-    token_id = gw.call(gw.store.verify_token(token, "demo")).token_id
-    assert gw.call(gw.store.revoke_token(token_id))
+    token_id = gw.call(gw.store.tokens.verify_token(token, "demo")).token_id
+    assert gw.call(gw.store.tokens.revoke_token(token_id))
     return token
 
 
@@ -132,7 +132,7 @@ def test_a_refused_login_is_one_audit_record(
     # The token, or any part of it worth the name, is in no record and no log line.
     for text in (repr([(r.type, r.data) for r in audit(gw)]), repr(logs)):
         assert token not in text and token[4:20] not in text
-    assert gw.call(gw.store.verify_audit()).ok
+    assert gw.call(gw.store.audit.verify_audit()).ok
 
 
 def test_the_token_is_in_no_file_of_the_store(gw: Gateway) -> None:
@@ -180,7 +180,7 @@ def test_a_token_in_application_name_or_intent_is_not_kept(gw: Gateway) -> None:
     text = repr([(r.type, r.data) for r in records])
     for secret in (leaked, leaked[4:20], "hunter22-secret"):
         assert secret not in text
-    sessions = gw.call(gw.store.list_sessions(limit=10))
+    sessions = gw.call(gw.store.sessions.list_sessions(limit=10))
     assert not any(leaked in repr(s) or "hunter22" in repr(s) for s in sessions)
     for path in Path(gw.settings.data_dir).rglob("*"):
         if path.is_file():

@@ -20,7 +20,8 @@ def _connect(gateway: Gateway, token: str) -> psycopg.Connection:
 
 
 def _grant(gateway: Gateway) -> object:
-    return gateway.call(gateway.store.issue_token("agent:test", ["ai-agents"], "demo", "readwrite", timedelta(hours=1)))
+    return gateway.call(gateway.store.tokens.issue_token("agent:test", ["ai-agents"], "demo", "readwrite",
+        timedelta(hours=1)))
 
 
 def _ended_within(conn: psycopg.Connection, seconds: float) -> psycopg.Error | None:
@@ -52,7 +53,7 @@ def test_session_ends_soon_after_its_token_is_revoked(gateway: Gateway) -> None:
     issued: Any = _grant(gateway)
     with _connect(gateway, issued.token) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
-        assert gateway.call(gateway.store.revoke_token(issued.token_id))
+        assert gateway.call(gateway.store.tokens.revoke_token(issued.token_id))
         exc = _ended_within(conn, 8)  # the proxy checks every 5 s
         assert exc is not None, "the session outlived its revoked token"
         assert "gateway grant was revoked" in str(exc)
@@ -62,5 +63,5 @@ def test_session_of_a_live_grant_is_left_alone(gateway: Gateway) -> None:
     other: Any = _grant(gateway)
     token = gateway.issue(ttl=timedelta(hours=1))
     with _connect(gateway, token) as conn:
-        gateway.call(gateway.store.revoke_token(other.token_id))  # someone else's grant
+        gateway.call(gateway.store.tokens.revoke_token(other.token_id))  # someone else's grant
         assert _ended_within(conn, 6) is None

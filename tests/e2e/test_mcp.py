@@ -175,7 +175,7 @@ async def test_tools_over_stdio(gw, mcp_config, upstream):
     gw.flush()
 
     async def export() -> str:
-        return "".join([chunk async for chunk in render(gw.store.iter_audit(), "jsonl")])
+        return "".join([chunk async for chunk in render(gw.store.audit.iter_audit(), "jsonl")])
 
     text = gw.call(export())
     records = [json.loads(line) for line in text.splitlines()]

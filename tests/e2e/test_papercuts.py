@@ -115,9 +115,9 @@ def test_the_syntax_error_is_recorded_as_a_refusal_with_42601(gw):
         with pytest.raises(psycopg.errors.SyntaxError):
             conn.execute("selec 'recorded' form t")
     gw.flush()
-    sessions = gw.call(gw.store.list_sessions())
+    sessions = gw.call(gw.store.sessions.list_sessions())
     session = next(s for s in sessions if s.application_name == "papercut-syntax")
-    detail = gw.call(gw.store.get_session(session.id))
+    detail = gw.call(gw.store.sessions.get_session(session.id))
     (statement,) = [s for s in detail.statements if "recorded" in s.sql]
     assert (statement.decision, statement.error_sqlstate) == ("block", "42601")
     assert statement.rule.endswith("/unparseable")

@@ -88,11 +88,11 @@ async def test_observe_mode_forwards_and_records_shadow_decision(gateway, upstre
     gateway.flush()
 
     async def shadow_decisions():
-        sessions = await gateway.store.list_sessions(limit=500)
+        sessions = await gateway.store.sessions.list_sessions(limit=500)
         out = []
         for s in sessions:
             if s.resource == "demo_observe":
-                detail = await gateway.store.get_session(s.id)
+                detail = await gateway.store.sessions.get_session(s.id)
                 out += [(st.sql, st.decision, st.shadow_decision) for st in detail.statements]
         return out
 

@@ -52,7 +52,7 @@ def _ended_session(gateway: Gateway, resource: str) -> str:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         gateway.flush()
-        for s in gateway.call(gateway.store.list_sessions(limit=200)):
+        for s in gateway.call(gateway.store.sessions.list_sessions(limit=200)):
             if s.application_name == APP_NAME and s.resource == resource and not s.active:
                 return str(s.id)
         time.sleep(0.05)

@@ -147,8 +147,8 @@ def recorded_approvals(env: Env, sql: str) -> list[str | None]:
     async def read() -> list[tuple[Any, str | None]]:
         await env.gw.recorder.flush()
         found = []
-        for info in await env.gw.store.list_sessions(limit=1000):
-            detail = await env.gw.store.get_session(info.id)
+        for info in await env.gw.store.sessions.list_sessions(limit=1000):
+            detail = await env.gw.store.sessions.get_session(info.id)
             assert detail is not None
             found += [(st.started_at, st.approval_id) for st in detail.statements if st.sql == sql]
         return sorted(found, key=lambda item: item[0])
@@ -631,9 +631,9 @@ def test_the_record_holds_what_happened(env: Env) -> None:
             conn.execute("update orders set status = 'parked' where id is not null")
 
     async def fetch() -> Any:
-        sessions = await env.gw.store.list_sessions(limit=200)
+        sessions = await env.gw.store.sessions.list_sessions(limit=200)
         mine = [s for s in sessions if s.principal == "agent:recorded-rehearsal"]
-        return await env.gw.store.get_session(mine[0].id)
+        return await env.gw.store.sessions.get_session(mine[0].id)
 
     deadline = time.monotonic() + 10
     while True:

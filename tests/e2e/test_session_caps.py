@@ -57,9 +57,9 @@ def _refused(gw: Gateway | int, token: str, resource: str = "demo") -> WireError
 def _held(gw: Gateway, *, token: str | None = None, principal: str | None = None) -> int:
     token_id = None
     if token is not None:
-        grant = gw.call(gw.store.verify_token(token, "demo"))
+        grant = gw.call(gw.store.tokens.verify_token(token, "demo"))
         token_id = grant.token_id
-    return int(gw.call(gw.store.session_slots(token_id=token_id, principal=principal)))
+    return int(gw.call(gw.store.slots.session_slots(token_id=token_id, principal=principal)))
 
 
 def _eventually(what: str, condition: Callable[[], bool], within: float = 10.0) -> None:

@@ -137,7 +137,7 @@ def stack(upstream, demo_roles, tmp_path_factory) -> Iterator[Stack]:
 
         async def serve_api() -> None:
             for who, groups in GROUPS.items():  # as if each had logged in through OIDC
-                await gw.store.remember_principal(
+                await gw.store.approvals.remember_principal(
                     Principal(subject=who, issuer="https://idp.test", email=f"{who}@example.com", groups=groups)
                 )
             app = create_app(gw.settings, gw.store, approvals_service=gw.server.ctx.review.service)
@@ -248,10 +248,10 @@ def test_nobody_approves_their_own_access_request_in_slack(stack):
         reason="hotfix for ticket 881", ttl=timedelta(minutes=30), approvers=["dba"],
     ))
     deadline = time.monotonic() + 20
-    while not stack.gw.call(stack.gw.store.approval_message(approval.id)):
+    while not stack.gw.call(stack.gw.store.approvals.approval_message(approval.id)):
         assert time.monotonic() < deadline, "no prompt"
         time.sleep(0.05)
-    _, ts = stack.gw.call(stack.gw.store.approval_message(approval.id))
+    _, ts = stack.gw.call(stack.gw.store.approvals.approval_message(approval.id))
     stack.click("U_OLGA", "jitgate_approve", approval.id, ts)
     while not stack.ephemerals("U_OLGA"):
         assert time.monotonic() < deadline, "no refusal shown"

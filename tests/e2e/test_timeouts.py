@@ -41,14 +41,14 @@ def _end_reason(gw: Gateway, session_id: str) -> str | None:
     gw.flush()
 
     async def reasons() -> dict[str, str]:
-        return {r.session_id: r.data["reason"] async for r in gw.store.iter_audit() if r.type == "session.end"}
+        return {r.session_id: r.data["reason"] async for r in gw.store.audit.iter_audit() if r.type == "session.end"}
 
     return gw.call(reasons()).get(session_id)
 
 
 def _session_id(gw: Gateway) -> str:
     gw.flush()
-    [active] = gw.call(gw.store.list_sessions(active_only=True))
+    [active] = gw.call(gw.store.sessions.list_sessions(active_only=True))
     return str(active.id)
 
 

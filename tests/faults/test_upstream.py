@@ -57,7 +57,7 @@ def _no_open_sessions(gw: Gateway, within: float = 10) -> None:
     deadline = time.monotonic() + within
     while True:
         gw.flush()
-        active = gw.call(gw.store.list_sessions(active_only=True))
+        active = gw.call(gw.store.sessions.list_sessions(active_only=True))
         if not active and gw.server.active_sessions == 0:
             return
         assert time.monotonic() < deadline, f"sessions left open: {active}"

@@ -38,7 +38,7 @@ def refusals(limit: str) -> float:
 
 
 async def test_the_token_cap_refuses_with_53300_naming_the_limit_not_the_token(store: Store) -> None:
-    admission = Admission(store, SessionCaps(per_agent=10, per_token=2))
+    admission = Admission(store.slots, SessionCaps(per_agent=10, per_token=2))
     slots = [await admission.admit(grant(), resource="demo") for _ in range(2)]
     before = refusals("token")
     with pytest.raises(SessionCapReached) as err:
@@ -58,7 +58,7 @@ async def test_the_token_cap_refuses_with_53300_naming_the_limit_not_the_token(s
 
 
 async def test_the_agent_cap_spans_its_tokens_and_spares_others(store: Store) -> None:
-    admission = Admission(store, SessionCaps(per_agent=3, per_token=5))
+    admission = Admission(store.slots, SessionCaps(per_agent=3, per_token=5))
     for i in range(3):
         await admission.admit(grant(f"tok-{i}"), resource="demo")
     before = refusals("agent")
@@ -72,7 +72,7 @@ async def test_the_agent_cap_spans_its_tokens_and_spares_others(store: Store) ->
 
 
 async def test_no_caps(store: Store) -> None:
-    admission = Admission(store, SessionCaps(per_agent=None, per_token=None))
+    admission = Admission(store.slots, SessionCaps(per_agent=None, per_token=None))
     for _ in range(20):
         await admission.admit(grant(), resource="demo")
 
@@ -90,15 +90,15 @@ async def test_a_store_that_cannot_count_refuses_the_connect(store: Store) -> No
 
 async def test_renewal_keeps_a_live_processs_slots_past_the_lease(store: Store) -> None:
     caps = SessionCaps(per_agent=None, per_token=1, lease_seconds=0.6)
-    admission = Admission(store, caps)
+    admission = Admission(store.slots, caps)
     renew = asyncio.create_task(admission.run())
     try:
         await admission.admit(grant(), resource="demo")
         await asyncio.sleep(1.5)  # past the lease: renewed meanwhile, so still held
         with pytest.raises(SessionCapReached):
-            await Admission(store, caps).admit(grant(), resource="demo")
+            await Admission(store.slots, caps).admit(grant(), resource="demo")
     finally:
         renew.cancel()
     # The process stops renewing (it died): the slot lapses within the lease.
     await asyncio.sleep(0.8)
-    await Admission(store, caps).admit(grant(), resource="demo")
+    await Admission(store.slots, caps).admit(grant(), resource="demo")

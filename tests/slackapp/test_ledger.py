@@ -30,49 +30,52 @@ async def park(store: Store) -> str:
 
 async def test_claim_record_and_find(store: Store, clock: FakeClock) -> None:
     approval_id = await park(store)
-    assert await store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) is None
+    assert await store.approvals.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) is None
     # Concurrent deliveries see the claim; the escalation is a message of its own.
-    assert await store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) == ("C1", None)
-    assert await store.claim_slack_message(approval_id, "escalation", channel="C2", stale_after=STALE) is None
-    assert await store.approval_message(approval_id) is None
-    await store.record_slack_message(approval_id, "prompt", channel="C1", ts="17.000100")
-    assert await store.approval_message(approval_id) == ("C1", "17.000100")
+    assert await store.approvals.claim_slack_message(approval_id, "prompt", channel="C1",
+        stale_after=STALE) == ("C1", None)
+    assert await store.approvals.claim_slack_message(approval_id, "escalation", channel="C2", stale_after=STALE) is None
+    assert await store.approvals.approval_message(approval_id) is None
+    await store.approvals.record_slack_message(approval_id, "prompt", channel="C1", ts="17.000100")
+    assert await store.approvals.approval_message(approval_id) == ("C1", "17.000100")
     clock.advance(STALE * 10)  # a posted message never goes stale
-    assert await store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) == (
+    assert await store.approvals.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) == (
         "C1", "17.000100")
-    await store.release_slack_message(approval_id, "prompt")  # only unposted claims are released
-    assert await store.approval_message(approval_id) == ("C1", "17.000100")
+    await store.approvals.release_slack_message(approval_id, "prompt")  # only unposted claims are released
+    assert await store.approvals.approval_message(approval_id) == ("C1", "17.000100")
 
 
 async def test_a_stale_or_released_claim_is_taken_over(store: Store, clock: FakeClock) -> None:
     approval_id = await park(store)
-    assert await store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) is None
+    assert await store.approvals.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) is None
     clock.advance(STALE - timedelta(seconds=1))
-    assert await store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) == ("C1", None)
+    assert await store.approvals.claim_slack_message(approval_id, "prompt", channel="C1",
+        stale_after=STALE) == ("C1", None)
     clock.advance(timedelta(seconds=2))  # the claimant died
-    assert await store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) is None
-    assert await store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) == ("C1", None)
-    await store.release_slack_message(approval_id, "prompt")
-    assert await store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) is None
+    assert await store.approvals.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) is None
+    assert await store.approvals.claim_slack_message(approval_id, "prompt", channel="C1",
+        stale_after=STALE) == ("C1", None)
+    await store.approvals.release_slack_message(approval_id, "prompt")
+    assert await store.approvals.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) is None
 
 
 async def test_racing_claims_have_one_winner(store: Store) -> None:
     approval_id = await park(store)
     results = await asyncio.gather(*[
-        store.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) for _ in range(8)
+        store.approvals.claim_slack_message(approval_id, "prompt", channel="C1", stale_after=STALE) for _ in range(8)
     ])
     assert results.count(None) == 1 and results.count(("C1", None)) == 7
 
 
 async def test_the_poster_over_the_store_posts_once(store: Store) -> None:
     approval_id = await park(store)
-    approval = await store.get_approval(approval_id)
+    approval = await store.approvals.get_approval(approval_id)
     assert approval is not None
     with SlackDouble() as slack:
         settings = SlackSettings(bot_token=slack.bot_token, signing_secret="s", channel="C_APPROVALS",
                                  api_url=slack.base_url)
         results = await asyncio.gather(*[
-            SlackPoster(make_web_client(settings), ledger=store).post_prompt(approval, "C_APPROVALS")
+            SlackPoster(make_web_client(settings), ledger=store.approvals).post_prompt(approval, "C_APPROVALS")
             for _ in range(3)
         ], return_exceptions=True)
         assert slack.count("chat.postMessage") == 1 and len(slack.messages("C_APPROVALS")) == 1
@@ -80,9 +83,10 @@ async def test_the_poster_over_the_store_posts_once(store: Store) -> None:
         for other in results:  # the others waited for the claim, or updated the recorded prompt
             assert other is posted or getattr(other, "error", None) == "post_in_flight" or (
                 not isinstance(other, BaseException) and other.ts == posted.ts)
-        assert await store.approval_message(approval_id) == ("C_APPROVALS", posted.ts)
+        assert await store.approvals.approval_message(approval_id) == ("C_APPROVALS", posted.ts)
         updates = slack.count("chat.update")
-        again = await SlackPoster(make_web_client(settings), ledger=store).post_prompt(approval, "C_APPROVALS")
+        again = await SlackPoster(make_web_client(settings), ledger=store.approvals).post_prompt(approval,
+            "C_APPROVALS")
         assert not again.new and again.ts == posted.ts and slack.count("chat.update") == updates + 1
         assert slack.count("chat.postMessage") == 1 and slack.count("conversations.history") == 0
 

@@ -56,13 +56,13 @@ async def test_votes_and_transitions_are_audited_in_the_chain(store):  # noqa: F
         await service.vote(approval.id, Voter("person:x@example.com", ("developers",)), "approve")
     await service.vote(approval.id, SAM, "approve")
     types = [(r.type, r.data.get("approval_id"), r.data.get("status"), r.data.get("approve"), r.data.get("reason"))
-             async for r in store.iter_audit() if r.data.get("approval_id") == approval.id]
+             async for r in store.audit.iter_audit() if r.data.get("approval_id") == approval.id]
     assert [t[0] for t in types] == [
         "approval.request", "approval.vote", "approval.vote", "approval.vote", "approval.decide"
     ]
     assert types[2][4].startswith("refused (not_approver)")
     assert types[-1][2] == "approved"
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_expiry_and_session_end(store, clock):  # noqa: F811
@@ -115,13 +115,13 @@ async def test_access_request_approved_then_collected_once(store):  # noqa: F811
         await service.vote(approval.id, DANA, "approve", scope="session")
     assert refused.value.code == "scope_not_allowed"
     await service.vote(approval.id, DANA, "approve")
-    assert (await store.get_access_request(result.request.id)).status == "approved"
+    assert (await store.access.get_access_request(result.request.id)).status == "approved"
     mallory = Principal(subject="m", issuer="https://idp", email="m@example.com", groups=("developers",))
     with pytest.raises(NotCollectable):
         await collect_grant(store, mallory, result.request.id)
     collected = await collect_grant(store, olga, result.request.id)
     assert collected.token and collected.request.status == "granted"
-    grant = await store.verify_token(collected.token, resource="demo")
+    grant = await store.tokens.verify_token(collected.token, resource="demo")
     assert grant.principal == olga.id and grant.role == "readwrite"
     with pytest.raises(NotCollectable):
         await collect_grant(store, olga, result.request.id)
@@ -130,7 +130,7 @@ async def test_access_request_approved_then_collected_once(store):  # noqa: F811
 async def test_directory_maps_emails_to_recent_logins(store, clock):  # noqa: F811
     service = ApprovalService(store, settings(directory_max_age="7d"))
     dana = Principal(subject="d", issuer="https://idp", email="Dana@Example.com", groups=("dba",))
-    await store.remember_principal(dana)
+    await store.approvals.remember_principal(dana)
     voter = await service.voter_for_email("dana@example.com")
     assert voter == Voter("person:Dana@Example.com", ("dba",), "slack")
     assert await service.voter_for_email("nobody@example.com") is None

@@ -149,7 +149,7 @@ async def test_large_export_runs_in_bounded_memory(tmp_path: Path) -> None:
     try:
         n = 1_600
         for start in range(0, n, 800):
-            await store.append_audit(
+            await store.audit.append_audit(
                 *(events.statement(session_id="s", seq=i, sql=f"select {i} from t where x = 'padding-{i:08d}'",
                                    decision="allow", started_at=T0, rows=i, masked_values=i % 3)
                   for i in range(start, start + 800))
@@ -157,7 +157,7 @@ async def test_large_export_runs_in_bounded_memory(tmp_path: Path) -> None:
         count = written = early_peak = 0
         tracemalloc.start()
         try:
-            async for chunk in render(store.iter_audit(chunk=50), "ocsf"):
+            async for chunk in render(store.audit.iter_audit(chunk=50), "ocsf"):
                 count += chunk.count("\n")
                 written += len(chunk)
                 if not early_peak and count >= n // 4:

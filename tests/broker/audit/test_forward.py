@@ -89,18 +89,19 @@ async def test_committed_records_reach_the_webhook_in_order(store: Store, collec
     forwarder = attach_forwarder(store, settings.audit.sink)
     assert forwarder is not None
     try:
-        sid = await store.start_session(grant(), client_addr="10.0.0.1:1", application_name="psql", intent=None)
-        await store.append_audit(events.config_changed(actor="person:ops", what="policy"))
+        sid = await store.sessions.start_session(grant(), client_addr="10.0.0.1:1", application_name="psql",
+            intent=None)
+        await store.audit.append_audit(events.config_changed(actor="person:ops", what="policy"))
         with pytest.raises(RuntimeError):
             async with store.transaction("doomed") as session:
-                await store._lock_audit(session)
-                await store._append_audit(session, [events.config_changed(actor="person:x", what="never")])
+                await store.audit.lock(session)
+                await store.audit.append(session, [events.config_changed(actor="person:x", what="never")])
                 raise RuntimeError("rolled back")
         await forwarder.flush()
     finally:
         store.audit_listeners.clear()
         await forwarder.aclose()
-    stored = [r.to_json() async for r in store.iter_audit()]
+    stored = [r.to_json() async for r in store.audit.iter_audit()]
     # Exactly the committed records, as the store has them (chain hashes included).
     assert collector.records == stored
     assert [r["type"] for r in stored] == ["session.start", "config.change"] and stored[0]["session_id"] == sid

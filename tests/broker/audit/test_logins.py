@@ -30,7 +30,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def failed(store: Store) -> list[dict]:
-    return [{**r.data, "type": r.type} async for r in store.iter_audit() if r.type == "auth.login_failed"]
+    return [{**r.data, "type": r.type} async for r in store.audit.iter_audit() if r.type == "auth.login_failed"]
 
 
 class GatedStore:
@@ -48,11 +48,11 @@ class GatedStore:
         if self.failures:
             self.failures -= 1
             raise StoreUnavailable("store away")
-        return await self.store.append_audit(*evs)
+        return await self.store.audit.append_audit(*evs)
 
 
 async def test_a_failed_login_is_recorded_and_counted(store: Store) -> None:
-    logins = FailedLogins(store)
+    logins = FailedLogins(store.audit)
     before = sample("jitgate_auth_failures_total", reason="revoked")
     logins.record(user="agent:ci", resource="demo", client_addr="10.0.0.7:51234", reason="revoked", token_id="t-1")
     assert sample("jitgate_auth_failures_total", reason="revoked") == before + 1  # counted at once
@@ -61,11 +61,11 @@ async def test_a_failed_login_is_recorded_and_counted(store: Store) -> None:
         "type": "auth.login_failed", "user": "agent:ci", "resource": "demo", "client_addr": "10.0.0.7:51234",
         "reason": "revoked", "via": "proxy", "token_id": "t-1", "ok": False,
     }]
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_a_claimed_name_that_looks_like_a_token_is_not_recorded(store: Store) -> None:
-    logins = FailedLogins(store)
+    logins = FailedLogins(store.audit)
     token = "jgt_" + "A" * 43
     logins.record(user=token, resource="x" * 1000, client_addr=None, reason="malformed")
     await logins.flush()
@@ -111,7 +111,7 @@ async def test_a_flood_is_bounded_counted_and_summarised_in_the_chain(store: Sto
     logins.record(user="late", resource="demo", client_addr=None, reason="unknown")
     await logins.flush()
     assert "suppressed" not in (await failed(store))[-1]
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_a_flood_does_not_fold_another_attempt_into_its_count(store: Store) -> None:
@@ -172,7 +172,7 @@ async def test_a_failing_store_is_retried_not_dropped(store: Store) -> None:
 
 
 async def test_close_writes_what_is_queued(store: Store) -> None:
-    logins = FailedLogins(store)
+    logins = FailedLogins(store.audit)
     logins.record(user="bob", resource="demo", client_addr=None, reason="expired")
     await logins.aclose()
     assert len(await failed(store)) == 1

@@ -23,7 +23,7 @@ from tests.broker.store.store_backends import FakeClock, backend_url, clock, sto
 
 async def append_days(store: Store, clock: FakeClock, days: int, per_day: int = 3) -> None:
     for _ in range(days):
-        await store.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(per_day)))
+        await store.audit.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(per_day)))
         clock.advance(timedelta(days=1))
 
 
@@ -32,13 +32,13 @@ async def test_prune_archives_and_the_chain_verifies_across_the_cut(
 ) -> None:
     await append_days(store, clock, 10)  # seq 1..30, three per day
     cut = clock.now - timedelta(days=5)
-    summary = await store.prune_audit(before=cut, archive_dir=tmp_path)
+    summary = await store.audit.prune_audit(before=cut, archive_dir=tmp_path)
     assert summary is not None and (summary.from_seq, summary.through_seq, summary.records) == (1, 15, 15)
 
-    remaining = [r async for r in store.iter_audit()]
+    remaining = [r async for r in store.audit.iter_audit()]
     assert remaining[0].seq == 16 and remaining[0].prev_hash == summary.through_hash
     assert remaining[-1].type == "audit.prune" and remaining[-1].data["through_seq"] == 15
-    report = await store.verify_audit()
+    report = await store.audit.verify_audit()
     assert report.ok and report.first_seq == 16 and report.checked == 16
 
     archived, trailer = verify_archive(summary.path)
@@ -47,21 +47,21 @@ async def test_prune_archives_and_the_chain_verifies_across_the_cut(
 
     # A second prune chains onto the first: its archive starts where the first ended.
     clock.advance(timedelta(days=3))
-    second = await store.prune_audit(before=clock.now - timedelta(days=4), archive_dir=tmp_path)
+    second = await store.audit.prune_audit(before=clock.now - timedelta(days=4), archive_dir=tmp_path)
     assert second is not None and second.prev_hash == summary.through_hash and second.from_seq == 16
-    assert (await store.verify_audit()).ok
-    assert await store.prune_audit(before=cut - timedelta(days=30), archive_dir=tmp_path) is None
+    assert (await store.audit.verify_audit()).ok
+    assert await store.audit.prune_audit(before=cut - timedelta(days=30), archive_dir=tmp_path) is None
 
 
 async def test_deleting_the_first_record_after_the_cut_is_detected(
     store: Store, clock: FakeClock, tmp_path: Path
 ) -> None:
     await append_days(store, clock, 4)
-    summary = await store.prune_audit(before=clock.now - timedelta(days=2), archive_dir=tmp_path)
+    summary = await store.audit.prune_audit(before=clock.now - timedelta(days=2), archive_dir=tmp_path)
     assert summary is not None
     async with store.engine.begin() as conn:
         await conn.execute(text("DELETE FROM audit_events WHERE seq = :s"), {"s": summary.through_seq + 1})
-    b = (await store.verify_audit()).broken
+    b = (await store.audit.verify_audit()).broken
     assert b is not None and (b.seq, b.kind) == (summary.through_seq + 2, "missing")
 
 
@@ -70,14 +70,14 @@ async def test_a_broken_chain_is_not_archived(store: Store, clock: FakeClock, tm
     async with store.engine.begin() as conn:
         await conn.execute(text("UPDATE audit_events SET actor = 'x' WHERE seq = 2"))
     with pytest.raises(ValueError, match="broken at seq 2"):
-        await store.prune_audit(before=clock.now, archive_dir=tmp_path)
+        await store.audit.prune_audit(before=clock.now, archive_dir=tmp_path)
     assert os.listdir(tmp_path) == []  # noqa: ASYNC240 - a test's temp dir
-    assert len([r async for r in store.iter_audit()]) == 12
+    assert len([r async for r in store.audit.iter_audit()]) == 12
 
 
 async def test_a_tampered_archive_is_detected(store: Store, clock: FakeClock, tmp_path: Path) -> None:
     await append_days(store, clock, 4)
-    summary = await store.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path)
+    summary = await store.audit.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path)
     assert summary is not None
     with gzip.open(summary.path, "rt") as f:
         lines = f.read().splitlines()
@@ -101,15 +101,15 @@ async def test_one_old_event_time_does_not_pull_younger_records_into_the_prune(
     await append_days(store, clock, 4)  # seq 1..12, three a day from day 0
     # A statement recorded now whose event time is long ago (its batch was written late).
     grant = Grant(None, "agent:demo", ("ai-agents",), "demo", "readwrite", clock.now + timedelta(days=30), True)
-    sid = await store.start_session(grant, client_addr="10.0.0.7:5000", application_name="psql")
-    await store.record_statements([StatementRecord(session_id=sid, seq=1, sql="select 1", decision="allow",
+    sid = await store.sessions.start_session(grant, client_addr="10.0.0.7:5000", application_name="psql")
+    await store.sessions.record_statements([StatementRecord(session_id=sid, seq=1, sql="select 1", decision="allow",
                                                    started_at=clock.now - timedelta(days=10))])
-    old = [r async for r in store.iter_audit() if r.type == "statement"]
+    old = [r async for r in store.audit.iter_audit() if r.type == "statement"]
     assert len(old) == 1 and old[0].seq == 14
     # Retention of two days: only days 0 and 1 (seq 1..6) are older than the cutoff.
-    summary = await store.prune_audit(before=clock.now - timedelta(days=2), archive_dir=tmp_path)
+    summary = await store.audit.prune_audit(before=clock.now - timedelta(days=2), archive_dir=tmp_path)
     assert summary is not None and (summary.from_seq, summary.through_seq) == (1, 6)
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_prunes_are_serialised_and_a_waiting_one_signs_nothing_stale(
@@ -127,10 +127,12 @@ async def test_prunes_are_serialised_and_a_waiting_one_signs_nothing_stale(
     async def quick(summary: ArchiveSummary) -> None:
         signed.append((summary.from_seq, summary.through_seq))
 
-    first = asyncio.create_task(store.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path / "1",
+    first = asyncio.create_task(store.audit.prune_audit(before=clock.now - timedelta(days=1),
+        archive_dir=tmp_path / "1",
                                                   on_archived=slow))
     await asyncio.wait_for(entered.wait(), 10)
-    second = asyncio.create_task(store.prune_audit(before=clock.now, archive_dir=tmp_path / "2", on_archived=quick))
+    second = asyncio.create_task(store.audit.prune_audit(before=clock.now, archive_dir=tmp_path / "2",
+        on_archived=quick))
     await asyncio.sleep(0.5)
     assert signed == [(1, 9)] and not second.done()  # waits for the first, has signed nothing
     release.set()
@@ -138,4 +140,4 @@ async def test_prunes_are_serialised_and_a_waiting_one_signs_nothing_stale(
     done = await asyncio.wait_for(second, 10)
     # It starts where the first ended: the signed prunes follow each other.
     assert done is not None and signed == [(1, 9), (10, 12)]  # seq 13, the prune record, is not older
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok

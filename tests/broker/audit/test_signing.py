@@ -20,16 +20,16 @@ KEY = Ed25519PrivateKey.generate()
 
 
 async def build(store: Store) -> int:
-    await store.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(5)))
-    cp = await store.checkpoint_audit(KEY)
+    await store.audit.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(5)))
+    cp = await store.audit.checkpoint_audit(KEY)
     assert cp is not None and cp.seq == 6 and cp.data["signs_seq"] == 5
-    await store.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(5, 8)))
+    await store.audit.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(5, 8)))
     return cp.seq
 
 
 async def rewrite_everything(store: Store, edit_seq: int) -> None:
     """What a forger with write access does: edit one record, then recompute every hash."""
-    records = [r async for r in store.iter_audit()]
+    records = [r async for r in store.audit.iter_audit()]
     prev = GENESIS_HASH
     async with store.engine.begin() as conn:
         for r in records:
@@ -46,27 +46,27 @@ async def rewrite_everything(store: Store, edit_seq: int) -> None:
 
 async def test_checkpoints_verify_and_report_coverage(store: Store) -> None:
     await build(store)
-    report = await store.verify_audit(checkpoints=CheckpointVerifier([KEY.public_key()]))
+    report = await store.audit.verify_audit(checkpoints=CheckpointVerifier([KEY.public_key()]))
     assert report.ok and report.checked == 9 and report.signed_through == 5
 
 
 async def test_rewritten_chain_is_caught_only_by_the_signature(store: Store) -> None:
     cp_seq = await build(store)
     await rewrite_everything(store, edit_seq=2)
-    assert (await store.verify_audit()).ok  # the hashes alone cannot tell
-    b = (await store.verify_audit(checkpoints=CheckpointVerifier([KEY.public_key()]))).broken
+    assert (await store.audit.verify_audit()).ok  # the hashes alone cannot tell
+    b = (await store.audit.verify_audit(checkpoints=CheckpointVerifier([KEY.public_key()]))).broken
     assert b is not None and (b.seq, b.kind) == (cp_seq, "bad_checkpoint")
 
 
 async def test_unknown_key_is_a_break(store: Store) -> None:
     cp_seq = await build(store)
     other = CheckpointVerifier([Ed25519PrivateKey.generate().public_key()])
-    b = (await store.verify_audit(checkpoints=other)).broken
+    b = (await store.audit.verify_audit(checkpoints=other)).broken
     assert b is not None and b.seq == cp_seq and "unknown key" in b.detail
 
 
 async def test_empty_chain_has_nothing_to_sign(store: Store) -> None:
-    assert await store.checkpoint_audit(KEY) is None
+    assert await store.audit.checkpoint_audit(KEY) is None
 
 
 def test_a_checkpoint_moved_onto_another_hash_fails_its_signature() -> None:

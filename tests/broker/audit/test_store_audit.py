@@ -32,12 +32,12 @@ def rec(sid: str, seq: int, **kw: object) -> StatementRecord:
 
 
 async def populate(store: Store, statements: int = 6) -> str:
-    issued = await store.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
-    g = await store.verify_token(issued.token, "demo")
-    sid = await store.start_session(g, client_addr="10.0.0.7:5555", application_name="psql", intent="inspect")
-    await store.record_statements([rec(sid, i) for i in range(1, statements + 1)])
-    await store.end_session(sid, reason="client terminated", stats=SessionStats(statements, 10, 20))
-    await store.revoke_token(issued.token_id)
+    issued = await store.tokens.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
+    g = await store.tokens.verify_token(issued.token, "demo")
+    sid = await store.sessions.start_session(g, client_addr="10.0.0.7:5555", application_name="psql", intent="inspect")
+    await store.sessions.record_statements([rec(sid, i) for i in range(1, statements + 1)])
+    await store.sessions.end_session(sid, reason="client terminated", stats=SessionStats(statements, 10, 20))
+    await store.tokens.revoke_token(issued.token_id)
     return issued.token
 
 
@@ -48,7 +48,7 @@ async def sql(store: Store, stmt: str, **params: object) -> None:
 
 async def test_flows_append_one_chain_without_secrets(store: Store) -> None:
     token = await populate(store)
-    records = [r async for r in store.iter_audit()]
+    records = [r async for r in store.audit.iter_audit()]
     assert [r.type for r in records] == [
         "token.issue", "session.start", *["statement"] * 6, "session.end", "token.revoke",
     ]
@@ -59,30 +59,30 @@ async def test_flows_append_one_chain_without_secrets(store: Store) -> None:
     assert stmt.data["decision"] == "allow" and stmt.data["rows"] == 1 and stmt.data["masked_values"] == 1
     dumped = json.dumps([r.to_json() for r in records])
     assert token not in dumped and token[4:20] not in dumped
-    report = await store.verify_audit()
+    report = await store.audit.verify_audit()
     assert report.ok and report.checked == 10 and report.last_seq == 10
 
 
 async def test_retried_batch_is_audited_once(store: Store) -> None:
-    sid = await store.start_session(grant())
+    sid = await store.sessions.start_session(grant())
     batch = [rec(sid, 1), rec(sid, 2)]
-    await store.record_statements(batch)
-    await store.record_statements([*batch, rec(sid, 3)])
-    types = [r.type async for r in store.iter_audit()]
+    await store.sessions.record_statements(batch)
+    await store.sessions.record_statements([*batch, rec(sid, 3)])
+    types = [r.type async for r in store.audit.iter_audit()]
     assert types == ["session.start", "statement", "statement", "statement"]
 
 
 async def test_failed_batch_leaves_no_audit_record(store: Store) -> None:
     with pytest.raises(StoreIntegrityError):
-        await store.record_statements([rec("no-such-session", 1)])
-    assert [r async for r in store.iter_audit()] == []
-    assert (await store.verify_audit()).ok
+        await store.sessions.record_statements([rec("no-such-session", 1)])
+    assert [r async for r in store.audit.iter_audit()] == []
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_edit_is_detected(store: Store) -> None:
     await populate(store)
     await sql(store, "UPDATE audit_events SET data = :d WHERE seq = 4", d=json.dumps({"sql": "select 1"}))
-    report = await store.verify_audit()
+    report = await store.audit.verify_audit()
     assert not report.ok and report.broken is not None
     assert (report.broken.seq, report.broken.kind) == (4, "altered")
     assert report.broken.id is not None
@@ -91,7 +91,7 @@ async def test_edit_is_detected(store: Store) -> None:
 async def test_delete_is_detected(store: Store) -> None:
     await populate(store)
     await sql(store, "DELETE FROM audit_events WHERE seq = 5")
-    b = (await store.verify_audit()).broken
+    b = (await store.audit.verify_audit()).broken
     assert b is not None and (b.seq, b.kind) == (6, "missing")
 
 
@@ -101,7 +101,7 @@ async def test_insert_is_detected(store: Store) -> None:
     # record that links correctly to seq 4.
     for seq in range(10, 4, -1):
         await sql(store, "UPDATE audit_events SET seq = :n WHERE seq = :o", n=seq + 1, o=seq)
-    prev = await store._audit_record(4)
+    prev = await store.audit.audit_record(4)
     assert prev is not None
     forged = seal(seq=5, id="forged", ts=prev.ts, type="statement", actor=None, session_id=None, data={},
                   prev_hash=prev.hash)
@@ -112,7 +112,7 @@ async def test_insert_is_detected(store: Store) -> None:
         ts=prev.ts if store.dialect == "postgresql" else prev.ts.replace(tzinfo=None),
         p=forged.prev_hash, h=forged.hash,
     )
-    b = (await store.verify_audit()).broken
+    b = (await store.audit.verify_audit()).broken
     assert b is not None and (b.seq, b.kind) == (6, "altered")
 
 
@@ -122,20 +122,20 @@ async def test_swap_is_detected(store: Store) -> None:
     await sql(store, "UPDATE audit_events SET seq = 1000 WHERE seq = 4")
     await sql(store, "UPDATE audit_events SET seq = 4 WHERE seq = 5")
     await sql(store, "UPDATE audit_events SET seq = 5 WHERE seq = 1000")
-    b = (await store.verify_audit()).broken
+    b = (await store.audit.verify_audit()).broken
     assert b is not None and (b.seq, b.kind) == (4, "altered")
 
 
 async def test_truncated_tail_is_detected(store: Store) -> None:
     await populate(store)
     await sql(store, "DELETE FROM audit_events WHERE seq > 7")
-    b = (await store.verify_audit()).broken
+    b = (await store.audit.verify_audit()).broken
     assert b is not None and (b.seq, b.kind) == (8, "truncated")
 
 
 async def test_appended_forgery_is_detected(store: Store) -> None:
     await populate(store)
-    last = await store._audit_record(10)
+    last = await store.audit.audit_record(10)
     assert last is not None
     forged = seal(seq=11, id="x", ts=last.ts, type="t", actor=None, session_id=None, data={}, prev_hash=last.hash)
     await sql(
@@ -144,16 +144,16 @@ async def test_appended_forgery_is_detected(store: Store) -> None:
         ts=last.ts if store.dialect == "postgresql" else last.ts.replace(tzinfo=None),
         p=forged.prev_hash, h=forged.hash,
     )
-    b = (await store.verify_audit()).broken
+    b = (await store.audit.verify_audit()).broken
     assert b is not None and (b.seq, b.kind) == (11, "unexpected_tail")
 
 
 async def test_range_verification(store: Store) -> None:
     await populate(store)
-    assert (await store.verify_audit(from_seq=3, to_seq=6)).checked == 4
+    assert (await store.audit.verify_audit(from_seq=3, to_seq=6)).checked == 4
     await sql(store, "UPDATE audit_events SET actor = 'mallory' WHERE seq = 8")
-    assert (await store.verify_audit(from_seq=3, to_seq=6)).ok
-    b = (await store.verify_audit(from_seq=5)).broken
+    assert (await store.audit.verify_audit(from_seq=3, to_seq=6)).ok
+    b = (await store.audit.verify_audit(from_seq=5)).broken
     assert b is not None and b.seq == 8
 
 
@@ -162,10 +162,10 @@ async def test_two_stores_appending_concurrently_make_one_chain(store: Store, ba
     try:
         async def burst(s: Store, who: str) -> None:
             for i in range(15):
-                await s.append_audit(events.config_changed(actor=who, what=f"k{i}"))
+                await s.audit.append_audit(events.config_changed(actor=who, what=f"k{i}"))
 
         await asyncio.gather(burst(store, "a"), burst(other, "b"), burst(store, "c"), burst(other, "d"))
     finally:
         await other.close()
-    report = await store.verify_audit()
+    report = await store.audit.verify_audit()
     assert report.ok and report.checked == 60

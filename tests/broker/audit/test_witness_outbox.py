@@ -52,12 +52,12 @@ async def test_a_prune_the_file_witness_missed_reaches_it_when_it_is_back(
     await append(store, 3, 20)  # seq 13..15, young
     file.down = True
     with structlog.testing.capture_logs() as logs:
-        summary = await prune_witnessed(store, setup, before=clock.now - timedelta(days=1),
+        summary = await prune_witnessed(store.audit, setup, before=clock.now - timedelta(days=1),
                                         archive_dir=tmp_path / "a")
     # The webhook took the prune entry, so the prune went ahead (past the file's last
     # checkpoint, 10), and it says so: nothing refused.
     assert summary is not None and summary.through_seq == 12
-    assert (await store.audit_state()).anchor_seq == 12  # type: ignore[union-attr]
+    assert (await store.audit.audit_state()).anchor_seq == 12  # type: ignore[union-attr]
     assert not [e for e in logs if e["event"] == "audit_witness_refused"]
     pruned = next(e for e in logs if e["event"] == "audit_pruned")
     assert pruned["through_seq"] == 12 and pruned["witnesses"] == {"file": "failed", "webhook": "written"}
@@ -66,18 +66,19 @@ async def test_a_prune_the_file_witness_missed_reaches_it_when_it_is_back(
 
     # Still down: the webhook is still signed for; the file's queue grows.
     await append(store, 1, 30)
-    down = await witness_head(store, setup)
+    down = await witness_head(store.audit, setup)
     assert down is not None and down["witnesses"] == {"file": "failed", "webhook": "written"}
 
     # Back: the next scheduled run delivers the queued prune entry, then signs the head.
     file.down = False
     await append(store, 1, 31)
-    back = await witness_head(store, setup)
+    back = await witness_head(store.audit, setup)
     assert back is not None and back["witnesses"] == {"file": "written", "webhook": "written"}
     assert Outbox(setup.state_dir, "file").pending() == []
     got = kinds(file.path)
     assert got[:3] == [("checkpoint", 6), ("checkpoint", 10), ("prune", 12)] and got[-1] == ("checkpoint", back["seq"])
-    report = await store.verify_audit(checkpoints=CHECKPOINTS, witness=read_witness(file.path, [KEY.public_key()]))
+    report = await store.audit.verify_audit(checkpoints=CHECKPOINTS, witness=read_witness(file.path,
+        [KEY.public_key()]))
     assert report.ok and report.anchored and report.witnessed_through == back["seq"]
 
 
@@ -91,7 +92,7 @@ async def test_a_queued_prune_covers_only_its_own_cut(store: Store, clock: FakeC
     clock.advance(timedelta(days=2))
     await append(store, 3, 20)
     file.down = True
-    assert await prune_witnessed(store, setup, before=clock.now - timedelta(days=1), archive_dir=tmp_path / "a")
+    assert await prune_witnessed(store.audit, setup, before=clock.now - timedelta(days=1), archive_dir=tmp_path / "a")
     outbox = Outbox(setup.state_dir, "file")
     queued = outbox.pending()
     prune = queued[0]
@@ -100,15 +101,15 @@ async def test_a_queued_prune_covers_only_its_own_cut(store: Store, clock: FakeC
     forged = dataclasses.replace(prune, signature=base64.b64encode(b"x" * 64).decode())
     outbox.save([forged], outbox.delivered())
     with pytest.raises(WitnessError, match=r"file \(in the file\): the chain no longer holds witnessed seq 10"):
-        await witness_head(store, setup)
+        await witness_head(store.audit, setup)
 
     outbox.save(queued, outbox.delivered())
-    fourteenth = await store.audit_record(14)
+    fourteenth = await store.audit.audit_record(14)
     assert fourteenth is not None
     await sql(store, "DELETE FROM audit_events WHERE seq <= 14")
     await sql(store, "UPDATE audit_state SET anchor_seq = 14, anchor_hash = :h", h=fourteenth.hash)
     with pytest.raises(WitnessError, match=r"file \(in the file\): .* seq 10 .* anchor is seq 14"):
-        await witness_head(store, setup)
+        await witness_head(store.audit, setup)
 
 
 class SlowDown:

@@ -80,17 +80,17 @@ async def test_beat_writes_checkpoints_to_the_witness(
     witness = tmp_path / "worm" / "witness.jsonl"
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/jitgate.db")
     try:
-        await store.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(3)))
+        await store.audit.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(3)))
         # The worker appends checkpoint seq 4 (signing seq 3) and witnesses it.
         first = await wait_for_seq(witness, 4, worker)
         assert first[-1]["kind"] == "checkpoint"
-        cp = await store.audit_record(4)
+        cp = await store.audit.audit_record(4)
         assert cp is not None and cp.type == "audit.checkpoint" and first[-1]["hash"] == cp.hash
         # More records: the next tick covers them, without anyone asking.
-        await store.append_audit(events.config_changed(actor="ops", what="later"))
+        await store.audit.append_audit(events.config_changed(actor="ops", what="later"))
         second = await wait_for_seq(witness, 6, worker)
         assert [e["seq"] for e in second] == [4, 6]
-        report = await store.verify_audit(
+        report = await store.audit.verify_audit(
             checkpoints=CheckpointVerifier([key.public_key()]), witness=read_witness(witness, [key.public_key()])
         )
         assert report.ok and report.anchored and report.witnessed_through == 6

@@ -120,7 +120,7 @@ async def test_login_through_the_dev_issuer_then_approve_from_the_page(env):
     r = await client.post(f"/console/approvals/{parked.id}/approve",
                           data={"csrf": csrf_of(page.text), "scope": "session"})
     assert r.status_code == 303 and r.headers["location"] == "/console/?done=approved"
-    logins = [r async for r in env.app.state.store.iter_audit() if r.type == "auth.login"]
+    logins = [r async for r in env.app.state.store.audit.iter_audit() if r.type == "auth.login"]
     assert [(r.actor, r.data["method"], r.data["ok"]) for r in logins] == [("person:dana@example.com", "console", True)]
     approved = await env.service.get(parked.id)
     assert approved.status is Status.APPROVED and approved.scope.value == "session"
@@ -221,7 +221,7 @@ async def test_callback_refuses_a_foreign_state(env):
         r = await client.get("/console/callback", params={"code": "x", "state": "not-mine"})
         assert r.status_code == 403 and "did not start here" in r.text
         assert SESSION_COOKIE not in client.cookies
-    logins = [r async for r in env.app.state.store.iter_audit() if r.type == "auth.login"]
+    logins = [r async for r in env.app.state.store.audit.iter_audit() if r.type == "auth.login"]
     assert len(logins) == 1 and logins[0].data["ok"] is False and "did not start here" in logins[0].data["reason"]
 
 
@@ -244,12 +244,12 @@ async def test_replay_shows_decisions_masking_and_recorded_results(env):
     from broker.store.records import StatementRecord
 
     store = env.app.state.store
-    issued = await store.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
-    grant = await store.verify_token(issued.token, "prod")
-    sid = await store.start_session(grant, application_name="psql", intent="tidy <orders>")
+    issued = await store.tokens.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
+    grant = await store.tokens.verify_token(issued.token, "prod")
+    sid = await store.sessions.start_session(grant, application_name="psql", intent="tidy <orders>")
     now = datetime.now(UTC)
     results = [{"columns": ["email"], "rows": [["j***@example.com"], [None]], "truncated": True}]
-    await store.record_statements([
+    await store.sessions.record_statements([
         StatementRecord(sid, 1, "select email from customers", "allow", now, rows=2, masked_values=1, results=results),
         StatementRecord(sid, 2, "select pg_read_file('/etc/passwd')", "block", now, rule="agent-safe/file-access",
                         error_sqlstate="42501"),
@@ -264,5 +264,5 @@ async def test_replay_shows_decisions_masking_and_recorded_results(env):
         assert issued.token not in text
         live = await dana.get("/console/fragments/sessions", headers={"X-Console-Fragment": "1"})
         assert sid in live.text and "select pg_read_file" in live.text
-        await store.end_session(sid, reason="client terminated")
+        await store.sessions.end_session(sid, reason="client terminated")
         assert sid not in (await dana.get("/console/fragments/sessions")).text

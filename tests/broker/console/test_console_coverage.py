@@ -15,11 +15,11 @@ from tests.broker.console.test_console import env  # noqa: F401
 
 async def test_replay_and_live_pages_warn_of_tampering(env):  # type: ignore[no-untyped-def]
     store = env.app.state.store
-    issued = await store.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
-    grant = await store.verify_token(issued.token, "prod")
-    sid = await store.start_session(grant, application_name="psql")
+    issued = await store.tokens.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
+    grant = await store.tokens.verify_token(issued.token, "prod")
+    sid = await store.sessions.start_session(grant, application_name="psql")
     now = datetime.now(UTC)
-    await store.record_statements([
+    await store.sessions.record_statements([
         StatementRecord(sid, 1, "select 1", "allow", now, rows=1),
         StatementRecord(sid, 2, "delete from orders", "review", now, rows=4, approval_id="a-1"),
     ])
@@ -43,11 +43,12 @@ async def test_replay_and_live_pages_warn_of_tampering(env):  # type: ignore[no-
 
 async def test_session_pages_warn_of_session_tampering_and_show_deleted_sessions(env):  # type: ignore[no-untyped-def]
     store = env.app.state.store
-    issued = await store.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
-    grant = await store.verify_token(issued.token, "prod")
-    forged = await store.start_session(grant, application_name="psql", intent="fix orders")
-    deleted = await store.start_session(grant, application_name="psql", intent="drop things")
-    await store.record_statements([StatementRecord(deleted, 1, "delete from orders", "allow", datetime.now(UTC))])
+    issued = await store.tokens.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
+    grant = await store.tokens.verify_token(issued.token, "prod")
+    forged = await store.sessions.start_session(grant, application_name="psql", intent="fix orders")
+    deleted = await store.sessions.start_session(grant, application_name="psql", intent="drop things")
+    await store.sessions.record_statements([StatementRecord(deleted, 1, "delete from orders", "allow",
+        datetime.now(UTC))])
     async with env.as_person("dana", ("dba",)) as dana:
         clean = (await dana.get(f"/console/sessions/{forged}")).text
         assert "Tampering" not in clean and "TAMPERED" not in clean

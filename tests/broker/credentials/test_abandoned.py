@@ -157,8 +157,9 @@ async def test_a_cancelled_acquire_is_recorded_and_released_through_the_ledger(
     vault = VaultProvider(openbao.settings(timeout_seconds=1), RESOURCES)
     manager = CredentialManager({"demo": vault}, LeaseLedger(store))
     try:
-        issued = await store.issue_token("agent:t", ["ai-agents"], "demo", "readonly", timedelta(hours=1))
-        session_id = await store.start_session(await store.verify_token(issued.token, "demo"), client_addr="test")
+        issued = await store.tokens.issue_token("agent:t", ["ai-agents"], "demo", "readonly", timedelta(hours=1))
+        session_id = await store.sessions.start_session(await store.tokens.verify_token(issued.token, "demo"),
+            client_addr="test")
         await manager.release(await manager.acquire(resource="demo", role="readonly", session_id=session_id))
         leases, roles = _leases(openbao), await vault_roles(upstream)
         with stopped(openbao):
@@ -169,7 +170,7 @@ async def test_a_cancelled_acquire_is_recorded_and_released_through_the_ledger(
                 await asking
 
         async def released() -> bool:
-            return [r.type async for r in store.iter_audit() if r.type.startswith("lease.")][2:] == [
+            return [r.type async for r in store.audit.iter_audit() if r.type.startswith("lease.")][2:] == [
                 "lease.issue",
                 "lease.revoke",
             ]
@@ -178,7 +179,7 @@ async def test_a_cancelled_acquire_is_recorded_and_released_through_the_ledger(
         await _until("the abandoned lease is recorded and released", released)
         await _settles(openbao, upstream, leases, roles)
         assert manager.ledger is not None and await manager.ledger.outstanding() == []
-        trail = [r.type async for r in store.iter_audit() if r.type.startswith("lease.")]
+        trail = [r.type async for r in store.audit.iter_audit() if r.type.startswith("lease.")]
         assert trail == ["lease.issue", "lease.revoke"] * 2
     finally:
         await manager.aclose()

@@ -27,9 +27,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def _session(store: Store) -> str:
-    issued = await store.issue_token("agent:t", ["ai-agents"], "demo", "readwrite", timedelta(hours=1))
-    grant = await store.verify_token(issued.token, "demo")
-    return await store.start_session(grant, client_addr="test")
+    issued = await store.tokens.issue_token("agent:t", ["ai-agents"], "demo", "readwrite", timedelta(hours=1))
+    grant = await store.tokens.verify_token(issued.token, "demo")
+    return await store.sessions.start_session(grant, client_addr="test")
 
 
 async def test_reaper_revokes_only_what_outlived_its_session(store: Store, upstream: Upstream) -> None:
@@ -45,7 +45,7 @@ async def test_reaper_revokes_only_what_outlived_its_session(store: Store, upstr
     await ledger.issued(live_cred, session_id=live)
     await ledger.issued(dead_cred, session_id=crashed)
     # The proxy that held `crashed` died after the session ended but before it revoked.
-    await store.end_session(crashed, reason="client disconnected")
+    await store.sessions.end_session(crashed, reason="client disconnected")
 
     result = await reap(ledger, providers)
     assert (result.revoked, result.failed) == (1, 0)

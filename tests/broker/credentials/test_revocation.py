@@ -41,8 +41,8 @@ async def manager(openbao: VaultFixture, tmp_path: Path) -> AsyncIterator[Creden
 async def _session(manager: CredentialManager) -> str:
     assert manager.ledger is not None
     store = manager.ledger._store
-    issued = await store.issue_token("agent:t", ["ai-agents"], "demo", "readwrite", timedelta(hours=1))
-    return await store.start_session(await store.verify_token(issued.token, "demo"), client_addr="test")
+    issued = await store.tokens.issue_token("agent:t", ["ai-agents"], "demo", "readwrite", timedelta(hours=1))
+    return await store.sessions.start_session(await store.tokens.verify_token(issued.token, "demo"), client_addr="test")
 
 
 async def _login(upstream: Upstream, cred: Credential) -> asyncpg.Connection:
@@ -62,7 +62,7 @@ async def test_a_revoke_that_fails_is_retried_by_the_reaper(
     try:
         await admin.execute("create table revoke_blocker (id int)")
         await admin.execute(f'alter table revoke_blocker owner to "{cred.username}"')
-        await manager.ledger._store.end_session(session_id, reason="client disconnected")
+        await manager.ledger._store.sessions.end_session(session_id, reason="client disconnected")
         await manager.release(cred)  # logs `lease_revoke_failed`, never raises
         assert await role_exists(upstream, cred.username)
         (due,) = await manager.ledger.due()
@@ -145,7 +145,7 @@ async def test_a_revocation_that_keeps_failing_is_an_error_and_a_metric(
     try:
         await admin.execute("create table stuck_blocker (id int)")
         await admin.execute(f'grant select on stuck_blocker to "{cred.username}"')
-        await manager.ledger._store.end_session(session_id, reason="client disconnected")
+        await manager.ledger._store.sessions.end_session(session_id, reason="client disconnected")
         with structlog.testing.capture_logs() as logs:
             await manager.release(cred)  # the first failure
             reaper.start()

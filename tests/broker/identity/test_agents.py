@@ -84,12 +84,12 @@ async def test_exchanged_token_names_agent_and_owner(env) -> None:
     req = {"subject_token": workload, "resource": "demo", "role": "readwrite", "reason": "deploy 7", "ttl": "30m"}
     r = await client.post("/v1/tokens/exchange", json=req)
     assert r.status_code == 201, r.text
-    grant = await store.verify_token(r.json()["token"], "demo")
+    grant = await store.tokens.verify_token(r.json()["token"], "demo")
     assert (grant.principal, grant.owner) == ("agent:ci-deploy", "person:dave@example.com")
-    issued = [e async for e in store.iter_audit() if e.type == "token.issue"]
+    issued = [e async for e in store.audit.iter_audit() if e.type == "token.issue"]
     assert issued[-1].data["owner"] == "person:dave@example.com"
-    session_id = await store.start_session(grant, client_addr="127.0.0.1")
-    started = [e async for e in store.iter_audit() if e.type == "session.start"]
+    session_id = await store.sessions.start_session(grant, client_addr="127.0.0.1")
+    started = [e async for e in store.audit.iter_audit() if e.type == "session.start"]
     assert started[-1].session_id == session_id and started[-1].data["owner"] == "person:dave@example.com"
 
 
@@ -105,10 +105,10 @@ async def test_exchange_refused_by_agent_rule(env) -> None:
 async def test_token_without_owner_stays_as_before(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
     try:
-        issued = await store.issue_token("person:alice", ["dba"], "demo", "readonly", HOUR)
-        grant = await store.verify_token(issued.token, "demo")
+        issued = await store.tokens.issue_token("person:alice", ["dba"], "demo", "readonly", HOUR)
+        grant = await store.tokens.verify_token(issued.token, "demo")
         assert grant.owner is None
-        assert "owner" not in [e async for e in store.iter_audit()][-1].data
+        assert "owner" not in [e async for e in store.audit.iter_audit()][-1].data
     finally:
         await store.close()
 

@@ -64,7 +64,7 @@ async def test_auto_granted_request_returns_token_once(env) -> None:
     assert body["ttl_seconds"] == 1800
     assert body["dsn"] == "postgresql://alice%40example.com@gw.test:6432/demo"
     token = body["token"]
-    grant = await store.verify_token(token, "demo")
+    grant = await store.tokens.verify_token(token, "demo")
     assert (grant.principal, grant.role, grant.token_id) == ("person:alice@example.com", "readwrite", body["token_id"])
     again = await client.get(f"/v1/access-requests/{body['id']}", headers=bearer(alice))
     assert again.status_code == 200
@@ -147,7 +147,7 @@ async def test_revoke_by_owner_refuses_token_afterwards(env) -> None:
     r = await client.post(f"/v1/grants/{body['token_id']}/revoke", headers=bearer(alice))
     assert r.json() == {"token_id": body["token_id"], "revoked": True}
     with pytest.raises(InvalidToken) as info:
-        await store.verify_token(body["token"], "demo")
+        await store.tokens.verify_token(body["token"], "demo")
     assert info.value.reason == "revoked"
     r = await client.post(f"/v1/grants/{body['token_id']}/revoke", headers=bearer(ADMIN))
     assert r.json()["revoked"] is False
@@ -168,7 +168,7 @@ async def test_workload_token_exchange_grants_agent(env) -> None:
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["principal"] == "agent:repo:acme/app:ref:main"
-    grant = await store.verify_token(body["token"], "demo")
+    grant = await store.tokens.verify_token(body["token"], "demo")
     assert grant.principal == "agent:repo:acme/app:ref:main"
     assert grant.reusable is False  # the rule does not say reusable: one session
 
@@ -186,7 +186,7 @@ async def test_expired_gateway_token_refused(env) -> None:
                               headers=bearer(idp.mint(groups=["ai-agents"])))).json()
     store.clock = lambda: datetime.now(UTC) + timedelta(seconds=5)
     with pytest.raises(ExpiredToken):
-        await store.verify_token(body["token"], "demo")
+        await store.tokens.verify_token(body["token"], "demo")
 
 
 async def test_unreachable_issuer_is_503_not_401(env) -> None:

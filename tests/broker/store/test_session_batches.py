@@ -20,39 +20,39 @@ from tests.broker.store.test_sessions import grant
 async def test_a_batch_of_starts_is_one_chained_append_per_session(store: Store) -> None:
     starts = [SessionStart(grant(principal=f"agent:{i}"), client_addr=f"10.0.0.{i}", intent=f"i{i}") for i in range(5)]
 
-    ids = await store.start_sessions(starts)
+    ids = await store.sessions.start_sessions(starts)
 
     assert len(set(ids)) == 5
-    sessions = {s.id: s for s in await store.list_sessions(active_only=True)}
+    sessions = {s.id: s for s in await store.sessions.list_sessions(active_only=True)}
     assert [sessions[i].principal for i in ids] == [f"agent:{i}" for i in range(5)]
-    events = [r async for r in store.iter_audit()]
+    events = [r async for r in store.audit.iter_audit()]
     assert [(e.type, e.session_id) for e in events] == [("session.start", i) for i in ids]
     assert [e.data["intent"] for e in events] == [f"i{i}" for i in range(5)]
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_a_batch_of_ends_reports_which_calls_ended_a_session(store: Store) -> None:
-    a, b = await store.start_sessions([SessionStart(grant()), SessionStart(grant())])
-    await store.end_session(b, reason="earlier")
+    a, b = await store.sessions.start_sessions([SessionStart(grant()), SessionStart(grant())])
+    await store.sessions.end_session(b, reason="earlier")
 
-    ended = await store.end_sessions([
+    ended = await store.sessions.end_sessions([
         SessionEnd(a, "client closed", SessionStats(statements=3, bytes_in=10, bytes_out=20)),
         SessionEnd(b, "again"),
         SessionEnd("00000000-0000-0000-0000-000000000000", "unknown"),
     ])
 
     assert ended == [True, False, False]
-    assert await store.list_sessions(active_only=True) == []
-    ends = [r async for r in store.iter_audit() if r.type == "session.end"]
+    assert await store.sessions.list_sessions(active_only=True) == []
+    ends = [r async for r in store.audit.iter_audit() if r.type == "session.end"]
     assert [(r.session_id, r.data["reason"]) for r in ends] == [(b, "earlier"), (a, "client closed")]
     assert ends[-1].data["statements"] == 3
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_empty_batches_write_nothing(store: Store) -> None:
-    assert await store.start_sessions([]) == []
-    assert await store.end_sessions([]) == []
-    assert [r async for r in store.iter_audit()] == []
+    assert await store.sessions.start_sessions([]) == []
+    assert await store.sessions.end_sessions([]) == []
+    assert [r async for r in store.audit.iter_audit()] == []
 
 
 @pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)
@@ -60,14 +60,14 @@ async def test_reusable_token_verifies_while_another_process_holds_the_write_loc
     store: Store, backend_url: str
 ) -> None:
     """Verification reads: a connect does not wait behind the recorder's writer process."""
-    issued = await store.issue_token("agent:x", ["ai-agents"], "demo", "readonly", timedelta(hours=1), True)
+    issued = await store.tokens.issue_token("agent:x", ["ai-agents"], "demo", "readonly", timedelta(hours=1), True)
     other = sqlite3.connect(backend_url.split("///", 1)[1], isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # what a writer holds while it writes a batch
-        grant_ = await asyncio.wait_for(store.verify_token(issued.token, "demo"), 2)
+        grant_ = await asyncio.wait_for(store.tokens.verify_token(issued.token, "demo"), 2)
         assert grant_.token_id == issued.token_id
         # A write does wait for it (the busy timeout), as before.
-        writing = asyncio.ensure_future(store.start_session(grant_))
+        writing = asyncio.ensure_future(store.sessions.start_session(grant_))
         await asyncio.sleep(0.3)
         assert not writing.done()
     finally:

@@ -44,8 +44,9 @@ def _grant(resource: str = "demo") -> Grant:
 
 
 async def _seed(store: Store, clock: FakeClock, *, end: bool = True) -> str:
-    sid = await store.start_session(_grant(), client_addr="10.0.0.7:5000", application_name="psql", intent="triage")
-    await store.record_statements([
+    sid = await store.sessions.start_session(_grant(), client_addr="10.0.0.7:5000", application_name="psql",
+        intent="triage")
+    await store.sessions.record_statements([
         StatementRecord(session_id=sid, seq=1, sql="select email from customers", decision="allow",
                         started_at=clock.now + timedelta(seconds=1), rows=2, duration_ms=1.0),
         StatementRecord(session_id=sid, seq=2, sql="delete from orders", decision="allow",
@@ -53,7 +54,7 @@ async def _seed(store: Store, clock: FakeClock, *, end: bool = True) -> str:
     ])
     if end:
         clock.advance(timedelta(seconds=30))
-        await store.end_session(sid, reason="client_closed", stats=SessionStats(2, 100, 2000))
+        await store.sessions.end_session(sid, reason="client_closed", stats=SessionStats(2, 100, 2000))
     return sid
 
 
@@ -81,11 +82,11 @@ async def test_an_untouched_session_is_verified(store: Store, clock: FakeClock) 
     ended = await _seed(store, clock)
     live = await _seed(store, clock, end=False)
     for sid in (ended, live):
-        detail = await store.get_session(sid)
+        detail = await store.sessions.get_session(sid)
         assert detail is not None
         assert detail.session.tampered == () and detail.session.audit_seq is not None
         assert detail.verified
-    listed = {s.id: s for s in await store.list_sessions()}
+    listed = {s.id: s for s in await store.sessions.list_sessions()}
     assert listed.keys() == {ended, live} and all(s.tampered == () for s in listed.values())
 
 
@@ -93,11 +94,11 @@ async def test_start_and_end_times_match_their_records_when_the_clock_moves(stor
     """The row's started_at/ended_at and the records' ts are one reading of the clock."""
     ticks = iter(range(1000))
     store.clock = lambda: T0 + timedelta(milliseconds=next(ticks))  # type: ignore[method-assign]
-    sid = await store.start_session(_grant())
-    await store.end_session(sid, reason="done")
-    detail = await store.get_session(sid)
+    sid = await store.sessions.start_session(_grant())
+    await store.sessions.end_session(sid, reason="done")
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and detail.session.tampered == () and detail.verified
-    records = {r.type: r for r in [r async for r in store.iter_audit()] if r.session_id == sid}
+    records = {r.type: r for r in [r async for r in store.audit.iter_audit()] if r.session_id == sid}
     assert records["session.start"].ts == detail.session.started_at
     assert records["session.end"].ts == detail.session.ended_at
 
@@ -129,19 +130,19 @@ async def test_each_session_field_edited_in_the_table_is_tampering(
     if isinstance(value, datetime):
         value = _ts(store, value)
     await _sql(store, f"UPDATE sessions SET {column} = :v WHERE id = :s", v=value, s=sid)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     assert field in detail.session.tampered and not detail.verified
     assert detail.statements and all(st.verified for st in detail.statements)
-    listed = {s.id: s for s in await store.list_sessions()}
+    listed = {s.id: s for s in await store.sessions.list_sessions()}
     assert field in listed[sid].tampered and listed[other].tampered == ()
 
 
 async def test_token_id_edited_is_tampering(store: Store, clock: FakeClock) -> None:
     sid = await _seed(store, clock)
-    other = await store.issue_token("agent:other", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
+    other = await store.tokens.issue_token("agent:other", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
     await _sql(store, "UPDATE sessions SET token_id = :t WHERE id = :s", t=other.token_id, s=sid)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and detail.session.tampered == ("token_id",)
 
 
@@ -149,7 +150,7 @@ async def test_groups_edited_is_tampering(store: Store, clock: FakeClock) -> Non
     sid = await _seed(store, clock)
     cast = ":g" if store.dialect == "sqlite" else "CAST(:g AS json)"
     await _sql(store, f"UPDATE sessions SET groups = {cast} WHERE id = :s", g=json.dumps(["readers"]), s=sid)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and detail.session.tampered == ("groups",)
 
 
@@ -162,7 +163,7 @@ async def test_the_red_team_forgery_names_every_field(store: Store, clock: FakeC
         " WHERE id = :s",
         t=_ts(store, T0 - timedelta(seconds=1)), s=sid,
     )
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     assert set(detail.session.tampered) == {
         "principal", "intent", "resource", "role", "client_addr", "application_name", "started_at", "ended_at"
@@ -175,7 +176,7 @@ async def test_an_edited_session_start_record_is_not_trusted(store: Store, clock
     await _sql(store, "UPDATE sessions SET principal = 'agent:innocent' WHERE id = :s", s=sid)
     await _sql(store, "UPDATE audit_events SET actor = 'agent:innocent' WHERE session_id = :s"
                " AND type = 'session.start'", s=sid)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and "audit_record_altered" in detail.session.tampered
 
 
@@ -186,7 +187,7 @@ async def test_a_deleted_session_is_shown_from_the_chain(store: Store, clock: Fa
     sid = await _seed(store, clock)
     kept = await _seed(store, clock)
     await _delete_session(store, sid)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     s = detail.session
     assert s.tampered == ("row_deleted",) and not detail.verified
@@ -195,21 +196,21 @@ async def test_a_deleted_session_is_shown_from_the_chain(store: Store, clock: Fa
     assert s.groups == ("ai-agents", "ops") and s.end_reason == "client_closed" and s.statements == 2
     assert [(st.seq, st.sql, st.tampered) for st in detail.statements] == [
         (1, "select email from customers", ("row_deleted",)), (2, "delete from orders", ("row_deleted",))]
-    listed = {x.id: x for x in await store.list_sessions()}
+    listed = {x.id: x for x in await store.sessions.list_sessions()}
     assert listed[sid].tampered == ("row_deleted",) and listed[kept].tampered == ()
-    assert await store.get_session(str(uuid.uuid4())) is None
+    assert await store.sessions.get_session(str(uuid.uuid4())) is None
 
 
 async def test_a_deleted_live_session_is_listed_as_active(store: Store, clock: FakeClock) -> None:
     sid = await _seed(store, clock, end=False)
     await _delete_session(store, sid)
-    active = await store.list_sessions(active_only=True)
+    active = await store.sessions.list_sessions(active_only=True)
     assert [(s.id, s.tampered, s.active) for s in active] == [(sid, ("row_deleted",), True)]
 
 
 async def test_the_sweep_reports_sessions_missing_either_way(store: Store, clock: FakeClock) -> None:
     sids = [await _seed(store, clock) for _ in range(3)]
-    clean = await store.sweep_sessions()
+    clean = await store.sessions.sweep_sessions()
     assert clean.ok and clean.checked == 3 and clean.problems == []
     await _delete_session(store, sids[0])
     await _sql(store, "UPDATE sessions SET intent = 'nothing to see' WHERE id = :s", s=sids[1])
@@ -217,7 +218,7 @@ async def test_the_sweep_reports_sessions_missing_either_way(store: Store, clock
     await _sql(store, "INSERT INTO sessions (id, principal, groups, resource, role, started_at, statements,"
                " bytes_in, bytes_out) VALUES (:s, 'agent:x', '[]', 'demo', 'ro', :t, 0, 0, 0)",
                s=invented, t=_ts(store, T0))
-    report = await store.sweep_sessions(chunk=2)
+    report = await store.sessions.sweep_sessions(chunk=2)
     assert not report.ok
     text_ = "\n".join(report.problems)
     assert f"session {sids[0]}: row_deleted" in text_
@@ -234,7 +235,7 @@ async def _prune(store: Store, clock: FakeClock, tmp_path: Path) -> str:
     """An old session archived by a prune; the clock then moves on. Its id."""
     old = await _seed(store, clock)
     clock.advance(timedelta(days=2))
-    summary = await store.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path)
+    summary = await store.audit.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path)
     assert summary is not None and old in summary.sessions
     clock.advance(timedelta(hours=1))
     return old
@@ -245,18 +246,18 @@ async def test_a_truly_pruned_session_is_unchecked_not_tampered(
 ) -> None:
     old = await _prune(store, clock, tmp_path)
     recent = await _seed(store, clock)
-    detail = await store.get_session(old)
+    detail = await store.sessions.get_session(old)
     assert detail is not None
     assert detail.session.tampered == () and detail.session.audit_seq is None and detail.verified
     assert all(st.tampered == () and st.audit_seq is None for st in detail.statements)
-    fresh = await store.get_session(recent)
+    fresh = await store.sessions.get_session(recent)
     assert fresh is not None and fresh.verified and fresh.session.audit_seq is not None
-    assert (await store.sweep_sessions()).ok
+    assert (await store.sessions.sweep_sessions()).ok
     # The archive lists it; its trailer (which the witness signs) carries the list's digest.
     archived, trailer = verify_archive(next(tmp_path.glob("audit-*.jsonl.gz")))  # noqa: ASYNC240 - a temp dir
     assert archived.ok and trailer is not None
     assert trailer["sessions_sha256"] == sessions_digest([old])
-    prune = [r async for r in store.iter_audit() if r.type == "audit.prune"]
+    prune = [r async for r in store.audit.iter_audit() if r.type == "audit.prune"]
     assert prune[-1].data["sessions"] == [old] and prune[-1].data["sessions_sha256"] == sessions_digest([old])
 
 
@@ -266,12 +267,12 @@ async def test_pruned_sessions_stay_listed_across_a_second_prune(
     old = await _prune(store, clock, tmp_path)
     middle = await _seed(store, clock)
     clock.advance(timedelta(days=2))
-    second = await store.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path)
+    second = await store.audit.prune_audit(before=clock.now - timedelta(days=1), archive_dir=tmp_path)
     assert second is not None and {old, middle} <= set(second.sessions)
     for sid in (old, middle):
-        detail = await store.get_session(sid)
+        detail = await store.sessions.get_session(sid)
         assert detail is not None and detail.verified and detail.session.audit_seq is None
-    assert (await store.sweep_sessions()).ok
+    assert (await store.sessions.sweep_sessions()).ok
 
 
 async def test_after_a_prune_an_invented_session_is_no_audit_record(
@@ -282,9 +283,9 @@ async def test_after_a_prune_an_invented_session_is_no_audit_record(
     await _sql(store, "INSERT INTO sessions (id, principal, groups, resource, role, started_at, statements,"
                " bytes_in, bytes_out) VALUES (:s, 'agent:x', '[]', 'demo', 'ro', :t, 0, 0, 0)",
                s=invented, t=_ts(store, T0))
-    detail = await store.get_session(invented)
+    detail = await store.sessions.get_session(invented)
     assert detail is not None and detail.session.tampered == ("no_audit_record",) and not detail.verified
-    report = await store.sweep_sessions()
+    report = await store.sessions.sweep_sessions()
     assert [p for p in report.problems if invented in p] == [f"session {invented}: no_audit_record"]
 
 
@@ -294,9 +295,9 @@ async def test_after_a_prune_a_rekeyed_session_is_caught(store: Store, clock: Fa
     rekeyed = str(uuid.uuid4())
     await _sql(store, "DELETE FROM statements WHERE session_id = :s", s=recent)
     await _sql(store, "UPDATE sessions SET id = :n WHERE id = :s", n=rekeyed, s=recent)
-    detail = await store.get_session(rekeyed)
+    detail = await store.sessions.get_session(rekeyed)
     assert detail is not None and detail.session.tampered == ("no_audit_record",)
-    gone = await store.get_session(recent)
+    gone = await store.sessions.get_session(recent)
     assert gone is not None and gone.session.tampered == ("row_deleted",)
 
 
@@ -309,7 +310,7 @@ async def test_a_session_started_after_the_prune_cannot_pass_as_pruned(
     await _delete_session(store, old)
     await _sql(store, "DELETE FROM statements WHERE session_id = :s", s=recent)
     await _sql(store, "UPDATE sessions SET id = :o WHERE id = :s", o=old, s=recent)
-    detail = await store.get_session(old)
+    detail = await store.sessions.get_session(old)
     assert detail is not None and detail.session.tampered == ("no_audit_record",)
 
 

@@ -22,7 +22,7 @@ async def admit(
     per_token: int | None = 2,
     per_principal: int | None = 3,
 ) -> str | None:
-    return await store.admit_session(
+    return await store.slots.admit_session(
         slot, token_id=token, principal=principal, resource="demo",
         per_token=per_token, per_principal=per_principal, lease=LEASE,
     )  # fmt: skip
@@ -35,9 +35,9 @@ async def test_caps_per_token_and_per_principal(store: Store) -> None:  # noqa: 
     assert await admit(store, "s3", token="t2") is None  # another token of the same agent
     assert await admit(store, "s4", token="t3") == "agent"  # agent:a holds 3
     assert await admit(store, "s4", token="t3", principal="agent:b") is None
-    assert await store.session_slots(token_id="t1") == 2
-    assert await store.session_slots(principal="agent:a") == 3
-    await store.release_session_slot("s1")
+    assert await store.slots.session_slots(token_id="t1") == 2
+    assert await store.slots.session_slots(principal="agent:a") == 3
+    await store.slots.release_session_slot("s1")
     assert await admit(store, "s5") is None  # a slot given back is free again
 
 
@@ -52,9 +52,9 @@ async def test_a_dead_processs_slots_lapse_and_renewal_keeps_live_ones(store: St
     assert await admit(store, "live") is None
     assert await admit(store, "new") == "token"
     clock.advance(LEASE - timedelta(seconds=1))
-    assert await store.renew_session_slots(["live"], LEASE) == 1  # only its own process renews
+    assert await store.slots.renew_session_slots(["live"], LEASE) == 1  # only its own process renews
     clock.advance(timedelta(seconds=2))  # "dead"'s lease is over, "live"'s is not
-    assert await store.session_slots(token_id="t1") == 1
+    assert await store.slots.session_slots(token_id="t1") == 1
     assert await admit(store, "new") is None
     assert await admit(store, "newer") == "token"
 
@@ -71,7 +71,7 @@ async def test_racing_connects_from_several_processes_never_exceed_a_cap(
             *(admit(stores[i % 3], f"r{i}", per_token=None, per_principal=4) for i in range(24))
         )
         assert answers.count(None) == 4 and answers.count("agent") == 20
-        assert await others[1].session_slots(principal="agent:a") == 4
+        assert await others[1].slots.session_slots(principal="agent:a") == 4
     finally:
         for other in others:
             await other.close()

@@ -42,15 +42,15 @@ def rec(session_id: str, seq: int, **kw: object) -> StatementRecord:
 
 
 async def test_session_lifecycle_is_recorded(store: Store, clock: FakeClock) -> None:
-    issued = await store.issue_token(
+    issued = await store.tokens.issue_token(
         "agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True
     )
-    g = await store.verify_token(issued.token, "demo")
-    sid = await store.start_session(
+    g = await store.tokens.verify_token(issued.token, "demo")
+    sid = await store.sessions.start_session(
         g, client_addr="10.0.0.7:51234", application_name="psql", intent="fix invoice 42"
     )
     started = clock.now
-    await store.record_statements(
+    await store.sessions.record_statements(
         [
             rec(sid, 1, fingerprint="fp1", rows=3, duration_ms=1.5),
             rec(
@@ -67,11 +67,11 @@ async def test_session_lifecycle_is_recorded(store: Store, clock: FakeClock) -> 
         ]
     )
     clock.advance(timedelta(minutes=5))
-    assert await store.end_session(
+    assert await store.sessions.end_session(
         sid, reason="client terminated", stats=SessionStats(statements=2, bytes_in=10, bytes_out=20)
     )
 
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     s = detail.session
     assert (s.id, s.token_id, s.principal, s.groups) == (
@@ -109,11 +109,11 @@ async def test_session_lifecycle_is_recorded(store: Store, clock: FakeClock) -> 
 
 
 async def test_record_statements_is_idempotent_per_session_and_seq(store: Store) -> None:
-    sid = await store.start_session(grant())
-    await store.record_statements([rec(sid, 1), rec(sid, 2)])
+    sid = await store.sessions.start_session(grant())
+    await store.sessions.record_statements([rec(sid, 1), rec(sid, 2)])
     # A batch retried after an ambiguous failure: overlapping seqs are not duplicated.
-    await store.record_statements([rec(sid, 2, sql="changed"), rec(sid, 3)])
-    detail = await store.get_session(sid)
+    await store.sessions.record_statements([rec(sid, 2, sql="changed"), rec(sid, 3)])
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     assert [(s.seq, s.sql) for s in detail.statements] == [
         (1, "select 1"),
@@ -123,38 +123,38 @@ async def test_record_statements_is_idempotent_per_session_and_seq(store: Store)
 
 
 async def test_statement_for_unknown_session_is_an_integrity_error(store: Store) -> None:
-    sid = await store.start_session(grant())
+    sid = await store.sessions.start_session(grant())
     with pytest.raises(StoreIntegrityError):
-        await store.record_statements([rec(sid, 1), rec("no-such-session", 1)])
-    detail = await store.get_session(sid)
+        await store.sessions.record_statements([rec(sid, 1), rec("no-such-session", 1)])
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and detail.statements == ()  # the whole batch rolled back
 
 
 async def test_statement_text_is_stored_verbatim(store: Store) -> None:
-    sid = await store.start_session(grant())
+    sid = await store.sessions.start_session(grant())
     nasty = "select '''; drop table sessions; --', $$ \\x00 é ✓ $$, E'\\n' -- %s %(x)s"
-    await store.record_statements([rec(sid, 1, sql=nasty)])
-    detail = await store.get_session(sid)
+    await store.sessions.record_statements([rec(sid, 1, sql=nasty)])
+    detail = await store.sessions.get_session(sid)
     assert detail is not None and detail.statements[0].sql == nasty
 
 
 async def test_recorded_results_round_trip_and_default_to_none(store: Store) -> None:
-    sid = await store.start_session(grant())
+    sid = await store.sessions.start_session(grant())
     results = [{"columns": ["id", "email"], "rows": [["1", "j***@example.com"], ["2", None]], "truncated": True}]
-    await store.record_statements([rec(sid, 1, results=results), rec(sid, 2)])
-    detail = await store.get_session(sid)
+    await store.sessions.record_statements([rec(sid, 1, results=results), rec(sid, 2)])
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     assert [st.results for st in detail.statements] == [results, None]
 
 
 async def test_end_session_only_once(store: Store, clock: FakeClock) -> None:
-    sid = await store.start_session(grant())
-    await store.record_statements([rec(sid, 1), rec(sid, 2)])
-    assert await store.end_session(sid, reason="first") is True
+    sid = await store.sessions.start_session(grant())
+    await store.sessions.record_statements([rec(sid, 1), rec(sid, 2)])
+    assert await store.sessions.end_session(sid, reason="first") is True
     clock.advance(timedelta(seconds=1))
-    assert await store.end_session(sid, reason="second") is False
-    assert await store.end_session("no-such-session", reason="x") is False
-    detail = await store.get_session(sid)
+    assert await store.sessions.end_session(sid, reason="second") is False
+    assert await store.sessions.end_session("no-such-session", reason="x") is False
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     # Without stats the count comes from the recorded statements.
     assert (detail.session.end_reason, detail.session.statements) == ("first", 2)
@@ -163,30 +163,30 @@ async def test_end_session_only_once(store: Store, clock: FakeClock) -> None:
 async def test_list_sessions_newest_first_with_filters(store: Store, clock: FakeClock) -> None:
     ids = []
     for i in range(4):
-        ids.append(await store.start_session(grant(principal=f"agent:{i}")))
+        ids.append(await store.sessions.start_session(grant(principal=f"agent:{i}")))
         clock.advance(timedelta(seconds=10))
-    await store.end_session(ids[1], reason="done")
-    await store.record_statements([rec(ids[3], 1), rec(ids[3], 2), rec(ids[3], 3)])
+    await store.sessions.end_session(ids[1], reason="done")
+    await store.sessions.record_statements([rec(ids[3], 1), rec(ids[3], 2), rec(ids[3], 3)])
 
-    everything = await store.list_sessions()
+    everything = await store.sessions.list_sessions()
     assert [s.id for s in everything] == ids[::-1]
     # A live session's count is what has been recorded so far.
     assert everything[0].statements == 3
 
-    active = await store.list_sessions(active_only=True)
+    active = await store.sessions.list_sessions(active_only=True)
     assert [s.id for s in active] == [ids[3], ids[2], ids[0]]
     assert all(s.active for s in active)
 
-    assert [s.id for s in await store.list_sessions(limit=2)] == [ids[3], ids[2]]
-    older = await store.list_sessions(started_before=everything[1].started_at)
+    assert [s.id for s in await store.sessions.list_sessions(limit=2)] == [ids[3], ids[2]]
+    older = await store.sessions.list_sessions(started_before=everything[1].started_at)
     assert [s.id for s in older] == [ids[1], ids[0]]
 
 
 async def test_get_unknown_session_is_none(store: Store) -> None:
-    assert await store.get_session("nope") is None
+    assert await store.sessions.get_session("nope") is None
 
 
 async def test_naive_datetimes_are_refused(store: Store) -> None:
-    sid = await store.start_session(grant())
+    sid = await store.sessions.start_session(grant())
     with pytest.raises(StoreError, match="naive datetime"):
-        await store.record_statements([rec(sid, 1, started_at=datetime(2030, 1, 1))])
+        await store.sessions.record_statements([rec(sid, 1, started_at=datetime(2030, 1, 1))])

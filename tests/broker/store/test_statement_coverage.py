@@ -42,8 +42,9 @@ def _grant() -> Grant:
 async def _seed(store: Store) -> str:
     """A session with three statements: an allowed read with recorded (masked) results, a
     block, and a statement that ran after an approval."""
-    sid = await store.start_session(_grant(), client_addr="10.0.0.7:5000", application_name="psql", intent="triage")
-    await store.record_statements([
+    sid = await store.sessions.start_session(_grant(), client_addr="10.0.0.7:5000", application_name="psql",
+        intent="triage")
+    await store.sessions.record_statements([
         StatementRecord(session_id=sid, seq=1, sql="select email from customers", decision="allow",
                         started_at=T0 + timedelta(seconds=1), rows=2, masked_values=2, duration_ms=1.25,
                         results=RESULTS),
@@ -64,7 +65,7 @@ async def _sql(store: Store, statement: str, **params: Any) -> None:
 
 async def test_untouched_statements_are_verified(store: Store) -> None:
     sid = await _seed(store)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     assert [(s.seq, s.verified, s.tampered) for s in detail.statements] == [(1, True, ()), (2, True, ()), (3, True, ())]
     assert detail.statements[2].approval_id == "5b3c1f0e-0000-4000-8000-000000000001"
@@ -98,7 +99,7 @@ async def test_each_shown_field_edited_in_the_table_is_tampering(
     else:
         await _sql(store, f"UPDATE statements SET {column} = :v WHERE session_id = :s AND seq = :q",
                    v=value, s=sid, q=seq)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     by_seq = {s.seq: s for s in detail.statements}
     assert by_seq[seq].verified is False
@@ -109,7 +110,7 @@ async def test_each_shown_field_edited_in_the_table_is_tampering(
 async def test_a_deleted_row_is_shown_from_its_chained_record_as_tampering(store: Store) -> None:
     sid = await _seed(store)
     await _sql(store, "DELETE FROM statements WHERE session_id = :s AND seq = 2", s=sid)
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     st = {s.seq: s for s in detail.statements}[2]
     assert (st.verified, st.tampered) == (False, ("row_deleted",))
@@ -128,7 +129,7 @@ async def test_an_inserted_row_without_a_chained_record_is_tampering(store: Stor
         " VALUES (:s, 4, 'select 1', 'allow', :t, 0)",
         s=sid, t=started,
     )
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     st = {s.seq: s for s in detail.statements}[4]
     assert (st.verified, st.tampered) == (False, ("no_audit_record",))
@@ -151,7 +152,7 @@ async def test_an_edited_chained_record_is_not_trusted(store: Store) -> None:
                     text(f"UPDATE audit_events SET data = {cast} WHERE seq = :q"),
                     {"d": json.dumps(data), "q": audit_seq},
                 )
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     assert detail is not None
     st = {s.seq: s for s in detail.statements}[1]
     assert st.verified is False and "audit_record_altered" in st.tampered
@@ -233,13 +234,13 @@ async def test_statement_records_carry_event_time_and_resource(store: Store, clo
     `approval_id` are on the record itself."""
     clock.advance(timedelta(hours=1))  # the batch is written an hour after the statements ran
     sid = await _seed(store)
-    records = [r async for r in store.iter_audit() if r.session_id == sid]
+    records = [r async for r in store.audit.iter_audit() if r.session_id == sid]
     statements = [r for r in records if r.type == "statement"]
     assert [r.ts for r in statements] == [T0 + timedelta(seconds=n) for n in (1, 2, 3)]
     assert all(r.data["resource"] == "demo" for r in statements)
     assert statements[2].data["approval_id"] == "5b3c1f0e-0000-4000-8000-000000000001"
     assert statements[0].data["results_digest"] is not None and statements[1].data["results_digest"] is None
-    await store.end_session(sid, reason="client terminated")
-    end = [r async for r in store.iter_audit() if r.type == "session.end" and r.session_id == sid]
+    await store.sessions.end_session(sid, reason="client terminated")
+    end = [r async for r in store.audit.iter_audit() if r.type == "session.end" and r.session_id == sid]
     assert end[0].data["resource"] == "demo"
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok

@@ -48,10 +48,10 @@ def test_statement_data_is_the_generic_event_data() -> None:
 
 
 async def _written(store: Store, sid: str) -> tuple[Any, list[tuple[Any, ...]]]:
-    detail = await store.get_session(sid)
+    detail = await store.sessions.get_session(sid)
     audit = [
         (r.type, r.actor, r.session_id, r.data)
-        async for r in store.iter_audit()
+        async for r in store.audit.iter_audit()
         if r.type == "statement"
     ]
     return detail, audit
@@ -68,14 +68,14 @@ async def test_fast_path_writes_what_the_general_path_writes(
                 async def no_fast_path(self: Store, batch: object) -> None:
                     return None
                 monkeypatch.setattr(sessions_mod.SessionRepository, "_record_statements_sqlite", no_fast_path)
-            sid = await store.start_session(GRANT, client_addr="127.0.0.1:1")
+            sid = await store.sessions.start_session(GRANT, client_addr="127.0.0.1:1")
             batch = records(sid, range(1, 41))
-            await store.record_statements(batch[:25])
-            await store.record_statements(batch[20:])  # overlaps: 20..25 are skipped
+            await store.sessions.record_statements(batch[:25])
+            await store.sessions.record_statements(batch[20:])  # overlaps: 20..25 are skipped
             detail, audit = await _written(store, sid)
             assert [s.seq for s in detail.statements] == list(range(1, 41))
             assert len(audit) == 40
-            assert (await store.verify_audit()).ok
+            assert (await store.audit.verify_audit()).ok
             results.append((detail.statements, [a[:2] + a[3:] for a in audit]))
         finally:
             monkeypatch.undo()
@@ -86,9 +86,9 @@ async def test_fast_path_writes_what_the_general_path_writes(
 async def test_timestamps_are_stored_in_sqlalchemys_sqlite_form(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/ts.db")
     try:
-        sid = await store.start_session(GRANT)
+        sid = await store.sessions.start_session(GRANT)
         r = records(sid, range(1, 2))[0]
-        await store.record_statements([r])
+        await store.sessions.record_statements([r])
         async with store.engine.connect() as conn:
             raw = (await conn.execute(text("SELECT started_at FROM statements"))).scalar_one()
             session_raw = (await conn.execute(text("SELECT started_at FROM sessions"))).scalar_one()
@@ -101,23 +101,23 @@ async def test_timestamps_are_stored_in_sqlalchemys_sqlite_form(tmp_path: Path) 
 
 
 async def test_a_retried_batch_adds_no_audit_record(store: Store) -> None:
-    sid = await store.start_session(GRANT)
+    sid = await store.sessions.start_session(GRANT)
     batch = records(sid, range(1, 11))
-    await store.record_statements(batch)
-    await store.record_statements(batch)
+    await store.sessions.record_statements(batch)
+    await store.sessions.record_statements(batch)
     _, audit = await _written(store, sid)
     assert len(audit) == 10
-    assert (await store.verify_audit()).ok
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_listeners_get_the_statement_records(store: Store) -> None:
     got: list[Any] = []
     store.audit_listeners.append(got.extend)
-    sid = await store.start_session(GRANT)
-    await store.record_statements(records(sid, range(1, 6)))
+    sid = await store.sessions.start_session(GRANT)
+    await store.sessions.record_statements(records(sid, range(1, 6)))
     statements = [r for r in got if r.type == "statement"]
     assert [r.data["seq"] for r in statements] == [1, 2, 3, 4, 5]
-    stored = [r async for r in store.iter_audit() if r.type == "statement"]
+    stored = [r async for r in store.audit.iter_audit() if r.type == "statement"]
     assert [(r.seq, r.hash) for r in stored] == [(r.seq, r.hash) for r in statements]
 
 

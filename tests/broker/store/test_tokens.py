@@ -17,7 +17,7 @@ from tests.broker.store.store_backends import FakeClock, backend_url, clock, sto
 
 
 async def issue(store: Store, *, reusable: bool = True, ttl: timedelta = timedelta(hours=1)):
-    return await store.issue_token(
+    return await store.tokens.issue_token(
         "agent:demo", ["ai-agents", "dev"], "demo", "readwrite", ttl, reusable
     )
 
@@ -27,7 +27,7 @@ async def test_issued_token_verifies_to_its_grant(store: Store, clock: FakeClock
     assert re.fullmatch(r"jgt_[A-Za-z0-9_-]{43}", issued.token)
     assert issued.expires_at == clock.now + timedelta(hours=1)
 
-    grant = await store.verify_token(issued.token, "demo")
+    grant = await store.tokens.verify_token(issued.token, "demo")
 
     assert grant.token_id == issued.token_id
     assert grant.principal == "agent:demo"
@@ -55,21 +55,21 @@ async def test_tokens_are_random_and_stored_only_as_sha256(store: Store) -> None
 async def test_reusable_token_verifies_many_times(store: Store) -> None:
     issued = await issue(store, reusable=True)
     for _ in range(3):
-        assert (await store.verify_token(issued.token, "demo")).token_id == issued.token_id
+        assert (await store.tokens.verify_token(issued.token, "demo")).token_id == issued.token_id
 
 
 async def test_single_session_token_is_consumed_by_first_verify(store: Store) -> None:
     issued = await issue(store, reusable=False)
-    await store.verify_token(issued.token, "demo")
+    await store.tokens.verify_token(issued.token, "demo")
     with pytest.raises(InvalidToken) as err:
-        await store.verify_token(issued.token, "demo")
+        await store.tokens.verify_token(issued.token, "demo")
     assert err.value.reason == "used"
 
 
 async def test_single_session_token_racing_verifies_only_one_wins(store: Store) -> None:
     issued = await issue(store, reusable=False)
     results = await asyncio.gather(
-        *(store.verify_token(issued.token, "demo") for _ in range(5)), return_exceptions=True
+        *(store.tokens.verify_token(issued.token, "demo") for _ in range(5)), return_exceptions=True
     )
     granted = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, InvalidToken)]
@@ -80,35 +80,35 @@ async def test_single_session_token_racing_verifies_only_one_wins(store: Store) 
 async def test_expired_token_is_refused(store: Store, clock: FakeClock) -> None:
     issued = await issue(store, ttl=timedelta(minutes=30))
     clock.advance(timedelta(minutes=29, seconds=59))
-    await store.verify_token(issued.token, "demo")
+    await store.tokens.verify_token(issued.token, "demo")
     clock.advance(timedelta(seconds=1))
     with pytest.raises(ExpiredToken) as err:
-        await store.verify_token(issued.token, "demo")
+        await store.tokens.verify_token(issued.token, "demo")
     assert err.value.reason == "expired"
 
 
 async def test_refusal_does_not_consume_a_single_session_token(store: Store) -> None:
     issued = await issue(store, reusable=False, ttl=timedelta(minutes=1))
     with pytest.raises(InvalidToken):
-        await store.verify_token(issued.token, "other")
+        await store.tokens.verify_token(issued.token, "other")
     # Refused for the wrong resource: still unused, so it works for the right one.
-    await store.verify_token(issued.token, "demo")
+    await store.tokens.verify_token(issued.token, "demo")
 
 
 async def test_token_for_another_resource_is_refused(store: Store) -> None:
     issued = await issue(store)
     with pytest.raises(InvalidToken) as err:
-        await store.verify_token(issued.token, "billing")
+        await store.tokens.verify_token(issued.token, "billing")
     assert err.value.reason == "wrong_resource"
 
 
 async def test_revoked_token_is_refused(store: Store) -> None:
     issued = await issue(store)
-    assert await store.revoke_token(issued.token_id) is True
-    assert await store.revoke_token(issued.token_id) is False  # already revoked
-    assert await store.revoke_token("no-such-id") is False
+    assert await store.tokens.revoke_token(issued.token_id) is True
+    assert await store.tokens.revoke_token(issued.token_id) is False  # already revoked
+    assert await store.tokens.revoke_token("no-such-id") is False
     with pytest.raises(InvalidToken) as err:
-        await store.verify_token(issued.token, "demo")
+        await store.tokens.verify_token(issued.token, "demo")
     assert err.value.reason == "revoked"
 
 
@@ -127,7 +127,7 @@ async def test_unknown_or_malformed_tokens_are_refused(
 ) -> None:
     await issue(store)
     with pytest.raises(InvalidToken) as err:
-        await store.verify_token(presented, "demo")
+        await store.tokens.verify_token(presented, "demo")
     assert err.value.reason == reason
     assert isinstance(err.value, AuthError)
 
@@ -137,7 +137,7 @@ async def test_a_tampered_token_is_refused(store: Store) -> None:
     last = issued.token[-1]
     tampered = issued.token[:-1] + ("A" if last != "A" else "B")
     with pytest.raises(InvalidToken):
-        await store.verify_token(tampered, "demo")
+        await store.tokens.verify_token(tampered, "demo")
 
 
 async def test_ttl_must_be_positive(store: Store) -> None:
