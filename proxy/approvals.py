@@ -94,7 +94,7 @@ class ApprovalReviewHook:
     async def _outcome(self, approval: Approval) -> ReviewOutcome:
         if approval.status is Status.APPROVED:
             # The parked run is the one run a once-approval allows.
-            await self.service.store.approvals.use_approval(approval.id)
+            await self.service.approvals.use_approval(approval.id)
             return ReviewOutcome(approved=True, approval_id=approval.id)
         return refused_outcome(approval, waited=self.wait_seconds)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -36,15 +36,21 @@ from proxy.upstream import UpstreamCredential, UpstreamTarget
 log = structlog.get_logger("jitgate.proxy")
 
 
+class TokenStore(Protocol):
+    """`Store.tokens` (`broker.store.tokens.TokenRepository`), as far as the proxy uses it."""
+
+    async def verify_token(self, token: str, resource: str) -> Grant: ...
+
+
 class StoreTokenVerifier:
     """Gateway tokens are checked against their stored hashes in the broker's store."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, tokens: TokenStore) -> None:
+        self._tokens = tokens
 
     async def verify(self, token: str, *, resource: str) -> Grant:
         try:
-            return await self._store.tokens.verify_token(token, resource)
+            return await self._tokens.verify_token(token, resource)
         except ExpiredToken as exc:
             raise ClientAuthFailed(
                 "gateway token expired", hint="request a new one with `jitgate connect`", reason=exc.reason,
@@ -217,7 +223,7 @@ def build_context(
         tls = tls_context(proxy.tls_cert_file, proxy.tls_key_file)
     return ProxyContext(
         resources=_build_resources(settings),
-        tokens=StoreTokenVerifier(store),
+        tokens=StoreTokenVerifier(store.tokens),
         credentials=credentials or ManagedCredentials(build_manager(settings, store)),
         recorder=RecorderSink(recorder, logins or FailedLogins(store.audit)),
         review=review or DenyAllReviews(),

@@ -8,7 +8,7 @@ would not.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from broker.approvals.model import Approval, Voter, VoteResult
 from broker.approvals.service import ApprovalService
@@ -18,11 +18,15 @@ from broker.identity.access import decide
 from broker.identity.grants import request_access
 from broker.identity.oidc import Principal
 
+if TYPE_CHECKING:
+    from broker.store import Store
+
 
 class BrokerActions:
-    def __init__(self, service: ApprovalService, settings: Settings) -> None:
+    def __init__(self, service: ApprovalService, settings: Settings, *, store: Store) -> None:
         self.service = service
         self.settings = settings
+        self.store = store  # `request_access` mints tokens and records the request
 
     async def get(self, approval_id: str) -> Approval | None:
         return await self.service.get(approval_id)
@@ -57,7 +61,7 @@ class BrokerActions:
                 f"`jitgate connect {resource} --role {role} --reason ...` to get the credential."
             )
         result = await request_access(
-            self.service.store, self.settings, principal, resource=resource, role=role, reason=reason,
+            self.store, self.settings, principal, resource=resource, role=role, reason=reason,
             ttl=wanted, approvals=self.service,
         )
         if result.decision.outcome == "approval":

@@ -64,7 +64,9 @@ def create_app(
     app.state.store = store
     # Without a service from the composition root (bus + Slack dispatch), decisions made
     # through this app reach waiters in this process only.
-    app.state.approvals = approvals_service or ApprovalService(store, settings.approvals)
+    if approvals_service is None and store is not None:  # None: an app built for its routes only
+        approvals_service = ApprovalService(store.approvals, settings.approvals)
+    app.state.approvals = approvals_service
     app.state.oidc = oidc or (OIDCVerifier(settings.oidc.issuers) if settings.oidc.issuers else None)
 
     @app.middleware("http")

@@ -37,7 +37,7 @@ from broker.durations import parse_duration
 from broker.policy.normalize import shape
 
 if TYPE_CHECKING:
-    from broker.store import Store
+    from broker.store.approvals import ApprovalRepository
 
 log = structlog.get_logger("jitgate.approvals")
 
@@ -128,13 +128,13 @@ class Requester:
 class ApprovalService:
     def __init__(
         self,
-        store: Store,
+        approvals: ApprovalRepository,
         settings: ApprovalSettings,
         *,
         bus: DecisionBus | None = None,
         dispatcher: Dispatcher | None = None,
     ) -> None:
-        self.store = store
+        self.approvals = approvals
         self.settings = settings
         self.bus: DecisionBus = bus or LocalBus()
         self.dispatcher: Dispatcher = dispatcher or NullDispatcher()
@@ -189,7 +189,7 @@ class ApprovalService:
         self, approval_id: str, kind: Kind, requester: Requester, resource: str, terms: Terms, **fields: Any
     ) -> Approval:
         """A pending request on `terms`: stored (and audited), then announced."""
-        now = self.store.clock()
+        now = self.approvals.core.clock()
         approval = Approval(
             id=approval_id,
             kind=kind,
@@ -207,7 +207,7 @@ class ApprovalService:
             break_glass=terms.break_glass,
             **fields,
         )
-        await self.store.approvals.create_approval(approval)
+        await self.approvals.create_approval(approval)
         self._dispatch("created", approval)
         return approval
 
@@ -229,11 +229,11 @@ class ApprovalService:
         told with `repeated_vote`. A vote on a request decided by others raises
         `AlreadyDecided`, which says who decided it and when."""
         try:
-            result = await self.store.approvals.vote_approval(approval_id, voter, choice, reason=reason, scope=scope)
+            result = await self.approvals.vote_approval(approval_id, voter, choice, reason=reason, scope=scope)
         except ApprovalRefused as exc:
             metrics.APPROVAL_VOTES.labels(voter.via, exc.code).inc()
             if isinstance(exc, NotPending):
-                current = await self.store.approvals.get_approval(approval_id)
+                current = await self.approvals.get_approval(approval_id)
                 if current is not None and current.final:
                     raise AlreadyDecided(decided_text(current)) from None
             raise
@@ -251,7 +251,7 @@ class ApprovalService:
     async def cancel(self, approval_id: str, *, reason: str, actor: str | None = None) -> Approval | None:
         """Withdraw a pending request; None when it was decided meanwhile (that stands)."""
         try:
-            approval = await self.store.approvals.cancel_approval(approval_id, reason=reason, actor=actor)
+            approval = await self.approvals.cancel_approval(approval_id, reason=reason, actor=actor)
         except ApprovalRefused:
             return None
         await self.bus.publish(approval_id, approval.status.value)
@@ -259,13 +259,13 @@ class ApprovalService:
         return approval
 
     async def cancel_for_session(self, session_id: str, *, reason: str) -> None:
-        for approval in await self.store.approvals.cancel_session_approvals(session_id, reason=reason):
+        for approval in await self.approvals.cancel_session_approvals(session_id, reason=reason):
             await self.bus.publish(approval.id, approval.status.value)
             self._dispatch("changed", approval)
 
     async def expire_due(self) -> list[Approval]:
         expired = []
-        for approval_id in await self.store.approvals.due_approvals():
+        for approval_id in await self.approvals.due_approvals():
             approval = await self._expire(approval_id)
             if approval is not None:
                 expired.append(approval)
@@ -274,7 +274,7 @@ class ApprovalService:
     async def _expire(self, approval_id: str) -> Approval | None:
         """Expire a due request, publish and dispatch it; None when it was decided meanwhile."""
         try:
-            approval = await self.store.approvals.expire_approval(approval_id)
+            approval = await self.approvals.expire_approval(approval_id)
         except ApprovalRefused:
             return None
         await self.bus.publish(approval.id, approval.status.value)
@@ -297,13 +297,13 @@ class ApprovalService:
         while True:
             future = self.bus.waiter(approval_id)
             try:
-                approval = await self.store.approvals.get_approval(approval_id)
+                approval = await self.approvals.get_approval(approval_id)
                 if approval is None:
                     raise LookupError(approval_id)
                 remaining = deadline - loop.time()
                 if approval.final or remaining <= 0:
                     return approval
-                due_in = (approval.expires_at - self.store.clock()).total_seconds()
+                due_in = (approval.expires_at - self.approvals.core.clock()).total_seconds()
                 if due_in <= 0 and await self._expire(approval_id) is not None:
                     continue  # read back what was committed
                 try:
@@ -315,7 +315,7 @@ class ApprovalService:
                 future.cancel()
 
     async def covering(self, *, session_id: str, requester: str, resource: str, sql: str) -> Approval | None:
-        return await self.store.approvals.find_covering_approval(
+        return await self.approvals.find_covering_approval(
             session_id=session_id, statement_hash=statement_hash(sql), fingerprint=statement_fingerprint(sql),
             requester=requester, resource=resource,
         )
@@ -323,16 +323,16 @@ class ApprovalService:
     # -- reading -------------------------------------------------------------------------------
 
     async def get(self, approval_id: str) -> Approval | None:
-        return await self.store.approvals.get_approval(approval_id)
+        return await self.approvals.get_approval(approval_id)
 
     async def find(
         self, *, status: Status | None = None, requester: str | None = None, id_prefix: str | None = None
     ) -> list[Approval]:
-        return await self.store.approvals.list_approvals(status=status, requester=requester, id_prefix=id_prefix)
+        return await self.approvals.list_approvals(status=status, requester=requester, id_prefix=id_prefix)
 
     async def list_pending(self, *, approver: Voter | None = None, requester: str | None = None) -> list[Approval]:
         """Pending requests; for an approver, only those they may decide (not their own)."""
-        pending = await self.store.approvals.list_approvals(status=Status.PENDING, requester=requester)
+        pending = await self.approvals.list_approvals(status=Status.PENDING, requester=requester)
         if approver is None:
             return pending
         groups = set(approver.groups)
@@ -342,7 +342,7 @@ class ApprovalService:
         ]
 
     async def voter_for_email(self, email: str, *, via: str = "slack") -> Voter | None:
-        return await self.store.approvals.voter_for_email(email, via=via, max_age=self._directory_max_age)
+        return await self.approvals.voter_for_email(email, via=via, max_age=self._directory_max_age)
 
     def _observe(self, approval: Approval) -> None:
         if approval.final and approval.decided_at is not None:

@@ -72,7 +72,7 @@ async def serve(settings: Settings) -> None:
         # and new requests must reach Slack (Celery dispatcher), as in `jitgate proxy`.
         approvals, close_bus = await open_approvals(settings, store)
         app = create_app(settings, store, approvals_service=approvals)
-        close_slack = attach_slack(app, settings, approvals)  # POST /slack/events when `slack` is configured
+        close_slack = attach_slack(app, settings, approvals, store)  # POST /slack/events when `slack` is configured
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

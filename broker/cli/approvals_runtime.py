@@ -78,12 +78,12 @@ async def open_approvals(
         "approvals_ready", bus=type(bus).__name__, installation=settings.installation,
         slack=settings.slack is not None,
     )
-    service = ApprovalService(store, settings.approvals, bus=bus, dispatcher=dispatcher)
+    service = ApprovalService(store.approvals, settings.approvals, bus=bus, dispatcher=dispatcher)
     return service, bus.close
 
 
 def attach_slack(
-    app: FastAPI, settings: Settings, service: ApprovalService
+    app: FastAPI, settings: Settings, service: ApprovalService, store: Store
 ) -> Callable[[], Awaitable[None]] | None:
     """Serve the Slack app at POST /slack/events (HTTP mode) when `slack` is configured; the
     callable it returns closes what the app holds (its replay cache's connection)."""
@@ -96,5 +96,5 @@ def attach_slack(
 
     # The replay cache is shared through the installation's Redis when there is one.
     replay = replay_cache_for(resolve_broker_url(settings))
-    mount(app, build_app(settings.slack, BrokerActions(service, settings), replay=replay))
+    mount(app, build_app(settings.slack, BrokerActions(service, settings, store=store), replay=replay))
     return replay.aclose

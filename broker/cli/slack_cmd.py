@@ -56,7 +56,8 @@ async def _serve(settings: object) -> None:
     store = await Store.open(settings.store_url.get_secret_value())
     approvals, close_bus = await open_approvals(settings, store)
     try:
-        await run_socket_mode(build_app(settings.slack, BrokerActions(approvals, settings)), settings.slack.app_token)
+        actions = BrokerActions(approvals, settings, store=store)
+        await run_socket_mode(build_app(settings.slack, actions), settings.slack.app_token)
     finally:
         await close_bus()
         await store.close()

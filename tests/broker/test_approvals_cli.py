@@ -105,7 +105,7 @@ async def test_short_unknown_and_ambiguous_prefixes_are_clear_errors(env):
     code, out = await env.jitgate("approve", "00000000")
     assert code == 1 and "no approval request you may see has an id starting with 00000000" in out
     # Two requests sharing a prefix (made to collide here; uuid4 ids hardly ever do).
-    twin = await env.service.store.approvals.create_approval(
+    twin = await env.service.approvals.create_approval(
         replace(first, id=first.id[:8] + "-0000-4000-8000-000000000000", sql="delete from twins")
     )
     code, out = await env.jitgate("approve", first.id[:8])

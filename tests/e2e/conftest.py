@@ -136,7 +136,7 @@ def start_gateway(
             hook = review
             if approvals is not None:
                 # With a broker_url: the production composition (Redis bus, Celery dispatch).
-                service = ApprovalService(store, settings.approvals)
+                service = ApprovalService(store.approvals, settings.approvals)
                 if broker_url:
                     service = (await open_approvals(settings, store))[0]
                 hook = ApprovalReviewHook(service, wait_seconds=settings.proxy.review_wait_seconds)

@@ -156,7 +156,7 @@ def test_a_denied_statement_says_who_denied_it_and_why(gw):
 def test_an_expired_request_says_it_expired_unanswered(gw):
     async def expire(approval: Approval) -> None:
         # The worker's job, done now, on a store clock past the request's expiry.
-        store = service(gw).store
+        store = service(gw).approvals.core
         real = store.clock
         store.clock = lambda: approval.expires_at + timedelta(seconds=1)
         try:

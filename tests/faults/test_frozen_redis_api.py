@@ -84,7 +84,8 @@ async def _vote_through_frozen_redis(
         await bus.publish(f"warm-up-{approval_id}", "pending")  # an earlier decision: a pooled connection
         freeze()
         t0 = time.monotonic()
-        result = await ApprovalService(store, gateway.settings.approvals, bus=bus).vote(approval_id, DBA, "approve")
+        service = ApprovalService(store.approvals, gateway.settings.approvals, bus=bus)
+        result = await service.vote(approval_id, DBA, "approve")
         return result, time.monotonic() - t0
     finally:
         await bus.close()
@@ -96,7 +97,8 @@ async def _vote_with_redis(gateway: Gateway, approval_id: str, url: str) -> Vote
     bus = RedisBus(url)
     await bus.start()
     try:
-        return await ApprovalService(store, gateway.settings.approvals, bus=bus).vote(approval_id, DBA, "approve")
+        service = ApprovalService(store.approvals, gateway.settings.approvals, bus=bus)
+        return await service.vote(approval_id, DBA, "approve")
     finally:
         await bus.close()
         await store.close()

@@ -100,7 +100,7 @@ async def test_frozen_before_parking_posts_one_prompt_showing_the_decision(servi
         await asyncio.sleep(FROZEN_SECONDS)
         # Nothing reached Slack while the worker was frozen.
         assert slack.count("chat.postMessage") == 0
-        assert await service.store.approvals.approval_message(approval.id) is None
+        assert await service.approvals.approval_message(approval.id) is None
 
     async def prompt_shows_decision() -> bool:
         prompts = slack.prompts_for(approval.id)
@@ -112,7 +112,7 @@ async def test_frozen_before_parking_posts_one_prompt_showing_the_decision(servi
     [prompt] = slack.prompts_for(approval.id)
     assert _shows_decision(prompt), prompt.get("blocks")
     assert slack.count("chat.postMessage") == 1
-    assert await service.store.approvals.approval_message(approval.id) == ("C_APPROVALS", prompt["ts"])
+    assert await service.approvals.approval_message(approval.id) == ("C_APPROVALS", prompt["ts"])
     # Every chat.update went to that one message.
     assert {c.args.get("ts") for c in slack.calls_to("chat.update")} <= {prompt["ts"]}
 
@@ -126,7 +126,7 @@ async def test_frozen_before_parking_posts_one_prompt_showing_the_decision(servi
 async def test_frozen_after_posting_updates_the_prompt_once(service, worker, slack):  # noqa: F811
     await _ready(worker)
     approval = await park(service)
-    channel, ts = await until(lambda: service.store.approvals.approval_message(approval.id), 20, "the prompt")
+    channel, ts = await until(lambda: service.approvals.approval_message(approval.id), 20, "the prompt")
     [posted] = slack.prompts_for(approval.id)
     assert posted["ts"] == ts and channel == "C_APPROVALS"
     assert any(b.get("type") == "actions" for b in posted["blocks"]), "a pending prompt has buttons"

@@ -111,7 +111,7 @@ async def _vote_elsewhere(gw: Gateway, approval_id: str):
     bus that cannot reach the proxy, as Redis is down."""
     store = await Store.open(gw.settings.store_url.get_secret_value())
     try:
-        other = ApprovalService(store, gw.settings.approvals, bus=LocalBus())
+        other = ApprovalService(store.approvals, gw.settings.approvals, bus=LocalBus())
         return await other.vote(approval_id, DBA, "approve")
     finally:
         await store.close()
@@ -157,7 +157,8 @@ def test_decision_taken_while_redis_is_down_runs_once(gw, upstream, private_redi
         bus = RedisBus(private_redis.url)
         await bus.start()
         try:
-            return await ApprovalService(store, gw.settings.approvals, bus=bus).vote(approval.id, DBA, "approve")
+            service = ApprovalService(store.approvals, gw.settings.approvals, bus=bus)
+            return await service.vote(approval.id, DBA, "approve")
         finally:
             await bus.close()
             await store.close()

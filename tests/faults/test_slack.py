@@ -23,7 +23,7 @@ async def test_slack_500s_then_429_still_post_one_prompt_and_the_vote_counts(ser
     slack.fail_next("chat.postMessage", status=500, times=2)
     slack.fail_next("chat.postMessage", status=429, retry_after=1, times=1)
     approval = await park(service, "delete from orders")
-    await until(lambda: service.store.approvals.approval_message(approval.id), 45, "the prompt after 500s and a 429")
+    await until(lambda: service.approvals.approval_message(approval.id), 45, "the prompt after 500s and a 429")
     assert len(slack.prompts_for(approval.id)) == 1
     assert slack.count("chat.postMessage") >= 4
     # The request stayed pending throughout and is decided normally.

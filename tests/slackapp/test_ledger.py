@@ -20,7 +20,7 @@ STALE = timedelta(minutes=2)
 
 
 async def park(store: Store) -> str:
-    service = ApprovalService(store, ApprovalSettings())
+    service = ApprovalService(store.approvals, ApprovalSettings())
     approval = await service.park_statement(
         session_id="s1", requester=Requester("person:olga@example.com", ("developers",)), resource="demo",
         sql="delete from t", rule="agent-safe/write-without-where", risk="no WHERE",

@@ -58,7 +58,7 @@ async def service_a(configs: tuple[Path, Path]) -> AsyncIterator[ApprovalService
     settings = load_settings(configs[0])
     store = await Store.open(settings.store_url.get_secret_value())
     try:
-        yield ApprovalService(store, settings.approvals, dispatcher=CeleryDispatcher(
+        yield ApprovalService(store.approvals, settings.approvals, dispatcher=CeleryDispatcher(
             settings.broker_url.get_secret_value(), installation=settings.installation))
     finally:
         await store.close()

@@ -39,8 +39,8 @@ async def rt(tmp_path: Path, slack: SlackDouble) -> AsyncIterator[tasks.Runtime]
     )
     store = await Store.open(settings.store_url.get_secret_value())
     poster = SlackPoster.from_settings(settings.slack, ledger=store.approvals)
-    yield tasks.Runtime(settings, asyncio.get_running_loop(), store, ApprovalService(store, settings.approvals),
-                        poster)
+    service = ApprovalService(store.approvals, settings.approvals)
+    yield tasks.Runtime(settings, asyncio.get_running_loop(), store, service, poster)
     await store.close()
 
 

@@ -109,7 +109,7 @@ async def service(config: Path) -> AsyncIterator[ApprovalService]:
     store = await Store.open(settings.store_url.get_secret_value())
     try:
         yield ApprovalService(
-            store, settings.approvals,
+            store.approvals, settings.approvals,
             dispatcher=CeleryDispatcher(settings.broker_url.get_secret_value(), installation=settings.installation),
         )
     finally:
@@ -135,7 +135,7 @@ async def until(predicate, seconds: float = 30.0, what: str = "condition") -> An
 
 async def test_prompt_posted_then_updated_with_the_decision(service, worker, slack):
     approval = await park(service)
-    message = await until(lambda: service.store.approvals.approval_message(approval.id), what="the prompt")
+    message = await until(lambda: service.approvals.approval_message(approval.id), what="the prompt")
     assert message[0] == "C_APPROVALS"
     assert len(slack.prompts_for(approval.id)) == 1
     await service.vote(approval.id, DANA, "approve")
@@ -153,7 +153,7 @@ async def test_prompt_posted_then_updated_with_the_decision(service, worker, sla
 async def test_rate_limited_post_is_retried_after_retry_after(service, worker, slack):
     slack.fail_next("chat.postMessage", status=429, retry_after=1, times=4)
     approval = await park(service, "delete from orders")
-    await until(lambda: service.store.approvals.approval_message(approval.id), what="the prompt after 429s")
+    await until(lambda: service.approvals.approval_message(approval.id), what="the prompt after 429s")
     assert len(slack.prompts_for(approval.id)) == 1
     assert slack.count("chat.postMessage") >= 5
 
@@ -168,9 +168,9 @@ async def test_worker_killed_mid_post_reposts_once_after_the_claim_lapses(servic
     await until(posted, what="the post to reach Slack")
     worker.kill()  # Slack has the message; the worker never learnt its ts
     slack.hold_post_seconds = 0
-    assert await service.store.approvals.approval_message(approval.id) is None
+    assert await service.approvals.approval_message(approval.id) is None
     worker.start()
-    message = await until(lambda: service.store.approvals.approval_message(approval.id), 60, "the redelivered task")
+    message = await until(lambda: service.approvals.approval_message(approval.id), 60, "the redelivered task")
     # Without reading the channel's history (no *:history scope) a post whose answer was lost
     # cannot be found: the redelivered task waits for the claim to lapse, then posts once more.
     prompts = slack.prompts_for(approval.id)
@@ -184,7 +184,7 @@ async def test_worker_killed_mid_post_reposts_once_after_the_claim_lapses(servic
 async def test_pending_request_expires_from_the_beat_schedule(service, worker, slack, config):
     approval = await park(service, "drop table orders")
     # Make it due: the worker's beat runs expire_pending every `expiry_check_interval`.
-    await service.store.approvals.create_approval(
+    await service.approvals.create_approval(
         dataclasses.replace(approval, id=approval.id + "-x", expires_at=approval.created_at)
     )
     expired = await until(
@@ -221,7 +221,7 @@ async def test_expiry_by_the_worker_is_pushed_on_the_installations_bus(service, 
         approval = await park(service, "drop table invoices")
         due = dataclasses.replace(approval, id=approval.id + "-due", expires_at=approval.created_at)
         heard = bus.waiter(due.id)
-        await service.store.approvals.create_approval(due)
+        await service.approvals.create_approval(due)
         t0 = time.monotonic()
         assert await asyncio.wait_for(heard, 10) == "expired"
         assert time.monotonic() - t0 < 2.5, "the expiry was pushed late"

@@ -25,7 +25,7 @@ async def _park(service: ApprovalService, sql: str = "delete from t"):
 
 
 async def test_a_repeat_after_the_decision_names_who_decided_and_when(store, clock):  # noqa: F811
-    service = ApprovalService(store, ApprovalSettings(default_approvers=["dba"]))
+    service = ApprovalService(store.approvals, ApprovalSettings(default_approvers=["dba"]))
     parked = await _park(service)
     assert repeated_vote(await service.vote(parked.id, DANA, "approve"), DANA) is None  # counted
     again = await service.vote(parked.id, DANA, "approve")
@@ -41,7 +41,7 @@ async def test_a_repeat_after_the_decision_names_who_decided_and_when(store, clo
 
 
 async def test_expired_and_cancelled_requests_say_so(store, clock):  # noqa: F811
-    service = ApprovalService(store, ApprovalSettings(default_approvers=["dba"]))
+    service = ApprovalService(store.approvals, ApprovalSettings(default_approvers=["dba"]))
     stale = await _park(service)
     clock.advance(timedelta(hours=2))
     assert [a.id for a in await service.expire_due()] == [stale.id]
@@ -55,7 +55,7 @@ async def test_expired_and_cancelled_requests_say_so(store, clock):  # noqa: F81
 
 async def test_a_second_vote_while_a_quorum_waits_is_already_voted(store):  # noqa: F811
     rule = ApprovalRuleSettings(approvers=["dba"], quorum=2)
-    service = ApprovalService(store, ApprovalSettings(rules=[rule]))
+    service = ApprovalService(store.approvals, ApprovalSettings(rules=[rule]))
     parked = await _park(service)
     await service.vote(parked.id, DANA, "approve")
     told = repeated_vote(await service.vote(parked.id, DANA, "approve"), DANA)

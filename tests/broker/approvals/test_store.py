@@ -31,7 +31,7 @@ async def park(service: ApprovalService, sql: str = "delete from t", session_id:
 
 
 async def test_racing_approvers_resolve_to_one_outcome(store):  # noqa: F811
-    service = ApprovalService(store, settings())
+    service = ApprovalService(store.approvals, settings())
     for _ in range(5):
         approval = await park(service)
         results = await asyncio.gather(
@@ -48,7 +48,7 @@ async def test_racing_approvers_resolve_to_one_outcome(store):  # noqa: F811
 
 
 async def test_votes_and_transitions_are_audited_in_the_chain(store):  # noqa: F811
-    service = ApprovalService(store, settings(rules=[ApprovalRuleSettings(approvers=["dba"], quorum=2)]))
+    service = ApprovalService(store.approvals, settings(rules=[ApprovalRuleSettings(approvers=["dba"], quorum=2)]))
     approval = await park(service)
     await service.vote(approval.id, DANA, "approve")
     await service.vote(approval.id, DANA, "approve")  # counted once, audited once
@@ -66,7 +66,7 @@ async def test_votes_and_transitions_are_audited_in_the_chain(store):  # noqa: F
 
 
 async def test_expiry_and_session_end(store, clock):  # noqa: F811
-    service = ApprovalService(store, settings(default_timeout="10m"))
+    service = ApprovalService(store.approvals, settings(default_timeout="10m"))
     stale = await park(service, "delete from a")
     live = await park(service, "delete from b", session_id="s2")
     clock.advance(timedelta(minutes=11))
@@ -79,7 +79,7 @@ async def test_expiry_and_session_end(store, clock):  # noqa: F811
 
 
 async def test_decisions_wake_waiters_through_the_bus(store):  # noqa: F811
-    service = ApprovalService(store, settings())
+    service = ApprovalService(store.approvals, settings())
     approval = await park(service)
     waiting = asyncio.create_task(service.wait(approval.id, 30))
     await asyncio.sleep(0.05)
@@ -100,7 +100,7 @@ async def test_access_request_approved_then_collected_once(store):  # noqa: F811
                                       approvers=["dba"])]
         )
     )
-    service = ApprovalService(store, cfg.approvals)
+    service = ApprovalService(store.approvals, cfg.approvals)
     olga = Principal(subject="olga", issuer="https://idp", email="olga@example.com", groups=("developers",))
     result = await request_access(
         store, cfg, olga, resource="demo", role="readwrite", reason="fix ticket 12", ttl=timedelta(minutes=30),
@@ -128,7 +128,7 @@ async def test_access_request_approved_then_collected_once(store):  # noqa: F811
 
 
 async def test_directory_maps_emails_to_recent_logins(store, clock):  # noqa: F811
-    service = ApprovalService(store, settings(directory_max_age="7d"))
+    service = ApprovalService(store.approvals, settings(directory_max_age="7d"))
     dana = Principal(subject="d", issuer="https://idp", email="Dana@Example.com", groups=("dba",))
     await store.approvals.remember_principal(dana)
     voter = await service.voter_for_email("dana@example.com")
@@ -144,7 +144,7 @@ async def test_metrics_count_requests_votes_and_decision_latency(store):  # noqa
     def value(name: str, **labels: str) -> float:
         return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
 
-    service = ApprovalService(store, settings())
+    service = ApprovalService(store.approvals, settings())
     opened = value("jitgate_approvals_opened_total", kind="statement")
     approved = value("jitgate_approvals_decided_total", kind="statement", status="approved")
     refused = value("jitgate_approval_votes_total", via="api", result="not_approver")
