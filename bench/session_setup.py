@@ -39,8 +39,8 @@ from broker.demo.openbao import bao_binary, configure_database, start_openbao  #
 from broker.demo.seed import seed_demo  # noqa: E402
 from broker.demo.upstream import start_upstream  # noqa: E402
 from broker.logging import configure_logging  # noqa: E402
-from broker.recorder import Recorder  # noqa: E402
 from broker.store import Store  # noqa: E402
+from broker.store.recorder import Recorder  # noqa: E402
 from proxy.server import ProxyServer  # noqa: E402
 from proxy.wiring import ManagedCredentials, build_context  # noqa: E402
 

@@ -136,7 +136,7 @@ Asker = Callable[[Lookup], Awaitable[Any]]
 
 
 class Backlog(Protocol):
-    """The session recorder's backlog (broker.recorder.Recorder via proxy.wiring.RecorderSink)."""
+    """The session recorder's backlog (broker.store.recorder.Recorder via proxy.wiring.RecorderSink)."""
 
     @property
     def backlogged(self) -> bool: ...

@@ -20,8 +20,8 @@ from broker.credentials.manager import CredentialManager, build_manager
 from broker.exceptions import CredentialError, CredentialSourceUnavailable, ExpiredToken, InvalidToken, StoreError
 from broker.masking import Masker, MaskingConfig
 from broker.policy import PolicyEngine
-from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
+from broker.store.recorder import Recorder
 from proxy.admission import Admission, SessionCaps
 from proxy.egress import EgressLimits
 from proxy.egress_ledger import AgentEgressLedger

@@ -19,7 +19,7 @@ connect, so:
   `reason: suppressed` record for that network) and `max_keys` in all (the rest in one
   `reason: suppressed` record with no network). `jitgate_recorder_dropped_total
   {cause="login_flood"}` counts the failures not recorded one by one.
-  Statement records have their own buffer (`broker.recorder`): a flood of failed logins can
+  Statement records have their own buffer (`broker.store.recorder`): a flood of failed logins can
   neither evict nor delay them beyond sharing the store's audit lock one batch at a time;
 - a store that fails is retried with backoff while the queue keeps to its limit, and the
   events are dropped (counted, logged) only at `aclose()`.

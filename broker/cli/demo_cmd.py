@@ -280,8 +280,8 @@ async def run_demo(
     from broker.identity.devissuer import DevIssuer, DevUser
     from broker.identity.oidc import OIDCVerifier
     from broker.identity.settings import OidcIssuerSettings, OidcSettings
-    from broker.recorder import Recorder
     from broker.store import Store
+    from broker.store.recorder import Recorder
     from proxy.approvals import ApprovalReviewHook
     from proxy.server import ProxyServer
     from proxy.wiring import ManagedCredentials, build_context

@@ -94,8 +94,8 @@ async def serve(
     from broker.cli.approvals_runtime import open_approvals
     from broker.credentials.manager import build_manager
     from broker.credentials.reaper import Reaper
-    from broker.recorder import Recorder
     from broker.store import Store
+    from broker.store.recorder import Recorder
     from proxy.approvals import ApprovalReviewHook
     from proxy.server import ProxyServer
     from proxy.wiring import ManagedCredentials, build_context, reload_resources

@@ -1,7 +1,9 @@
 """The broker's store: SQLAlchemy 2 async over SQLite (default) or PostgreSQL.
 
-Public surface: `Store` (open/close, tokens, sessions, statements) and the plain records it
-takes and returns. See `db.py` for the lifecycle and `tokens.py` for the token scheme.
+Public surface: `Store` (open/close/transaction, and its repositories `tokens`, `sessions`,
+`access`, `approvals`, `audit`, `egress`, `slots`) and the plain records they take and
+return. See `db.py` for the lifecycle, `tokens.py` for the token scheme and `recorder.py`
+for the proxy's buffered writer of session records.
 """
 
 from broker.store.db import Store, create_engine

@@ -22,8 +22,8 @@ from broker import metrics
 from broker.audit.chain import AuditRecord
 from broker.audit.forward import AuditForwarder
 from broker.exceptions import StoreUnavailable
-from broker.recorder import Recorder
 from broker.store import Grant, StatementRecord, Store
+from broker.store.recorder import Recorder
 from broker.store.sessions import SessionRepository
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,13 +36,15 @@ MCP = "tests/e2e/test_metrics.py::test_mcp_queries_rows_bytes_and_egress_limits_
 COVERAGE: dict[str, tuple[str, ...]] = {
     "jitgate_sessions_active": (
         "tests/e2e/test_metrics.py::test_sessions_statements_and_durations_move_with_a_session",
-        "tests/broker/test_recorder.py::test_end_session_writes_statements_first",
+        "tests/broker/store/test_recorder.py::test_end_session_writes_statements_first",
     ),
     "jitgate_statements": (
         "tests/e2e/test_metrics.py::test_sessions_statements_and_durations_move_with_a_session",
-        "tests/broker/test_recorder.py::test_metrics_count_decisions_masking_and_durations",
+        "tests/broker/store/test_recorder.py::test_metrics_count_decisions_masking_and_durations",
     ),
-    "jitgate_masked_values": ("tests/broker/test_recorder.py::test_metrics_count_decisions_masking_and_durations",),
+    "jitgate_masked_values": (
+        "tests/broker/store/test_recorder.py::test_metrics_count_decisions_masking_and_durations",
+    ),
     "jitgate_statement_seconds": (
         "tests/e2e/test_metrics.py::test_sessions_statements_and_durations_move_with_a_session",
     ),
@@ -62,7 +64,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     ),
     "jitgate_recorder_dropped": ("tests/broker/test_metrics.py::test_recorder_drops_are_counted_by_cause",),
     "jitgate_recorder_flush_failures": (
-        "tests/broker/test_recorder.py::test_store_outage_loses_nothing_and_turns_unhealthy",
+        "tests/broker/store/test_recorder.py::test_store_outage_loses_nothing_and_turns_unhealthy",
     ),
     "jitgate_egress_limit": (
         "tests/e2e/test_egress.py::test_statement_row_limit_cuts_and_connection_stays_usable",

@@ -28,8 +28,8 @@ from broker.config import ProxySettings, ResourceSettings, Settings, UpstreamSet
 from broker.credentials.settings import VaultSettings
 from broker.demo.seed import DemoRoles
 from broker.demo.upstream import MD5_USER, TRUST_USER, Upstream
-from broker.recorder import Recorder
 from broker.store import Store
+from broker.store.recorder import Recorder
 from proxy.approvals import ApprovalReviewHook
 from proxy.hooks import ReviewHook
 from proxy.server import ProxyServer

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from broker.recorder import ProcessWriter, Recorder
 from broker.store import Grant, StatementRecord, Store
+from broker.store.recorder import ProcessWriter, Recorder
 
 GRANT = Grant(
     token_id=None, principal="agent:proc", groups=("ai-agents",), resource="demo", role="readwrite",

@@ -11,8 +11,8 @@ import pytest
 
 from broker import metrics
 from broker.exceptions import RecorderClosed, StoreUnavailable
-from broker.recorder import Recorder
 from broker.store import Grant, SessionStats, StatementRecord, Store
+from broker.store.recorder import Recorder
 from broker.store.records import SessionEnd, SessionStart
 
 GRANT = Grant(
