@@ -121,24 +121,9 @@ class StatementOut(BaseModel):
 
     @classmethod
     def of(cls, s: StatementInfo) -> StatementOut:
-        return cls(
-            seq=s.seq,
-            sql=s.sql,
-            fingerprint=s.fingerprint,
-            decision=s.decision,
-            rule=s.rule,
-            reason=s.reason,
-            shadow_decision=s.shadow_decision,
-            started_at=s.started_at,
-            duration_ms=s.duration_ms,
-            rows=s.rows,
-            masked_values=s.masked_values,
-            error_sqlstate=s.error_sqlstate,
-            approval_id=s.approval_id,
-            verified=s.verified,
-            tampered=list(s.tampered),
-            audit_seq=s.audit_seq,
-        )
+        # The store's record itself, read by attribute name: no field-by-field copy to keep in
+        # step (its `results` are not part of this view).
+        return cls.model_validate(s, from_attributes=True)
 
 
 class SessionDetailOut(SessionOut):
