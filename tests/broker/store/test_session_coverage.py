@@ -22,15 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
-import typer
 from sqlalchemy import text
-from typer.testing import CliRunner
 
 from broker.api import create_app
 from broker.audit.archive import sessions_digest, verify_archive
-from broker.cli import audit_cmd, sessions_cmd
 from broker.config import Settings, hash_api_token
 from broker.store import Grant, SessionStats, StatementRecord, Store
+from tests.broker.store.cli_helpers import cli_config, run_cli  # noqa: F401
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 API_TOKEN = "jga_session-coverage-token-0123456789abcdef"
@@ -353,25 +351,9 @@ async def test_api_flags_session_tampering_and_deleted_sessions(
     assert "session_tampered" in spec["components"]["schemas"]["SessionOut"]["properties"]
 
 
-@pytest.fixture
-def cli_config(tmp_path: Path, backend_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("JITGATE_CONFIG", "JITGATE_STORE_URL", "JITGATE_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    path = tmp_path / "jitgate.yaml"
-    path.write_text(f"data_dir: {tmp_path / 'data'}\nstore_url: '{backend_url}'\nresources: {{}}\n")
-    return path
-
-
-def _cli(config: Path, *args: str):  # type: ignore[no-untyped-def]
-    app = typer.Typer()
-    sessions_cmd.register(app)
-    app.add_typer(audit_cmd.audit_app, name="audit")
-    return CliRunner().invoke(app, [*args, "--config", str(config)])
-
-
 async def _run(*args: Any) -> Any:
     # The CLI runs its own event loop (asyncio.run): not from inside this test's loop.
-    return await asyncio.to_thread(_cli, *args)
+    return await asyncio.to_thread(run_cli, *args)
 
 
 async def test_cli_show_replay_list_and_verify_report_session_tampering(

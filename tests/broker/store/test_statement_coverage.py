@@ -19,14 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-import typer
 from sqlalchemy import text
-from typer.testing import CliRunner
 
 from broker.api import create_app
-from broker.cli import sessions_cmd
 from broker.config import Settings, hash_api_token
 from broker.store import Grant, StatementRecord, Store
+from tests.broker.store.cli_helpers import cli_config, run_cli  # noqa: F401
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 API_TOKEN = "jga_coverage-admin-token-0123456789abcdef"
@@ -189,33 +187,18 @@ async def test_api_marks_tampered_statements(store: Store, api: httpx.AsyncClien
     assert "tampered" in spec["components"]["schemas"]["StatementOut"]["properties"]
 
 
-@pytest.fixture
-def cli_config(tmp_path: Path, backend_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for name in ("JITGATE_CONFIG", "JITGATE_STORE_URL", "JITGATE_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    path = tmp_path / "jitgate.yaml"
-    path.write_text(f"data_dir: {tmp_path / 'data'}\nstore_url: '{backend_url}'\nresources: {{}}\n")
-    return path
-
-
-def _cli(config: Path, *args: str):  # type: ignore[no-untyped-def]
-    app = typer.Typer()
-    sessions_cmd.register(app)
-    return CliRunner().invoke(app, [*args, "--config", str(config)])
-
-
 async def test_replay_and_show_exit_non_zero_naming_the_tampered_statement(store: Store, cli_config: Path) -> None:
     sid = await _seed(store)
     for command in ("replay", "show"):
-        ok = await _in_thread(_cli, cli_config, "sessions", command, sid)
+        ok = await _in_thread(run_cli, cli_config, "sessions", command, sid)
         assert ok.exit_code == 0, ok.output
         assert "TAMPERED" not in ok.output
     await _sql(store, "UPDATE statements SET rows = 0 WHERE session_id = :s AND seq = 1", s=sid)
     for command in ("replay", "show"):
-        bad = await _in_thread(_cli, cli_config, "sessions", command, sid)
+        bad = await _in_thread(run_cli, cli_config, "sessions", command, sid)
         assert bad.exit_code == 3, bad.output
         assert "TAMPERED" in bad.output and "#1" in bad.output and "rows" in bad.output
-    lines = [json.loads(line) for line in (await _in_thread(_cli, cli_config, "sessions", "replay", sid, "--json"))
+    lines = [json.loads(line) for line in (await _in_thread(run_cli, cli_config, "sessions", "replay", sid, "--json"))
              .stdout.splitlines()]
     statements = {line["seq"]: line for line in lines if line["event"] == "statement"}
     assert statements[1]["tampered"] == ["rows"] and statements[1]["verified"] is False
