@@ -39,7 +39,7 @@ from broker.demo.openbao import bao_binary, configure_database, start_openbao  #
 from broker.demo.seed import seed_demo  # noqa: E402
 from broker.demo.upstream import start_upstream  # noqa: E402
 from broker.logging import configure_logging  # noqa: E402
-from broker.store import Store  # noqa: E402
+from broker.store import SessionStart, Store  # noqa: E402
 from broker.store.recorder import Recorder  # noqa: E402
 from proxy.server import ProxyServer  # noqa: E402
 from proxy.wiring import ManagedCredentials, build_context  # noqa: E402
@@ -89,7 +89,7 @@ async def main(n: int) -> None:
         store = await Store.open(settings.store_url.get_secret_value())
         recorder = Recorder(store.sessions)
         recorder.start()
-        manager = build_manager(settings, store)
+        manager = build_manager(settings, store.audit)
         server = ProxyServer(build_context(settings, store, recorder, credentials=ManagedCredentials(manager)), port=0)
         await server.start()
         token = {}
@@ -127,9 +127,8 @@ async def main(n: int) -> None:
 
         ledger_t: list[float] = []
         for _ in range(n):
-            session_id = await store.sessions.start_session(
-                await store.tokens.verify_token(token["vault"], "vault"), client_addr="bench"
-            )
+            grant = await store.tokens.verify_token(token["vault"], "vault")
+            session_id = await store.sessions.start_session(SessionStart(grant, client_addr="bench"))
             t0 = time.perf_counter()
             cred = await manager.acquire(resource="vault", role="readwrite", session_id=session_id)
             ledger_t.append(time.perf_counter() - t0)

@@ -417,6 +417,21 @@ class AuditSettings(_Section):
         return value
 
 
+class WorkerSettings(_Section):
+    """The Celery worker (`jitgate worker`)."""
+
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        lt=65536,
+        description=(
+            "Serve the worker's Prometheus metrics (witness deliveries, approvals expired, Slack and Vault "
+            "errors), summed over its pool's processes, at http://<metrics_host>:<port>/metrics; null: not served"
+        ),
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address the worker's metrics endpoint listens on")
+
+
 class Settings(BaseSettings):
     """All of jitgate's settings. Build it with `load_settings` to get file + environment."""
 
@@ -448,6 +463,7 @@ class Settings(BaseSettings):
     slack: SlackSettings | None = None
     console: ConsoleSettings = Field(default_factory=lambda: ConsoleSettings())
     mcp: McpSettings = Field(default_factory=lambda: McpSettings())
+    worker: WorkerSettings = Field(default_factory=lambda: WorkerSettings())
     installation: Installation = Field(
         default="default",
         description=(

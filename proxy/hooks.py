@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from broker.policy import Verdict
-from broker.store import Grant
+from broker.store import Grant, SessionStart
 from proxy.egress import EgressLimits
 from proxy.rehearsal import BlastRadius
 from proxy.results import ResultLimits
@@ -47,9 +47,7 @@ class CredentialProvider(Protocol):
 
 
 class SessionRecorder(Protocol):
-    async def session_started(
-        self, grant: Grant, *, client_addr: str, application_name: str | None, intent: str | None
-    ) -> str:
+    async def session_started(self, start: SessionStart) -> str:
         """Record the start; returns the session id. Raising refuses the session."""
         ...
 

@@ -29,6 +29,7 @@ import structlog
 
 from broker.metrics import EGRESS_LIMITS, PROXY_BYTES
 from broker.policy.model import Decision, Verdict
+from broker.store import SessionStart
 from proxy.admission import Admission, Slot
 from proxy.cancel import CancelMap
 from proxy.egress import AgentBudget
@@ -195,10 +196,9 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             slot = await ctx.admission.admit(grant, resource=resource.name)
 
         session_id = await ctx.recorder.session_started(
-            grant,
-            client_addr=client_addr,
-            application_name=startup.application_name,
-            intent=startup.intent,
+            SessionStart(
+                grant, client_addr=client_addr, application_name=startup.application_name, intent=startup.intent
+            )
         )
         # Every log line of this connection's task carries the session id from here on.
         structlog.contextvars.bind_contextvars(session_id=session_id)

@@ -20,7 +20,7 @@ from broker.credentials.manager import CredentialManager, build_manager
 from broker.exceptions import CredentialError, CredentialSourceUnavailable, ExpiredToken, InvalidToken, StoreError
 from broker.masking import Masker, MaskingConfig
 from broker.policy import PolicyEngine
-from broker.store import Grant, SessionStats, StatementRecord, Store
+from broker.store import Grant, SessionStart, SessionStats, StatementRecord, Store
 from broker.store.recorder import Recorder
 from proxy.admission import Admission, SessionCaps
 from proxy.egress import EgressLimits
@@ -120,13 +120,9 @@ class RecorderSink:
     async def caught_up(self) -> None:
         await self._recorder.caught_up()
 
-    async def session_started(
-        self, grant: Grant, *, client_addr: str, application_name: str | None, intent: str | None
-    ) -> str:
+    async def session_started(self, start: SessionStart) -> str:
         try:
-            session_id = await self._recorder.start_session(
-                grant, client_addr=client_addr, application_name=application_name, intent=intent
-            )
+            session_id = await self._recorder.start_session(start)
         except StoreError:
             raise UpstreamUnavailable("the gateway cannot record sessions right now") from None
         self._seq[session_id] = 0
@@ -224,7 +220,7 @@ def build_context(
     return ProxyContext(
         resources=_build_resources(settings),
         tokens=StoreTokenVerifier(store.tokens),
-        credentials=credentials or ManagedCredentials(build_manager(settings, store)),
+        credentials=credentials or ManagedCredentials(build_manager(settings, store.audit)),
         recorder=RecorderSink(recorder, logins or FailedLogins(store.audit)),
         review=review or DenyAllReviews(),
         tls=tls,

@@ -19,14 +19,19 @@ from broker.identity.grants import request_access
 from broker.identity.oidc import Principal
 
 if TYPE_CHECKING:
-    from broker.store import Store
+    from broker.store.access_requests import AccessRequestRepository
+    from broker.store.tokens import TokenRepository
 
 
 class BrokerActions:
-    def __init__(self, service: ApprovalService, settings: Settings, *, store: Store) -> None:
+    def __init__(
+        self, service: ApprovalService, settings: Settings, *, tokens: TokenRepository, access: AccessRequestRepository
+    ) -> None:
         self.service = service
         self.settings = settings
-        self.store = store  # `request_access` mints tokens and records the request
+        # Where `request_access` mints tokens and records the request.
+        self.tokens = tokens
+        self.access = access
 
     async def get(self, approval_id: str) -> Approval | None:
         return await self.service.get(approval_id)
@@ -61,8 +66,8 @@ class BrokerActions:
                 f"`jitgate connect {resource} --role {role} --reason ...` to get the credential."
             )
         result = await request_access(
-            self.store, self.settings, principal, resource=resource, role=role, reason=reason,
-            ttl=wanted, approvals=self.service,
+            self.settings, principal, tokens=self.tokens, access=self.access, resource=resource, role=role,
+            reason=reason, ttl=wanted, approvals=self.service,
         )
         if result.decision.outcome == "approval":
             approvers = ", ".join(result.decision.approvers) or "an approver"

@@ -2,7 +2,7 @@
 
 `broker.approvals.service.ApprovalService` implements `ApprovalActions`; the Slack app only
 ever sees this Protocol, so its listeners hold no approval rules of their own (the rules are
-`broker.approvals.model.cast_vote`). `broker.store.Store` implements `MessageLedger`: where
+`broker.approvals.model.cast_vote`). `Store.approvals` (`broker.store.approvals`) implements `MessageLedger`: where
 each approval's prompt went, so the poster never searches a channel's history.
 """
 

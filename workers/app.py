@@ -20,6 +20,9 @@ With `audit.signing_key_file` and a witness (`audit.witness`), beat also signs t
 head every `audit.witness.interval` (60 s) and, with `audit.retention_days`, prunes every
 `audit.prune_interval` (24 h), both on the installation's queue.
 
+With `worker.metrics_port`, the worker serves what its pool's processes count at
+`/metrics` on that port (`workers.metrics`: prometheus_client's multiprocess mode).
+
 Expiry runs every `approvals.expiry_check_interval` (1 s): an expired request is marked and
 published on the approvals bus within about that long of its deadline, so the proxy that
 parked it answers the client then. A sweep, rather than a task scheduled at each deadline:
@@ -38,6 +41,7 @@ from celery import Celery
 from broker.cli.approvals_runtime import resolve_broker_url
 from broker.config import Settings, load_settings
 from broker.durations import parse_duration
+from workers.metrics import serve_metrics
 
 # Redis: an unacknowledged message (its worker died) is redelivered after this long.
 VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("JITGATE_TASK_VISIBILITY_TIMEOUT", "30"))
@@ -92,6 +96,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             **_audit_schedule(settings, queue),
         },
     )
+    serve_metrics(app, settings)
     return app
 
 

@@ -45,6 +45,8 @@ from broker.cli.approvals_runtime import open_approvals
 from broker.config import Settings, load_settings
 from broker.durations import parse_duration
 from broker.store import Store
+from broker.store.approvals import ApprovalRepository
+from broker.store.audit import AuditRepository
 
 log = structlog.get_logger("jitgate.workers")
 
@@ -64,9 +66,13 @@ class TaskDispatcher:
 
 @dataclass
 class Runtime:
+    """What the tasks use, opened once per worker process. Of the store, only the two
+    repositories the tasks read and write; the store stays open for the process's life."""
+
     settings: Settings
     loop: asyncio.AbstractEventLoop
-    store: Store
+    approvals: ApprovalRepository
+    audit: AuditRepository
     service: ApprovalService
     poster: Any | None  # slackapp.client.SlackPoster when Slack is configured
 
@@ -87,9 +93,9 @@ def runtime() -> Runtime:
             poster = SlackPoster.from_settings(settings.slack, ledger=store.approvals)
         # The configured bus, so that what the tasks decide (expiry) reaches the waiting proxy.
         service, _ = loop.run_until_complete(
-            open_approvals(settings, store, dispatcher=TaskDispatcher(), listen=False)
+            open_approvals(settings, store.approvals, dispatcher=TaskDispatcher(), listen=False)
         )
-        _runtime = Runtime(settings, loop, store, service, poster)
+        _runtime = Runtime(settings, loop, store.approvals, store.audit, service, poster)
     return _runtime
 
 
@@ -108,7 +114,7 @@ def _retry(task: Any, exc: Exception) -> None:
 
 
 async def _post_or_update(rt: Runtime, approval_id: str) -> str:
-    approval = await rt.store.approvals.get_approval(approval_id)
+    approval = await rt.approvals.get_approval(approval_id)
     if approval is None:
         return "unknown approval"
     if rt.poster is None or rt.settings.slack is None:
@@ -149,14 +155,14 @@ async def _nudge(rt: Runtime) -> int:
     approvals, slack = rt.settings.approvals, rt.settings.slack
     done = 0
     if approvals.reminder_after:
-        due = await rt.store.approvals.pending_older_than(parse_duration(approvals.reminder_after), escalated=False)
+        due = await rt.approvals.pending_older_than(parse_duration(approvals.reminder_after), escalated=False)
         for approval_id in due:
-            recorded = await rt.store.approvals.approval_message(approval_id)
-            approval = await rt.store.approvals.get_approval(approval_id)
+            recorded = await rt.approvals.approval_message(approval_id)
+            approval = await rt.approvals.get_approval(approval_id)
             if recorded is None or approval is None or approval.status is not Status.PENDING:
                 continue
             # Marked first: a reminder is at most once (a lost one is harmless, a double is noise).
-            if await rt.store.approvals.mark_approval_nudged(approval_id, escalated=False):
+            if await rt.approvals.mark_approval_nudged(approval_id, escalated=False):
                 await rt.poster.client.chat_postMessage(
                     channel=recorded[0], thread_ts=recorded[1],
                     text=f"Reminder: request {approval_id} is still waiting for "
@@ -164,14 +170,14 @@ async def _nudge(rt: Runtime) -> int:
                 )
                 done += 1
     if approvals.escalate_after and slack.escalation_channel:
-        due = await rt.store.approvals.pending_older_than(parse_duration(approvals.escalate_after), escalated=True)
+        due = await rt.approvals.pending_older_than(parse_duration(approvals.escalate_after), escalated=True)
         for approval_id in due:
-            approval = await rt.store.approvals.get_approval(approval_id)
+            approval = await rt.approvals.get_approval(approval_id)
             if approval is None or approval.status is not Status.PENDING:
                 continue
             # Escalation is idempotent in Slack (message metadata); marked after it is posted.
             await rt.poster.escalate(approval, slack.escalation_channel)
-            await rt.store.approvals.mark_approval_nudged(approval_id, escalated=True)
+            await rt.approvals.mark_approval_nudged(approval_id, escalated=True)
             done += 1
     return done
 
@@ -189,7 +195,7 @@ async def _reap(rt: Runtime) -> int:
     from broker.credentials.manager import build_manager
     from broker.credentials.reaper import reap
 
-    manager = build_manager(rt.settings, rt.store)
+    manager = build_manager(rt.settings, rt.audit)
     try:
         if manager.ledger is None:
             return 0
@@ -214,7 +220,7 @@ async def _export(rt: Runtime, day: datetime) -> Path:
     path = out_dir / f"audit-{since:%Y-%m-%d}.jsonl"
     partial = path.with_suffix(".jsonl.partial")
     with partial.open("w") as f:
-        async for chunk in render(rt.store.audit.iter_audit(since=since, until=until), "jsonl"):
+        async for chunk in render(rt.audit.iter_audit(since=since, until=until), "jsonl"):
             f.write(chunk)
     partial.replace(path)  # a re-run rewrites the same file: idempotent
     return path
@@ -231,7 +237,7 @@ async def _witness(rt: Runtime) -> dict[str, Any] | None:
 
     setup = build_setup(rt.settings)
     try:
-        return await witness_head(rt.store.audit, setup)
+        return await witness_head(rt.audit, setup)
     finally:
         await setup.aclose()
 
@@ -261,7 +267,7 @@ async def _prune(rt: Runtime) -> str | None:
     setup = build_setup(rt.settings)
     try:
         summary = await prune_witnessed(
-            rt.store.audit, setup, before=datetime.now(UTC) - timedelta(days=days), archive_dir=archive_dir
+            rt.audit, setup, before=datetime.now(UTC) - timedelta(days=days), archive_dir=archive_dir
         )
     finally:
         await setup.aclose()

@@ -21,13 +21,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from broker.api.auth import require_caller
+from broker.api.deps import AuditDep, SessionsDep
 from broker.audit.chain import TailLimits
 from broker.audit.export import MEDIA_TYPES, render
 from broker.audit.signing import verifier_for
 from broker.audit.witness import WitnessCache, WitnessError, WitnessKeyError, WitnessLog, load_witness
 from broker.config import Settings
 from broker.durations import parse_duration
-from broker.store import Store
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(require_caller)])
 
@@ -97,14 +97,6 @@ class VerifyOut(BaseModel):
     model_config = {"populate_by_name": True}
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-StoreDep = Annotated[Store, Depends(_store)]
-
-
 def _utc(value: datetime | None) -> datetime | None:
     # A time without a zone in a query string is taken as UTC, the zone of the audit log.
     if value is None:
@@ -120,7 +112,8 @@ def _utc(value: datetime | None) -> datetime | None:
 )
 async def verify(
     request: Request,
-    store: StoreDep,
+    audit: AuditDep,
+    sessions: SessionsDep,
     from_seq: Annotated[int | None, Query(ge=1, description="First record to check")] = None,
     to_seq: Annotated[int | None, Query(ge=1, description="Last record to check")] = None,
     max_unwitnessed: Annotated[
@@ -139,11 +132,11 @@ async def verify(
     # Key files are small and read per request, so a rotated key is picked up without restart.
     checkpoints = verifier_for(settings.audit.signing_key_file, settings.audit.verify_key_files)
     witness, why_not = await asyncio.to_thread(_witness, settings, _witness_cache(request))
-    report = await store.audit.verify_audit(
+    report = await audit.verify_audit(
         from_seq=from_seq, to_seq=to_seq, checkpoints=checkpoints, witness=witness, limits=limits
     )
     out = report.to_json()
-    out["sessions"] = (await store.sessions.sweep_sessions(from_seq=from_seq, to_seq=to_seq)).to_json()
+    out["sessions"] = (await sessions.sweep_sessions(from_seq=from_seq, to_seq=to_seq)).to_json()
     out["ok"] = out["ok"] and out["sessions"]["ok"]
     if why_not:
         out["unanchored"] = [*why_not, *(w for w in out["unanchored"] if not w.startswith("no witness"))]
@@ -179,12 +172,12 @@ def _witness(settings: Settings, cache: WitnessCache) -> tuple[WitnessLog | None
     responses={200: {"content": {t: {} for t in set(MEDIA_TYPES.values())}}},
 )
 async def export(
-    store: StoreDep,
+    audit: AuditDep,
     format: Annotated[Literal["jsonl", "csv", "ocsf"], Query(description="Output format")] = "jsonl",
     since: Annotated[datetime | None, Query(description="Records at or after this time")] = None,
     until: Annotated[datetime | None, Query(description="Records before this time")] = None,
 ) -> StreamingResponse:
-    records = store.audit.iter_audit(since=_utc(since), until=_utc(until))
+    records = audit.iter_audit(since=_utc(since), until=_utc(until))
     ext = "csv" if format == "csv" else "jsonl"
     return StreamingResponse(
         render(records, format),

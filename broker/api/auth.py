@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from broker.api.deps import ApprovalsRepoDep
 from broker.config import Settings
 from broker.identity.oidc import IdentityError, IssuerUnavailable, OIDCVerifier, Principal
 
@@ -47,6 +48,7 @@ def token_matches(token: str, digests: list[str]) -> bool:
 async def require_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    directory: ApprovalsRepoDep,
 ) -> Caller:
     settings: Settings = request.app.state.settings
     if credentials is not None and token_matches(credentials.credentials, settings.api.tokens):
@@ -62,7 +64,7 @@ async def require_caller(
         except IssuerUnavailable:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "identity provider unavailable") from None
         # The directory: Slack approvers are matched to the groups of their last OIDC login.
-        await request.app.state.store.approvals.remember_principal(identity)
+        await directory.remember_principal(identity)
         return Caller(principal=identity.id, groups=identity.groups, identity=identity)
     raise _unauthorized("missing or invalid bearer token")
 

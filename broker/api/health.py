@@ -28,7 +28,7 @@ from pydantic import BaseModel, SecretStr
 from broker.config import Settings
 from broker.credentials.settings import VaultSettings
 from broker.exceptions import StoreError
-from broker.store import Store
+from broker.store.base import StoreBase
 
 log = structlog.get_logger("jitgate.api.health")
 
@@ -100,9 +100,9 @@ async def _timed(name: str, check: Check) -> str:
 # --- the checks --------------------------------------------------------------------------
 
 
-async def check_store(store: Store) -> str:
+async def check_store(core: StoreBase) -> str:
     try:
-        await store.ping()
+        await core.ping()
     except StoreError as exc:
         return f"error: {type(exc).__name__}"
     return "ok"

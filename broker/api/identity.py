@@ -15,33 +15,26 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field, field_validator
 
 from broker.api.auth import CallerDep
+from broker.api.deps import AccessDep, AuditDep, TokensDep
 from broker.approvals.service import ApprovalService
 from broker.audit import events
 from broker.config import Settings
 from broker.durations import parse_duration
 from broker.identity.grants import NotCollectable, collect_grant, request_access
 from broker.identity.oidc import IdentityError, IssuerUnavailable, OIDCVerifier, Principal
-from broker.store import Store
-from broker.store.access_requests import AccessRequestInfo
+from broker.store.access_requests import AccessRequestInfo, AccessRequestRepository
+from broker.store.tokens import TokenRepository
 
 router = APIRouter(tags=["access"])
 
 _DB_USER = re.compile(r"[^A-Za-z0-9_.@-]")
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-StoreDep = Annotated[Store, Depends(_store)]
 
 
 class AccessRequestIn(BaseModel):
@@ -123,14 +116,17 @@ def gateway_dsn(settings: Settings, principal: Principal, resource: str) -> str:
 
 
 async def _request_access(
-    settings: Settings, store: Store, principal: Principal, body: AccessRequestIn, approvals: ApprovalService
+    request: Request, principal: Principal, body: AccessRequestIn, *, tokens: TokenRepository,
+    access: AccessRequestRepository,
 ) -> AccessRequestOut:
+    settings: Settings = request.app.state.settings
+    approvals: ApprovalService = request.app.state.approvals
     if body.resource not in settings.resources:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown resource {body.resource[:63]!r}")
     ttl = parse_duration(body.ttl or settings.access.default_ttl)
     result = await request_access(
-        store, settings, principal, resource=body.resource, role=body.role, reason=body.reason, ttl=ttl,
-        approvals=approvals,
+        settings, principal, tokens=tokens, access=access, resource=body.resource, role=body.role,
+        reason=body.reason, ttl=ttl, approvals=approvals,
     )
     if result.decision.outcome == "deny":
         # Recorded all the same, so that refused requests show in the trail too.
@@ -153,17 +149,17 @@ async def _request_access(
     responses={403: {"description": "No access rule allows it"}, 404: {"description": "Unknown resource"}},
 )
 async def create_access_request(
-    body: AccessRequestIn, caller: CallerDep, request: Request, store: StoreDep
+    body: AccessRequestIn, caller: CallerDep, request: Request, tokens: TokensDep, access: AccessDep, audit: AuditDep
 ) -> AccessRequestOut:
     if caller.identity is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="access requests need an OIDC identity")
     # The broker sees an OIDC login (device flow, browser or a workload token) when the
     # identity is first used for something; the token itself stays out of the record.
     principal = caller.identity
-    await store.audit.append_audit(
+    await audit.append_audit(
         events.login(principal=principal.id, method="oidc", groups=principal.groups, client_addr=_client(request))
     )
-    return await _request_access(request.app.state.settings, store, principal, body, request.app.state.approvals)
+    return await _request_access(request, principal, body, tokens=tokens, access=access)
 
 
 @router.get(
@@ -172,8 +168,8 @@ async def create_access_request(
     response_model_exclude_none=True,
     summary="One access request (never includes the token)",
 )
-async def get_access_request(request_id: str, caller: CallerDep, store: StoreDep) -> AccessRequestOut:
-    info = await store.access.get_access_request(request_id)
+async def get_access_request(request_id: str, caller: CallerDep, access: AccessDep) -> AccessRequestOut:
+    info = await access.get_access_request(request_id)
     # Someone else's request answers like a missing one: ids are not for enumerating.
     if info is None or (caller.identity is not None and info.principal != caller.principal):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="access request not found")
@@ -188,12 +184,12 @@ async def get_access_request(request_id: str, caller: CallerDep, store: StoreDep
     responses={409: {"description": "Not approved, or already collected"}},
 )
 async def collect_access_token(
-    request_id: str, caller: CallerDep, request: Request, store: StoreDep
+    request_id: str, caller: CallerDep, request: Request, tokens: TokensDep, access: AccessDep
 ) -> AccessRequestOut:
     if caller.identity is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="only the requester collects a grant")
     try:
-        result = await collect_grant(store, caller.identity, request_id)
+        result = await collect_grant(caller.identity, request_id, tokens=tokens, access=access)
     except NotCollectable as exc:
         code = status.HTTP_404_NOT_FOUND if "not found" in str(exc) else status.HTTP_409_CONFLICT
         raise HTTPException(code, detail=str(exc)) from None
@@ -204,11 +200,11 @@ async def collect_access_token(
 
 
 @router.post("/v1/grants/{token_id}/revoke", response_model=RevokeOut, summary="Revoke a granted gateway token")
-async def revoke_grant(token_id: str, caller: CallerDep, store: StoreDep) -> RevokeOut:
-    owner = await store.access.token_owner(token_id)
+async def revoke_grant(token_id: str, caller: CallerDep, tokens: TokensDep, access: AccessDep) -> RevokeOut:
+    owner = await access.token_owner(token_id)
     if owner is None or (caller.identity is not None and owner.principal != caller.principal):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="grant not found")
-    return RevokeOut(token_id=token_id, revoked=await store.tokens.revoke_token(token_id))
+    return RevokeOut(token_id=token_id, revoked=await tokens.revoke_token(token_id))
 
 
 @router.post(
@@ -219,7 +215,9 @@ async def revoke_grant(token_id: str, caller: CallerDep, store: StoreDep) -> Rev
     summary="Exchange a workload OIDC token for an access grant",
     responses={401: {"description": "The subject token was refused"}},
 )
-async def exchange(body: ExchangeIn, request: Request, store: StoreDep) -> AccessRequestOut:
+async def exchange(
+    body: ExchangeIn, request: Request, tokens: TokensDep, access: AccessDep, audit: AuditDep
+) -> AccessRequestOut:
     verifier: OIDCVerifier | None = request.app.state.oidc
     if verifier is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="no OIDC issuer is trusted")
@@ -228,14 +226,14 @@ async def exchange(body: ExchangeIn, request: Request, store: StoreDep) -> Acces
     except IdentityError as exc:
         # A refused exchange is audited too, with the reason only: an unverified token's
         # claims are not evidence of who sent it.
-        await store.audit.append_audit(
+        await audit.append_audit(
             events.token_exchange(principal="unverified", issuer="unverified", ok=False, reason=exc.reason)
         )
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=f"invalid subject token: {exc}") from None
     except IssuerUnavailable:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="identity provider unavailable") from None
-    await store.audit.append_audit(events.token_exchange(principal=principal.id, issuer=principal.issuer))
-    return await _request_access(request.app.state.settings, store, principal, body, request.app.state.approvals)
+    await audit.append_audit(events.token_exchange(principal=principal.id, issuer=principal.issuer))
+    return await _request_access(request, principal, body, tokens=tokens, access=access)
 
 
 def _client(request: Request) -> str | None:

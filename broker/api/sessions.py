@@ -17,18 +17,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.auth import require_caller
-from broker.store import Store
-from broker.store.records import SessionInfo, StatementInfo
+from broker.api.deps import SessionsDep
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], dependencies=[Depends(require_caller)])
 
 
 class SessionOut(BaseModel):
     """A proxy session. Credentials (gateway token, upstream login) are never included."""
+
+    # Built from the store's SessionInfo by attribute (`model_validate(info)`); the two fields
+    # named otherwise here say which attribute they read (`validation_alias`).
+    model_config = ConfigDict(from_attributes=True)
 
     id: str
     token_id: str | None = Field(description="Id of the gateway token used (not the token)")
@@ -44,11 +47,13 @@ class SessionOut(BaseModel):
     end_reason: str | None
     active: bool
     statement_count: int = Field(
-        description="Statements recorded so far; once ended, the count the proxy reported"
+        validation_alias="statements",
+        description="Statements recorded so far; once ended, the count the proxy reported",
     )
     bytes_in: int = Field(description="Bytes from client to server, reported at session end")
     bytes_out: int = Field(description="Bytes from server to client, reported at session end")
     session_tampered: list[str] = Field(
+        validation_alias="tampered",
         description=(
             "What of the session does not match its session.start/session.end records in the audit chain: "
             "a field name (principal, groups, resource, role, token_id, client_addr, application_name, intent, "
@@ -61,33 +66,13 @@ class SessionOut(BaseModel):
         description="Seq of the session.start record it was checked against; null: pruned, not checked"
     )
 
-    @classmethod
-    def of(cls, s: SessionInfo) -> SessionOut:
-        return cls(
-            id=s.id,
-            token_id=s.token_id,
-            principal=s.principal,
-            groups=list(s.groups),
-            resource=s.resource,
-            role=s.role,
-            client_addr=s.client_addr,
-            application_name=s.application_name,
-            intent=s.intent,
-            started_at=s.started_at,
-            ended_at=s.ended_at,
-            end_reason=s.end_reason,
-            active=s.active,
-            statement_count=s.statements,
-            bytes_in=s.bytes_in,
-            bytes_out=s.bytes_out,
-            session_tampered=list(s.tampered),
-            audit_seq=s.audit_seq,
-        )
-
 
 class StatementOut(BaseModel):
     """A statement the proxy saw, with the policy decision taken on it, checked against its
     record in the audit chain."""
+
+    # Built from the store's StatementInfo by attribute (its `results` are not part of this view).
+    model_config = ConfigDict(from_attributes=True)
 
     seq: int
     sql: str
@@ -119,27 +104,17 @@ class StatementOut(BaseModel):
     )
     audit_seq: int | None = Field(description="Seq of the chained record it was checked against")
 
-    @classmethod
-    def of(cls, s: StatementInfo) -> StatementOut:
-        # The store's record itself, read by attribute name: no field-by-field copy to keep in
-        # step (its `results` are not part of this view).
-        return cls.model_validate(s, from_attributes=True)
-
 
 class SessionDetailOut(SessionOut):
+    # A SessionOut's fields plus these, given by name: here `statements` and `tampered` are
+    # the statements, not the session's count and findings they alias in SessionOut.
+    model_config = ConfigDict(validate_by_alias=False, validate_by_name=True)
+
     statements: list[StatementOut] = Field(description="The session's statements, in order")
     verified: bool = Field(
         description="False when the session (session_tampered) or any statement shown does not match the audit chain"
     )
     tampered: list[int] = Field(description="Seq of every statement whose shown content does not match the chain")
-
-
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-StoreDep = Annotated[Store, Depends(_store)]
 
 
 @router.get(
@@ -148,15 +123,15 @@ StoreDep = Annotated[Store, Depends(_store)]
     summary="List sessions, newest first, each checked against the audit chain (deleted rows included)",
 )
 async def list_sessions(
-    store: StoreDep,
+    repo: SessionsDep,
     active: Annotated[bool, Query(description="Only sessions still open")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[
         datetime | None, Query(description="Only sessions started before this time (paging)")
     ] = None,
 ) -> list[SessionOut]:
-    sessions = await store.sessions.list_sessions(active_only=active, limit=limit, started_before=before)
-    return [SessionOut.of(s) for s in sessions]
+    sessions = await repo.list_sessions(active_only=active, limit=limit, started_before=before)
+    return [SessionOut.model_validate(s) for s in sessions]
 
 
 @router.get(
@@ -165,13 +140,13 @@ async def list_sessions(
     summary="One session with its statements",
     responses={404: {"description": "No such session (no row, and no session.start in the live chain)"}},
 )
-async def get_session(session_id: str, store: StoreDep) -> SessionDetailOut:
-    detail = await store.sessions.get_session(session_id)
+async def get_session(session_id: str, repo: SessionsDep) -> SessionDetailOut:
+    detail = await repo.get_session(session_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="session not found")
-    base = SessionOut.of(detail.session).model_dump()
-    tampered = [s.seq for s in detail.tampered]
-    return SessionDetailOut(
-        **base, statements=[StatementOut.of(s) for s in detail.statements], verified=detail.verified,
-        tampered=tampered,
-    )
+    return SessionDetailOut.model_validate({
+        **dict(SessionOut.model_validate(detail.session)),
+        "statements": detail.statements,
+        "verified": detail.verified,
+        "tampered": [s.seq for s in detail.tampered],
+    })

@@ -18,7 +18,8 @@ of that sorted list (`sessions_digest`), in the trailer the witness signs. The l
 is what lets the session views tell a pruned session from an invented one
 (`broker.audit.coverage.PruneEvidence`). It grows with every session ever archived: about
 40 bytes a session in the prune record, read by the views when a row has no live
-`session.start`.
+`session.start`. A prune record that lists no sessions (made before they were listed) has its
+sessions read from its own archive when the next prune archives it (`legacy_sessions`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +52,9 @@ class ArchiveSummary:
     records: int
     sha256: str
     sessions: tuple[str, ...] = ()  # sorted: the sessions archived (see the module's docstring)
+    # A prune an earlier run archived (and may have had witnessed) but did not apply, finished
+    # at its cut (`AuditRepository.prune_audit`); the caller may then look for a new cut.
+    resumed: bool = False
 
     @property
     def sessions_sha256(self) -> str:
@@ -71,12 +75,15 @@ class ArchiveSummary:
 
 
 async def write_archive(
-    path: Path, records: AsyncIterator[AuditRecord], *, prev_seq: int, prev_hash: str
+    path: Path, records: AsyncIterator[AuditRecord], *, prev_seq: int, prev_hash: str,
+    unlisted: Callable[[AuditRecord], Iterable[str]] | None = None,
 ) -> ArchiveSummary:
     """Write `records` to `path` (gzip JSONL), checking the chain as it goes.
 
     Raises ValueError (and leaves no file) if the records do not chain from `prev_hash`:
-    a broken chain must not be archived and pruned, which would hide the break.
+    a broken chain must not be archived and pruned, which would hide the break. `unlisted`
+    gives the sessions of an `audit.prune` record that lists none (one made before prune
+    records listed them; see `legacy_sessions`).
     """
     verifier = ChainVerifier(prev_hash=prev_hash, prev_seq=prev_seq)
     digest = hashlib.sha256()
@@ -97,6 +104,8 @@ async def write_archive(
                     sessions.add(record.session_id)
                 elif record.type == "audit.prune" and isinstance(record.data.get("sessions"), list):
                     sessions.update(str(x) for x in record.data["sessions"])
+                elif record.type == "audit.prune" and unlisted is not None:
+                    sessions.update(unlisted(record))
                 first = record.seq if first is None else first
                 last = record
             if last is None or first is None:
@@ -110,6 +119,45 @@ async def write_archive(
     finally:
         tmp.unlink(missing_ok=True)
     return summary
+
+
+def legacy_sessions(archive_dir: Path, prune: AuditRecord) -> set[str]:
+    """The sessions archived by `prune`, an `audit.prune` record that does not list them (made
+    before prune records did), read from the archive it names in `archive_dir`, and from the
+    archives of the unlisted prune records in that one, and so on back.
+
+    An archive counts only if it verifies whole and ends at the seq and hash the prune record
+    gives: the chain pins that hash, so its records are the ones that were pruned and no
+    session can be added to them. A missing or broken archive adds nothing (those sessions
+    stay `no_audit_record`). Read once, by the next prune, which lists what it found."""
+    found: set[str] = set()
+    todo, seen = [prune.data], set()
+    while todo:
+        data = todo.pop()
+        name = Path(str(data.get("archive") or "")).name  # a name, never a path elsewhere
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        path = archive_dir / name
+        try:
+            report, trailer = verify_archive(path)
+        except (OSError, EOFError, ValueError, KeyError, TypeError):
+            continue
+        if (not report.ok or trailer is None or trailer.get("through_seq") != data.get("through_seq")
+                or trailer.get("through_hash") != data.get("through_hash")):
+            continue
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                obj = json.loads(line)
+                inner = obj.get("data")
+                if obj.get("type") == "session.start" and obj.get("session_id"):
+                    found.add(str(obj["session_id"]))
+                elif obj.get("type") == "audit.prune" and isinstance(inner, dict):
+                    if isinstance(inner.get("sessions"), list):
+                        found.update(str(x) for x in inner["sessions"])
+                    else:
+                        todo.append(inner)
+    return found
 
 
 def verify_archive(path: Path) -> tuple[VerifyReport, dict[str, Any] | None]:

@@ -33,7 +33,10 @@ record lists the sessions whose `session.start` went to an archive (its own and,
 over, those listed by earlier prune records it archived), and the archive trailer, which the
 witness signs before anything is deleted, carries that list's digest (`sessions_sha256`). A
 row with no `session.start` counts as pruned only when an intact prune record lists it and
-its started_at is not after that prune; otherwise `no_audit_record`.
+its started_at is not after that prune; otherwise `no_audit_record`. A prune record made
+before prune records listed sessions lists none: its sessions are `no_audit_record` until the
+next prune lists them from its archive (`archive.legacy_sessions`), which vouches for them only
+if it ends at the hash the chain pins.
 """
 
 from __future__ import annotations

@@ -185,7 +185,8 @@ class WitnessLog:
         Two prunes from the same start (a race lost, or a prune signed, never applied and
         redone) do not chain: which one was applied cannot be told from the witness, and
         accepting either would let whoever writes the store pick the later cut. Prunes are
-        serialised (`AuditRepository.prune_audit`) so that jitgate does not write such pairs."""
+        serialised, and one signed but not applied is finished at its own cut by the next
+        (`AuditRepository.prune_audit`), so that jitgate does not write such pairs."""
         applied: list[WitnessEntry] = []
         for entry in self.entries:
             if entry.kind != "prune" or entry.archive is None:

@@ -462,11 +462,17 @@ async def prune_witnessed(
     """Prune with the archive signed and witnessed before anything is deleted, then sign the
     new head (the `audit.prune` record). If no witness takes the prune entry, nothing is pruned
     (WitnessError). A witness that missed it gets it from its outbox on a later run; a refusal
-    to sign the new head after the prune is logged, not raised: the prune happened."""
+    to sign the new head after the prune is logged, not raised: the prune happened.
+
+    A prune an earlier run signed but did not apply (it died, or the deletion failed) is
+    finished first, at its cut, and signed again (the same archive: the witness's two entries
+    are one prune to a verifier); only then is a new cut considered. Returns the last prune
+    made, None when there was none."""
     outcome: dict[str, str] = {}
 
     async def witnessed(summary: ArchiveSummary) -> None:
         entry = prune_entry(setup.key, summary)
+        outcome.clear()
         outcome.update(await deliver(setup.witnesses, entry, state_dir=setup.state_dir, down=down))
         if "written" not in outcome.values():
             # Not pruned, so the entry must not reach a witness later from an outbox: it would
@@ -474,14 +480,23 @@ async def prune_witnessed(
             await _drop_queued(setup.witnesses, entry, state_dir=setup.state_dir)
             raise WitnessError(f"no witness took the prune entry ({outcome}); not pruning")
 
+    async def prune() -> ArchiveSummary | None:
+        summary = await store.prune_audit(before=before, archive_dir=archive_dir, on_archived=witnessed)
+        if summary is not None:
+            log.info("audit_pruned", from_seq=summary.from_seq, through_seq=summary.through_seq,
+                     records=summary.records, archive=summary.path.name, resumed=summary.resumed, witnesses=outcome)
+        return summary
+
     down = _still_down(await _flush_and_check(store, setup))
-    summary = await store.prune_audit(before=before, archive_dir=archive_dir, on_archived=witnessed)
+    summary = await prune()
     if summary is None:
         return None
-    log.info("audit_pruned", from_seq=summary.from_seq, through_seq=summary.through_seq, records=summary.records,
-             archive=summary.path.name, witnesses=outcome)
     try:
-        await witness_head(store, setup)
-    except WitnessError as exc:
-        log.error("audit_witness_refused", after_prune_through=summary.through_seq, error=str(exc))
+        if summary.resumed:
+            summary = await prune() or summary
+    finally:
+        try:
+            await witness_head(store, setup)
+        except WitnessError as exc:
+            log.error("audit_witness_refused", after_prune_through=summary.through_seq, error=str(exc))
     return summary

@@ -70,9 +70,10 @@ async def serve(settings: Settings) -> None:
     try:
         # Decisions taken here must reach the proxy that parked the statement (Redis bus),
         # and new requests must reach Slack (Celery dispatcher), as in `jitgate proxy`.
-        approvals, close_bus = await open_approvals(settings, store)
+        approvals, close_bus = await open_approvals(settings, store.approvals)
         app = create_app(settings, store, approvals_service=approvals)
-        close_slack = attach_slack(app, settings, approvals, store)  # POST /slack/events when `slack` is configured
+        # POST /slack/events when `slack` is configured
+        close_slack = attach_slack(app, settings, approvals, tokens=store.tokens, access=store.access)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

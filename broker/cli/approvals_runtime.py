@@ -27,7 +27,9 @@ from broker.approvals.bus import DecisionBus, LocalBus, RedisBus, channel_for
 from broker.approvals.service import ApprovalService, Dispatcher
 from broker.config import Settings
 from broker.exceptions import ConfigError
-from broker.store import Store
+from broker.store.access_requests import AccessRequestRepository
+from broker.store.approvals import ApprovalRepository
+from broker.store.tokens import TokenRepository
 
 log = structlog.get_logger("jitgate.approvals")
 
@@ -53,8 +55,13 @@ def resolve_broker_url(settings: Settings) -> str:
 
 
 async def open_approvals(
-    settings: Settings, store: Store, *, dispatcher: Dispatcher | None = None, listen: bool = True
+    settings: Settings,
+    approvals: ApprovalRepository,
+    *,
+    dispatcher: Dispatcher | None = None,
+    listen: bool = True,
 ) -> tuple[ApprovalService, Callable[[], Awaitable[None]]]:
+    """The service over `approvals` (`store.approvals`), with the bus and dispatcher above."""
     url = resolve_broker_url(settings)
     bus: DecisionBus
     if url.startswith(("redis://", "rediss://")):
@@ -78,15 +85,17 @@ async def open_approvals(
         "approvals_ready", bus=type(bus).__name__, installation=settings.installation,
         slack=settings.slack is not None,
     )
-    service = ApprovalService(store.approvals, settings.approvals, bus=bus, dispatcher=dispatcher)
+    service = ApprovalService(approvals, settings.approvals, bus=bus, dispatcher=dispatcher)
     return service, bus.close
 
 
 def attach_slack(
-    app: FastAPI, settings: Settings, service: ApprovalService, store: Store
+    app: FastAPI, settings: Settings, service: ApprovalService, *, tokens: TokenRepository,
+    access: AccessRequestRepository,
 ) -> Callable[[], Awaitable[None]] | None:
     """Serve the Slack app at POST /slack/events (HTTP mode) when `slack` is configured; the
-    callable it returns closes what the app holds (its replay cache's connection)."""
+    callable it returns closes what the app holds (its replay cache's connection). `tokens`
+    and `access` are where `/jit request` records requests (`BrokerActions`)."""
     if settings.slack is None:
         return None
     from slackapp.actions import BrokerActions
@@ -96,5 +105,5 @@ def attach_slack(
 
     # The replay cache is shared through the installation's Redis when there is one.
     replay = replay_cache_for(resolve_broker_url(settings))
-    mount(app, build_app(settings.slack, BrokerActions(service, settings, store=store), replay=replay))
+    mount(app, build_app(settings.slack, BrokerActions(service, settings, tokens=tokens, access=access), replay=replay))
     return replay.aclose

@@ -353,7 +353,7 @@ async def run_demo(
             DEMO_AGENT, ["ai-agents"], DEMO_DB, "readwrite", timedelta(hours=8), reusable=True
         )
 
-        approvals, close_approvals = await open_approvals(settings, store)
+        approvals, close_approvals = await open_approvals(settings, store.approvals)
         cleanups.append(close_approvals)
         app = create_app(settings, store, dev_issuer=dev_issuer, approvals_service=approvals)
         # The API reads its own issuer's discovery and JWKS in-process, not over its own port.
@@ -378,7 +378,7 @@ async def run_demo(
 
         cleanups.append(stop_api)
 
-        manager = build_manager(settings, store)
+        manager = build_manager(settings, store.audit)
         assert manager.ledger is not None
         reaper = Reaper(manager.ledger, manager.providers)
         reaper.start()

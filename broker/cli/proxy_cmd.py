@@ -105,12 +105,12 @@ async def serve(
     recorder.start()
     # A SIEM sink, when configured, gets every record this process appends after it commits.
     forwarder = attach_forwarder(store, settings.audit.sink)
-    credentials = build_manager(settings, store)
+    credentials = build_manager(settings, store.audit)
     # Revokes leases a crashed proxy (or a failed revocation) left behind; every proxy
     # process runs one, and revoking twice is harmless.
     assert credentials.ledger is not None
     reaper = Reaper(credentials.ledger, credentials.providers)
-    approvals, close_approvals = await open_approvals(settings, store)
+    approvals, close_approvals = await open_approvals(settings, store.approvals)
     review = ApprovalReviewHook(
         approvals, wait_seconds=settings.proxy.review_wait_seconds, console_url=settings.approvals.console_url
     )

@@ -54,9 +54,9 @@ async def _serve(settings: object) -> None:
 
     assert isinstance(settings, Settings) and settings.slack is not None and settings.slack.app_token is not None
     store = await Store.open(settings.store_url.get_secret_value())
-    approvals, close_bus = await open_approvals(settings, store)
+    approvals, close_bus = await open_approvals(settings, store.approvals)
     try:
-        actions = BrokerActions(approvals, settings, store=store)
+        actions = BrokerActions(approvals, settings, tokens=store.tokens, access=store.access)
         await run_socket_mode(build_app(settings.slack, actions), settings.slack.app_token)
     finally:
         await close_bus()

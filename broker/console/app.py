@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from broker.api.deps import ApprovalsRepoDep, AuditDep
 from broker.audit import events
 from broker.config import Settings
 from broker.console.auth import (
@@ -36,7 +37,6 @@ from broker.console.auth import (
     session_cookie,
     user_from_cookie,
 )
-from broker.store import Store
 
 PREFIX = "/console"
 _HERE = Path(__file__).parent
@@ -165,11 +165,11 @@ async def login(request: Request, console: ConsoleDep, next: str | None = None) 
 
 @router.get("/callback", name="console_callback")
 async def callback(
-    request: Request, console: ConsoleDep, code: str = "", state: str = "", error: str | None = None
+    request: Request, console: ConsoleDep, audit: AuditDep, directory: ApprovalsRepoDep,
+    code: str = "", state: str = "", error: str | None = None,
 ) -> Response:
     if error or not code:
         return console.render(request, "error.html", status_code=400, message=f"login failed: {error or 'no code'}")
-    store: Store = request.app.state.store
     client_addr = request.client.host if request.client else None
     try:
         principal, token_exp = await console.oidc.finish(
@@ -177,13 +177,13 @@ async def callback(
             code=code, state=state,
         )
     except LoginFailed as exc:
-        await store.audit.append_audit(events.login(principal="unknown", method="console", ok=False, reason=str(exc),
-                                              client_addr=client_addr))
+        await audit.append_audit(events.login(principal="unknown", method="console", ok=False, reason=str(exc),
+                                        client_addr=client_addr))
         return console.render(request, "error.html", status_code=403, message=str(exc))
     # The directory: Slack approvers are matched to the groups of their last OIDC login.
-    await store.approvals.remember_principal(principal)
-    await store.audit.append_audit(events.login(principal=principal.id, method="console", groups=principal.groups,
-                                          client_addr=client_addr))
+    await directory.remember_principal(principal)
+    await audit.append_audit(events.login(principal=principal.id, method="console", groups=principal.groups,
+                                    client_addr=client_addr))
     expires_at = min(token_exp, time.time() + console.settings.console.session_ttl_delta.total_seconds())
     response = RedirectResponse(
         _safe_next(request.cookies.get("jitgate_console_next")), status_code=status.HTTP_303_SEE_OTHER

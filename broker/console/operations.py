@@ -23,6 +23,7 @@ import httpx
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
+from broker.api.deps import AuditDep, SessionsDep
 from broker.api.health import CHECK_TIMEOUT_SECONDS, _timed, check_redis, check_store, check_vault, find_broker_url
 from broker.approvals.service import ApprovalService
 from broker.approvals.settings import SlackSettings
@@ -30,7 +31,9 @@ from broker.audit.chain import AuditRecord
 from broker.audit.export import MEDIA_TYPES, render
 from broker.config import Settings
 from broker.console.app import PREFIX, AdminDep, ConsoleDep
-from broker.store import Store
+from broker.store.audit import AuditRepository
+from broker.store.base import StoreBase
+from broker.store.sessions import SessionRepository
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
@@ -39,31 +42,25 @@ LIVE_STATEMENTS = 8
 AUDIT_PAGE = 200
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-async def _live(store: Store) -> list[tuple[object, list[object]]]:
-    sessions = await store.sessions.list_sessions(active_only=True, limit=LIVE_SESSIONS)
-    details = await asyncio.gather(*(store.sessions.get_session(s.id) for s in sessions))
+async def _live(repo: SessionRepository) -> list[tuple[object, list[object]]]:
+    sessions = await repo.list_sessions(active_only=True, limit=LIVE_SESSIONS)
+    details = await asyncio.gather(*(repo.get_session(s.id) for s in sessions))
     return [(d.session, list(d.statements[-LIVE_STATEMENTS:])) for d in details if d is not None]
 
 
 @router.get("/sessions", response_class=HTMLResponse)
-async def sessions(request: Request, console: ConsoleDep, _user: AdminDep) -> Response:
-    store = _store(request)
-    recent = await store.sessions.list_sessions(limit=20)
-    return console.render(request, "sessions.html", live=await _live(store), recent=recent)
+async def sessions(request: Request, console: ConsoleDep, _user: AdminDep, repo: SessionsDep) -> Response:
+    recent = await repo.list_sessions(limit=20)
+    return console.render(request, "sessions.html", live=await _live(repo), recent=recent)
 
 
 @router.get("/fragments/sessions", response_class=HTMLResponse)
-async def sessions_fragment(request: Request, console: ConsoleDep, _user: AdminDep) -> Response:
-    return console.render(request, "_live.html", live=await _live(_store(request)))
+async def sessions_fragment(request: Request, console: ConsoleDep, _user: AdminDep, repo: SessionsDep) -> Response:
+    return console.render(request, "_live.html", live=await _live(repo))
 
 
-async def _replay_context(request: Request, session_id: str) -> dict[str, Any]:
-    detail = await _store(request).sessions.get_session(session_id)
+async def _replay_context(request: Request, repo: SessionRepository, session_id: str) -> dict[str, Any]:
+    detail = await repo.get_session(session_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "session not found")
     service: ApprovalService = request.app.state.approvals
@@ -72,13 +69,17 @@ async def _replay_context(request: Request, session_id: str) -> dict[str, Any]:
 
 
 @router.get("/sessions/{session_id}", response_class=HTMLResponse)
-async def replay(session_id: str, request: Request, console: ConsoleDep, _user: AdminDep) -> Response:
-    return console.render(request, "session.html", **await _replay_context(request, session_id))
+async def replay(
+    session_id: str, request: Request, console: ConsoleDep, _user: AdminDep, repo: SessionsDep
+) -> Response:
+    return console.render(request, "session.html", **await _replay_context(request, repo, session_id))
 
 
 @router.get("/fragments/sessions/{session_id}", response_class=HTMLResponse)
-async def replay_fragment(session_id: str, request: Request, console: ConsoleDep, _user: AdminDep) -> Response:
-    return console.render(request, "_statements.html", **await _replay_context(request, session_id))
+async def replay_fragment(
+    session_id: str, request: Request, console: ConsoleDep, _user: AdminDep, repo: SessionsDep
+) -> Response:
+    return console.render(request, "_statements.html", **await _replay_context(request, repo, session_id))
 
 
 def _time(value: str | None) -> datetime | None:
@@ -93,9 +94,9 @@ def _time(value: str | None) -> datetime | None:
 
 
 async def _filtered(
-    store: Store, *, type_: str | None, actor: str | None, since: datetime | None, until: datetime | None
+    audit: AuditRepository, *, type_: str | None, actor: str | None, since: datetime | None, until: datetime | None
 ) -> AsyncIterator[AuditRecord]:
-    async for record in store.audit.iter_audit(since=since, until=until):
+    async for record in audit.iter_audit(since=since, until=until):
         if type_ and not record.type.startswith(type_):
             continue
         if actor and actor.lower() not in (record.actor or "").lower():
@@ -105,12 +106,12 @@ async def _filtered(
 
 @router.get("/audit", response_class=HTMLResponse)
 async def audit(
-    request: Request, console: ConsoleDep, _user: AdminDep,
+    request: Request, console: ConsoleDep, _user: AdminDep, repo: AuditDep,
     type: str | None = None, actor: str | None = None, since: str | None = None, until: str | None = None,
 ) -> Response:
     # The newest matches, read in one pass in constant memory (the chain is read in chunks).
     newest: deque[AuditRecord] = deque(maxlen=AUDIT_PAGE)
-    async for record in _filtered(_store(request), type_=type, actor=actor, since=_time(since), until=_time(until)):
+    async for record in _filtered(repo, type_=type, actor=actor, since=_time(since), until=_time(until)):
         newest.append(record)
     filters = {"type": type or "", "actor": actor or "", "since": since or "", "until": until or ""}
     return console.render(request, "audit.html", records=list(reversed(newest)), filters=filters,
@@ -119,10 +120,10 @@ async def audit(
 
 @router.get("/audit/export")
 async def export(
-    request: Request, _user: AdminDep, format: Literal["jsonl", "csv", "ocsf"] = "jsonl",
+    _user: AdminDep, repo: AuditDep, format: Literal["jsonl", "csv", "ocsf"] = "jsonl",
     type: str | None = None, actor: str | None = None, since: str | None = None, until: str | None = None,
 ) -> StreamingResponse:
-    records = _filtered(_store(request), type_=type, actor=actor, since=_time(since), until=_time(until))
+    records = _filtered(repo, type_=type, actor=actor, since=_time(since), until=_time(until))
     ext = "csv" if format == "csv" else "jsonl"
     return StreamingResponse(
         render(records, format), media_type=MEDIA_TYPES[format],
@@ -145,7 +146,8 @@ async def check_slack(slack: SlackSettings) -> str:
 
 async def health_checks(request: Request) -> dict[str, str]:
     settings: Settings = request.app.state.settings
-    checks = {"store": lambda: check_store(_store(request))}
+    core: StoreBase = request.app.state.store
+    checks = {"store": lambda: check_store(core)}
     statuses: dict[str, str] = {}
     redis_url = find_broker_url(settings)
     if redis_url is not None:

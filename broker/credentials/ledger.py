@@ -6,7 +6,8 @@ passwords (a Vault lease id names the role path, not the generated login).
 
 Each of these writes appends its `lease.issue|renew|revoke` audit record in the same
 transaction, so the trail and the ledger cannot disagree, whichever process (session,
-renewal loop, reaper) did the work.
+renewal loop, reaper) did the work. That is why the ledger is given the store's audit
+repository (`LeaseLedger(store.audit)`): its transactions are the store's, under the audit lock.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import or_, select, update
 
 from broker.audit import events
 from broker.credentials.base import Credential
-from broker.store import Store
+from broker.store.audit import AuditRepository
 from broker.store.models import Lease, Session
 
 
@@ -32,15 +33,15 @@ class OutstandingLease:
 
 
 class LeaseLedger:
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, audit: AuditRepository) -> None:
+        self._audit = audit
+        self._core = audit.core
 
     async def issued(self, credential: Credential, *, session_id: str) -> None:
         assert credential.lease_id is not None
-        now = self._store.clock()
-        store = self._store
-        async with store.transaction("record a lease") as db:
-            await store.audit.lock(db)  # lock order: the audit lock first
+        now = self._core.clock()
+        async with self._core.transaction("record a lease") as db:
+            await self._audit.lock(db)  # lock order: the audit lock first
             db.add(
                 Lease(
                     lease_id=credential.lease_id,
@@ -52,7 +53,7 @@ class LeaseLedger:
                     attempts=0,
                 )
             )
-            await store.audit.append(
+            await self._audit.append(
                 db,
                 [
                     events.lease(
@@ -63,15 +64,14 @@ class LeaseLedger:
             )
 
     async def renewed(self, lease_id: str, expires_at: datetime) -> None:
-        store = self._store
-        async with store.transaction("renew a lease") as db:
-            await store.audit.lock(db)
+        async with self._core.transaction("renew a lease") as db:
+            await self._audit.lock(db)
             row = await db.get(Lease, lease_id)
             if row is None or row.revoked_at is not None:
                 return
-            ttl = (expires_at - store.clock()).total_seconds()
+            ttl = (expires_at - self._core.clock()).total_seconds()
             row.expires_at = expires_at
-            await store.audit.append(
+            await self._audit.append(
                 db,
                 [
                     events.lease(
@@ -82,14 +82,13 @@ class LeaseLedger:
             )
 
     async def revoked(self, lease_id: str) -> None:
-        store = self._store
-        async with store.transaction("mark a lease revoked") as db:
-            await store.audit.lock(db)
+        async with self._core.transaction("mark a lease revoked") as db:
+            await self._audit.lock(db)
             row = await db.get(Lease, lease_id)
             if row is None or row.revoked_at is not None:
                 return  # audited once, by whoever revoked it first
-            row.revoked_at = store.clock()
-            await store.audit.append(
+            row.revoked_at = self._core.clock()
+            await self._audit.append(
                 db,
                 [
                     events.lease(
@@ -100,12 +99,12 @@ class LeaseLedger:
             )
 
     async def failed(self, lease_id: str) -> None:
-        async with self._store.transaction("count a failed revocation") as db:
+        async with self._core.transaction("count a failed revocation") as db:
             await db.execute(update(Lease).where(Lease.lease_id == lease_id).values(attempts=Lease.attempts + 1))
 
     async def due(self, *, now: datetime | None = None) -> list[OutstandingLease]:
         """Unrevoked leases whose session has ended (or never was recorded) or that lapsed."""
-        now = now or self._store.clock()
+        now = now or self._core.clock()
         query = (
             select(Lease)
             .outerjoin(Session, Session.id == Lease.session_id)
@@ -113,11 +112,11 @@ class LeaseLedger:
             .where(or_(Session.id.is_(None), Session.ended_at.is_not(None), Lease.expires_at < now))
             .order_by(Lease.issued_at)
         )
-        async with self._store.transaction("list outstanding leases") as db:
+        async with self._core.transaction("list outstanding leases") as db:
             rows = (await db.execute(query)).scalars().all()
         return [OutstandingLease(r.lease_id, r.resource, r.session_id, r.expires_at, r.attempts) for r in rows]
 
     async def outstanding(self) -> list[OutstandingLease]:
-        async with self._store.transaction("list outstanding leases") as db:
+        async with self._core.transaction("list outstanding leases") as db:
             rows = (await db.execute(select(Lease).where(Lease.revoked_at.is_(None)))).scalars().all()
         return [OutstandingLease(r.lease_id, r.resource, r.session_id, r.expires_at, r.attempts) for r in rows]

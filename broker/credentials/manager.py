@@ -23,7 +23,7 @@ from broker.credentials.local import LocalIssuer
 from broker.credentials.static import StaticProvider
 from broker.credentials.vault import VaultProvider
 from broker.exceptions import CredentialError, CredentialSourceUnavailable, StoreError
-from broker.store import Store
+from broker.store.audit import AuditRepository
 
 log = structlog.get_logger("jitgate.credentials")
 
@@ -101,9 +101,10 @@ class CredentialManager:
             log.warning("lease_revoke_failed", lease_id=credential.lease_id)
 
 
-def build_manager(settings: Settings, store: Store | None = None) -> CredentialManager:
-    """One provider per resource (a single shared Vault client), with the store's ledger."""
-    ledger = LeaseLedger(store) if store is not None else None
+def build_manager(settings: Settings, audit: AuditRepository | None = None) -> CredentialManager:
+    """One provider per resource (a single shared Vault client), with the lease ledger written
+    through `audit` (`store.audit`); none without it."""
+    ledger = LeaseLedger(audit) if audit is not None else None
     providers: dict[str, CredentialProvider] = {}
     vault: VaultProvider | None = None
     for name, res in settings.resources.items():

@@ -1,7 +1,8 @@
 """Turning an access request into a decision, a record and (when granted) a gateway token.
 
-    result = await request_access(store, settings, principal, resource=..., role=...,
-                                  reason=..., ttl=timedelta(minutes=30), approvals=service)
+    result = await request_access(settings, principal, tokens=store.tokens, access=store.access,
+                                  resource=..., role=..., reason=..., ttl=timedelta(minutes=30),
+                                  approvals=service)
 
 The API and token exchange call this; a later approval flow grants pending requests the same
 way. The token is minted first (`issue_token` stores only its hash and audits the issue),
@@ -22,7 +23,8 @@ from broker.store.access_requests import AccessRequestInfo
 if TYPE_CHECKING:
     from broker.approvals.service import ApprovalService
     from broker.config import Settings
-    from broker.store import Store
+    from broker.store.access_requests import AccessRequestRepository
+    from broker.store.tokens import TokenRepository
 
 _STATUS = {"grant": "granted", "approval": "pending", "deny": "denied"}
 
@@ -35,10 +37,11 @@ class AccessResult:
 
 
 async def request_access(
-    store: Store,
     settings: Settings,
     principal: Principal,
     *,
+    tokens: TokenRepository,
+    access: AccessRequestRepository,
     resource: str,
     role: str,
     reason: str,
@@ -61,7 +64,7 @@ async def request_access(
         "status": _STATUS[decision.outcome],
     }
     if decision.outcome != "grant":
-        info = await store.access.create_access_request(ttl=decision.ttl or ttl, **common)  # type: ignore[arg-type]
+        info = await access.create_access_request(ttl=decision.ttl or ttl, **common)  # type: ignore[arg-type]
         if decision.outcome == "approval":
             from broker.approvals.service import Requester
 
@@ -75,15 +78,15 @@ async def request_access(
                 approvers=decision.approvers,
             )
         return AccessResult(info, decision)
-    issued = await store.tokens.issue_token(
+    issued = await tokens.issue_token(
         principal.id, principal.groups, resource, role, decision.ttl, decision.reusable, owner=principal.owner_id
     )
     try:
-        info = await store.access.create_access_request(
+        info = await access.create_access_request(
             ttl=decision.ttl, token_id=issued.token_id, expires_at=issued.expires_at, **common  # type: ignore[arg-type]
         )
     except BaseException:
-        await store.tokens.revoke_token(issued.token_id)
+        await tokens.revoke_token(issued.token_id)
         raise
     return AccessResult(info, decision, issued.token)
 
@@ -92,27 +95,29 @@ class NotCollectable(Exception):
     """The request is not the caller's, or not approved (or already collected)."""
 
 
-async def collect_grant(store: Store, principal: Principal, request_id: str) -> AccessResult:
+async def collect_grant(
+    principal: Principal, request_id: str, *, tokens: TokenRepository, access: AccessRequestRepository
+) -> AccessResult:
     """Mint the token of an approved access request, once, for its requester.
 
     The token is minted when the requester comes for it, not when the approver clicks: the
     approver never handles it, and it is shown exactly once, to the person who asked.
     """
-    info = await store.access.get_access_request(request_id)
+    info = await access.get_access_request(request_id)
     if info is None or info.principal != principal.id:
         raise NotCollectable("access request not found")
     if info.status != "approved":
         raise NotCollectable(f"access request {request_id} is {info.status}, not approved")
-    issued = await store.tokens.issue_token(
+    issued = await tokens.issue_token(
         principal.id, info.groups, info.resource, info.role, info.ttl, info.reusable, owner=principal.owner_id
     )
     try:
-        claimed = await store.access.mark_access_request_granted(request_id, token_id=issued.token_id)
+        claimed = await access.mark_access_request_granted(request_id, token_id=issued.token_id)
     except BaseException:
-        await store.tokens.revoke_token(issued.token_id)
+        await tokens.revoke_token(issued.token_id)
         raise
     if claimed is None:  # collected by a concurrent call: this token must not live
-        await store.tokens.revoke_token(issued.token_id)
+        await tokens.revoke_token(issued.token_id)
         raise NotCollectable(f"access request {request_id} was already collected")
     decision = AccessDecision("grant", "approved", ttl=info.ttl, reusable=info.reusable, approvers=info.approvers)
     return AccessResult(replace(claimed, expires_at=issued.expires_at), decision, issued.token)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
+import re
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -29,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Row, Table, Text, cast, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from broker.audit.archive import ArchiveSummary, write_archive
+from broker.audit.archive import ArchiveSummary, legacy_sessions, verify_archive, write_archive
 from broker.audit.chain import (
     GENESIS_HASH,
     AuditRecord,
@@ -401,6 +403,13 @@ class AuditRepository:
         anchor to the last one archived and appends an `audit.prune` record. Prunes are
         serialised across processes (`_prune_lock`), so a witness never holds the entry of a
         prune that lost a race. Returns None when nothing is old enough.
+
+        A prune archived, and perhaps signed, by an earlier run that died or failed before its
+        deletion committed left its archive, which starts right after the anchor: that prune
+        is finished first, at its own cut whatever `before` says (the archive checked against
+        the live chain, `on_archived` run again, the summary `resumed`), and a new cut is left
+        to the next call. Cutting elsewhere would put a second prune from the same start in
+        the witness, which no verifier can accept.
         """
         async with self._prune_lock():
             return await self._prune_audit(before=before, archive_dir=archive_dir, on_archived=on_archived)
@@ -415,27 +424,33 @@ class AuditRepository:
         state = await self.audit_state()
         if state is None or state.head_seq <= state.anchor_seq:
             return None
-        async with self.core.transaction("find audit cut", read_only=True) as session:
-            young = await session.scalar(
-                select(func.min(_EVENTS.c.seq)).where(_EVENTS.c.ts >= before, _EVENTS.c.seq > state.anchor_seq)
-            )
-        through = state.head_seq if young is None else int(young) - 1
-        if through <= state.anchor_seq:
-            return None
         # An admin operation, not the data path: the file I/O may block this loop briefly.
-        await asyncio.to_thread(archive_dir.mkdir, parents=True, exist_ok=True)
-        path = archive_dir / f"audit-{state.anchor_seq + 1:012d}-{through:012d}.jsonl.gz"
-        summary = await write_archive(
-            path,
-            self.iter_audit(from_seq=state.anchor_seq + 1, to_seq=through),
-            prev_seq=state.anchor_seq,
-            prev_hash=state.anchor_hash,
-        )
+        unfinished = await asyncio.to_thread(_unfinished_prune, archive_dir, state.anchor_seq)
+        if unfinished is not None:
+            summary = await self._rearchive(unfinished, state)
+        else:
+            async with self.core.transaction("find audit cut", read_only=True) as session:
+                young = await session.scalar(
+                    select(func.min(_EVENTS.c.seq)).where(_EVENTS.c.ts >= before, _EVENTS.c.seq > state.anchor_seq)
+                )
+            through = state.head_seq if young is None else int(young) - 1
+            if through <= state.anchor_seq:
+                return None
+            await asyncio.to_thread(archive_dir.mkdir, parents=True, exist_ok=True)
+            summary = await write_archive(
+                archive_dir / _archive_name(state.anchor_seq + 1, through),
+                self.iter_audit(from_seq=state.anchor_seq + 1, to_seq=through),
+                prev_seq=state.anchor_seq,
+                prev_hash=state.anchor_hash,
+                unlisted=functools.partial(legacy_sessions, archive_dir),
+            )
+        path = summary.path
         if on_archived is not None:
             try:
                 await on_archived(summary)
             except BaseException:
-                await asyncio.to_thread(path.unlink, missing_ok=True)
+                if not summary.resumed:  # an earlier run's archive may be witnessed: it stays
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
                 raise
         async with self.core.transaction("prune audit") as session:
             await self.lock(session)
@@ -448,7 +463,7 @@ class AuditRepository:
                     f"{path.name} kept"
                 )
             await session.execute(
-                delete(_EVENTS).where(_EVENTS.c.seq > state.anchor_seq, _EVENTS.c.seq <= through)
+                delete(_EVENTS).where(_EVENTS.c.seq > state.anchor_seq, _EVENTS.c.seq <= summary.through_seq)
             )
             current.anchor_seq, current.anchor_hash = summary.through_seq, summary.through_hash
             await self.append(
@@ -464,6 +479,35 @@ class AuditRepository:
                 ],
             )
         return summary
+
+    async def _rearchive(self, path: Path, state: AuditState) -> ArchiveSummary:
+        """The summary of the unfinished prune whose archive is `path`, written again from the
+        live chain (beside it, then compared) so that what is signed and deleted is what the
+        chain holds. A kept archive that no longer reads back is replaced by the new one: the
+        same records give the same digest. One that reads back but differs means the chain
+        changed since it was archived: nothing is deleted (StoreError)."""
+        through = _archive_through(path)
+        check = path.with_name(f".{path.name}.check")
+        try:
+            fresh = await write_archive(
+                check,
+                self.iter_audit(from_seq=state.anchor_seq + 1, to_seq=through),
+                prev_seq=state.anchor_seq,
+                prev_hash=state.anchor_hash,
+                unlisted=functools.partial(legacy_sessions, path.parent),
+            )
+            kept = await asyncio.to_thread(_kept_trailer, path)
+            if fresh.through_seq != through or (kept is not None and kept != fresh.trailer()["archive"]):
+                raise StoreError(
+                    f"{path.name}, archived by a prune that did not finish, is not what the chain now holds "
+                    f"from seq {state.anchor_seq + 1}: nothing deleted; compare them "
+                    f"(`jitgate audit verify-archive`, `jitgate audit verify --witness`)"
+                )
+            if kept is None:
+                await asyncio.to_thread(os.replace, check, path)
+        finally:
+            await asyncio.to_thread(check.unlink, missing_ok=True)
+        return dataclasses.replace(fresh, path=path, resumed=True)
 
     @asynccontextmanager
     async def _prune_lock(self) -> AsyncIterator[None]:
@@ -503,6 +547,44 @@ class AuditRepository:
         async with self.core.transaction("read audit") as session:
             row = (await session.execute(select(_EVENTS).where(_EVENTS.c.seq == seq))).first()
             return None if row is None else _record(row)
+
+
+_ARCHIVE_NAME = re.compile(r"audit-(\d{12})-(\d{12})\.jsonl\.gz")
+
+
+def _archive_name(from_seq: int, through_seq: int) -> str:
+    return f"audit-{from_seq:012d}-{through_seq:012d}.jsonl.gz"
+
+
+def _archive_through(path: Path) -> int:
+    match = _ARCHIVE_NAME.fullmatch(path.name)
+    assert match is not None
+    return int(match[2])
+
+
+def _kept_trailer(path: Path) -> dict[str, Any] | None:
+    """The trailer of the archive at `path` if it verifies whole, else None."""
+    try:
+        report, trailer = verify_archive(path)
+    except (OSError, EOFError, ValueError, KeyError, TypeError):  # not an archive any more
+        return None
+    return trailer if report.ok else None
+
+
+def _unfinished_prune(archive_dir: Path, anchor_seq: int) -> Path | None:
+    """The archive of a prune that starts right after the anchor (so was never applied), or
+    None. Two of them are the trace of prunes from one start (older versions could leave
+    that): which one the witness holds is for an operator to say (StoreError)."""
+    found = sorted(
+        p for p in archive_dir.glob(f"audit-{anchor_seq + 1:012d}-*.jsonl.gz")
+        if _ARCHIVE_NAME.fullmatch(p.name) and _archive_through(p) > anchor_seq
+    )
+    if len(found) > 1:
+        raise StoreError(
+            f"more than one unfinished prune from seq {anchor_seq + 1} in {archive_dir} "
+            f"({', '.join(p.name for p in found)}): keep the one the witness holds last, move the others away"
+        )
+    return found[0] if found else None
 
 
 def _prune_lock_file(database: str) -> str:

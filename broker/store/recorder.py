@@ -66,7 +66,7 @@ from broker.backoff import Backoff
 from broker.exceptions import RecorderClosed, StoreError, StoreUnavailable
 from broker.store.base import enum_value
 from broker.store.group_commit import GroupCommit
-from broker.store.records import Grant, SessionEnd, SessionStart, SessionStats, StatementRecord
+from broker.store.records import SessionEnd, SessionStart, SessionStats, StatementRecord
 
 if TYPE_CHECKING:
     from broker.store import Store
@@ -83,14 +83,7 @@ class RecordingStore(Protocol):
 
     async def record_statements(self, records: Sequence[StatementRecord]) -> None: ...
 
-    async def start_session(
-        self,
-        grant: Grant,
-        *,
-        client_addr: str | None = None,
-        application_name: str | None = None,
-        intent: str | None = None,
-    ) -> str: ...
+    async def start_session(self, start: SessionStart) -> str: ...
 
     async def end_session(
         self, session_id: str, *, reason: str, stats: SessionStats | None = None
@@ -165,17 +158,8 @@ class ProcessWriter:
             for listener in self._store.core.audit_listeners:
                 listener(appended)
 
-    async def start_session(
-        self,
-        grant: Grant,
-        *,
-        client_addr: str | None = None,
-        application_name: str | None = None,
-        intent: str | None = None,
-    ) -> str:
-        return await self._store.start_session(
-            grant, client_addr=client_addr, application_name=application_name, intent=intent
-        )
+    async def start_session(self, start: SessionStart) -> str:
+        return await self._store.start_session(start)
 
     async def end_session(self, session_id: str, *, reason: str, stats: SessionStats | None = None) -> bool:
         return await self._store.end_session(session_id, reason=reason, stats=stats)
@@ -445,18 +429,9 @@ class Recorder:
 
     # -- sessions (rare: awaited directly) --------------------------------------------------
 
-    async def start_session(
-        self,
-        grant: Grant,
-        *,
-        client_addr: str | None = None,
-        application_name: str | None = None,
-        intent: str | None = None,
-    ) -> str:
+    async def start_session(self, start: SessionStart) -> str:
         """Record a session start; raises `StoreError` (the proxy refuses the session)."""
-        session_id = await self._starts.submit(
-            SessionStart(grant, client_addr=client_addr, application_name=application_name, intent=intent)
-        )
+        session_id = await self._starts.submit(start)
         metrics.SESSIONS_ACTIVE.inc()
         return session_id
 

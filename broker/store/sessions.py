@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, and_, case, exists, func, or_, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,7 +31,6 @@ from broker.store.audit import (
 from broker.store.base import StoreBase, enum_value, translate_errors
 from broker.store.models import Session, Statement
 from broker.store.records import (
-    Grant,
     SessionDetail,
     SessionEnd,
     SessionInfo,
@@ -40,22 +41,16 @@ from broker.store.records import (
     StatementRecord,
 )
 
+_R = TypeVar("_R")
+
 
 class SessionRepository:
     def __init__(self, core: StoreBase, audit: AuditRepository) -> None:
         self.core = core
         self._audit = audit
 
-    async def start_session(
-        self,
-        grant: Grant,
-        *,
-        client_addr: str | None = None,
-        application_name: str | None = None,
-        intent: str | None = None,
-    ) -> str:
+    async def start_session(self, start: SessionStart) -> str:
         """Record a session's start and return its id (a UUID string)."""
-        start = SessionStart(grant, client_addr=client_addr, application_name=application_name, intent=intent)
         return (await self.start_sessions([start]))[0]
 
     async def start_sessions(self, starts: Sequence[SessionStart]) -> list[str]:
@@ -697,59 +692,33 @@ def _sqlite_statement_row(r: StatementRecord) -> tuple[Any, ...]:
 
 
 def _statement_values(r: StatementRecord) -> dict[str, Any]:
-    return {
-        "session_id": r.session_id,
-        "seq": r.seq,
-        "sql": r.sql,
-        "fingerprint": r.fingerprint,
-        "decision": enum_value(r.decision),
-        "rule": r.rule,
-        "reason": r.reason,
-        "shadow_decision": None if r.shadow_decision is None else enum_value(r.shadow_decision),
-        "started_at": r.started_at,
-        "duration_ms": r.duration_ms,
-        "rows": r.rows,
-        "masked_values": r.masked_values,
-        "error_sqlstate": r.error_sqlstate,
-        "results": r.results,
-        "approval_id": r.approval_id,
-    }
+    values = {name: getattr(r, name) for name in _STATEMENT_COLUMNS}
+    values["decision"] = enum_value(r.decision)
+    values["shadow_decision"] = None if r.shadow_decision is None else enum_value(r.shadow_decision)
+    return values
+
+
+def _shared_columns(record: type[Any], model: type[Any]) -> tuple[str, ...]:
+    """The fields of the dataclass `record` that are columns of the ORM class `model`."""
+    columns = set(sa_inspect(model).columns.keys())
+    return tuple(f.name for f in dataclasses.fields(record) if f.name in columns)
+
+
+_SESSION_INFO_COLUMNS = _shared_columns(SessionInfo, Session)
+_STATEMENT_INFO_COLUMNS = _shared_columns(StatementInfo, Statement)
+
+
+def _from_row(record: type[_R], row: object, columns: tuple[str, ...], **given: Any) -> _R:
+    """A store record read from an ORM row by attribute name: its `columns`, then `given`
+    (what is computed, or differs from the column); the record's other fields (the coverage
+    findings) keep their defaults."""
+    return record(**{name: getattr(row, name) for name in columns if name not in given}, **given)
 
 
 def _session_info(row: Session, statements: int) -> SessionInfo:
-    return SessionInfo(
-        id=row.id,
-        token_id=row.token_id,
-        principal=row.principal,
-        groups=tuple(row.groups),
-        resource=row.resource,
-        role=row.role,
-        client_addr=row.client_addr,
-        application_name=row.application_name,
-        intent=row.intent,
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-        end_reason=row.end_reason,
-        statements=int(statements),
-        bytes_in=row.bytes_in,
-        bytes_out=row.bytes_out,
-    )
+    # A live session's `statements` column is only written at its end: the count is given.
+    return _from_row(SessionInfo, row, _SESSION_INFO_COLUMNS, groups=tuple(row.groups), statements=int(statements))
 
 
 def _statement_info(s: Statement) -> StatementInfo:
-    return StatementInfo(
-        seq=s.seq,
-        sql=s.sql,
-        fingerprint=s.fingerprint,
-        decision=s.decision,
-        rule=s.rule,
-        reason=s.reason,
-        shadow_decision=s.shadow_decision,
-        started_at=s.started_at,
-        duration_ms=s.duration_ms,
-        rows=s.rows,
-        masked_values=s.masked_values,
-        error_sqlstate=s.error_sqlstate,
-        results=s.results,
-        approval_id=s.approval_id,
-    )
+    return _from_row(StatementInfo, s, _STATEMENT_INFO_COLUMNS)

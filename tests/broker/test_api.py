@@ -10,7 +10,7 @@ import pytest
 from broker import metrics
 from broker.api import create_app
 from broker.config import Settings, hash_api_token
-from broker.store import SessionStats, StatementRecord, Store
+from broker.store import SessionStart, SessionStats, StatementRecord, Store
 from broker.store.db import create_engine
 
 API_TOKEN = "jga_test-admin-token-0123456789abcdef"
@@ -58,7 +58,7 @@ async def seed(store: Store) -> tuple[str, str, str]:
         "agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True
     )
     grant = await store.tokens.verify_token(issued.token, "demo")
-    ended = await store.sessions.start_session(grant, application_name="psql", intent="cleanup")
+    ended = await store.sessions.start_session(SessionStart(grant, application_name="psql", intent="cleanup"))
     now = datetime.now(UTC)
     await store.sessions.record_statements(
         [
@@ -75,7 +75,7 @@ async def seed(store: Store) -> tuple[str, str, str]:
         ]
     )
     await store.sessions.end_session(ended, reason="client closed", stats=SessionStats(2, 100, 200))
-    active = await store.sessions.start_session(grant)
+    active = await store.sessions.start_session(SessionStart(grant))
     return ended, active, issued.token
 
 
@@ -176,6 +176,10 @@ async def test_session_detail_has_statements_in_order(
     assert resp.status_code == 200
     body = resp.json()
     assert body["id"] == ended
+    # The session's own fields, read from the store's record under the API's names.
+    assert (body["statement_count"], body["active"], body["session_tampered"]) == (2, False, [])
+    assert body["groups"] == ["ai-agents"] and body["verified"] is True and body["tampered"] == []
+    assert "results" not in body["statements"][0]
     assert [(s["seq"], s["decision"]) for s in body["statements"]] == [
         (1, "allow"),
         (2, "review"),

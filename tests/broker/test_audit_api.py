@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.api import create_app
 from broker.audit.witnessing import FileWitness, WitnessSetup, witness_head
 from broker.config import Settings
-from broker.store import SessionStats, StatementRecord, Store
+from broker.store import SessionStart, SessionStats, StatementRecord, Store
 from tests.broker.test_api import AUTH, make_settings
 
 
@@ -40,7 +40,9 @@ async def client(store: Store) -> AsyncIterator[httpx.AsyncClient]:
 async def seed(store: Store) -> str:
     issued = await store.tokens.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
     grant = await store.tokens.verify_token(issued.token, "demo")
-    sid = await store.sessions.start_session(grant, client_addr="127.0.0.1:40000", application_name="psql")
+    sid = await store.sessions.start_session(
+        SessionStart(grant, client_addr="127.0.0.1:40000", application_name="psql")
+    )
     now = datetime.now(UTC)
     await store.sessions.record_statements(
         [StatementRecord(session_id=sid, seq=i, sql=f"select {i}", decision="allow", started_at=now, rows=1)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from broker.audit.chain import AuditRecord, ChainVerifier
 from broker.cli import audit_cmd, sessions_cmd
-from broker.store import SessionStats, StatementRecord, Store
+from broker.store import SessionStart, SessionStats, StatementRecord, Store
 
 T0 = datetime(2030, 1, 1, 12, tzinfo=UTC)
 
@@ -50,8 +50,9 @@ def seed(config: Path) -> str:
                 timedelta(hours=1),
                                              True)
             grant = await store.tokens.verify_token(issued.token, "demo")
-            sid = await store.sessions.start_session(grant, client_addr="127.0.0.1:40000", application_name="psql",
-                                            intent="look around")
+            sid = await store.sessions.start_session(
+                SessionStart(grant, client_addr="127.0.0.1:40000", application_name="psql", intent="look around")
+            )
             await store.sessions.record_statements([
                 StatementRecord(session_id=sid, seq=1, sql="select email from customers limit 2", decision="allow",
                                 started_at=datetime.now(UTC), rows=2, masked_values=2, duration_ms=1.5),

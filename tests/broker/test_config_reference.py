@@ -19,7 +19,8 @@ def test_the_committed_reference_is_current():
 def test_reference_covers_nested_sections_and_their_descriptions():
     text = render()
     for key in ("proxy.review_wait_seconds", "resources.<name>.upstream.host", "approvals.rules[].quorum",
-                "slack.signing_secret", "oidc.issuers[].audience", "access.rules[].approvers", "broker_url"):
+                "slack.signing_secret", "oidc.issuers[].audience", "access.rules[].approvers", "broker_url",
+                "worker.metrics_port"):
         assert f"| `{key}` |" in text, key
     assert "| `slack.bot_token` | secret |" in text
     quorum = next(line for line in text.splitlines() if line.startswith("| `approvals.rules[].quorum`"))

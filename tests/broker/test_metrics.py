@@ -22,7 +22,7 @@ from broker import metrics
 from broker.audit.chain import AuditRecord
 from broker.audit.forward import AuditForwarder
 from broker.exceptions import StoreUnavailable
-from broker.store import Grant, StatementRecord, Store
+from broker.store import Grant, SessionStart, StatementRecord, Store
 from broker.store.recorder import Recorder
 from broker.store.sessions import SessionRepository
 
@@ -244,7 +244,7 @@ async def test_recorder_pending_is_the_backlog_during_an_outage(store: Store) ->
     flaky = FlakyStore(store.sessions)
     recorder = Recorder(flaky, flush_interval=0.01, batch_size=5, high_water=100, max_backoff=0.02)  # type: ignore[arg-type]
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     assert sample("jitgate_recorder_pending") == 0
     flaky.down = True
     for seq in range(1, 13):
@@ -267,7 +267,7 @@ async def test_recorder_drops_are_counted_by_cause(store: Store) -> None:
     # invalid: the store refuses a record (its session does not exist); the good ones are kept.
     recorder = Recorder(store.sessions, flush_interval=0.01, batch_size=10, high_water=100, writer_process=False)
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     recorder.record_statement(rec(sid, 1))
     recorder.record_statement(rec("no-such-session", 1))
     await asyncio.wait_for(recorder.flush(), 5)
@@ -282,7 +282,7 @@ async def test_recorder_drops_are_counted_by_cause(store: Store) -> None:
         close_timeout=0.2, writer_process=False,
     )
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     flaky.down = True
     for seq in range(1, 10):
         recorder.record_statement(rec(sid, seq))

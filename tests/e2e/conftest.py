@@ -138,7 +138,7 @@ def start_gateway(
                 # With a broker_url: the production composition (Redis bus, Celery dispatch).
                 service = ApprovalService(store.approvals, settings.approvals)
                 if broker_url:
-                    service = (await open_approvals(settings, store))[0]
+                    service = (await open_approvals(settings, store.approvals))[0]
                 hook = ApprovalReviewHook(service, wait_seconds=settings.proxy.review_wait_seconds)
             server = ProxyServer(
                 build_context(settings, store, recorder, review=hook), host=proxy.listen_host, port=0

@@ -122,7 +122,7 @@ async def test_vault_session_uses_and_revokes_a_dynamic_role(dyn_gateway: Gatewa
         await conn.close()
     assert await _gone(upstream, user), "the Vault role outlived its session"
     outstanding = await asyncio.wrap_future(
-        asyncio.run_coroutine_threadsafe(LeaseLedger(dyn_gateway.store).outstanding(), dyn_gateway.loop)
+        asyncio.run_coroutine_threadsafe(LeaseLedger(dyn_gateway.store.audit).outstanding(), dyn_gateway.loop)
     )
     assert lease_id not in [lease.lease_id for lease in outstanding]
 

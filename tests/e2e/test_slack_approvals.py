@@ -141,7 +141,9 @@ def stack(upstream, demo_roles, tmp_path_factory) -> Iterator[Stack]:
                     Principal(subject=who, issuer="https://idp.test", email=f"{who}@example.com", groups=groups)
                 )
             app = create_app(gw.settings, gw.store, approvals_service=gw.server.ctx.review.service)
-            assert attach_slack(app, gw.settings, gw.server.ctx.review.service, gw.store) is not None
+            assert attach_slack(
+                app, gw.settings, gw.server.ctx.review.service, tokens=gw.store.tokens, access=gw.store.access
+            ) is not None
             uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
                                            log_config=None))
             uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]

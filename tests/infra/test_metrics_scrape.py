@@ -1,7 +1,8 @@
 """Every jitgate process that serves metrics is scraped, on the port its configuration sets:
 in the compose stack by infra/prometheus/prometheus.yml (api: api.port; proxy: one target per
-worker, proxy.metrics_port + i), in Kubernetes by the pods' prometheus.io annotations; and
-Grafana is provisioned with that Prometheus and the dashboard."""
+worker, proxy.metrics_port + i; the Celery worker: worker.metrics_port), in Kubernetes by the
+pods' prometheus.io annotations; and Grafana is provisioned with that Prometheus and the
+dashboard."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def metrics_targets(settings: Settings, proxy_command: list[str]) -> dict[str, s
     # A loopback listener is unreachable from Prometheus in another container or pod.
     assert not ipaddress.ip_address(settings.proxy.metrics_host).is_loopback, "proxy.metrics_host is loopback"
     targets["proxy"] = {port + i for i in range(workers(proxy_command))}
+    # The Celery worker: one endpoint whatever its concurrency (the pool's sum, workers.metrics).
+    assert settings.worker.metrics_port, "worker.metrics_port is not set: what the worker counts is not served"
+    assert not ipaddress.ip_address(settings.worker.metrics_host).is_loopback, "worker.metrics_host is loopback"
+    targets["worker"] = {settings.worker.metrics_port}
     return targets
 
 
@@ -95,6 +100,10 @@ def test_compose_prometheus_scrapes_every_process_that_serves_metrics(
     assert {str(p) for p in metrics_targets(compose_settings, proxy["command"])["proxy"]} <= set(
         map(str, proxy.get("expose", [])))
     assert not any(str(p).split(":")[-1] in {"9432", "9433"} for p in proxy.get("ports", []))
+    worker = services["worker"]
+    assert {str(p) for p in metrics_targets(compose_settings, proxy["command"])["worker"]} <= set(
+        map(str, worker.get("expose", [])))
+    assert not worker.get("ports"), "the worker's metrics are for prometheus on the compose network only"
 
 
 def test_the_scrape_check_catches_a_missed_worker(compose_settings: Settings) -> None:

@@ -40,7 +40,7 @@ async def rt(tmp_path: Path, slack: SlackDouble) -> AsyncIterator[tasks.Runtime]
     store = await Store.open(settings.store_url.get_secret_value())
     poster = SlackPoster.from_settings(settings.slack, ledger=store.approvals)
     service = ApprovalService(store.approvals, settings.approvals)
-    yield tasks.Runtime(settings, asyncio.get_running_loop(), store, service, poster)
+    yield tasks.Runtime(settings, asyncio.get_running_loop(), store.approvals, store.audit, service, poster)
     await store.close()
 
 
@@ -58,7 +58,7 @@ async def test_reminder_and_escalation_are_sent_once(rt, slack):
     await asyncio.sleep(1.1)
     assert await tasks._nudge(rt) == 2
     assert await tasks._nudge(rt) == 0  # once each
-    channel, ts = await rt.store.approvals.approval_message(approval.id)
+    channel, ts = await rt.approvals.approval_message(approval.id)
     reminders = [c for c in slack.calls_to("chat.postMessage") if c.args.get("thread_ts") == ts]
     assert len(reminders) == 1 and approval.id in reminders[0].args["text"]
     escalated = slack.prompts_for(approval.id, "C_ESCALATE")

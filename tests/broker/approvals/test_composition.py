@@ -48,7 +48,7 @@ async def test_the_factory_gives_the_installations_redis_bus(tmp_path: Path, red
     settings = Settings(data_dir=tmp_path, broker_url=redis_url, installation="blue")  # type: ignore[arg-type]
     store = await Store.open(settings.store_url.get_secret_value())
     try:
-        service, close = await open_approvals(settings, store, listen=listen)
+        service, close = await open_approvals(settings, store.approvals, listen=listen)
         try:
             assert isinstance(service.bus, RedisBus) and service.bus.channel == channel_for("blue")
         finally:

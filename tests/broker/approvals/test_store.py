@@ -102,15 +102,16 @@ async def test_access_request_approved_then_collected_once(store):  # noqa: F811
     )
     service = ApprovalService(store.approvals, cfg.approvals)
     olga = Principal(subject="olga", issuer="https://idp", email="olga@example.com", groups=("developers",))
+    repos = {"tokens": store.tokens, "access": store.access}
     result = await request_access(
-        store, cfg, olga, resource="demo", role="readwrite", reason="fix ticket 12", ttl=timedelta(minutes=30),
+        cfg, olga, **repos, resource="demo", role="readwrite", reason="fix ticket 12", ttl=timedelta(minutes=30),
         approvals=service,
     )
     assert result.request.status == "pending" and result.token is None
     approval = await service.get(result.request.id)
     assert approval is not None and approval.kind == "access" and approval.approver_groups == ("dba",)
     with pytest.raises(NotCollectable):
-        await collect_grant(store, olga, result.request.id)
+        await collect_grant(olga, result.request.id, **repos)
     with pytest.raises(ApprovalRefused) as refused:
         await service.vote(approval.id, DANA, "approve", scope="session")
     assert refused.value.code == "scope_not_allowed"
@@ -118,13 +119,13 @@ async def test_access_request_approved_then_collected_once(store):  # noqa: F811
     assert (await store.access.get_access_request(result.request.id)).status == "approved"
     mallory = Principal(subject="m", issuer="https://idp", email="m@example.com", groups=("developers",))
     with pytest.raises(NotCollectable):
-        await collect_grant(store, mallory, result.request.id)
-    collected = await collect_grant(store, olga, result.request.id)
+        await collect_grant(mallory, result.request.id, **repos)
+    collected = await collect_grant(olga, result.request.id, **repos)
     assert collected.token and collected.request.status == "granted"
     grant = await store.tokens.verify_token(collected.token, resource="demo")
     assert grant.principal == olga.id and grant.role == "readwrite"
     with pytest.raises(NotCollectable):
-        await collect_grant(store, olga, result.request.id)
+        await collect_grant(olga, result.request.id, **repos)
 
 
 async def test_directory_maps_emails_to_recent_logins(store, clock):  # noqa: F811

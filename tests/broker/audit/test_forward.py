@@ -21,7 +21,7 @@ from broker.audit import events
 from broker.audit.chain import AuditRecord
 from broker.audit.forward import AuditForwarder, SyslogTransport, WebhookTransport, attach_forwarder
 from broker.config import Settings
-from broker.store import Grant, Store
+from broker.store import Grant, SessionStart, Store
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 
@@ -89,8 +89,9 @@ async def test_committed_records_reach_the_webhook_in_order(store: Store, collec
     forwarder = attach_forwarder(store, settings.audit.sink)
     assert forwarder is not None
     try:
-        sid = await store.sessions.start_session(grant(), client_addr="10.0.0.1:1", application_name="psql",
-            intent=None)
+        sid = await store.sessions.start_session(
+            SessionStart(grant(), client_addr="10.0.0.1:1", application_name="psql", intent=None)
+        )
         await store.audit.append_audit(events.config_changed(actor="person:ops", what="policy"))
         with pytest.raises(RuntimeError):
             async with store.transaction("doomed") as session:

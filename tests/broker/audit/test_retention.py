@@ -16,8 +16,10 @@ import pytest
 from sqlalchemy import text
 
 from broker.audit import events
-from broker.audit.archive import ArchiveSummary, verify_archive
-from broker.store import Grant, StatementRecord, Store
+from broker.audit.archive import ArchiveSummary, verify_archive, write_archive
+from broker.audit.chain import GENESIS_HASH
+from broker.exceptions import StoreError
+from broker.store import Grant, SessionStart, StatementRecord, Store
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 
@@ -101,7 +103,7 @@ async def test_one_old_event_time_does_not_pull_younger_records_into_the_prune(
     await append_days(store, clock, 4)  # seq 1..12, three a day from day 0
     # A statement recorded now whose event time is long ago (its batch was written late).
     grant = Grant(None, "agent:demo", ("ai-agents",), "demo", "readwrite", clock.now + timedelta(days=30), True)
-    sid = await store.sessions.start_session(grant, client_addr="10.0.0.7:5000", application_name="psql")
+    sid = await store.sessions.start_session(SessionStart(grant, client_addr="10.0.0.7:5000", application_name="psql"))
     await store.sessions.record_statements([StatementRecord(session_id=sid, seq=1, sql="select 1", decision="allow",
                                                    started_at=clock.now - timedelta(days=10))])
     old = [r async for r in store.audit.iter_audit() if r.type == "statement"]
@@ -141,3 +143,75 @@ async def test_prunes_are_serialised_and_a_waiting_one_signs_nothing_stale(
     # It starts where the first ended: the signed prunes follow each other.
     assert done is not None and signed == [(1, 9), (10, 12)]  # seq 13, the prune record, is not older
     assert (await store.audit.verify_audit()).ok
+
+
+def archive_path(archive_dir: Path, from_seq: int, through_seq: int) -> Path:
+    return archive_dir / f"audit-{from_seq:012d}-{through_seq:012d}.jsonl.gz"
+
+
+def listing(archive_dir: Path) -> list[str]:
+    return sorted(p.name for p in archive_dir.iterdir())
+
+
+async def archive_like_a_dead_prune(
+    store: Store, archive_dir: Path, through: int, *, name_through: int | None = None
+) -> Path:
+    """What a prune that died after archiving (and maybe signing) leaves: its archive only."""
+    path = archive_path(archive_dir, 1, name_through or through)
+    await write_archive(path, store.audit.iter_audit(to_seq=through), prev_seq=0, prev_hash=GENESIS_HASH)
+    return path
+
+
+async def test_an_unfinished_prune_is_finished_at_its_cut_before_a_new_one(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    await append_days(store, clock, 4)  # seq 1..12
+    kept = await archive_like_a_dead_prune(store, tmp_path, 6)
+    _, trailer = verify_archive(kept)
+    signed: list[dict[str, object]] = []
+
+    async def sign(summary: ArchiveSummary) -> None:
+        signed.append(summary.trailer()["archive"])
+
+    # `before` would cut through 12; the earlier run's cut is kept.
+    done = await store.audit.prune_audit(before=clock.now, archive_dir=tmp_path, on_archived=sign)
+    assert done is not None and done.resumed and (done.from_seq, done.through_seq, done.path) == (1, 6, kept)
+    assert signed == [trailer]  # what is signed again is the archive the earlier run signed
+    assert (await store.audit.audit_state()).anchor_seq == 6  # type: ignore[union-attr]
+    new = await store.audit.prune_audit(before=clock.now, archive_dir=tmp_path, on_archived=sign)
+    assert new is not None and not new.resumed and (new.from_seq, new.prev_hash) == (7, done.through_hash)
+    assert (await store.audit.verify_audit()).ok
+    assert listing(tmp_path) == [kept.name, new.path.name]  # no check file left
+
+
+async def test_a_damaged_unfinished_archive_is_written_again(store: Store, clock: FakeClock, tmp_path: Path) -> None:
+    await append_days(store, clock, 2)
+    kept = await archive_like_a_dead_prune(store, tmp_path, 4)
+    _, trailer = verify_archive(kept)
+    kept.write_bytes(kept.read_bytes()[:40])
+    done = await store.audit.prune_audit(before=clock.now, archive_dir=tmp_path)
+    assert done is not None and done.resumed and done.through_seq == 4
+    report, again = verify_archive(kept)
+    assert report.ok and again == trailer
+
+
+async def test_an_unfinished_archive_the_chain_no_longer_matches_stops_the_prune(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    await append_days(store, clock, 4)
+    kept = await archive_like_a_dead_prune(store, tmp_path, 5, name_through=6)  # valid, but not 1..6
+    with pytest.raises(StoreError, match="is not what the chain now holds from seq 1: nothing deleted"):
+        await store.audit.prune_audit(before=clock.now, archive_dir=tmp_path)
+    assert (await store.audit.audit_state()).anchor_seq == 0  # type: ignore[union-attr]
+    assert listing(tmp_path) == [kept.name]
+
+
+async def test_two_unfinished_prunes_from_one_start_are_left_to_an_operator(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    await append_days(store, clock, 4)
+    await archive_like_a_dead_prune(store, tmp_path, 6)
+    await archive_like_a_dead_prune(store, tmp_path, 9)
+    with pytest.raises(StoreError, match="more than one unfinished prune from seq 1"):
+        await store.audit.prune_audit(before=clock.now, archive_dir=tmp_path)
+    assert (await store.audit.audit_state()).anchor_seq == 0  # type: ignore[union-attr]

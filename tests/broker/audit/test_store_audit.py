@@ -15,7 +15,7 @@ from sqlalchemy import text
 from broker.audit import events
 from broker.audit.chain import seal
 from broker.exceptions import StoreIntegrityError
-from broker.store import Grant, SessionStats, StatementRecord, Store
+from broker.store import Grant, SessionStart, SessionStats, StatementRecord, Store
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 
@@ -34,7 +34,9 @@ def rec(sid: str, seq: int, **kw: object) -> StatementRecord:
 async def populate(store: Store, statements: int = 6) -> str:
     issued = await store.tokens.issue_token("agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True)
     g = await store.tokens.verify_token(issued.token, "demo")
-    sid = await store.sessions.start_session(g, client_addr="10.0.0.7:5555", application_name="psql", intent="inspect")
+    sid = await store.sessions.start_session(
+        SessionStart(g, client_addr="10.0.0.7:5555", application_name="psql", intent="inspect")
+    )
     await store.sessions.record_statements([rec(sid, i) for i in range(1, statements + 1)])
     await store.sessions.end_session(sid, reason="client terminated", stats=SessionStats(statements, 10, 20))
     await store.tokens.revoke_token(issued.token_id)
@@ -64,7 +66,7 @@ async def test_flows_append_one_chain_without_secrets(store: Store) -> None:
 
 
 async def test_retried_batch_is_audited_once(store: Store) -> None:
-    sid = await store.sessions.start_session(grant())
+    sid = await store.sessions.start_session(SessionStart(grant()))
     batch = [rec(sid, 1), rec(sid, 2)]
     await store.sessions.record_statements(batch)
     await store.sessions.record_statements([*batch, rec(sid, 3)])

@@ -23,7 +23,7 @@ from broker.console.auth import SESSION_COOKIE, Signer, session_cookie
 from broker.identity.devissuer import DevIssuer, DevUser
 from broker.identity.oidc import OIDCVerifier, Principal
 from broker.identity.settings import OidcIssuerSettings, OidcSettings
-from broker.store import Store
+from broker.store import SessionStart, Store
 
 BASE = "http://console.test"
 ISSUER = f"{BASE}/dev-issuer"
@@ -246,7 +246,7 @@ async def test_replay_shows_decisions_masking_and_recorded_results(env):
     store = env.app.state.store
     issued = await store.tokens.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
     grant = await store.tokens.verify_token(issued.token, "prod")
-    sid = await store.sessions.start_session(grant, application_name="psql", intent="tidy <orders>")
+    sid = await store.sessions.start_session(SessionStart(grant, application_name="psql", intent="tidy <orders>"))
     now = datetime.now(UTC)
     results = [{"columns": ["email"], "rows": [["j***@example.com"], [None]], "truncated": True}]
     await store.sessions.record_statements([

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from broker.store.records import StatementRecord
+from broker.store.records import SessionStart, StatementRecord
 from tests.broker.console.test_console import env  # noqa: F401
 
 
@@ -17,7 +17,7 @@ async def test_replay_and_live_pages_warn_of_tampering(env):  # type: ignore[no-
     store = env.app.state.store
     issued = await store.tokens.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
     grant = await store.tokens.verify_token(issued.token, "prod")
-    sid = await store.sessions.start_session(grant, application_name="psql")
+    sid = await store.sessions.start_session(SessionStart(grant, application_name="psql"))
     now = datetime.now(UTC)
     await store.sessions.record_statements([
         StatementRecord(sid, 1, "select 1", "allow", now, rows=1),
@@ -45,8 +45,8 @@ async def test_session_pages_warn_of_session_tampering_and_show_deleted_sessions
     store = env.app.state.store
     issued = await store.tokens.issue_token("agent:bot", ["ai-agents"], "prod", "readwrite", timedelta(hours=1), True)
     grant = await store.tokens.verify_token(issued.token, "prod")
-    forged = await store.sessions.start_session(grant, application_name="psql", intent="fix orders")
-    deleted = await store.sessions.start_session(grant, application_name="psql", intent="drop things")
+    forged = await store.sessions.start_session(SessionStart(grant, application_name="psql", intent="fix orders"))
+    deleted = await store.sessions.start_session(SessionStart(grant, application_name="psql", intent="drop things"))
     await store.sessions.record_statements([StatementRecord(deleted, 1, "delete from orders", "allow",
         datetime.now(UTC))])
     async with env.as_person("dana", ("dba",)) as dana:

@@ -29,7 +29,7 @@ from broker.credentials.settings import CredentialSettings
 from broker.credentials.vault import VaultProvider
 from broker.demo.upstream import Upstream
 from broker.exceptions import CredentialSourceUnavailable
-from broker.store import Store
+from broker.store import SessionStart, Store
 from tests.openbao_fixture import VaultFixture, vault_roles
 
 RESOURCES = {"demo": CredentialSettings(provider="vault")}
@@ -155,11 +155,11 @@ async def test_a_cancelled_acquire_is_recorded_and_released_through_the_ledger(
     revoked, and nothing stays outstanding for the reaper."""
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/jitgate.db")
     vault = VaultProvider(openbao.settings(timeout_seconds=1), RESOURCES)
-    manager = CredentialManager({"demo": vault}, LeaseLedger(store))
+    manager = CredentialManager({"demo": vault}, LeaseLedger(store.audit))
     try:
         issued = await store.tokens.issue_token("agent:t", ["ai-agents"], "demo", "readonly", timedelta(hours=1))
-        session_id = await store.sessions.start_session(await store.tokens.verify_token(issued.token, "demo"),
-            client_addr="test")
+        grant = await store.tokens.verify_token(issued.token, "demo")
+        session_id = await store.sessions.start_session(SessionStart(grant, client_addr="test"))
         await manager.release(await manager.acquire(resource="demo", role="readonly", session_id=session_id))
         leases, roles = _leases(openbao), await vault_roles(upstream)
         with stopped(openbao):

@@ -15,7 +15,7 @@ from broker.credentials.reaper import reap
 from broker.credentials.settings import CredentialSettings
 from broker.demo.seed import RW_ROLE
 from broker.demo.upstream import Upstream
-from broker.store import Store
+from broker.store import SessionStart, Store
 from tests.openbao_fixture import role_exists
 
 
@@ -29,14 +29,14 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 async def _session(store: Store) -> str:
     issued = await store.tokens.issue_token("agent:t", ["ai-agents"], "demo", "readwrite", timedelta(hours=1))
     grant = await store.tokens.verify_token(issued.token, "demo")
-    return await store.sessions.start_session(grant, client_addr="test")
+    return await store.sessions.start_session(SessionStart(grant, client_addr="test"))
 
 
 async def test_reaper_revokes_only_what_outlived_its_session(store: Store, upstream: Upstream) -> None:
     admin = SecretStr(upstream.dsn("postgres"))
     conf = CredentialSettings(provider="local", admin_dsn=admin, roles={"readwrite": RW_ROLE})
     issuer = LocalIssuer("demo", conf)
-    ledger = LeaseLedger(store)
+    ledger = LeaseLedger(store.audit)
     providers = {"demo": issuer}
 
     live, crashed = await _session(store), await _session(store)

@@ -21,28 +21,34 @@ from broker.credentials.settings import CredentialSettings
 from broker.credentials.vault import VaultProvider
 from broker.demo.seed import RW_ROLE
 from broker.demo.upstream import Upstream
-from broker.store import Store
+from broker.store import SessionStart, Store
 from tests.openbao_fixture import VaultFixture, role_exists, vault_roles
 
 RESOURCES = {"demo": CredentialSettings(provider="vault")}
 
 
 @pytest.fixture
-async def manager(openbao: VaultFixture, tmp_path: Path) -> AsyncIterator[CredentialManager]:
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/jitgate.db")
-    m = CredentialManager({"demo": VaultProvider(openbao.settings(), RESOURCES)}, LeaseLedger(store))
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/jitgate.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def manager(openbao: VaultFixture, store: Store) -> AsyncIterator[CredentialManager]:
+    m = CredentialManager({"demo": VaultProvider(openbao.settings(), RESOURCES)}, LeaseLedger(store.audit))
     try:
         yield m
     finally:
         await m.aclose()
-        await store.close()
 
 
-async def _session(manager: CredentialManager) -> str:
-    assert manager.ledger is not None
-    store = manager.ledger._store
+async def _session(store: Store) -> str:
     issued = await store.tokens.issue_token("agent:t", ["ai-agents"], "demo", "readwrite", timedelta(hours=1))
-    return await store.sessions.start_session(await store.tokens.verify_token(issued.token, "demo"), client_addr="test")
+    grant = await store.tokens.verify_token(issued.token, "demo")
+    return await store.sessions.start_session(SessionStart(grant, client_addr="test"))
 
 
 async def _login(upstream: Upstream, cred: Credential) -> asyncpg.Connection:
@@ -50,19 +56,19 @@ async def _login(upstream: Upstream, cred: Credential) -> asyncpg.Connection:
 
 
 async def test_a_revoke_that_fails_is_retried_by_the_reaper(
-    manager: CredentialManager, upstream: Upstream
+    manager: CredentialManager, store: Store, upstream: Upstream
 ) -> None:
     """Vault refuses the revocation while the login owns something in another database
     (REASSIGN/DROP OWNED reach only the connection's database): the login and its ledger row
     stay; once that is gone, the reaper's next pass drops the login and closes the lease."""
     assert manager.ledger is not None
-    session_id = await _session(manager)
+    session_id = await _session(store)
     cred = await manager.acquire(resource="demo", role="readwrite", session_id=session_id)
     admin = await asyncpg.connect(upstream.dsn("postgres"))
     try:
         await admin.execute("create table revoke_blocker (id int)")
         await admin.execute(f'alter table revoke_blocker owner to "{cred.username}"')
-        await manager.ledger._store.sessions.end_session(session_id, reason="client disconnected")
+        await store.sessions.end_session(session_id, reason="client disconnected")
         await manager.release(cred)  # logs `lease_revoke_failed`, never raises
         assert await role_exists(upstream, cred.username)
         (due,) = await manager.ledger.due()
@@ -83,14 +89,14 @@ async def test_a_revoke_that_fails_is_retried_by_the_reaper(
 
 
 async def test_what_a_session_created_never_blocks_its_revocation(
-    manager: CredentialManager, upstream: Upstream
+    manager: CredentialManager, store: Store, upstream: Upstream
 ) -> None:
     """Objects made as the group, and even as the login itself (after `SET ROLE NONE`),
     end up owned by the group; the login is dropped at release."""
     admin = await asyncpg.connect(upstream.dsn("demo"))
     await admin.execute(f"create schema revoke_work; grant usage, create on schema revoke_work to {RW_ROLE}")
     try:
-        cred = await manager.acquire(resource="demo", role="readwrite", session_id=await _session(manager))
+        cred = await manager.acquire(resource="demo", role="readwrite", session_id=await _session(store))
         conn = await _login(upstream, cred)
         try:
             assert await conn.fetchval("select current_user") == RW_ROLE
@@ -112,11 +118,11 @@ async def test_what_a_session_created_never_blocks_its_revocation(
 
 
 async def test_revoking_a_login_someone_already_dropped_succeeds(
-    manager: CredentialManager, upstream: Upstream
+    manager: CredentialManager, store: Store, upstream: Upstream
 ) -> None:
     """A retry after a revocation that did its work but was not acknowledged must not fail
     forever on a missing role."""
-    cred = await manager.acquire(resource="demo", role="readwrite", session_id=await _session(manager))
+    cred = await manager.acquire(resource="demo", role="readwrite", session_id=await _session(store))
     admin = await asyncpg.connect(upstream.dsn("postgres"))
     try:
         await admin.execute(f'drop role "{cred.username}"')
@@ -131,13 +137,13 @@ def _stuck_count() -> float:
 
 
 async def test_a_revocation_that_keeps_failing_is_an_error_and_a_metric(
-    manager: CredentialManager, upstream: Upstream
+    manager: CredentialManager, store: Store, upstream: Upstream
 ) -> None:
     """A grant in another database makes DROP ROLE fail on every retry: past STUCK_AFTER
     consecutive failures the running reaper logs an error naming the lease (not the login's
     password) and counts `jitgate_vault_errors_total{kind="revoke_stuck"}` once per lease."""
     assert manager.ledger is not None
-    session_id = await _session(manager)
+    session_id = await _session(store)
     cred = await manager.acquire(resource="demo", role="readwrite", session_id=session_id)
     before = _stuck_count()
     admin = await asyncpg.connect(upstream.dsn("postgres"))  # not `demo`, the connection's database
@@ -145,7 +151,7 @@ async def test_a_revocation_that_keeps_failing_is_an_error_and_a_metric(
     try:
         await admin.execute("create table stuck_blocker (id int)")
         await admin.execute(f'grant select on stuck_blocker to "{cred.username}"')
-        await manager.ledger._store.sessions.end_session(session_id, reason="client disconnected")
+        await store.sessions.end_session(session_id, reason="client disconnected")
         with structlog.testing.capture_logs() as logs:
             await manager.release(cred)  # the first failure
             reaper.start()

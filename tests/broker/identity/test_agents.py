@@ -18,7 +18,7 @@ from broker.config import ResourceSettings, Settings, UpstreamSettings
 from broker.identity.access import decide
 from broker.identity.oidc import Principal
 from broker.identity.settings import AccessRuleSettings, AccessSettings, AgentRuleSettings
-from broker.store import Store
+from broker.store import SessionStart, Store
 from tests.broker.identity.issuer import FakeIssuer
 from tests.broker.test_tokens_cmd import app, config, verify  # noqa: F401 - app and config are fixtures
 
@@ -88,7 +88,7 @@ async def test_exchanged_token_names_agent_and_owner(env) -> None:
     assert (grant.principal, grant.owner) == ("agent:ci-deploy", "person:dave@example.com")
     issued = [e async for e in store.audit.iter_audit() if e.type == "token.issue"]
     assert issued[-1].data["owner"] == "person:dave@example.com"
-    session_id = await store.sessions.start_session(grant, client_addr="127.0.0.1")
+    session_id = await store.sessions.start_session(SessionStart(grant, client_addr="127.0.0.1"))
     started = [e async for e in store.audit.iter_audit() if e.type == "session.start"]
     assert started[-1].session_id == session_id and started[-1].data["owner"] == "person:dave@example.com"
 

@@ -42,8 +42,8 @@ class FlakyStore:
         self.batches.append(len(records))
         await self.store.sessions.record_statements(records)
 
-    async def start_session(self, grant: Grant, **kw: str | None) -> str:
-        return await self.store.sessions.start_session(grant, **kw)  # type: ignore[arg-type]
+    async def start_session(self, start: SessionStart) -> str:
+        return await self.store.sessions.start_session(start)
 
     async def end_session(
         self, session_id: str, *, reason: str, stats: SessionStats | None = None
@@ -97,7 +97,7 @@ async def test_records_are_batched_and_written_in_background(
 ) -> None:
     recorder = Recorder(flaky, flush_interval=0.05, batch_size=100, high_water=1000)
     recorder.start()
-    sid = await recorder.start_session(GRANT, application_name="psql")
+    sid = await recorder.start_session(SessionStart(GRANT, application_name="psql"))
     started = time.perf_counter()
     for seq in range(1, 251):
         recorder.record_statement(rec(sid, seq))
@@ -117,7 +117,7 @@ async def test_a_lone_record_is_written_after_the_flush_interval(
 ) -> None:
     recorder = Recorder(flaky, flush_interval=0.05, batch_size=100, high_water=1000)
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     recorder.record_statement(rec(sid, 1))
     for _ in range(100):
         if flaky.batches:
@@ -140,7 +140,7 @@ async def test_store_outage_loses_nothing_and_turns_unhealthy(
         max_backoff=0.02,
     )
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     assert recorder.healthy
     failures_before = sample("jitgate_recorder_flush_failures_total")
 
@@ -167,7 +167,7 @@ async def test_backlog_over_high_water_is_overloaded_but_kept(
 ) -> None:
     recorder = Recorder(flaky, flush_interval=0.01, batch_size=5, high_water=10, hard_limit=15)
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     flaky.down = True
     for seq in range(1, 11):
         recorder.record_statement(rec(sid, seq))
@@ -190,7 +190,7 @@ async def test_backlog_over_high_water_is_overloaded_but_kept(
 async def test_a_bad_record_is_dropped_without_blocking_the_others(store: Store) -> None:
     recorder = Recorder(store.sessions, flush_interval=0.01, batch_size=10, high_water=100)
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     recorder.record_statement(rec(sid, 1))
     recorder.record_statement(rec("no-such-session", 1))  # the store refuses this one
     recorder.record_statement(rec(sid, 2))
@@ -205,7 +205,7 @@ async def test_end_session_writes_statements_first(store: Store) -> None:
     recorder = Recorder(store.sessions, flush_interval=10, batch_size=100, high_water=1000)
     recorder.start()
     active_before = sample("jitgate_sessions_active")
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     assert sample("jitgate_sessions_active") == active_before + 1
     recorder.record_statement(rec(sid, 1))
     recorder.record_statement(rec(sid, 2))
@@ -224,7 +224,7 @@ async def test_end_session_writes_statements_first(store: Store) -> None:
 async def test_end_session_does_not_raise_when_the_store_fails(flaky: FlakyStore) -> None:
     recorder = Recorder(flaky, flush_interval=0.01, batch_size=10, high_water=100)
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
 
     async def down(*_a: object, **_k: object) -> bool:
         raise StoreUnavailable("end session: store unavailable (OSError)")
@@ -238,7 +238,7 @@ async def test_a_connect_burst_shares_transactions_and_every_session_is_recorded
     recorder = Recorder(store.sessions, writer_process=False)
     recorder.start()
     active_before = sample("jitgate_sessions_active")
-    ids = await asyncio.gather(*(recorder.start_session(GRANT, client_addr=f"c{i}") for i in range(100)))
+    ids = await asyncio.gather(*(recorder.start_session(SessionStart(GRANT, client_addr=f"c{i}")) for i in range(100)))
     assert len(set(ids)) == 100
     assert recorder._starts.batches < 10  # not one transaction per session
     assert sample("jitgate_sessions_active") == active_before + 100
@@ -266,7 +266,7 @@ async def test_a_start_recorded_after_its_connection_gave_up_is_ended(store: Sto
     slow = SlowStarts(store)
     recorder = Recorder(slow, writer_process=False)
     recorder.start()
-    gone = asyncio.ensure_future(recorder.start_session(GRANT, client_addr="gone"))
+    gone = asyncio.ensure_future(recorder.start_session(SessionStart(GRANT, client_addr="gone")))
     await slow.writing.wait()
     gone.cancel()  # the client went away while its start was being written
     for _ in range(100):
@@ -282,9 +282,9 @@ async def test_a_start_cancelled_while_queued_is_not_recorded(store: Store) -> N
     slow = SlowStarts(store)
     recorder = Recorder(slow, writer_process=False)
     recorder.start()
-    first = asyncio.ensure_future(recorder.start_session(GRANT, client_addr="first"))
+    first = asyncio.ensure_future(recorder.start_session(SessionStart(GRANT, client_addr="first")))
     await slow.writing.wait()
-    gone = asyncio.ensure_future(recorder.start_session(GRANT, client_addr="gone"))
+    gone = asyncio.ensure_future(recorder.start_session(SessionStart(GRANT, client_addr="gone")))
     await asyncio.sleep(0)
     gone.cancel()
     sid = await first
@@ -297,7 +297,7 @@ async def test_a_start_cancelled_while_queued_is_not_recorded(store: Store) -> N
 async def test_aclose_writes_everything_then_refuses(store: Store) -> None:
     recorder = Recorder(store.sessions, flush_interval=10, batch_size=500, high_water=1000)
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     for seq in range(1, 8):
         recorder.record_statement(rec(sid, seq))
     await recorder.aclose()
@@ -312,7 +312,7 @@ async def test_aclose_gives_up_after_close_timeout(flaky: FlakyStore) -> None:
         flaky, flush_interval=0.01, batch_size=10, high_water=100, close_timeout=0.2
     )
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     flaky.down = True
     recorder.record_statement(rec(sid, 1))
     started = time.perf_counter()
@@ -324,7 +324,7 @@ async def test_aclose_gives_up_after_close_timeout(flaky: FlakyStore) -> None:
 async def test_metrics_count_decisions_masking_and_durations(store: Store) -> None:
     recorder = Recorder(store.sessions)
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     blocked = sample("jitgate_statements_total", decision="block")
     masked = sample("jitgate_masked_values_total")
     observed = sample("jitgate_statement_seconds_count")
@@ -358,7 +358,7 @@ def test_limits_must_be_ordered(store: Store) -> None:
 
 async def test_records_before_start_are_written_by_aclose(store: Store) -> None:
     recorder = Recorder(store.sessions)
-    sid = await store.sessions.start_session(GRANT)
+    sid = await store.sessions.start_session(SessionStart(GRANT))
     recorder.record_statement(rec(sid, 1))
     await recorder.aclose()
     assert await recorded(store, sid) == [1]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from broker.store import Grant, StatementRecord, Store
+from broker.store import Grant, SessionStart, StatementRecord, Store
 from broker.store.recorder import ProcessWriter, Recorder
 
 GRANT = Grant(
@@ -66,7 +66,7 @@ async def test_batches_are_written_by_the_child_and_chained(store: Store) -> Non
     await ready(writer)
     (child,) = child_pids(writer)
     assert child != os.getpid()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     for seq in range(1, 351):
         recorder.record_statement(rec(sid, seq))
     await recorder.flush()
@@ -89,7 +89,7 @@ async def test_a_dead_child_is_a_transient_failure_and_nothing_is_lost(store: St
     writer = recorder._writer
     assert writer is not None
     await ready(writer)
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     for seq in range(1, 101):
         recorder.record_statement(rec(sid, seq))
     await recorder.flush()
@@ -111,7 +111,7 @@ async def test_backlog_still_makes_the_recorder_unhealthy(store: Store) -> None:
     recorder = Recorder(store.sessions, flush_interval=10, batch_size=10, high_water=20, hard_limit=40)
     recorder.start()
     assert recorder._writer is not None
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     for seq in range(1, 20):
         recorder.record_statement(rec(sid, seq))
     assert recorder.healthy
@@ -126,7 +126,7 @@ async def test_backlog_slows_clients_before_failing_closed(store: Store) -> None
     recorder = Recorder(store.sessions, flush_interval=10, batch_size=10, high_water=40, hard_limit=80, soft_limit=20,
                         writer_process=False)
     recorder.start()
-    sid = await recorder.start_session(GRANT)
+    sid = await recorder.start_session(SessionStart(GRANT))
     for seq in range(1, 20):
         recorder.record_statement(rec(sid, seq))
     assert not recorder.backlogged

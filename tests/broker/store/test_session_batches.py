@@ -67,7 +67,7 @@ async def test_reusable_token_verifies_while_another_process_holds_the_write_loc
         grant_ = await asyncio.wait_for(store.tokens.verify_token(issued.token, "demo"), 2)
         assert grant_.token_id == issued.token_id
         # A write does wait for it (the busy timeout), as before.
-        writing = asyncio.ensure_future(store.sessions.start_session(grant_))
+        writing = asyncio.ensure_future(store.sessions.start_session(SessionStart(grant_)))
         await asyncio.sleep(0.3)
         assert not writing.done()
     finally:

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from broker.api import create_app
 from broker.audit.archive import sessions_digest, verify_archive
 from broker.config import Settings, hash_api_token
-from broker.store import Grant, SessionStats, StatementRecord, Store
+from broker.store import Grant, SessionStart, SessionStats, StatementRecord, Store
 from tests.broker.store.cli_helpers import cli_config, run_cli  # noqa: F401
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
@@ -42,8 +42,9 @@ def _grant(resource: str = "demo") -> Grant:
 
 
 async def _seed(store: Store, clock: FakeClock, *, end: bool = True) -> str:
-    sid = await store.sessions.start_session(_grant(), client_addr="10.0.0.7:5000", application_name="psql",
-        intent="triage")
+    sid = await store.sessions.start_session(
+        SessionStart(_grant(), client_addr="10.0.0.7:5000", application_name="psql", intent="triage")
+    )
     await store.sessions.record_statements([
         StatementRecord(session_id=sid, seq=1, sql="select email from customers", decision="allow",
                         started_at=clock.now + timedelta(seconds=1), rows=2, duration_ms=1.0),
@@ -92,7 +93,7 @@ async def test_start_and_end_times_match_their_records_when_the_clock_moves(stor
     """The row's started_at/ended_at and the records' ts are one reading of the clock."""
     ticks = iter(range(1000))
     store.clock = lambda: T0 + timedelta(milliseconds=next(ticks))  # type: ignore[method-assign]
-    sid = await store.sessions.start_session(_grant())
+    sid = await store.sessions.start_session(SessionStart(_grant()))
     await store.sessions.end_session(sid, reason="done")
     detail = await store.sessions.get_session(sid)
     assert detail is not None and detail.session.tampered == () and detail.verified

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from broker.exceptions import StoreError, StoreIntegrityError
-from broker.store import Grant, SessionStats, StatementRecord, Store
+from broker.store import Grant, SessionStart, SessionStats, StatementRecord, Store
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 
@@ -46,8 +46,8 @@ async def test_session_lifecycle_is_recorded(store: Store, clock: FakeClock) -> 
         "agent:demo", ["ai-agents"], "demo", "readwrite", timedelta(hours=1), True
     )
     g = await store.tokens.verify_token(issued.token, "demo")
-    sid = await store.sessions.start_session(
-        g, client_addr="10.0.0.7:51234", application_name="psql", intent="fix invoice 42"
+    sid = await store.sessions.start_session(SessionStart(
+        g, client_addr="10.0.0.7:51234", application_name="psql", intent="fix invoice 42")
     )
     started = clock.now
     await store.sessions.record_statements(
@@ -109,7 +109,7 @@ async def test_session_lifecycle_is_recorded(store: Store, clock: FakeClock) -> 
 
 
 async def test_record_statements_is_idempotent_per_session_and_seq(store: Store) -> None:
-    sid = await store.sessions.start_session(grant())
+    sid = await store.sessions.start_session(SessionStart(grant()))
     await store.sessions.record_statements([rec(sid, 1), rec(sid, 2)])
     # A batch retried after an ambiguous failure: overlapping seqs are not duplicated.
     await store.sessions.record_statements([rec(sid, 2, sql="changed"), rec(sid, 3)])
@@ -123,7 +123,7 @@ async def test_record_statements_is_idempotent_per_session_and_seq(store: Store)
 
 
 async def test_statement_for_unknown_session_is_an_integrity_error(store: Store) -> None:
-    sid = await store.sessions.start_session(grant())
+    sid = await store.sessions.start_session(SessionStart(grant()))
     with pytest.raises(StoreIntegrityError):
         await store.sessions.record_statements([rec(sid, 1), rec("no-such-session", 1)])
     detail = await store.sessions.get_session(sid)
@@ -131,7 +131,7 @@ async def test_statement_for_unknown_session_is_an_integrity_error(store: Store)
 
 
 async def test_statement_text_is_stored_verbatim(store: Store) -> None:
-    sid = await store.sessions.start_session(grant())
+    sid = await store.sessions.start_session(SessionStart(grant()))
     nasty = "select '''; drop table sessions; --', $$ \\x00 é ✓ $$, E'\\n' -- %s %(x)s"
     await store.sessions.record_statements([rec(sid, 1, sql=nasty)])
     detail = await store.sessions.get_session(sid)
@@ -139,7 +139,7 @@ async def test_statement_text_is_stored_verbatim(store: Store) -> None:
 
 
 async def test_recorded_results_round_trip_and_default_to_none(store: Store) -> None:
-    sid = await store.sessions.start_session(grant())
+    sid = await store.sessions.start_session(SessionStart(grant()))
     results = [{"columns": ["id", "email"], "rows": [["1", "j***@example.com"], ["2", None]], "truncated": True}]
     await store.sessions.record_statements([rec(sid, 1, results=results), rec(sid, 2)])
     detail = await store.sessions.get_session(sid)
@@ -148,7 +148,7 @@ async def test_recorded_results_round_trip_and_default_to_none(store: Store) -> 
 
 
 async def test_end_session_only_once(store: Store, clock: FakeClock) -> None:
-    sid = await store.sessions.start_session(grant())
+    sid = await store.sessions.start_session(SessionStart(grant()))
     await store.sessions.record_statements([rec(sid, 1), rec(sid, 2)])
     assert await store.sessions.end_session(sid, reason="first") is True
     clock.advance(timedelta(seconds=1))
@@ -163,7 +163,7 @@ async def test_end_session_only_once(store: Store, clock: FakeClock) -> None:
 async def test_list_sessions_newest_first_with_filters(store: Store, clock: FakeClock) -> None:
     ids = []
     for i in range(4):
-        ids.append(await store.sessions.start_session(grant(principal=f"agent:{i}")))
+        ids.append(await store.sessions.start_session(SessionStart(grant(principal=f"agent:{i}"))))
         clock.advance(timedelta(seconds=10))
     await store.sessions.end_session(ids[1], reason="done")
     await store.sessions.record_statements([rec(ids[3], 1), rec(ids[3], 2), rec(ids[3], 3)])
@@ -187,6 +187,6 @@ async def test_get_unknown_session_is_none(store: Store) -> None:
 
 
 async def test_naive_datetimes_are_refused(store: Store) -> None:
-    sid = await store.sessions.start_session(grant())
+    sid = await store.sessions.start_session(SessionStart(grant()))
     with pytest.raises(StoreError, match="naive datetime"):
         await store.sessions.record_statements([rec(sid, 1, started_at=datetime(2030, 1, 1))])

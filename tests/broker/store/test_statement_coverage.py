@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from broker.api import create_app
 from broker.config import Settings, hash_api_token
-from broker.store import Grant, StatementRecord, Store
+from broker.store import Grant, SessionStart, StatementRecord, Store
 from tests.broker.store.cli_helpers import cli_config, run_cli  # noqa: F401
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
@@ -40,8 +40,9 @@ def _grant() -> Grant:
 async def _seed(store: Store) -> str:
     """A session with three statements: an allowed read with recorded (masked) results, a
     block, and a statement that ran after an approval."""
-    sid = await store.sessions.start_session(_grant(), client_addr="10.0.0.7:5000", application_name="psql",
-        intent="triage")
+    sid = await store.sessions.start_session(
+        SessionStart(_grant(), client_addr="10.0.0.7:5000", application_name="psql", intent="triage")
+    )
     await store.sessions.record_statements([
         StatementRecord(session_id=sid, seq=1, sql="select email from customers", decision="allow",
                         started_at=T0 + timedelta(seconds=1), rows=2, masked_values=2, duration_ms=1.25,

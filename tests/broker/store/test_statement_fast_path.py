@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from broker.store import Grant, StatementRecord, Store
+from broker.store import Grant, SessionStart, StatementRecord, Store
 from broker.store import sessions as sessions_mod
 from broker.store.audit import _sqlite_datetime, sqlite_insert_rows
 from broker.store.models import Session as SessionRow
@@ -68,7 +68,7 @@ async def test_fast_path_writes_what_the_general_path_writes(
                 async def no_fast_path(self: Store, batch: object) -> None:
                     return None
                 monkeypatch.setattr(sessions_mod.SessionRepository, "_record_statements_sqlite", no_fast_path)
-            sid = await store.sessions.start_session(GRANT, client_addr="127.0.0.1:1")
+            sid = await store.sessions.start_session(SessionStart(GRANT, client_addr="127.0.0.1:1"))
             batch = records(sid, range(1, 41))
             await store.sessions.record_statements(batch[:25])
             await store.sessions.record_statements(batch[20:])  # overlaps: 20..25 are skipped
@@ -86,7 +86,7 @@ async def test_fast_path_writes_what_the_general_path_writes(
 async def test_timestamps_are_stored_in_sqlalchemys_sqlite_form(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/ts.db")
     try:
-        sid = await store.sessions.start_session(GRANT)
+        sid = await store.sessions.start_session(SessionStart(GRANT))
         r = records(sid, range(1, 2))[0]
         await store.sessions.record_statements([r])
         async with store.engine.connect() as conn:
@@ -101,7 +101,7 @@ async def test_timestamps_are_stored_in_sqlalchemys_sqlite_form(tmp_path: Path) 
 
 
 async def test_a_retried_batch_adds_no_audit_record(store: Store) -> None:
-    sid = await store.sessions.start_session(GRANT)
+    sid = await store.sessions.start_session(SessionStart(GRANT))
     batch = records(sid, range(1, 11))
     await store.sessions.record_statements(batch)
     await store.sessions.record_statements(batch)
@@ -113,7 +113,7 @@ async def test_a_retried_batch_adds_no_audit_record(store: Store) -> None:
 async def test_listeners_get_the_statement_records(store: Store) -> None:
     got: list[Any] = []
     store.audit_listeners.append(got.extend)
-    sid = await store.sessions.start_session(GRANT)
+    sid = await store.sessions.start_session(SessionStart(GRANT))
     await store.sessions.record_statements(records(sid, range(1, 6)))
     statements = [r for r in got if r.type == "statement"]
     assert [r.data["seq"] for r in statements] == [1, 2, 3, 4, 5]
