@@ -187,6 +187,16 @@ SLACK_ERRORS = Counter(
 )
 
 
+FAST_PATH = Counter(
+    "jitgate_fast_path_batches_total",
+    "Repeated batches forwarded at once by the fast path (proxy.fastpath): answered as expected"
+    " (outcome=answered), or handed back to the full machine before anything was relayed (fell_back)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+FAST_ANSWERED = FAST_PATH.labels("answered")
+FAST_FELL_BACK = FAST_PATH.labels("fell_back")
+
 DESYNCS = Counter(
     "jitgate_session_desync_total",
     "Sessions ended because the upstream sent a message the gateway's model of the session did not"

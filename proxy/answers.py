@@ -64,6 +64,11 @@ class Answers:
         self._plans: dict[tuple[bytes, tuple[int, ...] | None, Any], Any] = {}
         self.out: list[bytes] = []
 
+    @property
+    def buffered(self) -> bool:
+        """Part of a backend message is waiting for the rest."""
+        return bool(self._sbuf)
+
     def feed(self, data: bytes) -> None:
         buf = self._sbuf
         if buf:
@@ -346,7 +351,9 @@ class Answers:
         if portal is None:
             return
         portal.description = description
-        if head.kind == k.OWN_DESCRIBE_P:
+        if head.then is not None:
+            self.describe_rows(head.then, portal)  # the rows of the client's next Execute
+        elif head.kind == k.OWN_DESCRIBE_P:
             following = self._s.inflight[0] if self._s.inflight else None
             if following is None or following.kind != k.EXECUTE or following.portal is not portal:
                 DESYNCS.inc()

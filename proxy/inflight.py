@@ -146,6 +146,9 @@ class Entry:
     # answers go to the rehearsal, never to the client; `own_step` says what it is for.
     own: Any = None
     own_step: int = 0
+    # A client's Describe of a portal: the Execute of that portal sent after it in the same
+    # batch, whose rows its RowDescription describes (no Describe of the gateway's own then).
+    then: Entry | None = None
 
     @property
     def name(self) -> str:

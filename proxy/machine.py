@@ -21,10 +21,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from broker.masking import MaskingError
+from broker.metrics import FAST_ANSWERED, FAST_FELL_BACK
+from broker.policy.model import Decision, Verdict
+from proxy import fastpath as fp
+from proxy import inflight as k
 from proxy.answers import Answers
 from proxy.egress import AgentBudget, EgressLimits, EgressMeter
+from proxy.exceptions import SessionDesync
 from proxy.inflight import COPY_IN, Entry
-from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES
+from proxy.names import LIVE
+from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, ProtocolViolation
+from proxy.protocol.messages import command_tag_rows, data_row, parse_data_row
 from proxy.records import Classifier, MaskerLike, Parked, StatementEvent, Stats
 from proxy.requests import Requests
 from proxy.results import ResultLimits
@@ -51,8 +59,24 @@ class SessionMachine:
         on_egress_limit: Callable[[str], None] | None = None,
         resource: str | None = None,
         shadow: bool = False,
+        unrecordable: Callable[[], Verdict | None] | None = None,
+        fast_path: bool = True,
     ) -> None:
         self._state = SessionState()
+        self._clock = clock
+        self._on_statement = on_statement
+        self._unrecordable = unrecordable
+        # The fast path (proxy.fastpath) for batches seen before: only where rows are relayed
+        # as they come (no egress counting, no result recording) and verdicts are enforced.
+        self._fast = fast_path and egress is None and record_results is None and not shadow
+        self._templates: dict[bytes, fp.Template] = {}
+        self.fast_batches = 0  # batches forwarded by the fast path (answered fast or not)
+        self._pending: fp.Pending | None = None
+        self._learning: tuple[fp.Shape, Entry, Verdict | None] | None = None
+        self._classified: tuple[str, Verdict] | None = None
+        self._classify_policy = classify
+        if self._fast:
+            classify = self._classify_and_keep
         # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
         self._egress = EgressMeter(egress, on_egress_limit, resource) if egress is not None else None
         self._answers = Answers(
@@ -77,6 +101,7 @@ class SessionMachine:
             max_message_bytes=max_message_bytes,
             recording=record_results is not None,
             shadow=shadow,
+            unrecordable=unrecordable,
         )
         self.held_client = False  # feed_server went on with client input held for a COPY
         self.out_upstream: list[bytes] = self._requests.out_upstream
@@ -85,11 +110,32 @@ class SessionMachine:
     # -- what the relay drives -----------------------------------------------------------------
 
     def feed_client(self, data: bytes) -> None:
+        if self._fast:
+            if self._pending is not None:
+                self.materialize()
+            elif self.quiet:
+                found = fp.shape(data)
+                if found is not None:
+                    if self._forward_fast(data, found):
+                        return
+                    self._classified = None
+                    self._requests.feed(data)
+                    self._learn(data, found)
+                    return
         self._requests.feed(data)
 
     def feed_server(self, data: bytes) -> None:
         self.held_client = False
+        pending = self._pending
+        if pending is not None:
+            if self._answered_fast(data, pending):
+                return
+            self.materialize()
+        learning = self._learning
         self._answers.feed(data)
+        if learning is not None:
+            self._learning = None
+            self._learned(data, learning)
         requests = self._requests
         if requests.probing is not None and requests.probing[0].done:
             requests.probed()
@@ -108,6 +154,165 @@ class SessionMachine:
             if copy is None or copy.phase == COPY_IN:
                 requests.process()
                 self.held_client = True
+
+    # -- the fast path (proxy.fastpath) --------------------------------------------------------
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing in flight or held, no batch open, idle: the state a template was learned in."""
+        state = self._state
+        return (
+            not state.inflight and state.txn_status == b"I" and not state.open_extended and not state.skipping
+            and state.rehearsal is None and state.copy_from is None and not state.cursors
+            and self._requests.settled and not self._answers.buffered
+        )
+
+    def _classify_and_keep(self, sql: str) -> Verdict:
+        verdict = self._classify_policy(sql)
+        self._classified = (sql, verdict)
+        return verdict
+
+    def _forward_fast(self, data: bytes, found: fp.Shape) -> bool:
+        template = self._templates.get(found.key)
+        if template is None:
+            return False
+        state = self._state
+        statement = template.statement
+        if (
+            statement.state != LIVE or state.statements.get(found.statement_name) is not statement
+            or statement.verdict is not template.verdict or statement.approved_runs
+            or statement.description is not template.description
+            or state.portals.has(found.portal_name)
+        ):
+            return False
+        if template.classified is not None and self._classify_policy(template.sql) is not template.classified:
+            return False  # the policy was reloaded, or the recorder cannot record (its refusal)
+        if self._unrecordable is not None and self._unrecordable() is not None:
+            return False  # the full machine refuses it
+        self.fast_batches += 1
+        self._pending = fp.Pending(data, template, self._clock())
+        state.stats.bytes_from_client += len(data)
+        self._requests.out_upstream.append(data)
+        return True
+
+    def _answered_fast(self, data: bytes, pending: fp.Pending) -> bool:
+        if self._answers.buffered:
+            return False
+        template = pending.template
+        answer = fp.answer_rows(data, template.answer_prefix)
+        if answer is None:
+            return False
+        rows, rows_end, tag = answer
+        masked = 0
+        plan = template.plan
+        relayed = data
+        if plan is not None and rows:
+            # The rows through the plan the full machine made for them (proxy.answers).
+            parts: list[bytes] = []
+            run = 0
+            try:
+                for i, start in enumerate(rows):
+                    end = rows[i + 1] if i + 1 < len(rows) else rows_end
+                    values, count = plan.mask_values(parse_data_row(data[start + 5 : end]))
+                    if values is not None:
+                        parts.append(data[run:start])
+                        parts.append(data_row(values))
+                        run = end
+                        masked += count
+            except (MaskingError, ProtocolViolation):
+                return False  # the full machine refuses it, in its own words
+            if parts:
+                parts.append(data[run:])
+                relayed = b"".join(parts)
+        self._pending = None
+        FAST_ANSWERED.inc()
+        state = self._state
+        state.stats.bytes_to_client += len(data)
+        self._answers.out.append(relayed)
+        state.stats.statements += 1
+        state.stats.masked += masked
+        verdict = template.verdict
+        counted = command_tag_rows(tag.decode("utf-8", "replace"))
+        self._on_statement(
+            StatementEvent(
+                template.sql, verdict, pending.started, self._clock() - pending.started,
+                counted if counted is not None else len(rows), masked, None, None, approval_id=verdict.approval_id,
+            )
+        )
+        return True
+
+    def materialize(self) -> None:
+        """The fast batch in flight goes through the full machine now, as it was forwarded:
+        its answer is not the expected one, or the client sent more before it came."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        FAST_FELL_BACK.inc()
+        requests = self._requests
+        template = pending.template
+        out = requests.out_upstream
+        mark = len(out)
+        clock = requests._clock
+        requests.replay = (template.sql, template.classified)
+        requests._clock = lambda: pending.started
+        try:
+            requests.feed(pending.data)
+        finally:
+            requests.replay = None
+            requests._clock = clock
+        sent = b"".join(out[mark:])
+        del out[mark:]
+        self._state.stats.bytes_from_client -= len(pending.data)  # counted when it was forwarded
+        if sent != pending.data or requests.buffered:
+            raise SessionDesync("the gateway's model of a repeated batch is not what it forwarded")
+
+    def _learn(self, data: bytes, found: fp.Shape) -> None:
+        """The full machine took a batch of a known shape: keep it if it is one to repeat."""
+        requests = self._requests
+        out = requests.out_upstream
+        if not out or out[-1] != data or requests.parked is not None or requests.waiting is not None:
+            return
+        inflight = self._state.inflight
+        kinds = [entry.kind for entry in inflight]
+        expected = [k.BIND, k.DESCRIBE_P, k.EXECUTE, k.SYNC] if found.described else [k.BIND, k.EXECUTE, k.SYNC]
+        if kinds != ([k.PARSE, *expected] if found.parse else expected):
+            return
+        execute = inflight[-2]
+        classified = None
+        if found.parse:
+            parsed = inflight[0].statement
+            if self._classified is None or parsed is None or self._classified[0] != parsed.sql:
+                return
+            classified = self._classified[1]
+        self._learning = (found, execute, classified)
+
+    def _learned(self, data: bytes, learning: tuple[fp.Shape, Entry, Verdict | None]) -> None:
+        found, execute, classified = learning
+        portal = execute.portal
+        verdict = execute.verdict
+        if (
+            not self.quiet or portal is None or portal.statement is None or verdict is None
+            or portal.description is None or execute.error is not None
+            or execute.capture is not None or execute.cut is not None
+        ):
+            return
+        statement = portal.statement
+        if (
+            verdict is not statement.verdict or verdict.decision is not Decision.ALLOW or verdict.rehearse is not None
+            or verdict.executes or verdict.fetches or verdict.approval_id is not None or statement.state != LIVE
+            or statement.approved_runs or portal.covered
+        ):
+            return
+        prefix = fp.answer_prefix(found.parse, portal.description if found.described else None)
+        if fp.answer_rows(data, prefix) is None:
+            return  # not the plain answer (several reads, a notice...): not repeated fast
+        if len(self._templates) >= fp.MAX_TEMPLATES:
+            self._templates.clear()
+        self._templates[found.key] = fp.Template(
+            statement, verdict, classified, statement.description, statement.sql, found.statement_name,
+            found.portal_name, prefix, execute.plan,
+        )
 
     def resume(
         self, *, approved: bool, reason: str | None = None, hint: str | None = None, approval_id: str | None = None
@@ -150,7 +355,7 @@ class SessionMachine:
     @property
     def in_flight(self) -> int:
         """Messages sent upstream and not yet answered in full."""
-        return len(self._state.inflight)
+        return len(self._state.inflight) + (4 if self._pending is not None else 0)
 
     @property
     def _inflight(self) -> list[Entry]:  # for tests
@@ -164,7 +369,7 @@ class SessionMachine:
         state = self._state
         return (
             state.txn_status == b"I" and not state.inflight and self.parked is None and self.waiting is None
-            and not state.open_extended and not self._requests.buffered
+            and not state.open_extended and not self._requests.buffered and self._pending is None
         )
 
     @property

@@ -132,6 +132,10 @@ class Names(Generic[V]):  # V: the kind of definition it holds (Statement or Por
         tombstone.settle(UNCERTAIN)
         self._put(name, tombstone)
 
+    def has(self, name: str) -> bool:
+        """Anything (a definition, a tombstone) is kept under `name`."""
+        return key(name) in self._newest
+
     def names(self) -> list[str]:
         return list(self._newest)
 

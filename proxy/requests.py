@@ -62,8 +62,16 @@ class Requests:
         max_message_bytes: int,
         recording: bool,
         shadow: bool,
+        unrecordable: Callable[[], Verdict | None] | None = None,
     ) -> None:
         self._s = state
+        # The refusal while what runs cannot be recorded (None: it can). The policy's
+        # classifier says so for every text it judges; an Execute of a prepared statement is
+        # judged by nobody again, so it asks here (fail closed: not run, not unrecorded).
+        self._unrecordable = unrecordable
+        # A batch the fast path forwarded, processed now (proxy.fastpath): its text is judged
+        # as it was then, and the recorder's health is what it was then.
+        self.replay: tuple[str, Verdict | None] | None = None
         self._answers = answers
         self._classify = classify
         self._masker = masker
@@ -100,6 +108,16 @@ class Requests:
     @property
     def buffered(self) -> int:
         return len(self._cbuf)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing parked, waited for, held or carried over to the next message: what a Sync
+        leaves behind once it is answered (the fast path's starting point, proxy.fastpath)."""
+        return (
+            self.parked is None and self.waiting is None and self.probing is None and not self._cbuf
+            and not self.terminated and self.replay is None and not self.held_for_copy and not self.draining
+            and not self._flushed and not self._cleared_once and not self._approved_unit and not self._covered
+        )
 
     def feed(self, data: bytes) -> None:
         self._cbuf += data
@@ -255,7 +273,11 @@ class Requests:
 
     def _decide(self, sql: str, *, extended: bool = False) -> Verdict:
         self._s.take_uses()  # what the last decision looked up is not this one's
-        return decide(self._classify(sql), Context(masker=self._masker, names=self._s, extended=extended))
+        replay = self.replay
+        classified = replay[1] if replay is not None and replay[0] == sql and replay[1] is not None else None
+        if classified is None:
+            classified = self._classify(sql)
+        return decide(classified, Context(masker=self._masker, names=self._s, extended=extended))
 
     def _record_refusal(self, sql: str, verdict: Verdict, sqlstate: str) -> None:
         self._s.stats.statements += 1
@@ -690,6 +712,10 @@ class Requests:
                 return None
             return self._refuse(c.EXECUTE, f"<execute {name}>", verdict)
         statement = portal.statement
+        if self._unrecordable is not None and self.replay is None:
+            refusal = self._unrecordable()
+            if refusal is not None:
+                return self._refuse(c.EXECUTE, statement.sql if statement is not None else f"<execute {name}>", refusal)
         if statement is None or statement.verdict is None:
             return self._forward_execute(name, raw, portal=portal)
         verdict = statement.verdict
@@ -726,6 +752,18 @@ class Requests:
             verdict = replace(verdict, approval_id=portal.approval)  # run inside an approved unit
         return self._forward_execute(name, raw, verdict, uses, portal=portal)
 
+    def _describing(self, portal: Portal) -> Entry | None:
+        """The client's Describe of `portal` in flight, not yet claimed by an Execute: the
+        last entries only (a Describe, Execute pair is adjacent in every driver)."""
+        inflight = self._s.inflight
+        for i in range(len(inflight) - 1, max(len(inflight) - 4, -1), -1):
+            entry = inflight[i]
+            if entry.kind == k.DESCRIBE_P:
+                return entry if entry.portal is portal and entry.then is None else None
+            if entry.kind != k.BIND:
+                return None
+        return None
+
     def _forward_execute(
         self, name: str, raw: bytes, verdict: Verdict | None = None, uses: tuple[Version, ...] = (),
         *, portal: Portal | None = None,
@@ -756,6 +794,14 @@ class Requests:
             self._s.inflight.append(entry)
             return None
         if portal.description is None:
+            described = self._describing(portal) if self._s.rehearsal is None else None
+            if described is not None:
+                # The client asked for this portal's description earlier in the batch: its
+                # answer comes before the rows, and gives their plan (proxy.answers).
+                entry.phase = k.NO_ROWS
+                described.then = entry
+                self._s.inflight.append(entry)
+                return None
             # Nobody described this portal yet: ask the upstream ourselves, so the masker
             # knows the columns before the first DataRow arrives.
             entry.phase = k.NO_ROWS

@@ -361,6 +361,7 @@ async def _relay(
         on_egress_limit=lambda limit: EGRESS_LIMITS.labels(name, limit).inc(),
         resource=name,
         shadow=resource.shadow,
+        unrecordable=lambda: None if recorder.healthy else UNRECORDABLE,
     )
     if ledger is not None and budget is not None:  # both or neither; the check is for mypy
         ledger.attach(budget, machine)

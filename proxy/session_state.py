@@ -86,6 +86,11 @@ class SessionState:
             self._cursors = True
         return tuple(made)
 
+    @property
+    def cursors(self) -> bool:
+        """A DECLAREd cursor may be known (what forget_cursors looks through)."""
+        return self._cursors
+
     def forget_cursors(self, keep: tuple[str, ...] = ()) -> None:
         """Cursors opened by SQL may have been closed and reopened under the same name by
         code the gateway does not see (a function, a trigger, the query of a cursor being

@@ -275,6 +275,7 @@ class Recorder:
         self._buffer: deque[StatementRecord] = deque()
         self._accepted = 0  # records ever accepted into the buffer
         self._settled = 0  # of those, written or dropped as invalid
+        self._flush_to = 0  # a flush() waits until this many are settled: no waiting between batches
         self._dropped = 0
         self._failing_since: float | None = None
         self._nonempty = asyncio.Event()
@@ -391,6 +392,7 @@ class Recorder:
     async def flush(self) -> None:
         """Return once every record accepted before this call is written (or dropped)."""
         target = self._accepted
+        self._flush_to = max(self._flush_to, target)
         while self._settled < target:
             if self._task is None or self._task.done():
                 raise RecorderClosed("recorder is not running")
@@ -512,6 +514,12 @@ class Recorder:
             self._failing_since = None
             backoff.reset()
             self._progress.set()
+            if len(self._buffer) < self.batch_size and not self._closing and self._settled >= self._flush_to:
+                # Group commit: what arrived while this batch was written waits for the next
+                # interval (or a full batch) instead of going out at once in a batch of a few.
+                # A batch costs ~0.5 ms of CPU however small; back to back, at one client,
+                # they cost ten times the records' own work.
+                return
 
     async def _write_singly(self, batch: list[StatementRecord]) -> None:
         # A transient error propagates to _drain's retry; rows already written are not

@@ -128,6 +128,36 @@ async def test_a_lone_record_is_written_after_the_flush_interval(
     await recorder.aclose()
 
 
+async def test_records_arriving_during_a_write_wait_for_the_next_interval(
+    store: Store, flaky: FlakyStore
+) -> None:
+    # A steady trickle (one client): each write takes a while, and what arrives meanwhile
+    # must not go out at once in a batch of a few (a batch costs ~0.5 ms of CPU however
+    # small): it waits for the interval, or for a full batch.
+    recorder = Recorder(flaky, flush_interval=0.1, batch_size=1000, high_water=5000, writer_process=False)
+    recorder.start()
+    sid = await recorder.start_session(SessionStart(GRANT))
+    slow = flaky.record_statements
+
+    async def write_slowly(records: Sequence[StatementRecord]) -> None:
+        await asyncio.sleep(0.02)
+        await slow(records)
+
+    flaky.record_statements = write_slowly  # type: ignore[method-assign]
+    seq = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 0.5:
+        seq += 1
+        recorder.record_statement(rec(sid, seq))
+        await asyncio.sleep(0.002)
+    await recorder.flush()
+    # About one write per interval: 0.5 s / 0.1 s, and the flush. Back to back it was ~20.
+    assert len(flaky.batches) <= 8, flaky.batches
+    assert sum(flaky.batches) == seq
+    assert await recorded(store, sid) == list(range(1, seq + 1))
+    await recorder.aclose()
+
+
 async def test_store_outage_loses_nothing_and_turns_unhealthy(
     store: Store, flaky: FlakyStore
 ) -> None:
