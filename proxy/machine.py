@@ -111,6 +111,7 @@ class SessionMachine:
 
     def feed_client(self, data: bytes) -> None:
         if self._fast:
+            self._learning = None  # (a batch is learned only when its answer comes before more input)
             if self._pending is not None:
                 self.materialize()
             elif self.quiet:
@@ -301,7 +302,10 @@ class SessionMachine:
         if (
             verdict is not statement.verdict or verdict.decision is not Decision.ALLOW or verdict.rehearse is not None
             or verdict.executes or verdict.fetches or verdict.approval_id is not None or statement.state != LIVE
-            or statement.approved_runs or portal.covered
+            or statement.approved_runs or portal.covered or execute.made
+            # What the full machine does at each Execute besides forwarding it: names made or
+            # dropped by SQL (PREPARE, DEALLOCATE, DISCARD, DECLARE, CLOSE), transactions.
+            or verdict.prepares or verdict.deallocates or verdict.closes or verdict.declares or verdict.transactions
         ):
             return
         prefix = fp.answer_prefix(found.parse, portal.description if found.described else None)

@@ -22,6 +22,7 @@ from proxy.machine import SessionMachine
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation
 from proxy.records import StatementEvent
+from proxy.session import UNRECORDABLE
 from proxy.wiring import build_resource
 
 RESOURCE = build_resource(
@@ -30,7 +31,6 @@ RESOURCE = build_resource(
         {"upstream": {"host": "h", "dbname": "db", "username": "u", "password": "p"}, "policy": "agent-safe"}
     ),
 )
-UNRECORDABLE = Verdict(Decision.BLOCK, "gateway/recorder", "the gateway cannot record statements right now")
 
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
 SECRET = "SELECT email FROM users WHERE id = $1"
@@ -334,7 +334,12 @@ def test_nothing_runs_unrecorded_when_the_recorder_cannot_record():
     upstream, _ = pair.step("client", batch("P0_1", b"3"))
     assert bind("P0_1", b"3") in upstream and b"E\x00\x00\x00\x09" not in upstream  # the Execute is replaced
     assert pair.fast.fast_batches == 1
-    assert pair.records()[0][-1][1:3] == (Decision.BLOCK, "gateway/recorder")
+    assert pair.records()[0][-1][1:3] == (Decision.BLOCK, "gateway/recorder-unavailable")
+    # The server answers the Bind and the Describe, then the gateway's stand-in for the
+    # Execute fails; the client gets 57P03.
+    reply = BIND_COMPLETE + row_description("abalance") + m.error_response("42601", "syntax error") + READY
+    _, relayed = pair.step("server", reply)
+    assert b"C57P03\x00" in relayed
 
 
 # Hypothesis: any interleaving of these client reads and server answers, the same both ways.

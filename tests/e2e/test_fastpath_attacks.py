@@ -1,0 +1,184 @@
+"""Attacks on the fast path with a raw wire client (found by red-teaming it): each runs with
+the fast path on and off, and must give what the full machine gives."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import psycopg
+import pytest
+
+from broker.demo.upstream import Upstream
+from broker.metrics import FAST_ANSWERED
+from proxy.protocol import messages as m
+from tests.e2e.conftest import Gateway
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["fast", "full"])
+def mode(request, monkeypatch):
+    """Run each attack with the fast path on and off (the control)."""
+    if request.param == "full":
+        import functools
+
+        import proxy.session as ps
+        from proxy.machine import SessionMachine
+
+        monkeypatch.setattr(ps, "SessionMachine", functools.partial(SessionMachine, fast_path=False))
+    return request.param
+
+
+class Wire:
+    def __init__(self, gw: Gateway, app: str = "rt") -> None:
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        s.sendall(m.build_startup_message({"user": "agent", "database": "demo", "application_name": app}))
+        assert s.recv(9)[:1] == b"R"
+        s.sendall(m.password_message(gw.token().encode() + b"\0"))
+        self.s = s
+        self.buf = b""
+        self.until_ready()
+
+    def until_ready(self) -> list[tuple[bytes, bytes]]:
+        out = []
+        while True:
+            while len(self.buf) >= 5:
+                n = struct.unpack("!I", self.buf[1:5])[0]
+                if len(self.buf) < 1 + n:
+                    break
+                kind, body = self.buf[:1], self.buf[5 : 1 + n]
+                self.buf = self.buf[1 + n :]
+                out.append((kind, body))
+                if kind == b"Z":
+                    return out
+                if kind == b"E" and b"FATAL" in body:
+                    return out
+            data = self.s.recv(65536)
+            if not data:
+                out.append((b"EOF", b""))
+                return out
+            self.buf += data
+
+    def send(self, *msgs: bytes) -> list[tuple[bytes, bytes]]:
+        self.s.sendall(b"".join(msgs))
+        return self.until_ready()
+
+    def query(self, sql: str) -> list[tuple[bytes, bytes]]:
+        return self.send(m.query_message(sql))
+
+
+def bind(portal: str, stmt: str, params: list[bytes | None] = (), results: tuple[int, ...] = ()) -> bytes:
+    body = m.cstr(portal) + m.cstr(stmt) + struct.pack("!h", 0) + struct.pack("!h", len(params))
+    for p in params:
+        body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
+    body += struct.pack("!h", len(results)) + b"".join(struct.pack("!h", r) for r in results)
+    return m.frame(b"B", body)
+
+
+def execute(portal: str = "", limit: int = 0) -> bytes:
+    return m.frame(b"E", m.cstr(portal) + struct.pack("!i", limit))
+
+
+SYNC = m.frame(b"S", b"")
+
+
+def rows(answer: list[tuple[bytes, bytes]]) -> list[list[bytes | None]]:
+    return [m.parse_data_row(body) for kind, body in answer if kind == b"D"]
+
+
+def kinds(answer):
+    return b"".join(k for k, _ in answer)
+
+
+def errors(answer):
+    return [m.parse_fields(b) for k, b in answer if k == b"E"]
+
+
+def _ssn(upstream: Upstream, cid: int = 1) -> str:
+    with psycopg.connect(upstream.dsn("demo")) as direct:
+        return direct.execute("select ssn from customers where id = %s", (cid,)).fetchone()[0]
+
+
+def test_sql_prepare_and_deallocate_in_repeated_batches_are_tracked(
+    gateway: Gateway, upstream: Upstream, mode: str
+) -> None:
+    """Repeated protocol statements holding SQL PREPARE/DEALLOCATE: once the fast path ran them
+    without telling the model, which then masked `EXECUTE x` by a definition the server no
+    longer had. They never go the fast way now."""
+    ssn = _ssn(upstream)
+    w = Wire(gateway)
+    # Named protocol statements holding SQL PREPARE/DEALLOCATE, described (asyncpg style).
+    a = w.send(m.parse_message("pA", "PREPARE x AS SELECT replace(ssn, '-', '/') AS v FROM customers WHERE id = 1"),
+               m.describe_message("S", "pA"), m.parse_message("pD", "DEALLOCATE x"),
+               m.describe_message("S", "pD"), SYNC)
+    assert not errors(a), a
+    before = FAST_ANSWERED._value.get()
+    for _ in range(2):  # learned the full way, then once the fast way
+        assert not errors(w.send(bind("", "pA"), execute(), SYNC))
+        assert not errors(w.send(bind("", "pD"), execute(), SYNC))
+    # Both agree now: no x.  The gateway is told x = full_name ...
+    assert not errors(w.query("PREPARE x AS SELECT full_name AS v FROM customers WHERE id = 1"))
+    # ... then x is dropped and redefined as the ssn query by fast batches.
+    assert not errors(w.send(bind("", "pD"), execute(), SYNC))
+    assert not errors(w.send(bind("", "pA"), execute(), SYNC))
+    fast = FAST_ANSWERED._value.get() - before
+    got = w.query("EXECUTE x")
+    assert fast >= 0
+    values = rows(got)
+    assert values and values[0][0] != ssn.replace('-', '/').encode(), f"unmasked ssn read: {values}"
+
+
+def _recorded(gw: Gateway, app: str):
+    import time
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        gw.flush()
+        for sess in gw.call(gw.store.sessions.list_sessions(limit=500)):
+            if sess.application_name == app and not sess.active:
+                return list(gw.call(gw.store.sessions.get_session(sess.id)).statements)
+        time.sleep(0.05)
+    raise AssertionError(app)
+
+
+def test_a_statement_redefined_by_repeated_batches_is_run_as_redefined(
+    gateway: Gateway, upstream: Upstream, mode: str
+) -> None:
+    """asyncpg-style Bind/Execute/Sync of s1 after the server's s1 was swapped by repeated
+    DEALLOCATE/PREPARE batches: judged, masked and recorded as the new s1."""
+    ssn = _ssn(upstream).replace("-", "/").encode()
+    app = f"rt-swap-{mode}"
+    w = Wire(gateway, app)
+    assert not errors(w.send(
+        m.parse_message("pD", "DEALLOCATE s1"), m.describe_message("S", "pD"),
+        m.parse_message("pA", "PREPARE s1 (int) AS SELECT replace(ssn, '-', '/') AS v FROM customers WHERE id = $1"),
+        m.describe_message("S", "pA"), SYNC))
+    assert not errors(w.send(bind("", "pA"), execute(), SYNC))  # learned (full)
+    assert not errors(w.send(bind("", "pD"), execute(), SYNC))  # learned (full)
+    assert not errors(w.send(m.parse_message("s1", "SELECT full_name AS v FROM customers WHERE id = $1", [23]),
+                             m.describe_message("S", "s1"), SYNC))
+    for _ in range(2):
+        assert not errors(w.send(bind("", "s1", [b"1"]), execute(), SYNC))
+    assert not errors(w.send(bind("", "pD"), execute(), SYNC))
+    assert not errors(w.send(bind("", "pA"), execute(), SYNC))
+    got = w.send(bind("", "s1", [b"1"]), execute(), SYNC)
+    w.send(m.frame(b"X", b""))
+    w.s.close()
+    recs = _recorded(gateway, app)
+    assert "replace(ssn" in recs[-1].sql and recs[-1].masked_values >= 1, recs[-1]
+    assert rows(got) and rows(got)[0][0] != ssn, f"ssn read unmasked: {rows(got)}"
+
+
+def test_describe_of_one_portal_does_not_plan_another(gateway: Gateway, upstream: Upstream) -> None:
+    ssn = _ssn(upstream).replace("-", "/").encode()
+    w = Wire(gateway, "rt-describe")
+    assert not errors(w.send(
+        m.parse_message("sn", "SELECT full_name AS v FROM customers WHERE id = 1"),
+        m.parse_message("ss", "SELECT replace(ssn, '-', '/') AS v FROM customers WHERE id = 1"), SYNC))
+    got = w.send(bind("", "sn"), m.describe_message("P", ""), bind("", "ss"), execute(), SYNC)
+    assert rows(got) and rows(got)[0][0] != ssn
+    # named portals in a transaction, Describe of a, Execute of a rebound (fails), b
+    w.query("BEGIN")
+    got = w.send(bind("a", "sn"), m.describe_message("P", "a"), bind("b", "ss"), execute("b"), execute("a"), SYNC)
+    assert all(r[0] != ssn for r in rows(got))
+    w.query("COMMIT")
