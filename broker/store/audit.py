@@ -95,6 +95,16 @@ def _sqlite_datetime(ts: datetime) -> str:
     return ts.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
+@functools.lru_cache(maxsize=4096)
+def timestamp_forms(ts: datetime) -> tuple[str, str]:
+    """(`format_ts(ts)`, `_sqlite_datetime(ts)`): a statement's start is written four times per
+    record (its data, its row, the audit record's `ts` and hashed text), formatted once here."""
+    text = format_ts(ts)
+    if len(text) == 27 and text[4] == "-":  # a four-digit year: the same digits, other separators
+        return text, text[:10] + " " + text[11:26]
+    return text, _sqlite_datetime(ts)
+
+
 # (type, actor, session_id, data, canonical_json(data)): an event ready to be chained.
 AuditEntry = tuple[str, "str | None", "str | None", dict[str, Any], str]
 
@@ -133,7 +143,10 @@ def chain_rows(
     for i, (type_, actor, session_id, data, data_json) in enumerate(entries):
         if times is not None:
             now = times[i]
-            ts_text, ts_db = format_ts(now), (_sqlite_datetime(now) if sqlite else now)
+            if sqlite:
+                ts_text, ts_db = timestamp_forms(now)
+            else:
+                ts_text, ts_db = timestamp_forms(now)[0], now
         seq = prev_seq + 1
         id_ = _uuid4_text(randomness[32 * i : 32 * i + 32])
         digest = hash_canonical(

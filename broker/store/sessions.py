@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.audit import coverage, events
-from broker.audit.chain import AuditRecord, canonical_json, format_ts
+from broker.audit.chain import AuditRecord, canonical_flat, canonical_json
 from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
 from broker.store.audit import (
     _EVENTS,
@@ -24,9 +24,9 @@ from broker.store.audit import (
     AuditEntry,
     AuditRepository,
     _record,
-    _sqlite_datetime,
     sqlite_append_audit,
     sqlite_insert_rows,
+    timestamp_forms,
 )
 from broker.store.base import StoreBase, enum_value, translate_errors
 from broker.store.models import Session, Statement
@@ -542,7 +542,7 @@ def _statement_entries(
     for r in fresh:
         principal, addr, intent, resource = owners.get(r.session_id, (None, None, None, None))
         data = statement_data(r, addr, intent, resource)
-        entries.append(("statement", principal, r.session_id, data, canonical_json(data)))
+        entries.append(("statement", principal, r.session_id, data, canonical_flat(data.items())))
     return entries
 
 
@@ -595,24 +595,25 @@ def statement_data(
     (That generic path converts every field on its own; this runs for every statement the
     proxy relays. tests/broker/store checks that both give the same dict.)
     """
+    # In sorted key order: `canonical_flat(data.items())` is its canonical JSON.
     return {
-        "client_addr": client_addr,
-        "resource": resource,
-        "seq": r.seq,
-        "sql": r.sql,
-        "fingerprint": r.fingerprint,
-        "decision": enum_value(r.decision),
-        "rule": r.rule,
-        "reason": r.reason,
-        "shadow_decision": None if r.shadow_decision is None else enum_value(r.shadow_decision),
-        "started_at": format_ts(r.started_at),
-        "duration_ms": r.duration_ms,
-        "rows": r.rows,
-        "masked_values": r.masked_values,
-        "error_sqlstate": r.error_sqlstate,
-        "intent": intent,
         "approval_id": r.approval_id,
+        "client_addr": client_addr,
+        "decision": enum_value(r.decision),
+        "duration_ms": r.duration_ms,
+        "error_sqlstate": r.error_sqlstate,
+        "fingerprint": r.fingerprint,
+        "intent": intent,
+        "masked_values": r.masked_values,
+        "reason": r.reason,
+        "resource": resource,
         "results_digest": coverage.results_digest(r.results),
+        "rows": r.rows,
+        "rule": r.rule,
+        "seq": r.seq,
+        "shadow_decision": None if r.shadow_decision is None else enum_value(r.shadow_decision),
+        "sql": r.sql,
+        "started_at": timestamp_forms(r.started_at)[0],
     }
 
 
@@ -681,7 +682,7 @@ def _sqlite_statement_row(r: StatementRecord) -> tuple[Any, ...]:
         r.rule,
         r.reason,
         None if r.shadow_decision is None else enum_value(r.shadow_decision),
-        _sqlite_datetime(r.started_at),
+        timestamp_forms(r.started_at)[1],
         r.duration_ms,
         r.rows,
         r.masked_values,

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, text
 
+from broker.audit.chain import canonical_flat, canonical_json, format_ts
 from broker.store import Grant, SessionStart, StatementRecord, Store
 from broker.store import sessions as sessions_mod
-from broker.store.audit import _sqlite_datetime, sqlite_insert_rows
+from broker.store.audit import _sqlite_datetime, sqlite_insert_rows, timestamp_forms
 from broker.store.models import Session as SessionRow
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
@@ -45,6 +48,31 @@ def test_statement_data_is_the_generic_event_data() -> None:
         generic = sessions_mod._statement_event(r, "agent:x", "10.0.0.1:5", "fix ticket 7")
         assert sessions_mod.statement_data(r, "10.0.0.1:5", "fix ticket 7") == generic.data
         assert (generic.type, generic.actor, generic.session_id) == ("statement", "agent:x", "s1")
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sql=_TEXT, addr=st.none() | _TEXT, intent=st.none() | _TEXT, resource=st.none() | _TEXT,
+    rule=st.none() | _TEXT, reason=st.none() | _TEXT, seq=st.integers(1, 2**62),
+    duration=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    rows=st.none() | st.integers(0, 2**62), masked=st.integers(0, 10**6),
+    when=st.datetimes(min_value=datetime(1, 1, 2), timezones=st.just(UTC)),
+)
+def test_the_direct_canonical_form_is_the_encoders(
+    sql: str, addr: str | None, intent: str | None, resource: str | None, rule: str | None, reason: str | None,
+    seq: int, duration: float | None, rows: int | None, masked: int, when: datetime,
+) -> None:
+    # The chain hashes this text: one byte off and every verifier disagrees with the writer.
+    r = StatementRecord(
+        session_id="s", seq=seq, sql=sql, decision="allow", started_at=when, rule=rule, reason=reason,
+        duration_ms=duration, rows=rows, masked_values=masked,
+    )
+    data = sessions_mod.statement_data(r, addr, intent, resource)
+    assert canonical_flat(data.items()) == canonical_json(data)
+    assert timestamp_forms(when) == (format_ts(when), _sqlite_datetime(when))
 
 
 async def _written(store: Store, sid: str) -> tuple[Any, list[tuple[Any, ...]]]:
