@@ -21,6 +21,13 @@ or from the statement's description, which must be the same object: so the plan 
 none), DataRows, one CommandComplete and ReadyForQuery idle. The statement is then recorded
 as the full machine records it.
 
+A simple Query of one statement takes the same way when the policy returns, for its text,
+the very verdict object it returned for an earlier Query the full machine learned from: the
+policy's cache shares one verdict among texts that differ only in literal values it never
+read (broker.policy.engine, `normalize.shape`), so ``... WHERE aid = 48213`` repeats the
+``... WHERE aid = 17`` it learned; the answer must then be exactly that Query's
+RowDescription, DataRows, CommandComplete and ReadyForQuery idle.
+
 Anything else falls back before a byte of the answer is relayed (`SessionMachine.materialize`):
 the batch is fed to the full machine as if it had just arrived, with the time and the verdict
 it was forwarded under, and what the machine would send upstream is dropped (it was sent;
@@ -48,6 +55,7 @@ from proxy.names import Statement
 _PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 _BIND_COMPLETE = b"2\x00\x00\x00\x04"
 _READY_IDLE = b"Z\x00\x00\x00\x05I"
+_NO_DATA = b"n\x00\x00\x00\x04"
 #: Templates kept per session (a driver has a handful of statements in its loop; an agent
 #: issuing ever new ones gains nothing here and the map is simply rebuilt).
 MAX_TEMPLATES = 64
@@ -55,9 +63,9 @@ MAX_TEMPLATES = 64
 
 @dataclass(slots=True, eq=False)
 class Template:
-    statement: Statement  # the version the Bind binds (for a Parse: the unnamed one it remakes)
-    verdict: Verdict  # statement.verdict when learned
-    classified: Verdict | None  # for a Parse: what the policy returned for its text
+    statement: Statement | None  # the version the Bind binds (for a Parse: the unnamed one it remakes)
+    verdict: Verdict  # statement.verdict when learned (a Query's: what decide made of `classified`)
+    classified: Verdict | None  # for a Parse or a Query: what the policy returned for its text
     description: bytes | None  # the statement's own (Describe statement), which plans rows too
     sql: str
     statement_name: str
@@ -66,6 +74,9 @@ class Template:
     # The rows' masking plan (content detection, masked columns) the full machine made for
     # this description, formats and lineage; None: rows are relayed as they are.
     plan: Any
+    # The statement returns rows (it was described with columns): a DataRow for one that
+    # returns none is the full machine's to refuse (08P01), never relayed.
+    rows: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -86,6 +97,18 @@ class Pending:
     data: bytes
     template: Template
     started: float
+    sql: str  # what is recorded: the statement's text, or the Query's own
+
+
+def query_text(data: bytes) -> str | None:
+    """The text of `data` when it is exactly one simple Query message, well formed."""
+    n = len(data)
+    if n < 6 or data[0] != 0x51 or int.from_bytes(data[1:5], "big") != n - 1 or data.find(b"\x00", 5) != n - 1:
+        return None
+    try:
+        return data[5 : n - 1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def shape(data: bytes) -> Shape | None:
@@ -189,10 +212,12 @@ def answer_rows(data: bytes, prefix: bytes) -> tuple[list[int], int, bytes] | No
     return rows, pos, data[pos + 5 : end - 1]
 
 
-def answer_prefix(parse: bool, description: bytes | None) -> bytes:
+def answer_prefix(parse: bool, description: bytes | None, *, query: bool = False) -> bytes:
     """What the server answers first to a batch of this shape: [ParseComplete,]
-    BindComplete[, the RowDescription the client asked for]."""
-    head = (_PARSE_COMPLETE if parse else b"") + _BIND_COMPLETE
+    BindComplete[, the RowDescription the client asked for]; to a Query, its RowDescription."""
+    head = b"" if query else (_PARSE_COMPLETE if parse else b"") + _BIND_COMPLETE
     if description is None:
         return head
+    if not description:
+        return head + _NO_DATA  # described as returning no rows
     return head + b"T" + (len(description) + 4).to_bytes(4, "big") + description

@@ -40,6 +40,10 @@ from proxy.server_messages import ServerMessages
 from proxy.session_state import SessionState
 from proxy.side_channel import Lookup
 
+#: The SQLSTATE recorded for a statement sent upstream whose answer never came (the session
+#: ended first): connection failure, the outcome is unknown.
+UNANSWERED = "08006"
+
 
 class SessionMachine:
     """Pure relay logic for one client session (see the module docstring)."""
@@ -70,9 +74,10 @@ class SessionMachine:
         # as they come (no egress counting, no result recording) and verdicts are enforced.
         self._fast = fast_path and egress is None and record_results is None and not shadow
         self._templates: dict[bytes, fp.Template] = {}
+        self._query_templates: dict[int, fp.Template] = {}  # by id() of the policy's verdict
         self.fast_batches = 0  # batches forwarded by the fast path (answered fast or not)
         self._pending: fp.Pending | None = None
-        self._learning: tuple[fp.Shape, Entry, Verdict | None] | None = None
+        self._learning: tuple[fp.Shape | None, Entry, Verdict | None] | None = None
         self._classified: tuple[str, Verdict] | None = None
         self._classify_policy = classify
         if self._fast:
@@ -115,6 +120,15 @@ class SessionMachine:
             if self._pending is not None:
                 self.materialize()
             elif self.quiet:
+                if data[:1] == b"Q":
+                    sql = fp.query_text(data)
+                    if sql is not None:
+                        if self._query_fast(data, sql):
+                            return
+                        self._classified = None
+                        self._requests.feed(data)
+                        self._learn_query(data, sql)
+                        return
                 found = fp.shape(data)
                 if found is not None:
                     if self._forward_fast(data, found):
@@ -180,21 +194,52 @@ class SessionMachine:
         state = self._state
         statement = template.statement
         if (
-            statement.state != LIVE or state.statements.get(found.statement_name) is not statement
+            statement is None or statement.state != LIVE or state.statements.get(found.statement_name) is not statement
             or statement.verdict is not template.verdict or statement.approved_runs
             or statement.description is not template.description
             or state.portals.has(found.portal_name)
         ):
             return False
-        if template.classified is not None and self._classify_policy(template.sql) is not template.classified:
-            return False  # the policy was reloaded, or the recorder cannot record (its refusal)
+        # The policy returns what it returned when the template was learned (else it was
+        # reloaded, or the recorder cannot record: its refusal), for a Parse's text and for a
+        # statement parsed earlier alike (the full machine asks at each Bind, too).
+        classified = template.classified if template.classified is not None else statement.classified
+        if classified is not None and self._classify_policy(statement.sql) is not classified:
+            return False
         if self._unrecordable is not None and self._unrecordable() is not None:
             return False  # the full machine refuses it
-        self.fast_batches += 1
-        self._pending = fp.Pending(data, template, self._clock())
-        state.stats.bytes_from_client += len(data)
-        self._requests.out_upstream.append(data)
+        self._forwarded(data, template, template.sql)
         return True
+
+    def _forwarded(self, data: bytes, template: fp.Template, sql: str) -> None:
+        self.fast_batches += 1
+        self._pending = fp.Pending(data, template, self._clock(), sql)
+        self._state.stats.bytes_from_client += len(data)
+        self._requests.out_upstream.append(data)
+
+    def _query_fast(self, data: bytes, sql: str) -> bool:
+        if not self._query_templates:
+            return False
+        classified = self._classify_policy(sql)  # what the full machine asks first, too
+        template = self._query_templates.get(id(classified))
+        if template is None or template.classified is not classified:
+            return False
+        if self._unrecordable is not None and self._unrecordable() is not None:
+            return False
+        self._forwarded(data, template, sql)
+        return True
+
+    def _learn_query(self, data: bytes, sql: str) -> None:
+        requests = self._requests
+        out = requests.out_upstream
+        inflight = self._state.inflight
+        if (
+            not out or out[-1] != data or requests.parked is not None or requests.waiting is not None
+            or requests.probing is not None or len(inflight) != 1 or inflight[0].kind != k.QUERY
+            or self._classified is None or self._classified[0] != sql
+        ):
+            return
+        self._learning = (None, inflight[0], self._classified[1])
 
     def _answered_fast(self, data: bytes, pending: fp.Pending) -> bool:
         if self._answers.buffered:
@@ -204,6 +249,8 @@ class SessionMachine:
         if answer is None:
             return False
         rows, rows_end, tag = answer
+        if rows and not template.rows:
+            return False
         masked = 0
         plan = template.plan
         relayed = data
@@ -236,7 +283,7 @@ class SessionMachine:
         counted = command_tag_rows(tag.decode("utf-8", "replace"))
         self._on_statement(
             StatementEvent(
-                template.sql, verdict, pending.started, self._clock() - pending.started,
+                pending.sql, verdict, pending.started, self._clock() - pending.started,
                 counted if counted is not None else len(rows), masked, None, None, approval_id=verdict.approval_id,
             )
         )
@@ -255,7 +302,7 @@ class SessionMachine:
         out = requests.out_upstream
         mark = len(out)
         clock = requests._clock
-        requests.replay = (template.sql, template.classified)
+        requests.replay = (pending.sql, template.classified)
         requests._clock = lambda: pending.started
         try:
             requests.feed(pending.data)
@@ -288,8 +335,32 @@ class SessionMachine:
             classified = self._classified[1]
         self._learning = (found, execute, classified)
 
-    def _learned(self, data: bytes, learning: tuple[fp.Shape, Entry, Verdict | None]) -> None:
+    def _learned_query(self, data: bytes, entry: Entry, classified: Verdict | None) -> None:
+        verdict = entry.verdict
+        if (
+            not self.quiet or verdict is None or classified is None or entry.error is not None
+            or entry.capture is not None or entry.cut is not None or entry.made or entry.uses
+            or not _repeatable(verdict) or verdict.statement_count != 1 or verdict.copy is not None
+            or data[:1] != b"T"
+        ):
+            return
+        size = int.from_bytes(data[1:5], "big")
+        description = data[5 : 1 + size]
+        prefix = fp.answer_prefix(False, description, query=True)
+        if fp.answer_rows(data, prefix) is None:
+            return
+        plan = self._answers.row_plan(entry, description, None)
+        if len(self._query_templates) >= fp.MAX_TEMPLATES:
+            self._query_templates.clear()
+        self._query_templates[id(classified)] = fp.Template(
+            None, verdict, classified, None, entry.sql, "", "", prefix, plan
+        )
+
+    def _learned(self, data: bytes, learning: tuple[fp.Shape | None, Entry, Verdict | None]) -> None:
         found, execute, classified = learning
+        if found is None:
+            self._learned_query(data, execute, classified)
+            return
         portal = execute.portal
         verdict = execute.verdict
         if (
@@ -300,12 +371,8 @@ class SessionMachine:
             return
         statement = portal.statement
         if (
-            verdict is not statement.verdict or verdict.decision is not Decision.ALLOW or verdict.rehearse is not None
-            or verdict.executes or verdict.fetches or verdict.approval_id is not None or statement.state != LIVE
+            verdict is not statement.verdict or not _repeatable(verdict) or statement.state != LIVE
             or statement.approved_runs or portal.covered or execute.made
-            # What the full machine does at each Execute besides forwarding it: names made or
-            # dropped by SQL (PREPARE, DEALLOCATE, DISCARD, DECLARE, CLOSE), transactions.
-            or verdict.prepares or verdict.deallocates or verdict.closes or verdict.declares or verdict.transactions
         ):
             return
         prefix = fp.answer_prefix(found.parse, portal.description if found.described else None)
@@ -315,7 +382,41 @@ class SessionMachine:
             self._templates.clear()
         self._templates[found.key] = fp.Template(
             statement, verdict, classified, statement.description, statement.sql, found.statement_name,
-            found.portal_name, prefix, execute.plan,
+            found.portal_name, prefix, execute.plan, bool(portal.description),
+        )
+
+    def abandon(self) -> int:
+        """The session ended (the client left, its grant ended, the model broke) with
+        statements sent upstream and not answered: the server may have run them, so each is
+        recorded, its outcome unknown (SQLSTATE 08006, rows unknown). Returns how many."""
+        pending = self._pending
+        if pending is not None:
+            try:
+                self.materialize()
+            except (SessionDesync, ProtocolViolation):
+                self._pending = None
+                self._record_unanswered(pending.sql, pending.template.verdict, pending.started)
+                return 1
+        if self._state.rehearsal is not None:
+            return 0  # a rehearsed unit runs in the gateway's own transaction: gone with the session
+        count = 0
+        for entry in self._state.inflight:
+            if (
+                entry.kind in (k.QUERY, k.EXECUTE, k.FUNCTION) and entry.verdict is not None and entry.refusal is None
+                and entry.own is None and entry.probe is None and entry.phase != k.DONE
+            ):
+                self._record_unanswered(entry.sql, entry.verdict, entry.started, entry.masked)
+                count += 1
+        self._state.inflight.clear()
+        return count
+
+    def _record_unanswered(self, sql: str, verdict: Verdict, started: float, masked: int = 0) -> None:
+        self._state.stats.statements += 1
+        self._on_statement(
+            StatementEvent(
+                sql, verdict, started, self._clock() - started, None, masked, UNANSWERED,
+                approval_id=verdict.approval_id,
+            )
         )
 
     def resume(
@@ -386,3 +487,14 @@ class SessionMachine:
         """Rows and bytes this session has returned to the client (counted under egress limits)."""
         meter = self._egress
         return (meter.session_rows, meter.session_bytes) if meter is not None else (0, 0)
+
+
+def _repeatable(verdict: Verdict) -> bool:
+    """A verdict the fast path may repeat: allowed as it is, and nothing the full machine does
+    per run besides forwarding it (names made or dropped by SQL PREPARE, DEALLOCATE, DISCARD,
+    DECLARE, CLOSE; EXECUTE/FETCH judged again; transactions; a rehearsal; an approval)."""
+    return (
+        verdict.decision is Decision.ALLOW and verdict.rehearse is None and verdict.approval_id is None
+        and not (verdict.executes or verdict.fetches or verdict.prepares or verdict.deallocates)
+        and not (verdict.closes or verdict.declares or verdict.transactions)
+    )

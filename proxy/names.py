@@ -53,6 +53,9 @@ class Statement(Version):
 
     sql: str = ""
     verdict: Verdict | None = None
+    # What the policy returned for `sql` when it was parsed (protocol Parse): asked again at
+    # each Bind and Execute, a different answer (a reload, the recorder down) judges it again.
+    classified: Verdict | None = None
     description: bytes | None = None  # RowDescription body, once the upstream described it
     # For a statement under review: executions already approved and not yet used. An
     # approval covers one execution, not every later Bind/Execute of the statement.

@@ -72,6 +72,7 @@ class Requests:
         # A batch the fast path forwarded, processed now (proxy.fastpath): its text is judged
         # as it was then, and the recorder's health is what it was then.
         self.replay: tuple[str, Verdict | None] | None = None
+        self._classified: Verdict | None = None  # what the policy returned to the last _decide
         self._answers = answers
         self._classify = classify
         self._masker = masker
@@ -277,7 +278,23 @@ class Requests:
         classified = replay[1] if replay is not None and replay[0] == sql and replay[1] is not None else None
         if classified is None:
             classified = self._classify(sql)
+        self._classified = classified
         return decide(classified, Context(masker=self._masker, names=self._s, extended=extended))
+
+    def _judged_again(self, statement: Statement) -> Verdict | None:
+        """The verdict of a statement parsed earlier, as the policy judges its text now: None
+        while that is what it was (the common case: one cache lookup); else the new one, which
+        the statement holds from then on. Not for a batch replayed as it was forwarded
+        (proxy.fastpath), nor in observe mode, nor for EXECUTE/FETCH (judged at each run)."""
+        if statement.classified is None or self.replay is not None or self._shadow or rh.by_name(statement.verdict):
+            return None
+        classified = self._classify(statement.sql)
+        if classified is statement.classified:
+            return None
+        self._s.take_uses()
+        verdict = decide(classified, Context(masker=self._masker, names=self._s, extended=True))
+        statement.classified, statement.verdict = classified, verdict
+        return verdict
 
     def _record_refusal(self, sql: str, verdict: Verdict, sqlstate: str) -> None:
         self._s.stats.statements += 1
@@ -650,7 +667,7 @@ class Requests:
             return self._refuse(c.PARSE, parse.query, verdict)
         if verdict.decision is Decision.REVIEW:
             return self._park(c.PARSE, parse.query, verdict, raw)
-        self._forward_parse(parse, verdict)
+        self._forward_parse(parse, verdict).classified = self._classified
         return None
 
     def _forward_parse(self, parse: m.Parse, verdict: Verdict) -> Statement:
@@ -668,6 +685,9 @@ class Requests:
                 return None
             refused = Verdict(Decision.BLOCK, "gateway/unknown-prepared", reason)
             return self._refuse(c.BIND, f"<bind {bind.statement}>", refused)
+        again = self._judged_again(statement)
+        if again is not None and again.decision is Decision.BLOCK:
+            return self._refuse(c.BIND, statement.sql, again)
         covered = False
         approval: str | None = None
         verdict = statement.verdict
@@ -718,6 +738,9 @@ class Requests:
                 return self._refuse(c.EXECUTE, statement.sql if statement is not None else f"<execute {name}>", refusal)
         if statement is None or statement.verdict is None:
             return self._forward_execute(name, raw, portal=portal)
+        again = self._judged_again(statement)
+        if again is not None and again.decision is Decision.BLOCK:
+            return self._refuse(c.EXECUTE, statement.sql, again)
         verdict = statement.verdict
         uses: tuple[Version, ...] = ()
         if rh.by_name(verdict) and portal.ran is not None:

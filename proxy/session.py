@@ -399,6 +399,10 @@ async def _relay(
     try:
         reason = await relay.run(client_leftover, upstream_leftover)
     finally:
+        # What was sent and never answered may have run: it is recorded, outcome unknown.
+        unanswered = machine.abandon()
+        if unanswered:
+            log.warning("statements_unanswered", count=unanswered)
         PROXY_BYTES.untrack(relay)
         unbind()
         if budget is not None and ledger is not None:

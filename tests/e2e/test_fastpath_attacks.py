@@ -182,3 +182,97 @@ def test_describe_of_one_portal_does_not_plan_another(gateway: Gateway, upstream
     got = w.send(bind("a", "sn"), m.describe_message("P", "a"), bind("b", "ss"), execute("b"), execute("a"), SYNC)
     assert all(r[0] != ssn for r in rows(got))
     w.query("COMMIT")
+
+
+def test_simple_queries_of_one_shape_are_masked_and_recorded_each(
+    gateway: Gateway, upstream: Upstream, mode: str
+) -> None:
+    """Simple Queries that differ only in a literal share the policy's verdict, and so a
+    template: each is masked as the full machine masks it, and recorded with its own text."""
+    with psycopg.connect(upstream.dsn("demo")) as direct:
+        emails = {r[0]: r[1] for r in direct.execute("select id, email from customers where id <= 5")}
+    app = f"rt-simple-{mode}"
+    w = Wire(gateway, app)
+    before = FAST_ANSWERED._value.get()
+    got = {}
+    for cid in sorted(emails):
+        answer = w.query(f"SELECT email FROM customers WHERE id = {cid}")
+        assert not errors(answer), answer
+        got[cid] = rows(answer)[0][0]
+    w.send(m.frame(b"X", b""))
+    w.s.close()
+    assert all(value is not None and emails[cid].encode() not in value for cid, value in got.items()), got
+    if mode == "fast":
+        assert FAST_ANSWERED._value.get() - before == len(emails) - 1
+    recorded = [r for r in _recorded(gateway, app) if r.sql.startswith("SELECT email")]
+    assert [r.sql for r in recorded] == [f"SELECT email FROM customers WHERE id = {cid}" for cid in sorted(emails)]
+    assert all(r.masked_values == 1 for r in recorded)
+
+
+def test_a_statement_whose_client_leaves_before_its_answer_is_recorded(
+    gateway: Gateway, upstream: Upstream, mode: str
+) -> None:
+    """Found by red-teaming: a statement was recorded only when its answer came, so a client
+    that closed right after sending a write left a row on the server and no record. Now what
+    was sent and never answered is recorded at the session's end, outcome unknown (08006)."""
+    import time
+
+    app, table = f"rt-leave-{mode}", f"rt_leave_{mode}"
+    with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+        admin.execute(f"drop table if exists {table}")
+        admin.execute(f"create table {table} (v text)")
+        admin.execute(f"grant select, insert on {table} to public")
+    try:
+        w = Wire(gateway, app)
+        insert = f"INSERT INTO {table} VALUES ((SELECT $1::text FROM pg_sleep(0.3)))"
+        assert not errors(w.send(m.parse_message("ins", insert), m.describe_message("S", "ins"), SYNC))
+        for i in range(3):
+            assert not errors(w.send(bind("", "ins", [f"{i}".encode()]), execute(), SYNC))
+        w.s.sendall(bind("", "ins", [b"left"]) + execute() + SYNC)
+        w.s.close()  # gone before the answer
+        time.sleep(1.0)
+        with psycopg.connect(upstream.dsn("demo")) as direct:
+            (stored,) = direct.execute(f"select count(*) from {table} where v = 'left'").fetchone()  # type: ignore[misc]
+        recs = [r for r in _recorded(gateway, app) if r.sql == insert]
+        assert stored == 1
+        assert [(r.error_sqlstate, r.rows) for r in recs] == [(None, 1)] * 3 + [("08006", None)]
+    finally:
+        with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+            admin.execute(f"drop table if exists {table}")
+
+
+def test_a_policy_reload_reaches_statements_prepared_before_it(
+    gateway: Gateway, upstream: Upstream, mode: str
+) -> None:
+    """Found by red-teaming: a prepared statement kept the verdict of its Parse for the rest of
+    the session, so an agent could prepare what a reload would take away and keep running it.
+    Its text is judged again at each Bind and Execute (a cache lookup while nothing changed)."""
+    from dataclasses import replace
+
+    from broker.policy import PolicyEngine
+
+    table = f"rt_reload_{mode}"
+    with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+        admin.execute(f"drop table if exists {table}")
+        admin.execute(f"create table {table} (v text)")
+        admin.execute(f"grant select, insert on {table} to public")
+    resources = gateway.server.ctx.resources
+    old = resources["demo"]
+    try:
+        w = Wire(gateway, f"rt-reload-{mode}")
+        sql = f"INSERT INTO {table} VALUES ($1)"
+        assert not errors(w.send(m.parse_message("ins2", sql), m.describe_message("S", "ins2"), SYNC))
+        for _ in range(3):  # learned, then fast
+            assert not errors(w.send(bind("", "ins2", [b"before"]), execute(), SYNC))
+        resources["demo"] = replace(old, policy=PolicyEngine.preset("read-only").bind("demo"))  # what SIGHUP does
+        refused = w.send(bind("", "ins2", [b"after"]), execute(), SYNC)
+        assert errors(refused) and errors(refused)[0][2][1] == "42501", refused
+        resources["demo"] = old  # reloaded back: it runs again
+        assert not errors(w.send(bind("", "ins2", [b"again"]), execute(), SYNC))
+        with psycopg.connect(upstream.dsn("demo")) as direct:
+            counts = dict(direct.execute(f"select v, count(*) from {table} group by v").fetchall())
+        assert counts == {"before": 3, "again": 1}
+    finally:
+        resources["demo"] = old
+        with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+            admin.execute(f"drop table if exists {table}")

@@ -158,6 +158,67 @@ def test_rows_with_masked_columns_are_masked_on_the_fast_path_as_on_the_full_one
     assert {r[4] for r in pair.records()[0]} == {2}  # two values masked, each time
 
 
+def query_answer(*rows: bytes, column: str = "abalance", oid: int = 23) -> bytes:
+    return row_description(column, oid) + b"".join(m.data_row([r]) for r in rows) + frame(
+        b"C", f"SELECT {len(rows)}\0".encode()
+    ) + READY
+
+
+def test_a_simple_query_of_a_known_shape_repeats_fast_and_records_its_own_text():
+    pair = Pair()
+    for i in range(1, 8):
+        text = f"SELECT abalance FROM pgbench_accounts WHERE aid = {i * 7919}"
+        data = m.query_message(text)
+        assert pair.step("client", data) == (data, b"")
+        reply = query_answer(str(i).encode())
+        assert pair.step("server", reply) == (b"", reply)
+        assert pair.events[0][-1].sql == text
+    assert pair.fast.fast_batches == 6
+    pair.check()
+
+
+@pytest.mark.parametrize("text", [
+    "SELECT email FROM users WHERE id = {}",  # masked: the plan applies on the fast path too
+    "SELECT abalance FROM pgbench_accounts WHERE aid = {}; SELECT 1",  # two statements: never fast
+    "BEGIN",  # a transaction statement: never fast
+    "SET search_path = public, pg_catalog",  # session settings: whatever the policy says, the same
+    "PREPARE q{} AS SELECT 1",  # makes a name: never fast
+])
+def test_simple_queries_are_the_same_with_and_without_the_fast_path(text: str):
+    pair = Pair()
+    for i in range(1, 6):
+        pair.step("client", m.query_message(text.format(i)))
+        try:
+            if "email" in text:
+                _, relayed = pair.step("server", query_answer(b"alice@example.com", column="email", oid=25))
+                assert b"alice@" not in relayed
+            else:
+                pair.step("server", frame(b"C", b"SELECT 1\0") + READY)
+        except (SessionDesync, ProtocolViolation):
+            break
+    pair.check()
+    if "email" in text:
+        assert pair.fast.fast_batches == 4
+        assert {r[4] for r in pair.records()[0]} == {1}
+
+
+def test_a_simple_query_falls_back_on_an_error_and_on_a_policy_reload():
+    pair = Pair()
+    for i in range(1, 4):
+        pair.step("client", m.query_message(f"SELECT abalance FROM pgbench_accounts WHERE aid = {i}"))
+        pair.step("server", query_answer(b"5"))
+    pair.step("client", m.query_message("SELECT abalance FROM pgbench_accounts WHERE aid = 99"))
+    _, relayed = pair.step("server", row_description("abalance") + m.error_response("57014", "canceled") + READY)
+    assert b"C57014" in relayed
+    assert pair.fast.fast_batches == 3  # forwarded fast, answered by the full machine
+    blocked = Verdict(Decision.BLOCK, "reloaded/no-reads", "reads are off now")
+    pair.classify = lambda sql: blocked
+    upstream, _ = pair.step("client", m.query_message("SELECT abalance FROM pgbench_accounts WHERE aid = 5"))
+    assert b"pgbench_accounts" not in upstream
+    assert pair.fast.fast_batches == 3
+    pair.check()
+
+
 def test_parse_of_the_unnamed_statement_repeats_fast_too():
     pair = Pair()
     for i in range(1, 6):
@@ -324,6 +385,43 @@ def test_a_policy_reload_is_applied_to_a_repeated_parse():
     assert pair.fast.fast_batches == 2
 
 
+@pytest.mark.parametrize("described", [True, False])  # libpq asks for NoData; asyncpg has it
+def test_a_statement_without_rows_repeats_fast_and_rows_for_it_are_never_relayed(described: bool):
+    pair = Pair()
+    insert = "INSERT INTO pgbench_history VALUES ($1)"
+    pair.step("client", m.parse_message("ins", insert, [0]) + m.describe_message("S", "ins") + frame(b"S"))
+    pair.step("server", PARSE_COMPLETE + frame(b"t", struct.pack("!hI", 1, 23)) + frame(b"n") + READY)
+    execute = frame(b"E", b"\0" + struct.pack("!i", 0))
+    describe = m.describe_message("P", "") if described else b""
+    no_data = frame(b"n") if described else b""
+    for i in range(1, 5):
+        data = bind("ins", str(i).encode()) + describe + execute + frame(b"S")
+        assert pair.step("client", data) == (data, b"")
+        reply = BIND_COMPLETE + no_data + frame(b"C", b"INSERT 0 1\0") + READY
+        assert pair.step("server", reply) == (b"", reply)
+    assert pair.fast.fast_batches == 3
+    # A server that sent rows for it anyway: the full machine's call (it ends the session).
+    pair.step("client", bind("ins", b"9") + describe + execute + frame(b"S"))
+    with pytest.raises(SessionDesync):
+        pair.step("server", BIND_COMPLETE + no_data + m.data_row([b"secret"]) + frame(b"C", b"INSERT 0 1\0") + READY)
+    pair.check()
+
+
+def test_a_policy_reload_reaches_a_statement_prepared_before_it():
+    pair = prepared_pair()
+    for value in (b"1", b"2", b"3"):
+        pair.step("client", batch("P0_1", value))
+        pair.step("server", answer(b"5"))
+    assert pair.fast.fast_batches == 2
+    blocked = Verdict(Decision.BLOCK, "reloaded/no-reads", "reads are off now")
+    pair.classify = lambda sql: blocked
+    upstream, _ = pair.step("client", batch("P0_1", b"4"))
+    assert bind("P0_1", b"4") not in upstream  # the Bind itself is refused now
+    assert pair.fast.fast_batches == 2
+    assert pair.records()[0][-1][1:3] == (Decision.BLOCK, "reloaded/no-reads")
+    pair.check()
+
+
 def test_nothing_runs_unrecorded_when_the_recorder_cannot_record():
     healthy = [True]
     pair = prepared_pair(unrecordable=lambda: None if healthy[0] else UNRECORDABLE)
@@ -342,14 +440,31 @@ def test_nothing_runs_unrecorded_when_the_recorder_cannot_record():
     assert b"C57P03\x00" in relayed
 
 
+@pytest.mark.parametrize("repeats", [1, 3])  # the last one sent by the full machine, or the fast path
+def test_what_was_sent_and_never_answered_is_recorded_at_the_end(repeats: int):
+    pair = prepared_pair()
+    for i in range(repeats - 1):
+        pair.step("client", batch("P0_1", str(i).encode()))
+        pair.step("server", answer(b"5"))
+    pair.step("client", batch("P0_1", b"9"))
+    assert [machine.abandon() for machine in pair.machines] == [1, 1]
+    fast, full = pair.records()
+    assert fast == full
+    assert fast[-1][0] == SELECT and fast[-1][3] is None and fast[-1][5] == "08006"
+    assert all(machine.in_flight == 0 for machine in pair.machines)
+
+
 # Hypothesis: any interleaving of these client reads and server answers, the same both ways.
 CLIENT = [
     batch("P0_1", b"1"), batch("P0_1", b"22"), batch("P0_1", None), batch("", b"3", parse=SELECT),
+    m.query_message("SELECT abalance FROM pgbench_accounts WHERE aid = 1"),
+    m.query_message("SELECT abalance FROM pgbench_accounts WHERE aid = 2"),
     batch("P0_1", b"1", limit=1), m.query_message("SELECT 1"), PREPARE,
     m.close_message("S", "P0_1") + frame(b"S"), m.parse_message("P0_1", SECRET, [0]) + frame(b"S"),
     m.query_message(DELETE),
 ]
 SERVER = [
+    query_answer(b"5"), query_answer(b"5", column="email", oid=25),
     answer(b"5"), answer(b"5", parse=True), answer(), answer(b"1", b"2"), PREPARED,
     frame(b"3") + READY, BIND_COMPLETE + m.error_response("22P02", "invalid") + READY,
     answer(b"a@b.c", column="email", oid=25), m.notice_response("n"),
