@@ -26,6 +26,7 @@ from broker.metrics import FAST_ANSWERED, FAST_FELL_BACK
 from broker.policy.model import Decision, Verdict
 from proxy import fastpath as fp
 from proxy import inflight as k
+from proxy import rehearsal as rh
 from proxy.answers import Answers
 from proxy.egress import AgentBudget, EgressLimits, EgressMeter
 from proxy.exceptions import SessionDesync
@@ -397,9 +398,19 @@ class SessionMachine:
                 self._pending = None
                 self._record_unanswered(pending.sql, pending.template.verdict, pending.started)
                 return 1
-        if self._state.rehearsal is not None:
-            return 0  # a rehearsed unit runs in the gateway's own transaction: gone with the session
         count = 0
+        rehearsal = self._state.rehearsal
+        if rehearsal is not None:
+            # A rehearsed unit runs in a transaction of its own; it is gone with the session,
+            # unless the gateway had sent its COMMIT (a deferred check can hold that for as
+            # long as another session likes): then its statements may be kept.
+            if rehearsal.phase == rh.FINISHING and rehearsal.outcome == rh.KEEP and rehearsal.txn == b"I":
+                for entry in rehearsal.completed:
+                    if entry.verdict is not None:
+                        self._record_unanswered(entry.sql, entry.verdict, entry.started, entry.masked)
+                        count += 1
+            self._state.inflight.clear()
+            return count
         for entry in self._state.inflight:
             if (
                 entry.kind in (k.QUERY, k.EXECUTE, k.FUNCTION) and entry.verdict is not None and entry.refusal is None

@@ -56,6 +56,9 @@ class Statement(Version):
     # What the policy returned for `sql` when it was parsed (protocol Parse): asked again at
     # each Bind and Execute, a different answer (a reload, the recorder down) judges it again.
     classified: Verdict | None = None
+    # Made by SQL `PREPARE <prepared_as> AS ...` (then `sql` is that whole text, `verdict` its
+    # inner statement's); None for a protocol Parse.
+    prepared_as: str | None = None
     description: bytes | None = None  # RowDescription body, once the upstream described it
     # For a statement under review: executions already approved and not yet used. An
     # approval covers one execution, not every later Bind/Execute of the statement.

@@ -21,7 +21,7 @@ from proxy import rehearsal as rh
 from proxy.answers import Answers
 from proxy.decide import Context, decide, function_call_sql
 from proxy.inflight import Entry, Probe
-from proxy.names import Portal, Statement, Version
+from proxy.names import Portal, Statement, Version, key
 from proxy.protocol import codes as c
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation
@@ -73,6 +73,7 @@ class Requests:
         # as it was then, and the recorder's health is what it was then.
         self.replay: tuple[str, Verdict | None] | None = None
         self._classified: Verdict | None = None  # what the policy returned to the last _decide
+        self._classified_sql = ""
         self._answers = answers
         self._classify = classify
         self._masker = masker
@@ -141,91 +142,99 @@ class Requests:
         out = self.out_upstream
         unpack = _U32.unpack_from
         state = self._s
-        while (
-            n - pos >= 5 and self.parked is None and self.waiting is None and self.probing is None
-            and (state.rehearsal is None or state.rehearsal.phase == rh.COLLECTING)
-        ):
-            (length,) = unpack(buf, pos + 1)
-            if length < 4 or length > self._max:
-                self._cbuf = bytearray()
-                raise ProtocolViolation(
-                    f"message of {length} bytes is invalid or exceeds the limit of {self._max} bytes",
-                    sqlstate="54000" if length > self._max else "08P01",
-                )
-            kind = buf[pos]
-            if kind not in c.FRONTEND:
-                # Checked before waiting for the body: a second StartupMessage (type byte 0)
-                # would otherwise have the proxy wait for a length it made up.
-                self._cbuf = bytearray()
-                raise ProtocolViolation(f"unexpected frontend message type 0x{kind:02x}")
-            end = pos + 1 + length
-            if end > n:
-                break
-            if self._s.skipping and kind != c.SYNC and kind != c.TERMINATE:
-                # The server would skip it: it is not sent at all (nor is it cleared to run).
-                self._cleared_once = False
-                if run < pos:
-                    out.append(bytes(buf[run:pos]))
-                pos = run = end
-                continue
-            if self._s.copy_from is not None and not self._in_copy(kind):
-                if self._s.copy_from.phase != k.COPY_IN:
-                    # Whether the server is reading COPY data (and will eat this message) is
-                    # not known until it answers the COPY: wait for that.
-                    self.held_for_copy = True
+        try:
+            while (
+                n - pos >= 5 and self.parked is None and self.waiting is None and self.probing is None
+                and (state.rehearsal is None or state.rehearsal.phase == rh.COLLECTING)
+            ):
+                (length,) = unpack(buf, pos + 1)
+                if length < 4 or length > self._max:
+                    self._cbuf = bytearray()
+                    raise ProtocolViolation(
+                        f"message of {length} bytes is invalid or exceeds the limit of {self._max} bytes",
+                        sqlstate="54000" if length > self._max else "08P01",
+                    )
+                kind = buf[pos]
+                if kind not in c.FRONTEND:
+                    # Checked before waiting for the body: a second StartupMessage (type byte 0)
+                    # would otherwise have the proxy wait for a length it made up.
+                    self._cbuf = bytearray()
+                    raise ProtocolViolation(f"unexpected frontend message type 0x{kind:02x}")
+                end = pos + 1 + length
+                if end > n:
                     break
-                self._cbuf = bytearray()
-                raise ProtocolViolation(
-                    f"message {chr(kind)!r} while the server may be reading COPY FROM STDIN data; "
-                    "end the COPY (CopyDone or CopyFail) first"
-                )
-            if kind in c.COPY_IN or kind == c.FLUSH:
-                # No answer: CopyData/Done/Fail belong to a COPY FROM (or are ignored), Flush
-                # only asks for what is pending.
-                pos = end
-                continue
-            if kind == c.SYNC:
-                entry = Entry(k.SYNC)
-                entry.sync_after_copy = self._s.copy_from
-                self._s.inflight.append(entry)
-                self._s.open_extended = self._s.skipping = self._s.batch_ran = False
-                self._approved_unit = self._cleared_once = False
-                if self._covered:
-                    for covered in self._covered:
-                        covered.covered = False
-                    self._covered.clear()
-                rehearsal = state.rehearsal
-                if rehearsal is not None and rehearsal.phase == rh.COLLECTING:
-                    # The unit is complete: count what it changed (proxy.rehearsal).
-                    out.append(bytes(buf[run:end]))
-                    messages, entries = rehearsal.postamble()
-                    self._s.inflight.extend(entries)
-                    out.extend(messages)
-                    rehearsal.phase = rh.RUNNING
-                    run = end
-                pos = end
-                continue
-            body = bytes(buf[pos + 5 : end])
-            raw = bytes(buf[pos:end]) if kind in _HELD else b""
-            if kind == c.BIND:
-                self._at = (pos, end)
-            replacement = self._on_client_message(kind, body, raw)
-            if replacement is _HOLD:
-                if self.draining and not self._flushed:
-                    # The server sends what is pending only at Sync or Flush: ask for it
-                    # (after what was forwarded before this message).
+                if self._s.skipping and kind != c.SYNC and kind != c.TERMINATE:
+                    # The server would skip it: it is not sent at all (nor is it cleared to run).
+                    self._cleared_once = False
                     if run < pos:
                         out.append(bytes(buf[run:pos]))
-                    run = pos
-                    out.append(m.FLUSH)
-                    self._flushed = True
-                break
-            if replacement is not None:
-                if run < pos:
-                    out.append(bytes(buf[run:pos]))
-                out.extend(replacement)
-                run = end
-            pos = end
+                    pos = run = end
+                    continue
+                if self._s.copy_from is not None and not self._in_copy(kind):
+                    if self._s.copy_from.phase != k.COPY_IN:
+                        # Whether the server is reading COPY data (and will eat this message) is
+                        # not known until it answers the COPY: wait for that.
+                        self.held_for_copy = True
+                        break
+                    self._cbuf = bytearray()
+                    raise ProtocolViolation(
+                        f"message {chr(kind)!r} while the server may be reading COPY FROM STDIN data; "
+                        "end the COPY (CopyDone or CopyFail) first"
+                    )
+                if kind in c.COPY_IN or kind == c.FLUSH:
+                    # No answer: CopyData/Done/Fail belong to a COPY FROM (or are ignored), Flush
+                    # only asks for what is pending.
+                    pos = end
+                    continue
+                if kind == c.SYNC:
+                    entry = Entry(k.SYNC)
+                    entry.sync_after_copy = self._s.copy_from
+                    self._s.inflight.append(entry)
+                    self._s.open_extended = self._s.skipping = self._s.batch_ran = False
+                    self._approved_unit = self._cleared_once = False
+                    if self._covered:
+                        for covered in self._covered:
+                            covered.covered = False
+                        self._covered.clear()
+                    rehearsal = state.rehearsal
+                    if rehearsal is not None and rehearsal.phase == rh.COLLECTING:
+                        # The unit is complete: count what it changed (proxy.rehearsal).
+                        out.append(bytes(buf[run:end]))
+                        messages, entries = rehearsal.postamble()
+                        self._s.inflight.extend(entries)
+                        out.extend(messages)
+                        rehearsal.phase = rh.RUNNING
+                        run = end
+                    pos = end
+                    continue
+                body = bytes(buf[pos + 5 : end])
+                raw = bytes(buf[pos:end]) if kind in _HELD else b""
+                if kind == c.BIND:
+                    self._at = (pos, end)
+                replacement = self._on_client_message(kind, body, raw)
+                if replacement is _HOLD:
+                    if self.draining and not self._flushed:
+                        # The server sends what is pending only at Sync or Flush: ask for it
+                        # (after what was forwarded before this message).
+                        if run < pos:
+                            out.append(bytes(buf[run:pos]))
+                        run = pos
+                        out.append(m.FLUSH)
+                        self._flushed = True
+                    break
+                if replacement is not None:
+                    if run < pos:
+                        out.append(bytes(buf[run:pos]))
+                    out.extend(replacement)
+                    run = end
+                pos = end
+        except ProtocolViolation:
+            # What came before the malformed message was judged and goes upstream, as a server
+            # reading the same bytes runs it before it finds the fault (and it is recorded as
+            # sent: SessionMachine.abandon). The session then ends.
+            if run < pos:
+                out.append(bytes(buf[run:pos]))
+            raise
         if run < pos:
             out.append(bytes(buf[run:pos]))
         del buf[:pos]
@@ -278,7 +287,14 @@ class Requests:
         classified = replay[1] if replay is not None and replay[0] == sql and replay[1] is not None else None
         if classified is None:
             classified = self._classify(sql)
-        self._classified = classified
+        self._classified, self._classified_sql = classified, sql
+        if classified.executes:
+            # SQL EXECUTE runs what the names hold: as the policy judges their text now.
+            for name in classified.executes:
+                statement = self._s.statement(name)
+                if statement is not None:
+                    self._judged_again(statement)
+            self._s.take_uses()
         return decide(classified, Context(masker=self._masker, names=self._s, extended=extended))
 
     def _judged_again(self, statement: Statement) -> Verdict | None:
@@ -291,8 +307,18 @@ class Requests:
         classified = self._classify(statement.sql)
         if classified is statement.classified:
             return None
+        if statement.prepared_as is None:
+            verdict = decide(classified, Context(masker=self._masker, names=self._s, extended=True))
+        else:
+            # Made by SQL PREPARE: its text is the PREPARE statement; the name holds its inner one.
+            outer = decide(classified, Context(masker=self._masker, names=self._s))
+            name = key(statement.prepared_as)
+            found = [inner for prepared, inner in outer.prepares if key(prepared) == name]
+            verdict = found[-1] if found else Verdict(
+                Decision.BLOCK, "gateway/unknown-prepared",
+                f"prepared statement {statement.prepared_as!r} is not what its PREPARE makes now",
+            )
         self._s.take_uses()
-        verdict = decide(classified, Context(masker=self._masker, names=self._s, extended=True))
         statement.classified, statement.verdict = classified, verdict
         return verdict
 
@@ -594,7 +620,9 @@ class Requests:
             )
             return self._refuse(c.QUERY, sql, verdict)
         entry = Entry(k.QUERY, sql=sql, verdict=verdict, started=self._clock(), copy_columns=columns, uses=uses)
-        entry.made = self._s.sent(sql, verdict)
+        # (what the policy returned for this very text, when that is known: a PREPARE in it
+        # makes statements that are judged again, like protocol ones, after a reload)
+        entry.made = self._s.sent(sql, verdict, self._classified if self._classified_sql == sql else None)
         self._copy_from_starts(entry, verdict)
         self._s.inflight.append(entry)
         return None
@@ -685,9 +713,9 @@ class Requests:
                 return None
             refused = Verdict(Decision.BLOCK, "gateway/unknown-prepared", reason)
             return self._refuse(c.BIND, f"<bind {bind.statement}>", refused)
-        again = self._judged_again(statement)
-        if again is not None and again.decision is Decision.BLOCK:
-            return self._refuse(c.BIND, statement.sql, again)
+        self._judged_again(statement)
+        if statement.verdict is not None and statement.verdict.decision is Decision.BLOCK:
+            return self._refuse(c.BIND, statement.sql, statement.verdict)  # (judged so since its Parse)
         covered = False
         approval: str | None = None
         verdict = statement.verdict
@@ -738,9 +766,9 @@ class Requests:
                 return self._refuse(c.EXECUTE, statement.sql if statement is not None else f"<execute {name}>", refusal)
         if statement is None or statement.verdict is None:
             return self._forward_execute(name, raw, portal=portal)
-        again = self._judged_again(statement)
-        if again is not None and again.decision is Decision.BLOCK:
-            return self._refuse(c.EXECUTE, statement.sql, again)
+        self._judged_again(statement)
+        if statement.verdict.decision is Decision.BLOCK:
+            return self._refuse(c.EXECUTE, statement.sql, statement.verdict)
         verdict = statement.verdict
         uses: tuple[Version, ...] = ()
         if rh.by_name(verdict) and portal.ran is not None:
@@ -808,7 +836,7 @@ class Requests:
         if statement is not None:
             entry.sql = statement.sql
             # A PREPARE, DECLARE, DEALLOCATE or CLOSE makes or drops names when it runs.
-            entry.made = self._s.sent(statement.sql, verdict)
+            entry.made = self._s.sent(statement.sql, verdict, statement.classified)
         else:
             entry.sql = f"<execute cursor {name}>"
             self._s.forget_cursors((name,))  # its query may reopen the others

@@ -71,7 +71,7 @@ class SessionState:
         self._looked_up.clear()
         return uses
 
-    def sql_names(self, sql: str, verdict: Verdict) -> tuple[Version, ...]:
+    def sql_names(self, sql: str, verdict: Verdict, classified: Verdict | None = None) -> tuple[Version, ...]:
         """The names a statement string makes and drops when it runs (drops first:
         ``DEALLOCATE s; PREPARE s AS ...`` is the common order)."""
         made: list[Version] = []
@@ -80,7 +80,9 @@ class SessionState:
         for closed in verdict.closes:
             made.extend(self.portals.drop_all() if closed is None else [self.portals.drop(closed)])
         for name, inner in verdict.prepares:
-            made.append(self.statements.define(name, Statement(sql=sql, verdict=inner)))
+            made.append(
+                self.statements.define(name, Statement(sql=sql, verdict=inner, classified=classified, prepared_as=name))
+            )
         for declared in verdict.declares:
             made.append(self.portals.define(declared, Portal(lineage=verdict.lineage, cursor=True)))
             self._cursors = True
@@ -108,7 +110,7 @@ class SessionState:
                     self.portals.forget(name)
         self._cursors = left
 
-    def sent(self, sql: str, verdict: Verdict) -> tuple[Version, ...]:
+    def sent(self, sql: str, verdict: Verdict, classified: Verdict | None = None) -> tuple[Version, ...]:
         """A statement string is on its way: the names it makes and drops (`sql_names`), and
         what it may do to cursors. Cursor statements alone (DECLARE, FETCH, CLOSE) keep the
         cursors they name; anything else may run code that reopens any cursor.
@@ -116,7 +118,7 @@ class SessionState:
         cursor_only = verdict.cursor_only or verdict.statement_count == verdict.transactions
         self.forget_cursors(verdict.fetches if cursor_only else ())
         if verdict.deallocates or verdict.closes or verdict.prepares or verdict.declares:
-            made = self.sql_names(sql, verdict)
+            made = self.sql_names(sql, verdict, classified)
         else:
             made = ()
         if not cursor_only and verdict.declares and verdict.statement_count > 1:
