@@ -21,7 +21,8 @@ head every `audit.witness.interval` (60 s) and, with `audit.retention_days`, pru
 `audit.prune_interval` (24 h), both on the installation's queue.
 
 With `worker.metrics_port`, the worker serves what its pool's processes count at
-`/metrics` on that port (`workers.metrics`: prometheus_client's multiprocess mode).
+`/metrics` on that port (`workers.metrics`: prometheus_client's multiprocess mode), or does
+not start at all.
 
 Expiry runs every `approvals.expiry_check_interval` (1 s): an expired request is marked and
 published on the approvals bus within about that long of its deadline, so the proxy that

@@ -20,6 +20,12 @@ is what lets the session views tell a pruned session from an invented one
 40 bytes a session in the prune record, read by the views when a row has no live
 `session.start`. A prune record that lists no sessions (made before they were listed) has its
 sessions read from its own archive when the next prune archives it (`legacy_sessions`).
+
+An archive is named `audit-<from_seq>-<through_seq>.jsonl.gz` (`archive_name`) and appears
+under that name only when whole (written as `.partial`, then renamed). One that starts right
+after the store's anchor is a prune that was archived but not applied (`unfinished_archive`);
+being there proves nothing, since anyone who can write the directory can put a file there
+(`AuditRepository.prune_audit` says what it must match before it is finished).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +42,8 @@ from typing import Any
 
 from broker.audit.chain import AuditRecord, Break, ChainVerifier, VerifyReport, canonical_json
 from broker.audit.export import jsonl_line
+
+ARCHIVE_NAME = re.compile(r"audit-(\d{12})-(\d{12})\.jsonl\.gz")
 
 
 def sessions_digest(session_ids: Iterable[str]) -> str:
@@ -199,3 +208,44 @@ def verify_archive(path: Path) -> tuple[VerifyReport, dict[str, Any] | None]:
             broken=Break(report.last_seq or 0, None, "truncated", "archive trailer missing or does not match"),
         )
     return report, trailer
+
+
+def archive_name(from_seq: int, through_seq: int) -> str:
+    return f"audit-{from_seq:012d}-{through_seq:012d}.jsonl.gz"
+
+
+def archive_through(path: Path) -> int:
+    """The last seq an archive's name says it holds (the name must match `ARCHIVE_NAME`)."""
+    match = ARCHIVE_NAME.fullmatch(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} is not an archive's name")
+    return int(match[2])
+
+
+def unfinished_archive(archive_dir: Path, anchor_seq: int) -> Path | None:
+    """The file named as the archive of a prune that starts right after the anchor (so was
+    never applied), or None. Two of them are the trace of prunes from one start (older
+    versions could leave that): which one the witness holds is for an operator to say
+    (ValueError). The file is only named so: see `whole_archive`."""
+    found = sorted(
+        p for p in archive_dir.glob(f"audit-{anchor_seq + 1:012d}-*.jsonl.gz")
+        if ARCHIVE_NAME.fullmatch(p.name) and archive_through(p) > anchor_seq
+    )
+    if len(found) > 1:
+        raise ValueError(
+            f"more than one unfinished prune from seq {anchor_seq + 1} in {archive_dir} "
+            f"({', '.join(p.name for p in found)}): keep the one the witness holds last, move the others away"
+        )
+    return found[0] if found else None
+
+
+def whole_archive(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The trailer of the archive at `path` if it verifies whole, else None and why not."""
+    try:
+        report, trailer = verify_archive(path)
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:  # not an archive at all
+        return None, f"unreadable: {type(exc).__name__}"
+    if not report.ok or trailer is None:
+        broken = report.broken
+        return None, "no trailer" if broken is None else f"{broken.kind} at seq {broken.seq}: {broken.detail}"
+    return trailer, ""

@@ -13,10 +13,11 @@ import base64
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +78,21 @@ class FileWitness:
             except ValueError:
                 continue
         return None
+
+    def prunes(self) -> Iterator[WitnessEntry]:
+        """The file's prune entries, unverified, read line by line (the file only grows)."""
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        with f:
+            for raw in f:
+                if b'"prune"' not in raw:
+                    continue  # a checkpoint: most lines, not parsed
+                try:
+                    yield WitnessEntry.from_json(json.loads(raw))
+                except ValueError:
+                    continue
 
     async def aclose(self) -> None:
         return None
@@ -291,6 +307,7 @@ class WitnessedStore(Protocol):
     async def prune_audit(
         self, *, before: datetime, archive_dir: Path,
         on_archived: Callable[[ArchiveSummary], Awaitable[None]] | None = None,
+        held_by_witness: Callable[[ArchiveSummary], Awaitable[bool]] | None = None,
     ) -> ArchiveSummary | None: ...
 
 
@@ -332,6 +349,34 @@ def build_setup(settings: Any) -> WitnessSetup:
         # The forwarder's transport; the entry goes out as one `audit.witness` item.
         witnesses.append(SinkWitness(transport_for(audit.sink)))
     return WitnessSetup(key, witnesses, Path(settings.data_dir) / "witness")
+
+
+async def holds_prune(setup: WitnessSetup, summary: ArchiveSummary) -> bool:
+    """Whether a witness holds the prune entry of `summary`'s archive, signed with our key: a
+    line of the file witness, or an entry still queued for a witness in its outbox (neither can
+    be made without the key). What the webhook or the sink took cannot be read back; the
+    store's other test (a cut the prune would make anyway) covers a prune they alone took."""
+    archive = {**summary.trailer()["archive"], "name": summary.path.name}
+    public = setup.key.public_key()
+
+    def signed(entry: WitnessEntry) -> bool:
+        if entry.kind != "prune" or entry.archive != archive:
+            return False
+        try:
+            public.verify(base64.b64decode(entry.signature, validate=True), entry.message())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def look() -> bool:
+        for witness in setup.witnesses:
+            if any(signed(e) for e in Outbox(setup.state_dir, witness.name).pending()):
+                return True
+            if isinstance(witness, FileWitness) and any(signed(e) for e in witness.prunes()):
+                return True
+        return False
+
+    return await asyncio.to_thread(look)
 
 
 async def check_still_held(store: WitnessedStore, setup: WitnessSetup) -> None:
@@ -481,7 +526,10 @@ async def prune_witnessed(
             raise WitnessError(f"no witness took the prune entry ({outcome}); not pruning")
 
     async def prune() -> ArchiveSummary | None:
-        summary = await store.prune_audit(before=before, archive_dir=archive_dir, on_archived=witnessed)
+        summary = await store.prune_audit(
+            before=before, archive_dir=archive_dir, on_archived=witnessed,
+            held_by_witness=functools.partial(holds_prune, setup),
+        )
         if summary is not None:
             log.info("audit_pruned", from_seq=summary.from_seq, through_seq=summary.through_seq,
                      records=summary.records, archive=summary.path.name, resumed=summary.resumed, witnesses=outcome)

@@ -508,6 +508,7 @@ def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
     config = data_dir / "worker.yaml"
     keys = {"store_url", "vault", "resources", "approvals", "slack", "installation"}  # the worker's queue and channel
     keys.add("audit")  # its signing key and witness: the worker signs the head every minute
+    keys.add("worker")  # the user's (JITGATE_WORKER__*): its metrics port, say
     plain = _plain(settings.model_dump(include=keys))
     plain.update(data_dir=str(data_dir), broker_url=resolve_broker_url(settings), log_level="warning")
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

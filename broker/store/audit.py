@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,7 +30,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Row, Table, Text, cast, delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from broker.audit.archive import ArchiveSummary, legacy_sessions, verify_archive, write_archive
+from broker.audit.archive import (
+    ArchiveSummary,
+    archive_name,
+    archive_through,
+    legacy_sessions,
+    unfinished_archive,
+    whole_archive,
+    write_archive,
+)
 from broker.audit.chain import (
     GENESIS_HASH,
     AuditRecord,
@@ -405,6 +412,7 @@ class AuditRepository:
         before: datetime,
         archive_dir: Path,
         on_archived: Callable[[ArchiveSummary], Awaitable[None]] | None = None,
+        held_by_witness: Callable[[ArchiveSummary], Awaitable[bool]] | None = None,
     ) -> ArchiveSummary | None:
         """Archive records older than `before` to a JSONL.gz file, then delete them.
 
@@ -419,13 +427,19 @@ class AuditRepository:
 
         A prune archived, and perhaps signed, by an earlier run that died or failed before its
         deletion committed left its archive, which starts right after the anchor: that prune
-        is finished first, at its own cut whatever `before` says (the archive checked against
-        the live chain, `on_archived` run again, the summary `resumed`), and a new cut is left
-        to the next call. Cutting elsewhere would put a second prune from the same start in
-        the witness, which no verifier can accept.
+        is finished first, at its own cut (`on_archived` run again, the summary `resumed`),
+        and a new cut is left to the next call. Cutting elsewhere would put a second prune from
+        the same start in the witness, which no verifier can accept. A file under that name
+        proves nothing, so it is finished only if it verifies whole, it is what the live chain
+        holds through its last seq, and either `held_by_witness` (given when witnessing) says a
+        witness holds its signed prune entry, or every record it holds is older than `before`
+        (the cut this call would make anyway, or a shorter one). Otherwise StoreError naming
+        the file, and nothing is deleted.
         """
         async with self._prune_lock():
-            return await self._prune_audit(before=before, archive_dir=archive_dir, on_archived=on_archived)
+            return await self._prune_audit(
+                before=before, archive_dir=archive_dir, on_archived=on_archived, held_by_witness=held_by_witness
+            )
 
     async def _prune_audit(
         self,
@@ -433,25 +447,25 @@ class AuditRepository:
         before: datetime,
         archive_dir: Path,
         on_archived: Callable[[ArchiveSummary], Awaitable[None]] | None,
+        held_by_witness: Callable[[ArchiveSummary], Awaitable[bool]] | None,
     ) -> ArchiveSummary | None:
         state = await self.audit_state()
         if state is None or state.head_seq <= state.anchor_seq:
             return None
         # An admin operation, not the data path: the file I/O may block this loop briefly.
-        unfinished = await asyncio.to_thread(_unfinished_prune, archive_dir, state.anchor_seq)
+        try:
+            unfinished = await asyncio.to_thread(unfinished_archive, archive_dir, state.anchor_seq)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        through = await self._cut(state, before)
         if unfinished is not None:
-            summary = await self._rearchive(unfinished, state)
+            summary = await self._resume(unfinished, state, cut=through, held_by_witness=held_by_witness)
         else:
-            async with self.core.transaction("find audit cut", read_only=True) as session:
-                young = await session.scalar(
-                    select(func.min(_EVENTS.c.seq)).where(_EVENTS.c.ts >= before, _EVENTS.c.seq > state.anchor_seq)
-                )
-            through = state.head_seq if young is None else int(young) - 1
             if through <= state.anchor_seq:
                 return None
             await asyncio.to_thread(archive_dir.mkdir, parents=True, exist_ok=True)
             summary = await write_archive(
-                archive_dir / _archive_name(state.anchor_seq + 1, through),
+                archive_dir / archive_name(state.anchor_seq + 1, through),
                 self.iter_audit(from_seq=state.anchor_seq + 1, to_seq=through),
                 prev_seq=state.anchor_seq,
                 prev_hash=state.anchor_hash,
@@ -493,34 +507,64 @@ class AuditRepository:
             )
         return summary
 
-    async def _rearchive(self, path: Path, state: AuditState) -> ArchiveSummary:
-        """The summary of the unfinished prune whose archive is `path`, written again from the
-        live chain (beside it, then compared) so that what is signed and deleted is what the
-        chain holds. A kept archive that no longer reads back is replaced by the new one: the
-        same records give the same digest. One that reads back but differs means the chain
-        changed since it was archived: nothing is deleted (StoreError)."""
-        through = _archive_through(path)
+    async def _cut(self, state: AuditState, before: datetime) -> int:
+        """The last seq a prune at `before` takes: the record before the first one at or after
+        `before` (the anchor itself when there is nothing to take)."""
+        async with self.core.transaction("find audit cut", read_only=True) as session:
+            young = await session.scalar(
+                select(func.min(_EVENTS.c.seq)).where(_EVENTS.c.ts >= before, _EVENTS.c.seq > state.anchor_seq)
+            )
+        return state.head_seq if young is None else int(young) - 1
+
+    async def _resume(
+        self, path: Path, state: AuditState, *, cut: int,
+        held_by_witness: Callable[[ArchiveSummary], Awaitable[bool]] | None,
+    ) -> ArchiveSummary:
+        """The summary of the unfinished prune whose archive is `path`, once it is shown to be
+        one (see `prune_audit`); StoreError, nothing deleted and the file left as it is, if not.
+
+        The chain is archived again beside it and the two compared, so that what is signed and
+        deleted is what the chain holds. A file that is not a whole archive is refused rather
+        than written again: `write_archive` renames only finished files into place, so no crash
+        leaves one, and replacing it would let any file under that name move records out."""
+        through = archive_through(path)
+        start = state.anchor_seq + 1
+        kept, why = await asyncio.to_thread(whole_archive, path)
+        if kept is None:
+            raise StoreError(
+                f"{path} is named as the archive of an unfinished prune from seq {start} but is not a whole "
+                f"archive ({why}): nothing deleted. A prune never leaves a partial archive under that name; "
+                f"check it (`jitgate audit verify-archive`), move it out of {path.parent} and prune again"
+            )
         check = path.with_name(f".{path.name}.check")
         try:
             fresh = await write_archive(
                 check,
-                self.iter_audit(from_seq=state.anchor_seq + 1, to_seq=through),
+                self.iter_audit(from_seq=start, to_seq=through),
                 prev_seq=state.anchor_seq,
                 prev_hash=state.anchor_hash,
                 unlisted=functools.partial(legacy_sessions, path.parent),
             )
-            kept = await asyncio.to_thread(_kept_trailer, path)
-            if fresh.through_seq != through or (kept is not None and kept != fresh.trailer()["archive"]):
-                raise StoreError(
-                    f"{path.name}, archived by a prune that did not finish, is not what the chain now holds "
-                    f"from seq {state.anchor_seq + 1}: nothing deleted; compare them "
-                    f"(`jitgate audit verify-archive`, `jitgate audit verify --witness`)"
-                )
-            if kept is None:
-                await asyncio.to_thread(os.replace, check, path)
         finally:
             await asyncio.to_thread(check.unlink, missing_ok=True)
-        return dataclasses.replace(fresh, path=path, resumed=True)
+        summary = dataclasses.replace(fresh, path=path, resumed=True)
+        if fresh.through_seq != through or kept != fresh.trailer()["archive"]:
+            raise StoreError(
+                f"{path.name}, archived by a prune that did not finish, is not what the chain now holds "
+                f"from seq {start}: nothing deleted; compare them "
+                f"(`jitgate audit verify-archive`, `jitgate audit verify --witness`)"
+            )
+        # Anyone who can read the store can write an archive that matches it: what makes this
+        # one a prune to finish is a witness's signed entry, or a cut this call would make anyway.
+        if through <= cut or (held_by_witness is not None and await held_by_witness(summary)):
+            return summary
+        configured = "" if held_by_witness is not None else " (none is configured)"
+        raise StoreError(
+            f"{path} matches the chain from seq {start} through {through}, but no witness holds a signed "
+            f"prune entry for it{configured} and seq {cut + 1} is not older than the cutoff: nothing deleted. "
+            f"If it is a prune you started, prune with a cutoff after seq {through}'s time; otherwise move it "
+            f"out of {path.parent} and prune again"
+        )
 
     @asynccontextmanager
     async def _prune_lock(self) -> AsyncIterator[None]:
@@ -560,44 +604,6 @@ class AuditRepository:
         async with self.core.transaction("read audit") as session:
             row = (await session.execute(select(_EVENTS).where(_EVENTS.c.seq == seq))).first()
             return None if row is None else _record(row)
-
-
-_ARCHIVE_NAME = re.compile(r"audit-(\d{12})-(\d{12})\.jsonl\.gz")
-
-
-def _archive_name(from_seq: int, through_seq: int) -> str:
-    return f"audit-{from_seq:012d}-{through_seq:012d}.jsonl.gz"
-
-
-def _archive_through(path: Path) -> int:
-    match = _ARCHIVE_NAME.fullmatch(path.name)
-    assert match is not None
-    return int(match[2])
-
-
-def _kept_trailer(path: Path) -> dict[str, Any] | None:
-    """The trailer of the archive at `path` if it verifies whole, else None."""
-    try:
-        report, trailer = verify_archive(path)
-    except (OSError, EOFError, ValueError, KeyError, TypeError):  # not an archive any more
-        return None
-    return trailer if report.ok else None
-
-
-def _unfinished_prune(archive_dir: Path, anchor_seq: int) -> Path | None:
-    """The archive of a prune that starts right after the anchor (so was never applied), or
-    None. Two of them are the trace of prunes from one start (older versions could leave
-    that): which one the witness holds is for an operator to say (StoreError)."""
-    found = sorted(
-        p for p in archive_dir.glob(f"audit-{anchor_seq + 1:012d}-*.jsonl.gz")
-        if _ARCHIVE_NAME.fullmatch(p.name) and _archive_through(p) > anchor_seq
-    )
-    if len(found) > 1:
-        raise StoreError(
-            f"more than one unfinished prune from seq {anchor_seq + 1} in {archive_dir} "
-            f"({', '.join(p.name for p in found)}): keep the one the witness holds last, move the others away"
-        )
-    return found[0] if found else None
 
 
 def _prune_lock_file(database: str) -> str:

@@ -95,3 +95,27 @@ def test_an_older_demos_directory_is_adopted(data_dir: Path) -> None:
     (data_dir / "jitgate.db").write_text("store")  # an older demo's, from before the mark
     DemoLock.acquire(data_dir).release()
     assert (data_dir / MARKER).is_file()
+
+
+def test_the_demos_worker_keeps_the_users_worker_section(data_dir: Path) -> None:
+    # A real worker, started as the demo starts it: the user's worker.metrics_port is served.
+    import httpx
+    import yaml
+    from pydantic import SecretStr
+
+    from broker.cli.demo_cmd import _start_worker, _stop_worker
+    from broker.config import Settings, WorkerSettings
+    from tests.conftest import free_port
+    from tests.processes import wait_port
+
+    port = free_port()
+    settings = Settings(data_dir=data_dir, store_url=SecretStr(f"sqlite+aiosqlite:///{data_dir}/jitgate.db"),
+                        installation="demo-worker-section", worker=WorkerSettings(metrics_port=port))
+    worker = _start_worker(settings)
+    try:
+        wait_port(port, worker, data_dir / "worker.log")
+        assert "jitgate_" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        _stop_worker(worker)
+    written = yaml.safe_load((data_dir / "worker.yaml").read_text())
+    assert written["worker"]["metrics_port"] == port

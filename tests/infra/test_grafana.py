@@ -15,7 +15,7 @@ from tests.infra.conftest import INFRA
 DASHBOARD = INFRA / "grafana" / "jitgate-dashboard.json"
 METRIC = re.compile(r"\b(jitgate_[a-z0-9_]+)")
 # Modules that register metrics in broker.metrics.REGISTRY beside broker/metrics.py itself.
-REGISTERING_MODULES = ("broker.audit.forward",)
+REGISTERING_MODULES = ("broker.audit.forward", "broker.audit.witness")
 
 
 def exposed_series() -> set[str]:
@@ -70,7 +70,8 @@ def test_every_queried_metric_exists(dashboard: dict[str, Any]) -> None:
 def test_the_dashboard_covers_the_core_metrics(dashboard: dict[str, Any]) -> None:
     queried = {name for _, expr in expressions(dashboard) for name in METRIC.findall(expr)}
     for core in ("jitgate_sessions_active", "jitgate_statements_total", "jitgate_statement_seconds_bucket",
-                 "jitgate_masked_values_total", "jitgate_auth_failures_total", "jitgate_recorder_pending"):
+                 "jitgate_masked_values_total", "jitgate_auth_failures_total", "jitgate_recorder_pending",
+                 "jitgate_audit_witness_total"):
         assert core in queried
 
 

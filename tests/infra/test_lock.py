@@ -58,3 +58,21 @@ def test_the_venv_holds_the_locked_versions() -> None:
         if installed != version:
             drifted[name] = (version, installed)
     assert not drifted, f"installed versions differ from requirements.lock (locked, installed): {drifted}"
+
+
+#: Features the code uses -> (first version that has them, the last one before): pyproject's
+#: minimum must not allow the older one (the lock installs a newer one, so nothing else shows it).
+NEEDS = {
+    "pydantic": [("validate_by_name", "2.11", "2.10.6")],  # ConfigDict(validate_by_name=, validate_by_alias=)
+}
+
+
+def test_declared_minimums_have_what_the_code_uses() -> None:
+    declared = {canonicalize_name(r.name): r for r in _declared()}
+    files = [p for d in ("broker", "proxy", "slackapp", "workers") for p in (ROOT / d).rglob("*.py")]
+    sources = "\n".join(p.read_text() for p in files)
+    for name, features in NEEDS.items():
+        for feature, since, older in features:
+            allowed = declared[canonicalize_name(name)].specifier
+            if feature in sources:
+                assert not allowed.contains(older), f"{name}'s {feature} is new in {since}; pyproject: {allowed}"

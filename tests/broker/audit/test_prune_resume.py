@@ -1,7 +1,9 @@
 """A witnessed prune that was signed but never applied is finished at its own cut by the next
 prune, so the witness never holds two prunes from one start and `jitgate audit verify`
 passes again. Real SQLite store, real `jitgate audit prune` (in a process that is killed
-mid-prune, and in-process), the worker's witness state directory, the verify CLI's exit code."""
+mid-prune, and in-process), the worker's witness state directory, the verify CLI's exit code.
+A file put under an unfinished prune's name (junk, or a valid archive no witness signed) moves
+no recent record out of the store."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner, Result
 
 from broker.audit import events
+from broker.audit.archive import write_archive
+from broker.audit.chain import GENESIS_HASH
 from broker.cli import audit_cmd
 from broker.store import Store
 from tests.processes import start
@@ -212,4 +216,70 @@ def test_a_normal_prune_signs_once(config: Path, tmp_path: Path) -> None:
     assert cli(config, "prune", "--older-than", soon()).exit_code == 0
     first, second = prunes(tmp_path)
     assert first == only and (second["from_seq"], second["prev_hash"]) == (4, only["through_hash"])
+    assert verify_exit(config) == 0
+
+
+def year_ago() -> str:
+    return (datetime.now(UTC) - timedelta(days=365)).isoformat()
+
+
+def live_seqs(tmp: Path) -> list[int]:
+    db = sqlite3.connect(tmp / "jitgate.db")
+    try:
+        return [int(r[0]) for r in db.execute("SELECT seq FROM audit_events ORDER BY seq")]
+    finally:
+        db.close()
+
+
+def test_a_junk_file_named_as_an_unfinished_prune_moves_no_recent_record(config: Path, tmp_path: Path) -> None:
+    # Anyone who can write the archive dir: five recent records, a year's retention.
+    append(tmp_path, 5)
+    assert cli(config, "checkpoint").exit_code == 0  # seq 6
+    junk = tmp_path / "arch" / "audit-000000000001-000000000005.jsonl.gz"
+    junk.parent.mkdir()
+    junk.write_bytes(b"junk")
+    refused = cli(config, "prune", "--older-than", year_ago())
+    assert refused.exit_code != 0
+    assert junk.name in refused.output and "not a whole archive" in refused.output
+    assert "nothing deleted" in refused.output and "move it out" in refused.output
+    assert (live_seqs(tmp_path), anchor(tmp_path)) == ([1, 2, 3, 4, 5, 6], 0)
+    assert junk.read_bytes() == b"junk" and prunes(tmp_path) == []
+    assert verify_exit(config) == 0
+
+
+def test_an_unsigned_archive_of_recent_records_is_refused(config: Path, tmp_path: Path) -> None:
+    # A whole, matching archive (anyone who can read the store can write one), never signed.
+    append(tmp_path, 5)
+    assert cli(config, "checkpoint").exit_code == 0  # seq 6
+    path = tmp_path / "arch" / "audit-000000000001-000000000005.jsonl.gz"
+    path.parent.mkdir()
+
+    async def forge() -> None:
+        store = await Store.open(store_url(tmp_path))
+        try:
+            await write_archive(path, store.audit.iter_audit(to_seq=5), prev_seq=0, prev_hash=GENESIS_HASH)
+        finally:
+            await store.close()
+
+    asyncio.run(forge())
+    refused = cli(config, "prune", "--older-than", year_ago())
+    assert refused.exit_code != 0 and "no witness holds a signed prune entry" in refused.output, refused.output
+    assert (live_seqs(tmp_path), anchor(tmp_path), prunes(tmp_path)) == ([1, 2, 3, 4, 5, 6], 0, [])
+    assert verify_exit(config) == 0
+
+
+def test_a_witnessed_unfinished_prune_is_finished_whatever_the_cutoff(config: Path, tmp_path: Path) -> None:
+    # The witness's signed entry is what lets a prune finish a cut its own cutoff would not make.
+    append(tmp_path, 3)
+    db = sqlite3.connect(tmp_path / "jitgate.db")
+    db.execute("CREATE TRIGGER refuse BEFORE DELETE ON audit_events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    db.commit()
+    assert cli(config, "prune", "--older-than", soon()).exit_code == 2
+    db.execute("DROP TRIGGER refuse")
+    db.commit()
+    db.close()
+    (signed,) = prunes(tmp_path)
+    done = cli(config, "prune", "--older-than", year_ago())
+    assert done.exit_code == 0, done.output
+    assert prunes(tmp_path) == [signed, signed] and anchor(tmp_path) == signed["through_seq"] == 3
     assert verify_exit(config) == 0

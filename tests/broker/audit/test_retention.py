@@ -6,6 +6,7 @@ cut; the archive verifies on its own, and tampering with it shows."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 import os
@@ -184,15 +185,75 @@ async def test_an_unfinished_prune_is_finished_at_its_cut_before_a_new_one(
     assert listing(tmp_path) == [kept.name, new.path.name]  # no check file left
 
 
-async def test_a_damaged_unfinished_archive_is_written_again(store: Store, clock: FakeClock, tmp_path: Path) -> None:
+async def test_a_junk_file_under_an_unfinished_prunes_name_moves_nothing(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Whoever can write the archive dir must not be able to make a prune take recent records.
+    await store.audit.append_audit(*(events.config_changed(actor="ops", what=f"k{i}") for i in range(5)))
+    junk = archive_path(tmp_path, 1, 5)
+    junk.write_bytes(b"junk")
+    with pytest.raises(StoreError, match=f"{junk.name} .* is not a whole archive .*nothing deleted.*move it out"):
+        await store.audit.prune_audit(before=clock.now - timedelta(days=365), archive_dir=tmp_path)
+    assert (await store.audit.audit_state()).anchor_seq == 0  # type: ignore[union-attr]
+    assert [r.seq async for r in store.audit.iter_audit()] == [1, 2, 3, 4, 5]
+    assert listing(tmp_path) == [junk.name] and junk.read_bytes() == b"junk"
+
+
+async def test_a_damaged_unfinished_archive_is_not_replaced(store: Store, clock: FakeClock, tmp_path: Path) -> None:
     await append_days(store, clock, 2)
     kept = await archive_like_a_dead_prune(store, tmp_path, 4)
-    _, trailer = verify_archive(kept)
-    kept.write_bytes(kept.read_bytes()[:40])
-    done = await store.audit.prune_audit(before=clock.now, archive_dir=tmp_path)
-    assert done is not None and done.resumed and done.through_seq == 4
-    report, again = verify_archive(kept)
-    assert report.ok and again == trailer
+    kept.write_bytes(damaged := kept.read_bytes()[:40])
+    with pytest.raises(StoreError, match="is not a whole archive"):
+        await store.audit.prune_audit(before=clock.now, archive_dir=tmp_path)
+    assert (await store.audit.audit_state()).anchor_seq == 0  # type: ignore[union-attr]
+    assert kept.read_bytes() == damaged and listing(tmp_path) == [kept.name]
+
+
+async def test_an_archive_of_recent_records_is_finished_only_if_a_witness_holds_it(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    # A valid archive of the live chain (anyone who can read the store can write one): its cut
+    # is not one `before` allows, so only a witness's signed prune entry makes it a prune to finish.
+    await append_days(store, clock, 2)  # seq 1..6, none older than a year
+    kept = await archive_like_a_dead_prune(store, tmp_path, 6)
+    asked: list[Path] = []
+
+    async def held(answer: bool, summary: ArchiveSummary) -> bool:
+        asked.append(summary.path)
+        return answer
+
+    year_ago = clock.now - timedelta(days=365)
+    with pytest.raises(StoreError, match=f"{kept.name} .*no witness holds .*seq 1 .* not older than"):
+        await store.audit.prune_audit(before=year_ago, archive_dir=tmp_path)
+    with pytest.raises(StoreError, match="no witness holds"):
+        await store.audit.prune_audit(
+            before=year_ago, archive_dir=tmp_path, held_by_witness=functools.partial(held, False)
+        )
+    assert asked == [kept] and (await store.audit.audit_state()).anchor_seq == 0  # type: ignore[union-attr]
+    assert listing(tmp_path) == [kept.name]
+    done = await store.audit.prune_audit(
+        before=year_ago, archive_dir=tmp_path, held_by_witness=functools.partial(held, True)
+    )
+    assert done is not None and done.resumed and (done.from_seq, done.through_seq) == (1, 6)
+    assert (await store.audit.verify_audit()).ok
+
+
+async def test_an_unwitnessed_archive_within_the_cutoff_is_finished(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    # A prune that died before any witness took its entry: the cut is one this prune would
+    # make anyway, so it is finished (and signed now) rather than left to an operator.
+    await append_days(store, clock, 4)  # seq 1..12
+    kept = await archive_like_a_dead_prune(store, tmp_path, 6)
+
+    async def not_held(summary: ArchiveSummary) -> bool:
+        return False
+
+    done = await store.audit.prune_audit(
+        before=clock.now - timedelta(days=1), archive_dir=tmp_path, held_by_witness=not_held
+    )
+    assert done is not None and done.resumed and (done.through_seq, done.path) == (6, kept)
+    assert (await store.audit.verify_audit()).ok
 
 
 async def test_an_unfinished_archive_the_chain_no_longer_matches_stops_the_prune(
