@@ -34,7 +34,10 @@ APPROVALS = "tests/broker/approvals/test_store.py::test_metrics_count_requests_v
 MCP = "tests/e2e/test_metrics.py::test_mcp_queries_rows_bytes_and_egress_limits_move"
 #: metric family -> the tests that make its event happen and assert it moved (path::function).
 COVERAGE: dict[str, tuple[str, ...]] = {
-    "jitgate_fast_path_batches": ("tests/e2e/test_fastpath.py::test_repeated_statements_go_the_fast_way_and_are_all_recorded",),
+    "jitgate_fast_path_batches": (
+        "tests/e2e/test_fastpath.py::test_repeated_statements_go_the_fast_way_and_are_all_recorded",
+        "tests/e2e/test_fastpath.py::test_masked_columns_are_masked_on_the_fast_way",
+    ),
     "jitgate_sessions_active": (
         "tests/e2e/test_metrics.py::test_sessions_statements_and_durations_move_with_a_session",
         "tests/broker/store/test_recorder.py::test_end_session_writes_statements_first",

@@ -28,7 +28,7 @@ from broker.config import ProxySettings, ResourceSettings, Settings, UpstreamSet
 from broker.credentials.settings import VaultSettings
 from broker.demo.seed import DemoRoles
 from broker.demo.upstream import MD5_USER, TRUST_USER, Upstream
-from broker.store import Store
+from broker.store import StatementInfo, Store
 from broker.store.recorder import Recorder
 from proxy.approvals import ApprovalReviewHook
 from proxy.hooks import ReviewHook
@@ -80,6 +80,18 @@ class Gateway:
 
     def flush(self) -> None:
         self.call(self.recorder.flush())
+
+    def ended_statements(self, application_name: str, timeout: float = 10) -> list[StatementInfo]:
+        """The recorded statements of the ended session with this application_name (waits for
+        its end and its records to be written)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.flush()
+            for s in self.call(self.store.sessions.list_sessions(limit=500)):
+                if s.application_name == application_name and not s.active:
+                    return list(self.call(self.store.sessions.get_session(s.id)).statements)
+            time.sleep(0.05)
+        raise AssertionError(f"no ended session {application_name}")
 
 
 def _resource(upstream: Upstream, user: str, password: str | None, dbname: str = "demo", **kw: Any) -> ResourceSettings:

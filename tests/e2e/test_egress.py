@@ -5,7 +5,6 @@ pipelined queries are cut the same way."""
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,14 +43,7 @@ def _count(resource: str, limit: str) -> float:
 
 
 def _statements(gw: Gateway, app: str) -> list[StatementInfo]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        gw.flush()
-        for s in gw.call(gw.store.sessions.list_sessions(limit=200)):
-            if s.application_name == app and not s.active:
-                return list(gw.call(gw.store.sessions.get_session(s.id)).statements)
-        time.sleep(0.05)
-    raise AssertionError(f"no ended session {app}")
+    return gw.ended_statements(app)
 
 
 def test_statement_row_limit_cuts_and_connection_stays_usable(egress_gateway: Gateway) -> None:

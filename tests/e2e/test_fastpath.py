@@ -9,7 +9,6 @@ Execute, Sync: it described the statement when it prepared it).
 from __future__ import annotations
 
 import asyncio
-import time
 
 import asyncpg
 import psycopg
@@ -30,14 +29,7 @@ def _answered() -> float:
 
 
 def _statements(gw: Gateway, app: str) -> list[StatementInfo]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        gw.flush()
-        for s in gw.call(gw.store.sessions.list_sessions(limit=200)):
-            if s.application_name == app and not s.active:
-                return list(gw.call(gw.store.sessions.get_session(s.id)).statements)
-        time.sleep(0.05)
-    raise AssertionError(f"no ended session {app}")
+    return gw.ended_statements(app)
 
 
 def test_repeated_statements_go_the_fast_way_and_are_all_recorded(gateway: Gateway) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from broker.demo.upstream import Upstream
 from broker.metrics import FAST_ANSWERED
+from broker.store import StatementInfo
 from proxy.protocol import messages as m
 from tests.e2e.conftest import Gateway
 
@@ -129,16 +130,8 @@ def test_sql_prepare_and_deallocate_in_repeated_batches_are_tracked(
     assert values and values[0][0] != ssn.replace('-', '/').encode(), f"unmasked ssn read: {values}"
 
 
-def _recorded(gw: Gateway, app: str):
-    import time
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        gw.flush()
-        for sess in gw.call(gw.store.sessions.list_sessions(limit=500)):
-            if sess.application_name == app and not sess.active:
-                return list(gw.call(gw.store.sessions.get_session(sess.id)).statements)
-        time.sleep(0.05)
-    raise AssertionError(app)
+def _recorded(gw: Gateway, app: str) -> list[StatementInfo]:
+    return gw.ended_statements(app)
 
 
 def test_a_statement_redefined_by_repeated_batches_is_run_as_redefined(
