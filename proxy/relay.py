@@ -267,6 +267,13 @@ class Relay:
         except ProtocolViolation as exc:
             self._client_violation(exc)
             return
+        except ProxyError as exc:
+            # The model broke on client input (a repeated batch that would not replay as it
+            # was forwarded: proxy.fastpath): the session ends as on a desync from upstream.
+            self._flush()
+            self.client.write(to_error_response(exc))
+            self._finish(f"desync: {exc}")
+            return
         self._flush()
         self._after_client_step()
         if not self._deep and self.machine.in_flight > MAX_IN_FLIGHT:

@@ -143,3 +143,26 @@ async def test_a_client_is_not_read_while_its_pipeline_is_too_deep(monkeypatch: 
     assert client.reading  # two: read again
     relay.end("done", b"")
     assert await run == "done"
+
+
+async def test_a_desync_on_client_input_ends_the_session_with_08P01() -> None:
+    from proxy.exceptions import SessionDesync
+
+    class Broken(FakeMachine):
+        def feed_client(self, data: bytes) -> None:
+            self.out_upstream.append(b"sent-before")
+            raise SessionDesync("the gateway's model of a repeated batch is not what it forwarded")
+
+    async def review(_: Any) -> None:
+        return None
+
+    client, upstream = FakeTransport(), FakeTransport()
+    relay = Relay(Broken(FakeBacklog(soft=10)), client, upstream, review=review)  # type: ignore[arg-type]
+    run = asyncio.ensure_future(relay.run(b"", b""))
+    await asyncio.sleep(0)
+    client.protocol.on_data(b"Q")
+    reason = await asyncio.wait_for(run, 2)
+    assert reason.startswith("desync")
+    assert upstream.written == [b"sent-before"]
+    assert b"C08P01\x00" in b"".join(client.written)
+    assert client.closed and upstream.closed
