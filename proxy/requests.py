@@ -65,9 +65,10 @@ class Requests:
         unrecordable: Callable[[], Verdict | None] | None = None,
     ) -> None:
         self._s = state
-        # The refusal while what runs cannot be recorded (None: it can). The policy's
-        # classifier says so for every text it judges; an Execute of a prepared statement is
-        # judged by nobody again, so it asks here (fail closed: not run, not unrecorded).
+        # The refusal while what runs cannot be recorded (None: it can). The classifier says
+        # so for every text it judges, prepared statements' at each Bind and Execute too; an
+        # Execute asks here as well, for a DECLAREd cursor's, which no text judges again
+        # (fail closed: not run, not unrecorded).
         self._unrecordable = unrecordable
         # A batch the fast path forwarded, processed now (proxy.fastpath): its text is judged
         # as it was then, and the recorder's health is what it was then.
