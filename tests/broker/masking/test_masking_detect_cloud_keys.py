@@ -7,7 +7,7 @@ from broker.masking.detectors import cloud_keys
 D = cloud_keys.DETECTOR
 
 POSITIVES = [
-    (b"AKIAIOSFODNN7EXAMPLE", b"[masked:aws-key]"),
+    (b"AKIAFAKEFAKEFAKEFAKE", b"[masked:aws-key]"),
     (b"key ASIAY34FZKBOKMUTVV7A here", b"key [masked:aws-key] here"),
     (b"ghp_" + b"a1B2" * 9, b"[masked:github-token]"),
     (b"gho_" + b"Z9y8" * 9, b"[masked:github-token]"),

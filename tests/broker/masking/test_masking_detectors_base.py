@@ -21,7 +21,7 @@ FRAGMENTS = [
     b"4242 4242 4242 4242",
     b"4242-4242-4242-4242",
     b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln",
-    b"AKIAIOSFODNN7EXAMPLE",
+    b"AKIAFAKEFAKEFAKEFAKE",
     b"xoxb-1234567890-abc",
     b"sk_live_4eC39HqLyjWDarjtT1zdp7dc",
     b"$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW",

@@ -11,7 +11,7 @@ DEFAULT = Scanner([DETECTORS[n] for n in DEFAULT_DETECTORS], max_value_bytes=1 <
 SECRETS = [
     b"jane@example.com",
     b"4242 4242 4242 4242",
-    b"AKIAIOSFODNN7EXAMPLE",
+    b"AKIAFAKEFAKEFAKEFAKE",
     b"$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW",
 ]
 
@@ -32,7 +32,7 @@ def test_plain_values_do_not_trigger() -> None:
 
 
 def test_scan_masks_several_families_in_one_value() -> None:
-    value = b"mail jane@example.com card 4242424242424242 key AKIAIOSFODNN7EXAMPLE"
+    value = b"mail jane@example.com card 4242424242424242 key AKIAFAKEFAKEFAKEFAKE"
     assert ALL.scan(value) == b"mail j***@example.com card ************4242 key [masked:aws-key]"
 
 
