@@ -426,23 +426,15 @@ def keygen(
     out: Annotated[Path, typer.Option("--out", "-o", help="Private key file to create (mode 0600)")],
 ) -> None:
     """Make an Ed25519 key for signed checkpoints; prints the public key for verifiers."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from broker.audit.signing import new_private_key, public_pem
 
-    if out.exists():
-        typer.echo(f"{out} exists; not overwriting a key", err=True)
-        raise typer.Exit(2)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.touch(mode=0o600)
-    out.write_bytes(pem)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    typer.echo(public.decode(), nl=False)
+    try:
+        key = new_private_key(out)
+    except FileExistsError:
+        typer.echo(f"{out} exists; not overwriting a key", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(public_pem(key).decode(), nl=False)
     typer.echo(f"wrote {out}; set audit.signing_key_file to it", err=True)
 
 

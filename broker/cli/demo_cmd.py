@@ -474,24 +474,14 @@ def demo_audit_settings(data_dir: Path) -> Any:
     `jitgate audit verify --witness <data-dir>/witness/audit-witness.jsonl --key
     <data-dir>/keys/audit-signing.pub` is anchored. A real install keeps the witness on
     another volume and the public key with its auditors."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+    from broker.audit.signing import new_private_key, public_pem
     from broker.config import AuditSettings, WitnessSettings
 
     keys = data_dir / "keys"
     keys.mkdir(parents=True, exist_ok=True, mode=0o700)
     private, public = keys / "audit-signing.pem", keys / "audit-signing.pub"
     if not private.exists():
-        key = Ed25519PrivateKey.generate()
-        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ))
-        public.write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ))
+        public.write_bytes(public_pem(new_private_key(private)))
     return AuditSettings(
         signing_key_file=private,
         verify_key_files=[public],

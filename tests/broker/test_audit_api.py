@@ -13,10 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.api import create_app
+from broker.audit.signing import new_private_key
 from broker.audit.witnessing import FileWitness, WitnessSetup, witness_head
 from broker.config import Settings
 from broker.store import SessionStart, SessionStats, StatementRecord, Store
@@ -63,10 +62,8 @@ def tamper(store: Store, stmt: str) -> None:
 
 def anchored(tmp_path: Path) -> tuple[Settings, WitnessSetup]:
     """Settings with a signing key and a witness file, and the worker's setup writing to it."""
-    key = Ed25519PrivateKey.generate()
     key_file = tmp_path / "audit.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key = new_private_key(key_file)
     witness = tmp_path / "witness.jsonl"
     settings = make_settings().model_copy(update={"audit": make_settings().audit.model_copy(update={
         "signing_key_file": key_file,

@@ -22,11 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.approvals.service import ApprovalService, Requester
 from broker.audit import events
+from broker.audit.signing import new_private_key
 from broker.config import load_settings
 from broker.store import Store
 from tests.conftest import free_port
@@ -35,9 +34,7 @@ from tests.processes import start, stop
 
 @pytest.fixture
 def config(tmp_path: Path, redis_url: str) -> Path:
-    key = Ed25519PrivateKey.generate()
-    (tmp_path / "audit.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    new_private_key(tmp_path / "audit.pem")
     path = tmp_path / "jitgate.yaml"
     path.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),

@@ -22,13 +22,12 @@ from typing import Any
 import pytest
 import typer
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner, Result
 
 from broker.audit import events
 from broker.audit.archive import write_archive
 from broker.audit.chain import GENESIS_HASH
+from broker.audit.signing import new_private_key
 from broker.cli import audit_cmd
 from broker.store import Store
 from tests.processes import start
@@ -77,9 +76,7 @@ def hook() -> Iterator[Hook]:
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("JITGATE_CONFIG", "JITGATE_STORE_URL", "JITGATE_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
-    key = Ed25519PrivateKey.generate()
-    (tmp_path / "audit.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    new_private_key(tmp_path / "audit.pem")
     path = tmp_path / "jitgate.yaml"
     write_config(path, {"file": str(tmp_path / "worm" / "witness.jsonl")})
     return path

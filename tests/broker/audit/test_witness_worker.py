@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit import events
-from broker.audit.signing import CheckpointVerifier
+from broker.audit.signing import CheckpointVerifier, new_private_key
 from broker.audit.witness import read_witness
 from broker.store import Store
 from tests.processes import start, stop
@@ -24,10 +23,7 @@ from tests.processes import start, stop
 
 @pytest.fixture
 def key(tmp_path: Path) -> Ed25519PrivateKey:
-    key = Ed25519PrivateKey.generate()
-    (tmp_path / "audit.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return key
+    return new_private_key(tmp_path / "audit.pem")
 
 
 @pytest.fixture
