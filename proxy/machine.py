@@ -79,10 +79,7 @@ class SessionMachine:
         self.fast_batches = 0  # batches forwarded by the fast path (answered fast or not)
         self._pending: fp.Pending | None = None
         self._learning: tuple[fp.Shape | None, Entry, Verdict | None] | None = None
-        self._classified: tuple[str, Verdict] | None = None
         self._classify_policy = classify
-        if self._fast:
-            classify = self._classify_and_keep
         # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
         self._egress = EgressMeter(egress, on_egress_limit, resource) if egress is not None else None
         self._answers = Answers(
@@ -126,7 +123,6 @@ class SessionMachine:
                     if sql is not None:
                         if self._query_fast(data, sql):
                             return
-                        self._classified = None
                         self._requests.feed(data)
                         self._learn_query(data, sql)
                         return
@@ -134,7 +130,6 @@ class SessionMachine:
                 if found is not None:
                     if self._forward_fast(data, found):
                         return
-                    self._classified = None
                     self._requests.feed(data)
                     self._learn(data, found)
                     return
@@ -183,11 +178,6 @@ class SessionMachine:
             and self._requests.settled and not self._answers.buffered
         )
 
-    def _classify_and_keep(self, sql: str) -> Verdict:
-        verdict = self._classify_policy(sql)
-        self._classified = (sql, verdict)
-        return verdict
-
     def _forward_fast(self, data: bytes, found: fp.Shape) -> bool:
         template = self._templates.get(found.key)
         if template is None:
@@ -224,9 +214,7 @@ class SessionMachine:
         classified = self._classify_policy(sql)  # what the full machine asks first, too
         template = self._query_templates.get(id(classified))
         if template is None or template.classified is not classified:
-            return False
-        if self._unrecordable is not None and self._unrecordable() is not None:
-            return False
+            return False  # (the recorder's refusal, a reload: another verdict object)
         self._forwarded(data, template, sql)
         return True
 
@@ -237,10 +225,11 @@ class SessionMachine:
         if (
             not out or out[-1] != data or requests.parked is not None or requests.waiting is not None
             or requests.probing is not None or len(inflight) != 1 or inflight[0].kind != k.QUERY
-            or self._classified is None or self._classified[0] != sql
         ):
             return
-        self._learning = (None, inflight[0], self._classified[1])
+        classified = requests.classified(sql)
+        if classified is not None:
+            self._learning = (None, inflight[0], classified)
 
     def _answered_fast(self, data: bytes, pending: fp.Pending) -> bool:
         if self._answers.buffered:
@@ -299,19 +288,7 @@ class SessionMachine:
         self._pending = None
         FAST_FELL_BACK.inc()
         requests = self._requests
-        template = pending.template
-        out = requests.out_upstream
-        mark = len(out)
-        clock = requests._clock
-        requests.replay = (pending.sql, template.classified)
-        requests._clock = lambda: pending.started
-        try:
-            requests.feed(pending.data)
-        finally:
-            requests.replay = None
-            requests._clock = clock
-        sent = b"".join(out[mark:])
-        del out[mark:]
+        sent = requests.replay_forwarded(pending.data, pending.sql, pending.template.classified, pending.started)
         self._state.stats.bytes_from_client -= len(pending.data)  # counted when it was forwarded
         if sent != pending.data or requests.buffered:
             raise SessionDesync("the gateway's model of a repeated batch is not what it forwarded")
@@ -331,9 +308,9 @@ class SessionMachine:
         classified = None
         if found.parse:
             parsed = inflight[0].statement
-            if self._classified is None or parsed is None or self._classified[0] != parsed.sql:
+            classified = requests.classified(parsed.sql) if parsed is not None else None
+            if classified is None:
                 return
-            classified = self._classified[1]
         self._learning = (found, execute, classified)
 
     def _learned_query(self, data: bytes, entry: Entry, classified: Verdict | None) -> None:

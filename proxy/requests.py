@@ -122,6 +122,28 @@ class Requests:
             and not self._flushed and not self._cleared_once and not self._approved_unit and not self._covered
         )
 
+    def classified(self, sql: str) -> Verdict | None:
+        """What the policy returned for `sql` when it was last judged here (None: not `sql`)."""
+        return self._classified if self._classified_sql == sql else None
+
+    def replay_forwarded(self, data: bytes, sql: str, classified: Verdict | None, started: float) -> bytes:
+        """Process `data`, already sent upstream by the fast path (proxy.fastpath), as it was
+        then: `sql` judged `classified` as then, the recorder's health as then, `started` as its
+        time. Returns what this would send upstream (not sent again: the caller compares)."""
+        out = self.out_upstream
+        mark = len(out)
+        clock = self._clock
+        self.replay = (sql, classified)
+        self._clock = lambda: started
+        try:
+            self.feed(data)
+        finally:
+            self.replay = None
+            self._clock = clock
+        sent = b"".join(out[mark:])
+        del out[mark:]
+        return sent
+
     def feed(self, data: bytes) -> None:
         self._cbuf += data
         self._s.stats.bytes_from_client += len(data)
@@ -623,7 +645,7 @@ class Requests:
         entry = Entry(k.QUERY, sql=sql, verdict=verdict, started=self._clock(), copy_columns=columns, uses=uses)
         # (what the policy returned for this very text, when that is known: a PREPARE in it
         # makes statements that are judged again, like protocol ones, after a reload)
-        entry.made = self._s.sent(sql, verdict, self._classified if self._classified_sql == sql else None)
+        entry.made = self._s.sent(sql, verdict, self.classified(sql))
         self._copy_from_starts(entry, verdict)
         self._s.inflight.append(entry)
         return None
