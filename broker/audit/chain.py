@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -113,8 +112,11 @@ def format_ts(ts: datetime) -> str:
     if utc.year < 1000:
         # strftime's %Y does not pad years below 1000; keep that form, it is what is hashed.
         return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    # The same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ"), at a third of the cost.
-    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    # The same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") at 60 % of its cost (no replace(), no
+    # timespec unless needed): an aware UTC time's isoformat ends in "+00:00", and leaves out
+    # the fraction only when it is zero.
+    text = utc.isoformat() if utc.microsecond else utc.isoformat(timespec="microseconds")
+    return text[:-6] + "Z"
 
 
 # allow_nan=False: NaN has no JSON form that every reader parses back the same.
@@ -142,18 +144,32 @@ def content_canonical(
 
     The appender uses it so that `data` is serialised once (`data_json`, which is then also
     what the store keeps) and the timestamp formatted once per batch; `canonical` over the
-    whole content dict stays the definition, and the verifier uses it. The keys below are
-    `content()`'s, in sorted order.
+    whole content dict stays the definition, and the verifier uses it.
     """
+    return content_from_parts(content_parts(type=type, actor=actor, session_id=session_id), data_json, id, seq, ts_text)
+
+
+# The text of `canonical(record.content())` around its data, id, seq and ts.
+ContentParts = tuple[str, str, str]
+
+
+def content_parts(*, type: str, actor: str | None, session_id: str | None) -> ContentParts:
+    """What `content_canonical` writes around the parts that change from record to record:
+    the same for every statement of a session, so an appender makes it once per session."""
+    # The keys are `content()`'s, in sorted order: actor, data, id, seq, session_id, ts, type.
     return (
-        '{"actor":' + _json_value(actor)
-        + ',"data":' + data_json
-        + ',"id":' + _json_value(id)
-        + ',"seq":' + _json_value(seq)
-        + ',"session_id":' + _json_value(session_id)
-        + ',"ts":' + _json_value(ts_text)
-        + ',"type":' + _json_value(type)
-        + "}"
+        '{"actor":' + _json_value(actor) + ',"data":',
+        ',"session_id":' + _json_value(session_id) + ',"ts":',
+        ',"type":' + _json_value(type) + "}",
+    )
+
+
+def content_from_parts(parts: ContentParts, data_json: str, id: str, seq: int, ts_text: str) -> bytes:
+    """`content_canonical` from `content_parts(...)` and the record's own parts."""
+    head, middle, tail = parts
+    return (
+        head + data_json + ',"id":' + _json_value(id) + ',"seq":' + _json_value(seq) + middle
+        + _json_value(ts_text) + tail
     ).encode()
 
 
@@ -169,13 +185,6 @@ def _json_value(value: object) -> str:
     if cls is float and value - value == 0.0:  # type: ignore[operator]  # finite: json's own repr
         return float.__repr__(value)  # type: ignore[arg-type]
     return canonical_json(value)
-
-
-def canonical_flat(items: Iterable[tuple[str, object]]) -> str:
-    """`canonical_json(dict(items))`, byte for byte, for `items` already in sorted key order
-    whose keys need no escaping: a statement's audit data, built for every statement
-    recorded without the encoder's generic walk (tests/broker/audit check both agree)."""
-    return "{" + ",".join(['"' + key + '":' + _json_value(value) for key, value in items]) + "}"
 
 
 def hash_canonical(prev_hash: str, canonical_bytes: bytes) -> str:

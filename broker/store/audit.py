@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -45,13 +47,14 @@ from broker.audit.chain import (
     Break,
     ChainVerifier,
     CheckpointCheck,
+    ContentParts,
     TailLimits,
     VerifyReport,
     WitnessCheck,
     canonical_json,
-    content_canonical,
+    content_from_parts,
+    content_parts,
     format_ts,
-    hash_canonical,
 )
 from broker.audit.events import AuditEvent, audit_pruned
 from broker.audit.signing import checkpoint_event
@@ -137,16 +140,20 @@ def chain_rows(
     late its batch is written), else `now`. `seq` is the order of appending, so `ts` may
     go backwards across sessions; the chain's order is `seq`.
 
-    Per record this costs one SHA-256 over `content_canonical` (which is
+    Per record this costs one SHA-256 over `content_canonical`'s bytes (which are
     `canonical(record.content())` byte for byte, so `seal` and the verifier agree), with
-    `data` serialised once by the caller; the timestamp is formatted once per batch and the
-    record ids come from one `os.urandom` call.
+    `data` serialised once by the caller and the text around it once per session
+    (`content_parts`); the timestamp is formatted once per batch (or per record with `times`:
+    `timestamp_forms`) and the record ids come from one `os.urandom` call. The hash is
+    `hash_canonical`'s, chained on the previous digest's bytes instead of its hex.
     """
     ts_text = format_ts(now)
     randomness = os.urandom(16 * len(entries)).hex()
     ts_db: Any = _sqlite_datetime(now) if sqlite else now
     rows: list[tuple[Any, ...]] = []
     records: list[AuditRecord] = []
+    prev_digest = bytes.fromhex(prev_hash)
+    parts: dict[tuple[str, str | None, str | None], ContentParts] = {}
     for i, (type_, actor, session_id, data, data_json) in enumerate(entries):
         if times is not None:
             now = times[i]
@@ -156,26 +163,30 @@ def chain_rows(
                 ts_text, ts_db = timestamp_forms(now)[0], now
         seq = prev_seq + 1
         id_ = _uuid4_text(randomness[32 * i : 32 * i + 32])
-        digest = hash_canonical(
-            prev_hash,
-            content_canonical(
-                seq=seq, id=id_, ts_text=ts_text, type=type_, actor=actor, session_id=session_id, data_json=data_json
-            ),
-        )
+        around = parts.get((type_, actor, session_id))
+        if around is None:
+            around = parts[type_, actor, session_id] = content_parts(type=type_, actor=actor, session_id=session_id)
+        sealed = hashlib.sha256(prev_digest + content_from_parts(around, data_json, id_, seq, ts_text)).digest()
+        digest = sealed.hex()
         rows.append((seq, id_, ts_db, type_, actor, session_id, data_json if sqlite else data, prev_hash, digest))
         if keep:
             records.append(AuditRecord(seq, id_, now, type_, actor, session_id, data, prev_hash, digest))
-        prev_seq, prev_hash = seq, digest
+        prev_seq, prev_hash, prev_digest = seq, digest, sealed
     return rows, records
 
 
 def sqlite_insert_rows(db: sqlite3.Connection, insert_sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert `rows` with as few statements as SQLite's bound-variable limit allows.
+    """Insert `rows` with few multi-row statements, of sizes that recur.
 
     `insert_sql` is "INSERT ... VALUES (?, ..., ?)" with an optional tail after the VALUES
     group (an ON CONFLICT clause). One multi-row INSERT rather than an executemany: the
     sqlite3 module releases and retakes the GIL around every step, once per row in an
     executemany, and under a busy relay loop each retake can wait a whole switch interval.
+
+    Statements of `per` rows (what the bound-variable limit allows, at most a recorder's full
+    batch of 500), the rest in statements of power-of-two sizes: sqlite3 keeps what it
+    compiled only for a statement text it has seen (128 of them), and compiling a 500-row
+    INSERT costs about as much as running it, which every batch of a new size would pay.
     """
     if not rows:
         return
@@ -187,13 +198,14 @@ def sqlite_insert_rows(db: sqlite3.Connection, insert_sql: str, rows: Sequence[t
         limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     except AttributeError:  # pragma: no cover - Python < 3.11
         limit = 999
-    per = max(1, min(limit // width, 1000))
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        db.execute(
-            head + sep + ",".join([group] * len(chunk)) + tail,
-            [value for row in chunk for value in row],
-        )
+    per = max(1, min(limit // width, 500))
+    start = 0
+    while start < len(rows):
+        left = len(rows) - start
+        size = per if left >= per else 1 << (left.bit_length() - 1)
+        chunk = rows[start : start + size]
+        db.execute(head + sep + ",".join([group] * size) + tail, list(itertools.chain.from_iterable(chunk)))
+        start += size
 
 
 def sqlite_append_audit(

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.audit import coverage, events
-from broker.audit.chain import AuditRecord, canonical_flat, canonical_json
+from broker.audit.chain import AuditRecord, _json_value, canonical_json
 from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
 from broker.store.audit import (
     _EVENTS,
@@ -539,11 +539,45 @@ def _statement_entries(
     fresh: Sequence[StatementRecord], owners: Mapping[str, tuple[str | None, str | None, str | None, str | None]]
 ) -> list[AuditEntry]:
     entries: list[AuditEntry] = []
+    texts = _JsonTexts()
     for r in fresh:
         principal, addr, intent, resource = owners.get(r.session_id, (None, None, None, None))
         data = statement_data(r, addr, intent, resource)
-        entries.append(("statement", principal, r.session_id, data, canonical_flat(data.items())))
+        entries.append(("statement", principal, r.session_id, data, _statement_json(data, texts)))
     return entries
+
+
+class _JsonTexts(dict[object, str]):
+    """Strings as JSON text, each encoded once: the records of a batch repeat the same SQL,
+    fingerprint, rule, reason and client address. Only `str` keys are kept (1, 1.0 and True
+    are equal keys with different texts); anything else is encoded on every lookup."""
+
+    def __init__(self) -> None:
+        super().__init__({None: "null"})
+
+    def __missing__(self, value: object) -> str:
+        text = _json_value(value)
+        if value.__class__ is str:
+            self[value] = text
+        return text
+
+
+def _statement_json(data: dict[str, Any], texts: _JsonTexts) -> str:
+    """`canonical_json(data)` of `statement_data`'s dict, byte for byte: its values in its key
+    order (sorted, as below), each written as the canonical encoder writes it (`_json_value`),
+    the strings through `texts`: paid for every statement recorded, so no generic walk."""
+    (
+        approval_id, client_addr, decision, duration_ms, error_sqlstate, fingerprint, intent, masked_values,
+        reason, resource, results_digest, rows, rule, seq, shadow_decision, sql, started_at,
+    ) = data.values()
+    return (
+        f'{{"approval_id":{texts[approval_id]},"client_addr":{texts[client_addr]},"decision":{texts[decision]},'
+        f'"duration_ms":{_json_value(duration_ms)},"error_sqlstate":{texts[error_sqlstate]},'
+        f'"fingerprint":{texts[fingerprint]},"intent":{texts[intent]},"masked_values":{_json_value(masked_values)},'
+        f'"reason":{texts[reason]},"resource":{texts[resource]},"results_digest":{texts[results_digest]},'
+        f'"rows":{_json_value(rows)},"rule":{texts[rule]},"seq":{_json_value(seq)},'
+        f'"shadow_decision":{texts[shadow_decision]},"sql":{texts[sql]},"started_at":{_json_value(started_at)}}}'
+    )
 
 
 def _write_batch_sqlite(
@@ -595,7 +629,8 @@ def statement_data(
     (That generic path converts every field on its own; this runs for every statement the
     proxy relays. tests/broker/store checks that both give the same dict.)
     """
-    # In sorted key order: `canonical_flat(data.items())` is its canonical JSON.
+    # In sorted key order: `_statement_json` writes its canonical JSON from the values in
+    # this order.
     return {
         "approval_id": r.approval_id,
         "client_addr": client_addr,

@@ -5,6 +5,7 @@ audit records built directly: the result must be what the general (SQLAlchemy) p
 # ruff: noqa: F811
 from __future__ import annotations
 
+import enum
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from broker.audit.chain import canonical_flat, canonical_json, format_ts
+from broker.audit.chain import canonical_json, format_ts
 from broker.store import Grant, SessionStart, StatementRecord, Store
 from broker.store import sessions as sessions_mod
 from broker.store.audit import _sqlite_datetime, sqlite_insert_rows, timestamp_forms
@@ -51,28 +52,51 @@ def test_statement_data_is_the_generic_event_data() -> None:
 
 
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+# Shared across examples, as across a batch: hits as well as misses.
+_SHARED = sessions_mod._JsonTexts()
+
+
+class _Decision(str, enum.Enum):  # noqa: UP042  (the str-mixin enum the policy passes)
+    ALLOW = "allow"
+    REVIEW = "review"
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     sql=_TEXT, addr=st.none() | _TEXT, intent=st.none() | _TEXT, resource=st.none() | _TEXT,
-    rule=st.none() | _TEXT, reason=st.none() | _TEXT, seq=st.integers(1, 2**62),
-    duration=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    rule=st.none() | _TEXT, reason=st.none() | _TEXT, fingerprint=st.none() | _TEXT, seq=st.integers(1, 2**62),
+    duration=st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(0, 10**9),
     rows=st.none() | st.integers(0, 2**62), masked=st.integers(0, 10**6),
+    decision=st.sampled_from(["allow", "block", _Decision.ALLOW]),
+    shadow=st.none() | st.sampled_from(["review", _Decision.REVIEW]),
+    sqlstate=st.none() | st.sampled_from(["42501", "57P03"]), approval=st.none() | _TEXT,
+    results=st.none() | st.lists(st.dictionaries(_TEXT, st.none() | _TEXT | st.integers()), max_size=2),
     when=st.datetimes(min_value=datetime(1, 1, 2), timezones=st.just(UTC)),
 )
 def test_the_direct_canonical_form_is_the_encoders(
     sql: str, addr: str | None, intent: str | None, resource: str | None, rule: str | None, reason: str | None,
-    seq: int, duration: float | None, rows: int | None, masked: int, when: datetime,
+    fingerprint: str | None, seq: int, duration: float | None, rows: int | None, masked: int, decision: str,
+    shadow: str | None, sqlstate: str | None, approval: str | None, results: list[Any] | None, when: datetime,
 ) -> None:
     # The chain hashes this text: one byte off and every verifier disagrees with the writer.
     r = StatementRecord(
-        session_id="s", seq=seq, sql=sql, decision="allow", started_at=when, rule=rule, reason=reason,
-        duration_ms=duration, rows=rows, masked_values=masked,
+        session_id="s", seq=seq, sql=sql, decision=decision, started_at=when, fingerprint=fingerprint, rule=rule,
+        reason=reason, shadow_decision=shadow, duration_ms=duration, rows=rows, masked_values=masked,
+        error_sqlstate=sqlstate, results=results, approval_id=approval,
     )
     data = sessions_mod.statement_data(r, addr, intent, resource)
-    assert canonical_flat(data.items()) == canonical_json(data)
+    assert sessions_mod._statement_json(data, _SHARED) == canonical_json(data)
+    assert sessions_mod._statement_json(data, sessions_mod._JsonTexts()) == canonical_json(data)
+    (entry,) = sessions_mod._statement_entries([r], {"s": ("p", addr, intent, resource)})
+    assert entry[3] == data and entry[4] == canonical_json(data)
     assert timestamp_forms(when) == (format_ts(when), _sqlite_datetime(when))
+
+
+def test_equal_keys_of_other_types_are_not_confused() -> None:
+    texts = sessions_mod._JsonTexts()
+    assert texts["1"] == '"1"' and texts[1] == "1" and texts[1.0] == "1.0" and texts[True] == "true"
+    assert texts[None] == "null" and texts[0.0] == "0.0" and texts[-0.0] == "-0.0"
+    assert set(texts) == {None, "1"}
 
 
 async def _written(store: Store, sid: str) -> tuple[Any, list[tuple[Any, ...]]]:
