@@ -50,6 +50,13 @@ READ_CHUNK = 32 * 1024
 IDLE_TIMEOUT = messages.error_response(
     "57P05", "terminating connection due to idle-session timeout", severity="FATAL"
 )
+#: The gateway is shutting down (SIGTERM/SIGINT: `ProxyServer.close` cancels every session):
+#: PostgreSQL's code for its own shutdown, so that a client mid-result is told instead of
+#: finding its connection closed.
+SHUTDOWN = messages.error_response(
+    "57P01", "terminating connection: the gateway is shutting down", severity="FATAL",
+    hint="Reconnect once the gateway is back.",
+)
 #: Messages awaiting the server's answer before the client is read from no further (until
 #: half of them are answered). Each one that runs becomes a statement record when its
 #: answer comes, so this bounds what a pipelining client can have run ahead of the
@@ -144,6 +151,12 @@ class Backlog(Protocol):
     async def caught_up(self) -> None: ...
 
 
+def _lost(reason: str, exc: Exception | None) -> str:
+    """The end reason for a socket lost, naming the error when there was one (a reset, or an
+    OSError raised in the relay's own callbacks, which uvloop turns into a close unlogged)."""
+    return reason if exc is None else f"{reason} ({type(exc).__name__})"
+
+
 def fix_socket_buffers(transport: asyncio.BaseTransport, size: int = SOCKET_BUFFER) -> None:
     """Fixed kernel buffers for this transport's socket (setting them turns autotuning off)."""
     sock = transport.get_extra_info("socket")
@@ -191,8 +204,12 @@ class Relay:
         # jitgate_proxy_bytes_total when scraped (broker.metrics.RelayedBytes).
         self.bytes_from_client = 0
         self.bytes_from_upstream = 0
-        self._client_side = _Side(self._loop, self._from_client, lambda exc: self._finish("client disconnected"))
-        self._upstream_side = _Side(self._loop, self._from_upstream, lambda exc: self._finish("upstream closed"))
+        self._client_side = _Side(
+            self._loop, self._from_client, lambda exc: self._finish(_lost("client disconnected", exc))
+        )
+        self._upstream_side = _Side(
+            self._loop, self._from_upstream, lambda exc: self._finish(_lost("upstream closed", exc))
+        )
         # A side whose write buffer passed WRITE_HIGH_WATER holds the reading of the other.
         self._client_side.paused_peer = self._upstream_side.hold
         self._upstream_side.paused_peer = self._client_side.hold
@@ -213,6 +230,13 @@ class Relay:
             self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
         try:
             return await self._done
+        except asyncio.CancelledError:
+            # The gateway is shutting down: the client is told, as PostgreSQL tells its own,
+            # and its socket closes below once what was written to it has been sent. (Not
+            # `end`: the task's cancellation has cancelled `_done` as well.)
+            if not self.client.is_closing():
+                self.client.write(SHUTDOWN)
+            raise
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()

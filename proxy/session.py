@@ -64,6 +64,10 @@ UNRECORDABLE = Verdict(
     "gateway/recorder-unavailable",
     "the session record cannot be written right now, so nothing is run",
 )
+#: Ends the client chose, or a limit it was told of (each logged where it happens). Any other
+#: end (the upstream went away, the gateway shut down or failed, a protocol fault) is logged
+#: as a warning: a log kept at warning still says why a session dropped.
+ORDINARY_ENDS = ("client terminated", "client disconnected", "idle timeout", "grant expired", "grant revoked")
 
 
 @dataclass(slots=True)
@@ -149,6 +153,7 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
     machine: SessionMachine | None = None
     slot: Slot | None = None
     end_reason = "error"
+    relaying = False  # the relay tells its own client when the gateway shuts down
     claimed: Mapping[str, str] = {}  # the start-up parameters, for the record of a refused login
     # One deadline for everything the client must send before it is in (proxy.startup_timeout_seconds).
     loop = asyncio.get_running_loop()
@@ -263,6 +268,7 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             )
             # 5. Relay until either side goes away.
             side = SideChannel(lambda: connect_upstream(resource.target, credential, upstream_params))
+            relaying = True
             try:
                 machine, end_reason = await _relay(reader, writer, upstream, resource, session, ctx, side, budget)
             finally:
@@ -274,6 +280,13 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
     except TimeoutError:
         end_reason = "timeout"
         _send_error(writer, ClientRefused("timed out waiting for the client", sqlstate="08006"))
+    except asyncio.CancelledError:
+        # The gateway is shutting down (ProxyServer.close). A relayed session has told its
+        # client already (proxy.relay.SHUTDOWN); one still logging in is told here.
+        end_reason = "gateway shutdown"
+        if not relaying:
+            _send_error(writer, ClientRefused("the gateway is shutting down", sqlstate="57P01"))
+        raise
     except (ProxyError, ProtocolViolation) as exc:
         end_reason = f"refused: {exc}"
         if session is None and isinstance(exc, ProxyError) and exc.reason:
@@ -300,7 +313,8 @@ async def handle_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             stats = machine.stats if machine is not None else None
             await ctx.recorder.session_ended(session.session_id, reason=end_reason, stats=stats)
             await ctx.review.session_ended(session.session_id)
-            log.info("session_ended", session_id=session.session_id, reason=end_reason)
+            ended = log.info if end_reason.startswith(ORDINARY_ENDS) else log.warning
+            ended("session_ended", session_id=session.session_id, reason=end_reason)
         if credential is not None:
             try:
                 await ctx.credentials.release(credential)
