@@ -2,8 +2,14 @@
 #   docker build -t jitgate .
 #   docker run --rm -v $PWD/infra/jitgate.yaml:/etc/jitgate/jitgate.yaml jitgate config check
 FROM python:3.12-slim AS build
+# A C compiler for setup.py, which compiles the proxy's per-message modules with mypyc; it stays
+# in this stage. Debian's versions are not pinned: they move with the base image's archive.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md requirements.lock ./
+COPY pyproject.toml setup.py README.md requirements.lock ./
 COPY broker ./broker
 COPY proxy ./proxy
 COPY slackapp ./slackapp

@@ -4,26 +4,41 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck advisories bench fuzz clean chromium audit-deps lock conformance
+.PHONY: install native demo test lint typecheck advisories bench fuzz clean chromium audit-deps lock conformance
 
-$(STAMP): pyproject.toml requirements.lock
+NATIVE := $(VENV)/.native
+# The compiled modules (proxy/native.py) are rebuilt when a proxy or masking source changed:
+# Python would otherwise go on loading the extension built from the old source.
+NATIVE_SOURCES := setup.py $(wildcard proxy/*.py proxy/protocol/*.py broker/masking/*.py broker/masking/*/*.py)
+
+# setup.py compiles the proxy's per-message modules with mypyc (a C compiler is needed;
+# JITGATE_PURE_PYTHON=1 builds without). The build tools go in first, at the locked versions,
+# so the install builds with them instead of fetching its own.
+$(STAMP): pyproject.toml requirements.lock setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -c requirements.lock 'setuptools>=77' mypy
+	$(BIN)/pip install --quiet --no-build-isolation -c requirements.lock -e '.[dev]'
+	touch $(STAMP) $(NATIVE)
 
-install: $(STAMP) chromium
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
+	$(BIN)/pip install --quiet --no-build-isolation --no-deps -e .
+	touch $(NATIVE)
+
+native: $(NATIVE)
+
+install: $(STAMP) $(NATIVE) chromium
 
 # The console's browser test drives Debian's chromium (Playwright never downloads a browser).
 chromium:
 	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq >/dev/null \
 		&& apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the console browser test will skip"
 
-demo: $(STAMP)
+demo: $(STAMP) $(NATIVE)
 	$(BIN)/jitgate demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker proxy slackapp workers tests bench tools
+	$(BIN)/ruff check broker proxy slackapp workers tests bench tools setup.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy proxy broker/policy broker/masking broker/audit broker/credentials broker/identity broker/store broker/api broker/approvals broker/console broker/mcp broker/cli/mcp_cmd.py broker/config.py broker/config_reference.py slackapp workers tools
@@ -34,14 +49,16 @@ advisories: $(STAMP)
 	$(BIN)/python tools/advisories.py check
 
 # pytest exits 5 when it collects nothing; that is a failure here, as any non-zero status is.
-test: $(STAMP) chromium lint typecheck advisories
+test: $(STAMP) $(NATIVE) chromium lint typecheck advisories
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE)
 	@command -v pgbouncer >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -qq pgbouncer >/dev/null) || echo "pgbouncer not installed: it will be left out"
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/stream_rows.py
 	$(BIN)/python bench/session_setup.py
 	$(BIN)/python bench/audit_export.py
+	$(BIN)/python bench/recorder_cost.py
 	$(BIN)/python bench/approval_roundtrip.py
 	$(BIN)/python bench/load_sessions.py --sessions 1000 --seconds 20
 
@@ -76,6 +93,8 @@ lock:
 
 clean:
 	rm -rf $(VENV) .jitgate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build jitgate_native__mypyc.*.so proxy/native_sources.json
+	find proxy -name '*.so' -delete
 
 # psycopg 3's own test suite (connection, cursor, prepared, COPY, pipeline, notify, ...) run at
 # the upstream directly and through `jitgate demo --policy observe`; fails when the pass sets

@@ -21,6 +21,19 @@ from broker.logging import configure_logging
 log = structlog.get_logger("jitgate.proxy")
 
 
+def _log_native() -> None:
+    """Say whether the per-message path runs compiled (see proxy/native.py): a build that
+    fell back to pure Python, or a module edited since it was built, is a warning."""
+    from proxy import native
+
+    modules = native.status()
+    line = native.summary()
+    if all(m.compiled and m.current is not False for m in modules):
+        log.info("proxy_native_modules", modules=line)
+    else:
+        log.warning("proxy_native_modules", modules=line)
+
+
 def register(app: typer.Typer) -> None:
     app.command("proxy")(proxy)
 
@@ -171,6 +184,7 @@ async def serve(
         await server.start()
         reaper.start()
         typer.echo(f"jitgate proxy listening on {settings.proxy.listen_host}:{server.port}", err=True)
+        _log_native()
         if ready is not None:
             ready.set()
         await stop.wait()

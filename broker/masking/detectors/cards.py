@@ -60,4 +60,4 @@ def mask_whole(value: bytes, *, require_luhn: bool) -> bytes | None:
     return shape(value.strip())
 
 
-DETECTOR = Detector(name="card", pattern=PATTERN, replace=_replace, min_digits=13)
+DETECTOR: Detector = Detector(name="card", pattern=PATTERN, replace=_replace, min_digits=13)

@@ -35,7 +35,7 @@ def mask_whole(value: bytes) -> bytes | None:
     return shape(m.group(1), m.group(2)) if m else None
 
 
-DETECTOR = Detector(
+DETECTOR: Detector = Detector(
     name="email",
     pattern=PATTERN,
     replace=_replace,
