@@ -94,7 +94,7 @@ lock:
 clean:
 	rm -rf $(VENV) .jitgate .pytest_cache .mypy_cache .ruff_cache
 	rm -rf build jitgate_native__mypyc.*.so proxy/native_sources.json
-	find proxy -name '*.so' -delete
+	find proxy broker -name '*.so' -delete
 
 # psycopg 3's own test suite (connection, cursor, prepared, COPY, pipeline, notify, ...) run at
 # the upstream directly and through `jitgate demo --policy observe`; fails when the pass sets
