@@ -13,13 +13,18 @@ Celery worker's pool, uvicorn's) and nothing is left running.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 JITGATE = str(Path(sys.executable).parent / "jitgate")
 
@@ -29,6 +34,42 @@ def start(args: Sequence[str], *, log: Path, env: Mapping[str, str] | None = Non
         [JITGATE, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
         env=None if env is None else {**os.environ, **env},
     )
+
+
+def witness_worker_config(tmp_path: Path, redis_url: str, name: str, **settings: Any) -> Path:
+    """A `jitgate worker` config whose beat writes signed checkpoints every second to the file
+    witness `tmp_path/worm/witness.jsonl`, with the key at `tmp_path/audit.pem` (the caller
+    makes it), a SQLite store and its own installation, so no other worker takes its ticks.
+    `settings` are further top-level keys (e.g. `worker={"metrics_port": ...}`)."""
+    path = tmp_path / "jitgate.yaml"
+    path.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"),
+        "store_url": f"sqlite+aiosqlite:///{tmp_path}/jitgate.db",
+        "broker_url": redis_url,
+        "installation": f"{name}-{secrets.token_hex(4)}",
+        "audit": {
+            "signing_key_file": str(tmp_path / "audit.pem"),
+            "witness": {"file": str(tmp_path / "worm" / "witness.jsonl"), "interval": "1s"},
+        },
+        **settings,
+    }))
+    return path
+
+
+def start_worker(config: Path, log: Path, concurrency: int = 1) -> subprocess.Popen[bytes]:
+    """A real `jitgate worker` (its beat included) on `config`, logging to `log`."""
+    return start(["worker", "--config", str(config), "--concurrency", str(concurrency)], log=log,
+                 env={"JITGATE_CONFIG": str(config)})
+
+
+@contextmanager
+def running_worker(config: Path, log: Path, concurrency: int) -> Iterator[Path]:
+    """`start_worker` until the block ends."""
+    proc = start_worker(config, log, concurrency)
+    try:
+        yield log
+    finally:
+        stop(proc)
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:

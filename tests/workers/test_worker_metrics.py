@@ -29,36 +29,19 @@ from broker.audit.signing import new_private_key
 from broker.config import load_settings
 from broker.store import Store
 from tests.conftest import free_port
-from tests.processes import start, stop
+from tests.processes import running_worker, start_worker, stop, witness_worker_config
 
 
 @pytest.fixture
 def config(tmp_path: Path, redis_url: str) -> Path:
     new_private_key(tmp_path / "audit.pem")
-    path = tmp_path / "jitgate.yaml"
-    path.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "store_url": f"sqlite+aiosqlite:///{tmp_path}/jitgate.db",
-        "broker_url": redis_url,
-        "installation": f"metrics-{secrets.token_hex(4)}",  # its own queue: no other worker takes the ticks
-        "worker": {"metrics_port": free_port()},
-        "audit": {
-            "signing_key_file": str(tmp_path / "audit.pem"),
-            "witness": {"file": str(tmp_path / "worm" / "witness.jsonl"), "interval": "1s"},
-        },
-    }))
-    return path
+    return witness_worker_config(tmp_path, redis_url, "metrics", worker={"metrics_port": free_port()})
 
 
 @pytest.fixture
 def worker(config: Path, tmp_path: Path) -> Iterator[Path]:
-    log = tmp_path / "worker.log"
-    proc = start(["worker", "--config", str(config), "--concurrency", "2"], log=log,
-                 env={"JITGATE_CONFIG": str(config)})
-    try:
+    with running_worker(config, tmp_path / "worker.log", concurrency=2) as log:
         yield log
-    finally:
-        stop(proc)
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -136,11 +119,6 @@ def write_config(path: Path, *, data_dir: Path, store: Path, redis_url: str, por
         "installation": f"metrics-{secrets.token_hex(4)}",
         "worker": {"metrics_port": port},
     }))
-
-
-def start_worker(config: Path, log: Path, concurrency: int = 1) -> subprocess.Popen[bytes]:
-    return start(["worker", "--config", str(config), "--concurrency", str(concurrency)], log=log,
-                 env={"JITGATE_CONFIG": str(config)})
 
 
 async def expire(config: Path, n: int) -> None:

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit import events
 from broker.audit.signing import CheckpointVerifier, new_private_key
 from broker.audit.witness import read_witness
 from broker.store import Store
-from tests.processes import start, stop
+from tests.processes import running_worker, witness_worker_config
 
 
 @pytest.fixture
@@ -28,29 +26,13 @@ def key(tmp_path: Path) -> Ed25519PrivateKey:
 
 @pytest.fixture
 def config(tmp_path: Path, redis_url: str, key: Ed25519PrivateKey) -> Path:
-    path = tmp_path / "jitgate.yaml"
-    path.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "store_url": f"sqlite+aiosqlite:///{tmp_path}/jitgate.db",
-        "broker_url": redis_url,
-        "installation": f"witness-{secrets.token_hex(4)}",  # its own queue: no other worker takes the ticks
-        "audit": {
-            "signing_key_file": str(tmp_path / "audit.pem"),
-            "witness": {"file": str(tmp_path / "worm" / "witness.jsonl"), "interval": "1s"},
-        },
-    }))
-    return path
+    return witness_worker_config(tmp_path, redis_url, "witness")
 
 
 @pytest.fixture
 def worker(config: Path, tmp_path: Path) -> Iterator[Path]:
-    log = tmp_path / "worker.log"
-    proc = start(["worker", "--config", str(config), "--concurrency", "1"], log=log,
-                 env={"JITGATE_CONFIG": str(config)})
-    try:
+    with running_worker(config, tmp_path / "worker.log", concurrency=1) as log:
         yield log
-    finally:
-        stop(proc)
 
 
 def entries(path: Path) -> list[dict[str, object]]:
