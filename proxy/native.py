@@ -94,9 +94,11 @@ def status() -> list[ModuleStatus]:
     return out
 
 
-def summary() -> str:
-    """One line for the proxy's start-up log: "15/15 compiled", or what is not."""
-    modules = status()
+def summary(modules: list[ModuleStatus] | None = None) -> str:
+    """One line for the proxy's start-up log: "20/20 compiled", or what is not (of `modules`,
+    a `status()` already taken, else a new one)."""
+    if modules is None:
+        modules = status()
     interpreted = [m.name for m in modules if not m.compiled]
     stale = [m.name for m in modules if m.current is False]
     text = f"{len(modules) - len(interpreted)}/{len(modules)} compiled"

@@ -27,7 +27,7 @@ def _log_native() -> None:
     from proxy import native
 
     modules = native.status()
-    line = native.summary()
+    line = native.summary(modules)
     if all(m.compiled and m.current is not False for m in modules):
         log.info("proxy_native_modules", modules=line)
     else:
