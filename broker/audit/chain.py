@@ -137,25 +137,15 @@ def chain_hash(prev_hash: str, content: dict[str, Any]) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(content)).hexdigest()
 
 
-def content_canonical(
-    *, seq: int, id: str, ts_text: str, type: str, actor: str | None, session_id: str | None, data_json: str
-) -> bytes:
-    """`canonical(record.content())`, byte for byte, from parts already in JSON-ready form.
-
-    The appender uses it so that `data` is serialised once (`data_json`, which is then also
-    what the store keeps) and the timestamp formatted once per batch; `canonical` over the
-    whole content dict stays the definition, and the verifier uses it.
-    """
-    return content_from_parts(content_parts(type=type, actor=actor, session_id=session_id), data_json, id, seq, ts_text)
-
-
 # The text of `canonical(record.content())` around its data, id, seq and ts.
 ContentParts = tuple[str, str, str]
 
 
 def content_parts(*, type: str, actor: str | None, session_id: str | None) -> ContentParts:
-    """What `content_canonical` writes around the parts that change from record to record:
-    the same for every statement of a session, so an appender makes it once per session."""
+    """What `canonical(record.content())` holds around the parts that change from record to
+    record: the same for every statement of a session, so an appender makes it once per
+    session. `canonical` over the whole content dict stays the definition (the verifier and
+    `seal` use it); tests/broker/audit hold the two to the same bytes."""
     # The keys are `content()`'s, in sorted order: actor, data, id, seq, session_id, ts, type.
     return (
         '{"actor":' + _json_value(actor) + ',"data":',
@@ -165,7 +155,9 @@ def content_parts(*, type: str, actor: str | None, session_id: str | None) -> Co
 
 
 def content_from_parts(parts: ContentParts, data_json: str, id: str, seq: int, ts_text: str) -> bytes:
-    """`content_canonical` from `content_parts(...)` and the record's own parts."""
+    """`canonical(record.content())`, byte for byte, from `content_parts(...)` and the
+    record's own parts already in JSON-ready form: `data` serialised once (`data_json`, also
+    what the store keeps) and the timestamp formatted once (`ts_text`)."""
     head, middle, tail = parts
     return (
         head + data_json + ',"id":' + _json_value(id) + ',"seq":' + _json_value(seq) + middle
@@ -185,10 +177,6 @@ def _json_value(value: object) -> str:
     if cls is float and value - value == 0.0:  # type: ignore[operator]  # finite: json's own repr
         return float.__repr__(value)  # type: ignore[arg-type]
     return canonical_json(value)
-
-
-def hash_canonical(prev_hash: str, canonical_bytes: bytes) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_bytes).hexdigest()
 
 
 def seal(

@@ -140,12 +140,12 @@ def chain_rows(
     late its batch is written), else `now`. `seq` is the order of appending, so `ts` may
     go backwards across sessions; the chain's order is `seq`.
 
-    Per record this costs one SHA-256 over `content_canonical`'s bytes (which are
+    Per record this costs one SHA-256 over `content_from_parts` (which is
     `canonical(record.content())` byte for byte, so `seal` and the verifier agree), with
     `data` serialised once by the caller and the text around it once per session
     (`content_parts`); the timestamp is formatted once per batch (or per record with `times`:
     `timestamp_forms`) and the record ids come from one `os.urandom` call. The hash is
-    `hash_canonical`'s, chained on the previous digest's bytes instead of its hex.
+    `chain_hash`'s, chained on the previous digest's bytes instead of its hex.
     """
     ts_text = format_ts(now)
     randomness = os.urandom(16 * len(entries)).hex()
