@@ -148,9 +148,9 @@ def content_parts(*, type: str, actor: str | None, session_id: str | None) -> Co
     `seal` use it); tests/broker/audit hold the two to the same bytes."""
     # The keys are `content()`'s, in sorted order: actor, data, id, seq, session_id, ts, type.
     return (
-        '{"actor":' + _json_value(actor) + ',"data":',
-        ',"session_id":' + _json_value(session_id) + ',"ts":',
-        ',"type":' + _json_value(type) + "}",
+        '{"actor":' + canonical_value(actor) + ',"data":',
+        ',"session_id":' + canonical_value(session_id) + ',"ts":',
+        ',"type":' + canonical_value(type) + "}",
     )
 
 
@@ -160,13 +160,13 @@ def content_from_parts(parts: ContentParts, data_json: str, id: str, seq: int, t
     what the store keeps) and the timestamp formatted once (`ts_text`)."""
     head, middle, tail = parts
     return (
-        head + data_json + ',"id":' + _json_value(id) + ',"seq":' + _json_value(seq) + middle
-        + _json_value(ts_text) + tail
+        head + data_json + ',"id":' + canonical_value(id) + ',"seq":' + canonical_value(seq) + middle
+        + canonical_value(ts_text) + tail
     ).encode()
 
 
-def _json_value(value: object) -> str:
-    # The common cases directly; anything else exactly as the canonical encoder writes it.
+def canonical_value(value: object) -> str:
+    """`canonical_json(value)`: the common cases directly, anything else through the encoder."""
     cls = value.__class__
     if cls is str:
         return _json_str(value)  # type: ignore[arg-type]

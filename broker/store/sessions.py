@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.audit import coverage, events
-from broker.audit.chain import AuditRecord, _json_value, canonical_json
+from broker.audit.chain import AuditRecord, canonical_json, canonical_value
 from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
 from broker.store.audit import (
     _EVENTS,
@@ -556,7 +556,7 @@ class _JsonTexts(dict[object, str]):
         super().__init__({None: "null"})
 
     def __missing__(self, value: object) -> str:
-        text = _json_value(value)
+        text = canonical_value(value)
         if value.__class__ is str:
             self[value] = text
         return text
@@ -564,7 +564,7 @@ class _JsonTexts(dict[object, str]):
 
 def _statement_json(data: dict[str, Any], texts: _JsonTexts) -> str:
     """`canonical_json(data)` of `statement_data`'s dict, byte for byte: its values in its key
-    order (sorted, as below), each written as the canonical encoder writes it (`_json_value`),
+    order (sorted, as below), each written as the canonical encoder writes it (`canonical_value`),
     the strings through `texts`: paid for every statement recorded, so no generic walk."""
     (
         approval_id, client_addr, decision, duration_ms, error_sqlstate, fingerprint, intent, masked_values,
@@ -572,11 +572,11 @@ def _statement_json(data: dict[str, Any], texts: _JsonTexts) -> str:
     ) = data.values()
     return (
         f'{{"approval_id":{texts[approval_id]},"client_addr":{texts[client_addr]},"decision":{texts[decision]},'
-        f'"duration_ms":{_json_value(duration_ms)},"error_sqlstate":{texts[error_sqlstate]},'
-        f'"fingerprint":{texts[fingerprint]},"intent":{texts[intent]},"masked_values":{_json_value(masked_values)},'
+        f'"duration_ms":{canonical_value(duration_ms)},"error_sqlstate":{texts[error_sqlstate]},'
+        f'"fingerprint":{texts[fingerprint]},"intent":{texts[intent]},"masked_values":{canonical_value(masked_values)},'
         f'"reason":{texts[reason]},"resource":{texts[resource]},"results_digest":{texts[results_digest]},'
-        f'"rows":{_json_value(rows)},"rule":{texts[rule]},"seq":{_json_value(seq)},'
-        f'"shadow_decision":{texts[shadow_decision]},"sql":{texts[sql]},"started_at":{_json_value(started_at)}}}'
+        f'"rows":{canonical_value(rows)},"rule":{texts[rule]},"seq":{canonical_value(seq)},'
+        f'"shadow_decision":{texts[shadow_decision]},"sql":{texts[sql]},"started_at":{canonical_value(started_at)}}}'
     )
 
 
