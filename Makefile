@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 # The compiled modules (proxy/native.py) are rebuilt when a proxy or masking source changed:
 # Python would otherwise go on loading the extension built from the old source.
-NATIVE_SOURCES := setup.py $(wildcard proxy/*.py proxy/protocol/*.py broker/masking/*.py broker/masking/*/*.py)
+NATIVE_SOURCES := setup.py $(wildcard proxy/*.py proxy/protocol/*.py proxy/protocol/*.c broker/masking/*.py broker/masking/*/*.py)
 
 # setup.py compiles the proxy's per-message modules with mypyc (a C compiler is needed;
 # JITGATE_PURE_PYTHON=1 builds without). The build tools go in first, at the locked versions,

@@ -26,6 +26,7 @@ from proxy.names import DEAD, LIVE, UNCERTAIN, Portal
 from proxy.protocol import codes as c
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation
+from proxy.protocol.rowrun import RUN_ROWS, join_scanned, mask_run
 from proxy.records import MaskerLike, StatementEvent, column_info
 from proxy.results import RecordingPlan, ResultCapture, ResultLimits
 from proxy.server_messages import ServerMessages
@@ -78,6 +79,7 @@ class Answers:
         n = len(buf)
         pos = 0
         run = 0
+        gated = 0  # rows before this offset were gated as a run, which opened: one by one
         # While a write is rehearsed every answer is its (nothing else is in flight then):
         # held until its rows are counted (proxy.rehearsal).
         rehearsal = self._s.rehearsal
@@ -113,13 +115,42 @@ class Answers:
                     if head is None or head.phase != _ROWS:
                         self._surprise(kind, head, buf, pos, end)
                     assert head is not None
+                    plan = head.plan
+                    if plan is not None and pos >= gated and head.own is None and egress is None:
+                        # Runs of rows at once where the plan allows (proxy.protocol.rowrun).
+                        scanned = plan.scanned
+                        rewrite = plan.rewrite
+                        taken = 0
+                        if scanned is not None:
+                            joined, stop, taken = join_scanned(buf, pos, n, scanned, self._max, RUN_ROWS)
+                            if taken and plan.triggered(joined):
+                                gated = stop  # the gate opened: these rows go one by one
+                                taken = 0
+                            elif taken and rewrite is None:
+                                head.rows += taken
+                                pos = stop
+                                continue
+                        if rewrite is not None and (taken or scanned is None):
+                            try:
+                                rewritten, stop, taken, changed = mask_run(
+                                    buf, pos, n, rewrite, plan.rewrite_fns, self._max, taken or RUN_ROWS
+                                )
+                            except MaskingError as exc:
+                                raise ResultRefused(f"a result row cannot be masked safely: {exc}") from None
+                            if taken:
+                                if run < pos:
+                                    out.append(bytes(buf[run:pos]))
+                                out.append(rewritten)
+                                pos = run = stop
+                                head.rows += taken
+                                head.masked += changed
+                                continue
                     if egress is not None and head.own is None and egress.drop(head, length + 1):
                         if run < pos:
                             out.append(bytes(buf[run:pos]))
                         pos = run = end
                         continue
                     head.rows += 1
-                    plan = head.plan
                     if plan is not None:
                         if head.own is not None:  # the gateway's own count: never relayed
                             head.own.row(m.parse_data_row(bytes(buf[pos + 5 : end])), head.own_step)

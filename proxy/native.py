@@ -2,6 +2,8 @@
 
 The modules in `MODULES` are the per-message path: framing, the session machine, the fast
 path, routing answers to in-flight entries, the recorder hand-off, and masking a row.
+`C_EXTENSIONS` are the loops written in C by hand, where a Python object per value would cost
+more than the work (each with a Python reference of the same function).
 `setup.py` compiles exactly these with mypyc (the same typed source mypy checks; no second
 copy of the logic), at `make install` and in the Dockerfile. Everything else (policy
 decisions made the first time, masking plans, approvals, identity, the broker) stays
@@ -55,6 +57,13 @@ MODULES = (
     "broker.masking.detectors.cards",
 )
 
+#: Written in C by hand (setup.py builds them beside the mypyc modules): {module: its source}.
+#: Each has a Python reference that runs when it is not built, and that it is tested against.
+C_EXTENSIONS = {
+    # The scanned values of a run of result rows, for one content-gate call per run.
+    "proxy.protocol._rowrun": "proxy/protocol/_rowrun.c",
+}
+
 #: Written by setup.py next to this file: {module: sha256 of the source it compiled}.
 MANIFEST = Path(__file__).with_name("native_sources.json")
 
@@ -68,8 +77,13 @@ class ModuleStatus:
     current: bool | None
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def source_path(name: str) -> Path:
-    return Path(__file__).resolve().parent.parent.joinpath(*name.split(".")).with_suffix(".py")
+    if name in C_EXTENSIONS:
+        return ROOT / C_EXTENSIONS[name]
+    return ROOT.joinpath(*name.split(".")).with_suffix(".py")
 
 
 def source_digest(path: Path) -> str:
@@ -82,8 +96,14 @@ def status() -> list[ModuleStatus]:
     except (OSError, ValueError):
         built = {}
     out = []
-    for name in MODULES:
-        module = importlib.import_module(name)
+    for name in (*MODULES, *C_EXTENSIONS):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            if name not in C_EXTENSIONS:
+                raise
+            out.append(ModuleStatus(name, False, True))  # not built: its Python reference runs
+            continue
         origin = getattr(module, "__file__", None) or ""
         compiled = origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
         source = source_path(name)

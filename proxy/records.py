@@ -4,6 +4,7 @@ proxy.machine; in-flight entries are proxy.inflight, names proxy.names)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +25,13 @@ class Classifier(Protocol):
 
 
 class RowPlan(Protocol):
+    # For runs of rows at once (proxy.protocol.rowrun; None: row by row): one byte per
+    # column, 1 where it is scanned / masked whatever it holds (by `rewrite_fns`).
+    scanned: bytes | None
+    rewrite: bytes | None
+    rewrite_fns: tuple[Callable[[bytes], bytes | None] | None, ...]
+
+    def triggered(self, data: bytes) -> bool: ...
     def mask_values(self, values: list[bytes | None]) -> tuple[list[bytes | None] | None, int]: ...
 
 

@@ -322,6 +322,8 @@ class _OwnRows:
     """The row plan of the gateway's own Execute: its rows go to the rehearsal, never to
     the client (proxy.answers checks `Entry.own` before masking)."""
 
+    scanned = rewrite = None
+
     def mask_values(self, values: list[bytes | None]) -> tuple[list[bytes | None] | None, int]:
         return None, 0  # pragma: no cover - never called: proxy.answers takes own rows first
 

@@ -67,13 +67,16 @@ class ResultCapture:
 class RecordingPlan:
     """A row plan that masks with `inner` (if any) and records the values sent on."""
 
-    __slots__ = ("_inner", "_capture", "_set", "_binary")
+    __slots__ = ("_inner", "_capture", "_set", "_binary", "scanned", "rewrite")
 
     def __init__(
         self, inner: Any, capture: ResultCapture, fields: list[m.FieldDescription], formats: tuple[int, ...]
     ) -> None:
         self._inner = inner
         self._capture = capture
+        # Every row is recorded: none goes by in a run (proxy.protocol.rowrun).
+        self.scanned: bytes | None = None
+        self.rewrite: bytes | None = None
         self._set = ResultSet([f.name for f in fields])
         capture.sets.append(self._set)
         # Per column: None for text, the type OID for binary (decoded as a placeholder).

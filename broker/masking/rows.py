@@ -155,7 +155,10 @@ def _scan_bytea_text(scanner: Scanner) -> ValueFn:
 class RowPlan:
     """Masks the values of one DataRow; built by `Masker.plan_rows`, stateless, shareable."""
 
-    __slots__ = ("columns", "_n", "_always", "_nulls", "_scan", "_scan_idx", "_scan_all", "_triggered")
+    __slots__ = (
+        "columns", "scanned", "rewrite", "rewrite_fns", "triggered",
+        "_n", "_always", "_nulls", "_scan", "_scan_idx", "_scan_all",
+    )
 
     def __init__(
         self,
@@ -172,7 +175,25 @@ class RowPlan:
         self._scan = tuple(scan)
         self._scan_idx = tuple(i for i, _ in scan)
         self._scan_all = len(scan) == len(columns)
-        self._triggered = scanner.triggered
+        #: The content gate: False only if no detector can match anywhere in its argument.
+        self.triggered = scanner.triggered
+        # For runs of rows at once (proxy.protocol.rowrun), when no NULL is filled in (derived
+        # columns take the per-row path): one byte per column, 1 where the column is scanned
+        # (`scanned`) or rewritten whatever it holds (`rewrite`, with `rewrite_fns` the
+        # treatment per column, None elsewhere). A run whose scanned values the gate stays
+        # shut on changes only in its `rewrite` columns.
+        self.scanned: bytes | None = None
+        self.rewrite: bytes | None = None
+        self.rewrite_fns: tuple[ValueFn | None, ...] = ()
+        if not nulls:
+            if scan:
+                self.scanned = bytes(1 if i in self._scan_idx else 0 for i in range(self._n))
+            if always:
+                fns: list[ValueFn | None] = [None] * self._n
+                for i, fn in always:
+                    fns[i] = fn
+                self.rewrite = bytes(0 if fn is None else 1 for fn in fns)
+                self.rewrite_fns = tuple(fns)
 
     def mask_values(self, values: list[bytes | None]) -> tuple[list[bytes | None] | None, int]:
         """(new values, number of values masked); (None, 0) when the row is unchanged."""
@@ -206,7 +227,7 @@ class RowPlan:
                     joined = _SEP.join([v for v in values if v is not None])
             else:
                 joined = _SEP.join([v for i in self._scan_idx if (v := values[i]) is not None])
-            if self._triggered(joined):
+            if self.triggered(joined):
                 for i, fn in self._scan:
                     v = values[i]
                     if v is None:

@@ -201,6 +201,8 @@ class NameMasker:
             return None
 
         class Plan:
+            scanned = rewrite = None
+
             def mask_values(self, values):
                 out = list(values)
                 for i in idx:

@@ -3,8 +3,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.masking import shapes
+from broker.masking.detectors import cards, email
 from broker.masking.shapes import Shape
 
 
@@ -77,3 +80,23 @@ def test_json_inner_string() -> None:
     assert shapes.json_inner_string(b'"jane@example.com"') == b"jane@example.com"
     assert shapes.json_inner_string(b'{"a": 1}') is None
     assert shapes.json_inner_string(b'"a\\"b"') is None
+
+
+_shaped = st.one_of(
+    st.binary(max_size=40),
+    st.from_regex(rb"\s*[a-z0-9._%+-]{1,12}@[a-z0-9-]{1,8}(\.[a-z]{2,5}){1,3}\s*", fullmatch=True),
+    st.from_regex(rb"\s*[0-9]([ -]?[0-9]){9,20}\s*", fullmatch=True),
+)
+
+
+@settings(max_examples=1000)
+@given(_shaped)
+def test_the_cheap_checks_before_the_regexes_change_no_answer(value: bytes) -> None:
+    # email.mask_whole skips FULL without an '@', cards.mask_whole below 12 bytes.
+    m = email.FULL.match(value)
+    assert email.mask_whole(value) == (email.shape(m.group(1), m.group(2)) if m else None)
+    if not cards.FULL.match(value):
+        assert cards.mask_whole(value, require_luhn=False) is None
+        assert cards.mask_whole(value, require_luhn=True) is None
+    else:
+        assert cards.mask_whole(value, require_luhn=False) == cards.shape(value.strip())

@@ -1,0 +1,154 @@
+"""Runs of DataRows handled at once: one content-gate call per run, one rewrite per run.
+
+Most results are long runs of DataRows under one plan (broker.masking.rows.RowPlan). Taking
+them one at a time costs, per row, a parse into a list of values, the gate's join, and for a
+masked row a rebuilt message: several Python objects per row that the masking itself does
+not need. `proxy.answers` takes the complete DataRows at hand in runs of up to `RUN_ROWS`:
+
+- `join_scanned`: the values of the scanned columns of a whole run, joined with NUL as
+  `RowPlan.mask_values` joins one row's, for a single call of the content gate
+  (`Scanner.triggered`). When it stays shut no scanned value of the run can change. That is
+  exact, not a heuristic: every condition the gate tests (a rare byte present; a run of token
+  or digit characters at least k long, after a per-byte `translate`) holds on a string
+  whenever it holds on a substring of it, each row's joined values are a substring of the
+  run's, and NUL belongs to no run and is no rare byte, so values of different rows or
+  columns never merge into a run that was not there. When it opens, the run's rows go
+  through the per-row path one by one.
+- `mask_run`: the run rewritten with the new values of the columns masked whatever they hold
+  (by name: `RowPlan.rewrite`), calling the column's treatment per value as the per-row path
+  does, and copying every other value as it came.
+
+Both are C (`_rowrun.c`) where the build compiled it. The functions below are the same in
+Python: the reference the C is tested against (tests/proxy/test_rowrun.py) and what a build
+without a compiler (`JITGATE_PURE_PYTHON=1`) runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+__all__ = ["NATIVE", "RUN_ROWS", "join_scanned", "join_scanned_py", "mask_run", "mask_run_py"]
+
+#: Rows per run: large enough that a call's fixed cost is spread thin, small enough that one
+#: row the gate opens on sends few others through the per-row path with it.
+RUN_ROWS = 64
+
+ValueFn = Callable[[bytes], "bytes | None"]
+_DATA_ROW = 0x44  # 'D'
+_NULL = 0xFFFFFFFF
+
+
+def _rows(
+    buf: bytes | bytearray, start: int, stop: int, ncols: int, max_length: int, max_rows: int
+) -> Iterator[tuple[int, int, list[tuple[int, int] | None]]]:
+    """(start, end, [(value offset, length) or None for NULL]) of each complete, well-formed
+    DataRow of `ncols` columns at buf[start:stop], up to `max_rows`; stops at anything else."""
+    if start < 0 or stop < start or stop > len(buf) or max_rows < 0:
+        raise ValueError("start/stop outside the buffer")
+    pos = start
+    rows = 0
+    while rows < max_rows:
+        if stop - pos < 7 or buf[pos] != _DATA_ROW:
+            return
+        length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+        if length < 6 or length > max_length or length > stop - pos - 1:
+            return
+        end = pos + 1 + length
+        if int.from_bytes(buf[pos + 5 : pos + 7], "big") != ncols:
+            return
+        p = pos + 7
+        values: list[tuple[int, int] | None] = []
+        for _ in range(ncols):
+            if end - p < 4:
+                return
+            raw = int.from_bytes(buf[p : p + 4], "big")
+            p += 4
+            if raw == _NULL:
+                values.append(None)
+                continue
+            if raw > 0x7FFFFFFF or raw > end - p:
+                return  # another negative length, or past the message
+            values.append((p, raw))
+            p += raw
+        if p != end:
+            return  # bytes after the last value
+        yield pos, end, values
+        pos = end
+        rows += 1
+
+
+def join_scanned_py(
+    buf: bytes | bytearray, start: int, stop: int, scanned: bytes, max_length: int, max_rows: int
+) -> tuple[bytes, int, int]:
+    """(the values of the `scanned` columns of the run at buf[start:stop], each followed by
+    NUL; the offset past the last row taken; how many rows)."""
+    parts: list[bytes] = []
+    end = start
+    rows = 0
+    for _, row_end, values in _rows(buf, start, stop, len(scanned), max_length, max_rows):
+        for flag, value in zip(scanned, values, strict=True):
+            if flag and value is not None:
+                parts += (bytes(buf[value[0] : value[0] + value[1]]), b"\x00")
+        end = row_end
+        rows += 1
+    return b"".join(parts), end, rows
+
+
+def mask_run_py(
+    buf: bytes | bytearray,
+    start: int,
+    stop: int,
+    rewrite: bytes,
+    fns: Sequence[ValueFn | None],
+    max_length: int,
+    max_rows: int,
+) -> tuple[bytes, int, int, int]:
+    """(the rows of the run at buf[start:stop] with the `rewrite` columns' values passed
+    through their `fns`; the offset past the last row taken; how many rows; how many values
+    changed, counted as the per-row path counts them: returned as another object)."""
+    if len(fns) != len(rewrite):
+        raise ValueError("mask_run: one function per column")
+    out: list[bytes] = []
+    end = start
+    rows = changed = 0
+    for row_start, row_end, values in _rows(buf, start, stop, len(rewrite), max_length, max_rows):
+        parts = [bytes(buf[row_start + 5 : row_start + 7])]
+        for flag, fn, value in zip(rewrite, fns, values, strict=True):
+            if value is None:
+                parts.append(b"\xff\xff\xff\xff")
+                continue
+            v = bytes(buf[value[0] : value[0] + value[1]])
+            if flag:
+                assert fn is not None
+                new = fn(v)
+                if new is not v:
+                    changed += 1
+                    if new is None:
+                        parts.append(b"\xff\xff\xff\xff")
+                        continue
+                    if not isinstance(new, bytes):
+                        raise TypeError(f"mask_run: a column function returned {type(new).__name__}, not bytes or None")
+                    v = new
+            parts += (len(v).to_bytes(4, "big"), v)
+        body = b"".join(parts)
+        out += (b"D", (len(body) + 4).to_bytes(4, "big"), body)
+        end = row_end
+        rows += 1
+    return b"".join(out), end, rows, changed
+
+
+JoinScanned = Callable[[bytes | bytearray, int, int, bytes, int, int], tuple[bytes, int, int]]
+MaskRun = Callable[
+    [bytes | bytearray, int, int, bytes, tuple[ValueFn | None, ...], int, int], tuple[bytes, int, int, int]
+]
+
+
+def _load() -> tuple[JoinScanned, MaskRun, bool]:
+    try:
+        from proxy.protocol import _rowrun
+    except ImportError:  # a build without a compiler: proxy.native reports it at start
+        return join_scanned_py, mask_run_py, False
+    return _rowrun.join_scanned, _rowrun.mask_run, True
+
+
+join_scanned, mask_run, NATIVE = _load()
