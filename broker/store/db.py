@@ -13,6 +13,8 @@ instead of waits). PostgreSQL goes through asyncpg with pre-ping on pooled conne
 
 from __future__ import annotations
 
+import sqlite3
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -57,11 +59,50 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     raise StoreError(f"unsupported store backend {backend!r}: use SQLite or PostgreSQL")
 
 
+class SQLiteConnection(sqlite3.Connection):
+    """A sqlite3 connection whose `close()` releases the database, whatever cursors are left.
+
+    sqlite3 (Python 3.11+) closes with `sqlite3_close_v2`: while a cursor's statement is still
+    running (a SELECT whose rows were not all read) the connection stays open, a "zombie"
+    holding its transaction and its locks, until that cursor is garbage-collected. A store call
+    cancelled mid-statement (a client leaving while its parked statement's request is read)
+    ends just so: SQLAlchemy invalidates the connection without closing the cursor, which a
+    traceback keeps in a reference cycle, and the write lock of its `BEGIN IMMEDIATE` stayed
+    held until the cycle collector ran; every other writer, in this process or the recorder's,
+    failed with "database is locked" meanwhile. Closing the cursors first ends the statements,
+    so closing rolls back and unlocks at once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        cursor = super().cursor(*args, **kwargs)
+        self._cursors.add(cursor)
+        return cursor
+
+    # The built-in shortcuts make their cursor without calling `cursor()`.
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        return self.cursor().executemany(sql, parameters)
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:
+        return self.cursor().executescript(script)
+
+    def close(self) -> None:
+        for cursor in list(self._cursors):
+            cursor.close()
+        super().close()
+
+
 def _sqlite_engine(url: str, *, echo: bool) -> AsyncEngine:
     parsed = make_url(url)
     database = parsed.database or ""
     in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
-    kwargs: dict[str, Any] = {"echo": echo}
+    kwargs: dict[str, Any] = {"echo": echo, "connect_args": {"factory": SQLiteConnection}}
     if in_memory:
         # Every new connection to :memory: is a new, empty database: keep exactly one.
         kwargs["poolclass"] = pool.StaticPool

@@ -1,0 +1,104 @@
+"""A SQLite store call cancelled in the middle of a statement must not leave the database locked.
+
+A client that leaves while its statement is parked cancels the proxy's task mid store call
+(reading the approval request in `ApprovalService.wait`). SQLAlchemy then invalidates the
+connection and closes it without closing the cursor whose SELECT had started. On Python 3.11+
+sqlite3 closing a connection with such a cursor leaves it open (a "zombie"), with its
+transaction and the write lock `BEGIN IMMEDIATE` took, until that cursor is garbage-collected,
+and it sits in a reference cycle: every other writer (the session end, the approval's
+cancellation, the recorder's writer process) failed with "database is locked" after the busy
+timeout. The garbage collector is held off here so that the test does not depend on when it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from broker.approvals.model import Approval, Status
+from broker.store import Store
+from broker.store.db import SQLiteConnection
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def write_lock_free(path: Path) -> bool:
+    """Whether another connection can take the write lock now (no waiting)."""
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("COMMIT")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
+def test_closing_a_connection_with_an_unfinished_cursor_releases_the_lock(tmp_path: Path, no_gc: None) -> None:
+    path = tmp_path / "j.db"
+    conn = sqlite3.connect(path, isolation_level=None, factory=SQLiteConnection)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+    conn.execute("BEGIN IMMEDIATE")
+    unfinished = conn.execute("SELECT x FROM t")  # one row read, the statement still running
+    assert not write_lock_free(path)
+    conn.close()
+    assert write_lock_free(path)
+    del unfinished
+
+
+def approval(approval_id: str) -> Approval:
+    now = datetime.now(UTC)
+    return Approval(
+        id=approval_id, kind="statement", status=Status.PENDING, requester="agent:a", requester_groups=("g",),
+        resource="demo", created_at=now, expires_at=now + timedelta(minutes=5), approver_groups=("dba",),
+        session_id="s1", sql="delete from t",
+    )
+
+
+async def test_a_store_call_cancelled_mid_statement_leaves_the_database_unlocked(tmp_path: Path, no_gc: None) -> None:
+    path = tmp_path / "j.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        await store.approvals.create_approval(approval("a1"))
+
+        cancel_at_select: list[bool] = [True]
+
+        @event.listens_for(store.engine.sync_engine, "before_cursor_execute")
+        def cancel(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            # The SELECT is queued on the connection's thread and runs; its caller is
+            # cancelled while waiting for it, as when the client goes away.
+            if cancel_at_select and statement.lstrip().upper().startswith("SELECT"):
+                cancel_at_select.clear()
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+
+        reading = asyncio.ensure_future(store.approvals.get_approval("a1"))
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        assert not cancel_at_select  # it was cancelled at the SELECT, inside its BEGIN IMMEDIATE
+        assert write_lock_free(path)  # another writer (the recorder's process, say) gets in
+        read = await store.approvals.get_approval("a1")  # and the store goes on
+        assert read is not None and read.status is Status.PENDING
+    finally:
+        await store.close()
