@@ -26,7 +26,8 @@ from proxy.names import DEAD, LIVE, UNCERTAIN, Portal
 from proxy.protocol import codes as c
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation
-from proxy.protocol.rowrun import RUN_ROWS, join_scanned, mask_run
+from proxy.protocol.rowrun import COPY_DATA as BINARY_COPY_DATA
+from proxy.protocol.rowrun import DATA_ROW, RUN_ROWS, join_scanned, mask_run
 from proxy.records import MaskerLike, StatementEvent, column_info
 from proxy.results import RecordingPlan, ResultCapture, ResultLimits
 from proxy.server_messages import ServerMessages
@@ -35,6 +36,7 @@ from proxy.session_state import SessionState
 _U32 = struct.Struct("!I")
 _TRANSITIONS = k.TRANSITIONS
 _ROWS = k.ROWS
+_COPY_OUT = k.COPY_OUT
 _DONE = k.DONE
 
 
@@ -117,34 +119,17 @@ class Answers:
                     assert head is not None
                     plan = head.plan
                     if plan is not None and pos >= gated and head.own is None and egress is None:
-                        # Runs of rows at once where the plan allows (proxy.protocol.rowrun).
-                        scanned = plan.scanned
-                        rewrite = plan.rewrite
-                        taken = 0
-                        if scanned is not None:
-                            joined, stop, taken = join_scanned(buf, pos, n, scanned, self._max, RUN_ROWS)
-                            if taken and plan.triggered(joined):
-                                gated = stop  # the gate opened: these rows go one by one
-                                taken = 0
-                            elif taken and rewrite is None:
-                                head.rows += taken
-                                pos = stop
-                                continue
-                        if rewrite is not None and (taken or scanned is None):
-                            try:
-                                rewritten, stop, taken, changed = mask_run(
-                                    buf, pos, n, rewrite, plan.rewrite_fns, self._max, taken or RUN_ROWS
-                                )
-                            except MaskingError as exc:
-                                raise ResultRefused(f"a result row cannot be masked safely: {exc}") from None
-                            if taken:
+                        stop, rows, opened = self._run(buf, pos, n, plan, head, DATA_ROW)
+                        if opened:
+                            gated = stop  # the gate opened on these rows: one by one
+                        elif stop > pos:
+                            if rows is not None:
                                 if run < pos:
                                     out.append(bytes(buf[run:pos]))
-                                out.append(rewritten)
-                                pos = run = stop
-                                head.rows += taken
-                                head.masked += changed
-                                continue
+                                out.append(rows)
+                                run = stop
+                            pos = stop
+                            continue
                     if egress is not None and head.own is None and egress.drop(head, length + 1):
                         if run < pos:
                             out.append(bytes(buf[run:pos]))
@@ -170,6 +155,24 @@ class Answers:
                             head.masked += count
                     pos = end
                     continue
+                if (
+                    kind == c.BACKEND_COPY_DATA and pos >= gated and egress is None and head is not None
+                    and head.phase == _COPY_OUT and head.copy_plan is not None and head.probe is None
+                    and head.own is None and head.cut is None and not head.muted and not head.uses
+                ):
+                    plan = head.copy_plan.run_plan  # the rows' plan, once past a binary COPY's header
+                    if plan is not None:
+                        stop, rows, opened = self._run(buf, pos, n, plan, head, BINARY_COPY_DATA)
+                        if opened:
+                            gated = stop
+                        elif stop > pos:
+                            if rows is not None:
+                                if run < pos:
+                                    out.append(bytes(buf[run:pos]))
+                                out.append(rows)
+                                run = stop
+                            pos = stop
+                            continue
                 if kind in c.ASYNCHRONOUS:
                     replacement = self._server.asynchronous(kind, bytes(buf[pos + 5 : end]), head)
                 else:
@@ -196,6 +199,41 @@ class Answers:
             self._s.stats.bytes_to_client += pos
             del buf[:pos]
             self._sbuf = buf
+
+    def _run(
+        self, buf: bytearray, pos: int, n: int, plan: Any, head: Entry, kind: int
+    ) -> tuple[int, bytes | None, bool]:
+        """Takes the complete rows at `pos` as one run (proxy.protocol.rowrun): DataRows, or
+        the CopyData of a binary COPY, one tuple each (`kind`).
+
+        Returns (the offset past the rows taken, what to send instead of them or None to send
+        them as they came, whether the content gate opened on them: they then go one by one).
+        An offset of `pos` takes nothing: the message goes the per-row way.
+        """
+        scanned = plan.scanned
+        rewrite = plan.rewrite
+        taken = 0
+        if scanned is not None:
+            joined, stop, taken = join_scanned(buf, pos, n, scanned, self._max, RUN_ROWS, kind)
+            if not taken:
+                return pos, None, False
+            if plan.triggered(joined):
+                return stop, None, True
+            if rewrite is None:
+                head.rows += taken
+                return stop, None, False
+        if rewrite is None:
+            return pos, None, False
+        try:
+            rows, stop, taken, changed = mask_run(
+                buf, pos, n, rewrite, plan.rewrite_fns, self._max, taken or RUN_ROWS, kind
+            )
+        except MaskingError as exc:
+            what = "a result row" if kind == DATA_ROW else "COPY output"
+            raise ResultRefused(f"{what} cannot be masked safely: {exc}") from None
+        head.rows += taken
+        head.masked += changed
+        return stop, (rows if taken else None), False
 
     def _surprise(self, kind: int, head: Entry | None, buf: bytearray, pos: int, end: int) -> bytes:
         """A backend message the model did not expect: relay a FATAL (the server is going

@@ -8,13 +8,15 @@
    the same functions in Python, as their reference and the fallback of a build without a
    compiler; tests/proxy/test_rowrun.py holds the two to the same answer on any input.
 
-   join_scanned(buf, start, stop, scanned, max_length, max_rows) -> (joined, end, rows)
-   mask_run(buf, start, stop, rewrite, fns, max_length, max_rows) -> (out, end, rows, changed)
+   join_scanned(buf, start, stop, scanned, max_length, max_rows, kind) -> (joined, end, rows)
+   mask_run(buf, start, stop, rewrite, fns, max_length, max_rows, kind) -> (out, end, rows, changed)
 
-   Both walk the complete DataRow messages at buf[start:stop], one after another, up to
-   `max_rows`, and stop, taking nothing more, at the first message that is not a complete,
-   well-formed DataRow of exactly len(scanned) / len(rewrite) columns with a length of at most
-   `max_length`: that message is left to the per-row path, which raises the error PostgreSQL's
+   Both walk the complete messages of type `kind` at buf[start:stop], one after another, up to
+   `max_rows`: DataRows ('D'), or CopyData ('d') of a binary COPY, each holding one tuple,
+   which has the same layout (an int16 count, then per value an int32 length, -1 for NULL,
+   and the bytes). They stop, taking nothing more, at the first message that is not a
+   complete, well-formed one of exactly len(scanned) / len(rewrite) values with a length of at
+   most `max_length`: that message is left to the per-row path, which raises the error PostgreSQL's
    framing or the masker would. They never read outside buf[start:stop].
 
    join_scanned returns the values of the columns whose byte in `scanned` is non-zero, each
@@ -34,12 +36,12 @@ static inline uint32_t be32(const unsigned char *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
-/* The end of the well-formed DataRow at b[pos:stop] and the joined size of its scanned
+/* The end of the well-formed message of type `kind` at b[pos:stop] and the joined size of its scanned
    values, or -1 when there is none to take. */
 static Py_ssize_t row_end(const unsigned char *b, Py_ssize_t pos, Py_ssize_t stop,
                           const unsigned char *scanned, Py_ssize_t ncols, Py_ssize_t max_length,
-                          Py_ssize_t *size) {
-    if (stop - pos < 7 || b[pos] != 'D')
+                          unsigned char kind, Py_ssize_t *size) {
+    if (stop - pos < 7 || b[pos] != kind)
         return -1;
     uint32_t length = be32(b + pos + 1);
     /* 4 (the length itself) + 2 (the column count) at least. */
@@ -73,8 +75,9 @@ static Py_ssize_t row_end(const unsigned char *b, Py_ssize_t pos, Py_ssize_t sto
 static PyObject *join_scanned(PyObject *self, PyObject *args) {
     Py_buffer buf, cols;
     Py_ssize_t start, stop, max_length, max_rows;
+    unsigned char kind;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*nny*nn", &buf, &start, &stop, &cols, &max_length, &max_rows))
+    if (!PyArg_ParseTuple(args, "y*nny*nnb", &buf, &start, &stop, &cols, &max_length, &max_rows, &kind))
         return NULL;
     PyObject *result = NULL;
     if (start < 0 || stop < start || stop > buf.len || max_rows < 0) {
@@ -88,7 +91,7 @@ static PyObject *join_scanned(PyObject *self, PyObject *args) {
     /* First pass: how far the run goes and how large the joined values are. */
     Py_ssize_t pos = start, total = 0, rows = 0, size = 0;
     while (rows < max_rows) {
-        Py_ssize_t end = row_end(b, pos, stop, scanned, ncols, max_length, &size);
+        Py_ssize_t end = row_end(b, pos, stop, scanned, ncols, max_length, kind, &size);
         if (end < 0)
             break;
         total += size;
@@ -164,9 +167,10 @@ static PyObject *mask_run(PyObject *self, PyObject *args) {
     Py_buffer buf, acts;
     PyObject *fns;
     Py_ssize_t start, stop, max_length, max_rows;
+    unsigned char kind;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*nny*O!nn", &buf, &start, &stop, &acts, &PyTuple_Type, &fns, &max_length,
-                          &max_rows))
+    if (!PyArg_ParseTuple(args, "y*nny*O!nnb", &buf, &start, &stop, &acts, &PyTuple_Type, &fns, &max_length,
+                          &max_rows, &kind))
         return NULL;
     PyObject *result = NULL;
     out_t o = {NULL, 0, 0};
@@ -183,18 +187,25 @@ static PyObject *mask_run(PyObject *self, PyObject *args) {
     const unsigned char *rewrite = (const unsigned char *)acts.buf;
     Py_ssize_t pos = start, rows = 0, changed = 0, size = 0;
     while (rows < max_rows) {
-        Py_ssize_t end = row_end(b, pos, stop, rewrite, ncols, max_length, &size);
+        Py_ssize_t end = row_end(b, pos, stop, rewrite, ncols, max_length, kind, &size);
         if (end < 0)
             break;
         /* Room for the header; each value reserves its own below (a masked one may be longer). */
         if (out_reserve(&o, 7) < 0)
             goto done;
         Py_ssize_t head = o.len;
-        memcpy(o.data + o.len, b + pos, 7); /* 'D', the length (patched below), the count */
+        memcpy(o.data + o.len, b + pos, 7); /* the kind, the length (patched below), the count */
         o.len += 7;
         Py_ssize_t p = pos + 7;
         for (Py_ssize_t i = 0; i < ncols; i++) {
+            /* Checked again, not trusted from row_end: the functions called for the columns
+               before this one run Python, which could have written into `buf` (a resize is
+               refused while it is exported, a write in place is not). */
+            if (end - p < 4)
+                goto changed_under_us;
             uint32_t raw = be32(b + p);
+            if (raw != 0xFFFFFFFFu && (raw > 0x7FFFFFFFu || (Py_ssize_t)raw > end - p - 4))
+                goto changed_under_us;
             const unsigned char *value = b + p + 4;
             Py_ssize_t vlen = raw == 0xFFFFFFFFu ? 0 : (Py_ssize_t)raw;
             p += 4 + vlen;
@@ -250,6 +261,8 @@ static PyObject *mask_run(PyObject *self, PyObject *args) {
             o.len += 4 + rlen;
             Py_DECREF(r);
         }
+        if (p != end)
+            goto changed_under_us;
         Py_ssize_t length = o.len - head - 1;
         if (length > 0x7FFFFFFF) {
             PyErr_SetString(PyExc_OverflowError, "mask_run: a masked row is too long");
@@ -264,6 +277,9 @@ static PyObject *mask_run(PyObject *self, PyObject *args) {
         if (out != NULL)
             result = Py_BuildValue("(Nnnn)", out, pos, rows, changed);
     }
+    goto done;
+changed_under_us:
+    PyErr_SetString(PyExc_BufferError, "mask_run: the buffer changed while a row was masked");
 done:
     PyMem_Free(o.data);
     PyBuffer_Release(&buf);
@@ -273,9 +289,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"join_scanned", join_scanned, METH_VARARGS,
-     "join_scanned(buf, start, stop, scanned, max_length, max_rows) -> (joined, end, rows)"},
+     "join_scanned(buf, start, stop, scanned, max_length, max_rows, kind) -> (joined, end, rows)"},
     {"mask_run", mask_run, METH_VARARGS,
-     "mask_run(buf, start, stop, rewrite, fns, max_length, max_rows) -> (out, end, rows, changed)"},
+     "mask_run(buf, start, stop, rewrite, fns, max_length, max_rows, kind) -> (out, end, rows, changed)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,7 +2,7 @@
 from collections.abc import Callable
 
 def join_scanned(
-    buf: bytes | bytearray, start: int, stop: int, scanned: bytes, max_length: int, max_rows: int, /
+    buf: bytes | bytearray, start: int, stop: int, scanned: bytes, max_length: int, max_rows: int, kind: int, /
 ) -> tuple[bytes, int, int]: ...
 def mask_run(
     buf: bytes | bytearray,
@@ -12,5 +12,6 @@ def mask_run(
     fns: tuple[Callable[[bytes], bytes | None] | None, ...],
     max_length: int,
     max_rows: int,
+    kind: int,
     /,
 ) -> tuple[bytes, int, int, int]: ...

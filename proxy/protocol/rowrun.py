@@ -27,28 +27,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["NATIVE", "RUN_ROWS", "join_scanned", "join_scanned_py", "mask_run", "mask_run_py"]
+__all__ = ["COPY_DATA", "DATA_ROW", "NATIVE", "RUN_ROWS", "join_scanned", "join_scanned_py", "mask_run", "mask_run_py"]
 
 #: Rows per run: large enough that a call's fixed cost is spread thin, small enough that one
 #: row the gate opens on sends few others through the per-row path with it.
 RUN_ROWS = 64
 
 ValueFn = Callable[[bytes], "bytes | None"]
-_DATA_ROW = 0x44  # 'D'
+DATA_ROW = 0x44  # 'D'
+COPY_DATA = 0x64  # 'd': one binary COPY tuple per message
 _NULL = 0xFFFFFFFF
 
 
 def _rows(
-    buf: bytes | bytearray, start: int, stop: int, ncols: int, max_length: int, max_rows: int
+    buf: bytes | bytearray, start: int, stop: int, ncols: int, max_length: int, max_rows: int, kind: int
 ) -> Iterator[tuple[int, int, list[tuple[int, int] | None]]]:
     """(start, end, [(value offset, length) or None for NULL]) of each complete, well-formed
-    DataRow of `ncols` columns at buf[start:stop], up to `max_rows`; stops at anything else."""
+    message of type `kind` (a DataRow, or a binary COPY's CopyData holding one tuple) of
+    `ncols` values at buf[start:stop], up to `max_rows`; stops at anything else."""
     if start < 0 or stop < start or stop > len(buf) or max_rows < 0:
         raise ValueError("start/stop outside the buffer")
     pos = start
     rows = 0
     while rows < max_rows:
-        if stop - pos < 7 or buf[pos] != _DATA_ROW:
+        if stop - pos < 7 or buf[pos] != kind:
             return
         length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
         if length < 6 or length > max_length or length > stop - pos - 1:
@@ -78,14 +80,14 @@ def _rows(
 
 
 def join_scanned_py(
-    buf: bytes | bytearray, start: int, stop: int, scanned: bytes, max_length: int, max_rows: int
+    buf: bytes | bytearray, start: int, stop: int, scanned: bytes, max_length: int, max_rows: int, kind: int
 ) -> tuple[bytes, int, int]:
     """(the values of the `scanned` columns of the run at buf[start:stop], each followed by
     NUL; the offset past the last row taken; how many rows)."""
     parts: list[bytes] = []
     end = start
     rows = 0
-    for _, row_end, values in _rows(buf, start, stop, len(scanned), max_length, max_rows):
+    for _, row_end, values in _rows(buf, start, stop, len(scanned), max_length, max_rows, kind):
         for flag, value in zip(scanned, values, strict=True):
             if flag and value is not None:
                 parts += (bytes(buf[value[0] : value[0] + value[1]]), b"\x00")
@@ -102,6 +104,7 @@ def mask_run_py(
     fns: Sequence[ValueFn | None],
     max_length: int,
     max_rows: int,
+    kind: int,
 ) -> tuple[bytes, int, int, int]:
     """(the rows of the run at buf[start:stop] with the `rewrite` columns' values passed
     through their `fns`; the offset past the last row taken; how many rows; how many values
@@ -111,7 +114,7 @@ def mask_run_py(
     out: list[bytes] = []
     end = start
     rows = changed = 0
-    for row_start, row_end, values in _rows(buf, start, stop, len(rewrite), max_length, max_rows):
+    for row_start, row_end, values in _rows(buf, start, stop, len(rewrite), max_length, max_rows, kind):
         parts = [bytes(buf[row_start + 5 : row_start + 7])]
         for flag, fn, value in zip(rewrite, fns, values, strict=True):
             if value is None:
@@ -131,15 +134,15 @@ def mask_run_py(
                     v = new
             parts += (len(v).to_bytes(4, "big"), v)
         body = b"".join(parts)
-        out += (b"D", (len(body) + 4).to_bytes(4, "big"), body)
+        out += (bytes((kind,)), (len(body) + 4).to_bytes(4, "big"), body)
         end = row_end
         rows += 1
     return b"".join(out), end, rows, changed
 
 
-JoinScanned = Callable[[bytes | bytearray, int, int, bytes, int, int], tuple[bytes, int, int]]
+JoinScanned = Callable[[bytes | bytearray, int, int, bytes, int, int, int], tuple[bytes, int, int]]
 MaskRun = Callable[
-    [bytes | bytearray, int, int, bytes, tuple[ValueFn | None, ...], int, int], tuple[bytes, int, int, int]
+    [bytes | bytearray, int, int, bytes, tuple[ValueFn | None, ...], int, int, int], tuple[bytes, int, int, int]
 ]
 
 

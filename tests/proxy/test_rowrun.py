@@ -19,6 +19,7 @@ from proxy.records import StatementEvent
 from tests.proxy.test_machine import complete, machine, row_description, sent
 
 TEXT, INT4 = 25, 23
+D = rowrun.DATA_ROW
 Value = bytes | None
 
 
@@ -40,17 +41,17 @@ def test_joins_the_scanned_values_of_complete_rows_and_stops_at_anything_else(jo
     rows = data_row([b"1", b"alpha", None]) + data_row([b"2", None, b"x"]) + data_row([b"3", b"", b"y"])
     tail = complete("SELECT 3")
     buf = bytearray(rows + tail)
-    assert join(buf, 0, len(buf), b"\x00\x01\x01", 1 << 20, 64) == (b"alpha\x00x\x00\x00y\x00", len(rows), 3)
-    assert join(bytes(buf), 0, len(buf), b"\x00\x01\x01", 1 << 20, 2) == (
+    assert join(buf, 0, len(buf), b"\x00\x01\x01", 1 << 20, 64, D) == (b"alpha\x00x\x00\x00y\x00", len(rows), 3)
+    assert join(bytes(buf), 0, len(buf), b"\x00\x01\x01", 1 << 20, 2, D) == (
         b"alpha\x00x\x00", len(data_row([b"1", b"alpha", None]) + data_row([b"2", None, b"x"])), 2)
     # Incomplete: the last row is cut; it waits for the rest of it.
-    assert join(buf, 0, len(rows) - 1, b"\x01\x01\x01", 1 << 20, 64)[2] == 2
+    assert join(buf, 0, len(rows) - 1, b"\x01\x01\x01", 1 << 20, 64, D)[2] == 2
     # Another column count, a longer message than allowed, a start inside a message.
-    assert join(buf, 0, len(buf), b"\x01\x01", 1 << 20, 64) == (b"", 0, 0)
-    assert join(buf, 0, len(buf), b"\x01\x01\x01", 10, 64) == (b"", 0, 0)
-    assert join(buf, 1, len(buf), b"\x01\x01\x01", 1 << 20, 64) == (b"", 1, 0)
+    assert join(buf, 0, len(buf), b"\x01\x01", 1 << 20, 64, D) == (b"", 0, 0)
+    assert join(buf, 0, len(buf), b"\x01\x01\x01", 10, 64, D) == (b"", 0, 0)
+    assert join(buf, 1, len(buf), b"\x01\x01\x01", 1 << 20, 64, D) == (b"", 1, 0)
     with pytest.raises(ValueError):
-        join(buf, 0, len(buf) + 1, b"\x01", 1 << 20, 64)
+        join(buf, 0, len(buf) + 1, b"\x01", 1 << 20, 64, D)
 
 
 @pytest.mark.parametrize("join", [rowrun.join_scanned, rowrun.join_scanned_py], ids=["c", "python"])
@@ -67,21 +68,24 @@ def test_joins_the_scanned_values_of_complete_rows_and_stops_at_anything_else(jo
 def test_a_malformed_row_is_left_to_the_per_row_path(join, bad) -> None:
     good = data_row([b"ok"])
     buf = good + bad + good
-    assert join(buf, 0, len(buf), b"\x01", 1 << 20, 64) == (b"ok\x00", len(good), 1)
+    assert join(buf, 0, len(buf), b"\x01", 1 << 20, 64, D) == (b"ok\x00", len(good), 1)
 
 
 _values = st.lists(st.one_of(st.none(), st.binary(max_size=12)), min_size=0, max_size=4)
 
 
 @st.composite
-def wire(draw: st.DrawFn) -> tuple[bytes, int, int, bytes, int, int]:
+def wire(draw: st.DrawFn) -> tuple[bytes, int, int, bytes, int, int, int]:
+    """Messages of one kind (DataRows, or binary COPY CopyData: the same layout) and others."""
     ncols = draw(st.integers(0, 4))
+    msg = draw(st.sampled_from([rowrun.DATA_ROW, rowrun.COPY_DATA]))
     parts = []
     for _ in range(draw(st.integers(0, 6))):
         kind = draw(st.sampled_from(["row", "row", "row", "other", "junk"]))
         if kind == "row":
             n = draw(st.sampled_from([ncols, ncols, draw(st.integers(0, 5))]))
-            parts.append(data_row([draw(st.one_of(st.none(), st.binary(max_size=12))) for _ in range(n)]))
+            row = data_row([draw(st.one_of(st.none(), st.binary(max_size=12))) for _ in range(n)])
+            parts.append(bytes((msg,)) + row[1:])
         elif kind == "other":
             parts.append(complete("SELECT 1"))
         else:
@@ -93,16 +97,16 @@ def wire(draw: st.DrawFn) -> tuple[bytes, int, int, bytes, int, int]:
     start = draw(st.integers(0, len(buf)))
     stop = draw(st.integers(start, len(buf)))
     scanned = bytes(draw(st.lists(st.integers(0, 1), min_size=ncols, max_size=ncols)))
-    return buf, start, stop, scanned, draw(st.sampled_from([6, 20, 1 << 20])), draw(st.integers(0, 8))
+    return buf, start, stop, scanned, draw(st.sampled_from([6, 20, 1 << 20])), draw(st.integers(0, 8)), msg
 
 
 @settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(wire())
 def test_c_and_python_give_the_same_answer_on_any_bytes(case) -> None:
-    buf, start, stop, scanned, max_length, max_rows = case
-    expected = rowrun.join_scanned_py(buf, start, stop, scanned, max_length, max_rows)
-    assert rowrun.join_scanned(buf, start, stop, scanned, max_length, max_rows) == expected
-    assert rowrun.join_scanned(bytearray(buf), start, stop, scanned, max_length, max_rows) == expected
+    buf, start, stop, scanned, max_length, max_rows, kind = case
+    expected = rowrun.join_scanned_py(buf, start, stop, scanned, max_length, max_rows, kind)
+    assert rowrun.join_scanned(buf, start, stop, scanned, max_length, max_rows, kind) == expected
+    assert rowrun.join_scanned(bytearray(buf), start, stop, scanned, max_length, max_rows, kind) == expected
 
 
 def _fn(kind: str):
@@ -119,12 +123,12 @@ def _fn(kind: str):
 @settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(wire(), st.data())
 def test_mask_run_c_and_python_give_the_same_answer_on_any_bytes(case, data) -> None:
-    buf, start, stop, flags, max_length, max_rows = case
+    buf, start, stop, flags, max_length, max_rows, kind = case
     kinds = [data.draw(st.sampled_from(["same", "null", "stars", "longer", "empty", "copy"])) for _ in flags]
     fns = tuple(_fn(k) if f else None for k, f in zip(kinds, flags))
-    expected = rowrun.mask_run_py(buf, start, stop, flags, fns, max_length, max_rows)
-    assert rowrun.mask_run(buf, start, stop, flags, fns, max_length, max_rows) == expected
-    assert rowrun.mask_run(bytearray(buf), start, stop, flags, fns, max_length, max_rows) == expected
+    expected = rowrun.mask_run_py(buf, start, stop, flags, fns, max_length, max_rows, kind)
+    assert rowrun.mask_run(buf, start, stop, flags, fns, max_length, max_rows, kind) == expected
+    assert rowrun.mask_run(bytearray(buf), start, stop, flags, fns, max_length, max_rows, kind) == expected
     # The same rows as the per-row path: parse, replace, rebuild.
     out, end, rows, changed = expected
     rebuilt, count = [], 0
@@ -135,7 +139,7 @@ def test_mask_run_c_and_python_give_the_same_answer_on_any_bytes(case, data) -> 
                 new = fn(values[i])
                 count += new is not values[i]
                 values[i] = new
-        rebuilt.append(data_row(values))
+        rebuilt.append(bytes((kind,)) + data_row(values)[1:])
     assert (out, changed) == (b"".join(rebuilt), count)
 
 
@@ -147,11 +151,11 @@ def test_mask_run_passes_errors_on_and_refuses_what_is_not_a_value(mask_run) -> 
         raise RuntimeError("no")
 
     with pytest.raises(RuntimeError, match="no"):
-        mask_run(buf, 0, len(buf), b"\x00\x01", (None, refuse), 1 << 20, 64)
+        mask_run(buf, 0, len(buf), b"\x00\x01", (None, refuse), 1 << 20, 64, D)
     with pytest.raises(TypeError):
-        mask_run(buf, 0, len(buf), b"\x00\x01", (None, lambda v: "text"), 1 << 20, 64)
+        mask_run(buf, 0, len(buf), b"\x00\x01", (None, lambda v: "text"), 1 << 20, 64, D)
     with pytest.raises(ValueError):
-        mask_run(buf, 0, len(buf), b"\x00\x01", (None,), 1 << 20, 64)
+        mask_run(buf, 0, len(buf), b"\x00\x01", (None,), 1 << 20, 64, D)
 
 
 # Values that open the default detectors' gates, and values that do not.
@@ -171,7 +175,7 @@ def test_the_run_gate_opens_whenever_one_row_gate_would(rows, flags) -> None:
     assert plan is not None and plan.scanned == b"\x01\x01\x01"
     scanned = bytes(flags)
     buf = b"".join(data_row(r) for r in rows)
-    joined, end, taken = rowrun.join_scanned(buf, 0, len(buf), scanned, 1 << 20, 64)
+    joined, end, taken = rowrun.join_scanned(buf, 0, len(buf), scanned, 1 << 20, 64, D)
     assert (end, taken) == (len(buf), len(rows))
     for r in rows:
         one = b"\x00".join(v for v, f in zip(r, scanned) if f and v is not None)

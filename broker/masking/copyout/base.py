@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.masking.rows import RowPlan
 
 
 class CopyPlan(ABC):
@@ -13,6 +17,12 @@ class CopyPlan(ABC):
     its own); a payload holding several whole rows is handled too, but a row split across
     payloads raises MaskingRefused, as does anything that does not parse.
     """
+
+    @property
+    def run_plan(self) -> RowPlan | None:
+        """The row plan a run of CopyData messages, each one binary tuple, can be masked with
+        at once (proxy.protocol.rowrun), in the plan's current state; None: one by one."""
+        return None
 
     @abstractmethod
     def mask_copy_data(self, data: bytes) -> tuple[bytes, int]:

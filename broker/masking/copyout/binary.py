@@ -48,6 +48,11 @@ class BinaryCopyPlan(CopyPlan):
         self._n = len(plan.columns)
         self._state = self._HEADER
 
+    @property
+    def run_plan(self) -> RowPlan | None:
+        # Past the header and before the trailer a CopyData is a DataRow's body: one tuple.
+        return self._plan if self._state == self._TUPLES else None
+
     def _header(self, data: bytes) -> int:
         if len(data) < HEADER_LENGTH or not data.startswith(SIGNATURE):
             raise MaskingRefused("binary COPY data does not start with a complete header")
