@@ -27,7 +27,7 @@ from proxy.protocol import codes as c
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation
 from proxy.protocol.rowrun import COPY_DATA as BINARY_COPY_DATA
-from proxy.protocol.rowrun import DATA_ROW, RUN_ROWS, join_scanned, mask_run
+from proxy.protocol.rowrun import DATA_ROW, RUN_ROWS, join_scanned, join_text, mask_run, mask_text_run
 from proxy.records import MaskerLike, StatementEvent, column_info
 from proxy.results import RecordingPlan, ResultCapture, ResultLimits
 from proxy.server_messages import ServerMessages
@@ -119,7 +119,7 @@ class Answers:
                     assert head is not None
                     plan = head.plan
                     if plan is not None and pos >= gated and head.own is None and egress is None:
-                        stop, rows, opened = self._run(buf, pos, n, plan, head, DATA_ROW)
+                        stop, rows, opened = self._run(buf, pos, n, plan, head, DATA_ROW, None)
                         if opened:
                             gated = stop  # the gate opened on these rows: one by one
                         elif stop > pos:
@@ -160,9 +160,11 @@ class Answers:
                     and head.phase == _COPY_OUT and head.copy_plan is not None and head.probe is None
                     and head.own is None and head.cut is None and not head.muted and not head.uses
                 ):
-                    plan = head.copy_plan.run_plan  # the rows' plan, once past a binary COPY's header
+                    plan = head.copy_plan.run_plan  # the rows' plan, once past the COPY's header
                     if plan is not None:
-                        stop, rows, opened = self._run(buf, pos, n, plan, head, BINARY_COPY_DATA)
+                        stop, rows, opened = self._run(
+                            buf, pos, n, plan, head, BINARY_COPY_DATA, head.copy_plan.text_null
+                        )
                         if opened:
                             gated = stop
                         elif stop > pos:
@@ -201,10 +203,11 @@ class Answers:
             self._sbuf = buf
 
     def _run(
-        self, buf: bytearray, pos: int, n: int, plan: Any, head: Entry, kind: int
+        self, buf: bytearray, pos: int, n: int, plan: Any, head: Entry, kind: int, null: bytes | None
     ) -> tuple[int, bytes | None, bool]:
         """Takes the complete rows at `pos` as one run (proxy.protocol.rowrun): DataRows, or
-        the CopyData of a binary COPY, one tuple each (`kind`).
+        the CopyData of a COPY (`kind`), one binary tuple or (`null`: its NULL string) one
+        tab-delimited text line each.
 
         Returns (the offset past the rows taken, what to send instead of them or None to send
         them as they came, whether the content gate opened on them: they then go one by one).
@@ -214,7 +217,10 @@ class Answers:
         rewrite = plan.rewrite
         taken = 0
         if scanned is not None:
-            joined, stop, taken = join_scanned(buf, pos, n, scanned, self._max, RUN_ROWS, kind)
+            if null is None:
+                joined, stop, taken = join_scanned(buf, pos, n, scanned, self._max, RUN_ROWS, kind)
+            else:
+                joined, stop, taken = join_text(buf, pos, n, null, scanned, self._max, RUN_ROWS)
             if not taken:
                 return pos, None, False
             if plan.triggered(joined):
@@ -224,10 +230,13 @@ class Answers:
                 return stop, None, False
         if rewrite is None:
             return pos, None, False
+        fns = plan.rewrite_fns
+        most = taken or RUN_ROWS
         try:
-            rows, stop, taken, changed = mask_run(
-                buf, pos, n, rewrite, plan.rewrite_fns, self._max, taken or RUN_ROWS, kind
-            )
+            if null is None:
+                rows, stop, taken, changed = mask_run(buf, pos, n, rewrite, fns, self._max, most, kind)
+            else:
+                rows, stop, taken, changed = mask_text_run(buf, pos, n, null, rewrite, fns, self._max, most)
         except MaskingError as exc:
             what = "a result row" if kind == DATA_ROW else "COPY output"
             raise ResultRefused(f"{what} cannot be masked safely: {exc}") from None

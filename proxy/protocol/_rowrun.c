@@ -287,11 +287,339 @@ done:
     return result;
 }
 
+
+/* ---- COPY ... TO STDOUT, text format, tab-delimited: one line per CopyData ------------------
+
+   join_text(buf, start, stop, null, scanned, max_length, max_rows) -> (joined, end, rows)
+   mask_text_run(buf, start, stop, null, rewrite, fns, max_length, max_rows)
+       -> (out, end, rows, changed)
+
+   Walk CopyData messages ('d') whose payload is exactly one line (ending in the only '\n') of
+   len(scanned) / len(rewrite) fields separated by tabs, a field being either exactly the NULL
+   string `null` or text in which every backslash starts one of the escapes PostgreSQL's COPY
+   writes: \b \f \n \r \t \v \\. Anything else (another escape, such as octal or hex, a line
+   split across messages, another field count) stops the run and goes the per-row way.
+
+   Why only those escapes: the raw field then holds every byte of its value that a content
+   detector's gate looks at (letters, digits, '+/=.-_', spaces, rare bytes) verbatim and in
+   the same runs, since an escape only stands for a control character or a backslash; so
+   the gate run over raw fields opens whenever it would on the values. A backslash before any
+   other character would split a run the value has ("ab\cd" is "abcd").
+
+   join_text joins the raw scanned fields (NULLs left out), each followed by NUL.
+   mask_text_run rewrites the `rewrite` fields: the value (escapes decoded) goes to fns[i];
+   the same object back keeps the raw field, None writes the NULL string, bytes are written
+   escaped as PostgreSQL escapes them. */
+
+#define TEXT_MAX_FIELDS 1664 /* PostgreSQL's limit on a table's columns (MaxTupleAttributeNumber) */
+
+static inline int text_escape_letter(unsigned char c) {
+    return c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't' || c == 'v' || c == '\\';
+}
+
+/* The end of the well-formed text-COPY line message at b[pos:stop], with each field's span in
+   `spans` (start, end; start < 0 for NULL), or -1. */
+static Py_ssize_t text_row_end(const unsigned char *b, Py_ssize_t pos, Py_ssize_t stop, const unsigned char *null,
+                               Py_ssize_t null_len, Py_ssize_t ncols, Py_ssize_t max_length, Py_ssize_t *spans) {
+    if (stop - pos < 6 || b[pos] != 'd')
+        return -1;
+    uint32_t length = be32(b + pos + 1);
+    if (length < 5 || (Py_ssize_t)length > max_length || (Py_ssize_t)length > stop - pos - 1)
+        return -1;
+    Py_ssize_t end = pos + 1 + (Py_ssize_t)length;
+    Py_ssize_t line_end = end - 1;
+    if (b[line_end] != '\n')
+        return -1;
+    Py_ssize_t field = 0, field_start = pos + 5;
+    for (;;) {
+        if (field >= ncols)
+            return -1;
+        /* One field: up to the next tab or the end of the line. */
+        Py_ssize_t q = field_start;
+        int clean = 1;
+        while (q < line_end && b[q] != '\t') {
+            unsigned char c = b[q];
+            if (c == '\n')
+                return -1; /* a second line in the message */
+            if (c == '\\') {
+                if (q + 1 >= line_end || !text_escape_letter(b[q + 1]))
+                    clean = 0;
+                q += 2;
+                continue;
+            }
+            q++;
+        }
+        if (q > line_end)
+            return -1; /* a backslash ending the line */
+        Py_ssize_t flen = q - field_start;
+        if (flen == null_len && memcmp(b + field_start, null, (size_t)null_len) == 0) {
+            spans[2 * field] = -1;
+        } else {
+            if (!clean)
+                return -1;
+            spans[2 * field] = field_start;
+        }
+        spans[2 * field + 1] = q;
+        field++;
+        if (q == line_end)
+            break;
+        field_start = q + 1; /* past the tab */
+    }
+    return field == ncols ? end : -1;
+}
+
+static int text_args(Py_buffer *buf, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t ncols, Py_ssize_t max_rows) {
+    if (start < 0 || stop < start || stop > buf->len || max_rows < 0) {
+        PyErr_SetString(PyExc_ValueError, "start/stop outside the buffer");
+        return -1;
+    }
+    if (ncols < 1 || ncols > TEXT_MAX_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "a text COPY row has 1 to 1664 fields");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *join_text(PyObject *self, PyObject *args) {
+    Py_buffer buf, nul, cols;
+    Py_ssize_t start, stop, max_length, max_rows;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nny*y*nn", &buf, &start, &stop, &nul, &cols, &max_length, &max_rows))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t *spans = NULL;
+    Py_ssize_t ncols = cols.len;
+    if (text_args(&buf, start, stop, ncols, max_rows) < 0)
+        goto done;
+    spans = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)ncols);
+    if (spans == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const unsigned char *b = (const unsigned char *)buf.buf;
+    const unsigned char *scanned = (const unsigned char *)cols.buf;
+    out_t o = {NULL, 0, 0};
+    Py_ssize_t pos = start, rows = 0;
+    while (rows < max_rows) {
+        Py_ssize_t end = text_row_end(b, pos, stop, nul.buf, nul.len, ncols, max_length, spans);
+        if (end < 0)
+            break;
+        for (Py_ssize_t i = 0; i < ncols; i++) {
+            if (!scanned[i] || spans[2 * i] < 0)
+                continue;
+            Py_ssize_t len = spans[2 * i + 1] - spans[2 * i];
+            if (out_reserve(&o, len + 1) < 0) {
+                PyMem_Free(o.data);
+                goto done;
+            }
+            memcpy(o.data + o.len, b + spans[2 * i], (size_t)len);
+            o.len += len;
+            o.data[o.len++] = '\0';
+        }
+        pos = end;
+        rows++;
+    }
+    PyObject *joined = PyBytes_FromStringAndSize(o.data ? o.data : "", o.len);
+    PyMem_Free(o.data);
+    if (joined != NULL)
+        result = Py_BuildValue("(Nnn)", joined, pos, rows);
+done:
+    PyMem_Free(spans);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&nul);
+    PyBuffer_Release(&cols);
+    return result;
+}
+
+/* The escape PostgreSQL's COPY TO writes for `c` in a tab-delimited text field, or 0. */
+static inline char text_escape(unsigned char c) {
+    switch (c) {
+    case '\b': return 'b';
+    case '\f': return 'f';
+    case '\n': return 'n';
+    case '\r': return 'r';
+    case '\t': return 't';
+    case '\v': return 'v';
+    case '\\': return '\\';
+    default: return 0;
+    }
+}
+
+static inline unsigned char text_unescape(unsigned char letter) {
+    switch (letter) {
+    case 'b': return '\b';
+    case 'f': return '\f';
+    case 'n': return '\n';
+    case 'r': return '\r';
+    case 't': return '\t';
+    case 'v': return '\v';
+    default: return letter; /* '\\' */
+    }
+}
+
+static PyObject *mask_text_run(PyObject *self, PyObject *args) {
+    Py_buffer buf, nul, acts;
+    PyObject *fns;
+    Py_ssize_t start, stop, max_length, max_rows;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nny*y*O!nn", &buf, &start, &stop, &nul, &acts, &PyTuple_Type, &fns, &max_length,
+                          &max_rows))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t *spans = NULL;
+    out_t o = {NULL, 0, 0};
+    Py_ssize_t ncols = acts.len;
+    if (text_args(&buf, start, stop, ncols, max_rows) < 0)
+        goto done;
+    if (PyTuple_GET_SIZE(fns) != ncols) {
+        PyErr_SetString(PyExc_ValueError, "mask_text_run: one function per column");
+        goto done;
+    }
+    spans = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)ncols);
+    if (spans == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const unsigned char *b = (const unsigned char *)buf.buf;
+    const unsigned char *rewrite = (const unsigned char *)acts.buf;
+    Py_ssize_t pos = start, rows = 0, changed = 0;
+    while (rows < max_rows) {
+        Py_ssize_t end = text_row_end(b, pos, stop, nul.buf, nul.len, ncols, max_length, spans);
+        if (end < 0)
+            break;
+        /* Each field's value is taken from `row`, a copy made before any call into Python,
+           so nothing a masking function does to `buf` can change what is read. */
+        Py_ssize_t row_len = end - pos;
+        unsigned char *row = PyMem_Malloc((size_t)row_len);
+        if (row == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(row, b + pos, (size_t)row_len);
+        if (out_reserve(&o, 5) < 0) {
+            PyMem_Free(row);
+            goto done;
+        }
+        Py_ssize_t head = o.len;
+        o.data[o.len++] = 'd';
+        o.len += 4; /* the length, patched below */
+        for (Py_ssize_t i = 0; i < ncols; i++) {
+            Py_ssize_t fs = spans[2 * i], fe = spans[2 * i + 1];
+            int null_field = fs < 0;
+            if (null_field)
+                fs = fe - nul.len;
+            const unsigned char *raw = row + (fs - pos);
+            Py_ssize_t raw_len = fe - fs;
+            const unsigned char *keep = raw; /* what goes out: the raw field unless rewritten */
+            Py_ssize_t keep_len = raw_len;
+            PyObject *r = NULL;
+            if (rewrite[i] && !null_field) {
+                /* The value: escapes decoded (text_row_end let only \b \f \n \r \t \v \\ by). */
+                PyObject *v = PyBytes_FromStringAndSize(NULL, raw_len);
+                if (v == NULL) {
+                    PyMem_Free(row);
+                    goto done;
+                }
+                char *w = PyBytes_AS_STRING(v);
+                Py_ssize_t n = 0;
+                for (Py_ssize_t j = 0; j < raw_len; j++) {
+                    if (raw[j] == '\\') {
+                        w[n++] = (char)text_unescape(raw[++j]);
+                    } else {
+                        w[n++] = (char)raw[j];
+                    }
+                }
+                if (n != raw_len && _PyBytes_Resize(&v, n) < 0) {
+                    PyMem_Free(row);
+                    goto done;
+                }
+                r = PyObject_CallOneArg(PyTuple_GET_ITEM(fns, i), v);
+                if (r == NULL) {
+                    Py_DECREF(v);
+                    PyMem_Free(row);
+                    goto done;
+                }
+                if (r == v) {
+                    Py_CLEAR(r);
+                } else if (r == Py_None) {
+                    changed++;
+                    keep = nul.buf;
+                    keep_len = nul.len;
+                } else if (!PyBytes_Check(r)) {
+                    PyErr_Format(PyExc_TypeError,
+                                 "mask_text_run: a column function returned %.50s, not bytes or None",
+                                 Py_TYPE(r)->tp_name);
+                    Py_DECREF(r);
+                    Py_DECREF(v);
+                    PyMem_Free(row);
+                    goto done;
+                } else {
+                    changed++;
+                }
+                Py_DECREF(v);
+            }
+            Py_ssize_t need = (i ? 1 : 0) + (r != NULL && r != Py_None ? 2 * PyBytes_GET_SIZE(r) : keep_len);
+            if (out_reserve(&o, need) < 0) {
+                Py_XDECREF(r);
+                PyMem_Free(row);
+                goto done;
+            }
+            if (i)
+                o.data[o.len++] = '\t';
+            if (r != NULL && r != Py_None) {
+                const unsigned char *nv = (const unsigned char *)PyBytes_AS_STRING(r);
+                Py_ssize_t nlen = PyBytes_GET_SIZE(r);
+                for (Py_ssize_t j = 0; j < nlen; j++) {
+                    char e = text_escape(nv[j]);
+                    if (e) {
+                        o.data[o.len++] = '\\';
+                        o.data[o.len++] = e;
+                    } else {
+                        o.data[o.len++] = (char)nv[j];
+                    }
+                }
+            } else {
+                memcpy(o.data + o.len, keep, (size_t)keep_len);
+                o.len += keep_len;
+            }
+            Py_XDECREF(r);
+        }
+        PyMem_Free(row);
+        if (out_reserve(&o, 1) < 0)
+            goto done;
+        o.data[o.len++] = '\n';
+        Py_ssize_t length = o.len - head - 1;
+        if (length > 0x7FFFFFFF) {
+            PyErr_SetString(PyExc_OverflowError, "mask_text_run: a masked row is too long");
+            goto done;
+        }
+        put32(o.data + head + 1, (uint32_t)length);
+        pos = end;
+        rows++;
+    }
+    {
+        PyObject *out = PyBytes_FromStringAndSize(o.data ? o.data : "", o.len);
+        if (out != NULL)
+            result = Py_BuildValue("(Nnnn)", out, pos, rows, changed);
+    }
+done:
+    PyMem_Free(o.data);
+    PyMem_Free(spans);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&nul);
+    PyBuffer_Release(&acts);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"join_scanned", join_scanned, METH_VARARGS,
      "join_scanned(buf, start, stop, scanned, max_length, max_rows, kind) -> (joined, end, rows)"},
     {"mask_run", mask_run, METH_VARARGS,
      "mask_run(buf, start, stop, rewrite, fns, max_length, max_rows, kind) -> (out, end, rows, changed)"},
+    {"join_text", join_text, METH_VARARGS,
+     "join_text(buf, start, stop, null, scanned, max_length, max_rows) -> (joined, end, rows)"},
+    {"mask_text_run", mask_text_run, METH_VARARGS,
+     "mask_text_run(buf, start, stop, null, rewrite, fns, max_length, max_rows) -> (out, end, rows, changed)"},
     {NULL, NULL, 0, NULL},
 };
 

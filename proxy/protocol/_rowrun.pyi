@@ -15,3 +15,17 @@ def mask_run(
     kind: int,
     /,
 ) -> tuple[bytes, int, int, int]: ...
+def join_text(
+    buf: bytes | bytearray, start: int, stop: int, null: bytes, scanned: bytes, max_length: int, max_rows: int, /
+) -> tuple[bytes, int, int]: ...
+def mask_text_run(
+    buf: bytes | bytearray,
+    start: int,
+    stop: int,
+    null: bytes,
+    rewrite: bytes,
+    fns: tuple[Callable[[bytes], bytes | None] | None, ...],
+    max_length: int,
+    max_rows: int,
+    /,
+) -> tuple[bytes, int, int, int]: ...

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-__all__ = ["COPY_DATA", "DATA_ROW", "NATIVE", "RUN_ROWS", "join_scanned", "join_scanned_py", "mask_run", "mask_run_py"]
+__all__ = [
+    "COPY_DATA", "DATA_ROW", "NATIVE", "RUN_ROWS", "join_scanned", "join_scanned_py", "join_text", "join_text_py",
+    "mask_run", "mask_run_py", "mask_text_run", "mask_text_run_py",
+]
 
 #: Rows per run: large enough that a call's fixed cost is spread thin, small enough that one
 #: row the gate opens on sends few others through the per-row path with it.
@@ -140,18 +143,172 @@ def mask_run_py(
     return b"".join(out), end, rows, changed
 
 
+# -- COPY TO STDOUT, text format, tab-delimited -------------------------------------------
+
+_TEXT_ESCAPES = {ord("b"): 0x08, ord("f"): 0x0C, ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09, ord("v"): 0x0B,
+                 0x5C: 0x5C}  # fmt: skip
+_TEXT_ESCAPED = {v: bytes((0x5C, k)) for k, v in _TEXT_ESCAPES.items()}
+TEXT_MAX_FIELDS = 1664
+
+
+def _text_rows(
+    buf: bytes | bytearray, start: int, stop: int, null: bytes, ncols: int, max_length: int, max_rows: int
+) -> Iterator[tuple[int, int, list[tuple[int, int] | None]]]:
+    """(start, end, [(field start, end) or None for NULL]) of each CopyData at buf[start:stop]
+    that is one tab-delimited text line of `ncols` fields, every field the NULL string or
+    text whose backslashes start \\b \\f \\n \\r \\t \\v or \\\\ (see _rowrun.c for why); stops at
+    anything else."""
+    if start < 0 or stop < start or stop > len(buf) or max_rows < 0:
+        raise ValueError("start/stop outside the buffer")
+    if not 1 <= ncols <= TEXT_MAX_FIELDS:
+        raise ValueError("a text COPY row has 1 to 1664 fields")
+    pos = start
+    rows = 0
+    while rows < max_rows:
+        if stop - pos < 6 or buf[pos] != COPY_DATA:
+            return
+        length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+        if length < 5 or length > max_length or length > stop - pos - 1:
+            return
+        end = pos + 1 + length
+        line_end = end - 1
+        if buf[line_end] != 0x0A:
+            return
+        fields: list[tuple[int, int] | None] = []
+        field_start = pos + 5
+        while True:
+            if len(fields) >= ncols:
+                return
+            q = field_start
+            clean = True
+            while q < line_end and buf[q] != 0x09:
+                c = buf[q]
+                if c == 0x0A:
+                    return
+                if c == 0x5C:
+                    if q + 1 >= line_end or buf[q + 1] not in _TEXT_ESCAPES:
+                        clean = False
+                    q += 2
+                    continue
+                q += 1
+            if q > line_end:
+                return
+            if buf[field_start:q] == null:
+                fields.append(None)
+            elif not clean:
+                return
+            else:
+                fields.append((field_start, q))
+            if q == line_end:
+                break
+            field_start = q + 1
+        if len(fields) != ncols:
+            return
+        yield pos, end, fields
+        pos = end
+        rows += 1
+
+
+def join_text_py(
+    buf: bytes | bytearray, start: int, stop: int, null: bytes, scanned: bytes, max_length: int, max_rows: int
+) -> tuple[bytes, int, int]:
+    """`join_scanned` for tab-delimited text COPY lines: the raw scanned fields (escapes
+    left as they are: sound for the gate, see _text_rows), NULLs left out."""
+    parts: list[bytes] = []
+    end = start
+    rows = 0
+    for _, row_end, fields in _text_rows(buf, start, stop, null, len(scanned), max_length, max_rows):
+        for flag, span in zip(scanned, fields, strict=True):
+            if flag and span is not None:
+                parts += (bytes(buf[span[0] : span[1]]), b"\x00")
+        end = row_end
+        rows += 1
+    return b"".join(parts), end, rows
+
+
+def mask_text_run_py(
+    buf: bytes | bytearray,
+    start: int,
+    stop: int,
+    null: bytes,
+    rewrite: bytes,
+    fns: Sequence[ValueFn | None],
+    max_length: int,
+    max_rows: int,
+) -> tuple[bytes, int, int, int]:
+    """`mask_run` for tab-delimited text COPY lines: a rewritten field's value (escapes
+    decoded) goes to its function; the same object keeps the raw field, None writes the NULL
+    string, bytes are written escaped as PostgreSQL escapes them."""
+    if len(fns) != len(rewrite):
+        raise ValueError("mask_text_run: one function per column")
+    out: list[bytes] = []
+    end = start
+    rows = changed = 0
+    for row_start, row_end, fields in _text_rows(buf, start, stop, null, len(rewrite), max_length, max_rows):
+        row = bytes(buf[row_start:row_end])  # read once, before any call into Python
+        parts: list[bytes] = []
+        for flag, fn, span in zip(rewrite, fns, fields, strict=True):
+            if span is None:
+                parts.append(null)
+                continue
+            raw = row[span[0] - row_start : span[1] - row_start]
+            if not flag:
+                parts.append(raw)
+                continue
+            assert fn is not None
+            value = _unescape_text(raw)
+            new = fn(value)
+            if new is value:
+                parts.append(raw)
+                continue
+            changed += 1
+            if new is None:
+                parts.append(null)
+            elif isinstance(new, bytes):
+                parts.append(b"".join(_TEXT_ESCAPED.get(c, bytes((c,))) for c in new))
+            else:
+                raise TypeError(f"mask_text_run: a column function returned {type(new).__name__}, not bytes or None")
+        line = b"\t".join(parts) + b"\n"
+        out += (b"d", (len(line) + 4).to_bytes(4, "big"), line)
+        end = row_end
+        rows += 1
+    return b"".join(out), end, rows, changed
+
+
+def _unescape_text(raw: bytes) -> bytes:
+    if 0x5C not in raw:
+        return raw
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == 0x5C:
+            i += 1
+            out.append(_TEXT_ESCAPES[raw[i]])
+        else:
+            out.append(c)
+        i += 1
+    return bytes(out)
+
+
 JoinScanned = Callable[[bytes | bytearray, int, int, bytes, int, int, int], tuple[bytes, int, int]]
 MaskRun = Callable[
     [bytes | bytearray, int, int, bytes, tuple[ValueFn | None, ...], int, int, int], tuple[bytes, int, int, int]
 ]
 
 
-def _load() -> tuple[JoinScanned, MaskRun, bool]:
+JoinText = Callable[[bytes | bytearray, int, int, bytes, bytes, int, int], tuple[bytes, int, int]]
+MaskTextRun = Callable[
+    [bytes | bytearray, int, int, bytes, bytes, tuple[ValueFn | None, ...], int, int], tuple[bytes, int, int, int]
+]
+
+
+def _load() -> tuple[JoinScanned, MaskRun, JoinText, MaskTextRun, bool]:
     try:
         from proxy.protocol import _rowrun
     except ImportError:  # a build without a compiler: proxy.native reports it at start
-        return join_scanned_py, mask_run_py, False
-    return _rowrun.join_scanned, _rowrun.mask_run, True
+        return join_scanned_py, mask_run_py, join_text_py, mask_text_run_py, False
+    return _rowrun.join_scanned, _rowrun.mask_run, _rowrun.join_text, _rowrun.mask_text_run, True
 
 
-join_scanned, mask_run, NATIVE = _load()
+join_scanned, mask_run, join_text, mask_text_run, NATIVE = _load()

@@ -342,13 +342,17 @@ def _check_run_rows(rows: list[list[bytes | None]]) -> None:
             assert note == f"plain {i}".encode()
 
 
-@pytest.mark.parametrize("how", ["select-text", "select-binary", "copy-binary"])
+@pytest.mark.parametrize("how", ["select-text", "select-binary", "copy-binary", "copy-text"])
 def test_long_results_are_masked_row_by_row_as_they_stream(gateway, how):
     with psycopg.connect(gateway.dsn()) as conn:
-        if how == "copy-binary":
-            with conn.cursor() as cur, cur.copy(f"copy ({_RUN_ROWS_SQL}) to stdout (format binary)") as copy:
+        if how.startswith("copy"):
+            fmt = "binary" if how == "copy-binary" else "text"
+            with conn.cursor() as cur, cur.copy(f"copy ({_RUN_ROWS_SQL}) to stdout (format {fmt})") as copy:
                 data = b"".join(bytes(chunk) for chunk in copy)
-            rows = _binary_copy_tuples(data)
+            if how == "copy-binary":
+                rows = _binary_copy_tuples(data)
+            else:  # no value here holds a tab, a newline or a backslash
+                rows = [line.split(b"\t") for line in data.splitlines()]
         else:
             res = conn.pgconn.exec_params(_RUN_ROWS_SQL.encode(), [], result_format=int(how == "select-binary"))
             assert res.status == psycopg.pq.ExecStatus.TUPLES_OK, res.get_error_message()

@@ -247,3 +247,89 @@ def test_a_session_masks_what_the_per_row_path_masks_and_counts_every_row(chunk,
         assert out[1][3] == b"********"
     [event] = events
     assert event.rows == 300 and event.masked == count > 0
+
+
+# -- text COPY lines ---------------------------------------------------------------------------
+
+_TEXT_ALPHABET = [b"a", b"Z", b"7", b"@", b" ", b"-", b"\t", b"\\", b"\n", b"\\t", b"\\n", b"\\\\", b"\\N", b"\\101",
+                  b"\\x41", b"\\q", b"\xc3\xa9", b"=", b":", b"4242 4242 4242 4242", b"ann@example.com"]
+
+
+def copy_line(line: bytes) -> bytes:
+    return b"d" + (len(line) + 4).to_bytes(4, "big") + line
+
+
+@st.composite
+def text_wire(draw: st.DrawFn) -> tuple[bytes, int, int, bytes, bytes, int, int]:
+    ncols = draw(st.integers(1, 4))
+    null = draw(st.sampled_from([b"\\N", b"", b"NULL"]))
+    parts = []
+    for _ in range(draw(st.integers(0, 6))):
+        what = draw(st.sampled_from(["line", "line", "line", "other", "junk"]))
+        if what == "line":
+            n = draw(st.sampled_from([ncols, ncols, draw(st.integers(1, 5))]))
+            fields = [null if draw(st.integers(0, 5)) == 0 else
+                      b"".join(draw(st.lists(st.sampled_from(_TEXT_ALPHABET), max_size=4))) for _ in range(n)]
+            parts.append(copy_line(b"\t".join(fields) + draw(st.sampled_from([b"\n", b"\n", b"", b"\n\n"]))))
+        elif what == "other":
+            parts.append(m.frame(b"c", b""))
+        else:
+            parts.append(draw(st.binary(max_size=12)))
+    buf = b"".join(parts)
+    if buf and draw(st.booleans()):
+        i = draw(st.integers(0, len(buf) - 1))
+        buf = buf[:i] + bytes([draw(st.integers(0, 255))]) + buf[i + 1:]
+    start = draw(st.integers(0, len(buf)))
+    stop = draw(st.integers(start, len(buf)))
+    flags = bytes(draw(st.lists(st.integers(0, 1), min_size=ncols, max_size=ncols)))
+    return buf, start, stop, null, flags, draw(st.sampled_from([5, 30, 1 << 20])), draw(st.integers(0, 8))
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(text_wire(), st.data())
+def test_text_copy_runs_c_and_python_give_the_same_answer_on_any_bytes(case, data) -> None:
+    buf, start, stop, null, flags, max_length, max_rows = case
+    expected = rowrun.join_text_py(buf, start, stop, null, flags, max_length, max_rows)
+    assert rowrun.join_text(buf, start, stop, null, flags, max_length, max_rows) == expected
+    assert rowrun.join_text(bytearray(buf), start, stop, null, flags, max_length, max_rows) == expected
+    kinds = [data.draw(st.sampled_from(["same", "null", "stars", "longer", "empty", "copy"])) for _ in flags]
+    fns = tuple(_fn(k) if f else None for k, f in zip(kinds, flags))
+    expected = rowrun.mask_text_run_py(buf, start, stop, null, flags, fns, max_length, max_rows)
+    assert rowrun.mask_text_run(buf, start, stop, null, flags, fns, max_length, max_rows) == expected
+
+
+_controls = st.lists(st.sampled_from([b"a", b"\t", b"\n", b"\\", b"\r", b"\x08", b"1", b" ", b"-"]), max_size=6)
+_quiet = st.one_of(st.none(), _controls.map(b"".join))  # never opens the gate: runs of 6 at most
+_text_value = st.one_of(_quiet, _secretish, _plain, _controls.map(lambda parts: b"@".join(parts)))
+
+
+_any_row = st.lists(_text_value, min_size=4, max_size=4)
+_quiet_row = st.tuples(_quiet, _text_value, _quiet, _text_value).map(list)  # id and note scanned
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.lists(_any_row, min_size=1, max_size=70), st.lists(_quiet_row, min_size=1, max_size=70)))
+def test_text_copy_runs_mask_what_the_per_line_plan_masks(rows) -> None:
+    from broker.masking.copyout.text import TextCodec, TextCopyPlan
+
+    columns = [ColumnInfo(name, TEXT, 0) for name in ("id", "email", "note", "api_key")]
+    plan = Masker().plan_rows(columns)
+    assert plan is not None and plan.scanned == b"\x01\x00\x01\x00" and plan.rewrite == b"\x00\x01\x00\x01"
+    codec = TextCodec(b"\t")
+    lines = [b"\t".join(b"\\N" if v is None else codec.escape(v) for v in r) + b"\n" for r in rows]
+    buf = b"".join(copy_line(line) for line in lines)
+    joined, end, taken = rowrun.join_text(buf, 0, len(buf), b"\\N", plan.scanned, 1 << 20, 1 << 10)
+    assert (end, taken) == (len(buf), len(rows))  # PostgreSQL's escapes only: every line is taken
+    per_line = TextCopyPlan(plan, delimiter=b"\t", null=b"\\N", header=False)
+    expected = [per_line.mask_copy_data(line) for line in lines]
+    for r in rows:  # the gate over raw fields opens whenever one over a row's values would
+        values = [v for v, f in zip(r, plan.scanned) if f and v is not None]
+        if plan.triggered(b"\x00".join(values)):
+            assert plan.triggered(joined)
+    if plan.triggered(joined):
+        return  # the rows go one by one: the per-line plan itself
+    out, end, taken, changed = rowrun.mask_text_run(buf, 0, len(buf), b"\\N", plan.rewrite, plan.rewrite_fns,
+                                                    1 << 20, 1 << 10)
+    assert (end, taken) == (len(buf), len(rows))
+    assert out == b"".join(copy_line(data) for data, _ in expected)
+    assert changed == sum(n for _, n in expected)

@@ -18,10 +18,14 @@ class CopyPlan(ABC):
     payloads raises MaskingRefused, as does anything that does not parse.
     """
 
+    #: The NULL string of a text COPY whose lines `run_plan` applies to; None: binary tuples.
+    text_null: bytes | None = None
+
     @property
     def run_plan(self) -> RowPlan | None:
-        """The row plan a run of CopyData messages, each one binary tuple, can be masked with
-        at once (proxy.protocol.rowrun), in the plan's current state; None: one by one."""
+        """The row plan a run of CopyData messages (each one binary tuple, or one text line:
+        `text_null`) can be masked with at once (proxy.protocol.rowrun), in the plan's
+        current state; None: one by one."""
         return None
 
     @abstractmethod

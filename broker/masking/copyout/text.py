@@ -76,6 +76,17 @@ class TextCopyPlan(CopyPlan):
         self._null = null
         self._header_pending = header
 
+    @property
+    def run_plan(self) -> RowPlan | None:
+        # Runs (proxy.protocol.rowrun) read tab-delimited lines only, once past the header.
+        if self._header_pending or self._codec.delimiter != b"\t":
+            return None
+        return self._plan
+
+    @property
+    def text_null(self) -> bytes:  # type: ignore[override]
+        return self._null
+
     def mask_copy_data(self, data: bytes) -> tuple[bytes, int]:
         if not data.endswith(b"\n"):
             raise MaskingRefused("a COPY text row does not end within its CopyData message")
