@@ -26,7 +26,6 @@ from proxy.names import DEAD, LIVE, UNCERTAIN, Portal
 from proxy.protocol import codes as c
 from proxy.protocol import messages as m
 from proxy.protocol.frames import ProtocolViolation
-from proxy.protocol.rowrun import COPY_DATA as BINARY_COPY_DATA
 from proxy.protocol.rowrun import DATA_ROW, RUN_ROWS, join_scanned, join_text, mask_run, mask_text_run
 from proxy.records import MaskerLike, StatementEvent, column_info
 from proxy.results import RecordingPlan, ResultCapture, ResultLimits
@@ -113,13 +112,13 @@ class Answers:
                     out = rehearsal.held
                     rehearsal.started = True
                     pending = None
-                if kind == c.DATA_ROW:  # the hot path
-                    if head is None or head.phase != _ROWS:
-                        self._surprise(kind, head, buf, pos, end)
-                    assert head is not None
-                    plan = head.plan
-                    if plan is not None and pos >= gated and head.own is None and egress is None:
-                        stop, rows, opened = self._run(buf, pos, n, plan, head, DATA_ROW, None)
+                if (kind == c.DATA_ROW or kind == c.BACKEND_COPY_DATA) and pos >= gated and egress is None:
+                    # Runs of rows at once where the plan allows (proxy.protocol.rowrun).
+                    plan = self._run_plan(kind, head)
+                    if plan is not None:
+                        assert head is not None
+                        null = head.copy_plan.text_null if kind == c.BACKEND_COPY_DATA else None
+                        stop, rows, opened = self._run(buf, pos, n, plan, head, kind, null)
                         if opened:
                             gated = stop  # the gate opened on these rows: one by one
                         elif stop > pos:
@@ -130,6 +129,11 @@ class Answers:
                                 run = stop
                             pos = stop
                             continue
+                if kind == c.DATA_ROW:  # the hot path
+                    if head is None or head.phase != _ROWS:
+                        self._surprise(kind, head, buf, pos, end)
+                    assert head is not None
+                    plan = head.plan
                     if egress is not None and head.own is None and egress.drop(head, length + 1):
                         if run < pos:
                             out.append(bytes(buf[run:pos]))
@@ -155,26 +159,6 @@ class Answers:
                             head.masked += count
                     pos = end
                     continue
-                if (
-                    kind == c.BACKEND_COPY_DATA and pos >= gated and egress is None and head is not None
-                    and head.phase == _COPY_OUT and head.copy_plan is not None and head.probe is None
-                    and head.own is None and head.cut is None and not head.muted and not head.uses
-                ):
-                    plan = head.copy_plan.run_plan  # the rows' plan, once past the COPY's header
-                    if plan is not None:
-                        stop, rows, opened = self._run(
-                            buf, pos, n, plan, head, BINARY_COPY_DATA, head.copy_plan.text_null
-                        )
-                        if opened:
-                            gated = stop
-                        elif stop > pos:
-                            if rows is not None:
-                                if run < pos:
-                                    out.append(bytes(buf[run:pos]))
-                                out.append(rows)
-                                run = stop
-                            pos = stop
-                            continue
                 if kind in c.ASYNCHRONOUS:
                     replacement = self._server.asynchronous(kind, bytes(buf[pos + 5 : end]), head)
                 else:
@@ -201,6 +185,22 @@ class Answers:
             self._s.stats.bytes_to_client += pos
             del buf[:pos]
             self._sbuf = buf
+
+    @staticmethod
+    def _run_plan(kind: int, head: Entry | None) -> Any:
+        """The plan rows of `kind` answering `head` can be taken with in runs, or None: the
+        rows of a result being returned, or the CopyData of a COPY TO STDOUT past its header
+        (the conditions under which the per-message path would do nothing but mask them)."""
+        if head is None or head.own is not None:
+            return None
+        if kind == c.DATA_ROW:
+            return head.plan if head.phase == _ROWS else None
+        if (
+            head.phase == _COPY_OUT and head.copy_plan is not None and head.probe is None
+            and head.cut is None and not head.muted and not head.uses
+        ):
+            return head.copy_plan.run_plan
+        return None
 
     def _run(
         self, buf: bytearray, pos: int, n: int, plan: Any, head: Entry, kind: int, null: bytes | None
