@@ -163,6 +163,23 @@ static inline void put32(char *p, uint32_t v) {
     p[3] = (char)v;
 }
 
+/* Patches the length of the message written at o->data[head:] (its kind byte at `head`). */
+static int finish_message(out_t *o, Py_ssize_t head) {
+    Py_ssize_t length = o->len - head - 1;
+    if (length > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_OverflowError, "a masked row is too long");
+        return -1;
+    }
+    put32(o->data + head + 1, (uint32_t)length);
+    return 0;
+}
+
+/* (out, end, rows, changed): what mask_run and mask_text_run return. */
+static PyObject *run_result(out_t *o, Py_ssize_t end, Py_ssize_t rows, Py_ssize_t changed) {
+    PyObject *out = PyBytes_FromStringAndSize(o->data ? o->data : "", o->len);
+    return out == NULL ? NULL : Py_BuildValue("(Nnnn)", out, end, rows, changed);
+}
+
 static PyObject *mask_run(PyObject *self, PyObject *args) {
     Py_buffer buf, acts;
     PyObject *fns;
@@ -263,20 +280,12 @@ static PyObject *mask_run(PyObject *self, PyObject *args) {
         }
         if (p != end)
             goto changed_under_us;
-        Py_ssize_t length = o.len - head - 1;
-        if (length > 0x7FFFFFFF) {
-            PyErr_SetString(PyExc_OverflowError, "mask_run: a masked row is too long");
+        if (finish_message(&o, head) < 0)
             goto done;
-        }
-        put32(o.data + head + 1, (uint32_t)length);
         pos = end;
         rows++;
     }
-    {
-        PyObject *out = PyBytes_FromStringAndSize(o.data ? o.data : "", o.len);
-        if (out != NULL)
-            result = Py_BuildValue("(Nnnn)", out, pos, rows, changed);
-    }
+    result = run_result(&o, pos, rows, changed);
     goto done;
 changed_under_us:
     PyErr_SetString(PyExc_BufferError, "mask_run: the buffer changed while a row was masked");
@@ -588,20 +597,12 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
         if (out_reserve(&o, 1) < 0)
             goto done;
         o.data[o.len++] = '\n';
-        Py_ssize_t length = o.len - head - 1;
-        if (length > 0x7FFFFFFF) {
-            PyErr_SetString(PyExc_OverflowError, "mask_text_run: a masked row is too long");
+        if (finish_message(&o, head) < 0)
             goto done;
-        }
-        put32(o.data + head + 1, (uint32_t)length);
         pos = end;
         rows++;
     }
-    {
-        PyObject *out = PyBytes_FromStringAndSize(o.data ? o.data : "", o.len);
-        if (out != NULL)
-            result = Py_BuildValue("(Nnnn)", out, pos, rows, changed);
-    }
+    result = run_result(&o, pos, rows, changed);
 done:
     PyMem_Free(o.data);
     PyMem_Free(spans);
