@@ -16,8 +16,8 @@
    which has the same layout (an int16 count, then per value an int32 length, -1 for NULL,
    and the bytes). They stop, taking nothing more, at the first message that is not a
    complete, well-formed one of exactly len(scanned) / len(rewrite) values with a length of at
-   most `max_length`: that message is left to the per-row path, which raises the error PostgreSQL's
-   framing or the masker would. They never read outside buf[start:stop].
+   most `max_length`: that message is left to the per-row path, which handles it as it
+   always did (raising the framing's or the masker's error where it did). They never read outside buf[start:stop].
 
    join_scanned returns the values of the columns whose byte in `scanned` is non-zero, each
    followed by a NUL byte (NULLs left out), the offset just past the last row taken, and how

@@ -333,3 +333,11 @@ def test_text_copy_runs_mask_what_the_per_line_plan_masks(rows) -> None:
     assert (end, taken) == (len(buf), len(rows))
     assert out == b"".join(copy_line(data) for data, _ in expected)
     assert changed == sum(n for _, n in expected)
+
+
+def test_the_gate_may_read_text_copy_fields_raw_with_the_shipped_detectors() -> None:
+    """A detector looking at a byte an escape stands for (a control character, a backslash)
+    would turn text COPY runs off (TextCopyPlan.run_plan): none of today's does."""
+    from broker.masking.copyout import text
+
+    assert text.RAW_FIELDS_GATE_EXACTLY

@@ -67,6 +67,23 @@ class TextCodec:
         return self._needs_escape.sub(lambda m: escapes[m.group(0)[0]], value)
 
 
+def _raw_fields_gate_exactly() -> bool:
+    """Whether the content gate may read text COPY fields raw, escapes and all (runs of
+    lines, proxy.protocol.rowrun): only if no byte an escape stands for (\\b \\f \\n \\r
+    \\t \\v \\\\) is one the gate looks at: a rare byte of any detector, a run or digit
+    character, a digit separator."""
+    from broker.masking.detectors import DETECTORS
+    from broker.masking.detectors.base import DIGIT_SEPARATORS, DIGITS, RUN_CHARS
+
+    looked_at = set(RUN_CHARS) | set(DIGITS) | set(DIGIT_SEPARATORS)
+    for detector in DETECTORS.values():
+        looked_at |= set(detector.rare)
+    return not looked_at & set(b"\b\f\n\r\t\v\\")
+
+
+RAW_FIELDS_GATE_EXACTLY = _raw_fields_gate_exactly()
+
+
 class TextCopyPlan(CopyPlan):
     __slots__ = ("_plan", "_codec", "_null", "_header_pending")
 
@@ -79,7 +96,7 @@ class TextCopyPlan(CopyPlan):
     @property
     def run_plan(self) -> RowPlan | None:
         # Runs (proxy.protocol.rowrun) read tab-delimited lines only, once past the header.
-        if self._header_pending or self._codec.delimiter != b"\t":
+        if self._header_pending or self._codec.delimiter != b"\t" or not RAW_FIELDS_GATE_EXACTLY:
             return None
         return self._plan
 
