@@ -57,6 +57,7 @@ def copy_info(fields: dict[str, Any], options: dict[str, object], query: str | N
             str(c["String"].get("sval", "")) for c in fields.get("attlist", []) if "String" in c
         ),
         query=query,
+        encoding=_text(options, "encoding", "") or None,
     )
 
 

@@ -84,6 +84,7 @@ class CopyInfo:
     relation: str | None
     columns: tuple[str, ...]
     query: str | None
+    encoding: str | None = None  # the ENCODING option as written, when given
 
 
 @dataclass(frozen=True, slots=True)

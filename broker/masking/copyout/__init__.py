@@ -2,13 +2,19 @@
 
 `build_copy_plan` checks the COPY options and refuses (MaskingRefused) what it cannot
 parse with certainty: a delimiter, quote or escape that is not one ASCII byte, a NULL
-string holding a delimiter, quote or line break, an unknown format. The masker then never
-guesses at a row's layout. Values are assumed to be in an ASCII-compatible client encoding
-that does not embed ASCII bytes in multi-byte characters (UTF-8, LATIN1, ...; not SJIS,
-BIG5, GBK), as PostgreSQL's own COPY parser does.
+string holding a delimiter, quote or line break, an unknown format, and an ENCODING whose
+multi-byte characters can hold ASCII bytes. The masker then never guesses at a row's
+layout. The client encoding is pinned to UTF8 by the gateway; COPY's own ENCODING option
+overrides it for the data, and in SJIS, BIG5, GBK, UHC, GB18030 or JOHAB the second byte of
+a character can be a delimiter or a backslash (ポ is 0x83 0x7C, "|"), which would shift a
+masked value into the next column. Only encodings where every byte below 0x80 is that ASCII
+character are accepted (`_ASCII_SAFE`, PostgreSQL's own names, compared as it does:
+case and punctuation ignored).
 """
 
 from __future__ import annotations
+
+import re
 
 from broker.masking.copyout.base import CopyPlan
 from broker.masking.copyout.binary import BinaryCopyPlan
@@ -38,8 +44,29 @@ def _null_string(null: str, *forbidden: bytes) -> bytes:
     return raw
 
 
+#: Encodings (normalised: lowercase, letters and digits) whose every byte below 0x80 is ASCII:
+#: PostgreSQL's server encodings and their aliases; its client-only encodings are refused.
+_ASCII_SAFE = re.compile(
+    r"utf8|unicode|sqlascii|latin([1-9]|10)|iso8859(1|[2-9]|1[0-6])|win(125[0-8]|866|874)"
+    r"|windows(125[0-8]|866|874)|koi8[ru]?|euc(cn|jp|jis2004|kr|tw)|muleinternal|alt|win|abc"
+    r"|tcvn(5712)?|vscii"
+)
+
+
+def _check_encoding(name: str | None) -> None:
+    if name is None:
+        return
+    key = "".join(c for c in name.lower() if c.isalnum())
+    if not _ASCII_SAFE.fullmatch(key):
+        raise MaskingRefused(
+            f"COPY ENCODING {name!r} can put ASCII bytes inside multi-byte characters, which the "
+            "masker cannot split safely: leave ENCODING out (the gateway's client encoding is UTF8)"
+        )
+
+
 def build_copy_plan(plan: RowPlan, info: CopyInfoLike) -> CopyPlan:
     """The plan for one COPY TO STDOUT whose rows `plan` masks (formats already set)."""
+    _check_encoding(info.encoding)
     fmt = info.format
     if fmt == "binary":
         return BinaryCopyPlan(plan)

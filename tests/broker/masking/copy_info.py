@@ -16,3 +16,4 @@ class CopyOptions:
     header: bool = False
     columns: tuple[str, ...] = ()
     direction: str = "to_stdout"
+    encoding: str | None = None

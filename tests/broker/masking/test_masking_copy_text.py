@@ -163,3 +163,24 @@ def test_copy_text_with_a_plan_that_masks_nothing_is_byte_identical(
     values[1] = None  # the only name-matched column holds NULL: nothing to mask
     data = pg_row(values)
     assert plan.mask_copy_data(data) == (data, 0)
+
+
+@pytest.mark.parametrize("encoding", ["SJIS", "Shift_JIS", "mskanji", "win932", "BIG5", "GBK", "windows936",
+                                      "UHC", "GB18030", "JOHAB", "SHIFT_JIS_2004", "EBCDIC", "nonsense"])
+def test_a_copy_encoding_that_can_hide_ascii_in_characters_is_refused(encoding: str) -> None:
+    from broker.masking.copyout import build_copy_plan
+
+    plan = Masker().plan_rows([ColumnInfo("ssn", 25)])
+    assert plan is not None
+    with pytest.raises(MaskingRefused, match="ENCODING"):
+        build_copy_plan(plan, CopyOptions(encoding=encoding))
+
+
+@pytest.mark.parametrize("encoding", [None, "UTF8", "utf-8", "Unicode", "LATIN1", "latin-9", "ISO-8859-15",
+                                      "WIN1252", "windows-1251", "KOI8-R", "EUC_JP", "SQL_ASCII"])
+def test_an_ascii_safe_copy_encoding_is_accepted(encoding: str | None) -> None:
+    from broker.masking.copyout import build_copy_plan
+
+    plan = Masker().plan_rows([ColumnInfo("ssn", 25)])
+    assert plan is not None
+    assert build_copy_plan(plan, CopyOptions(encoding=encoding)) is not None
