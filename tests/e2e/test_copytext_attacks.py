@@ -28,7 +28,7 @@ def _masked_values(upstream) -> list[str]:
     return [v for row in rows for v in row if v]
 
 
-@pytest.mark.parametrize("options", ["", "(header)", "(null 'x')", "(null '')", "(delimiter '|')"])
+@pytest.mark.parametrize("options", ["", "(header)", "(null '\\x')", "(null '')", "(delimiter '|')"])
 def test_no_value_masked_by_name_reaches_the_client_whatever_the_text_copy_options(gateway, upstream, options) -> None:
     # Tab-delimited lines past the header go in runs (proxy.protocol.rowrun), the others one
     # by one; tests/proxy/test_rowrun.py holds the two to the same bytes.
@@ -52,3 +52,9 @@ def test_a_copy_encoding_that_embeds_ascii_is_refused(gateway, upstream) -> None
     assert isinstance(latin1, bytes) and latin1
     for secret in _masked_values(upstream):
         assert secret.encode() not in latin1
+
+
+def test_a_null_string_a_value_could_equal_is_refused(gateway) -> None:
+    # Else `NULL 'ann@example.com'` would pass that address as NULL, unmasked, where it is.
+    out = _copy(gateway.dsn(), "copy customers (email) to stdout (null 'ann@example.com')")
+    assert not isinstance(out, bytes) and "NULL string" in out[1], out

@@ -64,6 +64,34 @@ def _check_encoding(name: str | None) -> None:
         )
 
 
+def _text_null(null: bytes, delimiter: bytes) -> bytes:
+    """The NULL string of a text COPY, if no value can be written as it.
+
+    PostgreSQL writes a value equal to the NULL string as it is (only CSV quotes it), so a
+    NULL string that some value's text could equal makes that value pass as NULL, unmasked:
+    ``COPY customers (email) TO STDOUT (NULL 'ann@example.com')`` would tell, row by row,
+    whether an address is that guess (an inference the policy sends to review when written
+    as ``WHERE email = ...``). Values are written with a backslash only before ``\\ b f n r t
+    v`` or the delimiter; a NULL string with a backslash before anything else (``\\N``, the
+    default) or at its end is no value's text. The empty string is accepted too: it can only
+    stand for an empty value, which masking shows as empty anyway.
+    """
+    i = 0
+    while i < len(null):
+        if null[i] == 0x5C:
+            if i + 1 == len(null) or null[i + 1] not in b"\\bfnrtv" + delimiter:
+                return null
+            i += 2
+            continue
+        i += 1
+    if not null:
+        return null
+    raise MaskingRefused(
+        f"COPY text NULL string {null.decode('utf-8', 'replace')!r} could equal a value, which would "
+        "then pass unmasked: leave NULL out (\\N), or use one with a backslash before another letter"
+    )
+
+
 def build_copy_plan(plan: RowPlan, info: CopyInfoLike) -> CopyPlan:
     """The plan for one COPY TO STDOUT whose rows `plan` masks (formats already set)."""
     _check_encoding(info.encoding)
@@ -75,9 +103,8 @@ def build_copy_plan(plan: RowPlan, info: CopyInfoLike) -> CopyPlan:
         if delimiter in _TEXT_RESERVED:
             # These would be read as part of a backslash escape.
             raise MaskingRefused(f"COPY text delimiter {info.delimiter!r} is ambiguous")
-        return TextCopyPlan(
-            plan, delimiter=delimiter, null=_null_string(info.null, delimiter), header=info.header
-        )
+        null = _text_null(_null_string(info.null, delimiter), delimiter)
+        return TextCopyPlan(plan, delimiter=delimiter, null=null, header=info.header)
     if fmt == "csv":
         delimiter = _one_byte("delimiter", info.delimiter, ",")
         quote = _one_byte("quote", info.quote, '"')

@@ -103,9 +103,22 @@ def test_several_rows_in_one_message() -> None:
 
 
 def test_name_matched_bigint_becomes_the_null_string() -> None:
-    plan = MASKER.plan_copy([ColumnInfo("card_number", INT8)], Info(null="NULL", delimiter=","))
+    plan = MASKER.plan_copy([ColumnInfo("card_number", INT8)], Info(null="\\NULL", delimiter=","))
     assert plan is not None
-    assert plan.mask_copy_data(b"4242424242424242\n") == (b"NULL\n", 1)
+    assert plan.mask_copy_data(b"4242424242424242\n") == (b"\\NULL\n", 1)
+
+
+@pytest.mark.parametrize("null", ["NULL", "ann@example.com", "x", "\\n", "a\\\\b", "\\,"])
+def test_a_null_string_some_value_could_be_written_as_is_refused(null: str) -> None:
+    # PostgreSQL writes a value equal to the NULL string as it is: that value would pass as
+    # NULL, unmasked (a guess per COPY, row by row). "\\n" is how a newline is written.
+    with pytest.raises(MaskingRefused, match="NULL string"):
+        MASKER.plan_copy([ColumnInfo("email", 25)], Info(null=null, delimiter=","))
+
+
+@pytest.mark.parametrize("null", ["\\N", "", "\\", "x\\y", "\\q"])
+def test_a_null_string_no_value_is_written_as_is_accepted(null: str) -> None:
+    assert MASKER.plan_copy([ColumnInfo("email", 25)], Info(null=null, delimiter=",")) is not None
 
 
 def test_unescape_forms() -> None:
