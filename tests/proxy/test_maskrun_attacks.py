@@ -159,7 +159,7 @@ def _play(masker: Masker, scenario) -> tuple:  # type: ignore[no-untyped-def, ty
     return upstream, b"".join(mach.out_client), counts, error
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_scenario())
 def test_a_session_sends_counts_and_refuses_what_the_per_row_path_does(scenario) -> None:  # type: ignore[no-untyped-def]
     runs = _play(Masker(), scenario)

@@ -100,7 +100,7 @@ def wire(draw: st.DrawFn) -> tuple[bytes, int, int, bytes, int, int, int]:
     return buf, start, stop, scanned, draw(st.sampled_from([6, 20, 1 << 20])), draw(st.integers(0, 8)), msg
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(wire())
 def test_c_and_python_give_the_same_answer_on_any_bytes(case) -> None:
     buf, start, stop, scanned, max_length, max_rows, kind = case
@@ -120,7 +120,7 @@ def _fn(kind: str):
     }[kind]
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(wire(), st.data())
 def test_mask_run_c_and_python_give_the_same_answer_on_any_bytes(case, data) -> None:
     buf, start, stop, flags, max_length, max_rows, kind = case
@@ -166,7 +166,7 @@ _secretish = st.sampled_from([
 _plain = st.binary(max_size=20) | st.text(alphabet="abc xyz-.,", max_size=30).map(str.encode)
 
 
-@settings(max_examples=800)
+@settings(max_examples=400)
 @given(st.lists(st.lists(st.one_of(st.none(), _plain, _secretish), min_size=3, max_size=3), min_size=1, max_size=12),
        st.lists(st.integers(0, 1), min_size=3, max_size=3))
 def test_the_run_gate_opens_whenever_one_row_gate_would(rows, flags) -> None:
@@ -285,7 +285,7 @@ def text_wire(draw: st.DrawFn) -> tuple[bytes, int, int, bytes, bytes, int, int]
     return buf, start, stop, null, flags, draw(st.sampled_from([5, 30, 1 << 20])), draw(st.integers(0, 8))
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(text_wire(), st.data())
 def test_text_copy_runs_c_and_python_give_the_same_answer_on_any_bytes(case, data) -> None:
     buf, start, stop, null, flags, max_length, max_rows = case
@@ -307,7 +307,7 @@ _any_row = st.lists(_text_value, min_size=4, max_size=4)
 _quiet_row = st.tuples(_quiet, _text_value, _quiet, _text_value).map(list)  # id and note scanned
 
 
-@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.lists(_any_row, min_size=1, max_size=70), st.lists(_quiet_row, min_size=1, max_size=70)))
 def test_text_copy_runs_mask_what_the_per_line_plan_masks(rows) -> None:
     from broker.masking.copyout.text import TextCodec, TextCopyPlan
