@@ -305,7 +305,7 @@ def test_renamed_or_wrapped_ssn_and_phone_are_still_masked(gateway, upstream):
 
 _RUN_ROWS_SQL = (
     "select i as id, 'user' || i || '@example.com' as email,"
-    " case when i in (1, 64, 65, 170) then 'key AKIAIOSFODNN7EXAMPLE' else 'plain ' || i end as note"
+    " case when i in (1, 64, 65, 170) then 'key AKIAFAKEFAKEFAKEFAKE' else 'plain ' || i end as note"
     " from generate_series(1, 200) as i"
 )
 

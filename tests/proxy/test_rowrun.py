@@ -161,7 +161,7 @@ def test_mask_run_passes_errors_on_and_refuses_what_is_not_a_value(mask_run) -> 
 # Values that open the default detectors' gates, and values that do not.
 _secretish = st.sampled_from([
     b"ann@example.com", b"4242 4242 4242 4242", b"123-45-6789", b"password=hunter2", b"$2b$12$abc",
-    b"AKIAIOSFODNN7EXAMPLE", b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", b"+1 415 555 0100", b"a:b",
+    b"AKIAFAKEFAKEFAKEFAKE", b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", b"+1 415 555 0100", b"a:b",
 ])
 _plain = st.binary(max_size=20) | st.text(alphabet="abc xyz-.,", max_size=30).map(str.encode)
 
@@ -231,12 +231,12 @@ def test_a_session_masks_what_the_per_row_path_masks_and_counts_every_row(chunk,
         row: list[Value] = [str(i).encode()] + [b"nothing to see"] * (len(columns) - 1)
         if len(columns) == 4:
             row[1] = f"user{i}@example.com".encode() if i % 7 else None
-            row[3] = b"" if i % 11 == 0 else b"sk_live_" + str(i).encode()
+            row[3] = b"" if i % 11 == 0 else b"fake-api-key-" + str(i).encode()
         rows.append(row)
     note = [name for name, _ in columns].index("note")
     rows[5][note] = b"write to ann@example.com"
     rows[200][-1 if columns is SCANNED else note] = b"card 4242 4242 4242 4242 ok"
-    rows[299][note] = b"key AKIAIOSFODNN7EXAMPLE"
+    rows[299][note] = b"key AKIAFAKEFAKEFAKEFAKE"
     out, events = _session_rows(masker, columns, rows, chunk)
     expected, count = _per_row(masker, columns, rows)
     assert out == expected
