@@ -377,16 +377,22 @@ static Py_ssize_t text_row_end(const unsigned char *b, Py_ssize_t pos, Py_ssize_
     return field == ncols ? end : -1;
 }
 
-static int text_args(Py_buffer *buf, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t ncols, Py_ssize_t max_rows) {
+/* The arguments both text functions take, checked; room for one line's field spans (to be
+   freed with PyMem_Free), or NULL with an exception set. */
+static Py_ssize_t *text_spans(Py_buffer *buf, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t ncols,
+                              Py_ssize_t max_rows) {
     if (start < 0 || stop < start || stop > buf->len || max_rows < 0) {
         PyErr_SetString(PyExc_ValueError, "start/stop outside the buffer");
-        return -1;
+        return NULL;
     }
     if (ncols < 1 || ncols > TEXT_MAX_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "a text COPY row has 1 to 1664 fields");
-        return -1;
+        return NULL;
     }
-    return 0;
+    Py_ssize_t *spans = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)ncols);
+    if (spans == NULL)
+        PyErr_NoMemory();
+    return spans;
 }
 
 static PyObject *join_text(PyObject *self, PyObject *args) {
@@ -398,13 +404,9 @@ static PyObject *join_text(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Py_ssize_t *spans = NULL;
     Py_ssize_t ncols = cols.len;
-    if (text_args(&buf, start, stop, ncols, max_rows) < 0)
+    spans = text_spans(&buf, start, stop, ncols, max_rows);
+    if (spans == NULL)
         goto done;
-    spans = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)ncols);
-    if (spans == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
     const unsigned char *b = (const unsigned char *)buf.buf;
     const unsigned char *scanned = (const unsigned char *)cols.buf;
     out_t o = {NULL, 0, 0};
@@ -477,18 +479,15 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     Py_ssize_t *spans = NULL;
     out_t o = {NULL, 0, 0};
+    out_t copy = {NULL, 0, 0}; /* the current line, reused from line to line */
     Py_ssize_t ncols = acts.len;
-    if (text_args(&buf, start, stop, ncols, max_rows) < 0)
-        goto done;
     if (PyTuple_GET_SIZE(fns) != ncols) {
         PyErr_SetString(PyExc_ValueError, "mask_text_run: one function per column");
         goto done;
     }
-    spans = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)ncols);
-    if (spans == NULL) {
-        PyErr_NoMemory();
+    spans = text_spans(&buf, start, stop, ncols, max_rows);
+    if (spans == NULL)
         goto done;
-    }
     const unsigned char *b = (const unsigned char *)buf.buf;
     const unsigned char *rewrite = (const unsigned char *)acts.buf;
     Py_ssize_t pos = start, rows = 0, changed = 0;
@@ -497,18 +496,13 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
         if (end < 0)
             break;
         /* Each field's value is taken from `row`, a copy made before any call into Python,
-           so nothing a masking function does to `buf` can change what is read. */
-        Py_ssize_t row_len = end - pos;
-        unsigned char *row = PyMem_Malloc((size_t)row_len);
-        if (row == NULL) {
-            PyErr_NoMemory();
+           so nothing a masking function does to `buf` can change what is read. One buffer
+           serves every line of the run. */
+        copy.len = 0;
+        if (out_reserve(&copy, end - pos) < 0 || out_reserve(&o, 5) < 0)
             goto done;
-        }
-        memcpy(row, b + pos, (size_t)row_len);
-        if (out_reserve(&o, 5) < 0) {
-            PyMem_Free(row);
-            goto done;
-        }
+        const unsigned char *row = (const unsigned char *)copy.data;
+        memcpy(copy.data, b + pos, (size_t)(end - pos));
         Py_ssize_t head = o.len;
         o.data[o.len++] = 'd';
         o.len += 4; /* the length, patched below */
@@ -525,10 +519,8 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
             if (rewrite[i] && !null_field) {
                 /* The value: escapes decoded (text_row_end let only \b \f \n \r \t \v \\ by). */
                 PyObject *v = PyBytes_FromStringAndSize(NULL, raw_len);
-                if (v == NULL) {
-                    PyMem_Free(row);
+                if (v == NULL)
                     goto done;
-                }
                 char *w = PyBytes_AS_STRING(v);
                 Py_ssize_t n = 0;
                 for (Py_ssize_t j = 0; j < raw_len; j++) {
@@ -538,14 +530,11 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
                         w[n++] = (char)raw[j];
                     }
                 }
-                if (n != raw_len && _PyBytes_Resize(&v, n) < 0) {
-                    PyMem_Free(row);
+                if (n != raw_len && _PyBytes_Resize(&v, n) < 0)
                     goto done;
-                }
                 r = PyObject_CallOneArg(PyTuple_GET_ITEM(fns, i), v);
                 if (r == NULL) {
                     Py_DECREF(v);
-                    PyMem_Free(row);
                     goto done;
                 }
                 if (r == v) {
@@ -560,7 +549,6 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
                                  Py_TYPE(r)->tp_name);
                     Py_DECREF(r);
                     Py_DECREF(v);
-                    PyMem_Free(row);
                     goto done;
                 } else {
                     changed++;
@@ -570,7 +558,6 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
             Py_ssize_t need = (i ? 1 : 0) + (r != NULL && r != Py_None ? 2 * PyBytes_GET_SIZE(r) : keep_len);
             if (out_reserve(&o, need) < 0) {
                 Py_XDECREF(r);
-                PyMem_Free(row);
                 goto done;
             }
             if (i)
@@ -593,7 +580,6 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
             }
             Py_XDECREF(r);
         }
-        PyMem_Free(row);
         if (out_reserve(&o, 1) < 0)
             goto done;
         o.data[o.len++] = '\n';
@@ -605,6 +591,7 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
     result = run_result(&o, pos, rows, changed);
 done:
     PyMem_Free(o.data);
+    PyMem_Free(copy.data);
     PyMem_Free(spans);
     PyBuffer_Release(&buf);
     PyBuffer_Release(&nul);
