@@ -4,7 +4,7 @@ The modules in `MODULES` are the per-message path: framing, the session machine,
 path, routing answers to in-flight entries, the recorder hand-off, and masking a row.
 `C_EXTENSIONS` are the loops written in C by hand, where a Python object per value would cost
 more than the work (each with a Python reference of the same function).
-`setup.py` compiles exactly these with mypyc (the same typed source mypy checks; no second
+`setup.py` compiles the first with mypyc and the second with the C compiler (the same typed source mypy checks; no second
 copy of the logic), at `make install` and in the Dockerfile. Everything else (policy
 decisions made the first time, masking plans, approvals, identity, the broker) stays
 interpreted: it runs per statement shape or per session, not per message. The relay's socket
@@ -60,7 +60,8 @@ MODULES = (
 #: Written in C by hand (setup.py builds them beside the mypyc modules): {module: its source}.
 #: Each has a Python reference that runs when it is not built, and that it is tested against.
 C_EXTENSIONS = {
-    # The scanned values of a run of result rows, for one content-gate call per run.
+    # Runs of result rows and COPY output: one content-gate call per run, masked columns
+    # rewritten without a Python object per row (proxy/protocol/rowrun.py).
     "proxy.protocol._rowrun": "proxy/protocol/_rowrun.c",
 }
 
