@@ -4,10 +4,10 @@ The modules in `MODULES` are the per-message path: framing, the session machine,
 path, routing answers to in-flight entries, the recorder hand-off, and masking a row.
 `C_EXTENSIONS` are the loops written in C by hand, where a Python object per value would cost
 more than the work (each with a Python reference of the same function).
-`setup.py` compiles the first with mypyc and the second with the C compiler (the same typed source mypy checks; no second
-copy of the logic), at `make install` and in the Dockerfile. Everything else (policy
-decisions made the first time, masking plans, approvals, identity, the broker) stays
-interpreted: it runs per statement shape or per session, not per message. The relay's socket
+`setup.py` compiles the first with mypyc (the same typed source mypy checks; no second copy
+of the logic) and the second with the C compiler, at `make install` and in the Dockerfile.
+Everything else (policy decisions made the first time, masking plans, approvals, identity,
+the broker) stays interpreted: it runs per statement shape or per session, not per message. The relay's socket
 callbacks (proxy/relay.py) stay interpreted too: compiled, they measured no better, and the
 tests drive them with stand-in machines a compiled attribute type would refuse.
 
