@@ -67,6 +67,21 @@ def _whole_json(shape: shapes.Shape) -> ValueFn:
     return fn
 
 
+_WHOLE_TEXT = {shape: _whole_text(shape) for shape in shapes.Shape}
+
+#: The `rewrite` byte of a column masked by each of these functions: one that C applies itself
+#: (proxy/protocol/_rowrun.c, "Whole values masked by name"), computing what the function
+#: does; 1, "call it", for any other. tests/proxy/test_rowshapes.py holds the two together.
+REWRITE_CODES: dict[ValueFn, int] = {
+    _WHOLE_TEXT[shapes.Shape.REDACT]: 2,
+    _WHOLE_TEXT[shapes.Shape.EMAIL]: 3,
+    _WHOLE_TEXT[shapes.Shape.PHONE]: 4,
+    _WHOLE_TEXT[shapes.Shape.CARD]: 5,
+    _WHOLE_TEXT[shapes.Shape.AUTO]: 6,
+    _null: 7,
+}
+
+
 def _pseudonym_text(key: bytes) -> ValueFn:
     def fn(v: bytes) -> bytes:
         return shapes.pseudonym(key, v)
@@ -180,7 +195,8 @@ class RowPlan:
         # For runs of rows at once (proxy.protocol.rowrun), when no NULL is filled in (derived
         # columns take the per-row path): one byte per column, 1 where the column is scanned
         # (`scanned`) or rewritten whatever it holds (`rewrite`, with `rewrite_fns` the
-        # treatment per column, None elsewhere). A run whose scanned values the gate stays
+        # treatment per column, None elsewhere; a `rewrite` byte above 1 is one of
+        # `REWRITE_CODES`). A run whose scanned values the gate stays
         # shut on changes only in its `rewrite` columns.
         self.scanned: bytes | None = None
         self.rewrite: bytes | None = None
@@ -192,7 +208,7 @@ class RowPlan:
                 fns: list[ValueFn | None] = [None] * self._n
                 for i, fn in always:
                     fns[i] = fn
-                self.rewrite = bytes(0 if fn is None else 1 for fn in fns)
+                self.rewrite = bytes(0 if fn is None else REWRITE_CODES.get(fn, 1) for fn in fns)
                 self.rewrite_fns = tuple(fns)
 
     def mask_values(self, values: list[bytes | None]) -> tuple[list[bytes | None] | None, int]:
@@ -325,7 +341,7 @@ def _treatment(
         if shape is None:
             shape = shapes.shape_for(col.name)
         if textual:
-            return _whole_text(shape), False
+            return _WHOLE_TEXT[shape], False
         if family is Family.JSON:
             fn = _whole_json(shape)
             return (_jsonb_binary(fn) if jsonb_binary else fn), False

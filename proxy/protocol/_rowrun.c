@@ -180,6 +180,232 @@ static PyObject *run_result(out_t *o, Py_ssize_t end, Py_ssize_t rows, Py_ssize_
     return out == NULL ? NULL : Py_BuildValue("(Nnnn)", out, end, rows, changed);
 }
 
+/* ---- Whole values masked by name, in C ------------------------------------------------------
+
+   A byte of `rewrite` above 1 names a treatment mask_run and mask_text_run apply themselves
+   instead of calling fns[i]. fns[i] still computes the same: broker.masking.rows gives these
+   codes only to its own functions (REWRITE_CODES), which the per-row path and the Python
+   reference call, and tests/proxy/test_rowshapes.py holds the two to the same bytes.
+
+       2 REDACT  3 EMAIL  4 PHONE  5 CARD  6 AUTO    broker.masking.shapes.mask_whole(value, shape)
+       7 NULL                                        rows._null: every value becomes NULL
+
+   A column masked by name is the common case of a masked result, and per value the Python
+   call chain (the column's function, mask_whole, the e-mail regex, a new bytes object for
+   each part of the shape) cost several times what the whole row's walk costs.
+
+   The e-mail and card tests below are broker.masking.detectors.email.FULL and cards.FULL
+   written out: each quantifier there is possessive or can only match one way, so a single
+   left-to-right pass decides them (see the comments at each step). */
+
+enum {
+    REWRITE_CALL = 1,
+    SHAPE_REDACT = 2,
+    SHAPE_EMAIL = 3,
+    SHAPE_PHONE = 4,
+    SHAPE_CARD = 5,
+    SHAPE_AUTO = 6,
+    REWRITE_NULL = 7,
+    REWRITE_LAST = REWRITE_NULL,
+};
+
+/* A shape is at most this much longer than a non-empty value ("********" for one byte). */
+#define SHAPE_GROWTH 8
+
+static inline int is_space(unsigned char c) { /* re's \s for bytes; bytes.strip()'s set */
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+static inline int is_alpha(unsigned char c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
+static inline int is_alnum(unsigned char c) { return is_alpha(c) || is_digit(c); }
+static inline int is_local(unsigned char c) { /* [A-Za-z0-9._%+-] */
+    return is_alnum(c) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-';
+}
+static inline int is_label(unsigned char c) { return is_alnum(c) || c == '-'; } /* [A-Za-z0-9-] */
+
+/* v[*s:*e] without the whitespace at both ends (bytes.strip()). */
+static inline void strip(const unsigned char *v, Py_ssize_t n, Py_ssize_t *s, Py_ssize_t *e) {
+    Py_ssize_t a = 0, b = n;
+    while (a < b && is_space(v[a]))
+        a++;
+    while (b > a && is_space(v[b - 1]))
+        b--;
+    *s = a;
+    *e = b;
+}
+
+/* email.mask_whole: "j***@example.com" for a value that is one address, or -1. */
+static Py_ssize_t email_shape(const unsigned char *v, Py_ssize_t n, unsigned char *dst) {
+    if (memchr(v, '@', (size_t)n) == NULL)
+        return -1;
+    Py_ssize_t s, e;
+    strip(v, n, &s, &e); /* \s* ... \s*\Z: a local part cannot start, nor a TLD end, on a space */
+    /* ([A-Za-z0-9._%+-]{1,256}+)@ : the whole run of local characters, then '@' ('@' is not
+       one of them, so a run over 256 leaves a local character where '@' must be). */
+    Py_ssize_t p = s;
+    while (p < e && is_local(v[p]))
+        p++;
+    Py_ssize_t local_len = p - s;
+    if (local_len < 1 || local_len > 256 || p >= e || v[p] != '@')
+        return -1;
+    Py_ssize_t domain = ++p;
+    /* (?:[A-Za-z0-9-]{1,63}+\.){1,8}+ : labels of 1-63 characters each followed by '.', as
+       many as there are up to 8; a label that is not followed by '.' ends them unconsumed. */
+    int labels = 0;
+    while (labels < 8) {
+        Py_ssize_t q = p;
+        while (q < e && q - p < 63 && is_label(v[q]))
+            q++;
+        if (q == p || q >= e || v[q] != '.')
+            break;
+        p = q + 1;
+        labels++;
+    }
+    if (labels == 0)
+        return -1;
+    /* [A-Za-z]{2,24}+(?![A-Za-z0-9-]) then only spaces to the end. */
+    Py_ssize_t q = p;
+    while (q < e && q - p < 24 && is_alpha(v[q]))
+        q++;
+    if (q - p < 2 || q != e)
+        return -1; /* at e: v[e], if any, is a space, which the lookahead lets by */
+    dst[0] = is_alnum(v[s]) ? v[s] : '*';
+    memcpy(dst + 1, "***@", 4);
+    memcpy(dst + 5, v + domain, (size_t)(e - domain));
+    return 5 + (e - domain);
+}
+
+/* Every digit of v[0:n] starred but the last `keep`; with `phone`, other characters than
+   "+()-./ " starred too (shapes.mask_phone), else kept (cards.shape). */
+static Py_ssize_t star_digits(const unsigned char *v, Py_ssize_t n, Py_ssize_t digits, Py_ssize_t keep, int phone,
+                              unsigned char *dst) {
+    Py_ssize_t seen = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = v[i];
+        if (is_digit(c)) {
+            seen++;
+            dst[i] = seen > digits - keep ? c : '*';
+        } else if (phone) {
+            dst[i] = (c == '+' || c == '(' || c == ')' || c == '-' || c == '.' || c == '/' || c == ' ') ? c : '*';
+        } else {
+            dst[i] = c;
+        }
+    }
+    return n;
+}
+
+/* cards.mask_whole: "**** **** **** 4242" for a value that is one card number, or -1. */
+static Py_ssize_t card_shape(const unsigned char *v, Py_ssize_t n, int require_luhn, unsigned char *dst) {
+    if (n < 12)
+        return -1;
+    Py_ssize_t s, e;
+    strip(v, n, &s, &e);
+    /* [0-9](?:[ -]?[0-9]){11,18} : digits, at most one ' ' or '-' between two of them. */
+    if (s == e || !is_digit(v[s]) || !is_digit(v[e - 1]))
+        return -1;
+    Py_ssize_t digits = 0;
+    int sep = 0;
+    for (Py_ssize_t i = s; i < e; i++) {
+        if (is_digit(v[i])) {
+            digits++;
+            sep = 0;
+        } else if ((v[i] == ' ' || v[i] == '-') && !sep) {
+            sep = 1;
+        } else {
+            return -1;
+        }
+    }
+    if (digits < 12 || digits > 19)
+        return -1;
+    if (require_luhn) {
+        if (digits < 13)
+            return -1;
+        int total = 0, odd = 0;
+        static const int doubled[10] = {0, 2, 4, 6, 8, 1, 3, 5, 7, 9};
+        for (Py_ssize_t i = e; i-- > s;) {
+            if (!is_digit(v[i]))
+                continue;
+            int d = v[i] - '0';
+            total += odd ? doubled[d] : d;
+            odd = !odd;
+        }
+        if (total % 10 != 0)
+            return -1;
+    }
+    return star_digits(v + s, e - s, digits, 4, 0, dst);
+}
+
+/* shapes.mask_phone: "+* (***) ***-**67" when there are 4 digits or more, or -1. */
+static Py_ssize_t phone_shape(const unsigned char *v, Py_ssize_t n, unsigned char *dst) {
+    Py_ssize_t digits = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        digits += is_digit(v[i]);
+    if (digits < 4)
+        return -1;
+    Py_ssize_t s, e;
+    strip(v, n, &s, &e);
+    return star_digits(v + s, e - s, digits, 2, 1, dst);
+}
+
+/* shapes.mask_whole(v[0:n], shape) for n > 0, written at dst (room for n + SHAPE_GROWTH). */
+static Py_ssize_t shape_whole(const unsigned char *v, Py_ssize_t n, unsigned char code, unsigned char *dst) {
+    Py_ssize_t w = -1;
+    switch (code) {
+    case SHAPE_EMAIL: w = email_shape(v, n, dst); break;
+    case SHAPE_PHONE: w = phone_shape(v, n, dst); break;
+    case SHAPE_CARD: w = card_shape(v, n, 0, dst); break;
+    case SHAPE_AUTO:
+        w = email_shape(v, n, dst);
+        if (w < 0)
+            w = card_shape(v, n, 1, dst);
+        break;
+    default: break; /* SHAPE_REDACT */
+    }
+    if (w <= 0) { /* no shape (an empty one would be "masked" to nothing: it is not a shape) */
+        memcpy(dst, "********", 8);
+        w = 8;
+    }
+    return w;
+}
+
+/* The `rewrite` bytes checked: every one a known code. */
+static int check_codes(const Py_buffer *acts, const char *who) {
+    const unsigned char *r = (const unsigned char *)acts->buf;
+    for (Py_ssize_t i = 0; i < acts->len; i++) {
+        if (r[i] > REWRITE_LAST) {
+            PyErr_Format(PyExc_ValueError, "%s: unknown rewrite code %d", who, (int)r[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* mask_whole(value, code) -> bytes | None: one value, as mask_run treats it (for tests). */
+static PyObject *mask_whole(PyObject *self, PyObject *args) {
+    Py_buffer v;
+    unsigned char code;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*b", &v, &code))
+        return NULL;
+    PyObject *result = NULL;
+    if (code < SHAPE_REDACT || code > REWRITE_LAST) {
+        PyErr_Format(PyExc_ValueError, "mask_whole: %d is not a shape code", (int)code);
+    } else if (code == REWRITE_NULL) {
+        result = Py_NewRef(Py_None);
+    } else if (v.len == 0) {
+        result = PyBytes_FromStringAndSize("", 0);
+    } else {
+        result = PyBytes_FromStringAndSize(NULL, v.len + SHAPE_GROWTH);
+        if (result != NULL) {
+            Py_ssize_t w = shape_whole(v.buf, v.len, code, (unsigned char *)PyBytes_AS_STRING(result));
+            if (_PyBytes_Resize(&result, w) < 0)
+                result = NULL;
+        }
+    }
+    PyBuffer_Release(&v);
+    return result;
+}
+
 static PyObject *mask_run(PyObject *self, PyObject *args) {
     Py_buffer buf, acts;
     PyObject *fns;
@@ -200,6 +426,8 @@ static PyObject *mask_run(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "mask_run: one function per column");
         goto done;
     }
+    if (check_codes(&acts, "mask_run") < 0)
+        goto done;
     const unsigned char *b = (const unsigned char *)buf.buf;
     const unsigned char *rewrite = (const unsigned char *)acts.buf;
     Py_ssize_t pos = start, rows = 0, changed = 0, size = 0;
@@ -226,11 +454,30 @@ static PyObject *mask_run(PyObject *self, PyObject *args) {
             const unsigned char *value = b + p + 4;
             Py_ssize_t vlen = raw == 0xFFFFFFFFu ? 0 : (Py_ssize_t)raw;
             p += 4 + vlen;
-            if (!rewrite[i] || raw == 0xFFFFFFFFu) {
+            if (!rewrite[i] || raw == 0xFFFFFFFFu || (vlen == 0 && rewrite[i] != REWRITE_NULL &&
+                                                      rewrite[i] != REWRITE_CALL)) {
+                /* Not rewritten, NULL, or empty (a shape keeps an empty value). */
                 if (out_reserve(&o, 4 + vlen) < 0)
                     goto done;
                 memcpy(o.data + o.len, value - 4, (size_t)(4 + vlen));
                 o.len += 4 + vlen;
+                continue;
+            }
+            if (rewrite[i] == REWRITE_NULL) {
+                if (out_reserve(&o, 4) < 0)
+                    goto done;
+                put32(o.data + o.len, 0xFFFFFFFFu);
+                o.len += 4;
+                changed++;
+                continue;
+            }
+            if (rewrite[i] != REWRITE_CALL) {
+                if (out_reserve(&o, 4 + vlen + SHAPE_GROWTH) < 0)
+                    goto done;
+                Py_ssize_t w = shape_whole(value, vlen, rewrite[i], (unsigned char *)o.data + o.len + 4);
+                put32(o.data + o.len, (uint32_t)w);
+                o.len += 4 + w;
+                changed++;
                 continue;
             }
             PyObject *v = PyBytes_FromStringAndSize((const char *)value, vlen);
@@ -468,6 +715,19 @@ static inline unsigned char text_unescape(unsigned char letter) {
     }
 }
 
+/* v[0:n] escaped at the end of o, which has room for 2 * n more bytes. */
+static void escape_into(out_t *o, const unsigned char *v, Py_ssize_t n) {
+    for (Py_ssize_t j = 0; j < n; j++) {
+        char e = text_escape(v[j]);
+        if (e) {
+            o->data[o->len++] = '\\';
+            o->data[o->len++] = e;
+        } else {
+            o->data[o->len++] = (char)v[j];
+        }
+    }
+}
+
 static PyObject *mask_text_run(PyObject *self, PyObject *args) {
     Py_buffer buf, nul, acts;
     PyObject *fns;
@@ -480,11 +740,14 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
     Py_ssize_t *spans = NULL;
     out_t o = {NULL, 0, 0};
     out_t copy = {NULL, 0, 0}; /* the current line, reused from line to line */
+    out_t scratch = {NULL, 0, 0}; /* a value and its shape, reused from value to value */
     Py_ssize_t ncols = acts.len;
     if (PyTuple_GET_SIZE(fns) != ncols) {
         PyErr_SetString(PyExc_ValueError, "mask_text_run: one function per column");
         goto done;
     }
+    if (check_codes(&acts, "mask_text_run") < 0)
+        goto done;
     spans = text_spans(&buf, start, stop, ncols, max_rows);
     if (spans == NULL)
         goto done;
@@ -516,7 +779,29 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
             const unsigned char *keep = raw; /* what goes out: the raw field unless rewritten */
             Py_ssize_t keep_len = raw_len;
             PyObject *r = NULL;
-            if (rewrite[i] && !null_field) {
+            if (rewrite[i] == REWRITE_NULL && !null_field) {
+                changed++;
+                keep = nul.buf;
+                keep_len = nul.len;
+            } else if (rewrite[i] > REWRITE_CALL && !null_field && raw_len > 0) {
+                /* A shape: the value (escapes decoded) at scratch[0:n], its shape after it.
+                   No shape holds a character that needs an escape; they are escaped anyway. */
+                scratch.len = 0;
+                if (out_reserve(&scratch, 2 * raw_len + SHAPE_GROWTH) < 0)
+                    goto done;
+                unsigned char *w = (unsigned char *)scratch.data;
+                Py_ssize_t n = 0;
+                for (Py_ssize_t j = 0; j < raw_len; j++)
+                    w[n++] = raw[j] == '\\' ? text_unescape(raw[++j]) : raw[j];
+                Py_ssize_t shaped = shape_whole(w, n, rewrite[i], w + n);
+                if (out_reserve(&o, 1 + 2 * shaped) < 0)
+                    goto done;
+                if (i)
+                    o.data[o.len++] = '\t';
+                escape_into(&o, w + n, shaped);
+                changed++;
+                continue;
+            } else if (rewrite[i] == REWRITE_CALL && !null_field) {
                 /* The value: escapes decoded (text_row_end let only \b \f \n \r \t \v \\ by). */
                 PyObject *v = PyBytes_FromStringAndSize(NULL, raw_len);
                 if (v == NULL)
@@ -563,17 +848,7 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
             if (i)
                 o.data[o.len++] = '\t';
             if (r != NULL && r != Py_None) {
-                const unsigned char *nv = (const unsigned char *)PyBytes_AS_STRING(r);
-                Py_ssize_t nlen = PyBytes_GET_SIZE(r);
-                for (Py_ssize_t j = 0; j < nlen; j++) {
-                    char e = text_escape(nv[j]);
-                    if (e) {
-                        o.data[o.len++] = '\\';
-                        o.data[o.len++] = e;
-                    } else {
-                        o.data[o.len++] = (char)nv[j];
-                    }
-                }
+                escape_into(&o, (const unsigned char *)PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r));
             } else {
                 memcpy(o.data + o.len, keep, (size_t)keep_len);
                 o.len += keep_len;
@@ -592,6 +867,7 @@ static PyObject *mask_text_run(PyObject *self, PyObject *args) {
 done:
     PyMem_Free(o.data);
     PyMem_Free(copy.data);
+    PyMem_Free(scratch.data);
     PyMem_Free(spans);
     PyBuffer_Release(&buf);
     PyBuffer_Release(&nul);
@@ -608,6 +884,8 @@ static PyMethodDef methods[] = {
      "join_text(buf, start, stop, null, scanned, max_length, max_rows) -> (joined, end, rows)"},
     {"mask_text_run", mask_text_run, METH_VARARGS,
      "mask_text_run(buf, start, stop, null, rewrite, fns, max_length, max_rows) -> (out, end, rows, changed)"},
+    {"mask_whole", mask_whole, METH_VARARGS,
+     "mask_whole(value, code) -> bytes | None: one value as mask_run treats a column of that rewrite code"},
     {NULL, NULL, 0, NULL},
 };
 

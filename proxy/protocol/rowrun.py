@@ -16,7 +16,10 @@ not need. `proxy.answers` takes the complete DataRows at hand in runs of up to `
   through the per-row path one by one.
 - `mask_run`: the run rewritten with the new values of the columns masked whatever they hold
   (by name: `RowPlan.rewrite`), calling the column's treatment per value as the per-row path
-  does, and copying every other value as it came.
+  does, and copying every other value as it came. A `rewrite` byte above 1 names a treatment
+  the C applies itself, without the call (`REWRITE_LAST`; broker.masking.rows.REWRITE_CODES
+  gives those codes to the functions that compute the same): the references here call the
+  function for every non-zero byte.
 
 Both are C (`_rowrun.c`) where the build compiled it. The functions below are the same in
 Python: the reference the C is tested against (tests/proxy/test_rowrun.py) and what a build
@@ -28,9 +31,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 __all__ = [
-    "COPY_DATA", "DATA_ROW", "NATIVE", "RUN_ROWS", "join_scanned", "join_scanned_py", "join_text", "join_text_py",
-    "mask_run", "mask_run_py", "mask_text_run", "mask_text_run_py",
+    "COPY_DATA", "DATA_ROW", "NATIVE", "REWRITE_LAST", "RUN_ROWS", "join_scanned", "join_scanned_py", "join_text",
+    "join_text_py", "mask_run", "mask_run_py", "mask_text_run", "mask_text_run_py",
 ]
+
+#: The highest `rewrite` code (_rowrun.c: 1 calls the column's function; 2-7 are done in C).
+REWRITE_LAST = 7
 
 #: Rows per run: large enough that a call's fixed cost is spread thin, small enough that one
 #: row the gate opens on sends few others through the per-row path with it.
@@ -99,6 +105,12 @@ def join_scanned_py(
     return b"".join(parts), end, rows
 
 
+def _check_codes(rewrite: bytes, who: str) -> None:
+    for code in rewrite:
+        if code > REWRITE_LAST:
+            raise ValueError(f"{who}: unknown rewrite code {code}")
+
+
 def mask_run_py(
     buf: bytes | bytearray,
     start: int,
@@ -114,6 +126,7 @@ def mask_run_py(
     changed, counted as the per-row path counts them: returned as another object)."""
     if len(fns) != len(rewrite):
         raise ValueError("mask_run: one function per column")
+    _check_codes(rewrite, "mask_run")
     out: list[bytes] = []
     end = start
     rows = changed = 0
@@ -241,6 +254,7 @@ def mask_text_run_py(
     string, bytes are written escaped as PostgreSQL escapes them."""
     if len(fns) != len(rewrite):
         raise ValueError("mask_text_run: one function per column")
+    _check_codes(rewrite, "mask_text_run")
     out: list[bytes] = []
     end = start
     rows = changed = 0
