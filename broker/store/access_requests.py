@@ -128,7 +128,7 @@ class AccessRequestRepository:
         return _info(row, expires_at)
 
     async def get_access_request(self, request_id: str) -> AccessRequestInfo | None:
-        async with self.core.transaction("get access request") as session:
+        async with self.core.transaction("get access request", read_only=True) as session:
             found = (
                 await session.execute(
                     select(AccessRequest, GatewayToken.expires_at)
@@ -142,7 +142,7 @@ class AccessRequestRepository:
 
     async def token_owner(self, token_id: str) -> TokenOwner | None:
         """Who holds a gateway token (for deciding who may revoke it)."""
-        async with self.core.transaction("token owner") as session:
+        async with self.core.transaction("token owner", read_only=True) as session:
             row = await session.get(GatewayToken, token_id)
             if row is None:
                 return None

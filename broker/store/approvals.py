@@ -180,7 +180,7 @@ class ApprovalRepository:
         return row, _to_model(row, votes)
 
     async def get_approval(self, approval_id: str) -> Approval | None:
-        async with self.core.transaction("get approval") as session:
+        async with self.core.transaction("get approval", read_only=True) as session:
             try:
                 return (await self._load(session, approval_id))[1]
             except ApprovalNotFound:
@@ -205,7 +205,7 @@ class ApprovalRepository:
             query = query.where(ApprovalRow.requester == requester)
         if session_id is not None:
             query = query.where(ApprovalRow.session_id == session_id)
-        async with self.core.transaction("list approvals") as session:
+        async with self.core.transaction("list approvals", read_only=True) as session:
             rows = list((await session.execute(query)).scalars())
             votes: dict[str, list[ApprovalVoteRow]] = {r.id: [] for r in rows}
             if rows:
@@ -302,7 +302,7 @@ class ApprovalRepository:
     async def due_approvals(self, *, now: datetime | None = None, limit: int = 500) -> list[str]:
         """Ids of pending requests past their expiry."""
         now = now or self.core.clock()
-        async with self.core.transaction("due approvals") as session:
+        async with self.core.transaction("due approvals", read_only=True) as session:
             rows = await session.execute(
                 select(ApprovalRow.id)
                 .where(ApprovalRow.status == Status.PENDING.value, ApprovalRow.expires_at <= now)
@@ -363,7 +363,7 @@ class ApprovalRepository:
 
     async def cancel_session_approvals(self, session_id: str, *, reason: str) -> list[Approval]:
         """Cancel what a session left pending when it ended."""
-        async with self.core.transaction("session approvals") as session:
+        async with self.core.transaction("session approvals", read_only=True) as session:
             ids = [
                 r[0]
                 for r in await session.execute(
@@ -466,7 +466,7 @@ class ApprovalRepository:
     async def pending_older_than(self, age: timedelta, *, escalated: bool) -> list[str]:
         """Pending ids created before now-age and not yet reminded (or escalated)."""
         column = ApprovalRow.escalated_at if escalated else ApprovalRow.reminded_at
-        async with self.core.transaction("pending approvals") as session:
+        async with self.core.transaction("pending approvals", read_only=True) as session:
             rows = await session.execute(
                 select(ApprovalRow.id).where(
                     ApprovalRow.status == Status.PENDING.value,
@@ -505,7 +505,7 @@ class ApprovalRepository:
 
     async def voter_for_email(self, email: str, *, via: str, max_age: timedelta) -> Voter | None:
         """The person with this email, as last seen through OIDC within `max_age`."""
-        async with self.core.transaction("principal by email") as session:
+        async with self.core.transaction("principal by email", read_only=True) as session:
             row = (
                 await session.execute(
                     select(PrincipalRow)

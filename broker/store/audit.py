@@ -283,7 +283,7 @@ class AuditRepository:
             return await self.append(session, events)
 
     async def audit_state(self) -> AuditState | None:
-        async with self.core.transaction("read audit head") as session:
+        async with self.core.transaction("read audit head", read_only=True) as session:
             state = await session.get(AuditState, _STATE_ID)
             if state is not None:
                 session.expunge(state)
@@ -310,7 +310,7 @@ class AuditRepository:
                 query = query.where(_EVENTS.c.ts >= since)
             if until is not None:
                 query = query.where(_EVENTS.c.ts < until)
-            async with self.core.transaction("read audit") as session:
+            async with self.core.transaction("read audit", read_only=True) as session:
                 batch = [_record(r) for r in await session.execute(query)]
             for record in batch:
                 yield record
@@ -324,7 +324,7 @@ class AuditRepository:
             query = query.where(_EVENTS.c.ts >= since)
         if until is not None:
             query = query.where(_EVENTS.c.ts < until)
-        async with self.core.transaction("count audit") as session:
+        async with self.core.transaction("count audit", read_only=True) as session:
             return int(await session.scalar(query) or 0)
 
     async def checkpoint_audit(self, key: Ed25519PrivateKey) -> AuditRecord | None:
@@ -613,7 +613,7 @@ class AuditRepository:
         return await self._audit_record(seq)
 
     async def _audit_record(self, seq: int) -> AuditRecord | None:
-        async with self.core.transaction("read audit") as session:
+        async with self.core.transaction("read audit", read_only=True) as session:
             row = (await session.execute(select(_EVENTS).where(_EVENTS.c.seq == seq))).first()
             return None if row is None else _record(row)
 

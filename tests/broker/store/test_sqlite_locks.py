@@ -93,12 +93,50 @@ async def test_a_store_call_cancelled_mid_statement_leaves_the_database_unlocked
                 assert task is not None
                 task.cancel()
 
-        reading = asyncio.ensure_future(store.approvals.get_approval("a1"))
+        # A read that still takes BEGIN IMMEDIATE (the session's rows and audit records are
+        # read as one snapshot); the approval reads below no longer take the write lock.
+        reading = asyncio.ensure_future(store.sessions.get_session("s1"))
         with pytest.raises(asyncio.CancelledError):
             await reading
         assert not cancel_at_select  # it was cancelled at the SELECT, inside its BEGIN IMMEDIATE
         assert write_lock_free(path)  # another writer (the recorder's process, say) gets in
         read = await store.approvals.get_approval("a1")  # and the store goes on
         assert read is not None and read.status is Status.PENDING
+    finally:
+        await store.close()
+
+
+async def test_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """Reads begin with a plain BEGIN: beside a writer holding the write lock (the recorder's
+    process, mid-batch) they read the last commit instead of queueing behind it, as a
+    `BEGIN IMMEDIATE` would, for up to the 10 s busy timeout and then failing."""
+    path = tmp_path / "j.db"
+    store = await Store.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        await store.approvals.create_approval(approval("a1"))
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE approvals SET reason = 'uncommitted' WHERE id = 'a1'")
+        try:
+            assert not write_lock_free(path)
+            reads = [
+                store.approvals.get_approval("a1"),
+                store.approvals.list_approvals(),
+                store.approvals.due_approvals(),
+                store.approvals.pending_older_than(timedelta(0), escalated=False),
+                store.approvals.voter_for_email("a@example.com", via="slack", max_age=timedelta(days=1)),
+                store.access.get_access_request("r1"),
+                store.access.token_owner("t1"),
+                store.audit.audit_state(),
+                store.audit.count_audit(),
+                store.audit.audit_record(1),
+            ]
+            got = await asyncio.wait_for(asyncio.gather(*reads), timeout=5)
+            assert got[0] is not None and got[0].reason != "uncommitted"  # the last commit
+            assert [a.id for a in got[1]] == ["a1"]
+            assert [r async for r in store.audit.iter_audit()] is not None
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
     finally:
         await store.close()
