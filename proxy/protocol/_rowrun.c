@@ -24,9 +24,11 @@
    many rows were taken.
 
    mask_run returns the rows taken, rewritten: the value of a column whose byte in `rewrite` is
-   non-zero becomes fns[i](value) (bytes; None for NULL; the very same object for "unchanged"),
-   a NULL stays NULL, every other value is copied. `changed` counts the values for which fns[i]
-   returned another object than its argument. An exception raised by fns[i] propagates. */
+   1 becomes fns[i](value) (bytes; None for NULL; the very same object for "unchanged"), one
+   whose byte is 2-7 gets the shape the C computes itself for that code (see "Whole values
+   masked by name" below; mask_whole(value, code) gives one value's), a NULL stays NULL, every
+   other value is copied. `changed` counts the values for which fns[i] returned another object
+   than its argument, or that a shape replaced. An exception raised by fns[i] propagates. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
