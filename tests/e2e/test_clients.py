@@ -304,10 +304,15 @@ def test_renamed_or_wrapped_ssn_and_phone_are_still_masked(gateway, upstream):
 
 
 _RUN_ROWS_SQL = (
-    "select i as id, 'user' || i || '@example.com' as email,"
-    " case when i in (1, 64, 65, 170) then 'key AKIAFAKEFAKEFAKEFAKE' else 'plain ' || i end as note"
+    "select i as id, case when i % 50 = 0 then null else 'user' || i || '@example.com' end as email,"
+    " case when i in (1, 64, 65, 170) then 'key AKIAFAKEFAKEFAKEFAKE' else 'plain ' || i end as note,"
+    # One column per shape the C writes itself (proxy/protocol/_rowrun.c): phone, card (no
+    # Luhn check by name), an int masked by name (NULL), a secret (eight stars; '' stays '').
+    " '+1 415 555 ' || lpad(i::text, 4, '0') as phone, '4242 4242 4242 ' || lpad(i::text, 4, '0') as card_number,"
+    " i * 7 as ssn, case when i % 10 = 0 then '' else 'pw' || i end as password"
     " from generate_series(1, 200) as i"
 )
+_RUN_COLUMNS = 7
 
 
 def _binary_copy_tuples(data: bytes) -> list[list[bytes | None]]:
@@ -330,12 +335,17 @@ def _binary_copy_tuples(data: bytes) -> list[list[bytes | None]]:
 
 
 def _check_run_rows(rows: list[list[bytes | None]]) -> None:
-    """What runs of rows (proxy.protocol.rowrun) must give: every e-mail masked, the scanned
-    column masked exactly on the rows holding a key (first, 64th, 65th of a run and beyond)."""
+    """What runs of rows (proxy.protocol.rowrun) must give: every column masked by name in
+    its shape, and the scanned column masked exactly on the rows holding a key (first, 64th,
+    65th of a run and beyond)."""
     assert len(rows) == 200
-    for i, (ident, email, note) in enumerate(rows, start=1):
+    for i, (ident, email, note, phone, card, ssn, password) in enumerate(rows, start=1):
         assert int.from_bytes(ident, "big") == i if len(ident) == 4 else int(ident) == i
-        assert email == b"u***@example.com"
+        assert email == (None if i % 50 == 0 else b"u***@example.com")
+        assert phone == b"+* *** *** " + (b"**" + f"{i:04d}".encode()[2:])
+        assert card == b"**** **** **** " + f"{i:04d}".encode()
+        assert ssn is None
+        assert password == (b"" if i % 10 == 0 else b"********")
         if i in (1, 64, 65, 170):
             assert note is not None and b"AKIA" not in note and note.startswith(b"key ")
         else:
@@ -352,9 +362,9 @@ def test_long_results_are_masked_row_by_row_as_they_stream(gateway, how):
             if how == "copy-binary":
                 rows = _binary_copy_tuples(data)
             else:  # no value here holds a tab, a newline or a backslash
-                rows = [line.split(b"\t") for line in data.splitlines()]
+                rows = [[None if f == b"\\N" else f for f in line.split(b"\t")] for line in data.splitlines()]
         else:
             res = conn.pgconn.exec_params(_RUN_ROWS_SQL.encode(), [], result_format=int(how == "select-binary"))
             assert res.status == psycopg.pq.ExecStatus.TUPLES_OK, res.get_error_message()
-            rows = [[res.get_value(r, c) for c in range(3)] for r in range(res.ntuples)]
+            rows = [[res.get_value(r, c) for c in range(_RUN_COLUMNS)] for r in range(res.ntuples)]
     _check_run_rows(rows)
