@@ -403,7 +403,7 @@ def test_access_request_and_vault_session_are_audited_without_secrets(
         deadline = time.monotonic() + within
         while True:
             text = "".join([chunk async for chunk in render(gw.store.audit.iter_audit(), "jsonl")])
-            if '"type": "lease.revoke"' in text or '"type":"lease.revoke"' in text or time.monotonic() > deadline:
+            if '"type":"lease.revoke"' in text or time.monotonic() > deadline:  # JSONL is compact
                 return text
             await asyncio.sleep(0.05)
 
