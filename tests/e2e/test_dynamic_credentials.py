@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -397,22 +398,27 @@ def test_access_request_and_vault_session_are_audited_without_secrets(
     assert gw.call(_gone(upstream, user))
     gw.flush()
 
-    async def export(within: float = 5.0) -> str:
+    def lease_actions_of(records: list[dict[str, Any]]) -> list[str]:
+        starts = [r for r in records if r["type"] == "session.start" and r["data"]["token_id"] == granted["token_id"]]
+        assert len(starts) == 1, starts
+        session_id = starts[0]["session_id"]
+        return [r["type"] for r in records if r["type"].startswith("lease.") and r["session_id"] == session_id]
+
+    async def export(within: float = 5.0) -> tuple[str, list[dict[str, Any]]]:
         # The lease's revocation is audited once Vault answers, just after the role is gone
-        # upstream: read the chain until its record is there (or give up, and fail below).
+        # upstream: read the chain until this session's lease.revoke is there (or give up, and
+        # fail below). Other tests on this gateway revoke leases too, so look at this session's.
         deadline = time.monotonic() + within
         while True:
             text = "".join([chunk async for chunk in render(gw.store.audit.iter_audit(), "jsonl")])
-            if '"type":"lease.revoke"' in text or time.monotonic() > deadline:  # JSONL is compact
-                return text
+            records = [json.loads(line) for line in text.splitlines()]
+            if "lease.revoke" in lease_actions_of(records) or time.monotonic() > deadline:
+                return text, records
             await asyncio.sleep(0.05)
 
-    text = gw.call(export())
+    text, records = gw.call(export())
     assert gw.call(gw.store.audit.verify_audit()).ok
-    records = [json.loads(line) for line in text.splitlines()]
-    (start,) = [r for r in records if r["type"] == "session.start" and r["data"]["token_id"] == granted["token_id"]]
-    session_id = start["session_id"]
-    lease_actions = [r["type"] for r in records if r["type"].startswith("lease.") and r["session_id"] == session_id]
+    lease_actions = lease_actions_of(records)
     assert lease_actions[0] == "lease.issue" and "lease.renew" in lease_actions and lease_actions[-1] == "lease.revoke"
     statuses = {
         r["data"]["status"] for r in records
