@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -130,6 +131,12 @@ class Session(Base):
     )
 
 
+def _only_where_set(column: str) -> dict[str, Any]:
+    """Keyword arguments that make an `Index` partial: only rows where `column` is set."""
+    where = text(f"{column} IS NOT NULL")
+    return {"sqlite_where": where, "postgresql_where": where}
+
+
 class Statement(Base):
     """One statement the proxy saw in a session, with the decision taken on it."""
 
@@ -163,8 +170,10 @@ class Statement(Base):
         # Makes a retried batch idempotent: the recorder inserts with ON CONFLICT DO NOTHING.
         UniqueConstraint("session_id", "seq"),
         Index("ix_statements_started_at", "started_at"),
-        Index("ix_statements_fingerprint", "fingerprint"),
-        Index("ix_statements_approval_id", "approval_id"),
+        # Partial (0012_partial_statement_indexes): both are NULL on nearly every row, and a
+        # NULL row should cost the recorder's insert no index entry.
+        Index("ix_statements_fingerprint", "fingerprint", **_only_where_set("fingerprint")),
+        Index("ix_statements_approval_id", "approval_id", **_only_where_set("approval_id")),
     )
 
 

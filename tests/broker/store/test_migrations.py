@@ -139,3 +139,43 @@ async def test_store_url_hides_password() -> None:
         assert store.url == "postgresql+asyncpg://jitgate:***@127.0.0.1:1/jitgate"
     finally:
         await store.close()
+
+
+async def test_statement_indexes_on_mostly_null_columns_are_partial(empty_url: str) -> None:
+    """`fingerprint` and `approval_id` are NULL on nearly every recorded statement: their
+    indexes take only the rows that have one, so the recorder's insert pays nothing for them,
+    and a lookup by approval still uses one."""
+    store = await Store.open(empty_url)
+    try:
+        async with store.engine.connect() as conn:
+            if store.engine.dialect.name == "sqlite":
+                found = dict((await conn.execute(text(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'statements'"
+                ))).all())
+            else:
+                found = dict((await conn.execute(text(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'statements'"
+                ))).all())
+        partial = (("ix_statements_fingerprint", "fingerprint"), ("ix_statements_approval_id", "approval_id"))
+        for name, column in partial:
+            assert "WHERE" in found[name].upper() and f"{column} IS NOT NULL" in found[name], found[name]
+        assert "WHERE" not in (found["ix_statements_started_at"] or "").upper()
+        if store.engine.dialect.name == "sqlite":
+            async with store.engine.connect() as conn:
+                plan = (await conn.execute(text(
+                    "EXPLAIN QUERY PLAN SELECT id FROM statements WHERE approval_id = :a"), {"a": "x"})).all()
+            assert any("ix_statements_approval_id" in str(step) for step in plan), plan
+        # Downgraded, they are whole again (what 0011 made).
+        await downgrade(store.engine, "0011_statement_approval")
+        async with store.engine.connect() as conn:
+            if store.engine.dialect.name == "sqlite":
+                sql = (await conn.execute(text(
+                    "SELECT sql FROM sqlite_master WHERE name = 'ix_statements_approval_id'"))).scalar_one()
+            else:
+                sql = (await conn.execute(text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_statements_approval_id'"))).scalar_one()
+        assert "WHERE" not in sql.upper()
+        await upgrade(store.engine)
+        assert await _schema_diff(store) == []
+    finally:
+        await store.close()
