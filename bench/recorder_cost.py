@@ -7,11 +7,11 @@ not wall time, in µs per statement, the median of a few rounds. pgbench's state
 (`SELECT abalance FROM pgbench_accounts WHERE aid = $1;`) as the proxy records it: allowed,
 with rule, reason, fingerprint, a duration and one row, spread over 8 sessions.
 
-(a) relay hand-off: `RecorderSink.statement` (builds the `StatementRecord`) and
-    `Recorder.record_statement` (checks, `_count`'s metrics, the buffer), on a recorder
+(a) relay hand-off: `RecorderSink.statement` (builds the `StatementRow`) and
+    `Recorder.record_row` (checks, the metrics' plain-int tally, the buffer), on a recorder
     whose writer task is not started.
-(b) hand-over to the writer process: the batch as tuples, pickled and unpickled (the records
-    rebuilt in the child), then the real thing: a `ProcessWriter` writing to a SQLite store,
+(b) hand-over to the writer process: the batch of rows pickled and unpickled (the records
+    built in the child), then the real thing: a `ProcessWriter` writing to a SQLite store,
     the relay process's CPU (its event loop and the pool's threads) and the child's (/proc).
 (c) the writer on a SQLite file store: `record_statements` as the child runs it (through
     aiosqlite), and `_write_batch_sqlite` on a plain connection, split into the time inside
@@ -50,12 +50,14 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from broker import metrics  # noqa: E402
 from broker.policy.model import Decision, Verdict  # noqa: E402
 from broker.store import Grant, SessionStart, StatementRecord, Store  # noqa: E402
 from broker.store import audit as audit_mod  # noqa: E402
 from broker.store import recorder as recorder_mod  # noqa: E402
 from broker.store import sessions as sessions_mod  # noqa: E402
 from broker.store.recorder import ProcessWriter, Recorder  # noqa: E402
+from broker.store.records import StatementRow, statement_record  # noqa: E402
 from proxy.records import StatementEvent  # noqa: E402
 from proxy.wiring import RecorderSink  # noqa: E402
 
@@ -69,6 +71,7 @@ GRANT = Grant(
     expires_at=datetime(2031, 1, 1, tzinfo=UTC), reusable=True,
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_FIELDS = recorder_mod._RECORD_FIELDS
 
 
 class Records:
@@ -91,6 +94,15 @@ class Records:
                 fingerprint=FINGERPRINT, rule=RULE, reason=REASON, duration_ms=0.052, rows=1,
             ))
         return out
+
+    def rows(self, n: int) -> list[StatementRow]:
+        """As `batch`, in the form the relay hands over (`RecorderSink.statement`)."""
+        return [(*_FIELDS(r)[:4], r.started_at.timestamp(), *_FIELDS(r)[5:]) for r in self.batch(n)]
+
+    def row_batches(self, total: int, size: str) -> list[list[StatementRow]]:
+        """`batches` of rows."""
+        return [[(*_FIELDS(r)[:4], r.started_at.timestamp(), *_FIELDS(r)[5:]) for r in b]
+                for b in self.batches(total, size)]
 
     def batches(self, total: int, size: str) -> list[list[StatementRecord]]:
         """About `total` records in batches of `size` ("500"), or of random sizes ("1-500"):
@@ -154,7 +166,7 @@ def hand_off(total: int, rounds: int) -> dict[str, float]:
         ))
         for i in range(total)
     ]
-    records = Records(sids).batch(total)
+    records = Records(sids).rows(total)
     out: dict[str, list[tuple[float, int]]] = {"sink": [], "record": [], "count": []}
     for _ in range(rounds + 1):  # the first round warms up
         recorder._buffer.clear()
@@ -164,16 +176,16 @@ def hand_off(total: int, rounds: int) -> dict[str, float]:
             statement(sid, event)
         out["sink"].append((time.thread_time() - t, total))
         recorder._buffer.clear()
-        record = recorder.record_statement
+        record = recorder.record_row
         t = time.thread_time()
         for r in records:
             record(r)
         out["record"].append((time.thread_time() - t, total))
         recorder._buffer.clear()
-        count = recorder._count
+        count = metrics.STATEMENT_TALLY.count
         t = time.thread_time()
         for r in records:
-            count(r)
+            count(r[3], r[11], r[9])
         out["count"].append((time.thread_time() - t, total))
     recorder._buffer.clear()
     return {k: median_us(v[1:]) for k, v in out.items()}
@@ -183,21 +195,19 @@ def hand_off(total: int, rounds: int) -> dict[str, float]:
 
 
 def pickling(records: Records, total: int, size: str, rounds: int) -> tuple[float, float]:
-    """(parent: tuples + pickle, child: unpickle + records rebuilt), µs per statement."""
-    batches = records.batches(total, size)
+    """(parent: pickle the rows, child: unpickle + records built), µs per statement."""
+    batches = records.row_batches(total, size)
     n = sum(map(len, batches))
     parent: list[tuple[float, int]] = []
     child: list[tuple[float, int]] = []
-    fields = recorder_mod._RECORD_FIELDS
     for _ in range(rounds):
         t = time.thread_time()
-        blobs = [bytes(ForkingPickler.dumps((recorder_mod._child_record, [fields(r) for r in b], False)))
-                 for b in batches]
+        blobs = [bytes(ForkingPickler.dumps((recorder_mod._child_record, list(b), False))) for b in batches]
         parent.append((time.thread_time() - t, n))
         t = time.thread_time()
         for blob in blobs:
             _, rows, _ = pickle.loads(blob)
-            [StatementRecord(*row) for row in rows]
+            [statement_record(row) for row in rows]
         child.append((time.thread_time() - t, n))
     return median_us(parent), median_us(child)
 
@@ -211,11 +221,11 @@ async def process_writer(url: str, records: Records, total: int, size: str, roun
             raise RuntimeError("the writer process did not start")
         assert writer._pool is not None
         (pid,) = list(writer._pool._processes)  # type: ignore[attr-defined]
-        await writer.record_statements(records.batch(50))  # warm up
+        await writer.record_statements(records.rows(50))  # warm up
         relay: list[tuple[float, int]] = []
         child: list[tuple[float, int]] = []
         for _ in range(rounds):
-            batches = records.batches(total, size)
+            batches = records.row_batches(total, size)
             n = sum(map(len, batches))
             t, c = time.process_time(), proc_cpu(pid)
             for b in batches:
@@ -381,8 +391,8 @@ def run_sqlite(sizes: list[str], total: int, rounds: int, table: Sections, workd
         relay_pw[size], child_pw[size] = asyncio.run(process_writer(url, records, total, size, rounds))
         split[size] = sqlite_writer(url, path, records, total, size, rounds)
     b = "(b) to the writer"
-    table.add(b, "tuples + pickle (ForkingPickler)", "relay", parent_pickle)
-    table.add(b, "unpickle + StatementRecord(*row)", "writer", child_pickle)
+    table.add(b, "rows pickled (ForkingPickler)", "relay", parent_pickle)
+    table.add(b, "unpickled + statement_record(row)", "writer", child_pickle)
     table.add(b, "ProcessWriter on SQLite, relay side", "relay", relay_pw)
     table.add(b, "  writer process, all of it (/proc)", "writer", child_pw)
     c = "(c) SQLite writer"
@@ -458,7 +468,7 @@ def render(table: Sections, sizes: list[str], console: Console, title: str) -> N
         return {s: sum(table.get(n)[s] for n in names) for s in sizes}
 
     hand = ["RecorderSink.statement (all of (a))"]
-    pickle_ = ["tuples + pickle (ForkingPickler)", "unpickle + StatementRecord(*row)"]
+    pickle_ = ["rows pickled (ForkingPickler)", "unpickled + statement_record(row)"]
     totals = [("SQLite store", total(hand + pickle_ + ["record_statements (as in the child)"]))]
     if any(n == "record_statements (writer CPU)" for _, n, _, _ in table.rows):
         totals.append(("PostgreSQL store, writer side", total(hand + pickle_ + ["record_statements (writer CPU)"])))
@@ -492,9 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     a = hand_off(total, rounds)
     sec = "(a) relay hand-off"
     table.add(sec, "RecorderSink.statement (all of (a))", "relay", dict.fromkeys(sizes, a["sink"]))
-    table.add(sec, "  StatementRecord built", "relay", dict.fromkeys(sizes, a["sink"] - a["record"]))
-    table.add(sec, "  Recorder.record_statement", "relay", dict.fromkeys(sizes, a["record"]))
-    table.add(sec, "    of which _count (metrics)", "relay", dict.fromkeys(sizes, a["count"]))
+    table.add(sec, "  StatementRow built", "relay", dict.fromkeys(sizes, a["sink"] - a["record"]))
+    table.add(sec, "  Recorder.record_row", "relay", dict.fromkeys(sizes, a["record"]))
+    table.add(sec, "    of which the metrics' tally", "relay", dict.fromkeys(sizes, a["count"]))
     with tempfile.TemporaryDirectory(prefix="jitgate-recorder-cost-") as workdir:
         run_sqlite(sizes, total, rounds, table, workdir)
     if not args.no_postgres:

@@ -1,7 +1,8 @@
 """Prometheus metrics, in a registry of jitgate's own (served by the API at /metrics).
 
 Who increments what:
-- `Recorder.record_statement`: STATEMENTS, MASKED_VALUES, STATEMENT_SECONDS;
+- `Recorder.record_statement` and `record_row`: STATEMENT_TALLY (statements by decision,
+  masked values, statement durations);
 - `Recorder.start_session` / `end_session`: SESSIONS_ACTIVE;
 - the proxy: PROXY_BYTES (per direction), AUTH_FAILURES (label: `AuthError.reason`) and
   EGRESS_LIMITS (statements cut by `resources.<name>.egress`).
@@ -12,7 +13,9 @@ tests/broker/test_metrics.py fails for a metric declared without one).
 
 from __future__ import annotations
 
+import math
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -24,24 +27,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.metrics_core import CounterMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 SESSIONS_ACTIVE = Gauge(
     "jitgate_sessions_active", "Proxy sessions currently open", registry=REGISTRY
-)
-STATEMENTS = Counter(
-    "jitgate_statements_total",
-    "Statements seen by the proxy, by the decision enforced",
-    ["decision"],
-    registry=REGISTRY,
-)
-MASKED_VALUES = Counter(
-    "jitgate_masked_values_total",
-    "Result values masked before reaching a client",
-    registry=REGISTRY,
 )
 
 
@@ -106,12 +99,68 @@ class RelayedBytes(Collector):
 
 
 PROXY_BYTES = RelayedBytes(REGISTRY)
-STATEMENT_SECONDS = Histogram(
-    "jitgate_statement_seconds",
-    "Time from a statement's arrival to its completion, as the proxy saw it",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-    registry=REGISTRY,
-)
+
+
+class StatementTally(Collector):
+    """`jitgate_statements_total{decision}`, `jitgate_masked_values_total` and the
+    `jitgate_statement_seconds` histogram, counted in plain ints.
+
+    The recorder counts every statement on the relay's event loop; a prometheus_client
+    `Counter.inc` and `Histogram.observe` take a lock each and cost ~1.2 µs a statement
+    together, so the hot path adds to these attributes instead (`count`, ~0.3 µs) and this
+    collector reads them when Prometheus scrapes: exact and current, and never going back.
+    A scrape on the metrics server's thread reads a copy of the dict (copied in one step
+    under the GIL) and the bucket list; the count it reports is the sum of the buckets, so
+    `_count` and the `+Inf` bucket always agree.
+    """
+
+    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions: dict[str, int] = {}
+        self.masked = 0
+        # buckets[i] counts durations in (BOUNDS[i-1], BOUNDS[i]]; the last one is above 30 s.
+        self.buckets = [0] * (len(self.BOUNDS) + 1)
+        self.seconds = 0.0
+        registry.register(self)
+
+    def count(self, decision: str, masked: int, duration_ms: float | None) -> None:
+        """One statement: its decision, the values masked in it, its duration if it ran."""
+        decisions = self.decisions
+        decisions[decision] = decisions.get(decision, 0) + 1
+        if masked:
+            self.masked += masked
+        if duration_ms is not None:
+            seconds = duration_ms / 1000
+            self.buckets[bisect_left(self.BOUNDS, seconds)] += 1
+            self.seconds += seconds
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
+        return (
+            CounterMetricFamily("jitgate_statements", "Statements seen by the proxy, by the decision enforced",
+                                labels=["decision"]),
+            CounterMetricFamily("jitgate_masked_values", "Result values masked before reaching a client"),
+            HistogramMetricFamily("jitgate_statement_seconds",
+                                  "Time from a statement's arrival to its completion, as the proxy saw it"),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        statements, masked, seconds = self._families()
+        for decision, n in dict(self.decisions).items():
+            statements.add_metric([decision], n)
+        masked.add_metric([], self.masked)
+        buckets, total = [], 0
+        for bound, n in zip((*self.BOUNDS, math.inf), list(self.buckets), strict=True):
+            total += n
+            buckets.append((floatToGoString(bound), total))
+        seconds.add_metric([], buckets, self.seconds)
+        yield from (statements, masked, seconds)
+
+
+STATEMENT_TALLY = StatementTally(REGISTRY)
 AUTH_FAILURES = Counter(
     "jitgate_auth_failures_total",
     "Refused gateway logins, by the check that failed (malformed, unknown, expired, revoked, wrong_resource, "

@@ -1,8 +1,9 @@
 """The proxy's recording sink: statements go to a buffer, a background task writes them.
 
-The hot path (`record_statement`) never awaits the store: it appends to an in-memory deque
-and returns. A task started by `start()` writes batches with `Store.sessions.record_statements`
-every `flush_interval` seconds, or as soon as `batch_size` records wait. Session start and
+The hot path (`record_row`, or `record_statement`) never awaits the store: it appends to an
+in-memory deque and returns. A task started by `start()` writes batches with
+`Store.sessions.record_statements` every `flush_interval` seconds, or as soon as `batch_size`
+records wait. Session start and
 end are rare and awaited directly.
 
 When the store fails, the batch stays at the head of the buffer and is retried with
@@ -56,17 +57,23 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
-from prometheus_client import Counter
 
 from broker import metrics
 from broker.backoff import Backoff
 from broker.exceptions import RecorderClosed, StoreError, StoreUnavailable
 from broker.store.base import enum_value
 from broker.store.group_commit import GroupCommit
-from broker.store.records import SessionEnd, SessionStart, SessionStats, StatementRecord
+from broker.store.records import (
+    SessionEnd,
+    SessionStart,
+    SessionStats,
+    StatementRecord,
+    StatementRow,
+    statement_record,
+)
 
 if TYPE_CHECKING:
     from broker.store import Store
@@ -135,18 +142,19 @@ class ProcessWriter:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def record_statements(self, records: Sequence[StatementRecord]) -> None:
+    async def record_statements(self, records: Sequence[StatementRecord | StatementRow]) -> None:
         self.start()
         assert self._pool is not None and self._ready is not None
         if not self._ready.done():
             # A new child (after one died) is starting; meanwhile write from here.
-            await self._store.record_statements(records)
+            await self._store.record_statements([statement_record(r) for r in records])
             return
         keep = bool(self._store.core.audit_listeners)
         try:
-            # As plain tuples: pickling dataclass instances costs three times as much, and it
-            # happens in this process, under the GIL the relay needs.
-            rows = [_RECORD_FIELDS(r) for r in records]
+            # As plain tuples (the proxy's rows already are): pickling dataclass instances
+            # costs three times as much, and it happens in this process, under the GIL the
+            # relay needs.
+            rows = [r if r.__class__ is tuple else _RECORD_FIELDS(r) for r in records]
             appended = await asyncio.wrap_future(self._pool.submit(_child_record, rows, keep))
         except BrokenProcessPool as exc:
             # The child died (killed, out of memory, failed to connect): a transient failure;
@@ -203,7 +211,7 @@ def _child_record(rows: list[tuple[Any, ...]], keep: bool) -> list[Any]:
     store: Store = _child["store"]
     appended: list[Any] = []
     store.audit_listeners[:] = [appended.extend] if keep else []
-    loop.run_until_complete(store.sessions.record_statements([StatementRecord(*row) for row in rows]))
+    loop.run_until_complete(store.sessions.record_statements([statement_record(row) for row in rows]))
     return appended
 
 
@@ -212,7 +220,13 @@ def _not_transient(exc: Exception) -> bool:
 
 
 # Every field of a StatementRecord, in declaration order (what its constructor takes).
-_RECORD_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(StatementRecord)))
+_FIELD_NAMES = [f.name for f in dataclasses.fields(StatementRecord)]
+_RECORD_FIELDS = operator.attrgetter(*_FIELD_NAMES)
+# Where `record_row` finds what it counts in a StatementRow: literals, so that mypy knows each
+# one's type (tests/broker/store/test_recorder.py holds them to the dataclass's fields).
+_DECISION: Final = 3
+_MASKED_VALUES: Final = 11
+_DURATION_MS: Final = 9
 
 
 def _use_process(store: object) -> bool:
@@ -272,7 +286,9 @@ class Recorder:
         self.max_backoff = max_backoff
         self.close_timeout = close_timeout
 
-        self._buffer: deque[StatementRecord] = deque()
+        # Records and rows as they came (`record_statement`, `record_row`): a batch goes to the
+        # writer process as they are, to any other store as records.
+        self._buffer: deque[StatementRecord | StatementRow] = deque()
         self._accepted = 0  # records ever accepted into the buffer
         self._settled = 0  # of those, written or dropped as invalid
         self._flush_to = 0  # a flush() waits until this many are settled: no waiting between batches
@@ -285,7 +301,6 @@ class Recorder:
         self._caught_up.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._statement_counters: dict[str, Counter] = {}
         # Session starts and ends of a connect (or disconnect) burst share transactions.
         self._orphans: set[asyncio.Task[bool]] = set()
         self._starts: GroupCommit[SessionStart, str] = GroupCommit(
@@ -305,13 +320,24 @@ class Recorder:
             # Caught here, in the caller's stack, rather than as a dropped record later.
             raise ValueError("StatementRecord.started_at must be an aware datetime")
         self._count(record)
+        self._accept(record)
+
+    def record_row(self, row: StatementRow) -> None:
+        """`record_statement` for a statement in the proxy's form (`StatementRow`): what the
+        relay calls for every statement, so it is built and counted without a dataclass."""
+        if self._closing:
+            raise RecorderClosed("recorder is closed")
+        metrics.STATEMENT_TALLY.count(row[_DECISION], row[_MASKED_VALUES], row[_DURATION_MS])
+        self._accept(row)
+
+    def _accept(self, item: StatementRecord | StatementRow) -> None:
         if len(self._buffer) >= self.hard_limit:
             self._dropped += 1
             metrics.RECORDER_DROPPED.labels(cause="overflow").inc()
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.error("recorder over its hard limit: dropping records", dropped=self._dropped)
             return
-        self._buffer.append(record)
+        self._buffer.append(item)
         self._accepted += 1
         self._nonempty.set()
         pending = len(self._buffer)
@@ -325,14 +351,7 @@ class Recorder:
         decision = record.decision
         if decision.__class__ is not str:  # the proxy gives the string, tests an Enum
             decision = enum_value(decision)
-        counter = self._statement_counters.get(decision)
-        if counter is None:
-            counter = self._statement_counters[decision] = metrics.STATEMENTS.labels(decision)
-        counter.inc()
-        if record.masked_values:
-            metrics.MASKED_VALUES.inc(record.masked_values)
-        if record.duration_ms is not None:
-            metrics.STATEMENT_SECONDS.observe(record.duration_ms / 1000)
+        metrics.STATEMENT_TALLY.count(decision, record.masked_values, record.duration_ms)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -487,7 +506,9 @@ class Recorder:
         backoff = Backoff(0.05, self.max_backoff)
         while self._buffer:
             n = min(self.batch_size, len(self._buffer))
-            batch = list(itertools.islice(self._buffer, n))
+            batch: list[Any] = list(itertools.islice(self._buffer, n))
+            if self._writer is None:
+                batch = [statement_record(item) for item in batch]
             try:
                 try:
                     await self._store.record_statements(batch)
@@ -523,10 +544,11 @@ class Recorder:
                 # they cost ten times the records' own work.
                 return
 
-    async def _write_singly(self, batch: list[StatementRecord]) -> None:
+    async def _write_singly(self, batch: list[Any]) -> None:
         # A transient error propagates to _drain's retry; rows already written are not
         # duplicated on the retry.
-        for record in batch:
+        for item in batch:
+            record = statement_record(item)
             try:
                 await self._store.record_statements([record])
             except _TRANSIENT:

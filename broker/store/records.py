@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,31 @@ class StatementRecord:
     # Result sets as the client saw them, when the resource records results (see proxy.results).
     results: list[dict[str, Any]] | None = None
     approval_id: str | None = None
+
+
+# A statement as the proxy hands it to `Recorder.record_row`: a `StatementRecord`'s fields in
+# their order, except `started_at`, given as seconds since the epoch (UTC). The relay builds
+# one per statement on its event loop: the tuple costs ~0.3 µs where the dataclass with an
+# aware datetime cost ~1.5 µs, and a batch of them pickles for the writer process at a sixth
+# of the cost (a datetime pickles by reduction, each on its own). `statement_record` turns
+# one into the record, in whichever process writes it.
+StatementRow: TypeAlias = tuple[
+    str, int, str, str, float, str | None, str | None, str | None, str | None, float | None, int | None, int,
+    str | None, list[dict[str, Any]] | None, str | None,
+]
+_STARTED_AT = 4  # the one field a row holds differently
+
+
+def statement_record(item: StatementRecord | tuple[Any, ...]) -> StatementRecord:
+    """The `StatementRecord` for a record, a `StatementRow`, or a record's fields as a tuple
+    (`started_at` as a datetime): the forms a batch for the store can hold."""
+    if isinstance(item, StatementRecord):
+        return item
+    started = item[_STARTED_AT]
+    if not isinstance(started, datetime):
+        started = datetime.fromtimestamp(started, UTC)
+    fields: tuple[Any, ...] = (*item[:_STARTED_AT], started, *item[_STARTED_AT + 1 :])
+    return StatementRecord(*fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from typing import Any
 
 import prometheus_client
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker import metrics
 from broker.audit.chain import AuditRecord
@@ -204,6 +206,52 @@ def test_relayed_bytes_count_live_and_ended_sessions_once() -> None:
     untracked = Tally(bytes_from_client=50)
     counted.untrack(untracked)  # never tracked: nothing
     assert now() == (100, 12)
+
+
+# -- jitgate_statements_total, jitgate_masked_values_total, jitgate_statement_seconds ---------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["allow", "block", "review", "masked"]),
+    st.integers(min_value=0, max_value=1_000),
+    st.one_of(
+        st.none(),
+        # Exactly on each bound (a bound's own bucket: "le"), just around them, and anywhere.
+        st.sampled_from([b * 1000 for b in metrics.StatementTally.BOUNDS]),
+        st.floats(min_value=0, max_value=60_000, allow_nan=False),
+    ),
+), max_size=60))
+def test_statement_tally_exposes_what_prometheus_clients_metrics_would(
+    statements: list[tuple[str, int, float | None]],
+) -> None:
+    """The plain-int tally the recorder counts in, scraped, reads as prometheus_client's own
+    Counter and Histogram fed the same statements would: same names, labels, buckets (a
+    duration on a bound counts in that bound's bucket), sums and counts."""
+    tallied, reference = prometheus_client.CollectorRegistry(), prometheus_client.CollectorRegistry()
+    tally = metrics.StatementTally(tallied)
+    decided = prometheus_client.Counter("jitgate_statements", "x", ["decision"], registry=reference)
+    masked = prometheus_client.Counter("jitgate_masked_values", "x", registry=reference)
+    seconds = prometheus_client.Histogram(
+        "jitgate_statement_seconds", "x", buckets=metrics.StatementTally.BOUNDS, registry=reference
+    )
+    for decision, values, duration_ms in statements:
+        tally.count(decision, values, duration_ms)
+        decided.labels(decision).inc()
+        masked.inc(values)
+        if duration_ms is not None:
+            seconds.observe(duration_ms / 1000)
+
+    def samples(registry: prometheus_client.CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in registry.collect() for s in family.samples if not s.name.endswith("_created")
+        }
+
+    ours, theirs = samples(tallied), samples(reference)
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value), key
 
 
 # -- the recorder: jitgate_recorder_pending, jitgate_recorder_dropped_total -------------------

@@ -5,8 +5,10 @@ backpressure as before)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +16,14 @@ from typing import Any
 
 import pytest
 
+from broker import metrics
+from broker.policy.model import Decision, Verdict
 from broker.store import Grant, SessionStart, StatementRecord, Store
+from broker.store import recorder as recorder_mod
 from broker.store.recorder import ProcessWriter, Recorder
+from broker.store.records import statement_record
+from proxy.records import StatementEvent
+from proxy.wiring import RecorderSink
 
 GRANT = Grant(
     token_id=None, principal="agent:proc", groups=("ai-agents",), resource="demo", role="readwrite",
@@ -156,3 +164,71 @@ async def test_caught_up_returns_when_the_recorder_turns_unhealthy(tmp_path: Pat
     assert not recorder.healthy
     recorder.close_timeout = 0.1
     await recorder.aclose()
+
+
+@pytest.mark.parametrize("writer_process", [True, False], ids=["child", "in-process"])
+async def test_the_proxys_rows_are_stored_as_the_records_they_stand_for(store: Store, writer_process: bool) -> None:
+    """The relay hands statements over as rows (`RecorderSink.statement` -> `record_row`):
+    stored through the writer process or from this one, mixed with records in a batch, each
+    is the `StatementRecord` the event describes: every field, the wall-clock start to the
+    microsecond, the decisions as strings, and its counts in the metrics."""
+    sink = RecorderSink(Recorder(store.sessions, flush_interval=0.05, writer_process=writer_process))
+    recorder = sink._recorder
+    recorder.start()
+    if recorder._writer is not None:
+        await ready(recorder._writer)
+    assert (recorder._writer is not None) == writer_process
+    sid = await sink.session_started(SessionStart(GRANT))
+    started = time.monotonic()
+    events = [
+        StatementEvent(sql="select 1", verdict=Verdict(Decision.ALLOW, "r/allow", "read"), started=started,
+                       duration=0.0123456, rows=3, masked=2, error_sqlstate=None),
+        StatementEvent(sql="delete from t", verdict=Verdict(Decision.BLOCK, "r/block", "write", Decision.REVIEW),
+                       started=started + 0.5, duration=0.0, rows=None, masked=0, error_sqlstate="42501",
+                       results=[{"columns": ["a"], "rows": [["x"]], "truncated": False}], approval_id="ap-1"),
+    ]
+    before = {d: metrics.REGISTRY.get_sample_value("jitgate_statements_total", {"decision": d}) or 0
+              for d in ("allow", "block")}
+    masked_before = metrics.REGISTRY.get_sample_value("jitgate_masked_values_total") or 0
+    sink.statement(sid, events[0])
+    recorder.record_statement(rec(sid, 2))  # a record between rows, in one batch
+    sink._seq[sid] = 2
+    sink.statement(sid, events[1])
+    await recorder.flush()
+    detail = await store.sessions.get_session(sid)
+    assert detail is not None
+    one, two, three = detail.statements
+    wall = sink._offset + started
+    assert (one.seq, one.sql, one.decision, one.rule, one.reason, one.shadow_decision) == (
+        1, "select 1", "allow", "r/allow", "read", None)
+    assert one.started_at == datetime.fromtimestamp(wall, UTC)
+    assert (one.duration_ms, one.rows, one.masked_values, one.error_sqlstate, one.approval_id) == (
+        12.346, 3, 2, None, None)
+    assert (two.seq, two.sql) == (2, "select 2")
+    assert (three.seq, three.decision, three.shadow_decision, three.duration_ms, three.rows) == (
+        3, "block", "review", None, None)
+    assert three.started_at == datetime.fromtimestamp(wall + 0.5, UTC)
+    assert (three.error_sqlstate, three.approval_id, three.results) == ("42501", "ap-1", events[1].results)
+    chained = [r async for r in store.audit.iter_audit() if r.type == "statement" and r.session_id == sid]
+    assert [(r.data["seq"], r.data["decision"]) for r in chained] == [(1, "allow"), (2, "allow"), (3, "block")]
+    assert (metrics.REGISTRY.get_sample_value("jitgate_statements_total", {"decision": "allow"}) or 0) == before[
+        "allow"] + 2
+    assert (metrics.REGISTRY.get_sample_value("jitgate_statements_total", {"decision": "block"}) or 0) == before[
+        "block"] + 1
+    assert (metrics.REGISTRY.get_sample_value("jitgate_masked_values_total") or 0) == masked_before + 2
+    await recorder.aclose()
+
+
+def test_a_rows_counted_fields_are_where_the_record_has_them() -> None:
+    """`record_row` reads decision, masked values and duration by position: the positions are
+    the dataclass's, and a row turns into the record with the same fields."""
+    names = [f.name for f in dataclasses.fields(StatementRecord)]
+    assert names[recorder_mod._DECISION] == "decision"
+    assert names[recorder_mod._MASKED_VALUES] == "masked_values"
+    assert names[recorder_mod._DURATION_MS] == "duration_ms"
+    record = rec("s", 7)
+    row = (*recorder_mod._RECORD_FIELDS(record)[:4], record.started_at.timestamp(),
+           *recorder_mod._RECORD_FIELDS(record)[5:])
+    assert statement_record(row) == record
+    assert statement_record(recorder_mod._RECORD_FIELDS(record)) == record
+    assert statement_record(record) is record
