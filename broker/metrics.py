@@ -236,15 +236,37 @@ SLACK_ERRORS = Counter(
 )
 
 
-FAST_PATH = Counter(
-    "jitgate_fast_path_batches_total",
-    "Repeated batches forwarded at once by the fast path (proxy.fastpath): answered as expected"
-    " (outcome=answered), or handed back to the full machine before anything was relayed (fell_back)",
-    ["outcome"],
-    registry=REGISTRY,
-)
-FAST_ANSWERED = FAST_PATH.labels("answered")
-FAST_FELL_BACK = FAST_PATH.labels("fell_back")
+class FastPathTally(Collector):
+    """`jitgate_fast_path_batches_total{outcome}`: repeated batches forwarded at once by the
+    fast path (proxy.fastpath), answered as expected (`answered`) or handed back to the full
+    machine before anything was relayed (`fell_back`).
+
+    Plain ints the session machine adds to (once per statement on the fast path, where a
+    locked `Counter.inc` cost ~0.4 µs), read when Prometheus scrapes, as `StatementTally`.
+    """
+
+    NAME = "jitgate_fast_path_batches"
+    HELP = (
+        "Repeated batches forwarded at once by the fast path (proxy.fastpath): answered as expected"
+        " (outcome=answered), or handed back to the full machine before anything was relayed (fell_back)"
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.answered = 0
+        self.fell_back = 0
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.NAME, self.HELP, labels=["outcome"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["outcome"])
+        family.add_metric(["answered"], self.answered)
+        family.add_metric(["fell_back"], self.fell_back)
+        yield family
+
+
+FAST_PATH = FastPathTally(REGISTRY)
 
 DESYNCS = Counter(
     "jitgate_session_desync_total",

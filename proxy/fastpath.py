@@ -77,9 +77,15 @@ class Template:
     # The statement returns rows (it was described with columns): a DataRow for one that
     # returns none is the full machine's to refuse (08P01), never relayed.
     rows: bool = True
+    # The policy (SessionMachine's `policy_epoch`) under which `classified` was last asked
+    # for and returned again; None: not yet.
+    confirmed: Any = None
 
 
-@dataclass(slots=True, eq=False)
+# Shape and Pending are made for every statement on the fast path: plain classes, because
+# compiled (mypyc) a dataclass keeps its generated `__init__` interpreted.
+
+
 class Shape:
     """A client read that is one [Parse ''] Bind [Describe portal] Execute Sync batch."""
 
@@ -89,8 +95,14 @@ class Shape:
     parse: bool
     described: bool  # the client asks for the rows' description (libpq); else it has it (asyncpg)
 
+    def __init__(self, key: bytes, statement_name: str, portal_name: str, parse: bool, described: bool) -> None:
+        self.key = key
+        self.statement_name = statement_name
+        self.portal_name = portal_name
+        self.parse = parse
+        self.described = described
 
-@dataclass(slots=True, eq=False)
+
 class Pending:
     """A batch forwarded by the fast path, its answer not seen yet."""
 
@@ -98,6 +110,12 @@ class Pending:
     template: Template
     started: float
     sql: str  # what is recorded: the statement's text, or the Query's own
+
+    def __init__(self, data: bytes, template: Template, started: float, sql: str) -> None:
+        self.data = data
+        self.template = template
+        self.started = started
+        self.sql = sql
 
 
 def query_text(data: bytes) -> str | None:

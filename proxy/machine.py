@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.masking import MaskingError
-from broker.metrics import FAST_ANSWERED, FAST_FELL_BACK
+from broker.metrics import FAST_PATH
 from broker.policy.model import Decision, Verdict
 from proxy import fastpath as fp
 from proxy import inflight as k
@@ -66,6 +66,7 @@ class SessionMachine:
         shadow: bool = False,
         unrecordable: Callable[[], Verdict | None] | None = None,
         fast_path: bool = True,
+        policy_epoch: Callable[[], object] | None = None,
     ) -> None:
         self._state = SessionState()
         self._clock = clock
@@ -80,6 +81,10 @@ class SessionMachine:
         self._pending: fp.Pending | None = None
         self._learning: tuple[fp.Shape | None, Entry, Verdict | None] | None = None
         self._classify_policy = classify
+        # The policy `classify` asks now, as an object that changes when the policy is
+        # replaced (a reload): a template whose verdict was confirmed under this very policy
+        # is not judged again on the fast path (see `_forward_fast`). None: judged every time.
+        self._policy_epoch = policy_epoch
         # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
         self._egress = EgressMeter(egress, on_egress_limit, resource) if egress is not None else None
         self._answers = Answers(
@@ -195,8 +200,15 @@ class SessionMachine:
         # reloaded, or the recorder cannot record: its refusal), for a Parse's text and for a
         # statement parsed earlier alike (the full machine asks at each Bind, too).
         classified = template.classified if template.classified is not None else statement.classified
-        if classified is not None and self._classify_policy(statement.sql) is not classified:
-            return False
+        if classified is not None:
+            # Judged by the same policy object, the same text gets the same verdict: asked
+            # once per policy (and again after a reload), not at every Bind; the recorder's
+            # refusal, the other thing `classify` answers, is asked below every time.
+            epoch = self._policy_epoch() if self._policy_epoch is not None else None
+            if epoch is None or epoch is not template.confirmed:
+                if self._classify_policy(statement.sql) is not classified:
+                    return False
+                template.confirmed = epoch
         if self._unrecordable is not None and self._unrecordable() is not None:
             return False  # the full machine refuses it
         self._forwarded(data, template, template.sql)
@@ -263,7 +275,7 @@ class SessionMachine:
                 parts.append(data[run:])
                 relayed = b"".join(parts)
         self._pending = None
-        FAST_ANSWERED.inc()
+        FAST_PATH.answered += 1
         state = self._state
         state.stats.bytes_to_client += len(data)
         self._answers.out.append(relayed)
@@ -286,7 +298,7 @@ class SessionMachine:
         if pending is None:
             return
         self._pending = None
-        FAST_FELL_BACK.inc()
+        FAST_PATH.fell_back += 1
         requests = self._requests
         sent = requests.replay_forwarded(pending.data, pending.sql, pending.template.classified, pending.started)
         self._state.stats.bytes_from_client -= len(pending.data)  # counted when it was forwarded

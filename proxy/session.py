@@ -376,6 +376,8 @@ async def _relay(
         resource=name,
         shadow=resource.shadow,
         unrecordable=lambda: None if recorder.healthy else UNRECORDABLE,
+        # What `classify` asks: replaced as a whole when the policy is reloaded.
+        policy_epoch=lambda: resources.get(name, resource).policy,
     )
     if ledger is not None and budget is not None:  # both or neither; the check is for mypy
         ledger.attach(budget, machine)

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from broker.demo.upstream import Upstream
-from broker.metrics import FAST_ANSWERED
+from broker.metrics import FAST_PATH
 from broker.store import StatementInfo
 from proxy.protocol import messages as m
 from tests.e2e.conftest import Gateway
@@ -114,7 +114,7 @@ def test_sql_prepare_and_deallocate_in_repeated_batches_are_tracked(
                m.describe_message("S", "pA"), m.parse_message("pD", "DEALLOCATE x"),
                m.describe_message("S", "pD"), SYNC)
     assert not errors(a), a
-    before = FAST_ANSWERED._value.get()
+    before = FAST_PATH.answered
     for _ in range(2):  # learned the full way, then once the fast way
         assert not errors(w.send(bind("", "pA"), execute(), SYNC))
         assert not errors(w.send(bind("", "pD"), execute(), SYNC))
@@ -123,7 +123,7 @@ def test_sql_prepare_and_deallocate_in_repeated_batches_are_tracked(
     # ... then x is dropped and redefined as the ssn query by fast batches.
     assert not errors(w.send(bind("", "pD"), execute(), SYNC))
     assert not errors(w.send(bind("", "pA"), execute(), SYNC))
-    fast = FAST_ANSWERED._value.get() - before
+    fast = FAST_PATH.answered - before
     got = w.query("EXECUTE x")
     assert fast >= 0
     values = rows(got)
@@ -186,7 +186,7 @@ def test_simple_queries_of_one_shape_are_masked_and_recorded_each(
         emails = {r[0]: r[1] for r in direct.execute("select id, email from customers where id <= 5")}
     app = f"rt-simple-{mode}"
     w = Wire(gateway, app)
-    before = FAST_ANSWERED._value.get()
+    before = FAST_PATH.answered
     got = {}
     for cid in sorted(emails):
         answer = w.query(f"SELECT email FROM customers WHERE id = {cid}")
@@ -196,7 +196,7 @@ def test_simple_queries_of_one_shape_are_masked_and_recorded_each(
     w.s.close()
     assert all(value is not None and emails[cid].encode() not in value for cid, value in got.items()), got
     if mode == "fast":
-        assert FAST_ANSWERED._value.get() - before == len(emails) - 1
+        assert FAST_PATH.answered - before == len(emails) - 1
     recorded = [r for r in _recorded(gateway, app) if r.sql.startswith("SELECT email")]
     assert [r.sql for r in recorded] == [f"SELECT email FROM customers WHERE id = {cid}" for cid in sorted(emails)]
     assert all(r.masked_values == 1 for r in recorded)

@@ -84,6 +84,8 @@ class Pair:
             SessionMachine(
                 classify=lambda sql: self.classify(sql), masker=RESOURCE.masker, on_statement=events.append,
                 client_user="agent", upstream_user="u", unrecordable=unrecordable, fast_path=fast,
+                # As proxy.session gives it: the policy object, another one after a reload.
+                policy_epoch=lambda: self.classify,
             )
             for fast, events in ((True, self.events[0]), (False, self.events[1]))
         )
@@ -419,6 +421,47 @@ def test_a_policy_reload_reaches_a_statement_prepared_before_it():
     assert bind("P0_1", b"4") not in upstream  # the Bind itself is refused now
     assert pair.fast.fast_batches == 2
     assert pair.records()[0][-1][1:3] == (Decision.BLOCK, "reloaded/no-reads")
+    pair.check()
+
+
+def test_a_template_is_judged_once_per_policy_and_again_after_each_reload():
+    """The fast path asks the policy about a repeated statement once per policy object: a
+    Bind under the policy that confirmed its verdict is not judged again; after a reload
+    (another policy object, even one giving the same verdicts) it is asked again, once."""
+    pair = prepared_pair()
+    asked: list[str] = []
+    policy = pair.classify
+
+    def run(values: list[bytes]) -> list[int]:
+        """The policy's answers given per batch (both machines: the full one asks the same
+        number of times at every Bind, so the differences are the fast machine's)."""
+        per = []
+        for value in values:
+            before = len(asked)
+            pair.step("client", batch("P0_1", value))
+            pair.step("server", answer(b"5"))
+            per.append(len(asked) - before)
+        return per
+
+    def counting(sql: str) -> Verdict:
+        asked.append(sql)
+        return policy(sql)
+
+    pair.classify = counting
+    per = run([b"1", b"2", b"3", b"4", b"5"])
+    assert pair.fast.fast_batches == 4  # the first one teaches the fast path its template
+    # At the first repeat the fast machine asks once; at the next ones, not at all (given
+    # no epoch, it would ask at each of them: per[2:] would equal per[1]).
+    assert per[1] == per[2] + 1 and per[2] == per[3] == per[4], per
+
+    def reloaded(sql: str) -> Verdict:  # the same rules, a new policy object
+        asked.append(sql)
+        return policy(sql)
+
+    pair.classify = reloaded
+    per = run([b"6", b"7", b"8"])
+    assert pair.fast.fast_batches == 7  # same verdicts: still the fast way
+    assert per[0] == per[1] + 1 and per[1] == per[2], per
     pair.check()
 
 
