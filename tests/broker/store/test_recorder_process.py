@@ -21,7 +21,7 @@ from broker.policy.model import Decision, Verdict
 from broker.store import Grant, SessionStart, StatementRecord, Store
 from broker.store import recorder as recorder_mod
 from broker.store.recorder import ProcessWriter, Recorder
-from broker.store.records import statement_record
+from broker.store.records import StatementRow, statement_record
 from proxy.records import StatementEvent
 from proxy.wiring import RecorderSink
 
@@ -34,6 +34,12 @@ GRANT = Grant(
 def rec(session_id: str, seq: int) -> StatementRecord:
     return StatementRecord(session_id=session_id, seq=seq, sql=f"select {seq}", decision="allow",
                            started_at=datetime.now(UTC), duration_ms=0.5, rows=1)
+
+
+def row(session_id: str, seq: int) -> StatementRow:
+    """`rec` in the form the proxy hands over (`RecorderSink.statement`)."""
+    fields = recorder_mod._RECORD_FIELDS(rec(session_id, seq))
+    return (*fields[:4], time.time(), *fields[5:])  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -105,10 +111,12 @@ async def test_a_dead_child_is_a_transient_failure_and_nothing_is_lost(store: St
     os.kill(child, signal.SIGKILL)
     await asyncio.sleep(0.2)
     for seq in range(101, 201):
-        recorder.record_statement(rec(sid, seq))
+        # As the proxy hands them over: rows, written from here while a new child starts.
+        recorder.record_row(row(sid, seq))
     await asyncio.wait_for(recorder.flush(), 60)
     detail = await store.sessions.get_session(sid)
     assert detail is not None and [s.seq for s in detail.statements] == list(range(1, 201))
+    assert all(s.sql == f"select {s.seq}" and s.started_at.tzinfo is not None for s in detail.statements)
     assert (await store.audit.verify_audit()).ok
     await recorder.aclose()
 
