@@ -66,6 +66,14 @@ class Answers:
         self._plans: dict[tuple[bytes, tuple[int, ...] | None, Any], Any] = {}
         self.out: list[bytes] = []
 
+    def use_masker(self, masker: MaskerLike | None) -> None:
+        """Plan the rows of what is sent from now on with `masker` (a reload changed the
+        resource's masking); entries already planned keep their plans, the plans kept for
+        descriptions seen before are forgotten."""
+        self._masker = masker
+        self._server.use_masker(masker)
+        self._plans.clear()
+
     @property
     def buffered(self) -> bool:
         """Part of a backend message is waiting for the rest."""

@@ -29,7 +29,7 @@ from proxy import inflight as k
 from proxy import rehearsal as rh
 from proxy.answers import Answers
 from proxy.egress import AgentBudget, EgressLimits, EgressMeter
-from proxy.exceptions import SessionDesync
+from proxy.exceptions import MaskingSwitched, SessionDesync
 from proxy.inflight import COPY_IN, Entry
 from proxy.names import LIVE
 from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, ProtocolViolation
@@ -67,6 +67,7 @@ class SessionMachine:
         unrecordable: Callable[[], Verdict | None] | None = None,
         fast_path: bool = True,
         policy_epoch: Callable[[], object] | None = None,
+        current_masker: Callable[[], MaskerLike | None] | None = None,
     ) -> None:
         self._state = SessionState()
         self._clock = clock
@@ -85,6 +86,10 @@ class SessionMachine:
         # replaced (a reload): a template whose verdict was confirmed under this very policy
         # is not judged again on the fast path (see `_forward_fast`). None: judged every time.
         self._policy_epoch = policy_epoch
+        # The resource's masker as the last reload left it, asked before each client read: a
+        # new one masks what is sent from then on (see `_masker_reloaded`). None: fixed.
+        self._current_masker = current_masker
+        self._masker = masker
         # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
         self._egress = EgressMeter(egress, on_egress_limit, resource) if egress is not None else None
         self._answers = Answers(
@@ -118,6 +123,8 @@ class SessionMachine:
     # -- what the relay drives -----------------------------------------------------------------
 
     def feed_client(self, data: bytes) -> None:
+        if self._current_masker is not None and self._current_masker() is not self._masker:
+            self._masker_reloaded()
         if self._fast:
             self._learning = None  # (a batch is learned only when its answer comes before more input)
             if self._pending is not None:
@@ -139,6 +146,27 @@ class SessionMachine:
                     self._learn(data, found)
                     return
         self._requests.feed(data)
+
+    def _masker_reloaded(self) -> None:
+        """A reload gave the resource another masker: what the client sends from now on is
+        decided and its rows planned with it. Entries already planned keep their plans (they
+        were sent before); the fast path's templates, which hold plans, are forgotten, and
+        a batch it forwarded and has no answer for yet is handed back to the full machine
+        at once (below, in feed_client), to be planned again. Masking turned on or off is
+        taken the same way when nothing is in flight; with something in flight (sent without
+        the Describe masking needs, or planned by a masker that is gone) the session ends
+        (`MaskingSwitched`, FATAL 57P01) rather than relay its rows under either setting."""
+        assert self._current_masker is not None
+        masker = self._current_masker()
+        if (masker is None) != (self._masker is None) and (
+            self._state.inflight or self._pending is not None or not self._requests.settled or self._answers.buffered
+        ):
+            raise MaskingSwitched()
+        self._masker = masker
+        self._answers.use_masker(masker)
+        self._requests.use_masker(masker)
+        self._templates.clear()
+        self._query_templates.clear()
 
     def feed_server(self, data: bytes) -> None:
         self.held_client = False

@@ -108,6 +108,10 @@ class Requests:
         # unit that was counted (a Bind alone counts nothing), so it is judged again.
         self._covered: list[Portal] = []
 
+    def use_masker(self, masker: MaskerLike | None) -> None:
+        """Decide with `masker` from now on (a reload changed the resource's masking)."""
+        self._masker = masker
+
     @property
     def buffered(self) -> int:
         return len(self._cbuf)

@@ -48,6 +48,10 @@ class ServerMessages:
         self._client_user = client_user
         self._upstream_user = upstream_user
 
+    def use_masker(self, masker: MaskerLike | None) -> None:
+        """Mask with `masker` from now on (a reload changed the resource's masking)."""
+        self._masker = masker
+
     def asynchronous(self, kind: int, body: bytes, head: Entry | None) -> bytes | None:
         """A NoticeResponse, NotificationResponse or ParameterStatus, whatever it arrives with."""
         if kind == c.PARAMETER_STATUS:

@@ -332,6 +332,24 @@ def _send_error(writer: asyncio.StreamWriter, exc: BaseException) -> None:
             pass
 
 
+class LatestResource:
+    """A live session's resource as the last reload left it (`proxy.wiring.reload_resources`
+    swaps the entries of `ProxyContext.resources`). A reload that removes the resource lets no
+    new session in and leaves live ones on the last version they had: not the one they
+    started with, which would undo what a reload since then took away."""
+
+    def __init__(self, resources: Mapping[str, Resource], resource: Resource) -> None:
+        self._resources = resources
+        self._name = resource.name
+        self._resource = resource
+
+    def get(self) -> Resource:
+        found = self._resources.get(self._name)
+        if found is not None:
+            self._resource = found
+        return self._resource
+
+
 async def _relay(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -343,17 +361,17 @@ async def _relay(
     budget: AgentBudget | None = None,
 ) -> tuple[SessionMachine, str]:
     groups = session.grant.groups
-    resources = ctx.resources
-    name = resource.name
     recorder = ctx.recorder
     session_id = session.session_id
+    # The resource's policy and masking as the last reload left them: a reload (SIGHUP)
+    # applies to live sessions too.
+    latest = LatestResource(ctx.resources, resource)
 
     def classify(sql: str) -> Verdict:
         if not recorder.healthy:
             # What cannot be recorded is not run (fail closed).
             return UNRECORDABLE
-        # The resource's current policy: a reload (SIGHUP) applies to live sessions too.
-        return resources.get(name, resource).policy(sql, groups)
+        return latest.get().policy(sql, groups)
 
     # An agent's budget across its sessions (read at connect, when the resource sets one).
     ledger = ctx.egress_ledger if budget is not None else None
@@ -372,12 +390,13 @@ async def _relay(
         max_message_bytes=ctx.max_message_bytes,
         record_results=resource.record_results,
         egress=resource.egress,
-        on_egress_limit=lambda limit: EGRESS_LIMITS.labels(name, limit).inc(),
-        resource=name,
+        on_egress_limit=lambda limit: EGRESS_LIMITS.labels(resource.name, limit).inc(),
+        resource=resource.name,
         shadow=resource.shadow,
         unrecordable=lambda: None if recorder.healthy else UNRECORDABLE,
         # What `classify` asks: replaced as a whole when the policy is reloaded.
-        policy_epoch=lambda: resources.get(name, resource).policy,
+        policy_epoch=lambda: latest.get().policy,
+        current_masker=lambda: latest.get().masker,  # type: ignore[arg-type,return-value]
     )
     if ledger is not None and budget is not None:  # both or neither; the check is for mypy
         ledger.attach(budget, machine)

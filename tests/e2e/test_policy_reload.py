@@ -19,18 +19,21 @@ pytestmark = pytest.mark.e2e
 
 
 
-def write_config(path: Path, port: int, metrics_port: int, upstream, roles, policy: str | None) -> None:
+def write_config(path: Path, port: int, metrics_port: int, upstream, roles, policy: str | None, *,
+                 name: str = "demo", masking: dict[str, object] | None = None) -> None:
     resource: dict[str, object] = {"upstream": {
         "host": upstream.host, "port": upstream.port, "dbname": "demo", "sslmode": "disable",
         "username": roles.rw_user, "password": roles.rw_password,
     }}
     if policy is not None:
         resource["policy"] = policy
+    if masking is not None:
+        resource["masking"] = masking
     path.write_text(yaml.safe_dump({
         "data_dir": str(path.parent / "data"),
         "broker_url": "sqla+sqlite:///" + str(path.parent / "celery.db"),
         "proxy": {"listen_port": port, "review_wait_seconds": 0.5, "metrics_port": metrics_port},
-        "resources": {"demo": resource},
+        "resources": {name: resource},
     }))
 
 
@@ -92,6 +95,94 @@ def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_noth
         assert "# TYPE jitgate_sessions_active gauge" in scraped
         exported = audit_types(config)
         assert '"type":"policy.reload"' in exported.replace(" ", "")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def _reloads(config: Path) -> int:
+    return audit_types(config).replace(" ", "").count('"type":"policy.reload"')
+
+
+def _sighup_and_wait(proc: subprocess.Popen[bytes], config: Path) -> None:
+    """SIGHUP, then until the reload is in the audit chain (it is applied before it is audited)."""
+    before = _reloads(config)
+    os.kill(proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while _reloads(config) == before:
+        assert time.monotonic() < deadline, "the reload was never audited"
+        time.sleep(0.1)
+
+
+def test_a_reload_reaches_a_live_sessions_masking_and_removing_the_resource_undoes_nothing(
+    tmp_path, upstream, demo_roles
+):
+    """Found by red-teaming the fast path's policy check: (1) a reload that masks another
+    column reached new sessions only: a live session, prepared statement or not, kept reading
+    the column in the clear; (2) a reload that removed the resource put live sessions back on
+    the policy they started with, undoing a block added by a reload in between. Now a live
+    session masks by the latest masking from its next statement (masking turned off or on
+    too), and keeps the last policy it had when its resource is removed."""
+    with psycopg.connect(upstream.dsn("demo"), autocommit=True) as admin:
+        admin.execute("drop table if exists rt_reload; create table rt_reload (id int, note text);"
+                      " insert into rt_reload values (1, 'top-secret-note'); grant select on rt_reload to public")
+    blocking = tmp_path / "blocking.yaml"
+    blocking.write_text("preset: agent-safe\nrules:\n  - id: rt-reload\n    match: {tables: [rt_reload]}\n"
+                        "    decision: block\n    reason: the reload took it away\n")
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "jitgate.yaml"
+    write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe")
+    proc = subprocess.Popen([JITGATE, "proxy", "--config", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "proxy.log").open("wb"), start_new_session=True)
+    try:
+        token = issue_token(config, principal="agent:reload-mask")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = psycopg.connect(f"postgresql://agent:{token}@127.0.0.1:{port}/demo", autocommit=True)
+                break
+            except psycopg.OperationalError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
+                time.sleep(0.2)
+        prepared = "select note from rt_reload where id = %s"
+        with conn:
+            for _ in range(4):  # prepared and repeated: the fast path takes it
+                assert conn.execute(prepared, (1,), prepare=True).fetchone() == ("top-secret-note",)
+
+            # (1) note is masked by a reload: from the next statement, prepared or not.
+            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe",
+                         masking={"extra_columns": ["note"]})
+            _sighup_and_wait(proc, config)
+            for _ in range(3):
+                (note,) = conn.execute(prepared, (1,), prepare=True).fetchone()
+                assert "top-secret" not in note, note
+            (note,) = conn.execute("select note from rt_reload").fetchone()
+            assert "top-secret" not in note, note
+
+            # (2) blocked by a reload, then the resource removed: still blocked.
+            write_config(config, port, metrics_port, upstream, demo_roles, str(blocking),
+                         masking={"extra_columns": ["note"]})
+            _sighup_and_wait(proc, config)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(prepared, (1,), prepare=True)
+            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe", name="elsewhere")
+            _sighup_and_wait(proc, config)
+            for _ in range(2):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(prepared, (1,), prepare=True)
+            assert conn.execute("select 1").fetchone() == (1,)  # not dropped
+
+            # (3) masking turned off, then on again, between statements: taken as it comes.
+            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe",
+                         masking={"enabled": False})
+            _sighup_and_wait(proc, config)
+            assert conn.execute(prepared, (1,), prepare=True).fetchone() == ("top-secret-note",)
+            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe",
+                         masking={"extra_columns": ["note"]})
+            _sighup_and_wait(proc, config)
+            (note,) = conn.execute(prepared, (1,), prepare=True).fetchone()
+            assert "top-secret" not in note, note
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -79,6 +79,7 @@ class Pair:
 
     def __init__(self, unrecordable: Callable[[], Verdict | None] | None = None) -> None:
         self.classify = lambda sql: RESOURCE.policy(sql, ("ai-agents",))
+        self.masker = RESOURCE.masker  # a reload puts another one here
         self.events: tuple[list[StatementEvent], list[StatementEvent]] = ([], [])
         self.machines = tuple(
             SessionMachine(
@@ -86,6 +87,7 @@ class Pair:
                 client_user="agent", upstream_user="u", unrecordable=unrecordable, fast_path=fast,
                 # As proxy.session gives it: the policy object, another one after a reload.
                 policy_epoch=lambda: self.classify,
+                current_masker=lambda: self.masker,
             )
             for fast, events in ((True, self.events[0]), (False, self.events[1]))
         )
@@ -463,6 +465,72 @@ def test_a_template_is_judged_once_per_policy_and_again_after_each_reload():
     assert pair.fast.fast_batches == 7  # same verdicts: still the fast way
     assert per[0] == per[1] + 1 and per[1] == per[2], per
     pair.check()
+
+
+# A reload that masks pgbench's abalance column (what `resources.*.masking` would say).
+MASKS_ABALANCE = build_resource(
+    "db",
+    ResourceSettings.model_validate({
+        "upstream": {"host": "h", "dbname": "db", "username": "u", "password": "p"}, "policy": "agent-safe",
+        "masking": {"extra_columns": ["abalance"]},
+    }),
+)
+
+
+@pytest.mark.parametrize("parse", [None, SELECT], ids=["prepared", "unnamed"])
+def test_a_reloaded_masking_reaches_a_live_session_on_both_paths(parse: str | None):
+    """A reload that masks one more column: the rows of every statement sent after it are
+    masked, on the fast path (whose templates hold the old plan) as on the full one."""
+    pair = prepared_pair() if parse is None else Pair()
+    name = "P0_1" if parse is None else ""
+    for value in (b"1", b"2", b"3"):
+        pair.step("client", batch(name, value, parse=parse))
+        _, relayed = pair.step("server", answer(b"48213", parse=parse is not None))
+        assert b"48213" in relayed
+    assert pair.fast.fast_batches == 2
+    pair.masker = MASKS_ABALANCE.masker
+    for value in (b"4", b"5", b"6"):
+        pair.step("client", batch(name, value, parse=parse))
+        _, relayed = pair.step("server", answer(b"48213", parse=parse is not None))
+        assert b"48213" not in relayed, relayed
+    assert pair.fast.fast_batches > 2  # the new plan is learned and repeats fast again
+    pair.check()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_reload_that_turns_masking_on_or_off_applies_when_idle_and_ends_a_busy_session(fast: bool):
+    """Idle, the session takes the new setting at its next statement. With a statement in
+    flight (sent without the Describe a masked result needs, or planned by a masker that is
+    gone) the session ends, FATAL 57P01, and nothing more is sent."""
+    from proxy.exceptions import MaskingSwitched
+
+    for before, after in ((None, MASKS_ABALANCE.masker), (MASKS_ABALANCE.masker, None)):
+        masker = before
+        machine = SessionMachine(
+            classify=lambda sql: RESOURCE.policy(sql, ("ai-agents",)), masker=before, on_statement=lambda e: None,
+            client_user="agent", upstream_user="u", current_masker=lambda: masker, fast_path=fast,
+        )
+        machine.feed_client(PREPARE)
+        machine.feed_server(PREPARED)
+        for value in (b"1", b"2"):
+            machine.feed_client(batch("P0_1", value))
+            machine.feed_server(answer(b"48213"))
+        relayed = b"".join(machine.out_client)
+        assert (b"48213" in relayed) == (before is None)
+        machine.out_client.clear()
+        machine.out_upstream.clear()
+        masker = after  # reloaded while idle: taken at the next statement
+        machine.feed_client(batch("P0_1", b"3"))
+        machine.feed_server(answer(b"48213"))
+        assert (b"48213" in b"".join(machine.out_client)) == (after is None)
+        machine.out_upstream.clear()
+        machine.feed_client(batch("P0_1", b"4"))  # in flight when masking switches back
+        machine.out_upstream.clear()
+        masker = before
+        with pytest.raises(MaskingSwitched) as refused:
+            machine.feed_client(batch("P0_1", b"5"))
+        assert refused.value.sqlstate == "57P01"
+        assert not machine.out_upstream  # nothing of it was sent
 
 
 def test_nothing_runs_unrecorded_when_the_recorder_cannot_record():
