@@ -55,6 +55,7 @@ test: $(STAMP) $(NATIVE) chromium lint typecheck advisories
 bench: $(STAMP) $(NATIVE)
 	@command -v pgbouncer >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -qq pgbouncer >/dev/null) || echo "pgbouncer not installed: it will be left out"
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/cpu_per_txn.py
 	$(BIN)/python bench/stream_rows.py
 	$(BIN)/python bench/session_setup.py
 	$(BIN)/python bench/audit_export.py
