@@ -58,6 +58,8 @@ class RelayedBytes(Collector):
 
     NAME = "jitgate_proxy_bytes"
     HELP = "Bytes relayed by the proxy; direction is client_to_server or server_to_client"
+    # The series it exposes and their labels (what a dashboard may query: tests/infra).
+    SERIES = {"jitgate_proxy_bytes_total": {"direction"}}
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._lock = threading.Lock()  # the scrape runs on the metrics server's thread
@@ -115,6 +117,13 @@ class StatementTally(Collector):
     """
 
     BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+    SERIES = {
+        "jitgate_statements_total": {"decision"},
+        "jitgate_masked_values_total": set(),
+        "jitgate_statement_seconds_bucket": {"le"},
+        "jitgate_statement_seconds_sum": set(),
+        "jitgate_statement_seconds_count": set(),
+    }
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.decisions: dict[str, int] = {}
@@ -246,6 +255,7 @@ class FastPathTally(Collector):
     """
 
     NAME = "jitgate_fast_path_batches"
+    SERIES = {"jitgate_fast_path_batches_total": {"outcome"}}
     HELP = (
         "Repeated batches forwarded at once by the fast path (proxy.fastpath): answered as expected"
         " (outcome=answered), or handed back to the full machine before anything was relayed (fell_back)"

@@ -66,6 +66,10 @@ class Answers:
         self._plans: dict[tuple[bytes, tuple[int, ...] | None, Any], Any] = {}
         self.out: list[bytes] = []
 
+    def use_shadow(self, shadow: bool) -> None:
+        """Observe (forward and record what enforcement would refuse) or enforce from now on."""
+        self._shadow = shadow
+
     def use_masker(self, masker: MaskerLike | None) -> None:
         """Plan the rows of what is sent from now on with `masker` (a reload changed the
         resource's masking); entries already planned keep their plans, the plans kept for

@@ -69,18 +69,19 @@ class ResultRefused(ProxyError):
     sqlstate = "0A000"
 
 
-class MaskingSwitched(ProxyError):
-    """A reload turned the resource's masking on or off while the session had statements in
-    flight: they were sent under the other setting (masked rows need a description the
-    client did not ask for), so the session ends and the client reconnects under the new
-    one. An idle session just takes the new setting."""
+class ModeSwitched(ProxyError):
+    """A reload turned the resource's masking, or its `observe` preset, on or off while the
+    session had statements in flight: they were sent under the other mode (masked rows need
+    a description the client did not ask for; observe forwards what enforcement refuses), so
+    the session ends and the client reconnects under the new one. An idle session just takes
+    the new mode."""
 
     sqlstate = "57P01"
 
     def __init__(self) -> None:
         super().__init__(
-            "terminating connection: masking for this resource was turned on or off by a configuration reload"
-            " while statements were in flight",
+            "terminating connection: masking or the observe preset was turned on or off for this resource"
+            " by a configuration reload while statements were in flight",
             hint="Reconnect to go on under the new configuration.",
         )
 

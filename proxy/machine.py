@@ -29,7 +29,7 @@ from proxy import inflight as k
 from proxy import rehearsal as rh
 from proxy.answers import Answers
 from proxy.egress import AgentBudget, EgressLimits, EgressMeter
-from proxy.exceptions import MaskingSwitched, SessionDesync
+from proxy.exceptions import ModeSwitched, SessionDesync
 from proxy.inflight import COPY_IN, Entry
 from proxy.names import LIVE
 from proxy.protocol.frames import DEFAULT_MAX_MESSAGE_BYTES, ProtocolViolation
@@ -67,7 +67,7 @@ class SessionMachine:
         unrecordable: Callable[[], Verdict | None] | None = None,
         fast_path: bool = True,
         policy_epoch: Callable[[], object] | None = None,
-        current_masker: Callable[[], MaskerLike | None] | None = None,
+        current_resource: Callable[[], Any] | None = None,
     ) -> None:
         self._state = SessionState()
         self._clock = clock
@@ -86,10 +86,14 @@ class SessionMachine:
         # replaced (a reload): a template whose verdict was confirmed under this very policy
         # is not judged again on the fast path (see `_forward_fast`). None: judged every time.
         self._policy_epoch = policy_epoch
-        # The resource's masker as the last reload left it, asked before each client read: a
-        # new one masks what is sent from then on (see `_masker_reloaded`). None: fixed.
-        self._current_masker = current_masker
+        # The resource as the last reload left it (anything with `masker` and `shadow`, as
+        # proxy.hooks.Resource), asked before each client read: another one's masking and
+        # mode apply to what is sent from then on (see `_reloaded`). None: fixed.
+        self._current_resource = current_resource
+        self._resource_now: Any = None  # (so the first read takes the resource as it is then)
         self._masker = masker
+        self._shadow = shadow
+        self._fast_allowed = fast_path and egress is None and record_results is None
         # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
         self._egress = EgressMeter(egress, on_egress_limit, resource) if egress is not None else None
         self._answers = Answers(
@@ -123,8 +127,8 @@ class SessionMachine:
     # -- what the relay drives -----------------------------------------------------------------
 
     def feed_client(self, data: bytes) -> None:
-        if self._current_masker is not None and self._current_masker() is not self._masker:
-            self._masker_reloaded()
+        if self._current_resource is not None and self._current_resource() is not self._resource_now:
+            self._reloaded()
         if self._fast:
             self._learning = None  # (a batch is learned only when its answer comes before more input)
             if self._pending is not None:
@@ -147,24 +151,35 @@ class SessionMachine:
                     return
         self._requests.feed(data)
 
-    def _masker_reloaded(self) -> None:
-        """A reload gave the resource another masker: what the client sends from now on is
-        decided and its rows planned with it. Entries already planned keep their plans (they
-        were sent before); the fast path's templates, which hold plans, are forgotten, and
-        a batch it forwarded and has no answer for yet is handed back to the full machine
-        at once (below, in feed_client), to be planned again. Masking turned on or off is
-        taken the same way when nothing is in flight; with something in flight (sent without
-        the Describe masking needs, or planned by a masker that is gone) the session ends
-        (`MaskingSwitched`, FATAL 57P01) rather than relay its rows under either setting."""
-        assert self._current_masker is not None
-        masker = self._current_masker()
-        if (masker is None) != (self._masker is None) and (
+    def _reloaded(self) -> None:
+        """A reload replaced the resource: what the client sends from now on is decided, and
+        its rows planned, with the new masker, in the new mode (observe or enforce).
+
+        Entries already planned keep their plans (they were sent before); the plan cache and
+        the fast path's templates, which hold plans, are forgotten, and a batch the fast path
+        forwarded and has no answer for yet goes back to the full machine at once (below, in
+        feed_client), to be planned again. Statements and portals made in observe mode are
+        judged again at their next Bind or Execute once enforcing. Masking or observe turned
+        on or off is taken only when nothing is in flight: otherwise the session ends
+        (`ModeSwitched`, FATAL 57P01) rather than relay what was sent under the other mode
+        (without the Describe masking needs, or forwarded unjudged)."""
+        assert self._current_resource is not None
+        resource = self._current_resource()
+        masker, shadow = resource.masker, bool(resource.shadow)
+        switched = (masker is None) != (self._masker is None) or shadow != self._shadow
+        if switched and (
             self._state.inflight or self._pending is not None or not self._requests.settled or self._answers.buffered
         ):
-            raise MaskingSwitched()
+            raise ModeSwitched()
+        self._resource_now = resource
         self._masker = masker
         self._answers.use_masker(masker)
         self._requests.use_masker(masker)
+        if shadow != self._shadow:
+            self._shadow = shadow
+            self._answers.use_shadow(shadow)
+            self._requests.use_shadow(shadow)
+            self._fast = self._fast_allowed and not shadow
         self._templates.clear()
         self._query_templates.clear()
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from proxy.exceptions import MaskingSwitched, ProxyError, to_error_response
+from proxy.exceptions import ModeSwitched, ProxyError, to_error_response
 from proxy.machine import SessionMachine
 from proxy.protocol import messages
 from proxy.protocol.frames import ProtocolViolation
@@ -293,11 +293,11 @@ class Relay:
             return
         except ProxyError as exc:
             # The model broke on client input (a repeated batch that would not replay as it
-            # was forwarded: proxy.fastpath), or a reload switched masking on or off: the
-            # session ends as on a desync from upstream.
+            # was forwarded: proxy.fastpath), or a reload switched masking or observe on or
+            # off mid-flight: the session ends as on a desync from upstream.
             self._flush()
             self.client.write(to_error_response(exc))
-            self._finish(str(exc) if isinstance(exc, MaskingSwitched) else f"desync: {exc}")
+            self._finish(str(exc) if isinstance(exc, ModeSwitched) else f"desync: {exc}")
             return
         self._flush()
         self._after_client_step()

@@ -108,6 +108,12 @@ class Requests:
         # unit that was counted (a Bind alone counts nothing), so it is judged again.
         self._covered: list[Portal] = []
 
+    def use_shadow(self, shadow: bool) -> None:
+        """Observe (forward and record what enforcement would refuse) or enforce from now on:
+        statements and portals made before are judged again at their next Bind or Execute
+        (`_judged_again` skips that only while observing)."""
+        self._shadow = shadow
+
     def use_masker(self, masker: MaskerLike | None) -> None:
         """Decide with `masker` from now on (a reload changed the resource's masking)."""
         self._masker = masker

@@ -396,7 +396,7 @@ async def _relay(
         unrecordable=lambda: None if recorder.healthy else UNRECORDABLE,
         # What `classify` asks: replaced as a whole when the policy is reloaded.
         policy_epoch=lambda: latest.get().policy,
-        current_masker=lambda: latest.get().masker,  # type: ignore[arg-type,return-value]
+        current_resource=latest.get,
     )
     if ledger is not None and budget is not None:  # both or neither; the check is for mypy
         ledger.attach(budget, machine)

@@ -254,6 +254,20 @@ def test_statement_tally_exposes_what_prometheus_clients_metrics_would(
         assert ours[key] == pytest.approx(value), key
 
 
+def test_collectors_over_plain_ints_declare_the_series_they_expose() -> None:
+    """`SERIES` (what tests/infra checks the Grafana dashboard's queries against) is what
+    each collector's scrape carries: names and label names."""
+    registry = prometheus_client.CollectorRegistry()
+    tally = metrics.StatementTally(registry)
+    tally.count("allow", 1, 0.5)
+    for collector in (metrics.RelayedBytes(registry), tally, metrics.FastPathTally(registry)):
+        exposed: dict[str, set[str]] = {}
+        for family in collector.collect():
+            for s in family.samples:
+                exposed.setdefault(s.name, set()).update(s.labels)
+        assert exposed == collector.SERIES
+
+
 # -- the recorder: jitgate_recorder_pending, jitgate_recorder_dropped_total -------------------
 
 GRANT = Grant(

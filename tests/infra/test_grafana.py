@@ -96,8 +96,9 @@ def series_labels() -> dict[str, set[str]]:
             if isinstance(value, MetricWrapperBase):
                 names, kind = set(value._labelnames), value._type
                 base = value._name
-            elif isinstance(value, metrics.RelayedBytes):
-                names, kind, base = {"direction"}, "counter", value.NAME
+            elif isinstance(value, (metrics.RelayedBytes, metrics.StatementTally, metrics.FastPathTally)):
+                labels.update(value.SERIES)  # collectors over plain ints declare their series
+                continue
             else:
                 continue
             if kind == "counter":

@@ -79,7 +79,7 @@ class Pair:
 
     def __init__(self, unrecordable: Callable[[], Verdict | None] | None = None) -> None:
         self.classify = lambda sql: RESOURCE.policy(sql, ("ai-agents",))
-        self.masker = RESOURCE.masker  # a reload puts another one here
+        self.resource = RESOURCE  # a reload puts another one here
         self.events: tuple[list[StatementEvent], list[StatementEvent]] = ([], [])
         self.machines = tuple(
             SessionMachine(
@@ -87,7 +87,7 @@ class Pair:
                 client_user="agent", upstream_user="u", unrecordable=unrecordable, fast_path=fast,
                 # As proxy.session gives it: the policy object, another one after a reload.
                 policy_epoch=lambda: self.classify,
-                current_masker=lambda: self.masker,
+                current_resource=lambda: self.resource,
             )
             for fast, events in ((True, self.events[0]), (False, self.events[1]))
         )
@@ -488,7 +488,7 @@ def test_a_reloaded_masking_reaches_a_live_session_on_both_paths(parse: str | No
         _, relayed = pair.step("server", answer(b"48213", parse=parse is not None))
         assert b"48213" in relayed
     assert pair.fast.fast_batches == 2
-    pair.masker = MASKS_ABALANCE.masker
+    pair.resource = MASKS_ABALANCE
     for value in (b"4", b"5", b"6"):
         pair.step("client", batch(name, value, parse=parse))
         _, relayed = pair.step("server", answer(b"48213", parse=parse is not None))
@@ -497,18 +497,30 @@ def test_a_reloaded_masking_reaches_a_live_session_on_both_paths(parse: str | No
     pair.check()
 
 
+# The same resource with masking off, and in the observe preset (forward, record what would
+# have been refused).
+UNMASKED = build_resource("db", ResourceSettings.model_validate({
+    "upstream": {"host": "h", "dbname": "db", "username": "u", "password": "p"}, "policy": "agent-safe",
+    "masking": {"enabled": False},
+}))
+OBSERVED = build_resource("db", ResourceSettings.model_validate({
+    "upstream": {"host": "h", "dbname": "db", "username": "u", "password": "p"}, "policy": "observe",
+}))
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_reload_that_turns_masking_on_or_off_applies_when_idle_and_ends_a_busy_session(fast: bool):
     """Idle, the session takes the new setting at its next statement. With a statement in
     flight (sent without the Describe a masked result needs, or planned by a masker that is
     gone) the session ends, FATAL 57P01, and nothing more is sent."""
-    from proxy.exceptions import MaskingSwitched
+    from proxy.exceptions import ModeSwitched
 
-    for before, after in ((None, MASKS_ABALANCE.masker), (MASKS_ABALANCE.masker, None)):
-        masker = before
+    for before, after in ((UNMASKED, MASKS_ABALANCE), (MASKS_ABALANCE, UNMASKED)):
+        resource = before
         machine = SessionMachine(
-            classify=lambda sql: RESOURCE.policy(sql, ("ai-agents",)), masker=before, on_statement=lambda e: None,
-            client_user="agent", upstream_user="u", current_masker=lambda: masker, fast_path=fast,
+            classify=lambda sql: RESOURCE.policy(sql, ("ai-agents",)), masker=before.masker,  # type: ignore[arg-type]
+            on_statement=lambda e: None, client_user="agent", upstream_user="u",
+            current_resource=lambda: resource, fast_path=fast,
         )
         machine.feed_client(PREPARE)
         machine.feed_server(PREPARED)
@@ -516,21 +528,55 @@ def test_a_reload_that_turns_masking_on_or_off_applies_when_idle_and_ends_a_busy
             machine.feed_client(batch("P0_1", value))
             machine.feed_server(answer(b"48213"))
         relayed = b"".join(machine.out_client)
-        assert (b"48213" in relayed) == (before is None)
+        assert (b"48213" in relayed) == (before is UNMASKED)
         machine.out_client.clear()
         machine.out_upstream.clear()
-        masker = after  # reloaded while idle: taken at the next statement
+        resource = after  # reloaded while idle: taken at the next statement
         machine.feed_client(batch("P0_1", b"3"))
         machine.feed_server(answer(b"48213"))
-        assert (b"48213" in b"".join(machine.out_client)) == (after is None)
+        assert (b"48213" in b"".join(machine.out_client)) == (after is UNMASKED)
         machine.out_upstream.clear()
         machine.feed_client(batch("P0_1", b"4"))  # in flight when masking switches back
         machine.out_upstream.clear()
-        masker = before
-        with pytest.raises(MaskingSwitched) as refused:
+        resource = before
+        with pytest.raises(ModeSwitched) as refused:
             machine.feed_client(batch("P0_1", b"5"))
         assert refused.value.sqlstate == "57P01"
         assert not machine.out_upstream  # nothing of it was sent
+
+
+def test_a_statement_prepared_in_observe_mode_is_judged_again_once_enforcing():
+    """Observe forwards a statement enforcement would refuse (and an Execute of a portal it
+    cannot account for); a reload to enforcement reaches the live session at its next
+    statement: the statement prepared under observe is refused at its Bind, the unknown
+    portal's Execute too. In flight when the mode switches: the session ends."""
+    from proxy.exceptions import ModeSwitched
+
+    resource = OBSERVED
+    machine = SessionMachine(
+        classify=lambda sql: resource.policy(sql, ("ai-agents",)), masker=OBSERVED.masker,  # type: ignore[arg-type]
+        on_statement=lambda e: None, client_user="agent", upstream_user="u", shadow=True,
+        current_resource=lambda: resource,
+    )
+    read_file = "SELECT pg_read_file($1)"  # agent-safe blocks it
+    machine.feed_client(m.parse_message("rf", read_file, []) + frame(b"S"))
+    assert read_file.encode() in b"".join(machine.out_upstream)  # observe: forwarded
+    machine.feed_server(PREPARED)
+    machine.out_upstream.clear()
+    resource = RESOURCE  # enforcing now
+    execute = frame(b"E", b"\0" + struct.pack("!i", 0))
+    machine.feed_client(bind("rf", b"/etc/passwd") + execute + frame(b"S"))
+    upstream = b"".join(machine.out_upstream)
+    assert b"/etc/passwd" not in upstream  # the Bind is refused, nothing of it runs
+    machine.out_upstream.clear()
+    machine.feed_client(frame(b"E", b"cursor_from_a_do_block\0" + struct.pack("!i", 0)) + frame(b"S"))
+    assert b"cursor_from_a_do_block" not in b"".join(machine.out_upstream)  # unknown portal: refused
+    # Back to observe with something in flight: the session ends.
+    machine.out_upstream.clear()
+    machine.feed_client(m.query_message("select 1"))
+    resource = OBSERVED
+    with pytest.raises(ModeSwitched):
+        machine.feed_client(m.query_message("select 2"))
 
 
 def test_nothing_runs_unrecorded_when_the_recorder_cannot_record():
