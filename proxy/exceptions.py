@@ -70,20 +70,26 @@ class ResultRefused(ProxyError):
 
 
 class ModeSwitched(ProxyError):
-    """A reload turned the resource's masking, or its `observe` preset, on or off while the
-    session had statements in flight: they were sent under the other mode (masked rows need
-    a description the client did not ask for; observe forwards what enforcement refuses), so
-    the session ends and the client reconnects under the new one. An idle session just takes
-    the new mode."""
+    """A reload changed the resource's mode under a live session in a way it cannot follow:
+    masking (or observe) turned on or off while statements were in flight (they were sent
+    under the other mode: masked rows need a description the client did not ask for), or
+    observe turned off at all (what the session made while observing, its cursors, temporary
+    functions and views, settings, prepared statements, was never judged). The session ends
+    and the client reconnects under the new configuration."""
 
     sqlstate = "57P01"
 
-    def __init__(self) -> None:
-        super().__init__(
-            "terminating connection: masking or the observe preset was turned on or off for this resource"
-            " by a configuration reload while statements were in flight",
-            hint="Reconnect to go on under the new configuration.",
-        )
+    IN_FLIGHT = (
+        "terminating connection: masking or the observe preset was turned on or off for this resource"
+        " by a configuration reload while statements were in flight"
+    )
+    OBSERVE_ENDED = (
+        "terminating connection: this resource now enforces its policy (a configuration reload ended"
+        " the observe preset), and what this session did while observing was never judged"
+    )
+
+    def __init__(self, message: str = IN_FLIGHT) -> None:
+        super().__init__(message, hint="Reconnect to go on under the new configuration.")
 
 
 class SessionDesync(ProxyError):

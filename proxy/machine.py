@@ -158,14 +158,17 @@ class SessionMachine:
         Entries already planned keep their plans (they were sent before); the plan cache and
         the fast path's templates, which hold plans, are forgotten, and a batch the fast path
         forwarded and has no answer for yet goes back to the full machine at once (below, in
-        feed_client), to be planned again. Statements and portals made in observe mode are
-        judged again at their next Bind or Execute once enforcing. Masking or observe turned
-        on or off is taken only when nothing is in flight: otherwise the session ends
-        (`ModeSwitched`, FATAL 57P01) rather than relay what was sent under the other mode
-        (without the Describe masking needs, or forwarded unjudged)."""
+        feed_client), to be planned again. Masking turned on or off,
+        or observe turned on, is taken only when nothing is in flight: otherwise the session
+        ends (`ModeSwitched`, FATAL 57P01) rather than relay what was sent under the other
+        mode (without the Describe masking needs). Observe turned off ends the session in any
+        case: what it made while observing (cursors declared, temporary functions and views,
+        settings, prepared statements) was never judged, and enforcement would inherit it."""
         assert self._current_resource is not None
         resource = self._current_resource()
         masker, shadow = resource.masker, bool(resource.shadow)
+        if self._shadow and not shadow:
+            raise ModeSwitched(ModeSwitched.OBSERVE_ENDED)
         switched = (masker is None) != (self._masker is None) or shadow != self._shadow
         if switched and (
             self._state.inflight or self._pending is not None or not self._requests.settled or self._answers.buffered

@@ -545,11 +545,12 @@ def test_a_reload_that_turns_masking_on_or_off_applies_when_idle_and_ends_a_busy
         assert not machine.out_upstream  # nothing of it was sent
 
 
-def test_a_statement_prepared_in_observe_mode_is_judged_again_once_enforcing():
-    """Observe forwards a statement enforcement would refuse (and an Execute of a portal it
-    cannot account for); a reload to enforcement reaches the live session at its next
-    statement: the statement prepared under observe is refused at its Bind, the unknown
-    portal's Execute too. In flight when the mode switches: the session ends."""
+def test_observe_turned_off_ends_the_session_and_turned_on_applies_when_idle():
+    """Observe forwards what enforcement would refuse: a statement it prepared, a cursor it
+    declared, a temporary function it created were never judged. A reload to enforcement
+    ends such a session at its next read (FATAL 57P01), even idle, rather than let it go
+    on with them; a new session is enforced from its start. The other way (enforcement to
+    observe) is taken at the next statement when idle, and ends a busy session."""
     from proxy.exceptions import ModeSwitched
 
     resource = OBSERVED
@@ -565,18 +566,25 @@ def test_a_statement_prepared_in_observe_mode_is_judged_again_once_enforcing():
     machine.out_upstream.clear()
     resource = RESOURCE  # enforcing now
     execute = frame(b"E", b"\0" + struct.pack("!i", 0))
-    machine.feed_client(bind("rf", b"/etc/passwd") + execute + frame(b"S"))
-    upstream = b"".join(machine.out_upstream)
-    assert b"/etc/passwd" not in upstream  # the Bind is refused, nothing of it runs
-    machine.out_upstream.clear()
-    machine.feed_client(frame(b"E", b"cursor_from_a_do_block\0" + struct.pack("!i", 0)) + frame(b"S"))
-    assert b"cursor_from_a_do_block" not in b"".join(machine.out_upstream)  # unknown portal: refused
-    # Back to observe with something in flight: the session ends.
-    machine.out_upstream.clear()
-    machine.feed_client(m.query_message("select 1"))
-    resource = OBSERVED
+    with pytest.raises(ModeSwitched) as ended:
+        machine.feed_client(bind("rf", b"/etc/passwd") + execute + frame(b"S"))
+    assert ended.value.sqlstate == "57P01" and "observe" in ended.value.message
+    assert not machine.out_upstream  # nothing of it was sent
+
+    resource = RESOURCE
+    enforcing = SessionMachine(
+        classify=lambda sql: resource.policy(sql, ("ai-agents",)), masker=RESOURCE.masker,  # type: ignore[arg-type]
+        on_statement=lambda e: None, client_user="agent", upstream_user="u", current_resource=lambda: resource,
+    )
+    enforcing.feed_client(m.query_message("select 1"))
+    enforcing.feed_server(frame(b"T", struct.pack("!h", 0)) + frame(b"C", b"SELECT 0\0") + READY)
+    enforcing.out_upstream.clear()
+    resource = OBSERVED  # idle: taken at the next statement, which observe forwards
+    enforcing.feed_client(m.parse_message("rf", read_file, []) + frame(b"S"))
+    assert read_file.encode() in b"".join(enforcing.out_upstream)
+    resource = RESOURCE  # and back, with the Parse in flight: ended either way
     with pytest.raises(ModeSwitched):
-        machine.feed_client(m.query_message("select 2"))
+        enforcing.feed_client(m.query_message("select 2"))
 
 
 def test_nothing_runs_unrecorded_when_the_recorder_cannot_record():
