@@ -71,7 +71,12 @@ GRANT = Grant(
     expires_at=datetime(2031, 1, 1, tzinfo=UTC), reusable=True,
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-_FIELDS = recorder_mod._RECORD_FIELDS
+
+
+def _row(record: StatementRecord) -> StatementRow:
+    """`record` as a StatementRow: its fields, the start as epoch seconds."""
+    fields = recorder_mod._RECORD_FIELDS(record)
+    return (*fields[:4], record.started_at.timestamp(), *fields[5:])  # type: ignore[return-value]
 
 
 class Records:
@@ -97,12 +102,11 @@ class Records:
 
     def rows(self, n: int) -> list[StatementRow]:
         """As `batch`, in the form the relay hands over (`RecorderSink.statement`)."""
-        return [(*_FIELDS(r)[:4], r.started_at.timestamp(), *_FIELDS(r)[5:]) for r in self.batch(n)]
+        return [_row(r) for r in self.batch(n)]
 
     def row_batches(self, total: int, size: str) -> list[list[StatementRow]]:
         """`batches` of rows."""
-        return [[(*_FIELDS(r)[:4], r.started_at.timestamp(), *_FIELDS(r)[5:]) for r in b]
-                for b in self.batches(total, size)]
+        return [[_row(r) for r in b] for b in self.batches(total, size)]
 
     def batches(self, total: int, size: str) -> list[list[StatementRecord]]:
         """About `total` records in batches of `size` ("500"), or of random sizes ("1-500"):

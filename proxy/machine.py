@@ -74,8 +74,10 @@ class SessionMachine:
         self._on_statement = on_statement
         self._unrecordable = unrecordable
         # The fast path (proxy.fastpath) for batches seen before: only where rows are relayed
-        # as they come (no egress counting, no result recording) and verdicts are enforced.
-        self._fast = fast_path and egress is None and record_results is None and not shadow
+        # as they come (no egress counting, no result recording) and verdicts are enforced
+        # (not while observing, which a reload can turn on: `_reloaded`).
+        self._fast_allowed = fast_path and egress is None and record_results is None
+        self._fast = self._fast_allowed and not shadow
         self._templates: dict[bytes, fp.Template] = {}
         self._query_templates: dict[int, fp.Template] = {}  # by id() of the policy's verdict
         self.fast_batches = 0  # batches forwarded by the fast path (answered fast or not)
@@ -93,7 +95,6 @@ class SessionMachine:
         self._resource_now: Any = None  # (so the first read takes the resource as it is then)
         self._masker = masker
         self._shadow = shadow
-        self._fast_allowed = fast_path and egress is None and record_results is None
         # Egress limits cost one `is not None` per DataRow when off (proxy.egress).
         self._egress = EgressMeter(egress, on_egress_limit, resource) if egress is not None else None
         self._answers = Answers(
@@ -158,12 +159,12 @@ class SessionMachine:
         Entries already planned keep their plans (they were sent before); the plan cache and
         the fast path's templates, which hold plans, are forgotten, and a batch the fast path
         forwarded and has no answer for yet goes back to the full machine at once (below, in
-        feed_client), to be planned again. Masking turned on or off,
-        or observe turned on, is taken only when nothing is in flight: otherwise the session
-        ends (`ModeSwitched`, FATAL 57P01) rather than relay what was sent under the other
-        mode (without the Describe masking needs). Observe turned off ends the session in any
-        case: what it made while observing (cursors declared, temporary functions and views,
-        settings, prepared statements) was never judged, and enforcement would inherit it."""
+        feed_client), to be planned again. Masking turned on or off, or observe turned on,
+        is taken only when nothing is in flight: otherwise the session ends (`ModeSwitched`,
+        FATAL 57P01) rather than relay what was sent under the other mode (without the
+        Describe masking needs). Observe turned off ends the session in any case: what it
+        made while observing (cursors declared, temporary functions and views, settings,
+        prepared statements) was never judged, and enforcement would inherit it."""
         assert self._current_resource is not None
         resource = self._current_resource()
         masker, shadow = resource.masker, bool(resource.shadow)

@@ -3,8 +3,7 @@
 The hot path (`record_row`, or `record_statement`) never awaits the store: it appends to an
 in-memory deque and returns. A task started by `start()` writes batches with
 `Store.sessions.record_statements` every `flush_interval` seconds, or as soon as `batch_size`
-records wait. Session start and
-end are rare and awaited directly.
+records wait. Session start and end are rare and awaited directly.
 
 When the store fails, the batch stays at the head of the buffer and is retried with
 exponential backoff (`0.05 s` doubling to `max_backoff`), logged each time; records are not
@@ -57,7 +56,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -67,6 +66,9 @@ from broker.exceptions import RecorderClosed, StoreError, StoreUnavailable
 from broker.store.base import enum_value
 from broker.store.group_commit import GroupCommit
 from broker.store.records import (
+    ROW_DECISION,
+    ROW_DURATION_MS,
+    ROW_MASKED_VALUES,
     SessionEnd,
     SessionStart,
     SessionStats,
@@ -220,13 +222,7 @@ def _not_transient(exc: Exception) -> bool:
 
 
 # Every field of a StatementRecord, in declaration order (what its constructor takes).
-_FIELD_NAMES = [f.name for f in dataclasses.fields(StatementRecord)]
-_RECORD_FIELDS = operator.attrgetter(*_FIELD_NAMES)
-# Where `record_row` finds what it counts in a StatementRow: literals, so that mypy knows each
-# one's type (tests/broker/store/test_recorder.py holds them to the dataclass's fields).
-_DECISION: Final = 3
-_MASKED_VALUES: Final = 11
-_DURATION_MS: Final = 9
+_RECORD_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(StatementRecord)))
 
 
 def _use_process(store: object) -> bool:
@@ -327,7 +323,7 @@ class Recorder:
         relay calls for every statement, so it is built and counted without a dataclass."""
         if self._closing:
             raise RecorderClosed("recorder is closed")
-        metrics.STATEMENT_TALLY.count(row[_DECISION], row[_MASKED_VALUES], row[_DURATION_MS])
+        metrics.STATEMENT_TALLY.count(row[ROW_DECISION], row[ROW_MASKED_VALUES], row[ROW_DURATION_MS])
         self._accept(row)
 
     def _accept(self, item: StatementRecord | StatementRow) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,12 @@ StatementRow: TypeAlias = tuple[
     str, int, str, str, float, str | None, str | None, str | None, str | None, float | None, int | None, int,
     str | None, list[dict[str, Any]] | None, str | None,
 ]
-_STARTED_AT = 4  # the one field a row holds differently
+# Positions in a row, literals so that mypy knows each one's type (tests/broker/store holds
+# them to the dataclass's fields): the one a row holds differently, and what the recorder counts.
+_STARTED_AT: Final = 4
+ROW_DECISION: Final = 3
+ROW_DURATION_MS: Final = 9
+ROW_MASKED_VALUES: Final = 11
 
 
 def statement_record(item: StatementRecord | tuple[Any, ...]) -> StatementRecord:

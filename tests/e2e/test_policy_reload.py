@@ -42,22 +42,30 @@ def audit_types(config: Path) -> str:
                           capture_output=True, text=True, check=True).stdout
 
 
+def start_proxy(config: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([JITGATE, "proxy", "--config", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "proxy.log").open("wb"), start_new_session=True)
+
+
+def first_connection(proc: subprocess.Popen[bytes], port: int, token: str, tmp_path: Path) -> psycopg.Connection:
+    """A session through the proxy `proc` just started, once it listens."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return psycopg.connect(f"postgresql://agent:{token}@127.0.0.1:{port}/demo", autocommit=True)
+        except psycopg.OperationalError:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
+            time.sleep(0.2)
+
+
 def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_nothing(tmp_path, upstream, demo_roles):
     port, metrics_port = free_port(), free_port()
     config = tmp_path / "jitgate.yaml"
     write_config(config, port, metrics_port, upstream, demo_roles, "observe")
-    proc = subprocess.Popen([JITGATE, "proxy", "--config", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=(tmp_path / "proxy.log").open("wb"), start_new_session=True)
+    proc = start_proxy(config, tmp_path)
     try:
         token = issue_token(config, principal="agent:reload")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = psycopg.connect(f"postgresql://agent:{token}@127.0.0.1:{port}/demo", autocommit=True)
-                break
-            except psycopg.OperationalError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
-                time.sleep(0.2)
+        conn = first_connection(proc, port, token, tmp_path)
         with conn:
             conn.execute("create temp table t_reload (id int)")
             assert conn.execute("delete from t_reload").statusmessage == "DELETE 0"  # observe: forwarded
@@ -132,18 +140,10 @@ def test_a_reload_reaches_a_live_sessions_masking_and_removing_the_resource_undo
     port, metrics_port = free_port(), free_port()
     config = tmp_path / "jitgate.yaml"
     write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe")
-    proc = subprocess.Popen([JITGATE, "proxy", "--config", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=(tmp_path / "proxy.log").open("wb"), start_new_session=True)
+    proc = start_proxy(config, tmp_path)
     try:
         token = issue_token(config, principal="agent:reload-mask")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = psycopg.connect(f"postgresql://agent:{token}@127.0.0.1:{port}/demo", autocommit=True)
-                break
-            except psycopg.OperationalError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
-                time.sleep(0.2)
+        conn = first_connection(proc, port, token, tmp_path)
         prepared = "select note from rt_reload where id = %s"
         with conn:
             for _ in range(4):  # prepared and repeated: the fast path takes it

@@ -20,6 +20,7 @@ from broker import metrics
 from broker.policy.model import Decision, Verdict
 from broker.store import Grant, SessionStart, StatementRecord, Store
 from broker.store import recorder as recorder_mod
+from broker.store import records as records_mod
 from broker.store.recorder import ProcessWriter, Recorder
 from broker.store.records import StatementRow, statement_record
 from proxy.records import StatementEvent
@@ -231,9 +232,10 @@ def test_a_rows_counted_fields_are_where_the_record_has_them() -> None:
     """`record_row` reads decision, masked values and duration by position: the positions are
     the dataclass's, and a row turns into the record with the same fields."""
     names = [f.name for f in dataclasses.fields(StatementRecord)]
-    assert names[recorder_mod._DECISION] == "decision"
-    assert names[recorder_mod._MASKED_VALUES] == "masked_values"
-    assert names[recorder_mod._DURATION_MS] == "duration_ms"
+    assert names[records_mod.ROW_DECISION] == "decision"
+    assert names[records_mod.ROW_MASKED_VALUES] == "masked_values"
+    assert names[records_mod.ROW_DURATION_MS] == "duration_ms"
+    assert names[records_mod._STARTED_AT] == "started_at"
     record = rec("s", 7)
     row = (*recorder_mod._RECORD_FIELDS(record)[:4], record.started_at.timestamp(),
            *recorder_mod._RECORD_FIELDS(record)[5:])
