@@ -7,9 +7,13 @@ STAMP  := $(VENV)/.installed
 .PHONY: install native demo test lint typecheck advisories bench fuzz clean chromium audit-deps lock conformance
 
 NATIVE := $(VENV)/.native
-# The compiled modules (proxy/native.py) are rebuilt when a proxy or masking source changed:
-# Python would otherwise go on loading the extension built from the old source.
-NATIVE_SOURCES := setup.py $(wildcard proxy/*.py proxy/protocol/*.py proxy/protocol/*.c broker/masking/*.py broker/masking/*/*.py)
+# The compiled modules (proxy/native.py) are rebuilt when a proxy or masking source, or any
+# module MODULES lists, changed: Python would otherwise go on loading the extension built
+# from the old source.
+NATIVE_MODULES := $(shell $(PYTHON) -c 'import ast; tree = ast.parse(open("proxy/native.py").read()); \
+	print(*(m.replace(".", "/") + ".py" for node in tree.body if isinstance(node, ast.Assign) \
+	and getattr(node.targets[0], "id", None) == "MODULES" for m in ast.literal_eval(node.value)))')
+NATIVE_SOURCES := setup.py $(NATIVE_MODULES) $(wildcard proxy/*.py proxy/protocol/*.py proxy/protocol/*.c broker/masking/*.py broker/masking/*/*.py)
 
 # setup.py compiles the proxy's per-message modules with mypyc (a C compiler is needed;
 # JITGATE_PURE_PYTHON=1 builds without). The build tools go in first, at the locked versions,

@@ -10,12 +10,13 @@ with rule, reason, fingerprint, a duration and one row, spread over 8 sessions.
 (a) relay hand-off: `RecorderSink.statement` (builds the `StatementRow`) and
     `Recorder.record_row` (checks, the metrics' plain-int tally, the buffer), on a recorder
     whose writer task is not started.
-(b) hand-over to the writer process: the batch of rows pickled and unpickled (the records
-    built in the child), then the real thing: a `ProcessWriter` writing to a SQLite store,
+(b) hand-over to the writer process: the batch of rows pickled and unpickled (the child
+    writes the rows as they are), then the real thing: a `ProcessWriter` writing to a SQLite store,
     the relay process's CPU (its event loop and the pool's threads) and the child's (/proc).
-(c) the writer on a SQLite file store: `record_statements` as the child runs it (through
-    aiosqlite), and `_write_batch_sqlite` on a plain connection, split into the time inside
-    the sqlite3 module's `execute` (binding and SQLite) and the Python around it.
+(c) the writer on a SQLite file store: `record_statements` of the rows as the child runs it
+    (through aiosqlite), and `_write_batch_sqlite` on a plain connection, split into the time
+    inside the sqlite3 module's `execute` (binding and SQLite) and the Python around it
+    (`statement_batch.build`: the rows and the records' JSON; `chain_rows`: the chain).
 (d) the writer on PostgreSQL (a scratch database, dropped after): `record_statements`, the
     writer's CPU (SQLAlchemy, asyncpg, the chain) and the server backend's (/proc).
 
@@ -56,8 +57,9 @@ from broker.store import Grant, SessionStart, StatementRecord, Store  # noqa: E4
 from broker.store import audit as audit_mod  # noqa: E402
 from broker.store import recorder as recorder_mod  # noqa: E402
 from broker.store import sessions as sessions_mod  # noqa: E402
+from broker.store import statement_batch as batch_mod  # noqa: E402
 from broker.store.recorder import ProcessWriter, Recorder  # noqa: E402
-from broker.store.records import StatementRow, statement_record  # noqa: E402
+from broker.store.records import StatementRow, record_fields  # noqa: E402
 from proxy.records import StatementEvent  # noqa: E402
 from proxy.wiring import RecorderSink  # noqa: E402
 
@@ -75,7 +77,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def _row(record: StatementRecord) -> StatementRow:
     """`record` as a StatementRow: its fields, the start as epoch seconds."""
-    fields = recorder_mod._RECORD_FIELDS(record)
+    fields = record_fields(record)
     return (*fields[:4], record.started_at.timestamp(), *fields[5:])  # type: ignore[return-value]
 
 
@@ -199,7 +201,7 @@ def hand_off(total: int, rounds: int) -> dict[str, float]:
 
 
 def pickling(records: Records, total: int, size: str, rounds: int) -> tuple[float, float]:
-    """(parent: pickle the rows, child: unpickle + records built), µs per statement."""
+    """(parent: pickle the rows, child: unpickle them), µs per statement."""
     batches = records.row_batches(total, size)
     n = sum(map(len, batches))
     parent: list[tuple[float, int]] = []
@@ -210,8 +212,7 @@ def pickling(records: Records, total: int, size: str, rounds: int) -> tuple[floa
         parent.append((time.thread_time() - t, n))
         t = time.thread_time()
         for blob in blobs:
-            _, rows, _ = pickle.loads(blob)
-            [statement_record(row) for row in rows]
+            pickle.loads(blob)
         child.append((time.thread_time() - t, n))
     return median_us(parent), median_us(child)
 
@@ -291,7 +292,7 @@ def timed(module: Any, name: str, into: dict[str, float]) -> Iterator[None]:
 
 
 def sqlite_writer(url: str, path: str, records: Records, total: int, size: str, rounds: int) -> dict[str, float]:
-    """Each round twice, on fresh records: `Store.sessions.record_statements` as the writer
+    """Each round twice, on fresh rows: `Store.sessions.record_statements` as the writer
     process runs it (`_child_open`, `_child_record`: its own loop, one `run_until_complete` per
     batch; process CPU, so aiosqlite's thread counts too), then `_write_batch_sqlite` on a
     plain connection, split by where its CPU goes. Alternated, so that the difference (what
@@ -304,18 +305,19 @@ def sqlite_writer(url: str, path: str, records: Records, total: int, size: str, 
     samples: dict[str, list[tuple[float, int]]] = {}
     try:
         for r in range(rounds + 1):  # the first round warms up
-            batches = records.batches(total, size)
+            # Rows, as the relay hands them over and the child passes them on.
+            batches = records.row_batches(total, size)
             n = sum(map(len, batches))
             t = time.process_time()
             for b in batches:
                 loop.run_until_complete(store.sessions.record_statements(b))
             full = time.process_time() - t
 
-            batches = records.batches(total, size)
+            batches = records.row_batches(total, size)
             m = sum(map(len, batches))
             timed_db = TimedDB(db)
             parts: dict[str, float] = {}
-            with timed(sessions_mod, "_statement_entries", parts), timed(audit_mod, "chain_rows", parts):
+            with timed(batch_mod, "build", parts), timed(audit_mod, "chain_rows", parts):
                 t = time.thread_time()
                 for b in batches:
                     sessions_mod._write_batch_sqlite(timed_db, b, datetime.now(UTC), False)  # type: ignore[arg-type]
@@ -327,8 +329,8 @@ def sqlite_writer(url: str, path: str, records: Records, total: int, size: str, 
             samples.setdefault("hop", []).append((full - whole * n / m, n))
             for key, value in (
                 ("whole", whole), ("sqlite", timed_db.seconds), ("python", python),
-                ("entries", parts["_statement_entries"]), ("chain", parts["chain_rows"]),
-                ("rest", python - parts["_statement_entries"] - parts["chain_rows"]),
+                ("entries", parts["build"]), ("chain", parts["chain_rows"]),
+                ("rest", python - parts["build"] - parts["chain_rows"]),
             ):
                 samples.setdefault(key, []).append((value, m))
     finally:
@@ -396,7 +398,7 @@ def run_sqlite(sizes: list[str], total: int, rounds: int, table: Sections, workd
         split[size] = sqlite_writer(url, path, records, total, size, rounds)
     b = "(b) to the writer"
     table.add(b, "rows pickled (ForkingPickler)", "relay", parent_pickle)
-    table.add(b, "unpickled + statement_record(row)", "writer", child_pickle)
+    table.add(b, "unpickled (written as rows)", "writer", child_pickle)
     table.add(b, "ProcessWriter on SQLite, relay side", "relay", relay_pw)
     table.add(b, "  writer process, all of it (/proc)", "writer", child_pw)
     c = "(c) SQLite writer"
@@ -404,9 +406,9 @@ def run_sqlite(sizes: list[str], total: int, rounds: int, table: Sections, workd
     table.add(c, "  _write_batch_sqlite", "writer", {s: split[s]["whole"] for s in sizes})
     table.add(c, "    sqlite3 execute (bind + SQLite)", "writer", {s: split[s]["sqlite"] for s in sizes})
     table.add(c, "    Python", "writer", {s: split[s]["python"] for s in sizes})
-    table.add(c, "      _statement_entries (data + JSON)", "writer", {s: split[s]["entries"] for s in sizes})
+    table.add(c, "      statement_batch.build (rows, JSON)", "writer", {s: split[s]["entries"] for s in sizes})
     table.add(c, "      chain_rows (content, SHA-256, ids)", "writer", {s: split[s]["chain"] for s in sizes})
-    table.add(c, "      statement rows, spans, owners", "writer", {s: split[s]["rest"] for s in sizes})
+    table.add(c, "      spans, owners, INSERTs' parameters", "writer", {s: split[s]["rest"] for s in sizes})
     table.add(c, "  aiosqlite hop, event loop, engine", "writer", {s: split[s]["hop"] for s in sizes})
 
 
@@ -472,7 +474,7 @@ def render(table: Sections, sizes: list[str], console: Console, title: str) -> N
         return {s: sum(table.get(n)[s] for n in names) for s in sizes}
 
     hand = ["RecorderSink.statement (all of (a))"]
-    pickle_ = ["rows pickled (ForkingPickler)", "unpickled + statement_record(row)"]
+    pickle_ = ["rows pickled (ForkingPickler)", "unpickled (written as rows)"]
     totals = [("SQLite store", total(hand + pickle_ + ["record_statements (as in the child)"]))]
     if any(n == "record_statements (writer CPU)" for _, n, _, _ in table.rows):
         totals.append(("PostgreSQL store, writer side", total(hand + pickle_ + ["record_statements (writer CPU)"])))

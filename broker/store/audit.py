@@ -131,7 +131,7 @@ def _uuid4_text(hex32: str) -> str:
 
 def chain_rows(
     prev_seq: int, prev_hash: str, entries: Sequence[AuditEntry], now: datetime, *, sqlite: bool, keep: bool,
-    times: Sequence[datetime] | None = None,
+    times: Sequence[datetime] | None = None, stamps: Sequence[tuple[str, str]] | None = None,
 ) -> tuple[list[tuple[Any, ...]], list[AuditRecord]]:
     """Seal `entries` onto the head `(prev_seq, prev_hash)`: the rows to insert, in
     `_AUDIT_COLUMNS` order (SQLite form when `sqlite`), and, with `keep`, the records.
@@ -144,7 +144,8 @@ def chain_rows(
     `canonical(record.content())` byte for byte, so `seal` and the verifier agree), with
     `data` serialised once by the caller and the text around it once per session
     (`content_parts`); the timestamp is formatted once per batch (or per record with `times`:
-    `timestamp_forms`) and the record ids come from one `os.urandom` call. The hash is
+    `timestamp_forms`, or given with `times` as `stamps`: each one's (`format_ts`, SQLite)
+    text) and the record ids come from one `os.urandom` call. The hash is
     `chain_hash`'s, chained on the previous digest's bytes instead of its hex.
     """
     ts_text = format_ts(now)
@@ -157,7 +158,9 @@ def chain_rows(
     for i, (type_, actor, session_id, data, data_json) in enumerate(entries):
         if times is not None:
             now = times[i]
-            if sqlite:
+            if stamps is not None:
+                ts_text, ts_db = stamps[i] if sqlite else (stamps[i][0], now)
+            elif sqlite:
                 ts_text, ts_db = timestamp_forms(now)
             else:
                 ts_text, ts_db = timestamp_forms(now)[0], now
@@ -210,7 +213,7 @@ def sqlite_insert_rows(db: sqlite3.Connection, insert_sql: str, rows: Sequence[t
 
 def sqlite_append_audit(
     db: sqlite3.Connection, entries: Sequence[AuditEntry], now: datetime, *, keep: bool,
-    times: Sequence[datetime] | None = None,
+    times: Sequence[datetime] | None = None, stamps: Sequence[tuple[str, str]] | None = None,
 ) -> list[AuditRecord]:
     """`append_entries` on a plain sqlite3 connection, inside the caller's transaction
     (which holds SQLite's write lock: `BEGIN IMMEDIATE`). For work done in one call on the
@@ -222,7 +225,7 @@ def sqlite_append_audit(
             (_STATE_ID, GENESIS_HASH, GENESIS_HASH),
         )
         head = (0, GENESIS_HASH)
-    rows, records = chain_rows(head[0], head[1], entries, now, sqlite=True, keep=keep, times=times)
+    rows, records = chain_rows(head[0], head[1], entries, now, sqlite=True, keep=keep, times=times, stamps=stamps)
     sqlite_insert_rows(db, SQLITE_AUDIT_INSERT, rows)
     db.execute(
         f"UPDATE {_STATE} SET head_seq = ?, head_hash = ? WHERE id = ?", (rows[-1][0], rows[-1][-1], _STATE_ID)

@@ -43,10 +43,8 @@ retried in a new child). Session start and end stay in this process. `writer_pro
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import multiprocessing
-import operator
 import os
 import signal
 import time
@@ -74,6 +72,7 @@ from broker.store.records import (
     SessionStats,
     StatementRecord,
     StatementRow,
+    record_fields,
     statement_record,
 )
 
@@ -90,7 +89,7 @@ _TRANSIENT = (StoreUnavailable, OSError, TimeoutError)
 class RecordingStore(Protocol):
     """What the recorder writes through: `Store.sessions` (`SessionRepository`)."""
 
-    async def record_statements(self, records: Sequence[StatementRecord]) -> None: ...
+    async def record_statements(self, records: Sequence[StatementRecord | StatementRow]) -> None: ...
 
     async def start_session(self, start: SessionStart) -> str: ...
 
@@ -149,14 +148,14 @@ class ProcessWriter:
         assert self._pool is not None and self._ready is not None
         if not self._ready.done():
             # A new child (after one died) is starting; meanwhile write from here.
-            await self._store.record_statements([statement_record(r) for r in records])
+            await self._store.record_statements(records)
             return
         keep = bool(self._store.core.audit_listeners)
         try:
             # As plain tuples (the proxy's rows already are): pickling dataclass instances
             # costs three times as much, and it happens in this process, under the GIL the
             # relay needs.
-            rows = [r if r.__class__ is tuple else _RECORD_FIELDS(r) for r in records]
+            rows = [r if r.__class__ is tuple else record_fields(r) for r in records]
             appended = await asyncio.wrap_future(self._pool.submit(_child_record, rows, keep))
         except BrokenProcessPool as exc:
             # The child died (killed, out of memory, failed to connect): a transient failure;
@@ -213,16 +212,14 @@ def _child_record(rows: list[tuple[Any, ...]], keep: bool) -> list[Any]:
     store: Store = _child["store"]
     appended: list[Any] = []
     store.audit_listeners[:] = [appended.extend] if keep else []
-    loop.run_until_complete(store.sessions.record_statements([statement_record(row) for row in rows]))
+    # As they came: the SQLite store writes rows without making records of them first.
+    loop.run_until_complete(store.sessions.record_statements(rows))
     return appended
 
 
 def _not_transient(exc: Exception) -> bool:
     return not isinstance(exc, _TRANSIENT)
 
-
-# Every field of a StatementRecord, in declaration order (what its constructor takes).
-_RECORD_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(StatementRecord)))
 
 
 def _use_process(store: object) -> bool:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
@@ -73,10 +74,15 @@ StatementRow: TypeAlias = tuple[
 ]
 # Positions in a row, literals so that mypy knows each one's type (tests/broker/store holds
 # them to the dataclass's fields): the one a row holds differently, and what the recorder counts.
-_STARTED_AT: Final = 4
+ROW_STARTED_AT: Final = 4
 ROW_DECISION: Final = 3
 ROW_DURATION_MS: Final = 9
 ROW_MASKED_VALUES: Final = 11
+
+
+# A record's fields as a tuple, in declaration order (what its constructor takes): the form
+# a batch for the writer process pickles cheaply (`started_at` stays a datetime).
+record_fields: Final = operator.attrgetter(*(f.name for f in fields(StatementRecord)))
 
 
 def statement_record(item: StatementRecord | tuple[Any, ...]) -> StatementRecord:
@@ -84,10 +90,10 @@ def statement_record(item: StatementRecord | tuple[Any, ...]) -> StatementRecord
     (`started_at` as a datetime): the forms a batch for the store can hold."""
     if isinstance(item, StatementRecord):
         return item
-    started = item[_STARTED_AT]
+    started = item[ROW_STARTED_AT]
     if not isinstance(started, datetime):
         started = datetime.fromtimestamp(started, UTC)
-    fields: tuple[Any, ...] = (*item[:_STARTED_AT], started, *item[_STARTED_AT + 1 :])
+    fields: tuple[Any, ...] = (*item[:ROW_STARTED_AT], started, *item[ROW_STARTED_AT + 1 :])
     return StatementRecord(*fields)
 
 

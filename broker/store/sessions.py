@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
@@ -16,8 +15,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.audit import coverage, events
-from broker.audit.chain import AuditRecord, canonical_json, canonical_value
+from broker.audit.chain import AuditRecord, canonical_json
 from broker.exceptions import StoreError, StoreIntegrityError, StoreUnavailable
+from broker.store import statement_batch
 from broker.store.audit import (
     _EVENTS,
     DEFAULT_CHUNK,
@@ -31,6 +31,7 @@ from broker.store.audit import (
 from broker.store.base import StoreBase, enum_value, translate_errors
 from broker.store.models import Session, Statement
 from broker.store.records import (
+    ROW_STARTED_AT,
     SessionDetail,
     SessionEnd,
     SessionInfo,
@@ -39,9 +40,13 @@ from broker.store.records import (
     SessionSweep,
     StatementInfo,
     StatementRecord,
+    StatementRow,
+    statement_record,
 )
+from broker.store.statement_batch import NO_OWNER, STATEMENT_COLUMNS, as_fields, data_json
 
 _R = TypeVar("_R")
+_S = TypeVar("_S", StatementRecord, tuple[Any, ...])
 
 
 class SessionRepository:
@@ -113,8 +118,9 @@ class SessionRepository:
                 [at] * len(audit),
             )
 
-    async def record_statements(self, records: Sequence[StatementRecord]) -> None:
-        """Insert a batch of statements in one transaction.
+    async def record_statements(self, records: Sequence[StatementRecord | StatementRow]) -> None:
+        """Insert a batch of statements in one transaction: records, or the proxy's rows (the
+        recorder's writer process passes those on as they came; see `statement_batch`).
 
         Idempotent: a record whose `(session_id, seq)` is already stored is skipped, so a
         batch retried after an ambiguous failure is not duplicated. A record for an unknown
@@ -134,17 +140,18 @@ class SessionRepository:
                     for listener in self.core.audit_listeners:
                         listener(appended)
                 return
+        given = [statement_record(r) for r in records]
         async with self.core.transaction("record statements") as session:
             # The audit lock also serialises racing retries of one batch on PostgreSQL, so
             # the "already stored" check below cannot go stale before the insert.
             await self._audit.lock(session)
-            stored = await _stored_keys(session, records)
-            fresh = _fresh(records, stored)
+            stored = await _stored_keys(session, given)
+            fresh = _fresh(given, stored)
             if not fresh:
                 return
             if self.core.dialect == "sqlite":
                 conn = await session.connection()
-                await conn.exec_driver_sql(_SQLITE_STATEMENT_INSERT, [_sqlite_statement_row(r) for r in fresh])
+                await conn.exec_driver_sql(_SQLITE_STATEMENT_INSERT, _sqlite_statement_rows(fresh))
             else:
                 table = cast(Table, Statement.__table__)
                 stmt = pg_insert(table).on_conflict_do_nothing(index_elements=["session_id", "seq"])
@@ -160,7 +167,9 @@ class SessionRepository:
             }
             await self._audit.append_entries(session, _statement_entries(fresh, owners), [r.started_at for r in fresh])
 
-    async def _record_statements_sqlite(self, records: Sequence[StatementRecord]) -> list[AuditRecord] | None:
+    async def _record_statements_sqlite(
+        self, records: Sequence[StatementRecord | StatementRow]
+    ) -> list[AuditRecord] | None:
         """The whole batch in one call on the SQLite connection's own thread.
 
         With aiosqlite every statement of a transaction is a round trip between the event
@@ -180,7 +189,8 @@ class SessionRepository:
             if run is None or not isinstance(db, sqlite3.Connection):
                 return None
             for r in records:
-                if r.started_at.tzinfo is None:
+                started = r[ROW_STARTED_AT] if isinstance(r, tuple) else r.started_at
+                if isinstance(started, datetime) and started.tzinfo is None:
                     # As the general path refuses it (UTCDateTime), before anything is written.
                     naive = ValueError("naive datetime given to the store; use an aware UTC datetime")
                     raise StoreError(f"record statements: {naive!r}")
@@ -516,22 +526,27 @@ async def _stored_keys(session: AsyncSession, records: Sequence[StatementRecord]
     return {(sid, seq) for sid, seq in rows}
 
 
-def _fresh(records: Sequence[StatementRecord], stored: set[tuple[str, int]]) -> list[StatementRecord]:
-    """The records of the batch not stored yet (nor repeated within it)."""
-    fresh: list[StatementRecord] = []
+def _key(r: StatementRecord | tuple[Any, ...]) -> tuple[str, int]:
+    return (r[0], r[1]) if isinstance(r, tuple) else (r.session_id, r.seq)
+
+
+def _fresh(records: Sequence[_S], stored: set[tuple[str, int]]) -> list[_S]:
+    """The records (or rows) of the batch not stored yet (nor repeated within it)."""
+    fresh: list[_S] = []
     for r in records:
-        key = (r.session_id, r.seq)
+        key = _key(r)
         if key not in stored:
             stored.add(key)
             fresh.append(r)
     return fresh
 
 
-def _spans(records: Sequence[StatementRecord]) -> dict[str, tuple[int, int]]:
+def _spans(records: Sequence[StatementRecord | tuple[Any, ...]]) -> dict[str, tuple[int, int]]:
     spans: dict[str, tuple[int, int]] = {}
     for r in records:
-        lo_hi = spans.get(r.session_id)
-        spans[r.session_id] = (r.seq, r.seq) if lo_hi is None else (min(lo_hi[0], r.seq), max(lo_hi[1], r.seq))
+        sid, seq = _key(r)
+        lo_hi = spans.get(sid)
+        spans[sid] = (seq, seq) if lo_hi is None else (min(lo_hi[0], seq), max(lo_hi[1], seq))
     return spans
 
 
@@ -539,52 +554,20 @@ def _statement_entries(
     fresh: Sequence[StatementRecord], owners: Mapping[str, tuple[str | None, str | None, str | None, str | None]]
 ) -> list[AuditEntry]:
     entries: list[AuditEntry] = []
-    texts = _JsonTexts()
+    templates: statement_batch.Templates = {}
     for r in fresh:
-        principal, addr, intent, resource = owners.get(r.session_id, (None, None, None, None))
+        principal, addr, intent, resource = owners.get(r.session_id, NO_OWNER)
         data = statement_data(r, addr, intent, resource)
-        entries.append(("statement", principal, r.session_id, data, _statement_json(data, texts)))
+        entries.append(("statement", principal, r.session_id, data, data_json(templates, *data.values())))
     return entries
 
 
-class _JsonTexts(dict[object, str]):
-    """Strings as JSON text, each encoded once: the records of a batch repeat the same SQL,
-    fingerprint, rule, reason and client address. Only `str` keys are kept (1, 1.0 and True
-    are equal keys with different texts); anything else is encoded on every lookup."""
-
-    def __init__(self) -> None:
-        super().__init__({None: "null"})
-
-    def __missing__(self, value: object) -> str:
-        text = canonical_value(value)
-        if value.__class__ is str:
-            self[value] = text
-        return text
-
-
-def _statement_json(data: dict[str, Any], texts: _JsonTexts) -> str:
-    """`canonical_json(data)` of `statement_data`'s dict, byte for byte: its values in its key
-    order (sorted, as below), each written as the canonical encoder writes it (`canonical_value`),
-    the strings through `texts`: paid for every statement recorded, so no generic walk."""
-    (
-        approval_id, client_addr, decision, duration_ms, error_sqlstate, fingerprint, intent, masked_values,
-        reason, resource, results_digest, rows, rule, seq, shadow_decision, sql, started_at,
-    ) = data.values()
-    return (
-        f'{{"approval_id":{texts[approval_id]},"client_addr":{texts[client_addr]},"decision":{texts[decision]},'
-        f'"duration_ms":{canonical_value(duration_ms)},"error_sqlstate":{texts[error_sqlstate]},'
-        f'"fingerprint":{texts[fingerprint]},"intent":{texts[intent]},"masked_values":{canonical_value(masked_values)},'
-        f'"reason":{texts[reason]},"resource":{texts[resource]},"results_digest":{texts[results_digest]},'
-        f'"rows":{canonical_value(rows)},"rule":{texts[rule]},"seq":{canonical_value(seq)},'
-        f'"shadow_decision":{texts[shadow_decision]},"sql":{texts[sql]},"started_at":{canonical_value(started_at)}}}'
-    )
-
-
 def _write_batch_sqlite(
-    db: sqlite3.Connection, records: list[StatementRecord], now: datetime, keep: bool
+    db: sqlite3.Connection, records: Sequence[StatementRecord | tuple[Any, ...]], now: datetime, keep: bool
 ) -> list[AuditRecord]:
     """`record_statements` as one function on a plain sqlite3 connection (autocommit mode, as
-    the store's engine sets it up: we issue BEGIN ourselves). Runs on the connection's thread."""
+    the store's engine sets it up: we issue BEGIN ourselves). Runs on the connection's thread;
+    the rows and audit entries are made by `statement_batch.build`."""
     if db.in_transaction:
         # Only possible on a shared in-memory connection another transaction is using.
         raise sqlite3.OperationalError("the connection is inside another transaction")
@@ -597,11 +580,10 @@ def _write_batch_sqlite(
                     "SELECT session_id, seq FROM statements WHERE session_id = ? AND seq BETWEEN ? AND ?", (sid, lo, hi)
                 )
             )
-        fresh = _fresh(records, stored)
+        fresh = _fresh([as_fields(r) for r in records], stored)
         appended: list[AuditRecord] = []
         if fresh:
-            sqlite_insert_rows(db, _SQLITE_STATEMENT_INSERT, [_sqlite_statement_row(r) for r in fresh])
-            sids = list({r.session_id for r in fresh})
+            sids = list({r[0] for r in fresh})
             owners = {
                 sid: (principal, addr, intent, resource)
                 for sid, principal, addr, intent, resource in db.execute(
@@ -610,9 +592,9 @@ def _write_batch_sqlite(
                     sids,
                 )
             }
-            appended = sqlite_append_audit(
-                db, _statement_entries(fresh, owners), now, keep=keep, times=[r.started_at for r in fresh]
-            )
+            batch = statement_batch.build(fresh, owners, keep)
+            sqlite_insert_rows(db, _SQLITE_STATEMENT_INSERT, batch.rows)
+            appended = sqlite_append_audit(db, batch.entries, now, keep=keep, times=batch.times, stamps=batch.stamps)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -626,11 +608,10 @@ def statement_data(
 ) -> dict[str, Any]:
     """The `data` of a statement's audit record: `events.statement(...).data`, built directly.
 
-    (That generic path converts every field on its own; this runs for every statement the
-    proxy relays. tests/broker/store checks that both give the same dict.)
+    (That generic path converts every field on its own. tests/broker/store checks that both
+    give the same dict.)
     """
-    # In sorted key order: `_statement_json` writes its canonical JSON from the values in
-    # this order.
+    # In sorted key order: `statement_batch.data_json` takes the values in this order.
     return {
         "approval_id": r.approval_id,
         "client_addr": client_addr,
@@ -696,39 +677,19 @@ def _session_query() -> Any:
     return select(Session, count)
 
 
-_STATEMENT_COLUMNS = (
-    "session_id", "seq", "sql", "fingerprint", "decision", "rule", "reason", "shadow_decision", "started_at",
-    "duration_ms", "rows", "masked_values", "error_sqlstate", "results", "approval_id",
-)
 _SQLITE_STATEMENT_INSERT = (
-    f"INSERT INTO statements ({', '.join(_STATEMENT_COLUMNS)}) VALUES ({', '.join('?' * len(_STATEMENT_COLUMNS))})"
+    f"INSERT INTO statements ({', '.join(STATEMENT_COLUMNS)}) VALUES ({', '.join('?' * len(STATEMENT_COLUMNS))})"
     " ON CONFLICT (session_id, seq) DO NOTHING"
 )
 
 
-def _sqlite_statement_row(r: StatementRecord) -> tuple[Any, ...]:
-    """`_statement_values(r)` as SQLite rows hold it (see `_sqlite_datetime`; JSON as text)."""
-    return (
-        r.session_id,
-        r.seq,
-        r.sql,
-        r.fingerprint,
-        enum_value(r.decision),
-        r.rule,
-        r.reason,
-        None if r.shadow_decision is None else enum_value(r.shadow_decision),
-        timestamp_forms(r.started_at)[1],
-        r.duration_ms,
-        r.rows,
-        r.masked_values,
-        r.error_sqlstate,
-        None if r.results is None else json.dumps(r.results),
-        r.approval_id,
-    )
+def _sqlite_statement_rows(records: Sequence[StatementRecord]) -> list[tuple[Any, ...]]:
+    """`_statement_values` of each as SQLite rows hold it (see `_sqlite_datetime`; JSON as text)."""
+    return statement_batch.build([as_fields(r) for r in records], {}, False).rows
 
 
 def _statement_values(r: StatementRecord) -> dict[str, Any]:
-    values = {name: getattr(r, name) for name in _STATEMENT_COLUMNS}
+    values = {name: getattr(r, name) for name in STATEMENT_COLUMNS}
     values["decision"] = enum_value(r.decision)
     values["shadow_decision"] = None if r.shadow_decision is None else enum_value(r.shadow_decision)
     return values

@@ -19,10 +19,9 @@ import pytest
 from broker import metrics
 from broker.policy.model import Decision, Verdict
 from broker.store import Grant, SessionStart, StatementRecord, Store
-from broker.store import recorder as recorder_mod
 from broker.store import records as records_mod
 from broker.store.recorder import ProcessWriter, Recorder
-from broker.store.records import StatementRow, statement_record
+from broker.store.records import StatementRow, record_fields, statement_record
 from proxy.records import StatementEvent
 from proxy.wiring import RecorderSink
 
@@ -39,7 +38,7 @@ def rec(session_id: str, seq: int) -> StatementRecord:
 
 def row(session_id: str, seq: int) -> StatementRow:
     """`rec` in the form the proxy hands over (`RecorderSink.statement`)."""
-    fields = recorder_mod._RECORD_FIELDS(rec(session_id, seq))
+    fields = record_fields(rec(session_id, seq))
     return (*fields[:4], time.time(), *fields[5:])  # type: ignore[return-value]
 
 
@@ -235,10 +234,10 @@ def test_a_rows_counted_fields_are_where_the_record_has_them() -> None:
     assert names[records_mod.ROW_DECISION] == "decision"
     assert names[records_mod.ROW_MASKED_VALUES] == "masked_values"
     assert names[records_mod.ROW_DURATION_MS] == "duration_ms"
-    assert names[records_mod._STARTED_AT] == "started_at"
+    assert names[records_mod.ROW_STARTED_AT] == "started_at"
     record = rec("s", 7)
-    row = (*recorder_mod._RECORD_FIELDS(record)[:4], record.started_at.timestamp(),
-           *recorder_mod._RECORD_FIELDS(record)[5:])
+    row = (*record_fields(record)[:4], record.started_at.timestamp(),
+           *record_fields(record)[5:])
     assert statement_record(row) == record
-    assert statement_record(recorder_mod._RECORD_FIELDS(record)) == record
+    assert statement_record(record_fields(record)) == record
     assert statement_record(record) is record

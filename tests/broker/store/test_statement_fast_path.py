@@ -6,6 +6,7 @@ audit records built directly: the result must be what the general (SQLAlchemy) p
 from __future__ import annotations
 
 import enum
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,10 +18,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from broker.audit.chain import canonical_json, format_ts
-from broker.store import Grant, SessionStart, StatementRecord, Store
+from broker.store import Grant, SessionStart, StatementRecord, Store, statement_batch
 from broker.store import sessions as sessions_mod
 from broker.store.audit import _sqlite_datetime, sqlite_insert_rows, timestamp_forms
 from broker.store.models import Session as SessionRow
+from broker.store.records import record_fields, statement_record
 from tests.broker.store.store_backends import FakeClock, backend_url, clock, store  # noqa: F401
 
 GRANT = Grant(
@@ -53,7 +55,7 @@ def test_statement_data_is_the_generic_event_data() -> None:
 
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 # Shared across examples, as across a batch: hits as well as misses.
-_SHARED = sessions_mod._JsonTexts()
+_SHARED: statement_batch.Templates = {}
 
 
 class _Decision(str, enum.Enum):  # noqa: UP042  (the str-mixin enum the policy passes)
@@ -85,18 +87,66 @@ def test_the_direct_canonical_form_is_the_encoders(
         error_sqlstate=sqlstate, results=results, approval_id=approval,
     )
     data = sessions_mod.statement_data(r, addr, intent, resource)
-    assert sessions_mod._statement_json(data, _SHARED) == canonical_json(data)
-    assert sessions_mod._statement_json(data, sessions_mod._JsonTexts()) == canonical_json(data)
-    (entry,) = sessions_mod._statement_entries([r], {"s": ("p", addr, intent, resource)})
+    assert statement_batch.data_json(_SHARED, *data.values()) == canonical_json(data)
+    assert statement_batch.data_json({}, *data.values()) == canonical_json(data)
+    owners = {"s": ("p", addr, intent, resource)}
+    (entry,) = sessions_mod._statement_entries([r], owners)
     assert entry[3] == data and entry[4] == canonical_json(data)
     assert timestamp_forms(when) == (format_ts(when), _sqlite_datetime(when))
+    # The writer's pass over a batch (statement_batch.build), on the record and on the row the
+    # proxy hands over (the start as epoch seconds), makes the same entry and the row the
+    # general path stores.
+    as_row = (*record_fields(r)[:4], when.timestamp(), *record_fields(r)[5:])
+    for item in (record_fields(r), as_row):
+        stamped = statement_record(item).started_at
+        expected = {**data, "started_at": format_ts(stamped)}
+        kept = statement_batch.build([item], owners, True)
+        assert kept.entries == [("statement", "p", "s", expected, canonical_json(expected))]
+        assert kept.times == [stamped] and kept.stamps == [timestamp_forms(stamped)]
+        assert statement_batch.build([item], owners, False).entries[0][4] == canonical_json(expected)
+        values = sessions_mod._statement_values(statement_record(item))
+        stored = dict(zip(statement_batch.STATEMENT_COLUMNS, kept.rows[0], strict=True))
+        assert stored == {
+            **values, "started_at": _sqlite_datetime(stamped),
+            "results": None if results is None else json.dumps(results),
+        }
+        # Stored as plain strings, not the policy's str-mixin Enum (equal, but not what a
+        # reader of the row or the record gets back).
+        kept_data = kept.entries[0][3]
+        for labels in (kept.rows[0][4:8:3], (kept_data["decision"], kept_data["shadow_decision"])):
+            assert all(label is None or type(label) is str for label in labels)
 
 
 def test_equal_keys_of_other_types_are_not_confused() -> None:
-    texts = sessions_mod._JsonTexts()
-    assert texts["1"] == '"1"' and texts[1] == "1" and texts[1.0] == "1.0" and texts[True] == "true"
-    assert texts[None] == "null" and texts[0.0] == "0.0" and texts[-0.0] == "-0.0"
-    assert set(texts) == {None, "1"}
+    # 1, 1.0 and True are equal keys with different JSON texts: only str and None are cached.
+    templates: statement_batch.Templates = {}
+    for rule in ("1", 1, 1.0, True, None, _Decision.ALLOW, 0.0, -0.0):
+        data = {key: None for key in sorted(_DATA_KEYS)} | {"rule": rule, "sql": "s", "seq": 1}
+        assert statement_batch.data_json(templates, *data.values()) == canonical_json(data)
+    assert len(templates) == 2
+
+
+_DATA_KEYS = (
+    "approval_id", "client_addr", "decision", "duration_ms", "error_sqlstate", "fingerprint", "intent",
+    "masked_values", "reason", "resource", "results_digest", "rows", "rule", "seq", "shadow_decision", "sql",
+    "started_at",
+)
+
+
+def test_stamps_are_the_timestamp_forms_across_seconds_and_days() -> None:
+    # The writer caches the text of a second; each start still gets its own microseconds.
+    start = datetime(2030, 12, 31, 23, 59, 58, 999_998, tzinfo=UTC)
+    for i in range(2_000):
+        when = start + timedelta(microseconds=i * 997)
+        for started in (when, when.timestamp()):
+            at, text, db = statement_batch.stamp(started)
+            row = ("s", 1, "q", "allow", started, None, None, None, None, None, None, 0, None, None, None)
+            assert at == statement_record(row).started_at
+            assert (text, db) == timestamp_forms(at)
+    # A long-running writer sees a new second every second: the cache stays bounded.
+    for i in range(1_500):
+        statement_batch.stamp(start.timestamp() + i)
+    assert 0 < len(statement_batch._SECONDS) <= 1024
 
 
 async def _written(store: Store, sid: str) -> tuple[Any, list[tuple[Any, ...]]]:
