@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.run_bench import ensure_bench_db  # noqa: E402
 from bench.targets import TARGETS, Endpoint, TargetUnavailable  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -73,8 +74,10 @@ def _label(pid: int, tid: int) -> str:
     return f"{what}, {'main thread' if pid == tid else 'other threads'}"
 
 
-def measure(target: str, upstream: Endpoint, mode: str, clients: int, seconds: int) -> list[tuple[str, float, float]]:
-    """[(process and thread, user µs/txn, system µs/txn)], pgbench last."""
+def measure(
+    target: str, upstream: Endpoint, mode: str, clients: int, seconds: int
+) -> tuple[list[tuple[str, float, float]], int]:
+    """([(process and thread, user µs/txn, system µs/txn)], pgbench last; transactions run)."""
     with tempfile.TemporaryDirectory(prefix="jitgate-cpu-") as tmp:
         os.chmod(tmp, 0o755)
         with TARGETS[target].run(upstream, Path(tmp)) as endpoint:
@@ -107,7 +110,7 @@ def measure(target: str, upstream: Endpoint, mode: str, clients: int, seconds: i
     rows = [(label, user, system) for label, (user, system) in spent.items() if user + system >= 0.5]
     rows.append(("pgbench", (end.children_user - start.children_user) / n * 1e6,
                  (end.children_system - start.children_system) / n * 1e6))
-    return rows
+    return rows, n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,23 +119,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="prepared", choices=["simple", "extended", "prepared"])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--dbname", default="bench", help="made by bench/run_bench.py (pgbench -i)")
+    parser.add_argument("--dbname", default="bench", help="made (pgbench -i) unless it is there")
+    parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale if not there")
     args = parser.parse_args(argv)
     upstream = Endpoint("127.0.0.1", 5432, "postgres", args.dbname)
     console = Console()
+    try:
+        ensure_bench_db("psql", "pgbench", upstream, args.scale, console)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        console.print(f"[red]cannot prepare {upstream.dbname!r} on {upstream.host}:{upstream.port}:[/] "
+                      f"{getattr(exc, 'stderr', None) or exc}")
+        return 2
     table = Table(title=f"CPU per transaction, pgbench -S -M {args.mode} -c {args.clients} ({args.seconds} s)")
     for column in ("target", "process / thread", "user µs", "system µs", "total µs"):
         table.add_column(column, justify="right" if "µs" in column else "left")
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
         try:
-            rows = measure(target, upstream, args.mode, args.clients, args.seconds)
+            rows, n = measure(target, upstream, args.mode, args.clients, args.seconds)
         except TargetUnavailable as exc:
             console.print(f"[yellow]{target} left out: {exc}")
             continue
         total = sum(u + s for name, u, s in rows if name != "pgbench")
         for name, user, system in rows:
             table.add_row(target, name, f"{user:.1f}", f"{system:.1f}", f"{user + system:.1f}")
-        table.add_row(target, "[bold]all of the target", "", "", f"[bold]{total:.1f}", end_section=True)
+        table.add_row(target, f"[bold]all of the target[/] ({n / args.seconds:,.0f} tps)", "", "", f"[bold]{total:.1f}",
+                      end_section=True)
     console.print(table)
     return 0
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = Endpoint(args.host, args.port, args.user, args.dbname,
                         password=os.environ.get("PGPASSWORD"))
     try:
-        _ensure_bench_db(psql, pgbench, upstream, args.scale, console)
+        ensure_bench_db(psql, pgbench, upstream, args.scale, console)
     except subprocess.CalledProcessError as exc:
         console.print(f"[red]cannot prepare {upstream.dbname!r} on {upstream.host}:"
                       f"{upstream.port}:[/] {exc.stderr or exc}")
@@ -112,7 +112,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _ensure_bench_db(psql: str, pgbench: str, upstream: Endpoint, scale: int,
+def ensure_bench_db(psql: str, pgbench: str, upstream: Endpoint, scale: int,
                      console: Console) -> None:
     """Create and `pgbench -i` the database unless it already holds this scale."""
     admin_env = {**os.environ, **upstream.libpq_env(), "PGDATABASE": "postgres"}
