@@ -98,6 +98,23 @@ class SQLiteConnection(sqlite3.Connection):
         super().close()
 
 
+def configure_sqlite(connection: sqlite3.Connection, *, in_memory: bool) -> None:
+    """What every connection to a SQLite store is set up with (the engine's, and the one the
+    recorder's writer process opens on the same file)."""
+    connection.isolation_level = None  # we issue BEGIN ourselves (the engine's "begin" hook)
+    cursor = connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode")
+            if cursor.fetchone()[0] != "wal":  # switching takes an exclusive lock
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
 def _sqlite_engine(url: str, *, echo: bool) -> AsyncEngine:
     parsed = make_url(url)
     database = parsed.database or ""
@@ -112,18 +129,7 @@ def _sqlite_engine(url: str, *, echo: bool) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            if not in_memory:
-                cursor.execute("PRAGMA journal_mode")
-                if cursor.fetchone()[0] != "wal":  # switching takes an exclusive lock
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-        finally:
-            cursor.close()
+        configure_sqlite(dbapi_connection, in_memory=in_memory)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

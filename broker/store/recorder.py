@@ -47,6 +47,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import sqlite3
 import time
 import weakref
 from collections import deque
@@ -61,7 +62,7 @@ import structlog
 from broker import metrics
 from broker.backoff import Backoff
 from broker.exceptions import RecorderClosed, StoreError, StoreUnavailable
-from broker.store.base import enum_value
+from broker.store.base import enum_value, utcnow
 from broker.store.group_commit import GroupCommit
 from broker.store.records import (
     ROW_DECISION,
@@ -106,8 +107,10 @@ class ProcessWriter:
     """`record_statements` of a `SessionRepository`, run in a child process on the same store URL.
 
     The child opens its own `Store` (no migration: this process did it) and writes each batch
-    with `Store.sessions.record_statements`, so idempotence, the audit chain (appends serialised by the
-    store's lock, across processes) and the errors are the store's own; they come back here as
+    with `Store.sessions.record_statements`, or, on a SQLite file, a plain sqlite3 connection
+    set up as the store's are and `sessions.write_statements_sqlite` (what that method runs on
+    aiosqlite's thread); so idempotence, the audit chain (appends serialised by the store's
+    lock, across processes) and the errors are the store's own; they come back here as
     raised. The audit records the child appended are sent back only when this store has
     `audit_listeners` (the SIEM forwarder), which are then called here as after any commit.
     Session start and end go to this process's store directly.
@@ -117,7 +120,9 @@ class ProcessWriter:
         self._store = sessions
         self._url = sessions.core.engine.url.render_as_string(hide_password=False)
         self._pool: ProcessPoolExecutor | None = None
-        self._ready: Future[None] | None = None
+        # Resolves, once the child is ready, to how it writes: "sqlite3" (a plain connection
+        # to a SQLite file) or "store" (a `Store` of its own).
+        self._ready: Future[str] | None = None
 
     @property
     def store(self) -> SessionRepository:
@@ -196,6 +201,19 @@ def _child_open(url: str) -> None:
     # of the pipe closes and it exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not parsed.query:
+        # A SQLite file: written on this thread through a plain connection, set up as the
+        # store's are. An engine would add an event loop, a pool checkout and a hop to
+        # aiosqlite's thread to every batch (~1.5 µs a statement at full batches).
+        from broker.store.db import configure_sqlite
+
+        db = sqlite3.connect(parsed.database, check_same_thread=False)
+        configure_sqlite(db, in_memory=False)
+        _child["db"] = db
+        return
     from broker.store import Store
 
     loop = asyncio.new_event_loop()
@@ -203,11 +221,16 @@ def _child_open(url: str) -> None:
     _child["store"] = loop.run_until_complete(Store.open(url, migrate=False))
 
 
-def _child_ping() -> None:
-    return None
+def _child_ping() -> str:
+    return "sqlite3" if "db" in _child else "store"
 
 
 def _child_record(rows: list[tuple[Any, ...]], keep: bool) -> list[Any]:
+    db: sqlite3.Connection | None = _child.get("db")
+    if db is not None:
+        from broker.store.sessions import write_statements_sqlite
+
+        return write_statements_sqlite(db, rows, utcnow(), keep)
     loop: asyncio.AbstractEventLoop = _child["loop"]
     store: Store = _child["store"]
     appended: list[Any] = []
@@ -221,11 +244,9 @@ def _not_transient(exc: Exception) -> bool:
     return not isinstance(exc, _TRANSIENT)
 
 
-
 def _use_process(store: object) -> bool:
     """A child process can reach the same store: a `SessionRepository` on a file or a server,
     with the real clock (a test's fake clock would not follow it into the child)."""
-    from broker.store.base import utcnow
     from broker.store.sessions import SessionRepository
 
     if not isinstance(store, SessionRepository) or store.core.clock is not utcnow:

@@ -188,22 +188,12 @@ class SessionRepository:
             db = getattr(driver, "_connection", None)
             if run is None or not isinstance(db, sqlite3.Connection):
                 return None
-            for r in records:
-                started = r[ROW_STARTED_AT] if isinstance(r, tuple) else r.started_at
-                if isinstance(started, datetime) and started.tzinfo is None:
-                    # As the general path refuses it (UTCDateTime), before anything is written.
-                    naive = ValueError("naive datetime given to the store; use an aware UTC datetime")
-                    raise StoreError(f"record statements: {naive!r}")
             try:
-                appended: list[AuditRecord] = await run(_write_batch_sqlite, db, list(records), self.core.clock(), keep)
-            except sqlite3.IntegrityError as exc:
-                raise StoreIntegrityError(f"record statements: constraint violated ({type(exc).__name__})") from exc
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailable(f"record statements: store unavailable ({type(exc).__name__})") from exc
-            except sqlite3.Error as exc:
-                raise StoreError(f"record statements: {type(exc).__name__}") from exc
-            except ValueError as exc:
-                if "closed" in str(exc) or "no active connection" in str(exc):  # aiosqlite's connection went away
+                appended: list[AuditRecord] = await run(
+                    write_statements_sqlite, db, list(records), self.core.clock(), keep
+                )
+            except ValueError as exc:  # from aiosqlite (the function gives the store's errors)
+                if "closed" in str(exc) or "no active connection" in str(exc):  # its connection went away
                     raise StoreUnavailable(f"record statements: store unavailable ({type(exc).__name__})") from exc
                 raise StoreError(f"record statements: {exc!r}") from exc
         return appended
@@ -560,6 +550,31 @@ def _statement_entries(
         data = statement_data(r, addr, intent, resource)
         entries.append(("statement", principal, r.session_id, data, data_json(templates, *data.values())))
     return entries
+
+
+def write_statements_sqlite(
+    db: sqlite3.Connection, records: Sequence[StatementRecord | tuple[Any, ...]], now: datetime, keep: bool
+) -> list[AuditRecord]:
+    """`record_statements` on a plain sqlite3 connection, on the calling thread, with the
+    store's errors: aiosqlite's thread in this process, the main thread of the recorder's
+    writer process (which needs no engine, event loop or thread hop for it). Returns the audit
+    records appended when `keep`."""
+    for r in records:
+        started = r[ROW_STARTED_AT] if isinstance(r, tuple) else r.started_at
+        if isinstance(started, datetime) and started.tzinfo is None:
+            # As the general path refuses it (UTCDateTime), before anything is written.
+            naive = ValueError("naive datetime given to the store; use an aware UTC datetime")
+            raise StoreError(f"record statements: {naive!r}")
+    try:
+        return _write_batch_sqlite(db, records, now, keep)
+    except sqlite3.IntegrityError as exc:
+        raise StoreIntegrityError(f"record statements: constraint violated ({type(exc).__name__})") from exc
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"record statements: store unavailable ({type(exc).__name__})") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"record statements: {type(exc).__name__}") from exc
+    except ValueError as exc:  # a value the chain cannot hold (NaN)
+        raise StoreError(f"record statements: {exc!r}") from exc
 
 
 def _write_batch_sqlite(

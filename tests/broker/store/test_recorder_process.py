@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from broker import metrics
+from broker.exceptions import StoreError, StoreIntegrityError
 from broker.policy.model import Decision, Verdict
 from broker.store import Grant, SessionStart, StatementRecord, Store
 from broker.store import records as records_mod
@@ -95,6 +96,31 @@ async def test_batches_are_written_by_the_child_and_chained(store: Store) -> Non
     assert report.ok and report.checked == 351
     await recorder.aclose()
     assert writer._pool is None
+
+
+async def test_the_child_writes_a_sqlite_file_on_a_plain_connection_with_the_stores_errors(store: Store) -> None:
+    writer = ProcessWriter(store.sessions)
+    try:
+        await ready(writer)
+        assert writer._ready is not None and writer._ready.result() == "sqlite3"
+        sid = await store.sessions.start_session(SessionStart(GRANT))
+        await writer.record_statements([row(sid, 1), rec(sid, 2)])
+        # Refused by the store as the engine's path refuses them, and nothing of the batch is written.
+        with pytest.raises(StoreIntegrityError):
+            await writer.record_statements([row(sid, 3), row("no-such-session", 1)])
+        naive = dataclasses.replace(rec(sid, 4), started_at=datetime(2030, 1, 1))
+        with pytest.raises(StoreError, match="naive"):
+            await writer.record_statements([record_fields(naive)])
+        with pytest.raises(StoreError, match="JSON"):
+            await writer.record_statements([dataclasses.replace(rec(sid, 5), duration_ms=float("nan"))])
+        # A retried batch is not duplicated.
+        await writer.record_statements([row(sid, 2), row(sid, 3)])
+        detail = await store.sessions.get_session(sid)
+        assert detail is not None
+        assert [(s.seq, s.verified) for s in detail.statements] == [(1, True), (2, True), (3, True)]
+        assert (await store.audit.verify_audit()).ok
+    finally:
+        await writer.aclose()
 
 
 async def test_a_dead_child_is_a_transient_failure_and_nothing_is_lost(store: Store) -> None:
