@@ -13,10 +13,12 @@ with rule, reason, fingerprint, a duration and one row, spread over 8 sessions.
 (b) hand-over to the writer process: the batch of rows pickled and unpickled (the child
     writes the rows as they are), then the real thing: a `ProcessWriter` writing to a SQLite store,
     the relay process's CPU (its event loop and the pool's threads) and the child's (/proc).
-(c) the writer on a SQLite file store: `record_statements` of the rows as the child runs it
-    (through aiosqlite), and `_write_batch_sqlite` on a plain connection, split into the time
-    inside the sqlite3 module's `execute` (binding and SQLite) and the Python around it
-    (`statement_batch.build`: the rows and the records' JSON; `chain_rows`: the chain).
+(c) the writer on a SQLite file store: `write_statements_sqlite` of the rows on a plain
+    connection, as the writer process runs it, split into the time inside the sqlite3
+    module's `execute` (binding and SQLite) and the Python around it
+    (`statement_batch.build`: the rows and the records' JSON; `chain_rows`: the chain); and,
+    for comparison, `record_statements` through the store's engine (aiosqlite), as a
+    recorder writing from the proxy's own process does.
 (d) the writer on PostgreSQL (a scratch database, dropped after): `record_statements`, the
     writer's CPU (SQLAlchemy, asyncpg, the chain) and the server backend's (/proc).
 
@@ -58,6 +60,7 @@ from broker.store import audit as audit_mod  # noqa: E402
 from broker.store import recorder as recorder_mod  # noqa: E402
 from broker.store import sessions as sessions_mod  # noqa: E402
 from broker.store import statement_batch as batch_mod  # noqa: E402
+from broker.store.db import configure_sqlite  # noqa: E402
 from broker.store.recorder import ProcessWriter, Recorder  # noqa: E402
 from broker.store.records import StatementRow, record_fields  # noqa: E402
 from proxy.records import StatementEvent  # noqa: E402
@@ -292,16 +295,16 @@ def timed(module: Any, name: str, into: dict[str, float]) -> Iterator[None]:
 
 
 def sqlite_writer(url: str, path: str, records: Records, total: int, size: str, rounds: int) -> dict[str, float]:
-    """Each round twice, on fresh rows: `Store.sessions.record_statements` as the writer
-    process runs it (`_child_open`, `_child_record`: its own loop, one `run_until_complete` per
-    batch; process CPU, so aiosqlite's thread counts too), then `_write_batch_sqlite` on a
-    plain connection, split by where its CPU goes. Alternated, so that the difference (what
-    aiosqlite and SQLAlchemy add per batch) is taken under the same machine load."""
+    """Each round twice, on fresh rows: `Store.sessions.record_statements` through the
+    store's engine (one `run_until_complete` per batch; process CPU, so aiosqlite's thread
+    counts too), then `write_statements_sqlite` on a plain connection set up as the writer
+    process sets up its own (`configure_sqlite`), split by where its CPU goes. Alternated, so
+    that the difference (what aiosqlite and SQLAlchemy add per batch) is taken under the same
+    machine load."""
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(Store.open(url, migrate=False))
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in ("busy_timeout=5000", "foreign_keys=ON", "journal_mode=WAL", "synchronous=NORMAL"):
-        db.execute(f"PRAGMA {pragma}")  # as broker.store.db sets up the store's connections
+    db = sqlite3.connect(path, check_same_thread=False)
+    configure_sqlite(db, in_memory=False)  # as the writer process does
     samples: dict[str, list[tuple[float, int]]] = {}
     try:
         for r in range(rounds + 1):  # the first round warms up
@@ -320,7 +323,7 @@ def sqlite_writer(url: str, path: str, records: Records, total: int, size: str, 
             with timed(batch_mod, "build", parts), timed(audit_mod, "chain_rows", parts):
                 t = time.thread_time()
                 for b in batches:
-                    sessions_mod._write_batch_sqlite(timed_db, b, datetime.now(UTC), False)  # type: ignore[arg-type]
+                    sessions_mod.write_statements_sqlite(timed_db, b, datetime.now(UTC), False)  # type: ignore[arg-type]
                 whole = time.thread_time() - t
             if r == 0:
                 continue
@@ -402,14 +405,14 @@ def run_sqlite(sizes: list[str], total: int, rounds: int, table: Sections, workd
     table.add(b, "ProcessWriter on SQLite, relay side", "relay", relay_pw)
     table.add(b, "  writer process, all of it (/proc)", "writer", child_pw)
     c = "(c) SQLite writer"
-    table.add(c, "record_statements (as in the child)", "writer", {s: split[s]["full"] for s in sizes})
-    table.add(c, "  _write_batch_sqlite", "writer", {s: split[s]["whole"] for s in sizes})
+    table.add(c, "write_statements_sqlite (the child's)", "writer", {s: split[s]["whole"] for s in sizes})
     table.add(c, "    sqlite3 execute (bind + SQLite)", "writer", {s: split[s]["sqlite"] for s in sizes})
     table.add(c, "    Python", "writer", {s: split[s]["python"] for s in sizes})
     table.add(c, "      statement_batch.build (rows, JSON)", "writer", {s: split[s]["entries"] for s in sizes})
     table.add(c, "      chain_rows (content, SHA-256, ids)", "writer", {s: split[s]["chain"] for s in sizes})
     table.add(c, "      spans, owners, INSERTs' parameters", "writer", {s: split[s]["rest"] for s in sizes})
-    table.add(c, "  aiosqlite hop, event loop, engine", "writer", {s: split[s]["hop"] for s in sizes})
+    table.add(c, "through the engine (in-process writer)", "writer", {s: split[s]["full"] for s in sizes})
+    table.add(c, "  of which aiosqlite, event loop, engine", "writer", {s: split[s]["hop"] for s in sizes})
 
 
 def run_postgres(dsn: str, sizes: list[str], total: int, rounds: int, table: Sections, console: Console) -> None:
@@ -475,7 +478,7 @@ def render(table: Sections, sizes: list[str], console: Console, title: str) -> N
 
     hand = ["RecorderSink.statement (all of (a))"]
     pickle_ = ["rows pickled (ForkingPickler)", "unpickled (written as rows)"]
-    totals = [("SQLite store", total(hand + pickle_ + ["record_statements (as in the child)"]))]
+    totals = [("SQLite store", total(hand + pickle_ + ["write_statements_sqlite (the child's)"]))]
     if any(n == "record_statements (writer CPU)" for _, n, _, _ in table.rows):
         totals.append(("PostgreSQL store, writer side", total(hand + pickle_ + ["record_statements (writer CPU)"])))
         totals.append(("PostgreSQL store, + server", total(
