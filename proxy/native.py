@@ -1,7 +1,8 @@
 """Which of the proxy's modules run compiled, and whether they were built from today's source.
 
 The modules in `MODULES` are the per-message path: framing, the session machine, the fast
-path, routing answers to in-flight entries, the recorder hand-off, and masking a row.
+path, routing answers to in-flight entries, the recorder hand-off, and masking a row; and the
+per-statement work of the recorder's writer process (each statement's row and chained JSON).
 `C_EXTENSIONS` are the loops written in C by hand, where a Python object per value would cost
 more than the work (each with a Python reference of the same function).
 `setup.py` compiles the first with mypyc (the same typed source mypy checks; no second copy
