@@ -521,11 +521,13 @@ class Recorder:
         while self._buffer:
             n = min(self.batch_size, len(self._buffer))
             batch: list[Any] = list(itertools.islice(self._buffer, n))
-            if self._writer is None:
-                batch = [statement_record(item) for item in batch]
             try:
                 try:
-                    await self._store.record_statements(batch)
+                    # Inside the try: a row that is not a record (a start that is no time)
+                    # is dropped below like any record the store refuses, not the end of
+                    # this task.
+                    items = batch if self._writer is not None else [statement_record(item) for item in batch]
+                    await self._store.record_statements(items)
                 except _TRANSIENT:
                     raise
                 except Exception:
@@ -562,17 +564,17 @@ class Recorder:
         # A transient error propagates to _drain's retry; rows already written are not
         # duplicated on the retry.
         for item in batch:
-            record = statement_record(item)
             try:
-                await self._store.record_statements([record])
+                await self._store.record_statements([statement_record(item)])
             except _TRANSIENT:
                 raise
             except Exception as exc:
                 self._dropped += 1
                 metrics.RECORDER_DROPPED.labels(cause="invalid").inc()
+                session_id, seq = (*item, None, None)[:2] if isinstance(item, tuple) else (item.session_id, item.seq)
                 log.error(
                     "store refused a statement record; dropped",
-                    session_id=record.session_id,
-                    seq=record.seq,
+                    session_id=session_id,
+                    seq=seq,
                     error=str(exc) or type(exc).__name__,
                 )

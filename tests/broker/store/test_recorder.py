@@ -13,7 +13,7 @@ from broker import metrics
 from broker.exceptions import RecorderClosed, StoreUnavailable
 from broker.store import Grant, SessionStats, StatementRecord, Store
 from broker.store.recorder import Recorder
-from broker.store.records import SessionEnd, SessionStart
+from broker.store.records import SessionEnd, SessionStart, StatementRow
 
 GRANT = Grant(
     token_id=None,
@@ -228,6 +228,33 @@ async def test_a_bad_record_is_dropped_without_blocking_the_others(store: Store)
     assert recorder.dropped == 1
     assert await recorded(store, sid) == [1, 2]
     assert recorder.healthy
+    await recorder.aclose()
+
+
+@pytest.mark.parametrize("writer_process", [False, True], ids=["in-process", "writer-process"])
+async def test_a_row_that_is_no_statement_is_dropped_without_stopping_the_writer(
+    store: Store, writer_process: bool
+) -> None:
+    # Rows come from the proxy, but one that cannot be made a record (a start that is no time)
+    # must cost that row only: not the writer task, which would leave recording stopped.
+    recorder = Recorder(
+        store.sessions, flush_interval=0.01, batch_size=10, high_water=100, writer_process=writer_process
+    )
+    recorder.start()
+    sid = await recorder.start_session(SessionStart(GRANT))
+
+    def row(seq: int, started: float) -> StatementRow:
+        return (sid, seq, f"select {seq}", "allow", started, None, None, None, None, 0.5, 1, 0, None, None, None)
+
+    recorder.record_row(row(1, time.time()))
+    recorder.record_row(row(2, float("nan")))
+    recorder.record_row(row(3, time.time()))
+    await asyncio.wait_for(recorder.flush(), 30)
+    assert recorder.dropped == 1 and recorder.healthy
+    recorder.record_row(row(4, time.time()))
+    await asyncio.wait_for(recorder.flush(), 30)
+    assert await recorded(store, sid) == [1, 3, 4]
+    assert (await store.audit.verify_audit()).ok
     await recorder.aclose()
 
 
