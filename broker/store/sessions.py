@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, and_, case, exists, func, or_, select, update
@@ -127,7 +128,9 @@ class SessionRepository:
         session raises `StoreIntegrityError` and nothing of the batch is written.
 
         Each statement written gets its audit record in the same transaction; a skipped
-        duplicate gets none, so a retried batch leaves one audit record per statement. The
+        duplicate gets none, so a retried batch leaves one audit record per statement; with
+        `audit_listeners`, the duplicates' stored records are handed to them again (a batch is
+        retried when its outcome is unknown, as when the writer process died after committing). The
         record's `ts` is the statement's `started_at` (the event's time, not the batch's),
         and it carries what the views show of the row (`broker.audit.coverage`).
         """
@@ -146,6 +149,12 @@ class SessionRepository:
             # the "already stored" check below cannot go stale before the insert.
             await self._audit.lock(session)
             stored = await _stored_keys(session, given)
+            again = _already_stored(given, stored)
+            if again and self.core.audit_listeners:
+                # Stored by an earlier attempt whose records may never have reached the
+                # listeners (the writer process died between its commit and its answer): the
+                # SIEM gets them again, at least once, with their own seq and hash.
+                session.info.setdefault("audit_appended", []).extend(await _statement_records(session, again))
             fresh = _fresh(given, stored)
             if not fresh:
                 return
@@ -531,6 +540,47 @@ def _fresh(records: Sequence[_S], stored: set[tuple[str, int]]) -> list[_S]:
     return fresh
 
 
+def _already_stored(
+    records: Sequence[StatementRecord | tuple[Any, ...]], stored: set[tuple[str, int]]
+) -> set[tuple[str, int]]:
+    """The `(session_id, seq)` of the batch that the store already holds."""
+    return {key for r in records if (key := _key(r)) in stored}
+
+
+async def _statement_records(session: AsyncSession, keys: set[tuple[str, int]]) -> list[AuditRecord]:
+    """The stored `statement` audit records of `keys`, in chain order."""
+    found: list[AuditRecord] = []
+    for sid, (lo, hi) in _spans(list(keys)).items():
+        rows = await session.execute(
+            select(_EVENTS).where(
+                _EVENTS.c.session_id == sid,
+                _EVENTS.c.type == "statement",
+                _EVENTS.c.data["seq"].as_integer().between(lo, hi),
+            )
+        )
+        found += [r for r in map(_record, rows) if (r.session_id, r.data.get("seq")) in keys]
+    return sorted(found, key=lambda r: r.seq)
+
+
+def _statement_records_sqlite(db: sqlite3.Connection, keys: set[tuple[str, int]]) -> list[AuditRecord]:
+    """`_statement_records` on a plain sqlite3 connection (as SQLite holds them: the time as
+    naive UTC text, the data as JSON text)."""
+    found: list[AuditRecord] = []
+    for sid, (lo, hi) in _spans(list(keys)).items():
+        for seq, id_, ts, type_, actor, session_id, data, prev_hash, hash_ in db.execute(
+            "SELECT seq, id, ts, type, actor, session_id, data, prev_hash, hash FROM audit_events"
+            " WHERE session_id = ? AND type = 'statement' AND json_extract(data, '$.seq') BETWEEN ? AND ?",
+            (sid, lo, hi),
+        ):
+            record = AuditRecord(
+                seq, id_, datetime.fromisoformat(ts).replace(tzinfo=UTC), type_, actor, session_id, json.loads(data),
+                prev_hash, hash_,
+            )
+            if (session_id, record.data.get("seq")) in keys:
+                found.append(record)
+    return sorted(found, key=lambda r: r.seq)
+
+
 def _spans(records: Sequence[StatementRecord | tuple[Any, ...]]) -> dict[str, tuple[int, int]]:
     spans: dict[str, tuple[int, int]] = {}
     for r in records:
@@ -595,8 +645,11 @@ def _write_batch_sqlite(
                     "SELECT session_id, seq FROM statements WHERE session_id = ? AND seq BETWEEN ? AND ?", (sid, lo, hi)
                 )
             )
-        fresh = _fresh([as_fields(r) for r in records], stored)
-        appended: list[AuditRecord] = []
+        items = [as_fields(r) for r in records]
+        again = _already_stored(items, stored)
+        # As on the general path: what an earlier attempt stored goes to the listeners again.
+        appended: list[AuditRecord] = _statement_records_sqlite(db, again) if keep and again else []
+        fresh = _fresh(items, stored)
         if fresh:
             sids = list({r[0] for r in fresh})
             owners = {
@@ -609,7 +662,7 @@ def _write_batch_sqlite(
             }
             batch = statement_batch.build(fresh, owners, keep)
             sqlite_insert_rows(db, _SQLITE_STATEMENT_INSERT, batch.rows)
-            appended = sqlite_append_audit(db, batch.entries, now, keep=keep, times=batch.times, stamps=batch.stamps)
+            appended += sqlite_append_audit(db, batch.entries, now, keep=keep, times=batch.times, stamps=batch.stamps)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:

@@ -123,6 +123,26 @@ async def test_the_child_writes_a_sqlite_file_on_a_plain_connection_with_the_sto
         await writer.aclose()
 
 
+async def test_a_batch_retried_after_the_child_committed_reaches_the_listeners(store: Store) -> None:
+    # The child can die after its commit and before its answer: the retry finds the batch
+    # stored, and its records, which never reached the SIEM forwarder, are handed over then.
+    got: list[Any] = []
+    store.audit_listeners.append(got.extend)
+    writer = ProcessWriter(store.sessions)
+    try:
+        await ready(writer)
+        sid = await store.sessions.start_session(SessionStart(GRANT))
+        batch = [row(sid, seq) for seq in range(1, 5)]
+        await writer.record_statements(batch)
+        first = [r for r in got if r.type == "statement"]
+        got.clear()
+        await writer.record_statements(batch)
+        assert [r for r in got if r.type == "statement"] == first
+        assert [r.data["seq"] for r in first] == [1, 2, 3, 4]
+    finally:
+        await writer.aclose()
+
+
 async def test_a_dead_child_is_a_transient_failure_and_nothing_is_lost(store: Store) -> None:
     recorder = Recorder(store.sessions, flush_interval=0.05, batch_size=50)
     recorder.start()

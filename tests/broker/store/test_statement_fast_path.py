@@ -223,6 +223,30 @@ async def test_listeners_get_the_statement_records(store: Store) -> None:
     assert [(r.seq, r.hash) for r in stored] == [(r.seq, r.hash) for r in statements]
 
 
+async def test_a_retried_batch_hands_its_stored_records_to_the_listeners_again(store: Store) -> None:
+    # A batch is retried when its outcome is unknown: the writer process may have died after
+    # its commit, before the records it appended reached the SIEM forwarder. The retry adds
+    # nothing to the chain and gives the listeners the stored records again (at least once).
+    got: list[Any] = []
+    store.audit_listeners.append(got.extend)
+    sid = await store.sessions.start_session(SessionStart(GRANT))
+    other = await store.sessions.start_session(SessionStart(GRANT))
+    batch = records(sid, range(1, 6))
+    await store.sessions.record_statements(batch[:3] + records(other, range(1, 3)))
+    first = {(r.session_id, r.data["seq"]): r for r in got if r.type == "statement"}
+    got.clear()
+    await store.sessions.record_statements(batch)  # 1-3 stored, 4-5 new
+    again = [r for r in got if r.type == "statement"]
+    assert [(r.session_id, r.data["seq"]) for r in again] == [(sid, seq) for seq in range(1, 6)]
+    assert again[:3] == [first[sid, seq] for seq in (1, 2, 3)]
+    got.clear()
+    await store.sessions.record_statements(batch[1:3])  # nothing new: delivered again only
+    assert [r.data["seq"] for r in got if r.type == "statement"] == [2, 3]
+    stored = [r async for r in store.audit.iter_audit() if r.type == "statement"]
+    assert len(stored) == 7 and (await store.audit.verify_audit()).ok
+    store.audit_listeners.clear()
+
+
 def test_multi_row_insert_respects_the_variable_limit() -> None:
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT)")
