@@ -6,7 +6,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -47,37 +51,70 @@ def start_proxy(config: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
                             stderr=(tmp_path / "proxy.log").open("wb"), start_new_session=True)
 
 
-def first_connection(proc: subprocess.Popen[bytes], port: int, token: str, tmp_path: Path) -> psycopg.Connection:
-    """A session through the proxy `proc` just started, once it listens."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return psycopg.connect(f"postgresql://agent:{token}@127.0.0.1:{port}/demo", autocommit=True)
-        except psycopg.OperationalError:
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
-            time.sleep(0.2)
+@dataclass
+class ReloadedProxy:
+    """A `jitgate proxy` on `config`, whose policy a test rewrites and reloads."""
+
+    config: Path
+    port: int
+    metrics_port: int
+    proc: subprocess.Popen[bytes]
+    upstream: Any
+    roles: Any
+    token: str
+
+    def configure(self, policy: str | None, **kw: Any) -> None:
+        write_config(self.config, self.port, self.metrics_port, self.upstream, self.roles, policy, **kw)
+
+    def reload(self, policy: str | None, **kw: Any) -> None:
+        """Rewrite the config, SIGHUP, and wait until the reload is in the audit chain."""
+        self.configure(policy, **kw)
+        _sighup_and_wait(self.proc, self.config)
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(f"postgresql://agent:{self.token}@127.0.0.1:{self.port}/demo", autocommit=True)
+
+
+@contextmanager
+def reloaded_proxy(
+    tmp_path: Path, upstream: Any, roles: Any, policy: str, principal: str
+) -> Iterator[tuple[ReloadedProxy, psycopg.Connection]]:
+    """A proxy started on `policy` and a first session through it as `principal`; the proxy
+    is stopped (SIGTERM) at the end."""
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "jitgate.yaml"
+    write_config(config, port, metrics_port, upstream, roles, policy)
+    proc = start_proxy(config, tmp_path)
+    try:
+        token = issue_token(config, principal=principal)
+        proxy = ReloadedProxy(config, port, metrics_port, proc, upstream, roles, token)
+        deadline = time.monotonic() + 30
+        while True:  # until it listens
+            try:
+                conn = proxy.connect()
+                break
+            except psycopg.OperationalError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "proxy.log").read_text()
+                time.sleep(0.2)
+        yield proxy, conn
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
 
 
 def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_nothing(tmp_path, upstream, demo_roles):
-    port, metrics_port = free_port(), free_port()
-    config = tmp_path / "jitgate.yaml"
-    write_config(config, port, metrics_port, upstream, demo_roles, "observe")
-    proc = start_proxy(config, tmp_path)
-    try:
-        token = issue_token(config, principal="agent:reload")
-        conn = first_connection(proc, port, token, tmp_path)
+    with reloaded_proxy(tmp_path, upstream, demo_roles, "observe", "agent:reload") as (proxy, conn):
+        config, proc = proxy.config, proxy.proc
         with conn:
             conn.execute("create temp table t_reload (id int)")
             assert conn.execute("delete from t_reload").statusmessage == "DELETE 0"  # observe: forwarded
 
-            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe")
-            _sighup_and_wait(proc, config)
+            proxy.reload("agent-safe")
             # Observe turned off: the session it served ends at its next statement (what it
             # made while observing was never judged), and a new one is enforced.
             with pytest.raises(psycopg.errors.AdminShutdown, match="observe"):
                 conn.execute("delete from t_reload")
-        conn = psycopg.connect(f"postgresql://agent:{token}@127.0.0.1:{port}/demo", autocommit=True)
-        with conn:
+        with proxy.connect() as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="write-without-where"):
                 conn.execute("delete from t_reload")
             assert conn.execute("select 1").fetchone() == (1,)  # not dropped by a refusal
@@ -93,7 +130,7 @@ def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_noth
         # The proxy process serves its own metrics: the statements it judged are counted there.
         import httpx
 
-        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        scraped = httpx.get(f"http://127.0.0.1:{proxy.metrics_port}/metrics", timeout=5).text
         counts = {
             line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
             for line in scraped.splitlines() if line.startswith("jitgate_statements_total{")
@@ -103,9 +140,6 @@ def test_sighup_reloads_the_policy_for_live_sessions_and_a_bad_file_changes_noth
         exported = audit_types(config)
         assert '"type":"policy.reload"' in exported.replace(" ", "")
         assert proc.poll() is None
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
 
 
 def _reloads(config: Path) -> int:
@@ -137,22 +171,14 @@ def test_a_reload_reaches_a_live_sessions_masking_and_removing_the_resource_undo
     blocking = tmp_path / "blocking.yaml"
     blocking.write_text("preset: agent-safe\nrules:\n  - id: rt-reload\n    match: {tables: [rt_reload]}\n"
                         "    decision: block\n    reason: the reload took it away\n")
-    port, metrics_port = free_port(), free_port()
-    config = tmp_path / "jitgate.yaml"
-    write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe")
-    proc = start_proxy(config, tmp_path)
-    try:
-        token = issue_token(config, principal="agent:reload-mask")
-        conn = first_connection(proc, port, token, tmp_path)
+    with reloaded_proxy(tmp_path, upstream, demo_roles, "agent-safe", "agent:reload-mask") as (proxy, conn):
         prepared = "select note from rt_reload where id = %s"
         with conn:
             for _ in range(4):  # prepared and repeated: the fast path takes it
                 assert conn.execute(prepared, (1,), prepare=True).fetchone() == ("top-secret-note",)
 
             # (1) note is masked by a reload: from the next statement, prepared or not.
-            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe",
-                         masking={"extra_columns": ["note"]})
-            _sighup_and_wait(proc, config)
+            proxy.reload("agent-safe", masking={"extra_columns": ["note"]})
             for _ in range(3):
                 (note,) = conn.execute(prepared, (1,), prepare=True).fetchone()
                 assert "top-secret" not in note, note
@@ -160,29 +186,19 @@ def test_a_reload_reaches_a_live_sessions_masking_and_removing_the_resource_undo
             assert "top-secret" not in note, note
 
             # (2) blocked by a reload, then the resource removed: still blocked.
-            write_config(config, port, metrics_port, upstream, demo_roles, str(blocking),
-                         masking={"extra_columns": ["note"]})
-            _sighup_and_wait(proc, config)
+            proxy.reload(str(blocking), masking={"extra_columns": ["note"]})
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(prepared, (1,), prepare=True)
-            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe", name="elsewhere")
-            _sighup_and_wait(proc, config)
+            proxy.reload("agent-safe", name="elsewhere")
             for _ in range(2):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(prepared, (1,), prepare=True)
             assert conn.execute("select 1").fetchone() == (1,)  # not dropped
 
             # (3) masking turned off, then on again, between statements: taken as it comes.
-            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe",
-                         masking={"enabled": False})
-            _sighup_and_wait(proc, config)
+            proxy.reload("agent-safe", masking={"enabled": False})
             assert conn.execute(prepared, (1,), prepare=True).fetchone() == ("top-secret-note",)
-            write_config(config, port, metrics_port, upstream, demo_roles, "agent-safe",
-                         masking={"extra_columns": ["note"]})
-            _sighup_and_wait(proc, config)
+            proxy.reload("agent-safe", masking={"extra_columns": ["note"]})
             (note,) = conn.execute(prepared, (1,), prepare=True).fetchone()
             assert "top-secret" not in note, note
-        assert proc.poll() is None
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        assert proxy.proc.poll() is None
